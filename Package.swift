@@ -1,0 +1,88 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+/// Settings shared by every Swift target: Swift 6 language mode (strict concurrency) everywhere.
+let swiftSettings: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "gateway",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "gateway", targets: ["GatewayCLI"]),
+        .library(name: "MQTT", targets: ["MQTT"]),
+        .library(name: "Modbus", targets: ["Modbus"]),
+        .library(name: "Serial", targets: ["Serial"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-nio-extras", from: "1.35.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+    ],
+    targets: [
+        // libmodbus through pkg-config (Debian: libmodbus-dev).
+        .systemLibrary(name: "CModbus", pkgConfig: "libmodbus", providers: [.apt(["libmodbus-dev"])]),
+
+        // MQTT 3.1.1 / 5.0 client: codec (NIOCore only) + connection on NIOPosix/NIOSSL.
+        .target(name: "MQTT", dependencies: [
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: swiftSettings),
+
+        // Swift face of libmodbus: buses on their own threads, codecs, read planning, simulator.
+        .target(name: "Modbus", dependencies: [
+            "CModbus",
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: swiftSettings),
+
+        // Raw serial lines: termios + framing on SwiftNIO.
+        .target(name: "Serial", dependencies: [
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: swiftSettings),
+
+        // gateway.toml -> plain values + validation. No NIO, no libmodbus.
+        .target(name: "GatewayConfig", dependencies: [
+            .product(name: "TOMLKit", package: "TOMLKit"),
+        ], swiftSettings: swiftSettings),
+
+        // The domain: devices, points, scheduling, uplink, downlink, availability.
+        .target(name: "Gateway", dependencies: [
+            "GatewayConfig", "MQTT", "Modbus", "Serial",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ], swiftSettings: swiftSettings),
+
+        // The `gateway` executable: run, check, read, write, simulate.
+        .executableTarget(name: "GatewayCLI", dependencies: [
+            "Gateway", "GatewayConfig", "Modbus", "MQTT",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ], swiftSettings: swiftSettings),
+
+        // Shared by all test targets: private Mosquitto, simulators, socat pty pairs.
+        .target(name: "TestSupport", dependencies: [], path: "Tests/TestSupport", swiftSettings: swiftSettings),
+
+        .testTarget(name: "TestSupportTests", dependencies: ["TestSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "MQTTTests", dependencies: [
+            "MQTT", "TestSupport",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOEmbedded", package: "swift-nio"),
+        ], swiftSettings: swiftSettings),
+        .testTarget(name: "ModbusTests", dependencies: ["Modbus", "TestSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "SerialTests", dependencies: ["Serial", "TestSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "GatewayConfigTests", dependencies: ["GatewayConfig"], swiftSettings: swiftSettings),
+        .testTarget(name: "GatewayTests", dependencies: ["Gateway", "TestSupport"], swiftSettings: swiftSettings),
+    ]
+)

@@ -1,0 +1,200 @@
+import ArgumentParser
+import Modbus
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct Simulate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a built-in Modbus device (TCP, or RTU on a tty) for demos and tests.",
+        discussion: """
+        Prints "listening tcp HOST:PORT" (or "listening rtu PATH") once it serves, then one JSON line per
+        accepted write: {"write":{"unit":1,"fc":5,"kind":"coil","address":0,"values":[1],"ts_ms":...,"mono_ms":...}}.
+        Lines on stdin change values live: "set [UNIT/]KIND:ADDR=VALUE".
+        Examples:
+          gateway simulate --tcp 127.0.0.1:1502 --unit 1 --unit 3 --set holding:100=215 --set 3/coil:0=1
+          gateway simulate --tcp 127.0.0.1:0 --counter input:10@1000 --drift holding:100:180:260:1@500
+          gateway simulate --rtu /dev/pts/5 --baud 19200 --unit 3
+        """)
+
+    @Option(help: "Listen on HOST:PORT (port 0 picks a free one).") var tcp: String?
+    @Option(help: "Serve one unit on this serial port instead.") var rtu: String?
+    @Option(help: "RTU baud rate.") var baud: Int = 19200
+    @Option(help: "RTU parity: N, E or O.") var parity: String = "N"
+
+    @Option(help: "Unit id to serve (repeatable; default 1).") var unit: [Int] = []
+    @Option(help: "Table size for every table (addresses 0..<size exist).") var size: Int = 10_000
+    @Option(name: .customLong("holding-size"), help: "Override the holding table size.") var holdingSize: Int?
+    @Option(name: .customLong("set"), help: "Initial value [UNIT/]KIND:ADDR=VALUE (KIND: coil, discrete, holding, input).")
+    var sets: [String] = []
+    @Option(help: "Counter [UNIT/]KIND:ADDR[@MS]: +1 (or toggle) every MS (default 1000).") var counter: [String] = []
+    @Option(help: "Drift [UNIT/]KIND:ADDR:MIN:MAX[:STEP][@MS]: moves STEP every MS between MIN and MAX.") var drift: [String] = []
+
+    func validate() throws {
+        guard (tcp == nil) || (rtu == nil) else { throw ValidationError("give --tcp or --rtu, not both") }
+        if let tcp { _ = try parseHostPort(tcp) }
+        guard Parity(rawValue: parity.uppercased()) != nil else { throw ValidationError("--parity must be N, E or O") }
+        guard (1...65536).contains(size) else { throw ValidationError("--size must be 1-65536") }
+        for u in unit where !(0...255).contains(u) { throw ValidationError("--unit \(u) is outside 0-255") }
+        if rtu != nil && unitIDs.count != 1 { throw ValidationError("an RTU simulator serves exactly one --unit") }
+        _ = try parsedSets()
+        _ = try scripts()
+    }
+
+    var unitIDs: [Int] { unit.isEmpty ? [1] : unit }
+
+    func parsedSets() throws -> [(unit: Int?, kind: RegisterKind, address: Int, value: UInt16)] {
+        try sets.map { s in
+            let (u, rest) = try splitUnit(s)
+            guard let eq = rest.firstIndex(of: "=") else { throw ValidationError("--set '\(s)': expected KIND:ADDR=VALUE") }
+            let (kind, addr) = try parseTarget(String(rest[..<eq]), whole: s)
+            let v = String(rest[rest.index(after: eq)...])
+            let value: UInt16
+            if let x = UInt16(v) { value = x } else if let x = Int16(v) { value = UInt16(bitPattern: x) }
+            else if v == "true" { value = 1 } else if v == "false" { value = 0 }
+            else { throw ValidationError("--set '\(s)': value must be 0-65535, -32768..-1, true or false") }
+            return (u, kind, addr, value)
+        }
+    }
+
+    func scripts() throws -> [ScriptedChange] {
+        var out: [ScriptedChange] = []
+        for s in counter {
+            let (u, rest) = try splitUnit(s)
+            let (spec, ms) = try splitPeriod(rest, whole: s)
+            let (kind, addr) = try parseTarget(spec, whole: s)
+            for id in u.map({ [$0] }) ?? unitIDs {
+                out.append(ScriptedChange(unit: id, kind: kind, address: addr, behaviour: .counter, period: .milliseconds(ms)))
+            }
+        }
+        for s in drift {
+            let (u, rest) = try splitUnit(s)
+            let (spec, ms) = try splitPeriod(rest, whole: s)
+            let parts = spec.split(separator: ":").map(String.init)
+            guard parts.count == 4 || parts.count == 5, let lo = Int(parts[2]), let hi = Int(parts[3]), lo < hi else {
+                throw ValidationError("--drift '\(s)': expected KIND:ADDR:MIN:MAX[:STEP][@MS] with MIN < MAX")
+            }
+            let step = parts.count == 5 ? Int(parts[4]) ?? 0 : 1
+            guard step > 0 else { throw ValidationError("--drift '\(s)': STEP must be positive") }
+            let (kind, addr) = try parseTarget(parts[0] + ":" + parts[1], whole: s)
+            guard !kind.isBit else { throw ValidationError("--drift '\(s)': only registers drift") }
+            for id in u.map({ [$0] }) ?? unitIDs {
+                out.append(ScriptedChange(unit: id, kind: kind, address: addr, behaviour: .drift(min: lo, max: hi, step: step),
+                                          period: .milliseconds(ms)))
+            }
+        }
+        return out
+    }
+
+    private func splitUnit(_ s: String) throws -> (Int?, Substring) {
+        guard let slash = s.firstIndex(of: "/") else { return (nil, Substring(s)) }
+        guard let u = Int(s[..<slash]), unitIDs.contains(u) else { throw ValidationError("'\(s)': unit before '/' must be one of --unit") }
+        return (u, s[s.index(after: slash)...])
+    }
+
+    private func splitPeriod(_ s: Substring, whole: String) throws -> (String, Int) {
+        guard let at = s.firstIndex(of: "@") else { return (String(s), 1000) }
+        guard let ms = Int(s[s.index(after: at)...]), ms >= 1 else { throw ValidationError("'\(whole)': @MS must be a positive integer") }
+        return (String(s[..<at]), ms)
+    }
+
+    private func parseTarget(_ s: String, whole: String) throws -> (RegisterKind, Int) {
+        let p = s.split(separator: ":")
+        let names: [String: RegisterKind] = ["coil": .coil, "coils": .coil, "discrete": .discrete, "holding": .holding, "input": .input]
+        guard p.count == 2, let kind = names[String(p[0])], let a = Int(p[1]), (0..<65536).contains(a) else {
+            throw ValidationError("'\(whole)': expected KIND:ADDR with KIND coil, discrete, holding or input")
+        }
+        return (kind, a)
+    }
+
+    func run() throws {
+        var units: [Int: SimulatedUnit] = [:]
+        for id in unitIDs {
+            var u = SimulatedUnit()
+            u.coilCount = size; u.discreteCount = size; u.inputCount = size
+            u.holdingCount = holdingSize ?? size
+            units[id] = u
+        }
+        for s in try parsedSets() {
+            for id in s.unit.map({ [$0] }) ?? unitIDs {
+                switch s.kind {
+                case .coil: units[id]?.coils[s.address] = s.value != 0
+                case .discrete: units[id]?.discrete[s.address] = s.value != 0
+                case .holding: units[id]?.holding[s.address] = s.value
+                case .input: units[id]?.input[s.address] = s.value
+                }
+            }
+        }
+        let endpoint: ModbusSimulator.Endpoint
+        if let rtu {
+            endpoint = .rtu(RTUSettings(path: rtu, baud: baud, parity: Parity(rawValue: parity.uppercased()) ?? .none))
+        } else {
+            let (h, p) = try parseHostPort(tcp ?? "127.0.0.1:1502")
+            endpoint = .tcp(host: h, port: p)
+        }
+
+        // SIGTERM/SIGINT are taken by a sigwait thread so the simulator stops cleanly with exit 0.
+        var mask = sigset_t()
+        sigemptyset(&mask)
+        sigaddset(&mask, SIGTERM)
+        sigaddset(&mask, SIGINT)
+        pthread_sigmask(SIG_BLOCK, &mask, nil)
+
+        let sim: ModbusSimulator
+        do {
+            sim = try ModbusSimulator(endpoint: endpoint, units: units, scripts: try scripts()) { w in
+                emit(#"{"write":{"unit":\#(w.unit),"fc":\#(w.function),"kind":"\#(w.kind)","address":\#(w.address),"values":[\#(w.values.map(String.init).joined(separator: ","))],"ts_ms":\#(w.unixMilliseconds),"mono_ms":\#(w.monotonicMilliseconds)}}"#)
+            }
+        } catch {
+            emitError("error: \(error)")
+            throw ExitCode(1)
+        }
+        switch endpoint {
+        case .tcp(let h, _): emit("listening tcp \(h.contains(":") ? "[\(h)]" : h):\(sim.boundPort ?? 0) units \(unitIDs.sorted().map(String.init).joined(separator: ","))")
+        case .rtu(let s): emit("listening rtu \(s.path) unit \(unitIDs[0])")
+        }
+
+        let box = SimBox(sim)
+        Self.startStdinReader(box: box, units: unitIDs)
+        var sig: Int32 = 0
+        sigwait(&mask, &sig)
+        sim.stop()
+        emit("stopped")
+    }
+
+    final class SimBox: Sendable {
+        let sim: ModbusSimulator
+        init(_ s: ModbusSimulator) { sim = s }
+    }
+
+    static func startStdinReader(box: SimBox, units: [Int]) {
+        var tid = pthread_t()
+        let ctx = Unmanaged.passRetained(StdinContext(box: box, units: units)).toOpaque()
+        pthread_create(&tid, nil, { raw in
+            let c = Unmanaged<StdinContext>.fromOpaque(raw!).takeRetainedValue()
+            while let line = readLine() {
+                let t = line.trimmingPrefix("set ").description
+                guard line.hasPrefix("set "),
+                      let parsed = try? Simulate.parse(["--set", t] + c.units.flatMap { ["--unit", String($0)] }).parsedSets() else {
+                    emitError("stdin: ignored '\(line)' (expected: set [UNIT/]KIND:ADDR=VALUE)")
+                    continue
+                }
+                for s in parsed {
+                    for u in s.unit.map({ [$0] }) ?? c.units {
+                        c.box.sim.set(unit: u, kind: s.kind, address: s.address, value: s.value)
+                    }
+                }
+                emit("set \(t)")
+            }
+            return nil
+        }, ctx)
+        pthread_detach(tid)
+    }
+
+    final class StdinContext: Sendable {
+        let box: SimBox
+        let units: [Int]
+        init(box: SimBox, units: [Int]) { self.box = box; self.units = units }
+    }
+}

@@ -1,0 +1,272 @@
+import CModbus
+import Logging
+
+/// The four Modbus data tables.
+public enum RegisterKind: String, Sendable, CaseIterable, Hashable, Comparable {
+    case coil, discrete, holding, input
+
+    /// True for the 1-bit tables (coils, discrete inputs).
+    public var isBit: Bool { self == .coil || self == .discrete }
+    /// True for tables a master may write (coils, holding registers).
+    public var isWritable: Bool { self == .coil || self == .holding }
+    /// Most items one read may ask for (2000 bits / 125 registers).
+    public var maxReadCount: Int { isBit ? 2000 : 125 }
+
+    public static func < (a: Self, b: Self) -> Bool { a.order < b.order }
+    private var order: Int { switch self { case .coil: 0; case .discrete: 1; case .holding: 2; case .input: 3 } }
+}
+
+/// Where a request goes in the bus queue: `.high` (commands) runs before every queued `.normal` (polls).
+public enum RequestPriority: Int, Sendable, Comparable {
+    case normal = 0, high = 1
+    public static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
+}
+
+/// The result of a read: bits for coils/discrete inputs, 16-bit words for registers.
+public enum ReadResult: Sendable, Equatable {
+    case bits([Bool])
+    case registers([UInt16])
+
+    public var count: Int { switch self { case .bits(let b): b.count; case .registers(let r): r.count } }
+}
+
+/// One physical Modbus line or TCP connection.
+///
+/// The bus owns one libmodbus context and one thread; every transaction runs on that thread,
+/// one at a time, so nothing blocks Swift's cooperative pool. Requests wait in a queue ordered
+/// by priority (FIFO within one priority). A request may carry a deadline: if it has not started
+/// by then it fails with ``ModbusError/busBusy`` instead of running late.
+public final class ModbusBus: Sendable {
+    public let configuration: BusConfiguration
+    private let logger: Logger
+    private let queue: ConditionLock<Queue>
+
+    private struct Job: Sendable {
+        let id: UInt64
+        let priority: RequestPriority
+        let deadline: ContinuousClock.Instant?
+        let run: @Sendable (ModbusConnection) -> Void
+        let fail: @Sendable (any Error) -> Void
+    }
+
+    private struct Queue {
+        var jobs: [Job] = []
+        var nextID: UInt64 = 1
+        var stopped = false
+        var finished = false
+    }
+
+    public init(configuration: BusConfiguration, logger: Logger = Logger(label: "gateway.modbus")) {
+        self.configuration = configuration
+        var named = logger
+        named[metadataKey: "bus"] = "\(configuration.name)"
+        self.logger = named
+        let logger = named
+        self.queue = ConditionLock(Queue())
+        let queue = self.queue
+        let config = configuration
+        startThread(name: "bus-\(configuration.name)") {
+            Self.threadMain(queue: queue, configuration: config, logger: logger)
+        }
+    }
+
+    deinit {
+        queue.withLockSignalling { $0.stopped = true }
+    }
+
+    private static func threadMain(queue: ConditionLock<Queue>, configuration: BusConfiguration, logger: Logger) {
+        let connection = ModbusConnection(configuration: configuration, logger: logger)
+        while true {
+            let next: Job? = queue.wait { q -> Job?? in
+                if q.stopped { return .some(nil) }
+                guard !q.jobs.isEmpty else { return nil }
+                // Highest priority first; FIFO within a priority (ids grow).
+                var best = 0
+                for i in q.jobs.indices.dropFirst() where q.jobs[i].priority > q.jobs[best].priority {
+                    best = i
+                }
+                return .some(q.jobs.remove(at: best))
+            }
+            guard let job = next else { break }
+            if let deadline = job.deadline, ContinuousClock.now > deadline {
+                job.fail(ModbusError.busBusy)
+                continue
+            }
+            job.run(connection)
+        }
+        connection.close()
+        let rest = queue.withLockSignalling { q in
+            q.finished = true
+            defer { q.jobs.removeAll() }
+            return q.jobs
+        }
+        for job in rest { job.fail(ModbusError.closed) }
+    }
+
+    /// Stops the bus thread after the running transaction; queued requests fail with ``ModbusError/closed``.
+    public func close() {
+        queue.withLockSignalling { $0.stopped = true }
+    }
+
+    /// Runs `body` on the bus thread with exclusive use of the connection.
+    func submit<T: Sendable>(priority: RequestPriority, deadline: ContinuousClock.Instant?,
+                             _ body: @escaping @Sendable (ModbusConnection) throws(ModbusError) -> T) async throws -> T {
+        let idBox = ConditionLock<UInt64?>(nil)
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (cont: CheckedContinuation<T, any Error>) in
+                let accepted = queue.withLockSignalling { q -> Bool in
+                    guard !q.stopped else { return false }
+                    let id = q.nextID
+                    q.nextID += 1
+                    idBox.withLock { $0 = id }
+                    q.jobs.append(Job(id: id, priority: priority, deadline: deadline, run: { conn in
+                        do throws(ModbusError) {
+                            cont.resume(returning: try body(conn))
+                        } catch {
+                            cont.resume(throwing: error)
+                        }
+                    }, fail: { cont.resume(throwing: $0) }))
+                    return true
+                }
+                if !accepted { cont.resume(throwing: ModbusError.closed) }
+            }
+        } onCancel: {
+            // Remove the request if it has not started; a running transaction finishes.
+            guard let id = idBox.withLock({ $0 }) else { return }
+            let removed = queue.withLock { q -> Job? in
+                guard let i = q.jobs.firstIndex(where: { $0.id == id }) else { return nil }
+                return q.jobs.remove(at: i)
+            }
+            removed?.fail(CancellationError())
+        }
+    }
+
+    // MARK: Reads
+
+    /// Reads `count` items of `kind` from `unit` starting at `address` (FC 1, 2, 3 or 4).
+    public func read(_ kind: RegisterKind, unit: Int, address: Int, count: Int,
+                     priority: RequestPriority = .normal, deadline: ContinuousClock.Instant? = nil) async throws -> ReadResult {
+        try Self.checkRange(address: address, count: count, max: kind.maxReadCount)
+        return try await submit(priority: priority, deadline: deadline) { (conn) throws(ModbusError) -> ReadResult in
+            switch kind {
+            case .coil, .discrete:
+                let bytes = try conn.transact(unit: unit, kind == .coil ? "read coils" : "read discrete inputs") { ctx in
+                    var rc: Int32 = 0
+                    let buf = [UInt8](unsafeUninitializedCapacity: count) { b, n in
+                        rc = kind == .coil
+                            ? modbus_read_bits(ctx, Int32(address), Int32(count), b.baseAddress)
+                            : modbus_read_input_bits(ctx, Int32(address), Int32(count), b.baseAddress)
+                        n = rc == -1 ? 0 : count
+                    }
+                    return (rc, buf)
+                }
+                return .bits(bytes.map { $0 != 0 })
+            case .holding, .input:
+                let regs = try conn.transact(unit: unit, kind == .holding ? "read holding registers" : "read input registers") { ctx in
+                    var rc: Int32 = 0
+                    let buf = [UInt16](unsafeUninitializedCapacity: count) { b, n in
+                        rc = kind == .holding
+                            ? modbus_read_registers(ctx, Int32(address), Int32(count), b.baseAddress)
+                            : modbus_read_input_registers(ctx, Int32(address), Int32(count), b.baseAddress)
+                        n = rc == -1 ? 0 : count
+                    }
+                    return (rc, buf)
+                }
+                return .registers(regs)
+            }
+        }
+    }
+
+    public func readCoils(unit: Int, address: Int, count: Int) async throws -> [Bool] {
+        guard case .bits(let b) = try await read(.coil, unit: unit, address: address, count: count) else { return [] }
+        return b
+    }
+
+    public func readDiscreteInputs(unit: Int, address: Int, count: Int) async throws -> [Bool] {
+        guard case .bits(let b) = try await read(.discrete, unit: unit, address: address, count: count) else { return [] }
+        return b
+    }
+
+    public func readHoldingRegisters(unit: Int, address: Int, count: Int) async throws -> [UInt16] {
+        guard case .registers(let r) = try await read(.holding, unit: unit, address: address, count: count) else { return [] }
+        return r
+    }
+
+    public func readInputRegisters(unit: Int, address: Int, count: Int) async throws -> [UInt16] {
+        guard case .registers(let r) = try await read(.input, unit: unit, address: address, count: count) else { return [] }
+        return r
+    }
+
+    // MARK: Writes
+
+    /// FC 5: writes one coil. Writes default to `.high` priority (ahead of queued polls).
+    public func writeCoil(unit: Int, address: Int, value: Bool,
+                          priority: RequestPriority = .high, deadline: ContinuousClock.Instant? = nil) async throws {
+        try Self.checkRange(address: address, count: 1, max: 1)
+        try await submit(priority: priority, deadline: deadline) { (conn) throws(ModbusError) in
+            try conn.transact(unit: unit, "write single coil") { ctx in
+                (modbus_write_bit(ctx, Int32(address), value ? 1 : 0), ())
+            }
+        }
+    }
+
+    /// FC 15: writes several coils.
+    public func writeCoils(unit: Int, address: Int, values: [Bool],
+                           priority: RequestPriority = .high, deadline: ContinuousClock.Instant? = nil) async throws {
+        try Self.checkRange(address: address, count: values.count, max: 1968)
+        let bytes = values.map { UInt8($0 ? 1 : 0) }
+        try await submit(priority: priority, deadline: deadline) { (conn) throws(ModbusError) in
+            try conn.transact(unit: unit, "write multiple coils") { ctx in
+                (bytes.withUnsafeBufferPointer { modbus_write_bits(ctx, Int32(address), Int32(bytes.count), $0.baseAddress) }, ())
+            }
+        }
+    }
+
+    /// FC 6: writes one holding register.
+    public func writeRegister(unit: Int, address: Int, value: UInt16,
+                              priority: RequestPriority = .high, deadline: ContinuousClock.Instant? = nil) async throws {
+        try Self.checkRange(address: address, count: 1, max: 1)
+        try await submit(priority: priority, deadline: deadline) { (conn) throws(ModbusError) in
+            try conn.transact(unit: unit, "write single register") { ctx in
+                (modbus_write_register(ctx, Int32(address), value), ())
+            }
+        }
+    }
+
+    /// FC 16: writes several holding registers.
+    public func writeRegisters(unit: Int, address: Int, values: [UInt16],
+                               priority: RequestPriority = .high, deadline: ContinuousClock.Instant? = nil) async throws {
+        try Self.checkRange(address: address, count: values.count, max: 123)
+        try await submit(priority: priority, deadline: deadline) { (conn) throws(ModbusError) in
+            try conn.transact(unit: unit, "write multiple registers") { ctx in
+                (values.withUnsafeBufferPointer { modbus_write_registers(ctx, Int32(address), Int32(values.count), $0.baseAddress) }, ())
+            }
+        }
+    }
+
+    /// FC 23: writes `values` at `writeAddress`, then reads `readCount` registers at `readAddress`, in one transaction.
+    public func writeAndReadRegisters(unit: Int, writeAddress: Int, values: [UInt16], readAddress: Int, readCount: Int,
+                                      priority: RequestPriority = .high, deadline: ContinuousClock.Instant? = nil) async throws -> [UInt16] {
+        try Self.checkRange(address: writeAddress, count: values.count, max: 121)
+        try Self.checkRange(address: readAddress, count: readCount, max: 125)
+        return try await submit(priority: priority, deadline: deadline) { (conn) throws(ModbusError) -> [UInt16] in
+            try conn.transact(unit: unit, "write and read registers") { ctx in
+                var rc: Int32 = 0
+                let out = [UInt16](unsafeUninitializedCapacity: readCount) { b, n in
+                    rc = values.withUnsafeBufferPointer {
+                        modbus_write_and_read_registers(ctx, Int32(writeAddress), Int32(values.count), $0.baseAddress,
+                                                        Int32(readAddress), Int32(readCount), b.baseAddress)
+                    }
+                    n = rc == -1 ? 0 : readCount
+                }
+                return (rc, out)
+            }
+        }
+    }
+
+    static func checkRange(address: Int, count: Int, max: Int) throws(ModbusError) {
+        guard (0...0xFFFF).contains(address) else { throw .invalidArgument("address \(address) is outside 0...65535") }
+        guard (1...max).contains(count) else { throw .invalidArgument("count \(count) is outside 1...\(max)") }
+        guard address + count <= 0x10000 else { throw .invalidArgument("address \(address) + count \(count) passes 65535") }
+    }
+}

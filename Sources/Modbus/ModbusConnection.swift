@@ -1,0 +1,111 @@
+import CModbus
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Owns one libmodbus context. Not thread-safe and not `Sendable`: only the bus thread that
+/// created it ever touches it. Every call blocks.
+final class ModbusConnection {
+    private let configuration: BusConfiguration
+    private var ctx: OpaquePointer?
+    private var connected = false
+    private var logger: Logger
+
+    init(configuration: BusConfiguration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    deinit { close() }
+
+    func close() {
+        if let ctx {
+            if connected { modbus_close(ctx) }
+            modbus_free(ctx)
+        }
+        ctx = nil
+        connected = false
+    }
+
+    /// Runs one libmodbus call on `unit`; `-1` results go through ``check(_:_:)``.
+    func transact<T>(unit: Int, _ function: String, _ body: (OpaquePointer) -> (Int32, T)) throws(ModbusError) -> T {
+        let ctx = try ensureConnected()
+        guard modbus_set_slave(ctx, Int32(unit)) == 0 else {
+            throw .invalidArgument("unit id \(unit) is not valid on \(configuration.transport)")
+        }
+        let (rc, value) = body(ctx)
+        if rc == -1 {
+            let e = cmodbus_errno()  // read at once, before anything else can overwrite errno
+            let error = ModbusError.fromErrno(e, function: function)
+            recover(after: error)
+            throw error
+        }
+        return value
+    }
+
+    private func recover(after error: ModbusError) {
+        guard let ctx else { return }
+        switch error {
+        case .connectionLost, .connectFailed:
+            logger.debug("closing connection after error", metadata: ["error": "\(error)"])
+            close()
+        case .timeout, .badCRC, .badResponse:
+            // A late or garbled answer may still be in the buffers: drop it so it is not taken
+            // for the answer to the next request.
+            if modbus_flush(ctx) == -1, configuration.transport.isRTU == false { close() }
+        default:
+            break
+        }
+    }
+
+    private func ensureConnected() throws(ModbusError) -> OpaquePointer {
+        if let ctx, connected { return ctx }
+        if ctx == nil { ctx = try makeContext() }
+        guard let ctx else { throw .closed }
+        if modbus_connect(ctx) == -1 {
+            let e = cmodbus_errno()
+            let detail = String(cString: modbus_strerror(e))
+            throw .connectFailed(target: configuration.transport.description, errno: e, detail: detail)
+        }
+        connected = true
+        if case .rtu(let rtu) = configuration.transport {
+            if rtu.rs485Mode, modbus_rtu_set_serial_mode(ctx, Int32(MODBUS_RTU_RS485)) == -1 {
+                let e = cmodbus_errno()
+                logger.warning("RS-485 mode not available on this port", metadata: ["errno": "\(e)"])
+            }
+            if rtu.rtsToggle, modbus_rtu_set_rts(ctx, Int32(MODBUS_RTU_RTS_UP)) == -1 {
+                let e = cmodbus_errno()
+                logger.warning("RTS toggling not available on this port", metadata: ["errno": "\(e)"])
+            }
+        }
+        logger.debug("connected", metadata: ["target": "\(configuration.transport)"])
+        return ctx
+    }
+
+    private func makeContext() throws(ModbusError) -> OpaquePointer {
+        let made: OpaquePointer?
+        switch configuration.transport {
+        case .tcp(let host, let port):
+            made = modbus_new_tcp_pi(host, String(port))
+        case .rtu(let s):
+            made = modbus_new_rtu(s.path, Int32(s.baud), CChar(truncatingIfNeeded: UInt8(ascii: s.parity.rawValue.unicodeScalars.first!)),
+                                  Int32(s.dataBits), Int32(s.stopBits))
+        }
+        guard let made else {
+            let e = cmodbus_errno()
+            throw .invalidArgument("cannot create a context for \(configuration.transport): \(String(cString: modbus_strerror(e)))")
+        }
+        let (rs, rus) = Self.split(configuration.responseTimeout)
+        modbus_set_response_timeout(made, rs, rus)
+        let (bs, bus) = Self.split(configuration.byteTimeout)
+        modbus_set_byte_timeout(made, bs, bus)
+        return made
+    }
+
+    private static func split(_ d: Duration) -> (UInt32, UInt32) {
+        let us = max(Int64(1000), d.components.seconds * 1_000_000 + d.components.attoseconds / 1_000_000_000_000)
+        return (UInt32(us / 1_000_000), UInt32(us % 1_000_000))
+    }
+}

@@ -1,0 +1,380 @@
+import CModbus
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The tables of one simulated unit. Addresses `0..<size` exist; anything past is answered with
+/// ILLEGAL DATA ADDRESS, so tests can create holes by sizing tables.
+public struct SimulatedUnit: Sendable, Equatable {
+    public var coilCount = 10_000
+    public var discreteCount = 10_000
+    public var holdingCount = 10_000
+    public var inputCount = 10_000
+    public var coils: [Int: Bool] = [:]
+    public var discrete: [Int: Bool] = [:]
+    public var holding: [Int: UInt16] = [:]
+    public var input: [Int: UInt16] = [:]
+
+    public init() {}
+
+    func size(_ kind: RegisterKind) -> Int {
+        switch kind { case .coil: coilCount; case .discrete: discreteCount; case .holding: holdingCount; case .input: inputCount }
+    }
+}
+
+/// A value that changes by itself, for demos and tests.
+public struct ScriptedChange: Sendable, Equatable {
+    public enum Behaviour: Sendable, Equatable {
+        /// Adds 1 every period (wraps at the register's width; a bit toggles).
+        case counter
+        /// Moves by `step` every period between `min` and `max`, back and forth.
+        case drift(min: Int, max: Int, step: Int)
+    }
+    public var unit: Int
+    public var kind: RegisterKind
+    public var address: Int
+    public var behaviour: Behaviour
+    public var period: Duration
+
+    public init(unit: Int, kind: RegisterKind, address: Int, behaviour: Behaviour, period: Duration) {
+        self.unit = unit
+        self.kind = kind
+        self.address = address
+        self.behaviour = behaviour
+        self.period = period
+    }
+}
+
+/// A write the simulator accepted, for the write log.
+public struct SimulatedWrite: Sendable, Equatable {
+    public var unit: Int
+    public var function: Int
+    public var kind: RegisterKind
+    public var address: Int
+    public var values: [UInt16]
+    /// Wall-clock time, milliseconds since 1970.
+    public var unixMilliseconds: Int64
+    /// Monotonic time, milliseconds (for spacing between writes).
+    public var monotonicMilliseconds: Int64
+}
+
+/// A Modbus device on libmodbus's server API: TCP (several clients, several unit ids) or RTU (one
+/// unit on a serial line). Runs on its own thread.
+public final class ModbusSimulator: Sendable {
+    public enum Endpoint: Sendable, Equatable {
+        /// Listen on `host:port`; port 0 picks a free port (see ``boundPort``).
+        case tcp(host: String, port: Int)
+        /// Serve one unit on a serial line.
+        case rtu(RTUSettings)
+    }
+
+    public let endpoint: Endpoint
+    /// The TCP port actually bound (useful with port 0); nil for RTU.
+    public let boundPort: Int?
+    private let wake: (read: Int32, write: Int32)
+    private let shared: ConditionLock<Shared>
+
+    private struct Shared {
+        var pendingSets: [(unit: Int, kind: RegisterKind, address: Int, value: UInt16)] = []
+        var stopped = false
+        var finished = false
+        var units: [Int: SimulatedUnit]
+    }
+
+    /// Opens the endpoint (throws if it cannot) and starts serving on a new thread.
+    /// `onWrite` runs on the simulator thread for every accepted write.
+    public init(endpoint: Endpoint, units: [Int: SimulatedUnit], scripts: [ScriptedChange] = [],
+                onWrite: @escaping @Sendable (SimulatedWrite) -> Void = { _ in }) throws(ModbusError) {
+        guard !units.isEmpty else { throw .invalidArgument("the simulator needs at least one unit") }
+        self.endpoint = endpoint
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { throw .other(function: "pipe", errno: errno, detail: "cannot create a pipe") }
+        _ = fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK)
+        self.wake = (fds[0], fds[1])
+        self.shared = ConditionLock(Shared(units: units))
+
+        let server: Server
+        do throws(ModbusError) {
+            server = try Server.open(endpoint, units: units)
+        } catch {
+            close(fds[0]); close(fds[1])
+            throw error
+        }
+        self.boundPort = server.boundPort
+        let shared = self.shared
+        let wakeRead = fds[0]
+        // The Server is created here and handed to the thread, which becomes its only user.
+        let handoff = SendableHandoff(server)
+        startThread(name: "modbus-sim") {
+            let server = handoff.take()
+            server.run(wakeFD: wakeRead, shared: shared, scripts: scripts, onWrite: onWrite)
+        }
+    }
+
+    deinit {
+        stop()
+        close(wake.write)
+    }
+
+    /// Sets a value from outside (takes effect on the simulator thread within one loop turn).
+    public func set(unit: Int, kind: RegisterKind, address: Int, value: UInt16) {
+        shared.withLock { $0.pendingSets.append((unit, kind, address, value)) }
+        var b: UInt8 = 1
+        _ = write(wake.write, &b, 1)
+    }
+
+    /// Stops serving and closes every connection. Returns once the thread has finished.
+    public func stop() {
+        let already = shared.withLockSignalling { s -> Bool in
+            defer { s.stopped = true }
+            return s.stopped
+        }
+        if !already {
+            var b: UInt8 = 0
+            _ = write(wake.write, &b, 1)
+        }
+        _ = shared.wait { $0.finished ? true : nil }
+    }
+
+    /// Blocks the calling thread until the simulator stops.
+    public func waitUntilStopped() {
+        _ = shared.wait { $0.finished ? true : nil }
+    }
+
+    // MARK: - Server (simulator thread only)
+
+    /// Moves a non-Sendable value to another thread exactly once.
+    /// `@unchecked Sendable`: the value is written once before the thread starts and read once by
+    /// that thread; no two threads use it at the same time.
+    private final class SendableHandoff<T>: @unchecked Sendable {
+        private var value: T?
+        init(_ v: T) { value = v }
+        func take() -> T { defer { value = nil }; return value! }
+    }
+
+    private final class Server {
+        let ctx: OpaquePointer
+        let isTCP: Bool
+        let listenFD: Int32
+        let boundPort: Int?
+        var mappings: [Int: UnsafeMutablePointer<modbus_mapping_t>] = [:]
+        var sizes: [Int: SimulatedUnit] = [:]
+        var clients: [Int32] = []
+
+        init(ctx: OpaquePointer, isTCP: Bool, listenFD: Int32, boundPort: Int?) {
+            self.ctx = ctx
+            self.isTCP = isTCP
+            self.listenFD = listenFD
+            self.boundPort = boundPort
+        }
+
+        deinit {
+            for c in clients { close(c) }
+            if isTCP { close(listenFD) } else { modbus_close(ctx) }
+            modbus_free(ctx)
+            for m in mappings.values { modbus_mapping_free(m) }
+        }
+
+        static func open(_ endpoint: Endpoint, units: [Int: SimulatedUnit]) throws(ModbusError) -> Server {
+            let server: Server
+            switch endpoint {
+            case .tcp(let host, let port):
+                guard let ctx = modbus_new_tcp_pi(host, String(port)) else {
+                    throw .invalidArgument("cannot create a TCP context for \(host):\(port)")
+                }
+                let fd = modbus_tcp_pi_listen(ctx, 16)
+                if fd == -1 {
+                    let e = cmodbus_errno()
+                    modbus_free(ctx)
+                    throw .connectFailed(target: "listen \(host):\(port)", errno: e, detail: String(cString: modbus_strerror(e)))
+                }
+                var addr = sockaddr_storage()
+                var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+                let bound: Int? = withUnsafeMutablePointer(to: &addr) { p in
+                    p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sp -> Int? in
+                        guard getsockname(fd, sp, &len) == 0 else { return nil }
+                        if Int32(sp.pointee.sa_family) == AF_INET6 {
+                            return sp.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin6_port)) }
+                        }
+                        return sp.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin_port)) }
+                    }
+                }
+                server = Server(ctx: ctx, isTCP: true, listenFD: fd, boundPort: bound)
+            case .rtu(let s):
+                guard units.count == 1, let unit = units.keys.first else {
+                    throw .invalidArgument("an RTU simulator serves exactly one unit (libmodbus filters requests by unit id)")
+                }
+                guard let ctx = modbus_new_rtu(s.path, Int32(s.baud), CChar(truncatingIfNeeded: UInt8(ascii: s.parity.rawValue.unicodeScalars.first!)),
+                                               Int32(s.dataBits), Int32(s.stopBits)) else {
+                    throw .invalidArgument("cannot create an RTU context for \(s.path)")
+                }
+                modbus_set_slave(ctx, Int32(unit))
+                if modbus_connect(ctx) == -1 {
+                    let e = cmodbus_errno()
+                    modbus_free(ctx)
+                    throw .connectFailed(target: s.path, errno: e, detail: String(cString: modbus_strerror(e)))
+                }
+                server = Server(ctx: ctx, isTCP: false, listenFD: modbus_get_socket(ctx), boundPort: nil)
+            }
+            for (id, unit) in units {
+                guard let m = modbus_mapping_new(Int32(unit.coilCount), Int32(unit.discreteCount),
+                                                 Int32(unit.holdingCount), Int32(unit.inputCount)) else {
+                    throw .invalidArgument("cannot allocate the tables of unit \(id)")
+                }
+                for (a, v) in unit.coils where a < unit.coilCount { m.pointee.tab_bits[a] = v ? 1 : 0 }
+                for (a, v) in unit.discrete where a < unit.discreteCount { m.pointee.tab_input_bits[a] = v ? 1 : 0 }
+                for (a, v) in unit.holding where a < unit.holdingCount { m.pointee.tab_registers[a] = v }
+                for (a, v) in unit.input where a < unit.inputCount { m.pointee.tab_input_registers[a] = v }
+                server.mappings[id] = m
+                server.sizes[id] = unit
+            }
+            return server
+        }
+
+        func set(unit: Int, kind: RegisterKind, address: Int, value: UInt16) {
+            guard let m = mappings[unit], let size = sizes[unit], address >= 0, address < size.size(kind) else { return }
+            switch kind {
+            case .coil: m.pointee.tab_bits[address] = value != 0 ? 1 : 0
+            case .discrete: m.pointee.tab_input_bits[address] = value != 0 ? 1 : 0
+            case .holding: m.pointee.tab_registers[address] = value
+            case .input: m.pointee.tab_input_registers[address] = value
+            }
+        }
+
+        func get(unit: Int, kind: RegisterKind, address: Int) -> UInt16? {
+            guard let m = mappings[unit], let size = sizes[unit], address >= 0, address < size.size(kind) else { return nil }
+            switch kind {
+            case .coil: return UInt16(m.pointee.tab_bits[address])
+            case .discrete: return UInt16(m.pointee.tab_input_bits[address])
+            case .holding: return m.pointee.tab_registers[address]
+            case .input: return m.pointee.tab_input_registers[address]
+            }
+        }
+
+        func run(wakeFD: Int32, shared: ConditionLock<Shared>, scripts: [ScriptedChange],
+                 onWrite: @Sendable (SimulatedWrite) -> Void) {
+            defer {
+                close(wakeFD)
+                shared.withLockSignalling { $0.finished = true }
+            }
+            let clock = ContinuousClock()
+            var nextRun = scripts.map { clock.now + $0.period }
+            var driftUp = scripts.map { _ in true }
+            let query = UnsafeMutablePointer<UInt8>.allocate(capacity: Int(MODBUS_TCP_MAX_ADU_LENGTH))
+            defer { query.deallocate() }
+            while true {
+                var timeoutMs: Int32 = -1
+                if let soonest = nextRun.min() {
+                    let d = soonest - clock.now
+                    timeoutMs = Int32(max(0, min(60_000, d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000)))
+                }
+                var fds = [pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0),
+                           pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0)]
+                fds += clients.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+                let n = poll(&fds, nfds_t(fds.count), timeoutMs)
+                if n == -1 && errno != EINTR { break }
+
+                // Outside requests: stop, or set a value.
+                if fds[0].revents != 0 {
+                    var buf = [UInt8](repeating: 0, count: 64)
+                    while read(wakeFD, &buf, 64) > 0 {}
+                    let (stop, sets) = shared.withLock { s -> (Bool, [(unit: Int, kind: RegisterKind, address: Int, value: UInt16)]) in
+                        defer { s.pendingSets.removeAll() }
+                        return (s.stopped, s.pendingSets)
+                    }
+                    if stop { return }
+                    for s in sets { set(unit: s.unit, kind: s.kind, address: s.address, value: s.value) }
+                }
+                // Scripted changes that are due.
+                let now = clock.now
+                for i in scripts.indices where nextRun[i] <= now {
+                    let sc = scripts[i]
+                    nextRun[i] = nextRun[i] + sc.period
+                    if nextRun[i] < now { nextRun[i] = now + sc.period }   // no burst after a stall
+                    guard let cur = get(unit: sc.unit, kind: sc.kind, address: sc.address) else { continue }
+                    switch sc.behaviour {
+                    case .counter:
+                        set(unit: sc.unit, kind: sc.kind, address: sc.address, value: sc.kind.isBit ? (cur == 0 ? 1 : 0) : cur &+ 1)
+                    case .drift(let lo, let hi, let step):
+                        var v = Int(Int16(bitPattern: cur))
+                        if lo >= 0 { v = Int(cur) }
+                        v += driftUp[i] ? step : -step
+                        if v >= hi { v = hi; driftUp[i] = false }
+                        if v <= lo { v = lo; driftUp[i] = true }
+                        set(unit: sc.unit, kind: sc.kind, address: sc.address, value: UInt16(truncatingIfNeeded: v))
+                    }
+                }
+                guard n > 0 else { continue }
+
+                if isTCP {
+                    if fds[1].revents & Int16(POLLIN) != 0 {
+                        var lfd = listenFD
+                        let c = modbus_tcp_pi_accept(ctx, &lfd)
+                        if c >= 0 { clients.append(c) }
+                    }
+                    var closed: Set<Int32> = []
+                    for pfd in fds.dropFirst(2) where pfd.revents != 0 {
+                        modbus_set_socket(ctx, pfd.fd)
+                        if !serveOne(query: query, onWrite: onWrite) { closed.insert(pfd.fd) }
+                    }
+                    for c in closed { close(c) }
+                    clients.removeAll { closed.contains($0) }
+                } else if fds[1].revents != 0 {
+                    if fds[1].revents & Int16(POLLHUP | POLLERR | POLLNVAL) != 0 && fds[1].revents & Int16(POLLIN) == 0 {
+                        // Other end of the line gone (pty closed): wait for it to come back without spinning.
+                        _ = poll(&fds, 1, 50)
+                        continue
+                    }
+                    _ = serveOne(query: query, onWrite: onWrite)
+                }
+            }
+        }
+
+        /// Receives and answers one request. Returns false when the connection should be closed.
+        private func serveOne(query: UnsafeMutablePointer<UInt8>, onWrite: @Sendable (SimulatedWrite) -> Void) -> Bool {
+            let rc = modbus_receive(ctx, query)
+            if rc == -1 {
+                if !isTCP { modbus_flush(ctx) }
+                return false
+            }
+            guard rc > 0 else { return true }  // not for us (RTU, other unit)
+            let header = Int(modbus_get_header_length(ctx))
+            let unit = Int(query[header - 1])
+            guard let mapping = mappings[unit] ?? (isTCP ? nil : mappings.values.first) else {
+                modbus_reply_exception(ctx, query, UInt32(MODBUS_EXCEPTION_GATEWAY_TARGET))
+                return true
+            }
+            let write = describeWrite(query: query, header: header, unit: unit)
+            modbus_reply(ctx, query, rc, mapping)
+            if var w = write {
+                w.values = (0..<w.values.count).map { get(unit: unit, kind: w.kind, address: w.address + $0) ?? 0 }
+                onWrite(w)
+            }
+            return true
+        }
+
+        /// Reads a write request's target from the frame (nil for reads or out-of-range writes).
+        private func describeWrite(query: UnsafeMutablePointer<UInt8>, header: Int, unit: Int) -> SimulatedWrite? {
+            let fc = Int(query[header])
+            func u16(_ o: Int) -> Int { Int(query[header + o]) << 8 | Int(query[header + o + 1]) }
+            let kind: RegisterKind, address: Int, count: Int
+            switch fc {
+            case 5: (kind, address, count) = (.coil, u16(1), 1)
+            case 6: (kind, address, count) = (.holding, u16(1), 1)
+            case 15: (kind, address, count) = (.coil, u16(1), u16(3))
+            case 16: (kind, address, count) = (.holding, u16(1), u16(3))
+            case 23: (kind, address, count) = (.holding, u16(5), u16(7))
+            default: return nil
+            }
+            guard let size = sizes[unit] ?? sizes.values.first, count > 0, address + count <= size.size(kind) else { return nil }
+            var rt = timespec(), mt = timespec()
+            clock_gettime(CLOCK_REALTIME, &rt)
+            clock_gettime(CLOCK_MONOTONIC, &mt)
+            return SimulatedWrite(unit: unit, function: fc, kind: kind, address: address,
+                                  values: [UInt16](repeating: 0, count: count),
+                                  unixMilliseconds: Int64(rt.tv_sec) * 1000 + Int64(rt.tv_nsec) / 1_000_000,
+                                  monotonicMilliseconds: Int64(mt.tv_sec) * 1000 + Int64(mt.tv_nsec) / 1_000_000)
+        }
+    }
+}
