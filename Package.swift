@@ -19,7 +19,6 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
-        .package(url: "https://github.com/apple/swift-nio-extras", from: "1.35.2"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
@@ -71,9 +70,9 @@ let package = Package(
         ], swiftSettings: swiftSettings),
 
         // Shared by all test targets: private Mosquitto, simulators, socat pty pairs.
-        .target(name: "TestSupport", dependencies: [], path: "Tests/TestSupport", swiftSettings: swiftSettings),
+        .target(name: "TestSupport", dependencies: [], path: "Tests/TestSupport", exclude: ["scripts"], swiftSettings: swiftSettings),
 
-        .testTarget(name: "TestSupportTests", dependencies: ["TestSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "TestSupportTests", dependencies: ["TestSupport", "Modbus"], swiftSettings: swiftSettings),
         .testTarget(name: "MQTTTests", dependencies: [
             "MQTT", "TestSupport",
             .product(name: "NIOCore", package: "swift-nio"),

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Dispatch
 import Modbus
 
 #if canImport(Glibc)
@@ -134,12 +135,16 @@ struct Simulate: ParsableCommand {
             endpoint = .tcp(host: h, port: p)
         }
 
-        // SIGTERM/SIGINT are taken by a sigwait thread so the simulator stops cleanly with exit 0.
-        var mask = sigset_t()
-        sigemptyset(&mask)
-        sigaddset(&mask, SIGTERM)
-        sigaddset(&mask, SIGINT)
-        pthread_sigmask(SIG_BLOCK, &mask, nil)
+        // SIGTERM/SIGINT stop the simulator cleanly (exit 0): handled by dispatch sources.
+        let stopSignal = DispatchSemaphore(value: 0)
+        var sources: [any DispatchSourceSignal] = []
+        for sig in [SIGTERM, SIGINT] {
+            signal(sig, SIG_IGN)
+            let src = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            src.setEventHandler { stopSignal.signal() }
+            src.resume()
+            sources.append(src)
+        }
 
         let sim: ModbusSimulator
         do {
@@ -157,9 +162,9 @@ struct Simulate: ParsableCommand {
 
         let box = SimBox(sim)
         Self.startStdinReader(box: box, units: unitIDs)
-        var sig: Int32 = 0
-        sigwait(&mask, &sig)
+        stopSignal.wait()
         sim.stop()
+        sources.forEach { $0.cancel() }
         emit("stopped")
     }
 

@@ -1,0 +1,127 @@
+import Foundation
+
+/// A write the simulator logged (one JSON line per accepted write).
+public struct LoggedWrite: Sendable, Equatable, Decodable {
+    public var unit: Int
+    public var fc: Int
+    public var kind: String
+    public var address: Int
+    public var values: [Int]
+    /// Wall clock, ms since 1970.
+    public var ts_ms: Int64
+    /// Monotonic ms (for spacing).
+    public var mono_ms: Int64
+}
+
+/// Our own `gateway simulate`, started as a process on a free loopback port.
+public final class GatewaySimulator: Sendable {
+    public let process: ChildProcess
+    public let host: String
+    public let port: Int
+
+    private init(process: ChildProcess, host: String, port: Int) {
+        self.process = process
+        self.host = host
+        self.port = port
+    }
+
+    /// Starts `gateway simulate --tcp 127.0.0.1:0 <arguments>` and waits until it listens.
+    public static func start(_ arguments: [String] = [], host: String = "127.0.0.1") async throws -> GatewaySimulator {
+        let bin = try TestEnvironment.gatewayBinary()
+        let p = try ChildProcess(bin, ["simulate", "--tcp", "\(host):0"] + arguments)
+        let line = try await p.waitForLine(containing: "listening tcp")
+        guard let portText = line.split(separator: " ").dropFirst(2).first?.split(separator: ":").last, let port = Int(portText) else {
+            await p.stop()
+            throw FixtureError("cannot read the port from '\(line)'")
+        }
+        return GatewaySimulator(process: p, host: host, port: port)
+    }
+
+    /// Starts `gateway simulate` on a serial line (one unit).
+    public static func startRTU(path: String, _ arguments: [String] = []) async throws -> ChildProcess {
+        let p = try ChildProcess(try TestEnvironment.gatewayBinary(), ["simulate", "--rtu", path] + arguments)
+        try await p.waitForLine(containing: "listening rtu")
+        return p
+    }
+
+    /// Changes a value live: `set("holding:100=215")` or `set("3/coil:0=1")`.
+    public func set(_ spec: String) async throws {
+        process.send("set \(spec)")
+        try await process.waitForLine { $0 == "set \(spec)" }
+    }
+
+    /// Every write logged so far.
+    public var writes: [LoggedWrite] {
+        process.lines.compactMap { line in
+            guard line.hasPrefix("{\"write\":"), let data = line.data(using: .utf8) else { return nil }
+            return (try? JSONDecoder().decode([String: LoggedWrite].self, from: data))?["write"]
+        }
+    }
+
+    public func stop() async -> Int32 { await process.stop() }
+}
+
+/// pymodbus (from PyPI, pinned): an independent Modbus peer.
+public final class PymodbusServer: Sendable {
+    public let process: ChildProcess
+    public let port: Int?
+
+    private init(process: ChildProcess, port: Int?) {
+        self.process = process
+        self.port = port
+    }
+
+    static var script: String { TestEnvironment.packageRoot + "/Tests/TestSupport/scripts/pymodbus_server.py" }
+
+    /// Serves `spec` (see the script's doc) over TCP on a free loopback port.
+    public static func startTCP(spec: String) async throws -> PymodbusServer {
+        let p = try ChildProcess(try TestEnvironment.venvPython(), [script, "--tcp", "127.0.0.1:0", "--spec", spec])
+        let line = try await p.waitForLine(containing: "listening tcp", timeout: .seconds(30))
+        guard let port = line.split(separator: ":").last.flatMap({ Int($0) }) else {
+            await p.stop()
+            throw FixtureError("cannot read the port from '\(line)'")
+        }
+        return PymodbusServer(process: p, port: port)
+    }
+
+    /// Serves `spec` as RTU on a serial line (several unit ids on one line).
+    public static func startRTU(path: String, baud: Int = 19200, spec: String) async throws -> PymodbusServer {
+        let p = try ChildProcess(try TestEnvironment.venvPython(), [script, "--rtu", path, "--baud", String(baud), "--spec", spec])
+        try await p.waitForLine(containing: "listening rtu", timeout: .seconds(30))
+        return PymodbusServer(process: p, port: nil)
+    }
+
+    public func stop() async -> Int32 { await process.stop() }
+}
+
+/// A pair of connected pseudo-terminals made by socat: what is written to one end is read on the
+/// other. Stands in for a serial line (it ignores baud rate and parity).
+public final class PtyPair: Sendable {
+    public let process: ChildProcess
+    /// Stable paths (symlinks to /dev/pts/N) of the two ends.
+    public let a: String
+    public let b: String
+    public let directory: String
+
+    private init(process: ChildProcess, a: String, b: String, directory: String) {
+        self.process = process
+        self.a = a
+        self.b = b
+        self.directory = directory
+    }
+
+    public static func start() async throws -> PtyPair {
+        let dir = try TestEnvironment.makeTemporaryDirectory("pty")
+        let a = dir + "/a", b = dir + "/b"
+        let p = try ChildProcess(try TestEnvironment.require("socat"),
+                                 ["-d", "-d", "pty,raw,echo=0,link=\(a)", "pty,raw,echo=0,link=\(b)"])
+        try await p.waitForLine(containing: "starting data transfer loop")
+        return PtyPair(process: p, a: a, b: b, directory: dir)
+    }
+
+    /// Stops socat: both ends vanish (like an unplugged USB adapter).
+    public func stop() async {
+        await process.stop()
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+}

@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""An independent Modbus peer for tests: pymodbus (pinned in scripts/requirements-test.txt).
+
+Usage:
+  pymodbus_server.py --tcp 127.0.0.1:0 --spec '{"1": {"hr": {"100": 215}}, "2": {...}}'
+  pymodbus_server.py --rtu /dev/pts/7 --baud 19200 --spec '...'
+Spec per unit: tables "co", "di", "hr", "ir" mapping address -> value. With "sparse": true only the
+listed addresses exist (others answer ILLEGAL DATA ADDRESS); otherwise addresses 0..999 exist.
+Prints "listening tcp HOST:PORT" / "listening rtu PATH" once serving; stops on SIGTERM.
+"""
+import argparse
+import asyncio
+import json
+import signal
+import sys
+
+from pymodbus.datastore import (ModbusSequentialDataBlock, ModbusServerContext,
+                                ModbusSlaveContext, ModbusSparseDataBlock)
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+
+
+def block(table, sparse):
+    # pymodbus adds 1 to every protocol address before looking it up: store at address + 1.
+    values = {int(a) + 1: int(v) for a, v in table.items()}
+    if sparse:
+        return ModbusSparseDataBlock(values if values else {1: 0})
+    data = [0] * 1001
+    for a, v in values.items():
+        if 0 <= a <= 1000:
+            data[a] = v
+    return ModbusSequentialDataBlock(0, data)
+
+
+async def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--tcp")
+    p.add_argument("--rtu")
+    p.add_argument("--baud", type=int, default=19200)
+    p.add_argument("--spec", default='{"1": {}}')
+    a = p.parse_args()
+    spec = json.loads(a.spec)
+    slaves = {}
+    for unit, tables in spec.items():
+        sparse = bool(tables.get("sparse", False))
+        slaves[int(unit)] = ModbusSlaveContext(
+            co=block(tables.get("co", {}), sparse), di=block(tables.get("di", {}), sparse),
+            hr=block(tables.get("hr", {}), sparse), ir=block(tables.get("ir", {}), sparse))
+    context = ModbusServerContext(slaves=slaves, single=False)
+    if a.tcp:
+        host, port = a.tcp.rsplit(":", 1)
+        server = ModbusTcpServer(context, address=(host, int(port)))
+    else:
+        server = ModbusSerialServer(context, port=a.rtu, baudrate=a.baud, ignore_missing_slaves=True)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for s in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(s, stop.set)
+    await server.serve_forever(background=True)
+    if a.tcp:
+        bound = server.transport.sockets[0].getsockname()[1]
+        print(f"listening tcp {host}:{bound}", flush=True)
+    else:
+        print(f"listening rtu {a.rtu}", flush=True)
+    await stop.wait()
+    await server.shutdown()
+    print("stopped", flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
