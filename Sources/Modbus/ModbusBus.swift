@@ -103,6 +103,9 @@ public final class ModbusBus: Sendable {
         for job in rest { job.fail(ModbusError.closed) }
     }
 
+    /// Requests waiting in the queue (not counting the one running).
+    public var queuedCount: Int { queue.withLock { $0.jobs.count } }
+
     /// Stops the bus thread after the running transaction; queued requests fail with ``ModbusError/closed``.
     public func close() {
         queue.withLockSignalling { $0.stopped = true }
