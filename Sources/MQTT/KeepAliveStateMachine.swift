@@ -1,0 +1,68 @@
+/// Keepalive timing as a pure state machine (driven by the connection with real time, by tests
+/// with instants they choose).
+///
+/// A PINGREQ goes out when nothing was sent for `interval`; if its PINGRESP has not arrived
+/// `interval / 2` later, the connection is dead. A silently dropped link is so noticed within
+/// 1.5 x keepalive.
+struct KeepAliveStateMachine {
+    enum Action: Equatable {
+        case wait(until: ContinuousClock.Instant)
+        case sendPing
+        case closeDead
+    }
+
+    let interval: Duration
+    let responseTimeout: Duration
+    private(set) var lastSent: ContinuousClock.Instant
+    private(set) var pingSentAt: ContinuousClock.Instant?
+
+    init(interval: Duration, now: ContinuousClock.Instant) {
+        self.interval = interval
+        self.responseTimeout = interval / 2
+        self.lastSent = now
+    }
+
+    mutating func packetSent(at now: ContinuousClock.Instant) { lastSent = now }
+
+    mutating func pingResponseReceived() { pingSentAt = nil }
+
+    mutating func next(now: ContinuousClock.Instant) -> Action {
+        if let p = pingSentAt {
+            return now >= p + responseTimeout ? .closeDead : .wait(until: p + responseTimeout)
+        }
+        if now >= lastSent + interval {
+            pingSentAt = now
+            lastSent = now
+            return .sendPing
+        }
+        return .wait(until: lastSent + interval)
+    }
+}
+
+/// Reconnect delays: exponential with jitter, capped; `random` in [0, 1) is injected for tests.
+struct Backoff {
+    let policy: ReconnectPolicy
+    private(set) var attempt = 0
+
+    init(policy: ReconnectPolicy) { self.policy = policy }
+
+    mutating func reset() { attempt = 0 }
+
+    mutating func nextDelay(random: Double) -> Duration {
+        let base = min(Double(policy.maximumDelay.milliseconds),
+                       Double(policy.initialDelay.milliseconds) * pow2(policy.multiplier, attempt))
+        attempt += 1
+        let jittered = base * (1 - policy.jitter) + base * policy.jitter * random
+        return .milliseconds(Int64(jittered.rounded()))
+    }
+
+    private func pow2(_ m: Double, _ n: Int) -> Double {
+        var r = 1.0
+        for _ in 0..<min(n, 64) { r *= m }
+        return r
+    }
+}
+
+extension Duration {
+    var milliseconds: Int64 { components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000 }
+}

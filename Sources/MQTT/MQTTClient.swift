@@ -1,0 +1,730 @@
+import DequeModule
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+
+/// A message received on a subscription.
+public struct MQTTMessage: Sendable, Hashable {
+    public var topic: String
+    public var payload: [UInt8]
+    public var qos: QoS
+    public var retain: Bool
+    /// 5.0 properties as received (message expiry, response topic, correlation data, user properties...).
+    public var properties: MQTTProperties
+
+    public var payloadString: String { String(decoding: payload, as: UTF8.self) }
+}
+
+/// What happens to the connection, for logs and tests.
+public enum MQTTEvent: Sendable, Equatable {
+    case connected(sessionPresent: Bool, version: MQTTVersion)
+    case disconnected(reason: String)
+    case reconnecting(attempt: Int, delay: Duration)
+    /// The broker closed us because another client took our client id (5.0 reason, or repeated
+    /// drops right after connecting on 3.1.1). The client backs off to the maximum delay.
+    case sessionTakenOver
+    case messagesDropped(total: Int)
+}
+
+/// An MQTT 3.1.1 / 5.0 client on SwiftNIO.
+///
+/// - `connect()` connects once (and keeps reconnecting afterwards when ``MQTTConfiguration/reconnect``
+///   is set); `start()` runs the reconnect loop from the first attempt without waiting.
+/// - `publish` returns when the broker acknowledged the message (QoS 1: PUBACK, QoS 2: PUBCOMP) or,
+///   for QoS 0, when it was written. While disconnected, messages wait in a bounded queue (oldest
+///   dropped and counted) and go out in order after reconnect.
+/// - Incoming messages arrive on ``messages``; connection changes on ``events``.
+public actor MQTTClient {
+    public nonisolated let configuration: MQTTConfiguration
+    /// Every message received on any subscription, in arrival order.
+    public nonisolated let messages: AsyncStream<MQTTMessage>
+    /// Connection events.
+    public nonisolated let events: AsyncStream<MQTTEvent>
+    private let messageSink: AsyncStream<MQTTMessage>.Continuation
+    private let eventSink: AsyncStream<MQTTEvent>.Continuation
+    private let group: any EventLoopGroup
+    private var logger: Logger
+
+    private enum State: Equatable { case idle, connecting, connected, shutdown }
+    private var state: State = .idle
+
+    // Current connection.
+    private var channel: (any Channel)?
+    private var connectionID = 0
+    private var readerTask: Task<Void, Never>?
+    private var keepAliveTask: Task<Void, Never>?
+    private var keepAlive: KeepAliveStateMachine?
+    private var connAckWaiter: CheckedContinuation<ConnAckPacket, any Error>?
+    private var disconnectWaiters: [CheckedContinuation<Void, Never>] = []
+    private var lastCloseReason = ""
+    private var takenOverByReason = false
+    private var connectedAt: ContinuousClock.Instant?
+    private var quickDrops = 0
+
+    /// The protocol version in use (after a 5.0 -> 3.1.1 fallback, 3.1.1).
+    public private(set) var version: MQTTVersion
+    /// Client identifier assigned by a 5.0 broker (when ours was empty).
+    public private(set) var assignedClientIdentifier: String?
+    /// Keepalive in effect (the broker's server keep alive when it sent one).
+    public private(set) var effectiveKeepAlive: UInt16
+    private var serverReceiveMaximum = 65_535
+    private var serverMaximumPacketSize = Int.max
+    private var serverMaximumQoS: QoS = .exactlyOnce
+    private var serverRetainAvailable = true
+    private var inboundAliases: [UInt16: String] = [:]
+
+    // Session state (kept across reconnects).
+    private struct Outbound {
+        enum Stage { case awaitingPubAck, awaitingPubRec, awaitingPubComp }
+        var packet: PublishPacket
+        var stage: Stage
+        var continuation: CheckedContinuation<Void, any Error>?
+    }
+    private struct Pending {
+        var packet: PublishPacket
+        var continuation: CheckedContinuation<Void, any Error>?
+    }
+    private var outbound: [UInt16: Outbound] = [:]
+    private var outboundOrder: Deque<UInt16> = []
+    private var queue: Deque<Pending> = []
+    private var incomingQoS2: Set<UInt16> = []
+    private var nextPacketID: UInt16 = 1
+    private var subscriptions: [String: Subscription] = [:]
+    private var subscriptionOrder: [String] = []
+    private var requests: [UInt16: CheckedContinuation<SubAckPacket, any Error>] = [:]
+    /// Messages dropped from the full queue since start.
+    public private(set) var droppedCount = 0
+    private var supervisor: Task<Void, Never>?
+
+    public init(configuration: MQTTConfiguration, eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+                logger: Logger = Logger(label: "gateway.mqtt")) {
+        self.configuration = configuration
+        self.group = eventLoopGroup
+        self.logger = logger
+        self.version = configuration.version
+        self.effectiveKeepAlive = configuration.keepAlive
+        (messages, messageSink) = AsyncStream.makeStream(of: MQTTMessage.self)
+        (events, eventSink) = AsyncStream.makeStream(of: MQTTEvent.self, bufferingPolicy: .bufferingNewest(1000))
+    }
+
+    deinit {
+        messageSink.finish()
+        eventSink.finish()
+    }
+
+    public var isConnected: Bool { state == .connected }
+    /// QoS 1/2 publishes sent and not yet acknowledged.
+    public var inFlightCount: Int { outbound.count }
+    /// Messages waiting to be sent.
+    public var queuedCount: Int { queue.count }
+
+    // MARK: - Lifecycle
+
+    /// Connects once; throws the reason when it fails (e.g. ``MQTTError/connectionRefused(_:reasonString:)``).
+    /// After a successful connect the client reconnects by itself when the connection drops.
+    @discardableResult
+    public func connect() async throws -> ConnAckPacket {
+        guard state == .idle else { throw MQTTError.invalidArgument("connect() called while \(state)") }
+        let ack = try await establish()
+        startSupervisor(connected: true)
+        return ack
+    }
+
+    /// Starts connecting in the background and keeps the connection up until ``disconnect(timeout:)``.
+    public func start() {
+        guard state == .idle, supervisor == nil else { return }
+        startSupervisor(connected: false)
+    }
+
+    /// Graceful: waits (at most `timeout`) for queued and in-flight messages to be acknowledged,
+    /// sends DISCONNECT (the broker discards the will) and closes. No reconnect afterwards.
+    public func disconnect(timeout: Duration = .seconds(2)) async {
+        let deadline = ContinuousClock.now + timeout
+        while state == .connected && (!outbound.isEmpty || !queue.isEmpty) && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        await shutdown(sendDisconnect: true)
+    }
+
+    /// Closes the socket without DISCONNECT (the broker publishes the will). No reconnect afterwards.
+    public func closeAbruptly() async {
+        await shutdown(sendDisconnect: false)
+    }
+
+    /// Drops the current connection without DISCONNECT; the client reconnects when configured to.
+    public func dropConnection() {
+        channel?.close(promise: nil)
+    }
+
+    private func shutdown(sendDisconnect: Bool) async {
+        guard state != .shutdown else { return }
+        let wasConnected = state == .connected
+        state = .shutdown
+        supervisor?.cancel()
+        supervisor = nil
+        if let ch = channel {
+            if sendDisconnect && wasConnected {
+                try? await ch.writeAndFlush(MQTTPacket.disconnect(ReasonPacket())).get()
+            }
+            try? await ch.close()
+        }
+        connectionClosed(id: connectionID, reason: "client shut down")
+        for p in queue { p.continuation?.resume(throwing: MQTTError.shutdown) }
+        queue.removeAll()
+        for id in outboundOrder { outbound[id]?.continuation?.resume(throwing: MQTTError.shutdown) }
+        outbound.removeAll()
+        outboundOrder.removeAll()
+        messageSink.finish()
+        eventSink.finish()
+    }
+
+    private func startSupervisor(connected: Bool) {
+        supervisor = Task { await self.supervise(connected: connected) }
+    }
+
+    private func supervise(connected initiallyConnected: Bool) async {
+        var connected = initiallyConnected
+        var backoff = Backoff(policy: configuration.reconnect ?? .default)
+        var firstAttempt = !initiallyConnected
+        while state != .shutdown && !Task.isCancelled {
+            if connected {
+                await waitUntilDisconnected()
+                connected = false
+                if state == .shutdown || configuration.reconnect == nil { break }
+            }
+            if !firstAttempt {
+                var delay = backoff.nextDelay(random: Double.random(in: 0..<1))
+                if takenOverByReason || quickDrops >= 3 {
+                    delay = configuration.reconnect?.maximumDelay ?? delay
+                    eventSink.yield(.sessionTakenOver)
+                    logger.error("another client is using client id '\(configuration.clientIdentifier)' and the broker keeps switching between us: backing off \(delay) before reconnecting")
+                }
+                eventSink.yield(.reconnecting(attempt: backoff.attempt, delay: delay))
+                try? await Task.sleep(for: delay)
+                if state == .shutdown || Task.isCancelled { break }
+            }
+            firstAttempt = false
+            do {
+                _ = try await establish()
+                backoff.reset()
+                connected = true
+            } catch {
+                if backoff.attempt <= 1 || backoff.attempt % 20 == 0 {
+                    logger.warning("MQTT connect to \(configuration.host):\(configuration.port) failed: \(error); retrying")
+                }
+            }
+        }
+    }
+
+    private func waitUntilDisconnected() async {
+        guard state == .connected else { return }
+        await withCheckedContinuation { disconnectWaiters.append($0) }
+    }
+
+    // MARK: - Connecting
+
+    private func establish() async throws -> ConnAckPacket {
+        do {
+            return try await establish(version: configuration.version)
+        } catch MQTTError.connectionRefused(.unsupportedProtocolVersion, _) where configuration.version == .v5 && configuration.fallbackToV3 {
+            logger.notice("broker refused MQTT 5.0; falling back to 3.1.1")
+            return try await establish(version: .v3_1_1)
+        }
+    }
+
+    private func establish(version: MQTTVersion) async throws -> ConnAckPacket {
+        guard state != .shutdown else { throw MQTTError.shutdown }
+        state = .connecting
+        connectionID += 1
+        let id = connectionID
+        self.version = version
+        let (stream, sink) = AsyncStream.makeStream(of: ChannelEvent.self)
+        let config = configuration
+        let sslContext: NIOSSLContext?
+        if let tls = config.tls {
+            do {
+                sslContext = try Self.makeSSLContext(tls)
+            } catch {
+                state = .idle
+                throw MQTTError.tls("cannot load TLS settings: \(error)")
+            }
+        } else {
+            sslContext = nil
+        }
+        let host = config.host
+        let bootstrap = ClientBootstrap(group: group)
+            .connectTimeout(.milliseconds(config.connectTimeout.milliseconds))
+            .channelOption(.socketOption(.so_keepalive), value: 1)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    if let sslContext {
+                        let sni = Self.isIPAddress(host) ? nil : host
+                        try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: sslContext, serverHostname: sni))
+                    }
+                    try channel.pipeline.syncOperations.addHandler(
+                        MQTTChannelHandler(version: version, maximumPacketSize: config.maximumPacketSize, events: sink))
+                }
+            }
+        let ch: any Channel
+        do {
+            ch = try await bootstrap.connect(host: config.host, port: config.port).get()
+        } catch {
+            if state == .connecting { state = .idle }
+            throw MQTTError.connectFailed("\(config.host):\(config.port): \(error)")
+        }
+        guard state == .connecting, connectionID == id else {
+            try? await ch.close()
+            throw MQTTError.shutdown
+        }
+        channel = ch
+        inboundAliases = [:]
+        readerTask = Task { [weak self] in
+            for await event in stream {
+                await self?.handle(event, connection: id)
+            }
+        }
+        // CONNECT, then wait for CONNACK within the connect timeout.
+        var props = MQTTProperties()
+        if version == .v5 {
+            props.sessionExpiryInterval = config.sessionExpiry == 0 ? nil : config.sessionExpiry
+            props.receiveMaximum = config.receiveMaximum
+            props.maximumPacketSize = UInt32(config.maximumPacketSize)
+            props.topicAliasMaximum = config.topicAliasMaximum == 0 ? nil : config.topicAliasMaximum
+            props.userProperties = config.connectUserProperties
+        }
+        var will = config.will
+        if version == .v3_1_1 { will?.properties = MQTTProperties() }
+        let connect = ConnectPacket(clientIdentifier: config.clientIdentifier, cleanStart: config.cleanStart, keepAlive: config.keepAlive,
+                                    username: config.username, password: config.password, will: will, properties: props)
+        ch.writeAndFlush(MQTTPacket.connect(connect), promise: nil)
+        let timeout = Task { [weak self] in
+            try? await Task.sleep(for: config.connectTimeout)
+            await self?.connAckTimedOut(connection: id)
+        }
+        defer { timeout.cancel() }
+        let ack: ConnAckPacket
+        do {
+            ack = try await withCheckedThrowingContinuation { connAckWaiter = $0 }
+        } catch {
+            try? await ch.close()
+            if state == .connecting { state = .idle }
+            throw error
+        }
+        guard ack.reasonCode == .success else {
+            try? await ch.close()
+            if state == .connecting { state = .idle }
+            throw MQTTError.connectionRefused(ack.reasonCode, reasonString: ack.properties.reasonString)
+        }
+        connected(ack, connection: id)
+        return ack
+    }
+
+    private func connAckTimedOut(connection id: Int) {
+        guard id == connectionID, let w = connAckWaiter else { return }
+        connAckWaiter = nil
+        w.resume(throwing: MQTTError.timeout("no CONNACK within \(configuration.connectTimeout)"))
+    }
+
+    private func connected(_ ack: ConnAckPacket, connection id: Int) {
+        state = .connected
+        takenOverByReason = false
+        connectedAt = .now
+        let p = ack.properties
+        serverReceiveMaximum = Int(p.receiveMaximum ?? 65_535)
+        serverMaximumPacketSize = p.maximumPacketSize.map { Int($0) } ?? Int.max
+        serverMaximumQoS = p.maximumQoS.flatMap { QoS(rawValue: $0) } ?? .exactlyOnce
+        serverRetainAvailable = (p.retainAvailable ?? 1) == 1
+        if let assigned = p.assignedClientIdentifier { assignedClientIdentifier = assigned }
+        effectiveKeepAlive = p.serverKeepAlive ?? configuration.keepAlive
+        startKeepAlive(connection: id)
+
+        if ack.sessionPresent {
+            // Resend what the broker has not acknowledged, in order, with the same ids.
+            for pid in outboundOrder {
+                guard let o = outbound[pid] else { continue }
+                switch o.stage {
+                case .awaitingPubAck, .awaitingPubRec:
+                    var again = o.packet
+                    again.dup = true
+                    write(.publish(again))
+                case .awaitingPubComp:
+                    write(.pubrel(AckPacket(packetIdentifier: pid)))
+                }
+            }
+        } else {
+            // The broker has no session: messages past PUBREC were delivered; the others go again as new.
+            incomingQoS2.removeAll()
+            var again: [Pending] = []
+            for pid in outboundOrder {
+                guard let o = outbound[pid] else { continue }
+                if o.stage == .awaitingPubComp {
+                    o.continuation?.resume()
+                } else {
+                    var packet = o.packet
+                    packet.dup = false
+                    packet.packetIdentifier = nil
+                    again.append(Pending(packet: packet, continuation: o.continuation))
+                }
+            }
+            outbound.removeAll()
+            outboundOrder.removeAll()
+            queue.insert(contentsOf: again, at: 0)
+            // Restore subscriptions.
+            let subs = subscriptionOrder.compactMap { subscriptions[$0] }
+            if !subs.isEmpty {
+                for chunk in stride(from: 0, to: subs.count, by: 100).map({ Array(subs[$0..<min($0 + 100, subs.count)]) }) {
+                    let pid = allocatePacketID()
+                    write(.subscribe(SubscribePacket(packetIdentifier: pid, subscriptions: chunk)))
+                }
+            }
+        }
+        drainQueue()
+        channel?.flush()
+        logger.info("MQTT connected to \(configuration.host):\(configuration.port) (\(version), session present: \(ack.sessionPresent))")
+        eventSink.yield(.connected(sessionPresent: ack.sessionPresent, version: version))
+    }
+
+    private func startKeepAlive(connection id: Int) {
+        keepAliveTask?.cancel()
+        guard effectiveKeepAlive > 0 else { keepAlive = nil; return }
+        keepAlive = KeepAliveStateMachine(interval: .seconds(Int(effectiveKeepAlive)), now: .now)
+        keepAliveTask = Task { [weak self] in
+            while !Task.isCancelled {
+                guard let action = await self?.keepAliveStep(connection: id) else { return }
+                switch action {
+                case .wait(let until):
+                    try? await Task.sleep(until: until, clock: .continuous)
+                case .sendPing, .closeDead:
+                    continue
+                }
+            }
+        }
+    }
+
+    private func keepAliveStep(connection id: Int) -> KeepAliveStateMachine.Action? {
+        guard id == connectionID, state == .connected, var ka = keepAlive else { return nil }
+        let action = ka.next(now: .now)
+        keepAlive = ka
+        switch action {
+        case .sendPing:
+            channel?.writeAndFlush(MQTTPacket.pingreq, promise: nil)
+        case .closeDead:
+            logger.warning("MQTT broker did not answer PINGREQ in time: connection considered dead")
+            lastCloseReason = "keepalive timeout (no PINGRESP)"
+            channel?.close(promise: nil)
+            return nil
+        case .wait:
+            break
+        }
+        return action
+    }
+
+    // MARK: - Inbound
+
+    private func handle(_ event: ChannelEvent, connection id: Int) {
+        guard id == connectionID else { return }
+        switch event {
+        case .packet(let packet):
+            handle(packet)
+        case .malformed(let error):
+            logger.error("MQTT: malformed packet from the broker, closing: \(error)")
+            lastCloseReason = "malformed packet: \(error)"
+            if let w = connAckWaiter {
+                connAckWaiter = nil
+                w.resume(throwing: MQTTError.protocolError("\(error)"))
+            }
+        case .closed(let reason, let tls):
+            if let w = connAckWaiter {
+                connAckWaiter = nil
+                let r = reason ?? "connection closed by the broker before CONNACK"
+                w.resume(throwing: tls ? MQTTError.tls(r) : MQTTError.connectFailed(r))
+            }
+            connectionClosed(id: id, reason: reason ?? (lastCloseReason.isEmpty ? "closed by the broker" : lastCloseReason))
+        }
+    }
+
+    private func connectionClosed(id: Int, reason: String) {
+        guard id == connectionID, channel != nil || state == .connected || state == .shutdown else { return }
+        let wasConnected = state == .connected
+        channel = nil
+        keepAliveTask?.cancel()
+        keepAliveTask = nil
+        keepAlive = nil
+        if state != .shutdown { state = .idle }
+        for (_, r) in requests { r.resume(throwing: MQTTError.connectionLost(reason)) }
+        requests.removeAll()
+        if wasConnected {
+            if let at = connectedAt, ContinuousClock.now - at < .seconds(2) { quickDrops += 1 } else { quickDrops = 0 }
+            logger.warning("MQTT connection lost: \(reason)")
+            eventSink.yield(.disconnected(reason: reason))
+        }
+        lastCloseReason = ""
+        let waiters = disconnectWaiters
+        disconnectWaiters.removeAll()
+        for w in waiters { w.resume() }
+    }
+
+    private func handle(_ packet: MQTTPacket) {
+        keepAlive?.pingResponseReceived()   // any packet proves the link; PINGRESP clears the ping
+        switch packet {
+        case .connack(let ack):
+            guard let w = connAckWaiter else { return protocolError("unexpected CONNACK") }
+            connAckWaiter = nil
+            w.resume(returning: ack)
+        case .publish(var p):
+            if let alias = p.properties.topicAlias {
+                guard alias <= configuration.topicAliasMaximum else { return protocolError("topic alias \(alias) above our maximum", code: .topicAliasInvalid) }
+                if p.topic.isEmpty {
+                    guard let t = inboundAliases[alias] else { return protocolError("unknown topic alias \(alias)", code: .protocolError) }
+                    p.topic = t
+                } else {
+                    inboundAliases[alias] = p.topic
+                }
+            }
+            let message = MQTTMessage(topic: p.topic, payload: p.payload, qos: p.qos, retain: p.retain, properties: p.properties)
+            switch p.qos {
+            case .atMostOnce:
+                messageSink.yield(message)
+            case .atLeastOnce:
+                messageSink.yield(message)
+                write(.puback(AckPacket(packetIdentifier: p.packetIdentifier ?? 0)), flush: true)
+            case .exactlyOnce:
+                let pid = p.packetIdentifier ?? 0
+                if !incomingQoS2.contains(pid) {
+                    incomingQoS2.insert(pid)
+                    messageSink.yield(message)
+                }
+                write(.pubrec(AckPacket(packetIdentifier: pid)), flush: true)
+            }
+        case .pubrel(let a):
+            incomingQoS2.remove(a.packetIdentifier)
+            write(.pubcomp(AckPacket(packetIdentifier: a.packetIdentifier)), flush: true)
+        case .puback(let a):
+            guard let o = outbound[a.packetIdentifier], o.stage == .awaitingPubAck else {
+                logger.debug("MQTT: ignoring PUBACK for unknown packet id \(a.packetIdentifier)")
+                return
+            }
+            complete(a.packetIdentifier, a)
+        case .pubrec(let a):
+            guard var o = outbound[a.packetIdentifier], o.stage != .awaitingPubAck else {
+                logger.debug("MQTT: ignoring PUBREC for unknown packet id \(a.packetIdentifier)")
+                return
+            }
+            if a.reasonCode.isFailure { return complete(a.packetIdentifier, a) }
+            o.stage = .awaitingPubComp
+            outbound[a.packetIdentifier] = o
+            write(.pubrel(AckPacket(packetIdentifier: a.packetIdentifier)), flush: true)
+        case .pubcomp(let a):
+            guard let o = outbound[a.packetIdentifier], o.stage == .awaitingPubComp else {
+                logger.debug("MQTT: ignoring PUBCOMP for unknown packet id \(a.packetIdentifier)")
+                return
+            }
+            complete(a.packetIdentifier, a)
+        case .suback(let s), .unsuback(let s):
+            requests.removeValue(forKey: s.packetIdentifier)?.resume(returning: s)
+        case .pingresp:
+            break
+        case .disconnect(let d):
+            lastCloseReason = "broker sent DISCONNECT: \(d.reasonCode)\(d.properties.reasonString.map { " - \($0)" } ?? "")"
+            if d.reasonCode == .sessionTakenOver { takenOverByReason = true }
+            logger.warning("MQTT: \(lastCloseReason)")
+        case .auth:
+            protocolError("AUTH is not supported by this client")
+        case .connect, .subscribe, .unsubscribe, .pingreq:
+            protocolError("the broker sent a client packet (\(packet.name))")
+        }
+    }
+
+    private func complete(_ pid: UInt16, _ ack: AckPacket) {
+        guard let o = outbound.removeValue(forKey: pid) else { return }
+        if let i = outboundOrder.firstIndex(of: pid) { outboundOrder.remove(at: i) }
+        if ack.reasonCode.isFailure {
+            o.continuation?.resume(throwing: MQTTError.publishRefused(ack.reasonCode, reasonString: ack.properties.reasonString))
+        } else {
+            o.continuation?.resume()
+        }
+        drainQueue()
+        channel?.flush()
+    }
+
+    private func protocolError(_ text: String, code: ReasonCode = .protocolError) {
+        logger.error("MQTT protocol error from the broker: \(text)")
+        lastCloseReason = "protocol error: \(text)"
+        if version == .v5 { write(.disconnect(ReasonPacket(reasonCode: code)), flush: true) }
+        channel?.close(promise: nil)
+    }
+
+    // MARK: - Outbound
+
+    private func write(_ packet: MQTTPacket, flush: Bool = false) {
+        guard let channel else { return }
+        keepAlive?.packetSent(at: .now)
+        if flush {
+            channel.writeAndFlush(packet, promise: nil)
+        } else {
+            channel.write(packet, promise: nil)
+        }
+    }
+
+    private func allocatePacketID() -> UInt16 {
+        // 1...65535, skipping ids still in use (never stalls at the wrap).
+        for _ in 0..<65_535 {
+            let id = nextPacketID
+            nextPacketID = nextPacketID == 65_535 ? 1 : nextPacketID + 1
+            if outbound[id] == nil && requests[id] == nil { return id }
+        }
+        return nextPacketID
+    }
+
+    private var inFlightWindow: Int { max(1, min(serverReceiveMaximum, configuration.maximumInFlight, 65_000)) }
+
+    /// Sends queued messages while connected and the in-flight window has room.
+    private func drainQueue() {
+        while state == .connected, let first = queue.first {
+            if first.packet.qos != .atMostOnce && outbound.count >= inFlightWindow { break }
+            queue.removeFirst()
+            send(first)
+        }
+    }
+
+    private func send(_ pending: Pending) {
+        var packet = pending.packet
+        if packet.qos > serverMaximumQoS { packet.qos = serverMaximumQoS }
+        if packet.qos == .atMostOnce {
+            write(.publish(packet))
+            pending.continuation?.resume()
+            return
+        }
+        let pid = allocatePacketID()
+        packet.packetIdentifier = pid
+        outbound[pid] = Outbound(packet: packet, stage: packet.qos == .atLeastOnce ? .awaitingPubAck : .awaitingPubRec,
+                                 continuation: pending.continuation)
+        outboundOrder.append(pid)
+        write(.publish(packet))
+    }
+
+    /// Publishes a message. Returns when acknowledged (QoS 1/2) or written (QoS 0).
+    /// While disconnected the message waits in the bounded queue.
+    public func publish(to topic: String, payload: [UInt8], qos: QoS = .atMostOnce, retain: Bool = false,
+                        properties: MQTTProperties = .init()) async throws {
+        let packet = try makePublish(topic: topic, payload: payload, qos: qos, retain: retain, properties: properties)
+        try await withCheckedThrowingContinuation { (cont: CheckedContinuation<Void, any Error>) in
+            enqueue(Pending(packet: packet, continuation: cont))
+        }
+    }
+
+    /// Publishes without waiting for the acknowledgement (fire and forget, still queued and resent).
+    public func enqueue(to topic: String, payload: [UInt8], qos: QoS = .atMostOnce, retain: Bool = false,
+                        properties: MQTTProperties = .init()) throws {
+        let packet = try makePublish(topic: topic, payload: payload, qos: qos, retain: retain, properties: properties)
+        enqueue(Pending(packet: packet, continuation: nil))
+    }
+
+    public func publish(to topic: String, string: String, qos: QoS = .atMostOnce, retain: Bool = false,
+                        properties: MQTTProperties = .init()) async throws {
+        try await publish(to: topic, payload: Array(string.utf8), qos: qos, retain: retain, properties: properties)
+    }
+
+    private func makePublish(topic: String, payload: [UInt8], qos: QoS, retain: Bool, properties: MQTTProperties) throws -> PublishPacket {
+        guard state != .shutdown else { throw MQTTError.shutdown }
+        guard Topic.isValidName(topic) else { throw MQTTError.invalidArgument("topic '\(topic)' is not a valid topic name") }
+        guard properties.topicAlias == nil, properties.subscriptionIdentifiers.isEmpty else {
+            throw MQTTError.invalidArgument("topic alias and subscription identifiers are not for the client to send")
+        }
+        if let rt = properties.responseTopic, !Topic.isValidName(rt) { throw MQTTError.invalidArgument("response topic '\(rt)' is not valid") }
+        if retain && !serverRetainAvailable { throw MQTTError.invalidArgument("the broker does not support retained messages") }
+        let packet = PublishPacket(topic: topic, payload: payload, qos: qos, retain: retain,
+                                   properties: version == .v5 ? properties : MQTTProperties())
+        let size = MQTTPacketCodec.encodedSize(.publish(PublishPacket(topic: topic, payload: payload, qos: qos, retain: retain,
+                                                                      packetIdentifier: 1, properties: packet.properties)), version: version)
+        if size > serverMaximumPacketSize { throw MQTTError.packetTooLarge(size: size, maximum: serverMaximumPacketSize) }
+        return packet
+    }
+
+    private func enqueue(_ pending: Pending) {
+        if queue.count >= configuration.queueLimit, let oldest = queue.first {
+            queue.removeFirst()
+            droppedCount += 1
+            oldest.continuation?.resume(throwing: MQTTError.droppedFromQueue)
+            if droppedCount == 1 || droppedCount % 1000 == 0 {
+                logger.warning("MQTT queue full (\(configuration.queueLimit)): dropped \(droppedCount) oldest messages so far")
+                eventSink.yield(.messagesDropped(total: droppedCount))
+            }
+        }
+        queue.append(pending)
+        if state == .connected {
+            drainQueue()
+            channel?.flush()
+        }
+    }
+
+    // MARK: - Subscriptions
+
+    /// Subscribes; returns one reason code per filter (granted QoS or a failure such as
+    /// `notAuthorized`). Granted subscriptions are restored after a reconnect without a session.
+    @discardableResult
+    public func subscribe(_ subscriptions: [Subscription], timeout: Duration = .seconds(10)) async throws -> [ReasonCode] {
+        guard !subscriptions.isEmpty else { throw MQTTError.invalidArgument("nothing to subscribe to") }
+        for s in subscriptions where !Topic.isValidFilter(s.filter) {
+            throw MQTTError.invalidArgument("topic filter '\(s.filter)' is not valid")
+        }
+        guard state == .connected else { throw MQTTError.notConnected }
+        let pid = allocatePacketID()
+        let ack = try await request(pid, .subscribe(SubscribePacket(packetIdentifier: pid, subscriptions: subscriptions)), timeout: timeout)
+        guard ack.reasonCodes.count == subscriptions.count else {
+            throw MQTTError.protocolError("SUBACK has \(ack.reasonCodes.count) codes for \(subscriptions.count) filters")
+        }
+        for (s, code) in zip(subscriptions, ack.reasonCodes) where !code.isFailure {
+            if self.subscriptions[s.filter] == nil { subscriptionOrder.append(s.filter) }
+            self.subscriptions[s.filter] = s
+        }
+        return ack.reasonCodes
+    }
+
+    /// Unsubscribes; returns the 5.0 reason codes (empty on 3.1.1).
+    @discardableResult
+    public func unsubscribe(_ filters: [String], timeout: Duration = .seconds(10)) async throws -> [ReasonCode] {
+        guard !filters.isEmpty else { throw MQTTError.invalidArgument("nothing to unsubscribe from") }
+        for f in filters where !Topic.isValidFilter(f) { throw MQTTError.invalidArgument("topic filter '\(f)' is not valid") }
+        for f in filters { subscriptions[f] = nil }
+        subscriptionOrder.removeAll { filters.contains($0) }
+        guard state == .connected else { throw MQTTError.notConnected }
+        let pid = allocatePacketID()
+        return try await request(pid, .unsubscribe(UnsubscribePacket(packetIdentifier: pid, filters: filters)), timeout: timeout).reasonCodes
+    }
+
+    private func request(_ pid: UInt16, _ packet: MQTTPacket, timeout: Duration) async throws -> SubAckPacket {
+        let timer = Task { [weak self] in
+            try? await Task.sleep(for: timeout)
+            await self?.requestTimedOut(pid)
+        }
+        defer { timer.cancel() }
+        return try await withCheckedThrowingContinuation { cont in
+            requests[pid] = cont
+            write(packet, flush: true)
+        }
+    }
+
+    private func requestTimedOut(_ pid: UInt16) {
+        requests.removeValue(forKey: pid)?.resume(throwing: MQTTError.timeout("no answer to packet id \(pid)"))
+    }
+
+    // MARK: - TLS
+
+    static func makeSSLContext(_ tls: TLSOptions) throws -> NIOSSLContext {
+        var c = TLSConfiguration.makeClientConfiguration()
+        if let ca = tls.caFile { c.trustRoots = .file(ca) }
+        if let cert = tls.certificateFile {
+            c.certificateChain = try NIOSSLCertificate.fromPEMFile(cert).map { .certificate($0) }
+        }
+        if let key = tls.keyFile { c.privateKey = .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)) }
+        if !tls.verifyHostname { c.certificateVerification = .noHostnameVerification }
+        return try NIOSSLContext(configuration: c)
+    }
+
+    static func isIPAddress(_ host: String) -> Bool {
+        host.contains(":") || host.split(separator: ".").count == 4 && host.split(separator: ".").allSatisfy { UInt8($0) != nil }
+    }
+}
