@@ -1,0 +1,31 @@
+import MQTT
+import NIOCore
+
+/// Feeds arbitrary bytes to the decoder in both versions, whole and split in two, as the channel
+/// handler does. Any crash, hang or sanitizer report is a bug; thrown errors are expected.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+    let bytes = Array(UnsafeBufferPointer(start: data, count: size))
+    for version in [MQTTVersion.v5, .v3_1_1] {
+        var buffer = ByteBuffer(bytes: bytes)
+        var packets: [MQTTPacket] = []
+        while let p = try? MQTTPacketCodec.decode(from: &buffer, version: version, maximumPacketSize: 1 << 16) {
+            packets.append(p)
+            if packets.count > 1000 { break }
+        }
+        // Whatever decodes must encode and decode back to itself.
+        for p in packets {
+            var out = ByteBuffer()
+            MQTTPacketCodec.encode(p, version: version, into: &out)
+            let again = try? MQTTPacketCodec.decode(from: &out, version: version)
+            if again != p, case .connect = p {} else if again != p { fatalError("round trip changed \(p) into \(String(describing: again))") }
+        }
+        // Drip: the first half, then the rest.
+        let cut = size / 2
+        var drip = ByteBuffer(bytes: bytes[..<cut])
+        _ = try? MQTTPacketCodec.decode(from: &drip, version: version, maximumPacketSize: 1 << 16)
+        drip.writeBytes(bytes[cut...])
+        _ = try? MQTTPacketCodec.decode(from: &drip, version: version, maximumPacketSize: 1 << 16)
+    }
+    return 0
+}
