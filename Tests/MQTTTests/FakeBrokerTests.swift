@@ -1,0 +1,228 @@
+import NIOCore
+import Testing
+@testable import MQTT
+
+@Suite("MQTT client driven byte by byte by a scripted broker", .timeLimit(.minutes(2)))
+struct FakeBrokerTests {
+    func client(_ broker: FakeBroker, keepAlive: UInt16 = 60, cleanStart: Bool = false, version: MQTTVersion = .v5) -> MQTTClient {
+        var c = MQTTConfiguration(host: "127.0.0.1", port: broker.port, version: version, clientIdentifier: "fake-client")
+        c.keepAlive = keepAlive
+        c.cleanStart = cleanStart
+        c.reconnect = ReconnectPolicy(initialDelay: .milliseconds(20), maximumDelay: .milliseconds(100))
+        return MQTTClient(configuration: c)
+    }
+
+    @Test("QoS 1: unacknowledged PUBLISH resent with DUP=1 and the same id after reconnect")
+    func dupResendQoS1() async throws {
+        let broker = try await FakeBroker.start()
+        let c = client(broker)
+        let connect = Task { try await c.connect() }
+        let conn1 = try await broker.nextConnection()
+        try await conn1.accept()
+        _ = try await connect.value
+        let pub = Task { try await c.publish(to: "a/b", string: "x", qos: .atLeastOnce) }
+        guard case .publish(let first) = try await conn1.expect() else { Issue.record("expected PUBLISH"); return }
+        #expect(first.dup == false)
+        await conn1.close()
+        let conn2 = try await broker.nextConnection()
+        let reconnect = try await conn2.accept(sessionPresent: true)
+        #expect(reconnect.cleanStart == false)
+        guard case .publish(let again) = try await conn2.expect() else { Issue.record("expected the PUBLISH again"); return }
+        #expect(again.dup == true)
+        #expect(again.packetIdentifier == first.packetIdentifier)
+        #expect(again.payload == first.payload)
+        conn2.send(.puback(AckPacket(packetIdentifier: again.packetIdentifier!)))
+        try await pub.value
+        await c.closeAbruptly()
+        await broker.close()
+    }
+
+    @Test("QoS 2: PUBLISH resent with DUP before PUBREC; PUBREL (not PUBLISH) resent after PUBREC")
+    func dupResendQoS2() async throws {
+        let broker = try await FakeBroker.start()
+        let c = client(broker)
+        let connect = Task { try await c.connect() }
+        let conn1 = try await broker.nextConnection()
+        try await conn1.accept()
+        _ = try await connect.value
+        let pub = Task { try await c.publish(to: "a/q2", string: "once", qos: .exactlyOnce) }
+        guard case .publish(let p1) = try await conn1.expect(), let id = p1.packetIdentifier else { Issue.record("expected PUBLISH"); return }
+        await conn1.close()
+
+        let conn2 = try await broker.nextConnection()
+        try await conn2.accept(sessionPresent: true)
+        guard case .publish(let p2) = try await conn2.expect() else { Issue.record("expected PUBLISH again"); return }
+        #expect(p2.dup && p2.packetIdentifier == id)
+        conn2.send(.pubrec(AckPacket(packetIdentifier: id)))
+        #expect(try await conn2.expect() == .pubrel(AckPacket(packetIdentifier: id)))
+        await conn2.close()
+
+        let conn3 = try await broker.nextConnection()
+        try await conn3.accept(sessionPresent: true)
+        #expect(try await conn3.expect() == .pubrel(AckPacket(packetIdentifier: id)), "PUBREL, not PUBLISH, after PUBREC")
+        conn3.send(.pubcomp(AckPacket(packetIdentifier: id)))
+        try await pub.value
+        await c.closeAbruptly()
+        await broker.close()
+    }
+
+    @Test("receive maximum 3 holds the 4th publish until a PUBACK")
+    func receiveMaximum() async throws {
+        let broker = try await FakeBroker.start()
+        let c = client(broker)
+        let connect = Task { try await c.connect() }
+        let conn = try await broker.nextConnection()
+        var props = MQTTProperties()
+        props.receiveMaximum = 3
+        try await conn.accept(properties: props)
+        _ = try await connect.value
+        let pubs = (0..<4).map { i in Task { try await c.publish(to: "rm/\(i)", string: "\(i)", qos: .atLeastOnce) } }
+        var ids: [UInt16] = []
+        for _ in 0..<3 {
+            guard case .publish(let p) = try await conn.expect() else { Issue.record("expected PUBLISH"); return }
+            ids.append(p.packetIdentifier!)
+        }
+        // All four were handed to the client: three in flight, one held back.
+        let deadline = ContinuousClock.now + .seconds(10)
+        while await c.queuedCount + c.inFlightCount < 4 && ContinuousClock.now < deadline { await Task.yield() }
+        #expect(await c.inFlightCount == 3)
+        #expect(await c.queuedCount == 1)
+        conn.send(.puback(AckPacket(packetIdentifier: ids[0])))
+        guard case .publish(let fourth) = try await conn.expect() else { Issue.record("expected the 4th PUBLISH"); return }
+        #expect(!ids.dropFirst().contains(fourth.packetIdentifier!))
+        for id in ids.dropFirst() + [fourth.packetIdentifier!] { conn.send(.puback(AckPacket(packetIdentifier: id))) }
+        for p in pubs { try await p.value }
+        await c.closeAbruptly()
+        await broker.close()
+    }
+
+    @Test("a missing PINGRESP closes the connection")
+    func missingPingResp() async throws {
+        let broker = try await FakeBroker.start()
+        var cfg = MQTTConfiguration(host: "127.0.0.1", port: broker.port, clientIdentifier: "ka")
+        cfg.keepAlive = 1
+        cfg.reconnect = nil
+        let c = MQTTClient(configuration: cfg)
+        let connect = Task { try await c.connect() }
+        let conn = try await broker.nextConnection()
+        try await conn.accept()
+        _ = try await connect.value
+        #expect(try await conn.expect() == .pingreq)
+        // No PINGRESP: the client must give up on the link by itself.
+        try await conn.waitClosed()
+        let disconnected = Task { try await waitForEvent(c) { if case .disconnected(let r) = $0 { r.contains("keepalive") } else { false } } }
+        try await disconnected.value
+        #expect(await c.isConnected == false)
+        await broker.close()
+    }
+
+    @Test("an unexpected PUBACK is ignored and the connection stays up")
+    func unexpectedPubAck() async throws {
+        let broker = try await FakeBroker.start()
+        let c = client(broker)
+        let connect = Task { try await c.connect() }
+        let conn = try await broker.nextConnection()
+        try await conn.accept()
+        _ = try await connect.value
+        conn.send(.puback(AckPacket(packetIdentifier: 999)))
+        let pub = Task { try await c.publish(to: "x", string: "y", qos: .atLeastOnce) }
+        guard case .publish(let p) = try await conn.expect() else { Issue.record("expected PUBLISH"); return }
+        conn.send(.puback(AckPacket(packetIdentifier: p.packetIdentifier!)))
+        try await pub.value
+        #expect(await c.isConnected)
+        await c.closeAbruptly()
+        await broker.close()
+    }
+
+    @Test("server keep alive from CONNACK is adopted")
+    func serverKeepAlive() async throws {
+        let broker = try await FakeBroker.start()
+        let c = client(broker, keepAlive: 600)
+        let connect = Task { try await c.connect() }
+        let conn = try await broker.nextConnection()
+        var props = MQTTProperties()
+        props.serverKeepAlive = 1
+        let sent = try await conn.accept(properties: props)
+        #expect(sent.keepAlive == 600)
+        _ = try await connect.value
+        #expect(await c.effectiveKeepAlive == 1)
+        #expect(try await conn.expect() == .pingreq, "pings at the broker's 1 s, not our 600 s")
+        conn.send(.pingresp)
+        await c.closeAbruptly()
+        await broker.close()
+    }
+
+    @Test("falls back to 3.1.1 when the broker refuses 5.0")
+    func fallback() async throws {
+        let broker = try await FakeBroker.start()
+        let c = client(broker)
+        let connect = Task { try await c.connect() }
+        let conn1 = try await broker.nextConnection()
+        guard case .connect = try await conn1.expect() else { Issue.record("expected CONNECT"); return }
+        #expect(conn1.version.withLock { $0 } == .v5)
+        conn1.sendRaw([0x20, 0x02, 0x00, 0x01])   // 3.1.1 CONNACK: unacceptable protocol version
+        await conn1.close()
+        let conn2 = try await broker.nextConnection()
+        try await conn2.accept()
+        #expect(conn2.version.withLock { $0 } == .v3_1_1)
+        _ = try await connect.value
+        #expect(await c.version == .v3_1_1)
+        await c.closeAbruptly()
+        await broker.close()
+    }
+
+    @Test("inbound QoS 2 with a DUP is delivered once")
+    func inboundQoS2Once() async throws {
+        let broker = try await FakeBroker.start()
+        let c = client(broker)
+        let inbox = Inbox(c)
+        let connect = Task { try await c.connect() }
+        let conn = try await broker.nextConnection()
+        try await conn.accept()
+        _ = try await connect.value
+        let p = PublishPacket(topic: "cmd/unlock", payload: Array("true".utf8), qos: .exactlyOnce, packetIdentifier: 5)
+        conn.send(.publish(p))
+        #expect(try await conn.expect() == .pubrec(AckPacket(packetIdentifier: 5)))
+        var dup = p
+        dup.dup = true
+        conn.send(.publish(dup))
+        #expect(try await conn.expect() == .pubrec(AckPacket(packetIdentifier: 5)))
+        conn.send(.pubrel(AckPacket(packetIdentifier: 5)))
+        #expect(try await conn.expect() == .pubcomp(AckPacket(packetIdentifier: 5)))
+        conn.send(.publish(PublishPacket(topic: "marker", payload: [])))
+        #expect(try await inbox.next().topic == "cmd/unlock")
+        #expect(try await inbox.next().topic == "marker", "the DUP was not delivered a second time")
+        await c.closeAbruptly()
+        await broker.close()
+    }
+
+    @Test("a malformed packet from the broker closes the connection with DISCONNECT 0x81")
+    func malformedFromBroker() async throws {
+        let broker = try await FakeBroker.start()
+        let c = client(broker)
+        let connect = Task { try await c.connect() }
+        let conn = try await broker.nextConnection()
+        try await conn.accept()
+        _ = try await connect.value
+        conn.sendRaw([0x36, 5, 0, 1, 0x74, 0, 1])   // PUBLISH with QoS 3
+        #expect(try await conn.expect() == .disconnect(ReasonPacket(reasonCode: .malformedPacket)))
+        try await conn.waitClosed()
+        await c.closeAbruptly()
+        await broker.close()
+    }
+
+    @Test("DISCONNECT 'session taken over' is reported and the client backs off")
+    func sessionTakenOver() async throws {
+        let broker = try await FakeBroker.start()
+        let c = client(broker)
+        let connect = Task { try await c.connect() }
+        let conn = try await broker.nextConnection()
+        try await conn.accept()
+        _ = try await connect.value
+        conn.send(.disconnect(ReasonPacket(reasonCode: .sessionTakenOver)))
+        await conn.close()
+        try await waitForEvent(c) { $0 == .sessionTakenOver }
+        await c.closeAbruptly()
+        await broker.close()
+    }
+}
