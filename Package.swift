@@ -12,6 +12,7 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "gateway", targets: ["GatewayCLI"]),
+        .executable(name: "gateway-bench", targets: ["GatewayBench"]),
         .library(name: "MQTT", targets: ["MQTT"]),
         .library(name: "Modbus", targets: ["Modbus"]),
         .library(name: "Serial", targets: ["Serial"]),
@@ -69,6 +70,12 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ], swiftSettings: swiftSettings),
+
+        // Benchmarks (not tests): swift run -c release gateway-bench modbus|mqtt ...
+        .executableTarget(name: "GatewayBench", dependencies: [
+            "Modbus", "MQTT",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: swiftSettings),
 
         // Shared by all test targets: private Mosquitto, simulators, socat pty pairs.

@@ -3,8 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 SECONDS_TO_RUN="${1:-600}"
-swift build -c release --product MQTTDecoderFuzzer
+FLAGS=(-c release --product MQTTDecoderFuzzer -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library)
+swift build "${FLAGS[@]}"
 mkdir -p ../fuzz-corpus-work ../fuzz-artifacts
 cp -n corpus/* ../fuzz-corpus-work/ 2>/dev/null || true
-"$(swift build -c release --show-bin-path)/MQTTDecoderFuzzer" ../fuzz-corpus-work corpus \
+"$(swift build "${FLAGS[@]}" --show-bin-path)/MQTTDecoderFuzzer" ../fuzz-corpus-work corpus \
     -max_total_time="$SECONDS_TO_RUN" -max_len=4096 -artifact_prefix=../fuzz-artifacts/ -print_final_stats=1

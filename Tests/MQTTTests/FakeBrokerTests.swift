@@ -226,3 +226,66 @@ struct FakeBrokerTests {
         await broker.close()
     }
 }
+
+@Suite("MQTT client queue and subscriptions")
+struct ClientQueueTests {
+    @Test("while disconnected the queue is bounded: oldest dropped first and counted; the rest go out in order")
+    func boundedQueue() async throws {
+        let broker = try await FakeBroker.start()
+        var cfg = MQTTConfiguration(host: "127.0.0.1", port: broker.port, clientIdentifier: "queue")
+        cfg.queueLimit = 3
+        cfg.reconnect = ReconnectPolicy(initialDelay: .milliseconds(20), maximumDelay: .milliseconds(50))
+        let c = MQTTClient(configuration: cfg)
+        let sends = (0..<5).map { i in
+            Task { () -> Result<Void, MQTTError> in
+                do { try await c.publish(to: "q/\(i)", string: "\(i)", qos: .atLeastOnce); return .success(()) }
+                catch let e as MQTTError { return .failure(e) } catch { return .failure(.shutdown) }
+            }
+        }
+        // Bounded wait until all five were offered to the (unconnected) client.
+        let deadline = ContinuousClock.now + .seconds(10)
+        while await c.droppedCount + c.queuedCount < 5 && ContinuousClock.now < deadline { await Task.yield() }
+        #expect(await c.droppedCount == 2)
+        #expect(await c.queuedCount == 3)
+        await c.start()
+        let conn = try await broker.nextConnection()
+        try await conn.accept()
+        var topics: [String] = []
+        for _ in 0..<3 {
+            guard case .publish(let p) = try await conn.expect() else { Issue.record("expected PUBLISH"); return }
+            topics.append(p.topic)
+            conn.send(.puback(AckPacket(packetIdentifier: p.packetIdentifier!)))
+        }
+        var dropped = 0
+        for s in sends { if case .failure(.droppedFromQueue) = await s.value { dropped += 1 } }
+        #expect(dropped == 2)
+        #expect(topics.count == 3)
+        #expect(topics == topics.sorted(), "queued messages go out in order")
+        await c.closeAbruptly()
+        await broker.close()
+    }
+
+    @Test("per-filter SUBACK failures are surfaced; only granted filters are kept for restore")
+    func subackFailures() async throws {
+        let broker = try await FakeBroker.start()
+        var cfg = MQTTConfiguration(host: "127.0.0.1", port: broker.port, clientIdentifier: "subs")
+        cfg.reconnect = ReconnectPolicy(initialDelay: .milliseconds(20), maximumDelay: .milliseconds(50))
+        let c = MQTTClient(configuration: cfg)
+        let connect = Task { try await c.connect() }
+        let conn = try await broker.nextConnection()
+        try await conn.accept()
+        _ = try await connect.value
+        let sub = Task { try await c.subscribe([Subscription("ok/#", qos: .exactlyOnce), Subscription("secret/#")]) }
+        guard case .subscribe(let s) = try await conn.expect() else { Issue.record("expected SUBSCRIBE"); return }
+        conn.send(.suback(SubAckPacket(packetIdentifier: s.packetIdentifier, reasonCodes: [.grantedQoS2, .notAuthorized])))
+        #expect(try await sub.value == [.grantedQoS2, .notAuthorized])
+        await conn.close()
+        let conn2 = try await broker.nextConnection()
+        try await conn2.accept(sessionPresent: false)
+        guard case .subscribe(let restored) = try await conn2.expect() else { Issue.record("expected the restore SUBSCRIBE"); return }
+        #expect(restored.subscriptions.map(\.filter) == ["ok/#"])
+        #expect(restored.subscriptions.first?.qos == .exactlyOnce)
+        await c.closeAbruptly()
+        await broker.close()
+    }
+}
