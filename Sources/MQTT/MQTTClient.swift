@@ -93,6 +93,9 @@ public actor MQTTClient {
     private var subscriptions: [String: Subscription] = [:]
     private var subscriptionOrder: [String] = []
     private var requests: [UInt16: CheckedContinuation<SubAckPacket, any Error>] = [:]
+    /// SUBSCRIBEs sent to restore subscriptions; `.connected` is announced once they are all answered.
+    private var restoreIDs: Set<UInt16> = []
+    private var pendingConnectedEvent: MQTTEvent?
     /// Messages dropped from the full queue since start.
     public private(set) var droppedCount = 0
     private var supervisor: Task<Void, Never>?
@@ -373,9 +376,11 @@ public actor MQTTClient {
             queue.insert(contentsOf: again, at: 0)
             // Restore subscriptions.
             let subs = subscriptionOrder.compactMap { subscriptions[$0] }
+            restoreIDs = []
             if !subs.isEmpty {
                 for chunk in stride(from: 0, to: subs.count, by: 100).map({ Array(subs[$0..<min($0 + 100, subs.count)]) }) {
                     let pid = allocatePacketID()
+                    restoreIDs.insert(pid)
                     write(.subscribe(SubscribePacket(packetIdentifier: pid, subscriptions: chunk)))
                 }
             }
@@ -383,7 +388,12 @@ public actor MQTTClient {
         drainQueue()
         channel?.flush()
         logger.info("MQTT connected to \(configuration.host):\(configuration.port) (\(version), session present: \(ack.sessionPresent))")
-        eventSink.yield(.connected(sessionPresent: ack.sessionPresent, version: version))
+        let event = MQTTEvent.connected(sessionPresent: ack.sessionPresent, version: version)
+        if restoreIDs.isEmpty {
+            eventSink.yield(event)
+        } else {
+            pendingConnectedEvent = event   // announced when the restored subscriptions are acknowledged
+        }
     }
 
     private func startKeepAlive(connection id: Int) {
@@ -455,6 +465,8 @@ public actor MQTTClient {
         if state != .shutdown { state = .idle }
         for (_, r) in requests { r.resume(throwing: MQTTError.connectionLost(reason)) }
         requests.removeAll()
+        restoreIDs.removeAll()
+        pendingConnectedEvent = nil
         if wasConnected {
             if let at = connectedAt, ContinuousClock.now - at < .seconds(2) { quickDrops += 1 } else { quickDrops = 0 }
             logger.warning("MQTT connection lost: \(reason)")
@@ -523,6 +535,14 @@ public actor MQTTClient {
             }
             complete(a.packetIdentifier, a)
         case .suback(let s), .unsuback(let s):
+            if restoreIDs.remove(s.packetIdentifier) != nil {
+                for code in s.reasonCodes where code.isFailure { logger.error("MQTT: restoring a subscription failed: \(code)") }
+                if restoreIDs.isEmpty, let e = pendingConnectedEvent {
+                    pendingConnectedEvent = nil
+                    eventSink.yield(e)
+                }
+                return
+            }
             requests.removeValue(forKey: s.packetIdentifier)?.resume(returning: s)
         case .pingresp:
             break
@@ -573,7 +593,7 @@ public actor MQTTClient {
         for _ in 0..<65_535 {
             let id = nextPacketID
             nextPacketID = nextPacketID == 65_535 ? 1 : nextPacketID + 1
-            if outbound[id] == nil && requests[id] == nil { return id }
+            if outbound[id] == nil && requests[id] == nil && !restoreIDs.contains(id) { return id }
         }
         return nextPacketID
     }

@@ -113,7 +113,7 @@ public final class ChildProcess: Sendable {
         return try await withCheckedThrowingContinuation { cont in
             let result: Result<String, any Error>? = state.withLock { s in
                 if let l = s.lines.first(where: predicate) { return .success(l) }
-                if let status = s.exitStatus {
+                if let status = s.exitStatus, s.openStreams <= 0 {
                     return .failure(FixtureError("\(command) exited (\(status)) before printing the expected line"))
                 }
                 s.waiters.append(Waiter(id: id, predicate: predicate, continuation: cont))
@@ -142,7 +142,7 @@ public final class ChildProcess: Sendable {
         let exited = Task {
             await withCheckedContinuation { (cont: CheckedContinuation<Int32, Never>) in
                 let done = state.withLock { s -> Int32? in
-                    if let e = s.exitStatus { return e }
+                    if let e = s.exitStatus, s.openStreams <= 0 { return e }
                     s.exitWaiters.append(cont)
                     return nil
                 }
@@ -198,6 +198,7 @@ public final class ChildProcess: Sendable {
             }
             if !pending.isEmpty { weakSelf.value?.add(line: String(decoding: pending, as: UTF8.self)) }
             close(fd)
+            weakSelf.value?.streamClosed()
         }
     }
 
@@ -226,12 +227,31 @@ public final class ChildProcess: Sendable {
         for (c, l) in ready { c.resume(returning: l) }
     }
 
-    private func exited(_ code: Int32) {
-        let (waiters, exitWaiters) = state.withLock { s in
-            s.exitStatus = code
-            defer { s.waiters.removeAll(); s.exitWaiters.removeAll() }
-            return (s.waiters, s.exitWaiters)
+    private func streamClosed() {
+        let ready = state.withLock { s -> (Int32, [CheckedContinuation<Int32, Never>], [Waiter])? in
+            s.openStreams -= 1
+            return Self.takeFinished(&s)
         }
+        finish(ready)
+    }
+
+    private func exited(_ code: Int32) {
+        let ready = state.withLock { s -> (Int32, [CheckedContinuation<Int32, Never>], [Waiter])? in
+            s.exitStatus = code
+            return Self.takeFinished(&s)
+        }
+        finish(ready)
+    }
+
+    /// Once the process has exited and its output is fully read, hands out the waiters to resume.
+    private static func takeFinished(_ s: inout State) -> (Int32, [CheckedContinuation<Int32, Never>], [Waiter])? {
+        guard let code = s.exitStatus, s.openStreams <= 0 else { return nil }
+        defer { s.waiters.removeAll(); s.exitWaiters.removeAll() }
+        return (code, s.exitWaiters, s.waiters)
+    }
+
+    private func finish(_ ready: (Int32, [CheckedContinuation<Int32, Never>], [Waiter])?) {
+        guard let (code, exitWaiters, waiters) = ready else { return }
         for w in waiters { w.continuation.resume(throwing: FixtureError("\(command) exited (\(code)) before printing the expected line; output:\n\(tail)")) }
         for w in exitWaiters { w.resume(returning: code) }
     }
