@@ -134,6 +134,33 @@ struct ModbusBusTests {
         #expect(ModbusError.timeout(function: "x").isOutcomeUnknown)
     }
 
+    @Test("the bus reconnects by itself when a TCP device goes away and comes back")
+    func reconnect() async throws {
+        let port = try TestEnvironment.freePort()
+        let sim = try await GatewaySimulator.start(["--set", "holding:0=1"], port: port)
+        let bus = tcpBus(port, timeoutMs: 300)
+        defer { bus.close() }
+        #expect(try await bus.readHoldingRegisters(unit: 1, address: 0, count: 1) == [1])
+        #expect(await sim.stop() == 0)
+        do {
+            _ = try await bus.readHoldingRegisters(unit: 1, address: 0, count: 1)
+            Issue.record("a read from a stopped device must fail")
+        } catch let e as ModbusError {
+            switch e {
+            case .connectionLost, .connectFailed, .timeout: break
+            default: Issue.record("unexpected error \(e)")
+            }
+        }
+        let again = try await GatewaySimulator.start(["--set", "holding:0=2"], port: port)
+        // The failed transaction closed the connection; the next one opens a new one.
+        var value: [UInt16] = []
+        for _ in 0..<3 where value.isEmpty {   // at most one more failure while the old socket is torn down
+            value = (try? await bus.readHoldingRegisters(unit: 1, address: 0, count: 1)) ?? []
+        }
+        #expect(value == [2])
+        _ = await again.stop()
+    }
+
     @Test("a write placed at high priority runs before queued polls")
     func writePriority() async throws {
         let sim = try await GatewaySimulator.start()

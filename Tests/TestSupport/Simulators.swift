@@ -26,9 +26,9 @@ public final class GatewaySimulator: Sendable {
     }
 
     /// Starts `gateway simulate --tcp 127.0.0.1:0 <arguments>` and waits until it listens.
-    public static func start(_ arguments: [String] = [], host: String = "127.0.0.1") async throws -> GatewaySimulator {
+    public static func start(_ arguments: [String] = [], host: String = "127.0.0.1", port: Int = 0) async throws -> GatewaySimulator {
         let bin = try TestEnvironment.gatewayBinary()
-        let p = try ChildProcess(bin, ["simulate", "--tcp", "\(host):0"] + arguments)
+        let p = try ChildProcess(bin, ["simulate", "--tcp", "\(host):\(port)"] + arguments)
         let line = try await p.waitForLine(containing: "listening tcp")
         guard let portText = line.split(separator: " ").dropFirst(2).first?.split(separator: ":").last, let port = Int(portText) else {
             await p.stop()
