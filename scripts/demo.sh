@@ -39,7 +39,7 @@ cat <<MSG
   Writes the simulator saw: $STATE/simulator.log
 
 MSG
-if "$BIN" help run >/dev/null 2>&1; then
+if "$BIN" --help 2>/dev/null | grep -qE '^[[:space:]]+run([[:space:]]|$)'; then
     "$BIN" run --config gateway.toml &
     PIDS+=($!)
 else
