@@ -2,6 +2,15 @@ import NIOCore
 import Testing
 @testable import MQTT
 
+/// Connects `c` to `broker`, which answers a plain CONNACK; returns the broker's side.
+func connected(_ c: MQTTClient, _ broker: FakeBroker, properties: MQTTProperties = .init()) async throws -> (MQTTClient, FakeConnection) {
+    let connect = Task { try await c.connect() }
+    let conn = try await broker.nextConnection()
+    try await conn.accept(properties: properties)
+    _ = try await connect.value
+    return (c, conn)
+}
+
 @Suite("MQTT client driven byte by byte by a scripted broker", .timeLimit(.minutes(2)))
 struct FakeBrokerTests {
     func client(_ broker: FakeBroker, keepAlive: UInt16 = 60, cleanStart: Bool = false, version: MQTTVersion = .v5) -> MQTTClient {
@@ -15,11 +24,7 @@ struct FakeBrokerTests {
     @Test("QoS 1: unacknowledged PUBLISH resent with DUP=1 and the same id after reconnect")
     func dupResendQoS1() async throws {
         let broker = try await FakeBroker.start()
-        let c = client(broker)
-        let connect = Task { try await c.connect() }
-        let conn1 = try await broker.nextConnection()
-        try await conn1.accept()
-        _ = try await connect.value
+        let (c, conn1) = try await connected(client(broker), broker)
         let pub = Task { try await c.publish(to: "a/b", string: "x", qos: .atLeastOnce) }
         guard case .publish(let first) = try await conn1.expect() else { Issue.record("expected PUBLISH"); return }
         #expect(first.dup == false)
@@ -40,11 +45,7 @@ struct FakeBrokerTests {
     @Test("QoS 2: PUBLISH resent with DUP before PUBREC; PUBREL (not PUBLISH) resent after PUBREC")
     func dupResendQoS2() async throws {
         let broker = try await FakeBroker.start()
-        let c = client(broker)
-        let connect = Task { try await c.connect() }
-        let conn1 = try await broker.nextConnection()
-        try await conn1.accept()
-        _ = try await connect.value
+        let (c, conn1) = try await connected(client(broker), broker)
         let pub = Task { try await c.publish(to: "a/q2", string: "once", qos: .exactlyOnce) }
         guard case .publish(let p1) = try await conn1.expect(), let id = p1.packetIdentifier else { Issue.record("expected PUBLISH"); return }
         await conn1.close()
@@ -119,11 +120,7 @@ struct FakeBrokerTests {
     @Test("an unexpected PUBACK is ignored and the connection stays up")
     func unexpectedPubAck() async throws {
         let broker = try await FakeBroker.start()
-        let c = client(broker)
-        let connect = Task { try await c.connect() }
-        let conn = try await broker.nextConnection()
-        try await conn.accept()
-        _ = try await connect.value
+        let (c, conn) = try await connected(client(broker), broker)
         conn.send(.puback(AckPacket(packetIdentifier: 999)))
         let pub = Task { try await c.publish(to: "x", string: "y", qos: .atLeastOnce) }
         guard case .publish(let p) = try await conn.expect() else { Issue.record("expected PUBLISH"); return }
@@ -199,11 +196,7 @@ struct FakeBrokerTests {
     @Test("a malformed packet from the broker closes the connection with DISCONNECT 0x81")
     func malformedFromBroker() async throws {
         let broker = try await FakeBroker.start()
-        let c = client(broker)
-        let connect = Task { try await c.connect() }
-        let conn = try await broker.nextConnection()
-        try await conn.accept()
-        _ = try await connect.value
+        let (c, conn) = try await connected(client(broker), broker)
         conn.sendRaw([0x36, 5, 0, 1, 0x74, 0, 1])   // PUBLISH with QoS 3
         #expect(try await conn.expect() == .disconnect(ReasonPacket(reasonCode: .malformedPacket)))
         try await conn.waitClosed()
@@ -214,11 +207,7 @@ struct FakeBrokerTests {
     @Test("DISCONNECT 'session taken over' is reported and the client backs off")
     func sessionTakenOver() async throws {
         let broker = try await FakeBroker.start()
-        let c = client(broker)
-        let connect = Task { try await c.connect() }
-        let conn = try await broker.nextConnection()
-        try await conn.accept()
-        _ = try await connect.value
+        let (c, conn) = try await connected(client(broker), broker)
         conn.send(.disconnect(ReasonPacket(reasonCode: .sessionTakenOver)))
         await conn.close()
         try await waitForEvent(c) { $0 == .sessionTakenOver }
