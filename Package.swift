@@ -90,7 +90,7 @@ let package = Package(
         ], swiftSettings: swiftSettings),
         .testTarget(name: "ModbusTests", dependencies: ["Modbus", "TestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "SerialTests", dependencies: ["Serial", "TestSupport"], swiftSettings: swiftSettings),
-        .testTarget(name: "GatewayConfigTests", dependencies: ["GatewayConfig"], swiftSettings: swiftSettings),
+        .testTarget(name: "GatewayConfigTests", dependencies: ["GatewayConfig", "TestSupport"], exclude: ["Fixtures"], swiftSettings: swiftSettings),
         .testTarget(name: "GatewayTests", dependencies: ["Gateway", "TestSupport"], swiftSettings: swiftSettings),
     ]
 )

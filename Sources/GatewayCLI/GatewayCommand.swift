@@ -5,6 +5,6 @@ struct GatewayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gateway",
         abstract: "MQTT gateway for doors, gates, turnstiles and sensors (Modbus RTU/TCP, serial).",
-        subcommands: [Simulate.self, Read.self, Write.self]
+        subcommands: [Check.self, Simulate.self, Read.self, Write.self]
     )
 }

@@ -1,0 +1,118 @@
+import GatewayConfig
+import Modbus
+
+extension PointSettings {
+    /// The Modbus table.
+    public var registerKind: RegisterKind {
+        switch table {
+        case .coil: .coil
+        case .discrete: .discrete
+        case .holding: .holding
+        case .input: .input
+        }
+    }
+
+    /// The Modbus data type.
+    public var dataType: DataType {
+        switch type {
+        case .bool: .bool
+        case .int16: .int16
+        case .uint16: .uint16
+        case .int32: .int32
+        case .uint32: .uint32
+        case .int64: .int64
+        case .uint64: .uint64
+        case .float32: .float32
+        case .float64: .float64
+        case .string: .string(registers: length)
+        }
+    }
+
+    public var registerOrder: RegisterOrder {
+        RegisterOrder(word: wordOrderLittle ? .little : .big, byte: byteOrderLittle ? .little : .big)
+    }
+
+    public var scaling: Scaling { Scaling(scale: scale, offset: offset) }
+}
+
+extension BusSettings {
+    /// The Modbus bus configuration.
+    public var busConfiguration: BusConfiguration {
+        let transport: ModbusTransport
+        switch kind {
+        case .tcp(let host, let port):
+            transport = .tcp(host: host, port: port)
+        case .rtu(let path, let baud, let parity, let dataBits, let stopBits):
+            transport = .rtu(RTUSettings(path: path, baud: baud, parity: Parity(rawValue: parity) ?? .none, dataBits: dataBits, stopBits: stopBits))
+        }
+        return BusConfiguration(name: name, transport: transport, responseTimeout: .milliseconds(timeoutMs))
+    }
+
+    public var gapPolicy: GapPolicy {
+        if case .rtu = kind { return .rtu }
+        return .tcp
+    }
+}
+
+/// What the gateway will do with a configuration: read plans per device and every topic.
+public struct GatewayPlan: Sendable {
+    public struct Device: Sendable {
+        public var settings: DeviceSettings
+        public var bus: BusSettings
+        public var readPlan: ReadPlan
+    }
+
+    public let configuration: GatewayConfiguration
+    public let devices: [Device]
+
+    public init(_ configuration: GatewayConfiguration) {
+        self.configuration = configuration
+        devices = configuration.devices.compactMap { d in
+            guard let bus = configuration.buses.first(where: { $0.name == d.bus }) else { return nil }
+            let items = d.points.enumerated().map { i, p in
+                ReadItem(id: i, kind: p.registerKind, address: p.address, count: p.width)
+            }
+            return Device(settings: d, bus: bus, readPlan: ReadPlan(items: items, gaps: bus.gapPolicy))
+        }
+    }
+
+    public var base: String { configuration.baseTopic }
+
+    /// Topics the gateway publishes.
+    public var publishedTopics: [String] {
+        var t = ["\(base)/status"]
+        for d in devices {
+            t.append("\(base)/\(d.settings.name)/status")
+            for p in d.settings.points {
+                t.append("\(base)/\(d.settings.name)/\(p.name)")
+                if p.writable { t.append("\(base)/\(d.settings.name)/\(p.name)/set/result") }
+            }
+        }
+        return t
+    }
+
+    /// Topics the gateway subscribes to.
+    public var subscribedTopics: [String] { ["\(base)/+/+/set", "\(base)/+/+/get"] }
+
+    /// Human-readable plan, as printed by `gateway check`.
+    public func describe() -> [String] {
+        var out: [String] = []
+        let c = configuration
+        out.append("gateway \(c.gateway.id): base topic \(base), MQTT \(c.mqtt.url) (protocol \(c.mqtt.protocolVersion == 5 ? "5.0" : "3.1.1"), keepalive \(c.mqtt.keepAlive) s, client id \(c.mqtt.clientID ?? "gateway-\(c.gateway.id)"))")
+        out.append("buses:")
+        for b in c.buses { out.append("  \(b.name): \(b.busConfiguration.transport), timeout \(b.timeoutMs) ms") }
+        out.append("devices:")
+        for d in devices {
+            out.append("  \(d.settings.name): bus \(d.bus.name), unit \(d.settings.unit), every \(d.settings.pollMs) ms, offline after \(d.settings.offlineAfter) failed polls, \(d.settings.points.count) points, \(d.readPlan.requests.count) requests per poll")
+            for r in d.readPlan.requests {
+                let names = r.items.map { d.settings.points[$0.id].name }.joined(separator: ", ")
+                out.append("    \(r.description): \(names)")
+            }
+        }
+        out.append("publishes:")
+        out += publishedTopics.map { "  \($0)" }
+        out.append("subscribes:")
+        out += subscribedTopics.map { "  \($0)" }
+        return out
+    }
+}

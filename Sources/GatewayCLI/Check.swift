@@ -1,0 +1,24 @@
+import ArgumentParser
+import Gateway
+import GatewayConfig
+
+struct Check: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Validate gateway.toml without connecting anything, and print the plan.",
+        discussion: "Exit 0 and the plan (buses, devices, Modbus requests per poll, topics) when valid; exit 2 and every problem, each with its key path, when not.")
+
+    @Option(help: "Configuration file.") var config = "gateway.toml"
+
+    func run() throws {
+        let loaded: GatewayConfiguration
+        do {
+            loaded = try ConfigLoader.load(path: config)
+        } catch {
+            for issue in error.issues { emitError("\(error.file): \(issue)") }
+            emitError("\(error.issues.count) problem\(error.issues.count == 1 ? "" : "s") in \(error.file)")
+            throw ExitCode(2)
+        }
+        emit("\(config): OK")
+        for line in GatewayPlan(loaded).describe() { emit(line) }
+    }
+}

@@ -1,0 +1,363 @@
+import TOMLKit
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Reads and validates `gateway.toml`. Collects every problem before failing.
+public enum ConfigLoader {
+    /// Loads `path`; throws ``ConfigError`` listing every problem.
+    public static func load(path: String) throws(ConfigError) -> GatewayConfiguration {
+        guard let text = readFile(path) else {
+            throw ConfigError(file: path, issues: [ConfigIssue(path: "", message: "cannot read the file: \(String(cString: strerror(errno)))")])
+        }
+        return try parse(text, file: path)
+    }
+
+    /// Parses TOML text (`file` names it in messages).
+    public static func parse(_ text: String, file: String = "gateway.toml") throws(ConfigError) -> GatewayConfiguration {
+        let root: TOMLTable
+        do {
+            root = try TOMLTable(string: text)
+        } catch let e as TOMLParseError {
+            throw ConfigError(file: file, issues: [ConfigIssue(path: "", line: e.source.begin.line,
+                                                               message: "TOML syntax: \(e.description) (column \(e.source.begin.column))")])
+        } catch {
+            throw ConfigError(file: file, issues: [ConfigIssue(path: "", message: "TOML syntax: \(error)")])
+        }
+        let sink = IssueSink()
+        let top = Reader(root, path: "", sink: sink)
+        let config = readConfiguration(top)
+        top.finish()
+        if let config, sink.issues.isEmpty { return config }
+        throw ConfigError(file: file, issues: sink.issues.isEmpty ? [ConfigIssue(path: "", message: "invalid configuration")] : sink.issues)
+    }
+
+    static func readFile(_ path: String) -> String? {
+        guard let f = fopen(path, "r") else { return nil }
+        defer { fclose(f) }
+        var bytes: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65_536)
+        while true {
+            let n = fread(&buf, 1, buf.count, f)
+            if n <= 0 { break }
+            bytes += buf[0..<n]
+            if bytes.count > 16 << 20 { return nil }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Names used in topics: `[A-Za-z0-9_-]+`.
+    public static func isTopicSafe(_ s: String) -> Bool {
+        !s.isEmpty && s.utf8.allSatisfy { c in
+            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x5F || c == 0x2D
+        }
+    }
+
+    // MARK: sections
+
+    private static func readConfiguration(_ top: Reader) -> GatewayConfiguration? {
+        let gatewayReader = top.table("gateway", required: true)
+        let gateway = gatewayReader.flatMap(readGateway)
+        gatewayReader?.finish()
+        let mqttReader = top.table("mqtt")
+        let mqtt = mqttReader.map(readMQTT) ?? MQTTSettings()
+        mqttReader?.finish()
+
+        var buses: [BusSettings] = []
+        for (i, r) in top.tables("bus").enumerated() {
+            if let b = readBus(r, index: i) {
+                if buses.contains(where: { $0.name == b.name }) { r.issue("name", "duplicate bus name '\(b.name)'") } else { buses.append(b) }
+            }
+            r.finish()
+        }
+        var devices: [DeviceSettings] = []
+        for (i, r) in top.tables("device").enumerated() {
+            if let d = readDevice(r, index: i, buses: buses) {
+                if devices.contains(where: { $0.name == d.name }) { r.issue("name", "duplicate device name '\(d.name)'") } else { devices.append(d) }
+            }
+            r.finish()
+        }
+        if top.has("device") == false { top.issue("device", "no [[device]] defined: nothing to poll") }
+        guard let gateway else { return nil }
+        return GatewayConfiguration(gateway: gateway, mqtt: mqtt, buses: buses, devices: devices)
+    }
+
+    private static func readGateway(_ r: Reader) -> GatewaySettings? {
+        guard let id = r.string("id", required: true) else { return nil }
+        if !isTopicSafe(id) { r.issue("id", "'\(id)' must match [A-Za-z0-9_-]+ (it is used in topics)") }
+        var g = GatewaySettings(id: id)
+        if let b = r.string("base_topic") {
+            if b.isEmpty || b.contains("+") || b.contains("#") || b.hasPrefix("/") || b.hasSuffix("/") {
+                r.issue("base_topic", "'\(b)' is not a usable base topic (no wildcards, no leading or trailing '/')")
+            }
+            g.baseTopic = b
+        }
+        if let f = r.enumeration("format", ValueFormat.self) { g.format = f }
+        if let v = r.bool("retain") { g.retain = v }
+        if let v = r.int("refresh_s", 0...31_536_000) { g.refreshSeconds = v }
+        if let v = r.int("command_max_age_ms", 1...86_400_000) { g.commandMaxAgeMs = v }
+        return g
+    }
+
+    private static func readMQTT(_ r: Reader) -> MQTTSettings {
+        var m = MQTTSettings()
+        if let u = r.string("url") {
+            if !(u.hasPrefix("mqtt://") || u.hasPrefix("mqtts://")) || u.count <= 8 {
+                r.issue("url", "'\(u)' must look like mqtt://host[:port] or mqtts://host[:port]")
+            }
+            m.url = u
+        }
+        if let v = r.string("client_id") {
+            if v.isEmpty || v.utf8.count > 65_535 { r.issue("client_id", "must be a non-empty string") }
+            m.clientID = v
+        }
+        if let v = r.int("protocol", 3...5) {
+            if v == 4 { r.issue("protocol", "use 3 for MQTT 3.1.1 or 5 for MQTT 5.0") }
+            m.protocolVersion = v == 4 ? 3 : v
+        }
+        if let v = r.int("keepalive", 0...65_535) { m.keepAlive = v }
+        m.username = r.string("username")
+        if let p = r.string("password_file") {
+            if access(p, R_OK) != 0 { r.issue("password_file", "cannot read '\(p)'") }
+            m.passwordFile = p
+        }
+        if r.has("password") { r.issue("password", "passwords do not belong in the file: use password_file or env GATEWAY_MQTT_PASSWORD") }
+        if let v = r.bool("clean_session") { m.cleanSession = v }
+        if let tls = r.table("tls") {
+            m.caFile = tls.string("ca_file")
+            m.certFile = tls.string("cert_file")
+            m.keyFile = tls.string("key_file")
+            for (key, file) in [("ca_file", m.caFile), ("cert_file", m.certFile), ("key_file", m.keyFile)] {
+                if let file, access(file, R_OK) != 0 { tls.issue(key, "cannot read '\(file)'") }
+            }
+            if (m.certFile == nil) != (m.keyFile == nil) { tls.issue("cert_file", "cert_file and key_file go together") }
+            tls.finish()
+        }
+        return m
+    }
+
+    private static func readBus(_ r: Reader, index: Int) -> BusSettings? {
+        let name = r.string("name", required: true)
+        if let name {
+            r.rename("bus[\(name)]")
+            if !isTopicSafe(name) { r.issue("name", "'\(name)' must match [A-Za-z0-9_-]+") }
+        }
+        guard let type = r.string("type", required: true) else { return nil }
+        var bus: BusSettings?
+        switch type {
+        case "tcp":
+            let host = r.string("host", required: true)
+            let port = r.int("port", 1...65_535) ?? 502
+            if let host, let name { bus = BusSettings(name: name, kind: .tcp(host: host, port: port)) }
+        case "rtu":
+            let path = r.string("port", required: true)
+            let baud = r.int("baud", 50...4_000_000) ?? 19_200
+            var parity = r.string("parity")?.uppercased() ?? "N"
+            if !["N", "E", "O"].contains(parity) { r.issue("parity", "must be N, E or O"); parity = "N" }
+            let dataBits = r.int("data_bits", 5...8) ?? 8
+            let stopBits = r.int("stop_bits", 1...2) ?? 1
+            if let path, let name { bus = BusSettings(name: name, kind: .rtu(path: path, baud: baud, parity: parity, dataBits: dataBits, stopBits: stopBits)) }
+        default:
+            r.issue("type", "'\(type)' is not a bus type: use \"tcp\" or \"rtu\"")
+        }
+        if let t = r.int("timeout_ms", 10...60_000) { bus?.timeoutMs = t }
+        return bus
+    }
+
+    private static func readDevice(_ r: Reader, index: Int, buses: [BusSettings]) -> DeviceSettings? {
+        let name = r.string("name", required: true)
+        if let name {
+            r.rename("device[\(name)]")
+            if !isTopicSafe(name) { r.issue("name", "'\(name)' must match [A-Za-z0-9_-]+ (it is used in topics)") }
+        }
+        if let driver = r.string("driver"), driver != "modbus" {
+            r.issue("driver", driver == "serial" ? "serial devices are not supported by this build yet" : "'\(driver)' is not a driver (modbus)")
+            return nil
+        }
+        let busName = r.string("bus", required: true)
+        let bus = busName.flatMap { b in buses.first { $0.name == b } }
+        if let busName, bus == nil { r.issue("bus", "no [[bus]] named '\(busName)'") }
+        var d = DeviceSettings(name: name ?? "", bus: busName ?? "")
+        if let u = r.int("unit", 0...255) {
+            if case .rtu = bus?.kind, !(1...247).contains(u) { r.issue("unit", "must be 1...247 on an RTU line (0 is broadcast)") }
+            d.unit = u
+        }
+        if let v = r.int("poll_ms", 10...86_400_000) { d.pollMs = v }
+        if let v = r.int("offline_after", 1...1_000_000) { d.offlineAfter = v }
+        for (i, p) in r.tables("point").enumerated() {
+            if let point = readPoint(p, index: i) {
+                if d.points.contains(where: { $0.name == point.name }) { p.issue("name", "duplicate point name '\(point.name)'") } else { d.points.append(point) }
+            }
+            p.finish()
+        }
+        if d.points.isEmpty && r.has("point") == false { r.issue("point", "the device has no [[device.point]]") }
+        return name == nil || busName == nil ? nil : d
+    }
+
+    private static func readPoint(_ r: Reader, index: Int) -> PointSettings? {
+        let name = r.string("name", required: true)
+        if let name {
+            r.rename("\(r.parentPath).point[\(name)]")
+            if !isTopicSafe(name) { r.issue("name", "'\(name)' must match [A-Za-z0-9_-]+ (it is used in topics)") }
+            if ["status", "set", "get", "raw"].contains(name) { r.issue("name", "'\(name)' is reserved in topics") }
+        }
+        let table = r.enumeration("register", RegisterTable.self, required: true)
+        let address = r.int("address", 0...65_535, required: true)
+        let typeName = r.has("type") ? r.enumeration("type", PointType.self) : nil
+        guard let name, let table, let address else { return nil }
+        let type = typeName ?? (table.isBit ? .bool : .uint16)
+        if table.isBit && type != .bool { r.issue("type", "a \(table.rawValue) holds one bit: type must be bool, not \(type.rawValue)") }
+        var p = PointSettings(name: name, table: table, address: address, type: type)
+        if let len = r.int("length", 1...123) {
+            if type != .string { r.issue("length", "only for type = \"string\"") }
+            p.length = len
+        }
+        if let bit = r.int("bit", 0...15) {
+            if table.isBit || type != .bool { r.issue("bit", "only for type = \"bool\" on a holding or input register") }
+            p.bit = bit
+        }
+        if address + p.width > 65_536 { r.issue("address", "\(address) + \(p.width) registers passes 65535") }
+        if let w = r.enumeration("word_order", ByteSex.self) { p.wordOrderLittle = w == .little }
+        if let b = r.enumeration("byte_order", ByteSex.self) { p.byteOrderLittle = b == .little }
+        if let s = r.double("scale") {
+            if s == 0 || !s.isFinite { r.issue("scale", "must be a non-zero number") }
+            p.scale = s
+        }
+        if let o = r.double("offset") { p.offset = o }
+        if (p.scale != 1 || p.offset != 0) && (type == .bool || type == .string) { r.issue("scale", "scale/offset do not apply to \(type.rawValue)") }
+        p.unit = r.string("unit")
+        if let d = r.double("deadband") {
+            if d < 0 { r.issue("deadband", "must be >= 0") }
+            p.deadband = d
+        }
+        if let m = r.table("map") {
+            for key in m.keys {
+                guard let raw = Int64(key) else { m.issue(key, "map keys are raw integer values, e.g. \"0\" = \"closed\""); continue }
+                guard let v = m.string(key, required: true) else { continue }
+                if v.isEmpty { m.issue(key, "names must not be empty") }
+                if p.map.values.contains(v) { m.issue(key, "'\(v)' is used twice") }
+                p.map[raw] = v
+            }
+            if type == .string || type == .float32 || type == .float64 { r.issue("map", "map needs an integer or bool type") }
+            m.finish()
+        }
+        if let w = r.bool("writable") {
+            if w && !table.isWritable { r.issue("writable", "a \(table.rawValue) cannot be written (only coil and holding)") }
+            p.writable = w
+        }
+        p.min = r.double("min")
+        p.max = r.double("max")
+        if let lo = p.min, let hi = p.max, lo > hi { r.issue("min", "min \(lo) is above max \(hi)") }
+        if let pulse = r.int("pulse_ms", 10...3_600_000) {
+            if !p.writable { r.issue("pulse_ms", "only for writable points") }
+            p.pulseMs = pulse
+        }
+        p.format = r.enumeration("format", ValueFormat.self)
+        p.retain = r.bool("retain")
+        return p
+    }
+
+    enum ByteSex: String, CaseIterable { case big, little }
+}
+
+/// Collects issues from every reader.
+final class IssueSink {
+    var issues: [ConfigIssue] = []
+}
+
+/// Reads one TOML table, remembering which keys were used so that the rest can be reported.
+final class Reader {
+    let table: TOMLTable
+    private(set) var path: String
+    let parentPath: String
+    let sink: IssueSink
+    private var used: Set<String> = []
+
+    init(_ table: TOMLTable, path: String, sink: IssueSink, parentPath: String = "") {
+        self.table = table
+        self.path = path
+        self.sink = sink
+        self.parentPath = parentPath
+    }
+
+    var keys: [String] { table.keys }
+
+    func rename(_ p: String) { path = p }
+
+    func key(_ k: String) -> String { path.isEmpty ? k : "\(path).\(k)" }
+
+    func issue(_ k: String, _ message: String) { sink.issues.append(ConfigIssue(path: key(k), message: message)) }
+
+    func has(_ k: String) -> Bool { table.keys.contains(k) }
+
+    private func value(_ k: String, required: Bool) -> (any TOMLValueConvertible)? {
+        used.insert(k)
+        guard let v = table[k] else {
+            if required { issue(k, "missing (required)") }
+            return nil
+        }
+        return v
+    }
+
+    func string(_ k: String, required: Bool = false) -> String? {
+        guard let v = value(k, required: required) else { return nil }
+        guard let s = v.string else { issue(k, "must be a string, not a \(v.type)"); return nil }
+        return s
+    }
+
+    func int(_ k: String, _ range: ClosedRange<Int>? = nil, required: Bool = false) -> Int? {
+        guard let v = value(k, required: required) else { return nil }
+        guard let i = v.int else { issue(k, "must be an integer, not a \(v.type)"); return nil }
+        if let range, !range.contains(i) { issue(k, "\(i) is outside \(range.lowerBound)...\(range.upperBound)"); return nil }
+        return i
+    }
+
+    func double(_ k: String, required: Bool = false) -> Double? {
+        guard let v = value(k, required: required) else { return nil }
+        if let d = v.double { return d }
+        if let i = v.int { return Double(i) }
+        issue(k, "must be a number, not a \(v.type)")
+        return nil
+    }
+
+    func bool(_ k: String, required: Bool = false) -> Bool? {
+        guard let v = value(k, required: required) else { return nil }
+        guard let b = v.bool else { issue(k, "must be true or false, not a \(v.type)"); return nil }
+        return b
+    }
+
+    func enumeration<E: RawRepresentable & CaseIterable>(_ k: String, _ type: E.Type, required: Bool = false) -> E? where E.RawValue == String {
+        guard let s = string(k, required: required) else { return nil }
+        guard let e = E(rawValue: s) else {
+            issue(k, "'\(s)' is not one of \(E.allCases.map { $0.rawValue }.joined(separator: ", "))")
+            return nil
+        }
+        return e
+    }
+
+    func table(_ k: String, required: Bool = false) -> Reader? {
+        guard let v = value(k, required: required) else { return nil }
+        guard let t = v.table else { issue(k, "must be a table, not a \(v.type)"); return nil }
+        return Reader(t, path: key(k), sink: sink, parentPath: path)
+    }
+
+    /// `[[k]]`: an array of tables, each read with the path `k[index]` until renamed.
+    func tables(_ k: String) -> [Reader] {
+        guard let v = value(k, required: false) else { return [] }
+        guard let a = v.array else { issue(k, "must be an array of tables ([[\(k)]])"); return [] }
+        var out: [Reader] = []
+        for (i, e) in a.enumerated() {
+            guard let t = e.table else { issue("\(k)[\(i)]", "must be a table"); continue }
+            out.append(Reader(t, path: key("\(k)[\(i)]"), sink: sink, parentPath: path))
+        }
+        return out
+    }
+
+    /// Reports keys that were never read.
+    func finish() {
+        for k in table.keys.sorted() where !used.contains(k) {
+            issue(k, "unknown key")
+        }
+    }
+}

@@ -1,0 +1,144 @@
+/// `gateway.toml` as plain values. Every key, its default and its range is documented here;
+/// ``ConfigLoader`` fills these from the file and validates them.
+public struct GatewayConfiguration: Sendable, Equatable {
+    public var gateway: GatewaySettings
+    public var mqtt: MQTTSettings
+    public var buses: [BusSettings]
+    public var devices: [DeviceSettings]
+
+    /// `<base>`: `gateway.base_topic`, else `gateway/<id>`.
+    public var baseTopic: String { gateway.baseTopic ?? "gateway/\(gateway.id)" }
+}
+
+public enum ValueFormat: String, Sendable, Equatable, CaseIterable {
+    case plain, json
+}
+
+/// `[gateway]`
+public struct GatewaySettings: Sendable, Equatable {
+    /// `id` (required, topic-safe): base topic `gateway/<id>`, default client id `gateway-<id>`.
+    public var id: String
+    /// `base_topic` (default `gateway/<id>`).
+    public var baseTopic: String?
+    /// `format` (default `plain`): value payloads, `plain` or `json`.
+    public var format: ValueFormat = .plain
+    /// `retain` (default true): value topics retained.
+    public var retain = true
+    /// `refresh_s` (default 300, 0 = never): republish unchanged values this often.
+    public var refreshSeconds = 300
+    /// `command_max_age_ms` (default off): refuse JSON commands whose `ts` is older.
+    public var commandMaxAgeMs: Int?
+}
+
+/// `[mqtt]`
+public struct MQTTSettings: Sendable, Equatable {
+    /// `url` (default `mqtt://127.0.0.1:1883`; `mqtts://` for TLS).
+    public var url = "mqtt://127.0.0.1:1883"
+    /// `client_id` (default `gateway-<id>`).
+    public var clientID: String?
+    /// `protocol` (default 5): 5, or 3 for 3.1.1. 5 falls back to 3.1.1 when refused.
+    public var protocolVersion = 5
+    /// `keepalive` (default 30 s, 0...65535).
+    public var keepAlive = 30
+    /// `username` (default none).
+    public var username: String?
+    /// `password_file` (default none); else env `GATEWAY_MQTT_PASSWORD`. Never in the file itself.
+    public var passwordFile: String?
+    /// `clean_session` (default true): the broker queues no commands while the gateway is away.
+    public var cleanSession = true
+    /// `[mqtt.tls]` `ca_file`, `cert_file`, `key_file` (default: system CAs, no client certificate).
+    public var caFile: String?
+    public var certFile: String?
+    public var keyFile: String?
+}
+
+/// `[[bus]]`
+public struct BusSettings: Sendable, Equatable {
+    public enum Kind: Sendable, Equatable {
+        /// `type = "tcp"`: `host` (required), `port` (default 502).
+        case tcp(host: String, port: Int)
+        /// `type = "rtu"`: `port` (serial path, required), `baud` (19200), `parity` (N|E|O), `data_bits` (8), `stop_bits` (1).
+        case rtu(path: String, baud: Int, parity: String, dataBits: Int, stopBits: Int)
+    }
+    /// `name` (required, topic-safe, unique).
+    public var name: String
+    public var kind: Kind
+    /// `timeout_ms` (default 1000, 10...60000): response timeout per transaction.
+    public var timeoutMs = 1000
+}
+
+/// `[[device]]`
+public struct DeviceSettings: Sendable, Equatable {
+    /// `name` (required, topic-safe, unique).
+    public var name: String
+    /// `bus` (required): a `[[bus]]` name.
+    public var bus: String
+    /// `unit` (default 1): Modbus unit id, 0...255 on TCP, 1...247 on RTU.
+    public var unit = 1
+    /// `poll_ms` (default 1000, 10...86400000).
+    public var pollMs = 1000
+    /// `offline_after` (default 3, >= 1): consecutive failed polls before `offline`.
+    public var offlineAfter = 3
+    public var points: [PointSettings] = []
+}
+
+public enum RegisterTable: String, Sendable, Equatable, CaseIterable {
+    case coil, discrete, holding, input
+    public var isBit: Bool { self == .coil || self == .discrete }
+    public var isWritable: Bool { self == .coil || self == .holding }
+}
+
+public enum PointType: String, Sendable, Equatable, CaseIterable {
+    case bool, int16, uint16, int32, uint32, int64, uint64, float32, float64, string
+
+    /// Registers taken on a register table.
+    public func registerCount(length: Int) -> Int {
+        switch self {
+        case .bool, .int16, .uint16: 1
+        case .int32, .uint32, .float32: 2
+        case .int64, .uint64, .float64: 4
+        case .string: length
+        }
+    }
+}
+
+/// `[[device.point]]`
+public struct PointSettings: Sendable, Equatable {
+    /// `name` (required, topic-safe, unique in the device).
+    public var name: String
+    /// `register` (required): coil | discrete | holding | input.
+    public var table: RegisterTable
+    /// `address` (required, 0...65535).
+    public var address: Int
+    /// `type` (default `bool` on coil/discrete, `uint16` on registers).
+    public var type: PointType
+    /// `length` (strings: registers, default 1).
+    public var length = 1
+    /// `bit` (registers, bool only): 0...15, one bit of the register.
+    public var bit: Int?
+    /// `word_order` / `byte_order` (default big): `big` | `little`.
+    public var wordOrderLittle = false
+    public var byteOrderLittle = false
+    /// `scale` (default 1, not 0) and `offset` (default 0): value = raw * scale + offset.
+    public var scale = 1.0
+    public var offset = 0.0
+    /// `unit` (default none): shown in JSON payloads.
+    public var unit: String?
+    /// `deadband` (default 0): publish only when the value moves at least this much.
+    public var deadband = 0.0
+    /// `map` (default none): raw integer -> name, e.g. `{ "0" = "closed", "1" = "open" }`.
+    public var map: [Int64: String] = [:]
+    /// `writable` (default false; coil and holding only).
+    public var writable = false
+    /// `min` / `max` (default none): numeric write limits.
+    public var min: Double?
+    public var max: Double?
+    /// `pulse_ms` (default none, writable only): switch back after this long.
+    public var pulseMs: Int?
+    /// `format` / `retain` (default: the gateway's).
+    public var format: ValueFormat?
+    public var retain: Bool?
+
+    /// Registers (or bits) this point reads.
+    public var width: Int { table.isBit ? 1 : type.registerCount(length: length) }
+}

@@ -1,0 +1,108 @@
+import Foundation
+import GatewayConfig
+import Testing
+import TestSupport
+
+/// Broken configs live in Fixtures/bad-*.toml; each starts with `# expect: <text>` lines that the
+/// error output must contain.
+struct Fixture: CustomTestStringConvertible, Sendable {
+    var path: String
+    var expectations: [String]
+    var testDescription: String { URL(fileURLWithPath: path).lastPathComponent }
+
+    static let directory = TestEnvironment.packageRoot + "/Tests/GatewayConfigTests/Fixtures"
+
+    static var all: [Fixture] {
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        return files.filter { $0.hasPrefix("bad-") && $0.hasSuffix(".toml") }.sorted().map { name in
+            let path = directory + "/" + name
+            let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+            let expects = text.split(separator: "\n").filter { $0.hasPrefix("# expect: ") }.map { String($0.dropFirst(10)) }
+            return Fixture(path: path, expectations: expects)
+        }
+    }
+}
+
+@Suite("gateway.toml loading and validation")
+struct ConfigLoaderTests {
+    @Test("there are at least a dozen broken fixtures, each with an expectation")
+    func fixtureCount() {
+        #expect(Fixture.all.count >= 12)
+        #expect(Fixture.all.allSatisfy { !$0.expectations.isEmpty })
+    }
+
+    @Test("each broken config is refused with its key path", arguments: Fixture.all)
+    func refused(_ f: Fixture) {
+        do {
+            _ = try ConfigLoader.load(path: f.path)
+            Issue.record("\(f.path) was accepted")
+        } catch {
+            let text = error.description
+            for e in f.expectations { #expect(text.contains(e), "expected '\(e)' in:\n\(text)") }
+        }
+    }
+
+    @Test("the shipped gateway.toml is valid and read as written")
+    func shippedConfig() throws {
+        let c = try ConfigLoader.load(path: TestEnvironment.packageRoot + "/gateway.toml")
+        #expect(c.baseTopic == "gateway/lobby")
+        #expect(c.mqtt.protocolVersion == 5)
+        #expect(c.devices.map(\.name) == ["front-door", "turnstile-1"])
+        let unlock = try #require(c.devices[0].points.first { $0.name == "unlock" })
+        #expect(unlock.writable && unlock.pulseMs == 3000 && unlock.table == .coil && unlock.type == .bool)
+        let temp = try #require(c.devices[1].points.first { $0.name == "temperature" })
+        #expect(temp.type == .int16 && temp.scale == 0.1 && temp.deadband == 0.2 && temp.unit == "°C")
+        let door = try #require(c.devices[0].points.first { $0.name == "door" })
+        #expect(door.map == [0: "closed", 1: "open"])
+    }
+
+    @Test("defaults are the documented ones")
+    func defaults() throws {
+        let c = try ConfigLoader.parse("""
+            [gateway]
+            id = "x"
+            [[bus]]
+            name = "b"
+            type = "tcp"
+            host = "::1"
+            [[device]]
+            name = "d"
+            bus = "b"
+              [[device.point]]
+              name = "p"
+              register = "input"
+              address = 3
+            """)
+        #expect(c.gateway.format == .plain && c.gateway.retain && c.gateway.refreshSeconds == 300 && c.gateway.commandMaxAgeMs == nil)
+        #expect(c.mqtt.url == "mqtt://127.0.0.1:1883" && c.mqtt.keepAlive == 30 && c.mqtt.cleanSession)
+        #expect(c.buses[0].kind == .tcp(host: "::1", port: 502) && c.buses[0].timeoutMs == 1000)
+        #expect(c.devices[0].unit == 1 && c.devices[0].pollMs == 1000 && c.devices[0].offlineAfter == 3)
+        #expect(c.devices[0].points[0].type == .uint16 && !c.devices[0].points[0].writable)
+    }
+
+    @Test("a missing file is a clear error")
+    func missingFile() {
+        #expect(throws: ConfigError.self) { try ConfigLoader.load(path: "/nonexistent/gateway.toml") }
+    }
+}
+
+@Suite("gateway check", .timeLimit(.minutes(2)))
+struct CheckCommandTests {
+    @Test("exit 2 with every problem and its key for each broken config", arguments: Fixture.all)
+    func broken(_ f: Fixture) async throws {
+        let p = try ChildProcess(try TestEnvironment.gatewayBinary(), ["check", "--config", f.path])
+        #expect(try await p.waitForExit() == 2)
+        let out = p.lines.joined(separator: "\n")
+        for e in f.expectations { #expect(out.contains(e), "expected '\(e)' in:\n\(out)") }
+    }
+
+    @Test("exit 0 and the plan for the shipped config")
+    func shipped() async throws {
+        let p = try ChildProcess(try TestEnvironment.gatewayBinary(), ["check", "--config", TestEnvironment.packageRoot + "/gateway.toml"])
+        #expect(try await p.waitForExit() == 0)
+        let out = p.lines
+        #expect(out.contains("    FC4 input 10..11 (2): passages"))
+        #expect(out.contains("  gateway/lobby/front-door/unlock/set/result"))
+        #expect(out.contains("  gateway/lobby/+/+/set"))
+    }
+}
