@@ -91,6 +91,6 @@ let package = Package(
         .testTarget(name: "ModbusTests", dependencies: ["Modbus", "TestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "SerialTests", dependencies: ["Serial", "TestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "GatewayConfigTests", dependencies: ["GatewayConfig", "TestSupport"], exclude: ["Fixtures"], swiftSettings: swiftSettings),
-        .testTarget(name: "GatewayTests", dependencies: ["Gateway", "TestSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "GatewayTests", dependencies: ["Gateway", "GatewayConfig", "MQTT", "Modbus", "TestSupport"], swiftSettings: swiftSettings),
     ]
 )

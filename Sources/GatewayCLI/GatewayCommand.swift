@@ -5,6 +5,7 @@ struct GatewayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gateway",
         abstract: "MQTT gateway for doors, gates, turnstiles and sensors (Modbus RTU/TCP, serial).",
-        subcommands: [Check.self, Simulate.self, Read.self, Write.self]
+        subcommands: [Run.self, Check.self, Simulate.self, Read.self, Write.self],
+        defaultSubcommand: Run.self
     )
 }

@@ -139,6 +139,13 @@ public struct PointSettings: Sendable, Equatable {
     public var format: ValueFormat?
     public var retain: Bool?
 
+    public init(name: String, table: RegisterTable, address: Int, type: PointType) {
+        self.name = name
+        self.table = table
+        self.address = address
+        self.type = type
+    }
+
     /// Registers (or bits) this point reads.
     public var width: Int { table.isBit ? 1 : type.registerCount(length: length) }
 }

@@ -1,0 +1,62 @@
+/// Online/offline of one device from its polls, as a pure state machine.
+///
+/// Starts unknown; the first good poll makes it `online`; `offlineAfter` consecutive failed polls
+/// make it `offline`. Each call says whether the state changed (publish and log only then).
+public struct DeviceHealth: Sendable, Equatable {
+    public enum State: String, Sendable, Equatable {
+        case unknown, online, offline
+    }
+
+    public let offlineAfter: Int
+    public private(set) var state: State = .unknown
+    public private(set) var consecutiveFailures = 0
+
+    public init(offlineAfter: Int) { self.offlineAfter = max(1, offlineAfter) }
+
+    /// Records a good poll; returns the new state when it changed.
+    public mutating func pollSucceeded() -> State? {
+        consecutiveFailures = 0
+        guard state != .online else { return nil }
+        state = .online
+        return state
+    }
+
+    /// Records a failed poll; returns the new state when it changed.
+    public mutating func pollFailed() -> State? {
+        consecutiveFailures += 1
+        guard consecutiveFailures >= offlineAfter, state != .offline else { return nil }
+        state = .offline
+        return state
+    }
+}
+
+/// A drift-free periodic schedule: tick k is at `start + k * period`. A late tick is not made up;
+/// the schedule skips to the next future tick and counts the overrun.
+public struct PollSchedule: Sendable {
+    public let period: Duration
+    public private(set) var next: ContinuousClock.Instant
+    /// Ticks skipped because a poll took longer than the period.
+    public private(set) var overruns = 0
+    /// True while the latest poll overran (to log once per episode).
+    public private(set) var inOverrun = false
+
+    public init(period: Duration, start: ContinuousClock.Instant) {
+        self.period = period
+        self.next = start
+    }
+
+    /// Call after a poll that was due at `next` finished at `now`. Returns true when an overrun
+    /// episode starts (log it), false otherwise.
+    public mutating func advance(now: ContinuousClock.Instant) -> Bool {
+        next = next + period
+        var skipped = 0
+        while next <= now {
+            next = next + period
+            skipped += 1
+        }
+        overruns += skipped
+        let started = skipped > 0 && !inOverrun
+        inOverrun = skipped > 0
+        return started
+    }
+}

@@ -1,0 +1,189 @@
+import GatewayConfig
+import Logging
+import Modbus
+import MQTT
+import ServiceLifecycle
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Device statuses as last published (republished after every reconnect).
+actor StatusBoard {
+    private var states: [String: DeviceHealth.State] = [:]
+    func set(_ device: String, _ state: DeviceHealth.State) { states[device] = state }
+    func all() -> [String: DeviceHealth.State] { states }
+}
+
+/// The running gateway: one MQTT connection (will `offline`, birth `online` after every connect),
+/// one poll task per device on its bus, values and availability published. A `Service`: on graceful
+/// shutdown it stops polling, publishes `offline` for every device and itself, then disconnects.
+public final class GatewayRuntime: Service, Sendable {
+    public let plan: GatewayPlan
+    private let client: MQTTClient
+    private let buses: [String: ModbusBus]
+    private let logger: Logger
+    private let board = StatusBoard()
+
+    /// `password` comes from `mqtt.password_file` or env `GATEWAY_MQTT_PASSWORD` (see ``mqttPassword(for:)``).
+    public init(configuration: GatewayConfiguration, password: [UInt8]?, logger: Logger = Logger(label: "gateway")) throws {
+        self.plan = GatewayPlan(configuration)
+        self.logger = logger
+        let base = configuration.baseTopic
+        var mqtt = try MQTTConfiguration(url: configuration.mqtt.url, clientIdentifier: configuration.mqtt.clientID ?? "gateway-\(configuration.gateway.id)")
+        mqtt.version = configuration.mqtt.protocolVersion == 3 ? .v3_1_1 : .v5
+        mqtt.keepAlive = UInt16(configuration.mqtt.keepAlive)
+        mqtt.cleanStart = configuration.mqtt.cleanSession
+        mqtt.username = configuration.mqtt.username
+        mqtt.password = password
+        mqtt.will = Will(topic: "\(base)/status", payload: Array("offline".utf8), qos: .atLeastOnce, retain: true)
+        if mqtt.tls != nil || configuration.mqtt.caFile != nil {
+            mqtt.tls = TLSOptions(caFile: configuration.mqtt.caFile, certificateFile: configuration.mqtt.certFile, keyFile: configuration.mqtt.keyFile)
+        }
+        var mqttLogger = logger
+        mqttLogger[metadataKey: "component"] = "mqtt"
+        self.client = MQTTClient(configuration: mqtt, logger: mqttLogger)
+        var buses: [String: ModbusBus] = [:]
+        for b in configuration.buses {
+            var l = logger
+            l[metadataKey: "bus"] = "\(b.name)"
+            buses[b.name] = ModbusBus(configuration: b.busConfiguration, logger: l)
+        }
+        self.buses = buses
+    }
+
+    /// The MQTT password: `password_file` (first line) or env `GATEWAY_MQTT_PASSWORD`; nil when neither.
+    public static func mqttPassword(for settings: MQTTSettings) -> [UInt8]? {
+        if let file = settings.passwordFile, let f = fopen(file, "r") {
+            defer { fclose(f) }
+            var line = [CChar](repeating: 0, count: 4096)
+            if fgets(&line, 4096, f) != nil {
+                var bytes = line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
+                while let last = bytes.last, last == 10 || last == 13 { bytes.removeLast() }
+                return bytes
+            }
+            return []
+        }
+        if let env = getenv("GATEWAY_MQTT_PASSWORD") { return Array(String(cString: env).utf8) }
+        return nil
+    }
+
+    public func run() async throws {
+        let base = plan.base
+        logger.info("gateway starting", metadata: ["base": "\(base)", "devices": "\(plan.devices.count)"])
+        await client.start()
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.watchConnection() }
+            for device in plan.devices {
+                group.addTask { await self.pollLoop(device) }
+            }
+            // Until SIGTERM/SIGINT (or cancellation).
+            try? await gracefulShutdown()
+            group.cancelAll()
+        }
+        // Polling has stopped: say so, then leave cleanly (the broker discards the will).
+        logger.info("gateway stopping: publishing offline")
+        for d in plan.devices {
+            try? await client.enqueue(to: "\(base)/\(d.settings.name)/status", payload: Array("offline".utf8), qos: .atLeastOnce, retain: true)
+        }
+        try? await client.enqueue(to: "\(base)/status", payload: Array("offline".utf8), qos: .atLeastOnce, retain: true)
+        await client.disconnect(timeout: .seconds(3))
+        for bus in buses.values { bus.close() }
+        logger.info("gateway stopped")
+    }
+
+    /// Birth and statuses after every (re)connect; broker loss logged once per episode.
+    private func watchConnection() async {
+        let base = plan.base
+        for await event in client.events {
+            guard !Task.isCancelled else { return }
+            switch event {
+            case .connected:
+                try? await client.enqueue(to: "\(base)/status", payload: Array("online".utf8), qos: .atLeastOnce, retain: true)
+                for (device, state) in await board.all() where state != .unknown {
+                    try? await client.enqueue(to: "\(base)/\(device)/status", payload: Array(state.rawValue.utf8), qos: .atLeastOnce, retain: true)
+                }
+                logger.info("broker connected: birth and statuses published")
+            case .disconnected(let reason):
+                logger.warning("broker lost: \(reason); buffering up to \(client.configuration.queueLimit) messages")
+            default:
+                break
+            }
+        }
+    }
+
+    private func pollLoop(_ device: GatewayPlan.Device) async {
+        guard let bus = buses[device.bus.name] else { return }
+        let settings = device.settings
+        let base = plan.base
+        let gw = plan.configuration.gateway
+        var log = logger
+        log[metadataKey: "device"] = "\(settings.name)"
+        let period = Duration.milliseconds(settings.pollMs)
+        var schedule = PollSchedule(period: period, start: .now)
+        var readPlan = device.readPlan
+        var health = DeviceHealth(offlineAfter: settings.offlineAfter)
+        let refresh: Duration? = gw.refreshSeconds > 0 ? .seconds(gw.refreshSeconds) : nil
+        var filters = settings.points.map { ChangeFilter(deadband: $0.deadband, refresh: refresh) }
+        var failingPoints: Set<Int> = []
+        let requestsBefore = readPlan.requests.count
+
+        while !Task.isCancelled {
+            do { try await Task.sleep(until: schedule.next, clock: .continuous) } catch { return }
+            // A poll that cannot start before the next one is due is dropped, not queued up.
+            let results = await bus.poll(&readPlan, unit: settings.unit, deadline: schedule.next + period)
+            if readPlan.requests.count != requestsBefore && readPlan.requests.count > requestsBefore {
+                log.notice("device refused a merged read (illegal data address): now \(readPlan.requests.count) requests per poll")
+            }
+            let ok = results.values.contains { if case .success = $0 { true } else { false } }
+            if ok {
+                if health.pollSucceeded() != nil {
+                    log.info("device online")
+                    await publishStatus(settings.name, .online)
+                }
+            } else if health.pollFailed() != nil {
+                let why = results.values.compactMap { if case .failure(let e) = $0 { "\(e)" } else { nil } }.first ?? "no answer"
+                log.warning("device offline after \(settings.offlineAfter) failed polls: \(why)")
+                await publishStatus(settings.name, .offline)
+            }
+            let now = ContinuousClock.now
+            for (i, point) in settings.points.enumerated() {
+                guard let result = results[i] else { continue }
+                switch result {
+                case .success(let read):
+                    failingPoints.remove(i)
+                    guard let value = try? point.value(from: read), filters[i].shouldPublish(value, now: now) else { continue }
+                    let format = point.format ?? gw.format
+                    let payload = format == .plain ? value.plain : jsonPayload(value, unit: point.unit)
+                    try? await client.enqueue(to: "\(base)/\(settings.name)/\(point.name)", payload: Array(payload.utf8),
+                                              qos: .atLeastOnce, retain: point.retain ?? gw.retain)
+                case .failure(let error):
+                    if ok, failingPoints.insert(i).inserted {
+                        var l = log
+                        l[metadataKey: "point"] = "\(point.name)"
+                        l.warning("point read failed: \(error)")
+                    }
+                }
+            }
+            if schedule.advance(now: .now) {
+                log.warning("poll overran its period of \(settings.pollMs) ms (\(schedule.overruns) ticks skipped so far)")
+            }
+        }
+    }
+
+    private func publishStatus(_ device: String, _ state: DeviceHealth.State) async {
+        await board.set(device, state)
+        // While disconnected the board keeps it: the connect handler publishes it after the birth.
+        guard await client.isConnected else { return }
+        try? await client.enqueue(to: "\(plan.base)/\(device)/status", payload: Array(state.rawValue.utf8), qos: .atLeastOnce, retain: true)
+    }
+
+    private func jsonPayload(_ value: PointValue, unit: String?) -> String {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        let ms = Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+        var s = "{\"value\":\(value.json)"
+        if let unit { s += ",\"unit\":\(jsonString(unit))" }
+        return s + ",\"ts\":\(ms)}"
+    }
+}

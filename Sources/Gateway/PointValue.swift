@@ -1,0 +1,119 @@
+import GatewayConfig
+import Modbus
+
+/// A point's value, converted from registers and ready to publish.
+public enum PointValue: Sendable, Equatable {
+    case bool(Bool)
+    case number(Double, integer: Bool)
+    case text(String)
+
+    /// Plain payload: `21.5`, `true`, `open`.
+    public var plain: String {
+        switch self {
+        case .bool(let b): b ? "true" : "false"
+        case .number(let d, _): formatNumber(d)
+        case .text(let s): s
+        }
+    }
+
+    /// JSON literal of the value.
+    public var json: String {
+        switch self {
+        case .bool(let b): b ? "true" : "false"
+        case .number(let d, _): d.isFinite ? formatNumber(d) : "null"
+        case .text(let s): jsonString(s)
+        }
+    }
+
+    var number: Double? { if case .number(let d, _) = self { d } else { nil } }
+}
+
+/// Escapes a string as a JSON string literal.
+public func jsonString(_ s: String) -> String {
+    var out = "\""
+    for u in s.unicodeScalars {
+        switch u {
+        case "\"": out += "\\\""
+        case "\\": out += "\\\\"
+        case "\n": out += "\\n"
+        case "\r": out += "\\r"
+        case "\t": out += "\\t"
+        case _ where u.value < 0x20: out += "\\u" + String(repeating: "0", count: 4 - String(u.value, radix: 16).count) + String(u.value, radix: 16)
+        default: out.unicodeScalars.append(u)
+        }
+    }
+    return out + "\""
+}
+
+extension PointSettings {
+    /// Converts what the poll read for this point: type, order, bit, scale/offset, then `map`.
+    public func value(from result: ReadResult) throws(ModbusError) -> PointValue {
+        let raw: ModbusValue
+        switch result {
+        case .bits(let bits):
+            guard let b = bits.first else { throw .invalidArgument("no bit read") }
+            raw = .bool(b)
+        case .registers(let regs):
+            if let bit {
+                guard let r = regs.first else { throw .invalidArgument("no register read") }
+                raw = .bool(RegisterCodec.decodeBit(r, bit: bit))
+            } else {
+                raw = try RegisterCodec.decode(regs, as: dataType, order: registerOrder)
+            }
+        }
+        if !map.isEmpty {
+            let key: Int64? = switch raw {
+            case .bool(let b): b ? 1 : 0
+            case .int(let i): i
+            case .uint(let u): u <= UInt64(Int64.max) ? Int64(u) : nil
+            default: nil
+            }
+            if let key, let name = map[key] { return .text(name) }
+            // An unmapped raw value is published as the number, so nothing is hidden.
+        }
+        switch scaling.apply(raw) {
+        case .bool(let b): return .bool(b)
+        case .int(let i): return .number(Double(i), integer: true)
+        case .uint(let u): return .number(Double(u), integer: true)
+        case .double(let d): return .number(d, integer: false)
+        case .string(let s): return .text(s)
+        }
+    }
+}
+
+/// Decides when a point's value is published: on change (beyond `deadband` for numbers) and
+/// every `refresh` even when unchanged.
+public struct ChangeFilter: Sendable {
+    public let deadband: Double
+    public let refresh: Duration?
+    private(set) var last: PointValue?
+    private(set) var lastPublished: ContinuousClock.Instant?
+
+    public init(deadband: Double, refresh: Duration?) {
+        self.deadband = deadband
+        self.refresh = refresh
+    }
+
+    /// True when `value` read at `now` should be published (and records it as published).
+    public mutating func shouldPublish(_ value: PointValue, now: ContinuousClock.Instant) -> Bool {
+        var publish: Bool
+        if let last {
+            if let a = last.number, let b = value.number, deadband > 0 {
+                publish = abs(a - b) >= deadband - 1e-12
+            } else {
+                publish = last != value
+            }
+        } else {
+            publish = true
+        }
+        if !publish, let refresh, let at = lastPublished, now - at >= refresh { publish = true }
+        if publish {
+            last = value
+            lastPublished = now
+        }
+        return publish
+    }
+
+    /// Forget the last value (after a reconnect, republish everything).
+    public mutating func reset() { last = nil }
+}

@@ -1,0 +1,40 @@
+import ArgumentParser
+import Gateway
+import GatewayConfig
+import Logging
+import ServiceLifecycle
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the gateway (the default command): poll devices, publish values and online state.")
+
+    @Option(help: "Configuration file.") var config = "gateway.toml"
+    @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "info"
+
+    func run() async throws {
+        let loaded: GatewayConfiguration
+        do {
+            loaded = try ConfigLoader.load(path: config)
+        } catch {
+            for issue in error.issues { emitError("\(error.file): \(issue)") }
+            throw ExitCode(2)
+        }
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+        let logger = Logger(label: "gateway")
+        let runtime: GatewayRuntime
+        do {
+            runtime = try GatewayRuntime(configuration: loaded, password: GatewayRuntime.mqttPassword(for: loaded.mqtt), logger: logger)
+        } catch {
+            emitError("\(config): mqtt.url: \(error)")
+            throw ExitCode(2)
+        }
+        let group = ServiceGroup(configuration: .init(services: [.init(service: runtime)],
+                                                      gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+}

@@ -1,0 +1,73 @@
+import GatewayConfig
+import Modbus
+import Testing
+@testable import Gateway
+
+@Suite("Device health, poll schedule, value conversion and change filter")
+struct StateTests {
+    @Test("offline after N consecutive failures, online on the first good poll, each change reported once")
+    func health() {
+        var h = DeviceHealth(offlineAfter: 3)
+        #expect(h.pollSucceeded() == .online)
+        #expect(h.pollSucceeded() == nil)
+        #expect(h.pollFailed() == nil)
+        #expect(h.pollFailed() == nil)
+        #expect(h.pollSucceeded() == nil, "two failures then a success: still online, counter reset")
+        #expect(h.pollFailed() == nil)
+        #expect(h.pollFailed() == nil)
+        #expect(h.pollFailed() == .offline)
+        #expect(h.pollFailed() == nil, "an offline device does not report again")
+        #expect(h.pollSucceeded() == .online)
+    }
+
+    @Test("drift-free schedule: ticks at start + k * period; overruns skipped, counted, reported once per episode")
+    func schedule() {
+        let t0 = ContinuousClock.now
+        var s = PollSchedule(period: .milliseconds(100), start: t0)
+        #expect(s.advance(now: t0 + .milliseconds(30)) == false)
+        #expect(s.next == t0 + .milliseconds(100))
+        #expect(s.advance(now: t0 + .milliseconds(180)) == false, "a late poll does not shift the schedule")
+        #expect(s.next == t0 + .milliseconds(200))
+        #expect(s.advance(now: t0 + .milliseconds(450)) == true)
+        #expect(s.next == t0 + .milliseconds(500))
+        #expect(s.overruns == 2)
+        #expect(s.advance(now: t0 + .milliseconds(650)) == false, "the same episode is not reported twice")
+        #expect(s.advance(now: t0 + .milliseconds(710)) == false)
+        #expect(s.inOverrun == false)
+    }
+
+    @Test("conversion: scale, map, bit, string, unmapped values stay numbers")
+    func conversion() throws {
+        var p = PointSettings(name: "t", table: .holding, address: 0, type: .int16)
+        p.scale = 0.1
+        #expect(try p.value(from: .registers([215])).plain == "21.5")
+        #expect(try p.value(from: .registers([0xFFFD])).plain == "-0.3")
+        var m = PointSettings(name: "m", table: .holding, address: 0, type: .uint16)
+        m.map = [0: "normal", 2: "locked"]
+        #expect(try m.value(from: .registers([2])).plain == "locked")
+        #expect(try m.value(from: .registers([7])).plain == "7")
+        var b = PointSettings(name: "b", table: .input, address: 0, type: .bool)
+        b.bit = 3
+        #expect(try b.value(from: .registers([0b1000])).plain == "true")
+        let c = PointSettings(name: "c", table: .coil, address: 0, type: .bool)
+        #expect(try c.value(from: .bits([false])).plain == "false")
+        #expect(PointValue.text("a\"b").json == "\"a\\\"b\"")
+    }
+
+    @Test("change filter: unchanged values are not republished until the refresh; deadband compares with the last published value")
+    func changeFilter() {
+        let t0 = ContinuousClock.now
+        var f = ChangeFilter(deadband: 0.2, refresh: .seconds(300))
+        var published: [Bool] = []
+        for (value, at) in [(21.5, 0), (21.6, 1), (21.69, 2), (21.7, 3), (21.7, 200), (21.7, 303)] {
+            published.append(f.shouldPublish(.number(value, integer: false), now: t0 + .seconds(at)))
+        }
+        #expect(published == [true, false, false, true, false, true], "first, below deadband twice, moved 0.2, unchanged, refresh")
+        var g = ChangeFilter(deadband: 0, refresh: nil)
+        var texts: [Bool] = []
+        for (value, at) in [("open", 0), ("open", 1000), ("closed", 1001)] {
+            texts.append(g.shouldPublish(.text(value), now: t0 + .seconds(at)))
+        }
+        #expect(texts == [true, false, true])
+    }
+}

@@ -1,0 +1,338 @@
+import Foundation
+import Gateway
+import GatewayConfig
+import MQTT
+import Synchronization
+import Testing
+import TestSupport
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Everything an end-to-end test needs: broker, simulator, the gateway process, an observer.
+final class Rig: Sendable {
+    let broker: Mosquitto
+    let sim: GatewaySimulator
+    let simPort: Int
+    let gateway: ChildProcess
+    let observer: MQTTClient
+    let seen: Mutex<[(String, String)]> = Mutex([])
+    let configPath: String
+
+    init(broker: Mosquitto, sim: GatewaySimulator, simPort: Int, gateway: ChildProcess, observer: MQTTClient, configPath: String) {
+        self.broker = broker
+        self.sim = sim
+        self.simPort = simPort
+        self.gateway = gateway
+        self.observer = observer
+        self.configPath = configPath
+    }
+
+    static func start(points: String, simArgs: [String], pollMs: Int = 50, offlineAfter: Int = 2, extraGateway: String = "") async throws -> Rig {
+        let broker = try await Mosquitto.start()
+        let simPort = try TestEnvironment.freePort()
+        let sim = try await GatewaySimulator.start(simArgs, port: simPort)
+        let dir = try TestEnvironment.makeTemporaryDirectory("gw-e2e")
+        let config = """
+            [gateway]
+            id = "e2e"
+            \(extraGateway)
+            [mqtt]
+            url = "mqtt://127.0.0.1:\(broker.port)"
+            keepalive = 5
+            [[bus]]
+            name = "plc"
+            type = "tcp"
+            host = "127.0.0.1"
+            port = \(simPort)
+            timeout_ms = 300
+            [[device]]
+            name = "dev"
+            bus = "plc"
+            unit = 1
+            poll_ms = \(pollMs)
+            offline_after = \(offlineAfter)
+            \(points)
+            """
+        let path = dir + "/gateway.toml"
+        try config.write(toFile: path, atomically: true, encoding: .utf8)
+        var oc = MQTTConfiguration(host: "127.0.0.1", port: broker.port, clientIdentifier: "observer-\(UUID().uuidString.prefix(6))")
+        oc.reconnect = ReconnectPolicy(initialDelay: .milliseconds(50), maximumDelay: .milliseconds(300))
+        let observer = MQTTClient(configuration: oc)
+        try await observer.connect()
+        try await observer.subscribe([Subscription("gateway/#", qos: .atLeastOnce)])
+        let gateway = try ChildProcess(try TestEnvironment.gatewayBinary(), ["run", "--config", path])
+        let rig = Rig(broker: broker, sim: sim, simPort: simPort, gateway: gateway, observer: observer, configPath: path)
+        rig.collect()
+        return rig
+    }
+
+    private func collect() {
+        let stream = observer.messages
+        Task { [weak self] in
+            for await m in stream {
+                self?.seen.withLock { $0.append((m.topic, m.payloadString)) }
+                self?.arrivals.push(())
+            }
+        }
+    }
+    private let arrivals = Signal()
+
+    /// Waits (bounded) until a message on `topic` with `payload` has been seen (now or before).
+    func waitFor(_ topic: String, _ payload: String, timeout: Duration = .seconds(15)) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let generation = arrivals.generation
+            if seen.withLock({ $0.contains { $0.0 == topic && $0.1 == payload } }) { return }
+            guard ContinuousClock.now < deadline else { break }
+            await arrivals.wait(after: generation, until: deadline)
+        }
+        throw FixtureError("never saw \(topic) = \(payload); seen: \(seen.withLock { $0.map { "\($0.0)=\($0.1)" } })\ngateway log:\n\(gateway.tail)")
+    }
+
+    /// Waits (bounded) until `condition` holds, re-checking at every arrival.
+    func waitUntil(timeout: Duration = .seconds(20), _ what: String, _ condition: () -> Bool) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let generation = arrivals.generation
+            if condition() { return }
+            guard ContinuousClock.now < deadline else { throw FixtureError("timed out waiting for \(what)\ngateway log:\n\(gateway.tail)") }
+            await arrivals.wait(after: generation, until: deadline)
+        }
+    }
+
+    func payloads(_ topic: String) -> [String] { seen.withLock { $0.filter { $0.0 == topic }.map(\.1) } }
+
+    func shutdown() async {
+        await gateway.stop()
+        await observer.disconnect()
+        _ = await sim.stop()
+        await broker.shutdown()
+    }
+}
+
+/// Wakes waiters when something arrives. A generation counter prevents lost wake-ups: a waiter
+/// that read generation g returns at once if anything arrived since.
+final class Signal: Sendable {
+    private let state = Mutex<(count: Int, waiters: [CheckedContinuation<Void, Never>])>((0, []))
+
+    var generation: Int { state.withLock { $0.count } }
+
+    func push(_: Void) {
+        let ws = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            s.count += 1
+            defer { s.waiters.removeAll() }
+            return s.waiters
+        }
+        ws.forEach { $0.resume() }
+    }
+
+    /// Returns when something arrives after `generation`, or at the deadline.
+    func wait(after generation: Int, until deadline: ContinuousClock.Instant) async {
+        let timer = Task {
+            try? await Task.sleep(until: deadline, clock: .continuous)
+            self.push(())
+        }
+        await withCheckedContinuation { c in
+            let now = state.withLock { s -> Bool in
+                if s.count != generation { return true }
+                s.waiters.append(c)
+                return false
+            }
+            if now { c.resume() }
+        }
+        timer.cancel()
+    }
+}
+
+@Suite("Gateway uplink end to end (Mosquitto, gateway simulate, gateway run)", .timeLimit(.minutes(3)))
+struct UplinkTests {
+    static let allTypes = """
+        [[device.point]]
+        name = "coil"
+        register = "coil"
+        address = 0
+        [[device.point]]
+        name = "door"
+        register = "discrete"
+        address = 0
+        map = { "0" = "closed", "1" = "open" }
+        [[device.point]]
+        name = "i16"
+        register = "holding"
+        address = 0
+        type = "int16"
+        [[device.point]]
+        name = "u16"
+        register = "holding"
+        address = 1
+        [[device.point]]
+        name = "i32"
+        register = "holding"
+        address = 2
+        type = "int32"
+        [[device.point]]
+        name = "u32le"
+        register = "input"
+        address = 0
+        type = "uint32"
+        word_order = "little"
+        [[device.point]]
+        name = "f32"
+        register = "holding"
+        address = 4
+        type = "float32"
+        [[device.point]]
+        name = "temp"
+        register = "holding"
+        address = 10
+        type = "int16"
+        scale = 0.1
+        [[device.point]]
+        name = "flag"
+        register = "holding"
+        address = 11
+        type = "bool"
+        bit = 2
+        [[device.point]]
+        name = "label"
+        register = "holding"
+        address = 20
+        type = "string"
+        length = 2
+        [[device.point]]
+        name = "mode"
+        register = "holding"
+        address = 30
+        map = { "0" = "normal", "1" = "free", "2" = "locked" }
+        """
+
+    @Test("values of every type are published right, plus birth and device status")
+    func everyType() async throws {
+        let rig = try await Rig.start(points: Self.allTypes, simArgs: [
+            "--set", "coil:0=1", "--set", "discrete:0=1", "--set", "holding:0=-5", "--set", "holding:1=65000",
+            "--set", "holding:2=65535", "--set", "holding:3=65534",            // int32 -2
+            "--set", "input:0=2", "--set", "input:1=1",                       // uint32 little words: 0x00010002
+            "--set", "holding:4=17254", "--set", "holding:5=32768",           // float32 230.5
+            "--set", "holding:10=215", "--set", "holding:11=4",
+            "--set", "holding:20=20290", "--set", "holding:21=19712",         // "OB" "M\0"
+            "--set", "holding:30=2",
+        ])
+        let b = "gateway/e2e"
+        try await rig.waitFor("\(b)/status", "online")
+        try await rig.waitFor("\(b)/dev/status", "online")
+        for (point, value) in [("coil", "true"), ("door", "open"), ("i16", "-5"), ("u16", "65000"), ("i32", "-2"),
+                               ("u32le", "65538"), ("f32", "230.5"), ("temp", "21.5"), ("flag", "true"), ("label", "OBM"),
+                               ("mode", "locked")] {
+            try await rig.waitFor("\(b)/dev/\(point)", value)
+        }
+        await rig.shutdown()
+    }
+
+    @Test("publish on change only, with deadband: a move smaller than the deadband is not published")
+    func deadband() async throws {
+        let points = """
+            [[device.point]]
+            name = "temp"
+            register = "holding"
+            address = 100
+            type = "int16"
+            scale = 0.1
+            deadband = 0.2
+            [[device.point]]
+            name = "marker"
+            register = "holding"
+            address = 101
+            """
+        let rig = try await Rig.start(points: points, simArgs: ["--set", "holding:100=215"])
+        let b = "gateway/e2e/dev"
+        try await rig.waitFor("\(b)/temp", "21.5")
+        try await rig.sim.set("holding:100=216")   // +0.1: below the deadband
+        try await rig.sim.set("holding:101=1")     // read in the same poll as 216 (or a later one)
+        try await rig.waitFor("\(b)/marker", "1")
+        try await rig.sim.set("holding:100=218")   // +0.3 from the last published 21.5
+        try await rig.waitFor("\(b)/temp", "21.8")
+        #expect(rig.payloads("\(b)/temp") == ["21.5", "21.8"])
+        #expect(rig.payloads("\(b)/marker") == ["0", "1"])
+        await rig.shutdown()
+    }
+
+    @Test("device goes offline when the simulator stops and online when it is back")
+    func deviceAvailability() async throws {
+        let points = """
+            [[device.point]]
+            name = "v"
+            register = "holding"
+            address = 0
+            """
+        let rig = try await Rig.start(points: points, simArgs: ["--set", "holding:0=7"])
+        let b = "gateway/e2e/dev"
+        try await rig.waitFor("\(b)/status", "online")
+        _ = await rig.sim.stop()
+        try await rig.waitFor("\(b)/status", "offline")
+        let again = try await GatewaySimulator.start(["--set", "holding:0=8"], port: rig.simPort)
+        try await rig.waitFor("\(b)/v", "8")
+        #expect(rig.payloads("\(b)/status") == ["online", "offline", "online"])
+        _ = await again.stop()
+        await rig.shutdown()
+    }
+
+    @Test("SIGTERM: every status offline, then exit 0")
+    func sigterm() async throws {
+        let points = """
+            [[device.point]]
+            name = "v"
+            register = "coil"
+            address = 0
+            """
+        let rig = try await Rig.start(points: points, simArgs: [])
+        try await rig.waitFor("gateway/e2e/dev/status", "online")
+        rig.gateway.signal(SIGTERM)
+        #expect(try await rig.gateway.waitForExit() == 0)
+        try await rig.waitFor("gateway/e2e/dev/status", "offline")
+        try await rig.waitFor("gateway/e2e/status", "offline")
+        await rig.shutdown()
+    }
+
+    @Test("SIGKILL: another client sees the will 'offline'")
+    func sigkill() async throws {
+        let points = """
+            [[device.point]]
+            name = "v"
+            register = "coil"
+            address = 0
+            """
+        let rig = try await Rig.start(points: points, simArgs: [])
+        try await rig.waitFor("gateway/e2e/status", "online")
+        rig.gateway.signal(SIGKILL)
+        _ = try await rig.gateway.waitForExit()
+        try await rig.waitFor("gateway/e2e/status", "offline")
+        await rig.shutdown()
+    }
+
+    @Test("broker restart: the gateway reconnects, publishes its birth and republishes statuses")
+    func brokerRestart() async throws {
+        let points = """
+            [[device.point]]
+            name = "v"
+            register = "coil"
+            address = 0
+            """
+        let rig = try await Rig.start(points: points, simArgs: [])
+        try await rig.waitFor("gateway/e2e/dev/status", "online")
+        let before = rig.payloads("gateway/e2e/status").count
+        try await rig.broker.restart()   // persistence off: retained statuses are gone
+        // The observer reconnects and resubscribes; the gateway's birth and statuses come again.
+        // (The old broker may deliver the gateway's will while it shuts down: wait for the new birth.)
+        try await rig.waitUntil("a new birth") {
+            let s = rig.payloads("gateway/e2e/status")
+            return s.count > before && s.last == "online"
+        }
+        try await rig.waitUntil("the device status republished") {
+            let s = rig.payloads("gateway/e2e/dev/status")
+            return s.count >= 2 && s.last == "online"
+        }
+        await rig.shutdown()
+    }
+}
