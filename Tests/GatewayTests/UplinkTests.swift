@@ -29,10 +29,12 @@ final class Rig: Sendable {
         self.configPath = configPath
     }
 
-    static func start(points: String, simArgs: [String], pollMs: Int = 50, offlineAfter: Int = 2, extraGateway: String = "") async throws -> Rig {
+    static func start(points: String, simArgs: [String], pollMs: Int = 50, offlineAfter: Int = 2, extraGateway: String = "",
+                      devicePort: Int? = nil) async throws -> Rig {
         let broker = try await Mosquitto.start()
-        let simPort = try TestEnvironment.freePort()
-        let sim = try await GatewaySimulator.start(simArgs, port: simPort)
+        let sim = try await GatewaySimulator.start(simArgs, port: try TestEnvironment.freePort())
+        // The gateway polls the simulator, or another device (pymodbus) at `devicePort`.
+        let simPort = devicePort ?? sim.port
         let dir = try TestEnvironment.makeTemporaryDirectory("gw-e2e")
         let config = """
             [gateway]
@@ -275,6 +277,36 @@ struct UplinkTests {
         try await rig.waitFor("\(b)/v", "8")
         #expect(rig.payloads("\(b)/status") == ["online", "offline", "online"])
         _ = await again.stop()
+        await rig.shutdown()
+    }
+
+    @Test("polling pymodbus (an independent Modbus implementation) publishes its values")
+    func pymodbusDevice() async throws {
+        let server = try await PymodbusServer.startTCP(spec: #"{"1": {"hr": {"100": 17254, "101": 32768, "0": 65535}, "di": {"0": 1}}}"#)
+        let points = """
+            [[device.point]]
+            name = "f"
+            register = "holding"
+            address = 100
+            type = "float32"
+            [[device.point]]
+            name = "neg"
+            register = "holding"
+            address = 0
+            type = "int16"
+            [[device.point]]
+            name = "door"
+            register = "discrete"
+            address = 0
+            map = { "0" = "closed", "1" = "open" }
+            """
+        let rig = try await Rig.start(points: points, simArgs: [], devicePort: server.port)
+        try await rig.waitFor("gateway/e2e/dev/f", "230.5")
+        try await rig.waitFor("gateway/e2e/dev/neg", "-1")
+        try await rig.waitFor("gateway/e2e/dev/door", "open")
+        try await rig.waitFor("gateway/e2e/dev/status", "online")
+        _ = await server.stop()
+        try await rig.waitFor("gateway/e2e/dev/status", "offline")
         await rig.shutdown()
     }
 
