@@ -208,6 +208,14 @@ struct UplinkTests {
         register = "holding"
         address = 30
         map = { "0" = "normal", "1" = "free", "2" = "locked" }
+        [[device.point]]
+        name = "tempjson"
+        register = "holding"
+        address = 10
+        type = "int16"
+        scale = 0.1
+        unit = "°C"
+        format = "json"
         """
 
     @Test("values of every type are published right, plus birth and device status")
@@ -228,6 +236,9 @@ struct UplinkTests {
                                ("u32le", "65538"), ("f32", "230.5"), ("temp", "21.5"), ("flag", "true"), ("label", "OBM"),
                                ("mode", "locked")] {
             try await rig.waitFor("\(b)/dev/\(point)", value)
+        }
+        try await rig.waitUntil("the JSON payload") {
+            rig.payloads("\(b)/dev/tempjson").contains { $0.hasPrefix(#"{"value":21.5,"unit":"°C","ts":"#) && $0.hasSuffix("}") }
         }
         await rig.shutdown()
     }
@@ -275,7 +286,9 @@ struct UplinkTests {
         try await rig.waitFor("\(b)/status", "offline")
         let again = try await GatewaySimulator.start(["--set", "holding:0=8"], port: rig.simPort)
         try await rig.waitFor("\(b)/v", "8")
-        #expect(rig.payloads("\(b)/status") == ["online", "offline", "online"])
+        // Transitions; a status republished on (re)connect may repeat the current one.
+        let transitions = rig.payloads("\(b)/status").reduce(into: [String]()) { if $0.last != $1 { $0.append($1) } }
+        #expect(transitions == ["online", "offline", "online"])
         _ = await again.stop()
         await rig.shutdown()
     }
