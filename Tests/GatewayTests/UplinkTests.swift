@@ -218,6 +218,13 @@ struct UplinkTests {
         format = "json"
         """
 
+    static let oneCoil = """
+        [[device.point]]
+        name = "v"
+        register = "coil"
+        address = 0
+        """
+
     @Test("values of every type are published right, plus birth and device status")
     func everyType() async throws {
         let rig = try await Rig.start(points: Self.allTypes, simArgs: [
@@ -325,13 +332,7 @@ struct UplinkTests {
 
     @Test("SIGTERM: every status offline, then exit 0")
     func sigterm() async throws {
-        let points = """
-            [[device.point]]
-            name = "v"
-            register = "coil"
-            address = 0
-            """
-        let rig = try await Rig.start(points: points, simArgs: [])
+        let rig = try await Rig.start(points: Self.oneCoil, simArgs: [])
         try await rig.waitFor("gateway/e2e/dev/status", "online")
         rig.gateway.signal(SIGTERM)
         #expect(try await rig.gateway.waitForExit() == 0)
@@ -342,13 +343,7 @@ struct UplinkTests {
 
     @Test("SIGKILL: another client sees the will 'offline'")
     func sigkill() async throws {
-        let points = """
-            [[device.point]]
-            name = "v"
-            register = "coil"
-            address = 0
-            """
-        let rig = try await Rig.start(points: points, simArgs: [])
+        let rig = try await Rig.start(points: Self.oneCoil, simArgs: [])
         try await rig.waitFor("gateway/e2e/status", "online")
         rig.gateway.signal(SIGKILL)
         _ = try await rig.gateway.waitForExit()
@@ -358,13 +353,7 @@ struct UplinkTests {
 
     @Test("broker restart: the gateway reconnects, publishes its birth and republishes statuses")
     func brokerRestart() async throws {
-        let points = """
-            [[device.point]]
-            name = "v"
-            register = "coil"
-            address = 0
-            """
-        let rig = try await Rig.start(points: points, simArgs: [])
+        let rig = try await Rig.start(points: Self.oneCoil, simArgs: [])
         try await rig.waitFor("gateway/e2e/dev/status", "online")
         let before = rig.payloads("gateway/e2e/status").count
         try await rig.broker.restart()   // persistence off: retained statuses are gone
