@@ -37,7 +37,7 @@ public final class GatewayRuntime: Service, Sendable {
         mqtt.username = configuration.mqtt.username
         mqtt.password = password
         mqtt.will = Will(topic: "\(base)/status", payload: Array("offline".utf8), qos: .atLeastOnce, retain: true)
-        if mqtt.tls != nil || configuration.mqtt.caFile != nil {
+        if mqtt.tls != nil {   // mqtts:// (the config checker refuses TLS files with mqtt://)
             mqtt.tls = TLSOptions(caFile: configuration.mqtt.caFile, certificateFile: configuration.mqtt.certFile, keyFile: configuration.mqtt.keyFile)
         }
         var mqttLogger = logger
@@ -126,14 +126,15 @@ public final class GatewayRuntime: Service, Sendable {
         let refresh: Duration? = gw.refreshSeconds > 0 ? .seconds(gw.refreshSeconds) : nil
         var filters = settings.points.map { ChangeFilter(deadband: $0.deadband, refresh: refresh) }
         var failingPoints: Set<Int> = []
-        let requestsBefore = readPlan.requests.count
+        var requestsPerPoll = readPlan.requests.count
 
         while !Task.isCancelled {
             do { try await Task.sleep(until: schedule.next, clock: .continuous) } catch { return }
             // A poll that cannot start before the next one is due is dropped, not queued up.
             let results = await bus.poll(&readPlan, unit: settings.unit, deadline: schedule.next + period)
-            if readPlan.requests.count != requestsBefore && readPlan.requests.count > requestsBefore {
-                log.notice("device refused a merged read (illegal data address): now \(readPlan.requests.count) requests per poll")
+            if readPlan.requests.count != requestsPerPoll {
+                requestsPerPoll = readPlan.requests.count
+                log.notice("device refused a merged read (illegal data address): now \(requestsPerPoll) requests per poll")
             }
             let ok = results.values.contains { if case .success = $0 { true } else { false } }
             if ok {

@@ -132,6 +132,7 @@ public enum ConfigLoader {
                 if let file, access(file, R_OK) != 0 { tls.issue(key, "cannot read '\(file)'") }
             }
             if (m.certFile == nil) != (m.keyFile == nil) { tls.issue("cert_file", "cert_file and key_file go together") }
+            if !m.url.hasPrefix("mqtts://") { tls.issue("ca_file", "[mqtt.tls] needs url = \"mqtts://...\" (the url is \(m.url))") }
             tls.finish()
         }
         return m

@@ -57,6 +57,8 @@ public actor MQTTClient {
     private var keepAlive: KeepAliveStateMachine?
     private var connAckWaiter: CheckedContinuation<ConnAckPacket, any Error>?
     private var disconnectWaiters: [CheckedContinuation<Void, Never>] = []
+    /// Waiters for "nothing queued or in flight" (graceful disconnect), resumed by `notifyIfDrained`.
+    private var drainWaiters: [CheckedContinuation<Void, Never>] = []
     private var lastCloseReason = ""
     private var takenOverByReason = false
     private var connectedAt: ContinuousClock.Instant?
@@ -143,9 +145,13 @@ public actor MQTTClient {
     /// Graceful: waits (at most `timeout`) for queued and in-flight messages to be acknowledged,
     /// sends DISCONNECT (the broker discards the will) and closes. No reconnect afterwards.
     public func disconnect(timeout: Duration = .seconds(2)) async {
-        let deadline = ContinuousClock.now + timeout
-        while state == .connected && (!outbound.isEmpty || !queue.isEmpty) && ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(5))
+        if state == .connected && (!outbound.isEmpty || !queue.isEmpty) {
+            let timer = Task { [weak self] in
+                try? await Task.sleep(for: timeout)
+                await self?.notifyIfDrained(force: true)
+            }
+            await withCheckedContinuation { drainWaiters.append($0) }
+            timer.cancel()
         }
         await shutdown(sendDisconnect: true)
     }
@@ -158,6 +164,15 @@ public actor MQTTClient {
     /// Drops the current connection without DISCONNECT; the client reconnects when configured to.
     public func dropConnection() {
         channel?.close(promise: nil)
+    }
+
+    /// Resumes graceful-disconnect waiters once nothing is queued or in flight (or on `force`:
+    /// timeout, connection lost).
+    private func notifyIfDrained(force: Bool = false) {
+        guard !drainWaiters.isEmpty, force || (outbound.isEmpty && queue.isEmpty) else { return }
+        let waiters = drainWaiters
+        drainWaiters.removeAll()
+        for w in waiters { w.resume() }
     }
 
     private func shutdown(sendDisconnect: Bool) async {
@@ -476,6 +491,7 @@ public actor MQTTClient {
         let waiters = disconnectWaiters
         disconnectWaiters.removeAll()
         for w in waiters { w.resume() }
+        notifyIfDrained(force: true)
     }
 
     private func handle(_ packet: MQTTPacket) {
@@ -567,6 +583,7 @@ public actor MQTTClient {
         }
         drainQueue()
         channel?.flush()
+        notifyIfDrained()
     }
 
     private func protocolError(_ text: String, code: ReasonCode = .protocolError) {
@@ -657,9 +674,12 @@ public actor MQTTClient {
         if retain && !serverRetainAvailable { throw MQTTError.invalidArgument("the broker does not support retained messages") }
         let packet = PublishPacket(topic: topic, payload: payload, qos: qos, retain: retain,
                                    properties: version == .v5 ? properties : MQTTProperties())
-        let size = MQTTPacketCodec.encodedSize(.publish(PublishPacket(topic: topic, payload: payload, qos: qos, retain: retain,
-                                                                      packetIdentifier: 1, properties: packet.properties)), version: version)
-        if size > serverMaximumPacketSize { throw MQTTError.packetTooLarge(size: size, maximum: serverMaximumPacketSize) }
+        // Measured (by encoding) only when the broker announced a maximum: not on every publish.
+        if serverMaximumPacketSize < Int.max {
+            let size = MQTTPacketCodec.encodedSize(.publish(PublishPacket(topic: topic, payload: payload, qos: qos, retain: retain,
+                                                                          packetIdentifier: 1, properties: packet.properties)), version: version)
+            if size > serverMaximumPacketSize { throw MQTTError.packetTooLarge(size: size, maximum: serverMaximumPacketSize) }
+        }
         return packet
     }
 
@@ -677,6 +697,7 @@ public actor MQTTClient {
         if state == .connected {
             drainQueue()
             channel?.flush()
+            notifyIfDrained()
         }
     }
 

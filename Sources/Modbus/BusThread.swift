@@ -44,6 +44,15 @@ final class ConditionLock<Value>: @unchecked Sendable {
         return try body(&value)
     }
 
+    /// Runs `body` with the lock held and a function that waits on the condition until an absolute
+    /// monotonic deadline (returns false on timeout).
+    func withLockedWait<R>(_ body: (inout Value, (inout timespec) -> Bool) -> R) -> R {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        let cond = self.cond, mutex = self.mutex
+        return body(&value) { deadline in pthread_cond_timedwait(cond, mutex, &deadline) != ETIMEDOUT }
+    }
+
     /// Waits until `body` returns non-nil, then returns it (with the lock held while `body` runs).
     func wait<R>(until body: (inout Value) -> R?) -> R {
         pthread_mutex_lock(mutex)
@@ -51,6 +60,23 @@ final class ConditionLock<Value>: @unchecked Sendable {
         while true {
             if let r = body(&value) { return r }
             pthread_cond_wait(cond, mutex)
+        }
+    }
+}
+
+extension ConditionLock {
+    /// Like ``wait(until:)`` but gives up after `timeout` (monotonic clock) and returns nil.
+    func wait<R>(timeout: Duration, until body: (inout Value) -> R?) -> R? {
+        var deadline = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &deadline)
+        let ns = Int(deadline.tv_nsec) + Int(timeout.components.attoseconds / 1_000_000_000)
+        deadline.tv_sec += Int(timeout.components.seconds) + ns / 1_000_000_000
+        deadline.tv_nsec = ns % 1_000_000_000
+        return withLockedWait { value, timedWait in
+            while true {
+                if let r = body(&value) { return r }
+                if !timedWait(&deadline) { return body(&value) }
+            }
         }
     }
 }

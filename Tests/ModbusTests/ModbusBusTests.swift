@@ -167,13 +167,12 @@ struct ModbusBusTests {
         let bus = tcpBus(sim.port)
         defer { bus.close() }
         // Hold the bus thread so that the queue fills up deterministically.
-        let gate = Locked(false)
+        let gate = ConditionLock(false)
         let started = Locked(false)
         let holding = Task {
             try await bus.submit(priority: .normal, deadline: nil) { _ in
                 started.withLock { $0 = true }
-                let deadline = ContinuousClock.now + .seconds(10)
-                while !gate.withLock({ $0 }) && ContinuousClock.now < deadline { usleep(1000) }
+                _ = gate.wait(timeout: .seconds(10)) { $0 ? true : nil }   // released below, bounded
             }
         }
         let startedBy = ContinuousClock.now + .seconds(10)
@@ -195,7 +194,7 @@ struct ModbusBusTests {
             order.withLock { $0.append("write") }
         }
         while bus.queuedCount < 11 && ContinuousClock.now < queuedBy { await Task.yield() }
-        gate.withLock { $0 = true }
+        gate.withLockSignalling { $0 = true }
         try await holding.value
         try await write.value
         for p in polls { try await p.value }

@@ -259,7 +259,9 @@ public final class ChildProcess: Sendable {
 
 final class WeakBox<T: AnyObject & Sendable>: Sendable {
     private struct Weak: @unchecked Sendable {
-        // @unchecked: T is Sendable; a weak reference to a Sendable object is safe to share.
+        // @unchecked: the compiler does not infer Sendable for a struct with a `weak var`. It is safe:
+        // the only stored property is a weak reference to a `T: Sendable` object, and it is only
+        // read or written inside the Mutex below, so no two threads touch it at once.
         weak var value: T?
     }
     private let ref: Mutex<Weak>
