@@ -13,17 +13,21 @@ actor StatusBoard {
     private var states: [String: DeviceHealth.State] = [:]
     func set(_ device: String, _ state: DeviceHealth.State) { states[device] = state }
     func all() -> [String: DeviceHealth.State] { states }
+    func state(_ device: String) -> DeviceHealth.State { states[device] ?? .unknown }
 }
 
 /// The running gateway: one MQTT connection (will `offline`, birth `online` after every connect),
-/// one poll task per device on its bus, values and availability published. A `Service`: on graceful
-/// shutdown it stops polling, publishes `offline` for every device and itself, then disconnects.
+/// one poll task per device on its bus, values and availability published, commands from
+/// `<base>/+/+/set` and `/get` run by one ``DeviceCommander`` per device. A `Service`: on graceful
+/// shutdown it stops polling and taking commands, ends pending pulses (the off is written),
+/// publishes `offline` for every device and itself, then disconnects.
 public final class GatewayRuntime: Service, Sendable {
     public let plan: GatewayPlan
     private let client: MQTTClient
     private let buses: [String: ModbusBus]
     private let logger: Logger
     private let board = StatusBoard()
+    private let commanders: [String: DeviceCommander]
 
     /// `password` comes from `mqtt.password_file` or env `GATEWAY_MQTT_PASSWORD` (see ``mqttPassword(for:)``).
     public init(configuration: GatewayConfiguration, password: [UInt8]?, logger: Logger = Logger(label: "gateway")) throws {
@@ -50,6 +54,13 @@ public final class GatewayRuntime: Service, Sendable {
             buses[b.name] = ModbusBus(configuration: b.busConfiguration, logger: l)
         }
         self.buses = buses
+        let context = DeviceCommander.Context(base: base, gateway: configuration.gateway, client: client, board: board)
+        var commanders: [String: DeviceCommander] = [:]
+        for d in plan.devices {
+            guard let bus = buses[d.bus.name] else { continue }
+            commanders[d.settings.name] = DeviceCommander(device: d.settings, bus: bus, timeoutMs: d.bus.timeoutMs, context: context, logger: logger)
+        }
+        self.commanders = commanders
     }
 
     /// The MQTT password: `password_file` (first line) or env `GATEWAY_MQTT_PASSWORD`; nil when neither.
@@ -72,14 +83,20 @@ public final class GatewayRuntime: Service, Sendable {
         let base = plan.base
         logger.info("gateway starting", metadata: ["base": "\(base)", "devices": "\(plan.devices.count)"])
         await client.start()
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { await self.watchConnection() }
-            for device in plan.devices {
-                group.addTask { await self.pollLoop(device) }
+        await withTaskGroup(of: Void.self) { commandGroup in
+            for c in commanders.values { commandGroup.addTask { await c.run() } }
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await self.watchConnection() }
+                group.addTask { await self.dispatchCommands() }
+                for device in plan.devices {
+                    group.addTask { await self.pollLoop(device) }
+                }
+                // Until SIGTERM/SIGINT (or cancellation).
+                try? await gracefulShutdown()
+                group.cancelAll()
             }
-            // Until SIGTERM/SIGINT (or cancellation).
-            try? await gracefulShutdown()
-            group.cancelAll()
+            // No more polls or commands; pending pulses are switched off before going offline.
+            for c in commanders.values { c.stop() }
         }
         // Polling has stopped: say so, then leave cleanly (the broker discards the will).
         logger.info("gateway stopping: publishing offline")
@@ -92,13 +109,62 @@ public final class GatewayRuntime: Service, Sendable {
         logger.info("gateway stopped")
     }
 
+    /// Routes `<base>/<device>/<point>/set|get` to the device's commander; answers unknown devices.
+    private func dispatchCommands() async {
+        let prefix = plan.base + "/"
+        for await message in client.messages {
+            let receivedAt = ContinuousClock.now
+            guard message.topic.hasPrefix(prefix) else {
+                logger.debug("ignoring a message on \(message.topic)")
+                continue
+            }
+            let parts = message.topic.dropFirst(prefix.count).split(separator: "/", omittingEmptySubsequences: false)
+            guard parts.count == 3, parts[2] == "set" || parts[2] == "get" else { continue }
+            let deviceName = String(parts[0]), pointName = String(parts[1])
+            guard let commander = commanders[deviceName] else {
+                let why = "unknown device '\(deviceName)'"
+                logger.notice("command \(message.topic) -> refused: \(why)", metadata: ["topic": "\(message.topic)"])
+                if parts[2] == "set" {
+                    var props = MQTTProperties()
+                    props.correlationData = message.properties.correlationData
+                    let topic = message.properties.responseTopic ?? "\(message.topic)/result"
+                    try? await client.enqueue(to: topic, payload: Array("{\"ok\":false,\"error\":\(jsonString(why))}".utf8),
+                                              qos: .atLeastOnce, retain: false, properties: props)
+                }
+                continue
+            }
+            commander.submit(parts[2] == "set" ? .set(message, point: pointName, receivedAt: receivedAt)
+                                               : .get(message, point: pointName, receivedAt: receivedAt))
+        }
+    }
+
+    /// Command subscriptions at QoS 2; with MQTT 5 no retained commands at subscribe (retain
+    /// handling 2) and retain-as-published, so a live retained command is seen and refused.
+    private var commandSubscriptions: [Subscription] {
+        plan.subscribedTopics.map { Subscription($0, qos: .exactlyOnce, retainAsPublished: true, retainHandling: .doNotSend) }
+    }
+
     /// Birth and statuses after every (re)connect; broker loss logged once per episode.
     private func watchConnection() async {
         let base = plan.base
+        var subscribed = false
         for await event in client.events {
             guard !Task.isCancelled else { return }
             switch event {
             case .connected:
+                // The client restores granted subscriptions itself after later reconnects.
+                if !subscribed {
+                    do {
+                        let codes = try await client.subscribe(commandSubscriptions)
+                        if let bad = codes.first(where: { $0.isFailure }) {
+                            logger.error("broker refused the command subscriptions: \(bad); commands will not work")
+                        }
+                        subscribed = true
+                        logger.info("subscribed to commands: \(plan.subscribedTopics.joined(separator: ", "))")
+                    } catch {
+                        logger.error("subscribing to commands failed: \(error); retrying after the next connect")
+                    }
+                }
                 try? await client.enqueue(to: "\(base)/status", payload: Array("online".utf8), qos: .atLeastOnce, retain: true)
                 for (device, state) in await board.all() where state != .unknown {
                     try? await client.enqueue(to: "\(base)/\(device)/status", payload: Array(state.rawValue.utf8), qos: .atLeastOnce, retain: true)
@@ -154,9 +220,7 @@ public final class GatewayRuntime: Service, Sendable {
                 case .success(let read):
                     failingPoints.remove(i)
                     guard let value = try? point.value(from: read), filters[i].shouldPublish(value, now: now) else { continue }
-                    let format = point.format ?? gw.format
-                    let payload = format == .plain ? value.plain : jsonPayload(value, unit: point.unit)
-                    try? await client.enqueue(to: "\(base)/\(settings.name)/\(point.name)", payload: Array(payload.utf8),
+                    try? await client.enqueue(to: "\(base)/\(settings.name)/\(point.name)", payload: valuePayload(value, point: point, gateway: gw),
                                               qos: .atLeastOnce, retain: point.retain ?? gw.retain)
                 case .failure(let error):
                     if ok, failingPoints.insert(i).inserted {
@@ -177,14 +241,5 @@ public final class GatewayRuntime: Service, Sendable {
         // While disconnected the board keeps it: the connect handler publishes it after the birth.
         guard await client.isConnected else { return }
         try? await client.enqueue(to: "\(plan.base)/\(device)/status", payload: Array(state.rawValue.utf8), qos: .atLeastOnce, retain: true)
-    }
-
-    private func jsonPayload(_ value: PointValue, unit: String?) -> String {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        let ms = Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
-        var s = "{\"value\":\(value.json)"
-        if let unit { s += ",\"unit\":\(jsonString(unit))" }
-        return s + ",\"ts\":\(ms)}"
     }
 }

@@ -186,6 +186,7 @@ public enum ConfigLoader {
         }
         if let v = r.int("poll_ms", 10...86_400_000) { d.pollMs = v }
         if let v = r.int("offline_after", 1...1_000_000) { d.offlineAfter = v }
+        if let v = r.bool("write_multiple") { d.writeMultiple = v }
         for (i, p) in r.tables("point").enumerated() {
             if let point = readPoint(p, index: i) {
                 if d.points.contains(where: { $0.name == point.name }) { p.issue("name", "duplicate point name '\(point.name)'") } else { d.points.append(point) }
@@ -246,12 +247,14 @@ public enum ConfigLoader {
         if let w = r.bool("writable") {
             if w && !table.isWritable { r.issue("writable", "a \(table.rawValue) cannot be written (only coil and holding)") }
             p.writable = w
+            if w && p.bit != nil { r.issue("writable", "one bit of a register cannot be written safely (it needs a read-modify-write that could undo the device's own changes)") }
         }
         p.min = r.double("min")
         p.max = r.double("max")
         if let lo = p.min, let hi = p.max, lo > hi { r.issue("min", "min \(lo) is above max \(hi)") }
         if let pulse = r.int("pulse_ms", 10...3_600_000) {
             if !p.writable { r.issue("pulse_ms", "only for writable points") }
+            if type == .string { r.issue("pulse_ms", "a string cannot be pulsed") }
             p.pulseMs = pulse
         }
         p.format = r.enumeration("format", ValueFormat.self)

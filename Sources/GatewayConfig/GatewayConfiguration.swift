@@ -79,6 +79,9 @@ public struct DeviceSettings: Sendable, Equatable {
     public var pollMs = 1000
     /// `offline_after` (default 3, >= 1): consecutive failed polls before `offline`.
     public var offlineAfter = 3
+    /// `write_multiple` (default false): write with FC 15/16 even for one coil or register
+    /// (devices without FC 5/6).
+    public var writeMultiple = false
     public var points: [PointSettings] = []
 }
 
@@ -133,7 +136,9 @@ public struct PointSettings: Sendable, Equatable {
     /// `min` / `max` (default none): numeric write limits.
     public var min: Double?
     public var max: Double?
-    /// `pulse_ms` (default none, writable only): switch back after this long.
+    /// `pulse_ms` (default none, writable only, 10...3600000): momentary: after a command that
+    /// switches it on, write it back off (coil off, register 0) after this long. A command during
+    /// the pulse extends it; a command to switch it off ends it at once.
     public var pulseMs: Int?
     /// `format` / `retain` (default: the gateway's).
     public var format: ValueFormat?

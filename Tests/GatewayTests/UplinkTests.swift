@@ -18,6 +18,8 @@ final class Rig: Sendable {
     let gateway: ChildProcess
     let observer: MQTTClient
     let seen: Mutex<[(String, String)]> = Mutex([])
+    /// Every message with its properties (MQTT 5 answers carry correlation data).
+    let messages: Mutex<[MQTTMessage]> = Mutex([])
     let configPath: String
 
     init(broker: Mosquitto, sim: GatewaySimulator, simPort: Int, gateway: ChildProcess, observer: MQTTClient, configPath: String) {
@@ -75,6 +77,7 @@ final class Rig: Sendable {
         Task { [weak self] in
             for await m in stream {
                 self?.seen.withLock { $0.append((m.topic, m.payloadString)) }
+                self?.messages.withLock { $0.append(m) }
                 self?.arrivals.push(())
             }
         }

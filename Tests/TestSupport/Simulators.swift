@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// A write the simulator logged (one JSON line per accepted write).
 public struct LoggedWrite: Sendable, Equatable, Decodable {
@@ -56,6 +57,17 @@ public final class GatewaySimulator: Sendable {
             guard line.hasPrefix("{\"write\":"), let data = line.data(using: .utf8) else { return nil }
             return (try? JSONDecoder().decode([String: LoggedWrite].self, from: data))?["write"]
         }
+    }
+
+    /// Waits (bounded) until at least `count` writes have been logged; returns them all.
+    @discardableResult
+    public func waitForWrites(_ count: Int, timeout: Duration = .seconds(10)) async throws -> [LoggedWrite] {
+        let seen = Mutex(0)
+        _ = try await process.waitForLine(timeout: timeout) { line in
+            guard line.hasPrefix("{\"write\":") else { return false }
+            return seen.withLock { $0 += 1; return $0 >= count }
+        }
+        return writes
     }
 
     public func stop() async -> Int32 { await process.stop() }

@@ -1,0 +1,331 @@
+import GatewayConfig
+import Logging
+import Modbus
+import MQTT
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Wall-clock unix milliseconds (for JSON `ts`; commands' age is judged against it).
+func unixMilliseconds() -> Int64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+}
+
+/// The payload of a value topic: plain, or JSON with unit and time.
+func valuePayload(_ value: PointValue, point: PointSettings, gateway: GatewaySettings) -> [UInt8] {
+    let format = point.format ?? gateway.format
+    if format == .plain { return Array(value.plain.utf8) }
+    var s = "{\"value\":\(value.json)"
+    if let unit = point.unit { s += ",\"unit\":\(jsonString(unit))" }
+    return Array((s + ",\"ts\":\(unixMilliseconds())}").utf8)
+}
+
+/// Runs one device's commands: `/set`, `/get` and the ends of pulses, one at a time in arrival
+/// order, so that a pulse's end can never overtake the command that extended it.
+///
+/// Every `/set` is answered. Checks, in order: retained flag, unknown point, not writable,
+/// payload form, repeated id (answered with the first result), age (`command_max_age_ms` against
+/// `ts`, MQTT 5 message expiry), value (type, `map`, `min`/`max`), device offline. Then one write
+/// at high priority with a deadline (never retried: a lost answer is `outcome unknown`), a read
+/// back, and the value published. Pulses end with a write of the released state, retried
+/// because that state is the safe one, also on shutdown and while the broker is away.
+final class DeviceCommander: Sendable {
+    enum Job: Sendable {
+        case set(MQTTMessage, point: String, receivedAt: ContinuousClock.Instant)
+        case get(MQTTMessage, point: String, receivedAt: ContinuousClock.Instant)
+        case pulseEnd(point: Int, generation: Int)
+        case stop
+    }
+
+    struct Context: Sendable {
+        var base: String
+        var gateway: GatewaySettings
+        var client: MQTTClient
+        var board: StatusBoard
+    }
+
+    let device: DeviceSettings
+    let bus: ModbusBus
+    let timeout: Duration
+    let context: Context
+    let logger: Logger
+    private let jobs: AsyncStream<Job>
+    private let continuation: AsyncStream<Job>.Continuation
+
+    init(device: DeviceSettings, bus: ModbusBus, timeoutMs: Int, context: Context, logger: Logger) {
+        self.device = device
+        self.bus = bus
+        self.timeout = .milliseconds(timeoutMs)
+        self.context = context
+        var l = logger
+        l[metadataKey: "device"] = "\(device.name)"
+        self.logger = l
+        (jobs, continuation) = AsyncStream.makeStream(of: Job.self)
+    }
+
+    func submit(_ job: Job) { continuation.yield(job) }
+
+    /// Ends pending pulses (writes them off) and returns from ``run()``.
+    func stop() {
+        continuation.yield(.stop)
+        continuation.finish()
+    }
+
+    private struct Pulse {
+        var generation: Int
+        var deadline: ContinuousClock.Instant
+        var timer: Task<Void, Never>
+    }
+
+    func run() async {
+        var pulses: [Int: Pulse] = [:]
+        var generation = 0
+        var ids = CommandIDCache()
+        for await job in jobs {
+            switch job {
+            case .set(let message, let pointName, let receivedAt):
+                await handleSet(message, pointName: pointName, receivedAt: receivedAt, ids: &ids) { index, period in
+                    generation += 1
+                    pulses[index]?.timer.cancel()
+                    let g = generation
+                    let deadline = ContinuousClock.now + period
+                    let cont = continuation
+                    let timer = Task {
+                        try? await Task.sleep(until: deadline, clock: .continuous)
+                        if !Task.isCancelled { cont.yield(.pulseEnd(point: index, generation: g)) }
+                    }
+                    pulses[index] = Pulse(generation: g, deadline: deadline, timer: timer)
+                } endPulse: { index in
+                    pulses.removeValue(forKey: index)?.timer.cancel()
+                }
+            case .get(let message, let pointName, let receivedAt):
+                await handleGet(message, pointName: pointName, receivedAt: receivedAt)
+            case .pulseEnd(let index, let g):
+                guard let p = pulses[index], p.generation == g else { continue }
+                pulses[index] = nil
+                await endPulse(index, attempts: 5, why: "pulse of \(device.points[index].pulseMs ?? 0) ms over")
+            case .stop:
+                break
+            }
+        }
+        // Stopping (or cancelled): every pulse still on is switched off now. Run in a task of its
+        // own so that a cancelled caller does not cancel the safety writes.
+        let pending = pulses.keys.sorted()
+        for p in pulses.values { p.timer.cancel() }
+        guard !pending.isEmpty else { return }
+        await Task {
+            for index in pending { await self.endPulse(index, attempts: 3, why: "gateway stopping") }
+        }.value
+    }
+
+    // MARK: /set
+
+    /// Handles one `/set` and publishes its answer.
+    private func handleSet(_ message: MQTTMessage, pointName: String, receivedAt: ContinuousClock.Instant,
+                           ids: inout CommandIDCache,
+                           startPulse: (Int, Duration) -> Void, endPulse: (Int) -> Void) async {
+        var log = logger
+        log[metadataKey: "point"] = "\(pointName)"
+        var request: CommandRequest?
+        let answer: String
+        var executed = false
+        do throws(CommandRefused) {
+            // A retained command would fire again on every reconnect.
+            guard !message.retain else { throw CommandRefused("retained command refused (publish commands without the retain flag)") }
+            guard let index = device.points.firstIndex(where: { $0.name == pointName }) else {
+                throw CommandRefused("unknown point '\(pointName)' on device '\(device.name)'")
+            }
+            let point = device.points[index]
+            guard point.writable else { throw CommandRefused("point '\(pointName)' is not writable") }
+            let req = try CommandRequest.parse(message.payload)
+            request = req
+            let idKey = req.id.map { "\(pointName)\u{0}\($0)" }
+            if let idKey, let first = ids.answer(for: idKey, now: .now) {
+                audit(log, message, request: req, answer: first, receivedAt: receivedAt, note: "repeated id: not executed again")
+                await publishAnswer(first, to: message, pointName: pointName)
+                return
+            }
+            let result = try await execute(req, point: point, index: index, message: message, receivedAt: receivedAt,
+                                       startPulse: startPulse, endPulse: endPulse, executed: &executed)
+            answer = result
+            if let idKey { ids.record(answer, for: idKey, now: .now) }
+        } catch {
+            answer = "{\"ok\":false,\"error\":\(jsonString(error.reason))}"
+            if let idKey = request?.id.map({ "\(pointName)\u{0}\($0)" }) { ids.record(answer, for: idKey, now: .now) }
+        }
+        audit(log, message, request: request, answer: answer, receivedAt: receivedAt, note: executed ? nil : "nothing written")
+        await publishAnswer(answer, to: message, pointName: pointName)
+    }
+
+    private func execute(_ req: CommandRequest, point: PointSettings, index: Int, message: MQTTMessage,
+                         receivedAt: ContinuousClock.Instant,
+                         startPulse: (Int, Duration) -> Void, endPulse: (Int) -> Void,
+                         executed: inout Bool) async throws(CommandRefused) -> String {
+        // Stale: never open a door for a command that waited somewhere.
+        if let maxAge = context.gateway.commandMaxAgeMs {
+            guard let ts = req.ts else {
+                throw CommandRefused("command_max_age_ms is set: send JSON {\"value\": ..., \"ts\": <unix ms>}")
+            }
+            let age = unixMilliseconds() - ts
+            if age > Int64(maxAge) { throw CommandRefused("stale command: sent \(age) ms ago (command_max_age_ms = \(maxAge))") }
+            if age < -Int64(maxAge) { throw CommandRefused("command ts is \(-age) ms ahead of the gateway's clock") }
+        }
+        if let expiry = message.properties.messageExpiryInterval {
+            if expiry == 0 || ContinuousClock.now >= receivedAt + .seconds(Int(expiry)) {
+                throw CommandRefused("stale command: its MQTT message expiry has passed")
+            }
+        }
+        let plan = try point.writePlan(for: req.value)
+        switch await context.board.state(device.name) {
+        case .online: break
+        case .offline: throw CommandRefused("device '\(device.name)' is offline")
+        case .unknown: throw CommandRefused("device '\(device.name)' has not answered a poll yet")
+        }
+        // Not queued for later: if the bus cannot start it within one response timeout, refuse.
+        let deadline = receivedAt + timeout
+        guard ContinuousClock.now < deadline else { throw CommandRefused("bus busy: the command could not start within \(timeout)") }
+        do {
+            try await write(plan, point: point, deadline: deadline)
+            executed = true
+        } catch let e as ModbusError where e.isOutcomeUnknown {
+            // The device may have switched: make sure a pulse still ends.
+            executed = true
+            if let ms = point.pulseMs, !plan.isOff { startPulse(index, .milliseconds(ms)) }
+            throw CommandRefused("outcome unknown: \(e) (not retried)")
+        } catch {
+            // Refused by the device, not sent, or not started in time: nothing changed, and a
+            // pulse already running keeps its end.
+            throw CommandRefused("\(error)")
+        }
+        if let ms = point.pulseMs {
+            if plan.isOff { endPulse(index) } else { startPulse(index, .milliseconds(ms)) }
+        }
+        let back = await readBack(point)
+        switch back {
+        case .success(let v): return "{\"ok\":true,\"value\":\(v.json)}"
+        case .failure(let e): return "{\"ok\":true,\"value\":null,\"readback_error\":\(jsonString("\(e)"))}"
+        }
+    }
+
+    private func write(_ plan: WritePlan, point: PointSettings, deadline: ContinuousClock.Instant) async throws {
+        switch plan.data {
+        case .coil(let on):
+            if device.writeMultiple {
+                try await bus.writeCoils(unit: device.unit, address: point.address, values: [on], priority: .high, deadline: deadline)
+            } else {
+                try await bus.writeCoil(unit: device.unit, address: point.address, value: on, priority: .high, deadline: deadline)
+            }
+        case .registers(let regs):
+            if regs.count == 1 && !device.writeMultiple {
+                try await bus.writeRegister(unit: device.unit, address: point.address, value: regs[0], priority: .high, deadline: deadline)
+            } else {
+                try await bus.writeRegisters(unit: device.unit, address: point.address, values: regs, priority: .high, deadline: deadline)
+            }
+        }
+    }
+
+    /// Reads the point now (high priority) and publishes it on its value topic.
+    private func readBack(_ point: PointSettings) async -> Result<PointValue, any Error> {
+        do {
+            let read = try await bus.read(point.registerKind, unit: device.unit, address: point.address, count: point.width,
+                                          priority: .high, deadline: .now + timeout)
+            let value = try point.value(from: read)
+            try? await context.client.enqueue(to: "\(context.base)/\(device.name)/\(point.name)",
+                                              payload: valuePayload(value, point: point, gateway: context.gateway),
+                                              qos: .atLeastOnce, retain: point.retain ?? context.gateway.retain)
+            return .success(value)
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    // MARK: pulses
+
+    /// Writes the released state, retrying (it is the safe state, and writing it twice is harmless).
+    private func endPulse(_ index: Int, attempts: Int, why: String) async {
+        let point = device.points[index]
+        var log = logger
+        log[metadataKey: "point"] = "\(point.name)"
+        for attempt in 1...attempts {
+            do {
+                try await write(point.offWrite, point: point, deadline: .now + timeout)
+                log.info("pulse ended: switched off (\(why))")
+                _ = await readBack(point)
+                return
+            } catch {
+                if attempt == attempts {
+                    log.error("pulse end FAILED after \(attempts) attempts, the point may still be on: \(error)")
+                    return
+                }
+                log.warning("pulse end: write off failed (attempt \(attempt) of \(attempts)), retrying: \(error)")
+                // Not a cancellable sleep: this write must be tried again even while stopping.
+                let pause = Duration.milliseconds(min(2000, 250 << (attempt - 1)))
+                await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                    Task.detached { try? await Task.sleep(for: pause); c.resume() }
+                }
+            }
+        }
+    }
+
+    // MARK: /get
+
+    private func handleGet(_ message: MQTTMessage, pointName: String, receivedAt: ContinuousClock.Instant) async {
+        var log = logger
+        log[metadataKey: "point"] = "\(pointName)"
+        let answer: String
+        if let point = device.points.first(where: { $0.name == pointName }) {
+            switch await readBack(point) {
+            case .success(let v): answer = "{\"ok\":true,\"value\":\(v.json)}"
+            case .failure(let e): answer = "{\"ok\":false,\"error\":\(jsonString("\(e)"))}"
+            }
+        } else {
+            answer = "{\"ok\":false,\"error\":\(jsonString("unknown point '\(pointName)' on device '\(device.name)'"))}"
+        }
+        log.info("get \(message.topic): \(answer) in \(Self.milliseconds(since: receivedAt)) ms")
+        // /get answers go to an MQTT 5 response topic when one is given; the value topic has the value.
+        if let rt = message.properties.responseTopic {
+            await publish(answer, to: rt, correlation: message.properties.correlationData)
+        }
+    }
+
+    // MARK: answers and audit
+
+    private func publishAnswer(_ answer: String, to message: MQTTMessage, pointName: String) async {
+        if let rt = message.properties.responseTopic {
+            await publish(answer, to: rt, correlation: message.properties.correlationData)
+        } else {
+            await publish(answer, to: "\(context.base)/\(device.name)/\(pointName)/set/result", correlation: nil)
+        }
+    }
+
+    private func publish(_ answer: String, to topic: String, correlation: [UInt8]?) async {
+        var props = MQTTProperties()
+        props.correlationData = correlation
+        do {
+            try await context.client.enqueue(to: topic, payload: Array(answer.utf8), qos: .atLeastOnce, retain: false, properties: props)
+        } catch {
+            logger.warning("answer to \(topic) not published: \(error)")
+        }
+    }
+
+    private func audit(_ log: Logger, _ message: MQTTMessage, request: CommandRequest?, answer: String,
+                       receivedAt: ContinuousClock.Instant, note: String?) {
+        var meta: Logger.Metadata = [
+            "topic": "\(message.topic)",
+            "value": "\(request.map { "\($0.value)" } ?? String(decoding: message.payload.prefix(64), as: UTF8.self))",
+            "latency_ms": "\(Self.milliseconds(since: receivedAt))",
+        ]
+        if let id = request?.id { meta["id"] = "\(id)" }
+        if let note { meta["note"] = "\(note)" }
+        log.notice("command \(message.topic) -> \(answer)", metadata: meta)
+    }
+
+    static func milliseconds(since start: ContinuousClock.Instant) -> String {
+        let d = ContinuousClock.now - start
+        let us = d.components.seconds * 1_000_000 + d.components.attoseconds / 1_000_000_000_000
+        return formatNumber(Double(us) / 1000)
+    }
+}

@@ -1,0 +1,276 @@
+import Foundation
+import Gateway
+import MQTT
+import Testing
+import TestSupport
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Commands end to end: real Mosquitto, `gateway simulate` (its write log is the truth about what
+/// reached the device), `gateway run`, and an MQTT 5 client sending commands.
+@Suite("Gateway commands end to end (Mosquitto, gateway simulate, gateway run)", .timeLimit(.minutes(3)))
+struct CommandTests {
+    static func points(pulseMs: Int = 400) -> String {
+        """
+        [[device.point]]
+        name = "unlock"
+        register = "coil"
+        address = 0
+        writable = true
+        pulse_ms = \(pulseMs)
+        [[device.point]]
+        name = "light"
+        register = "coil"
+        address = 1
+        writable = true
+        [[device.point]]
+        name = "mode"
+        register = "holding"
+        address = 20
+        writable = true
+        map = { "0" = "normal", "1" = "free", "2" = "locked" }
+        [[device.point]]
+        name = "setpoint"
+        register = "holding"
+        address = 30
+        type = "int16"
+        scale = 0.1
+        writable = true
+        min = 5
+        max = 30
+        [[device.point]]
+        name = "count"
+        register = "holding"
+        address = 40
+        [[device.point]]
+        name = "big"
+        register = "holding"
+        address = 50
+        type = "uint32"
+        writable = true
+        """
+    }
+
+    static let b = "gateway/e2e"
+
+    static func nowMs() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+
+    /// Sends a command and waits for its answer on `/set/result` (the `n`-th answer there).
+    @discardableResult
+    static func command(_ rig: Rig, _ point: String, _ payload: String, device: String = "dev", retain: Bool = false) async throws -> String {
+        let resultTopic = "\(b)/\(device)/\(point)/set/result"
+        let before = rig.payloads(resultTopic).count
+        try await rig.observer.publish(to: "\(b)/\(device)/\(point)/set", payload: Array(payload.utf8), qos: .atLeastOnce, retain: retain)
+        try await rig.waitUntil("an answer on \(resultTopic)") { rig.payloads(resultTopic).count > before }
+        return rig.payloads(resultTopic)[before]
+    }
+
+    static func startRig(pulseMs: Int = 400, extraGateway: String = "", simArgs: [String] = []) async throws -> Rig {
+        let rig = try await Rig.start(points: points(pulseMs: pulseMs), simArgs: simArgs, pollMs: 100, extraGateway: extraGateway)
+        try await rig.waitFor("\(b)/dev/status", "online")
+        // The command subscription is made right after the connect; the log says when.
+        _ = try await rig.gateway.waitForLine(containing: "subscribed to commands")
+        return rig
+    }
+
+    @Test("unlock pulse: on, then off after pulse_ms (seen in the device's write log), answered with the read-back value")
+    func pulse() async throws {
+        let rig = try await Self.startRig()
+        let answer = try await Self.command(rig, "unlock", #"{"value": true, "id": "p1"}"#)
+        #expect(answer == #"{"ok":true,"value":true}"#)
+        let writes = try await rig.sim.waitForWrites(2)
+        #expect(writes.map(\.fc) == [5, 5])
+        #expect(writes.map(\.address) == [0, 0])
+        #expect(writes.map(\.values) == [[1], [0]])
+        let spacing = writes[1].mono_ms - writes[0].mono_ms
+        #expect(spacing >= 400 && spacing < 400 + 1500, "off came \(spacing) ms after on")
+        try await rig.waitFor("\(Self.b)/dev/unlock", "true")
+        try await rig.waitFor("\(Self.b)/dev/unlock", "false")
+        // The same id again (a QoS 1 duplicate): the first answer, nothing executed.
+        let again = try await Self.command(rig, "unlock", #"{"value": true, "id": "p1"}"#)
+        #expect(again == answer)
+        try await Self.command(rig, "light", "ON")
+        let after = try await rig.sim.waitForWrites(3)
+        #expect(after.count == 3 && after[2].address == 1, "the repeated id wrote something: \(after)")
+        await rig.shutdown()
+    }
+
+    @Test("a second command during a pulse extends it: one off, pulse_ms after the second on")
+    func pulseExtends() async throws {
+        let rig = try await Self.startRig(pulseMs: 600)
+        try await Self.command(rig, "unlock", "true")
+        try await Self.command(rig, "unlock", "1")
+        let writes = try await rig.sim.waitForWrites(3)
+        #expect(writes.map(\.values) == [[1], [1], [0]])
+        let spacing = writes[2].mono_ms - writes[1].mono_ms
+        #expect(spacing >= 600, "off came \(spacing) ms after the second on")
+        // Any stacked off would have come before this write (the first pulse ends earlier).
+        try await Self.command(rig, "light", "true")
+        let all = try await rig.sim.waitForWrites(4)
+        #expect(all.map(\.address) == [0, 0, 0, 1])
+        // A command to switch off ends the pulse at once.
+        try await Self.command(rig, "unlock", "true")
+        try await Self.command(rig, "unlock", "off")
+        try await Self.command(rig, "light", "false")
+        let end = try await rig.sim.waitForWrites(7)
+        #expect(end.suffix(3).map(\.values) == [[1], [0], [0]])
+        #expect(end.suffix(3).map(\.address) == [0, 0, 1])
+        await rig.shutdown()
+    }
+
+    @Test("plain and JSON values: bools, map names (any case), scaled numbers, 32-bit integers; read back published")
+    func values() async throws {
+        let rig = try await Self.startRig()
+        #expect(try await Self.command(rig, "mode", "LOCKED") == #"{"ok":true,"value":"locked"}"#)
+        #expect(try await Self.command(rig, "mode", #"{"value": 1}"#) == #"{"ok":true,"value":"free"}"#)
+        #expect(try await Self.command(rig, "setpoint", "21.5") == #"{"ok":true,"value":21.5}"#)
+        #expect(try await Self.command(rig, "big", #"{"value": 70000}"#) == #"{"ok":true,"value":70000}"#)
+        #expect(try await Self.command(rig, "light", #"{"value": true}"#) == #"{"ok":true,"value":true}"#)
+        let writes = try await rig.sim.waitForWrites(5)
+        #expect(writes.map(\.fc) == [6, 6, 6, 16, 5])
+        #expect(writes.map(\.values) == [[2], [1], [215], [1, 4464], [1]])
+        try await rig.waitFor("\(Self.b)/dev/setpoint", "21.5")
+        try await rig.waitFor("\(Self.b)/dev/mode", "free")
+        await rig.shutdown()
+    }
+
+    @Test("MQTT 5: the answer goes to the response topic with the correlation data; /get answers too")
+    func responseTopic() async throws {
+        let rig = try await Self.startRig()
+        var props = MQTTProperties()
+        props.responseTopic = "gateway/replies/r1"
+        props.correlationData = [9, 8, 7]
+        try await rig.observer.publish(to: "\(Self.b)/dev/light/set", payload: Array("true".utf8), qos: .exactlyOnce, properties: props)
+        try await rig.waitFor("gateway/replies/r1", #"{"ok":true,"value":true}"#)
+        let reply = rig.messages.withLock { $0.first { $0.topic == "gateway/replies/r1" } }
+        #expect(reply?.properties.correlationData == [9, 8, 7])
+        #expect(reply?.retain == false)
+        #expect(rig.payloads("\(Self.b)/dev/light/set/result").isEmpty)
+        try await rig.sim.set("holding:40=77")
+        props.responseTopic = "gateway/replies/r2"
+        props.correlationData = [1]
+        try await rig.observer.publish(to: "\(Self.b)/dev/count/get", payload: [], qos: .atLeastOnce, properties: props)
+        try await rig.waitFor("gateway/replies/r2", #"{"ok":true,"value":77}"#)
+        try await rig.waitFor("\(Self.b)/dev/count", "77")
+        await rig.shutdown()
+    }
+
+    @Test("every refusal is answered with the reason and writes nothing")
+    func refusals() async throws {
+        let rig = try await Self.startRig(extraGateway: "command_max_age_ms = 5000")
+        func json(_ value: String, ts: Int64 = Self.nowMs()) -> String { #"{"value": \#(value), "ts": \#(ts)}"# }
+        let cases: [(String, String, String, String)] = [   // device, point, payload, expected error text
+            ("nodev", "x", json("true"), "unknown device 'nodev'"),
+            ("dev", "nopoint", json("true"), "unknown point 'nopoint'"),
+            ("dev", "count", json("5"), "point 'count' is not writable"),
+            ("dev", "light", json(#""banana""#), "is not a bool"),
+            ("dev", "mode", json("7"), "is not a value of 'mode'"),
+            ("dev", "setpoint", json("31"), "above the maximum 30"),
+            ("dev", "setpoint", json("2"), "below the minimum 5"),
+            ("dev", "setpoint", json("21.55"), "not a multiple of the scale"),
+            ("dev", "big", json("-1"), "does not fit uint32"),
+            ("dev", "light", #"{"value": true, "by": "me"}"#, "unknown JSON key 'by'"),
+            ("dev", "light", "true", "command_max_age_ms is set"),
+            ("dev", "light", json("true", ts: Self.nowMs() - 60_000), "stale command"),
+            ("dev", "unlock", json("null"), "\\\"value\\\" must be a bool"),
+        ]
+        for (device, point, payload, expected) in cases {
+            let answer = try await Self.command(rig, point, payload, device: device)
+            #expect(answer.hasPrefix(#"{"ok":false,"error":"#) && answer.contains(expected), "\(point) \(payload): \(answer)")
+        }
+        // Retained: refused (a retained unlock would fire on every reconnect).
+        let retained = try await Self.command(rig, "unlock", json("true"), retain: true)
+        #expect(retained.contains("retained command refused"))
+        try await rig.observer.publish(to: "\(Self.b)/dev/unlock/set", payload: [], qos: .atLeastOnce, retain: true)   // clear it
+        // Nothing was written; a valid command still works and is the only write.
+        #expect(try await Self.command(rig, "light", json("true")) == #"{"ok":true,"value":true}"#)
+        let writes = try await rig.sim.waitForWrites(1)
+        #expect(writes.count == 1 && writes[0].address == 1, "\(writes)")
+        // The audit log has a line per command.
+        #expect(rig.gateway.lines.filter { $0.contains("command gateway/e2e/") }.count >= cases.count + 2)
+        await rig.shutdown()
+    }
+
+    @Test("a device that is offline refuses commands at once (nothing queued for later)")
+    func offlineDevice() async throws {
+        let rig = try await Self.startRig()
+        _ = await rig.sim.stop()
+        try await rig.waitFor("\(Self.b)/dev/status", "offline")
+        let answer = try await Self.command(rig, "light", "true")
+        #expect(answer == #"{"ok":false,"error":"device 'dev' is offline"}"#)
+        // Back online: the refused command is not replayed.
+        let again = try await GatewaySimulator.start([], port: rig.simPort)
+        try await rig.waitUntil("status online again") { rig.payloads("\(Self.b)/dev/status").last == "online" }
+        try await Self.command(rig, "mode", "free")
+        let writes = try await again.waitForWrites(1)
+        #expect(writes.count == 1 && writes[0].address == 20)
+        _ = await again.stop()
+        await rig.shutdown()
+    }
+
+    @Test("1,000 garbage payloads: every one refused, zero writes, and a valid command still works")
+    func garbage() async throws {
+        let rig = try await Self.startRig()
+        var rng = SystemRandomNumberGenerator()
+        let fixed: [String] = [
+            "", " ", "tru", "yes", "3.5", "-1", "-0.5", "0x1", "1e999", "nan", "inf", "+", "{", "}", "[]", "[true]", "null",
+            #"{"value":}"#, #"{"value": [1]}"#, #"{"value": {"a": 1}}"#, #"{"value": true, "value": false}"#,
+            #"{"ts": 1}"#, #"{"value": true, "ts": "now"}"#, #"{"value": true, "ts": -5}"#, #"{"value": true, "id": ""}"#,
+            #"{"value": "\ud800"}"#, #""unterminated"#, String(repeating: "[", count: 100) + String(repeating: "]", count: 100),
+            String(repeating: "x", count: 5000), "true\u{0}", "on\u{7}", #"{"value": tru}"#, "{\"value\": true}garbage",
+        ]
+        let targets = ["unlock", "light", "mode", "setpoint", "big"]
+        var sent = 0
+        for i in 0..<1000 {
+            let payload: [UInt8]
+            switch i % 3 {
+            case 0:
+                payload = Array(fixed[(i / 3) % fixed.count].utf8)
+            case 1:   // random bytes, never valid UTF-8 (leading 0xFF)
+                payload = [0xFF] + (0..<Int.random(in: 0...40, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            default:  // random words that are no value of any point
+                payload = Array(("x" + String((0..<Int.random(in: 1...20, using: &rng)).map { _ in "abcdefghijklmnopqrstuvwxyz0123456789{}\":, ".randomElement(using: &rng)! })).utf8)
+            }
+            let point = targets[i % targets.count]
+            try await rig.observer.publish(to: "\(Self.b)/dev/\(point)/set", payload: payload, qos: .atLeastOnce)
+            sent += 1
+        }
+        let answersTopic = targets.map { "\(Self.b)/dev/\($0)/set/result" }
+        try await rig.waitUntil(timeout: .seconds(60), "1,000 answers") {
+            rig.seen.withLock { $0.filter { answersTopic.contains($0.0) }.count } >= sent
+        }
+        let answers = rig.seen.withLock { $0.filter { answersTopic.contains($0.0) }.map(\.1) }
+        #expect(answers.count == 1000)
+        #expect(answers.allSatisfy { $0.hasPrefix(#"{"ok":false,"error":"#) }, "\(answers.filter { !$0.hasPrefix(#"{"ok":false"#) })")
+        #expect(try await Self.command(rig, "light", "true") == #"{"ok":true,"value":true}"#)
+        let writes = try await rig.sim.waitForWrites(1)
+        #expect(writes.count == 1 && writes[0].address == 1, "garbage reached the device: \(writes)")
+        #expect(rig.gateway.exitStatus == nil)
+        await rig.shutdown()
+    }
+
+    @Test("broker stopped during a pulse: the off is still written")
+    func brokerLostDuringPulse() async throws {
+        let rig = try await Self.startRig(pulseMs: 1500)
+        try await Self.command(rig, "unlock", "true")
+        await rig.broker.stop()
+        let writes = try await rig.sim.waitForWrites(2)
+        #expect(writes.map(\.values) == [[1], [0]])
+        #expect(writes[1].mono_ms - writes[0].mono_ms >= 1500)
+        await rig.shutdown()
+    }
+
+    @Test("SIGTERM during a pulse: the off is written before the gateway exits")
+    func stopDuringPulse() async throws {
+        let rig = try await Self.startRig(pulseMs: 600_000)
+        try await Self.command(rig, "unlock", "true")
+        rig.gateway.signal(SIGTERM)
+        #expect(try await rig.gateway.waitForExit(timeout: .seconds(15)) == 0)
+        let writes = try await rig.sim.waitForWrites(2)
+        #expect(writes.map(\.values) == [[1], [0]])
+        #expect(rig.gateway.lines.contains { $0.contains("pulse ended") && $0.contains("gateway stopping") })
+        await rig.shutdown()
+    }
+}
