@@ -30,6 +30,10 @@ struct Simulate: ParsableCommand {
     @Option(name: .customLong("set"), help: "Initial value [UNIT/]KIND:ADDR=VALUE (KIND: coil, discrete, holding, input).")
     var sets: [String] = []
     @Option(help: "Counter [UNIT/]KIND:ADDR[@MS]: +1 (or toggle) every MS (default 1000).") var counter: [String] = []
+    @Option(name: .customLong("latency-ms"), help: "Delay every answer this long (a slow device; one request at a time).")
+    var latencyMs: Int = 0
+    @Flag(name: .customLong("log-requests"), help: "Print every request received: {\"request\":{\"unit\":1,\"fc\":3,\"mono_us\":...}}.")
+    var logRequests = false
     @Option(help: "Drift [UNIT/]KIND:ADDR:MIN:MAX[:STEP][@MS]: moves STEP every MS between MIN and MAX.") var drift: [String] = []
 
     func validate() throws {
@@ -148,8 +152,15 @@ struct Simulate: ParsableCommand {
 
         let sim: ModbusSimulator
         do {
-            sim = try ModbusSimulator(endpoint: endpoint, units: units, scripts: try scripts()) { w in
-                emit(#"{"write":{"unit":\#(w.unit),"fc":\#(w.function),"kind":"\#(w.kind)","address":\#(w.address),"values":[\#(w.values.map(String.init).joined(separator: ","))],"ts_ms":\#(w.unixMilliseconds),"mono_ms":\#(w.monotonicMilliseconds)}}"#)
+            var onRequest: SimulatedRequestObserver?
+            if logRequests {
+                onRequest = { (unit: Int, fc: Int, us: Int64) in
+                    emit("{\"request\":{\"unit\":\(unit),\"fc\":\(fc),\"mono_us\":\(us)}}")
+                }
+            }
+            sim = try ModbusSimulator(endpoint: endpoint, units: units, scripts: try scripts(), latency: .milliseconds(max(0, latencyMs)),
+                                      onRequest: onRequest) { w in
+                emit(#"{"write":{"unit":\#(w.unit),"fc":\#(w.function),"kind":"\#(w.kind)","address":\#(w.address),"values":[\#(w.values.map(String.init).joined(separator: ","))],"ts_ms":\#(w.unixMilliseconds),"mono_ms":\#(w.monotonicMilliseconds),"mono_us":\#(w.monotonicMicroseconds)}}"#)
             }
         } catch {
             emitError("error: \(error)")

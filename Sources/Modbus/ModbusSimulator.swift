@@ -57,6 +57,18 @@ public struct SimulatedWrite: Sendable, Equatable {
     public var unixMilliseconds: Int64
     /// Monotonic time, milliseconds (for spacing between writes).
     public var monotonicMilliseconds: Int64
+    /// Monotonic time, microseconds (CLOCK_MONOTONIC, for latency benchmarks).
+    public var monotonicMicroseconds: Int64 = 0
+}
+
+/// Every request the simulator receives (for tests of ordering): unit, function code, and
+/// CLOCK_MONOTONIC microseconds when it arrived.
+public typealias SimulatedRequestObserver = @Sendable (_ unit: Int, _ function: Int, _ monotonicMicroseconds: Int64) -> Void
+
+func monotonicMicroseconds() -> Int64 {
+    var mt = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &mt)
+    return Int64(mt.tv_sec) * 1_000_000 + Int64(mt.tv_nsec) / 1000
 }
 
 /// A Modbus device on libmodbus's server API: TCP (several clients, several unit ids) or RTU (one
@@ -83,8 +95,11 @@ public final class ModbusSimulator: Sendable {
     }
 
     /// Opens the endpoint (throws if it cannot) and starts serving on a new thread.
-    /// `onWrite` runs on the simulator thread for every accepted write.
-    public init(endpoint: Endpoint, units: [Int: SimulatedUnit], scripts: [ScriptedChange] = [],
+    /// `onWrite` runs on the simulator thread for every accepted write, `onRequest` for every
+    /// request. `latency` delays every answer (a slow device; the simulator serves one request at
+    /// a time, like a device on a shared line).
+    public init(endpoint: Endpoint, units: [Int: SimulatedUnit], scripts: [ScriptedChange] = [], latency: Duration = .zero,
+                onRequest: SimulatedRequestObserver? = nil,
                 onWrite: @escaping @Sendable (SimulatedWrite) -> Void = { _ in }) throws(ModbusError) {
         guard !units.isEmpty else { throw .invalidArgument("the simulator needs at least one unit") }
         self.endpoint = endpoint
@@ -108,6 +123,8 @@ public final class ModbusSimulator: Sendable {
         let handoff = SendableHandoff(server)
         startThread(name: "modbus-sim") {
             let server = handoff.take()
+            server.latencyMicroseconds = UInt32(clamping: latency.components.seconds * 1_000_000 + latency.components.attoseconds / 1_000_000_000_000)
+            server.onRequest = onRequest
             server.run(wakeFD: wakeRead, shared: shared, scripts: scripts, onWrite: onWrite)
         }
     }
@@ -161,6 +178,8 @@ public final class ModbusSimulator: Sendable {
         var mappings: [Int: UnsafeMutablePointer<modbus_mapping_t>] = [:]
         var sizes: [Int: SimulatedUnit] = [:]
         var clients: [Int32] = []
+        var latencyMicroseconds: UInt32 = 0
+        var onRequest: SimulatedRequestObserver?
 
         init(ctx: OpaquePointer, isTCP: Bool, listenFD: Int32, boundPort: Int?) {
             self.ctx = ctx
@@ -341,6 +360,8 @@ public final class ModbusSimulator: Sendable {
             guard rc > 0 else { return true }  // not for us (RTU, other unit)
             let header = Int(modbus_get_header_length(ctx))
             let unit = Int(query[header - 1])
+            onRequest?(unit, Int(query[header]), monotonicMicroseconds())
+            if latencyMicroseconds > 0 { usleep(latencyMicroseconds) }
             guard let mapping = mappings[unit] ?? (isTCP ? nil : mappings.values.first) else {
                 modbus_reply_exception(ctx, query, UInt32(MODBUS_EXCEPTION_GATEWAY_TARGET))
                 return true
@@ -374,7 +395,8 @@ public final class ModbusSimulator: Sendable {
             return SimulatedWrite(unit: unit, function: fc, kind: kind, address: address,
                                   values: [UInt16](repeating: 0, count: count),
                                   unixMilliseconds: Int64(rt.tv_sec) * 1000 + Int64(rt.tv_nsec) / 1_000_000,
-                                  monotonicMilliseconds: Int64(mt.tv_sec) * 1000 + Int64(mt.tv_nsec) / 1_000_000)
+                                  monotonicMilliseconds: Int64(mt.tv_sec) * 1000 + Int64(mt.tv_nsec) / 1_000_000,
+                                  monotonicMicroseconds: Int64(mt.tv_sec) * 1_000_000 + Int64(mt.tv_nsec) / 1000)
         }
     }
 }

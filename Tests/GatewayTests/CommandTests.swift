@@ -1,5 +1,6 @@
 import Foundation
 import Gateway
+import Synchronization
 import MQTT
 import Testing
 import TestSupport
@@ -271,6 +272,53 @@ struct CommandTests {
         let writes = try await rig.sim.waitForWrites(2)
         #expect(writes.map(\.values) == [[1], [0]])
         #expect(rig.gateway.lines.contains { $0.contains("pulse ended") && $0.contains("gateway stopping") })
+        await rig.shutdown()
+    }
+
+    @Test("priority: with a slow poll round queued on the bus, a command's write goes out next, ahead of the polls")
+    func writeAheadOfPolls() async throws {
+        // Eight more devices on the same bus (units 2...9), every answer delayed 20 ms: each poll
+        // round queues 9 reads that take ~180 ms.
+        var more = ""
+        for u in 2...9 {
+            more += """
+
+                [[device]]
+                name = "slow\(u)"
+                bus = "plc"
+                unit = \(u)
+                poll_ms = 400
+                  [[device.point]]
+                  name = "v"
+                  register = "holding"
+                  address = 0
+                """
+        }
+        var sim = ["--latency-ms", "20", "--log-requests"]
+        for u in 1...9 { sim += ["--unit", "\(u)"] }
+        let rig = try await Rig.start(points: Self.points() + more, simArgs: sim, pollMs: 400)
+        try await rig.waitFor("\(Self.b)/dev/status", "online")
+        _ = try await rig.gateway.waitForLine(containing: "subscribed to commands")
+        @Sendable func isRequest(_ l: String) -> Bool { l.hasPrefix("{\"request\":") }
+        // Wait for the start of a fresh round (a read from unit 2), then send the command at once.
+        let seenBefore = rig.sim.process.lines.filter(isRequest).count
+        let counter = Mutex(0)
+        let trigger = try await rig.sim.process.waitForLine { line in
+            guard isRequest(line) else { return false }
+            return counter.withLock { $0 += 1; return $0 > seenBefore } && line.contains("\"unit\":2,") && line.contains("\"fc\":3,")
+        }
+        try await rig.observer.publish(to: "\(Self.b)/dev/light/set", payload: Array("true".utf8), qos: .atLeastOnce)
+        try await rig.sim.waitForWrites(1)
+        let lines = rig.sim.process.lines.filter { isRequest($0) || $0.hasPrefix("{\"write\":") }
+        guard let t = lines.firstIndex(of: trigger), let w = lines.firstIndex(where: { $0.contains("\"fc\":5,") && isRequest($0) }) else {
+            Issue.record("no trigger or write request in the log")
+            await rig.shutdown()
+            return
+        }
+        let readsBetween = lines[t..<w].filter { isRequest($0) }.count
+        // The read in progress when the command arrived, and at most one more that started meanwhile
+        // (first-come order would put all nine reads of the round first: measured 9).
+        #expect(readsBetween <= 2, "\(readsBetween) reads went out before the write:\n\(lines[t...].prefix(12).joined(separator: "\n"))")
         await rig.shutdown()
     }
 }

@@ -12,6 +12,8 @@ public struct LoggedWrite: Sendable, Equatable, Decodable {
     public var ts_ms: Int64
     /// Monotonic ms (for spacing).
     public var mono_ms: Int64
+    /// Monotonic µs (CLOCK_MONOTONIC).
+    public var mono_us: Int64?
 }
 
 /// Our own `gateway simulate`, started as a process on a free loopback port.
