@@ -34,7 +34,8 @@ cat <<MSG
 
   Broker:     mqtt://127.0.0.1:$MQTT_PORT      Simulator: Modbus TCP 127.0.0.1:1502 (units 1 and 3)
   Watch:      mosquitto_sub -h 127.0.0.1 -t 'gateway/#' -v
-  Unlock:     mosquitto_pub -h 127.0.0.1 -t gateway/lobby/front-door/unlock/set -m true   (commands: not in this build yet)
+  Unlock:     mosquitto_pub -h 127.0.0.1 -t gateway/lobby/front-door/unlock/set -m true
+              (answer on .../unlock/set/result; the simulator's write log shows on, then off 3 s later)
   By hand:    $BIN read --tcp 127.0.0.1:1502 --unit 1 --holding 100 --type int16 --scale 0.1
   Writes the simulator saw: $STATE/simulator.log
 

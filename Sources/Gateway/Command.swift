@@ -103,6 +103,7 @@ public struct WritePlan: Sendable, Equatable {
     }
 
     public var data: Data
+    public init(data: Data) { self.data = data }
     /// True for the released state (coil off, registers zero): the end of a pulse.
     public var isOff: Bool {
         switch data {
