@@ -1,0 +1,60 @@
+"""Shared helpers of the benchmarks: a private Mosquitto, `gateway simulate`, a paho observer,
+/proc sampling. Loopback only; every process started here is ended by the caller, by PID."""
+import os, socket, subprocess, sys, tempfile, threading, time
+import paho.mqtt.client as mqtt
+
+BIN = sys.argv[1]
+TMP = tempfile.mkdtemp(prefix="gw-bench-")
+CLK = os.sysconf("SC_CLK_TCK")
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+def start_broker():
+    port = free_port()
+    conf = os.path.join(TMP, f"m{port}.conf")
+    with open(conf, "w") as f:
+        f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n" + ("user root\n" if os.getuid() == 0 else ""))
+    p = subprocess.Popen(["mosquitto", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try: socket.create_connection(("127.0.0.1", port), 0.1).close(); break
+        except OSError: time.sleep(0.05)
+    return p, port
+
+def start_sim(args, on_line=None):
+    p = subprocess.Popen([BIN, "simulate", "--tcp", "127.0.0.1:0"] + args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    line = p.stdout.readline()
+    port = int(line.split()[2].rsplit(":", 1)[1])
+    def pump():
+        for l in p.stdout:
+            if on_line: on_line(l)
+    threading.Thread(target=pump, daemon=True).start()
+    return p, port
+
+class Observer:
+    def __init__(self, port):
+        self.msgs = []; self.cond = threading.Condition()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"obs-{port}-{time.time()}")
+        self.c.on_message = self.on_message
+        self.c.connect("127.0.0.1", port); self.c.subscribe("gateway/#", qos=0); self.c.loop_start()
+        time.sleep(0.3)
+    def on_message(self, c, u, m):
+        with self.cond:
+            self.msgs.append((time.monotonic(), m.topic, m.payload.decode())); self.cond.notify_all()
+    def wait(self, pred, timeout=10):
+        end = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for t, topic, payload in self.msgs:
+                    if pred(topic, payload): return t
+                left = end - time.monotonic()
+                if left <= 0: return None
+                self.cond.wait(left)
+    def stop(self): self.c.loop_stop(); self.c.disconnect()
+
+def proc_cpu_rss(pid):
+    st = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    ticks = int(st[11]) + int(st[12])
+    rss = [l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")][0].split()[1]
+    return ticks / CLK, int(rss) / 1024
+

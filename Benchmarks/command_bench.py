@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Command benchmark (not a test). Starts a private Mosquitto, `gateway simulate --log-requests`
+and `gateway run` (release build) on loopback, sends commands and measures:
+command published -> the write arrives at the device (the simulator's CLOCK_MONOTONIC stamp of
+the write request, same clock as Python's time.monotonic on Linux), and command published ->
+answer received. Usage: command_bench.py GATEWAY_BIN [COMMANDS] [POLL_MS]"""
+import json, os, random, subprocess, sys, threading, time
+from benchlib import BIN, TMP, start_broker, start_sim, Observer, proc_cpu_rss
+
+N = int(sys.argv[2]) if len(sys.argv) > 2 else 300
+POLL_MS = int(sys.argv[3]) if len(sys.argv) > 3 else 1000
+
+writes, cond = [], threading.Condition()
+def on_line(line):
+    if line.startswith('{"write":'):
+        w = json.loads(line)["write"]
+        with cond: writes.append(w["mono_us"]); cond.notify_all()
+
+broker, mport = start_broker()
+sim, sport = start_sim(["--unit", "1"], on_line)
+cfg = os.path.join(TMP, "cmd.toml")
+points = "".join(f'  [[device.point]]\n  name = "r{i}"\n  register = "holding"\n  address = {i}\n' for i in range(10))
+open(cfg, "w").write(f'[gateway]\nid = "bench"\n[mqtt]\nurl = "mqtt://127.0.0.1:{mport}"\n'
+                     f'[[bus]]\nname = "plc"\ntype = "tcp"\nhost = "127.0.0.1"\nport = {sport}\n'
+                     f'[[device]]\nname = "d0"\nbus = "plc"\nunit = 1\npoll_ms = {POLL_MS}\n'
+                     f'  [[device.point]]\n  name = "light"\n  register = "coil"\n  address = 1\n  writable = true\n' + points)
+log = open(os.path.join(TMP, "gateway.log"), "w")
+gw = subprocess.Popen([BIN, "run", "--config", cfg], stderr=log)
+obs = Observer(mport)
+obs.wait(lambda t, p: t == "gateway/bench/d0/status" and p == "online")
+time.sleep(1.0)   # let the subscription settle (the gateway subscribes right after connecting)
+
+to_write, to_answer = [], []
+RESULT = "gateway/bench/d0/light/set/result"
+def answer_times(): return [t for t, topic, _ in obs.msgs if topic == RESULT]
+def wait_answer(k, timeout=5):
+    end = time.monotonic() + timeout
+    with obs.cond:
+        while True:
+            ts = answer_times()
+            if len(ts) > k: return ts[k]
+            left = end - time.monotonic()
+            if left <= 0: return None
+            obs.cond.wait(left)
+for i in range(N):
+    before = len(answer_times())
+    with cond: nw = len(writes)
+    value = "true" if i % 2 == 0 else "false"
+    t0 = time.monotonic()
+    obs.c.publish("gateway/bench/d0/light/set", value, qos=1)
+    ta = wait_answer(before)
+    with cond:
+        cond.wait_for(lambda: len(writes) > nw, timeout=5)
+        tw = writes[nw] / 1e6 if len(writes) > nw else None
+    if ta and tw:
+        to_write.append((tw - t0) * 1000); to_answer.append((ta - t0) * 1000)
+    time.sleep(random.uniform(0.005, 0.03))   # random phase against the poll grid
+_, rss = proc_cpu_rss(gw.pid)
+gw.terminate(); gw.wait(10); sim.terminate(); sim.wait(10); obs.stop(); broker.terminate(); broker.wait(10)
+
+def pct(xs, q): xs = sorted(xs); return xs[min(len(xs) - 1, int(len(xs) * q))]
+for name, xs in (("command -> device write", to_write), ("command -> answer received", to_answer)):
+    print(f"{name}: p50 {pct(xs, .5):.2f} ms, p95 {pct(xs, .95):.2f} ms, p99 {pct(xs, .99):.2f} ms, max {max(xs):.2f} ms ({len(xs)} of {N} commands, poll_ms {POLL_MS})")
+print(f"gateway RSS after the run: {rss:.1f} MiB")
