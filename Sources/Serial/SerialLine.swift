@@ -1,0 +1,221 @@
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Line settings of a serial port.
+public struct SerialSettings: Sendable, Equatable {
+    public enum Parity: String, Sendable, Equatable, CaseIterable {
+        case none = "N", even = "E", odd = "O"
+    }
+
+    public var path: String
+    public var baud: Int
+    public var parity: Parity
+    public var dataBits: Int
+    public var stopBits: Int
+    /// RTS/CTS hardware flow control (off by default).
+    public var hardwareFlowControl: Bool
+
+    public init(path: String, baud: Int = 9600, parity: Parity = .none, dataBits: Int = 8, stopBits: Int = 1, hardwareFlowControl: Bool = false) {
+        self.path = path
+        self.baud = baud
+        self.parity = parity
+        self.dataBits = dataBits
+        self.stopBits = stopBits
+        self.hardwareFlowControl = hardwareFlowControl
+    }
+
+    /// Baud rates termios can set here.
+    public static let supportedBauds = [1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600]
+}
+
+public enum SerialError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The port could not be opened (missing, busy, no permission).
+    case open(path: String, errno: Int32)
+    /// termios refused the settings.
+    case configure(path: String, String)
+    /// The port is closed (unplugged, hung up, or closed by us).
+    case closed(String)
+
+    public var description: String {
+        switch self {
+        case .open(let p, let e):
+            let why = String(cString: strerror(e))
+            return "cannot open \(p): \(why) (errno \(e))\(e == EBUSY ? ": another program holds it (exclusive access)" : "")"
+        case .configure(let p, let s): return "cannot configure \(p): \(s)"
+        case .closed(let s): return "serial port closed: \(s)"
+        }
+    }
+}
+
+/// Opens and configures a tty with termios: raw mode, the given baud/parity/bits, no flow control
+/// unless asked, exclusive access (TIOCEXCL), non-blocking, and without becoming our controlling
+/// terminal (O_NOCTTY).
+public enum SerialPort {
+    public static func open(_ s: SerialSettings) throws(SerialError) -> Int32 {
+        let fd = Glibc.open(s.path, O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else { throw .open(path: s.path, errno: errno) }
+        do throws(SerialError) {
+            try configure(fd, s)
+        } catch {
+            Glibc.close(fd)
+            throw error
+        }
+        return fd
+    }
+
+    static func configure(_ fd: Int32, _ s: SerialSettings) throws(SerialError) {
+        guard isatty(fd) == 1 else { throw .configure(path: s.path, "not a terminal device") }
+        // Exclusive: a second open by another process fails with EBUSY.
+        guard ioctl(fd, UInt(TIOCEXCL)) == 0 else { throw .configure(path: s.path, "TIOCEXCL: \(String(cString: strerror(errno)))") }
+        var t = termios()
+        guard tcgetattr(fd, &t) == 0 else { throw .configure(path: s.path, "tcgetattr: \(String(cString: strerror(errno)))") }
+        cfmakeraw(&t)
+        guard let speed = speed(s.baud) else {
+            throw .configure(path: s.path, "baud \(s.baud) is not supported (\(SerialSettings.supportedBauds.map(String.init).joined(separator: ", ")))")
+        }
+        cfsetispeed(&t, speed)
+        cfsetospeed(&t, speed)
+        t.c_cflag &= ~(tcflag_t(CSIZE) | tcflag_t(PARENB) | tcflag_t(PARODD) | tcflag_t(CSTOPB) | tcflag_t(CRTSCTS))
+        switch s.dataBits {
+        case 5: t.c_cflag |= tcflag_t(CS5)
+        case 6: t.c_cflag |= tcflag_t(CS6)
+        case 7: t.c_cflag |= tcflag_t(CS7)
+        case 8: t.c_cflag |= tcflag_t(CS8)
+        default: throw .configure(path: s.path, "data bits must be 5...8, not \(s.dataBits)")
+        }
+        switch s.parity {
+        case .none: break
+        case .even: t.c_cflag |= tcflag_t(PARENB)
+        case .odd: t.c_cflag |= tcflag_t(PARENB) | tcflag_t(PARODD)
+        }
+        if s.stopBits == 2 { t.c_cflag |= tcflag_t(CSTOPB) }
+        if s.hardwareFlowControl { t.c_cflag |= tcflag_t(CRTSCTS) }
+        t.c_cflag |= tcflag_t(CLOCAL) | tcflag_t(CREAD)
+        t.c_iflag &= ~(tcflag_t(IXON) | tcflag_t(IXOFF) | tcflag_t(IXANY))
+        guard tcsetattr(fd, TCSANOW, &t) == 0 else { throw .configure(path: s.path, "tcsetattr: \(String(cString: strerror(errno)))") }
+        _ = tcflush(fd, TCIOFLUSH)
+    }
+
+    static func speed(_ baud: Int) -> speed_t? {
+        switch baud {
+        case 1200: speed_t(B1200)
+        case 2400: speed_t(B2400)
+        case 4800: speed_t(B4800)
+        case 9600: speed_t(B9600)
+        case 19200: speed_t(B19200)
+        case 38400: speed_t(B38400)
+        case 57600: speed_t(B57600)
+        case 115200: speed_t(B115200)
+        case 230400: speed_t(B230400)
+        case 460800: speed_t(B460800)
+        case 921600: speed_t(B921600)
+        default: nil
+        }
+    }
+}
+
+/// An open serial port as a SwiftNIO channel (NIOPipeBootstrap over the tty descriptor: no
+/// blocking reads anywhere). Frames arrive on ``frames``; the stream ends when the port closes
+/// (other end gone, USB adapter unplugged: EIO/ENODEV/hangup) and ``closeReason`` says why.
+public final class SerialLine: Sendable {
+    public let settings: SerialSettings
+    public let frames: AsyncStream<[UInt8]>
+    private let channel: any Channel
+    private let handler: FrameHandler
+
+    private init(settings: SerialSettings, channel: any Channel, handler: FrameHandler, frames: AsyncStream<[UInt8]>) {
+        self.settings = settings
+        self.channel = channel
+        self.handler = handler
+        self.frames = frames
+    }
+
+    /// Opens the port and starts reading frames.
+    public static func open(_ settings: SerialSettings, framing: Framing, maxFrame: Int,
+                            group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> SerialLine {
+        let fd = try SerialPort.open(settings)
+        let (frames, continuation) = AsyncStream.makeStream(of: [UInt8].self, bufferingPolicy: .bufferingNewest(256))
+        let handler = FrameHandler(splitter: FrameSplitter(framing: framing, maxFrame: maxFrame), continuation: continuation)
+        let channel: any Channel
+        do {
+            channel = try await NIOPipeBootstrap(group: group)
+                .channelOption(.allowRemoteHalfClosure, value: false)
+                .channelInitializer { ch in ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(handler) } }
+                .takingOwnershipOfDescriptor(inputOutput: fd)
+                .get()
+        } catch {
+            Glibc.close(fd)
+            continuation.finish()
+            throw SerialError.configure(path: settings.path, "\(error)")
+        }
+        return SerialLine(settings: settings, channel: channel, handler: handler, frames: frames)
+    }
+
+    /// Writes bytes to the device; returns when they are handed to the kernel.
+    public func write(_ bytes: [UInt8]) async throws {
+        guard channel.isActive else { throw SerialError.closed(closeReason ?? "closed") }
+        try await channel.writeAndFlush(channel.allocator.buffer(bytes: bytes))
+    }
+
+    public var isOpen: Bool { channel.isActive }
+
+    /// Why the port closed (nil while open).
+    public var closeReason: String? { handler.state.withLock { $0.closeReason } }
+    /// Frames dropped because they grew past `maxFrame`, and bytes dropped outside frames.
+    public var oversizedFrames: Int { handler.state.withLock { $0.oversized } }
+    public var droppedBytes: Int { handler.state.withLock { $0.dropped } }
+    /// Bytes held for the frame in progress (bounded by `maxFrame`).
+    public var bufferedBytes: Int { handler.state.withLock { $0.buffered } }
+
+    public func close() async {
+        try? await channel.close()
+    }
+}
+
+final class FrameHandler: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+
+    struct State {
+        var splitter: FrameSplitter
+        var closeReason: String?
+        var oversized = 0
+        var dropped = 0
+        var buffered = 0
+    }
+
+    let state: Mutex<State>
+    let continuation: AsyncStream<[UInt8]>.Continuation
+
+    init(splitter: FrameSplitter, continuation: AsyncStream<[UInt8]>.Continuation) {
+        self.state = Mutex(State(splitter: splitter))
+        self.continuation = continuation
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let bytes = unwrapInboundIn(data).readableBytesView
+        let frames = state.withLock { s -> [[UInt8]] in
+            let f = s.splitter.feed(bytes)
+            s.oversized = s.splitter.oversized
+            s.dropped = s.splitter.droppedBytes
+            s.buffered = s.splitter.buffered
+            return f
+        }
+        for f in frames { continuation.yield(f) }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        state.withLock { if $0.closeReason == nil { $0.closeReason = "\(error)" } }
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        state.withLock { if $0.closeReason == nil { $0.closeReason = "the port was closed (hangup)" } }
+        continuation.finish()
+    }
+}

@@ -1,0 +1,128 @@
+import Serial
+import Testing
+import TestSupport
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite("Framing")
+struct FramingTests {
+    @Test("lines: LF or CRLF, split across reads")
+    func lines() {
+        var s = FrameSplitter(framing: .line, maxFrame: 64)
+        #expect(s.feed(Array("QR:12".utf8)) == [])
+        #expect(s.feed(Array("34\r\nQR:9\nhalf".utf8)) == [Array("QR:1234".utf8), Array("QR:9".utf8)])
+        #expect(s.buffered == 4)
+    }
+
+    @Test("STX..ETX: noise outside frames dropped and counted")
+    func delimited() {
+        var s = FrameSplitter(framing: .delimiter(end: [0x03], start: [0x02]), maxFrame: 64)
+        #expect(s.feed([0x41, 0x02, 0x31, 0x32, 0x03, 0x42, 0x43, 0x02, 0x33]) == [[0x31, 0x32]])
+        #expect(s.feed([0x03]) == [[0x33]])
+        #expect(s.droppedBytes == 3)
+        var e = FrameSplitter(framing: .delimiter(end: Array("\r\n".utf8), start: nil), maxFrame: 64)
+        #expect(e.feed(Array("a\rb\r".utf8)) == [])
+        #expect(e.feed(Array("\nc\r\n".utf8)) == [Array("a\rb".utf8), Array("c".utf8)])
+    }
+
+    @Test("fixed length frames")
+    func fixed() {
+        var s = FrameSplitter(framing: .fixed(3), maxFrame: 64)
+        #expect(s.feed([1, 2, 3, 4, 5, 6, 7]) == [[1, 2, 3], [4, 5, 6]])
+    }
+
+    @Test("an endless frame is dropped, counted, and never grows the buffer; the next frame is fine")
+    func oversized() {
+        var s = FrameSplitter(framing: .line, maxFrame: 16)
+        for _ in 0..<10_000 {
+            #expect(s.feed(Array(repeating: UInt8(ascii: "x"), count: 100)).isEmpty)
+            #expect(s.buffered <= 17)
+        }
+        #expect(s.oversized == 1)
+        #expect(s.feed(Array("tail\nok\n".utf8)) == [Array("ok".utf8)])
+        var d = FrameSplitter(framing: .delimiter(end: [0x03], start: [0x02]), maxFrame: 8)
+        #expect(d.feed([0x02] + Array(repeating: 0x41, count: 50_000) + [0x03, 0x02, 0x31, 0x03]) == [[0x31]])
+        #expect(d.oversized == 1 && d.buffered == 0)
+    }
+
+    @Test("escapes in settings")
+    func escapes() throws {
+        #expect(try decodeEscapes(#"BEEP\x02{value}\r\n"#).get() == Array("BEEP".utf8) + [0x02] + Array("{value}\r\n".utf8))
+        #expect((try? decodeEscapes(#"\x2"#).get()) == nil)
+        #expect((try? decodeEscapes(#"\q"#).get()) == nil)
+    }
+}
+
+/// The far end of a pty pair, opened raw by the test (stands in for the device).
+final class FarEnd: Sendable {
+    let fd: Int32
+    init(_ path: String) throws {
+        fd = open(path, O_RDWR | O_NOCTTY)
+        guard fd >= 0 else { throw FixtureError("cannot open \(path): errno \(errno)") }
+        var t = termios()
+        tcgetattr(fd, &t)
+        cfmakeraw(&t)
+        tcsetattr(fd, TCSANOW, &t)
+    }
+    func send(_ bytes: [UInt8]) { _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } }
+    func send(_ s: String) { send(Array(s.utf8)) }
+    /// Reads until `count` bytes arrived (bounded by `timeout`).
+    func receive(_ count: Int, timeout: Duration = .seconds(5)) -> [UInt8] {
+        var out: [UInt8] = []
+        let deadline = ContinuousClock.now + timeout
+        while out.count < count, ContinuousClock.now < deadline {
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&p, 1, 100) > 0 else { continue }
+            var buf = [UInt8](repeating: 0, count: 4096)
+            let n = read(fd, &buf, min(4096, count - out.count))
+            if n > 0 { out += buf[0..<n] } else if n < 0 && errno != EAGAIN { break }
+        }
+        return out
+    }
+    deinit { close(fd) }
+}
+
+@Suite("Serial lines over socat pty pairs", .timeLimit(.minutes(1)))
+struct SerialLineTests {
+    func next(_ it: inout AsyncStream<[UInt8]>.Iterator, timeout: Duration = .seconds(5)) async -> [UInt8]? {
+        let timer = Task { try? await Task.sleep(for: timeout) }
+        defer { timer.cancel() }
+        return await it.next()
+    }
+
+    @Test("frames in, bytes out, exclusive access, and the stream ends when the other end vanishes")
+    func roundTrip() async throws {
+        let pty = try await PtyPair.start()
+        let line = try await SerialLine.open(SerialSettings(path: pty.a, baud: 115200, parity: .even), framing: .line, maxFrame: 256)
+        // Exclusive access (TIOCEXCL): a second open is refused, except for root, which the
+        // kernel lets through; the exclusive flag itself is checked with TIOCGEXCL.
+        if getuid() != 0 {
+            #expect(throws: SerialError.self) { _ = try SerialPort.open(SerialSettings(path: pty.a)) }
+        }
+        let far = try FarEnd(pty.b)
+        let probe = try SerialPort.open(SerialSettings(path: pty.b))
+        var exclusive: Int32 = 0
+        #expect(ioctl(probe, 0x8004_5440 /* TIOCGEXCL */, &exclusive) == 0 && exclusive != 0)
+        close(probe)
+        var frames = line.frames.makeAsyncIterator()
+        far.send("QR:hello\r\nQR:wor")
+        far.send("ld\n")
+        #expect(await frames.next() == Array("QR:hello".utf8))
+        #expect(await frames.next() == Array("QR:world".utf8))
+        try await line.write([0x02] + Array("BEEP 3\r\n".utf8) + [0x03])
+        #expect(far.receive(10) == [0x02] + Array("BEEP 3\r\n".utf8) + [0x03])
+        await pty.stop()
+        #expect(await frames.next() == nil)
+        #expect(line.isOpen == false)
+        #expect(line.closeReason != nil)
+    }
+
+    @Test("a missing port is a clear error")
+    func missing() async throws {
+        #expect(throws: SerialError.open(path: "/nonexistent/ttyUSB9", errno: ENOENT)) {
+            _ = try SerialPort.open(SerialSettings(path: "/nonexistent/ttyUSB9"))
+        }
+    }
+}
