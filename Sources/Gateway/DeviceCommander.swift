@@ -45,6 +45,34 @@ final class DeviceCommander: Sendable {
         var gateway: GatewaySettings
         var client: MQTTClient
         var board: StatusBoard
+
+        /// Records a device's state; publishes it when connected (else the connect handler
+        /// republishes the board after the birth).
+        func publishStatus(_ device: String, _ state: DeviceHealth.State) async {
+            await board.set(device, state)
+            guard await client.isConnected else { return }
+            try? await client.enqueue(to: "\(base)/\(device)/status", payload: Array(state.rawValue.utf8), qos: .atLeastOnce, retain: true)
+        }
+
+        /// Publishes a command's answer: to the MQTT 5 response topic (with the correlation data)
+        /// when the request has one, else to `fallback`.
+        func answer(_ answer: String, to message: MQTTMessage, fallback: String?, logger: Logger) async {
+            var props = MQTTProperties()
+            let topic: String
+            if let rt = message.properties.responseTopic {
+                topic = rt
+                props.correlationData = message.properties.correlationData
+            } else if let fallback {
+                topic = fallback
+            } else {
+                return
+            }
+            do {
+                try await client.enqueue(to: topic, payload: Array(answer.utf8), qos: .atLeastOnce, retain: false, properties: props)
+            } catch {
+                logger.warning("answer to \(topic) not published: \(error)")
+            }
+        }
     }
 
     let device: DeviceSettings
@@ -164,20 +192,7 @@ final class DeviceCommander: Sendable {
                          receivedAt: ContinuousClock.Instant,
                          startPulse: (Int, Duration) -> Void, endPulse: (Int) -> Void,
                          executed: inout Bool) async throws(CommandRefused) -> String {
-        // Stale: never open a door for a command that waited somewhere.
-        if let maxAge = context.gateway.commandMaxAgeMs {
-            guard let ts = req.ts else {
-                throw CommandRefused("command_max_age_ms is set: send JSON {\"value\": ..., \"ts\": <unix ms>}")
-            }
-            let age = unixMilliseconds() - ts
-            if age > Int64(maxAge) { throw CommandRefused("stale command: sent \(age) ms ago (command_max_age_ms = \(maxAge))") }
-            if age < -Int64(maxAge) { throw CommandRefused("command ts is \(-age) ms ahead of the gateway's clock") }
-        }
-        if let expiry = message.properties.messageExpiryInterval {
-            if expiry == 0 || ContinuousClock.now >= receivedAt + .seconds(Int(expiry)) {
-                throw CommandRefused("stale command: its MQTT message expiry has passed")
-            }
-        }
+        try Self.checkFresh(req, message: message, receivedAt: receivedAt, maxAgeMs: context.gateway.commandMaxAgeMs)
         let plan = try point.writePlan(for: req.value)
         switch await context.board.state(device.name) {
         case .online: break
@@ -207,6 +222,25 @@ final class DeviceCommander: Sendable {
         switch back {
         case .success(let v): return "{\"ok\":true,\"value\":\(v.json)}"
         case .failure(let e): return "{\"ok\":true,\"value\":null,\"readback_error\":\(jsonString("\(e)"))}"
+        }
+    }
+
+    /// Stale: never open a door for a command that waited somewhere. `command_max_age_ms` against
+    /// the JSON `ts` (required when it is set), and an MQTT 5 message expiry that has passed.
+    static func checkFresh(_ req: CommandRequest, message: MQTTMessage, receivedAt: ContinuousClock.Instant,
+                           maxAgeMs: Int?) throws(CommandRefused) {
+        if let maxAge = maxAgeMs {
+            guard let ts = req.ts else {
+                throw CommandRefused("command_max_age_ms is set: send JSON {\"value\": ..., \"ts\": <unix ms>}")
+            }
+            let age = unixMilliseconds() - ts
+            if age > Int64(maxAge) { throw CommandRefused("stale command: sent \(age) ms ago (command_max_age_ms = \(maxAge))") }
+            if age < -Int64(maxAge) { throw CommandRefused("command ts is \(-age) ms ahead of the gateway's clock") }
+        }
+        if let expiry = message.properties.messageExpiryInterval {
+            if expiry == 0 || ContinuousClock.now >= receivedAt + .seconds(Int(expiry)) {
+                throw CommandRefused("stale command: its MQTT message expiry has passed")
+            }
         }
     }
 
@@ -286,29 +320,13 @@ final class DeviceCommander: Sendable {
         }
         log.info("get \(message.topic): \(answer) in \(Self.milliseconds(since: receivedAt)) ms")
         // /get answers go to an MQTT 5 response topic when one is given; the value topic has the value.
-        if let rt = message.properties.responseTopic {
-            await publish(answer, to: rt, correlation: message.properties.correlationData)
-        }
+        await context.answer(answer, to: message, fallback: nil, logger: logger)
     }
 
     // MARK: answers and audit
 
     private func publishAnswer(_ answer: String, to message: MQTTMessage, pointName: String) async {
-        if let rt = message.properties.responseTopic {
-            await publish(answer, to: rt, correlation: message.properties.correlationData)
-        } else {
-            await publish(answer, to: "\(context.base)/\(device.name)/\(pointName)/set/result", correlation: nil)
-        }
-    }
-
-    private func publish(_ answer: String, to topic: String, correlation: [UInt8]?) async {
-        var props = MQTTProperties()
-        props.correlationData = correlation
-        do {
-            try await context.client.enqueue(to: topic, payload: Array(answer.utf8), qos: .atLeastOnce, retain: false, properties: props)
-        } catch {
-            logger.warning("answer to \(topic) not published: \(error)")
-        }
+        await context.answer(answer, to: message, fallback: "\(context.base)/\(device.name)/\(pointName)/set/result", logger: logger)
     }
 
     private func audit(_ log: Logger, _ message: MQTTMessage, request: CommandRequest?, answer: String,

@@ -88,6 +88,12 @@ public struct GatewayPlan: Sendable {
                 if p.writable { t.append("\(base)/\(d.settings.name)/\(p.name)/set/result") }
             }
         }
+        for d in configuration.serialDevices {
+            t.append("\(base)/\(d.name)/status")
+            t += d.points.map { "\(base)/\(d.name)/\($0.name)" }
+            if d.raw { t.append("\(base)/\(d.name)/raw") }
+            t += d.commands.map { "\(base)/\(d.name)/\($0.name)/set/result" }
+        }
         return t
     }
 
@@ -108,6 +114,14 @@ public struct GatewayPlan: Sendable {
                 let names = r.items.map { d.settings.points[$0.id].name }.joined(separator: ", ")
                 out.append("    \(r.description): \(names)")
             }
+        }
+        for d in c.serialDevices {
+            var how = "\(d.port) \(d.baud) \(d.dataBits)\(d.parity)\(d.stopBits), framing \(d.framingValue), max frame \(d.maxFrame) bytes"
+            if let p = d.poll { how += ", polls \(p.count) bytes every \(d.pollMs) ms" }
+            if let i = d.idleTimeoutMs { how += ", offline after \(i) ms without a frame" }
+            out.append("  \(d.name): serial \(how), \(d.points.count) points, \(d.commands.count) commands")
+            for p in d.points { out.append("    \(p.name): frames matching \(p.match)\(p.group.map { " (group \($0))" } ?? "")") }
+            for cmd in d.commands { out.append("    \(cmd.name)/set: sends \(String(decoding: cmd.send, as: UTF8.self).debugDescription)") }
         }
         out.append("publishes:")
         out += publishedTopics.map { "  \($0)" }

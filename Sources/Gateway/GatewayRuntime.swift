@@ -28,6 +28,8 @@ public final class GatewayRuntime: Service, Sendable {
     private let logger: Logger
     private let board = StatusBoard()
     private let commanders: [String: DeviceCommander]
+    private let serialRunners: [String: SerialDeviceRunner]
+    private let context: DeviceCommander.Context
 
     /// `password` comes from `mqtt.password_file` or env `GATEWAY_MQTT_PASSWORD` (see ``mqttPassword(for:)``).
     public init(configuration: GatewayConfiguration, password: [UInt8]?, logger: Logger = Logger(label: "gateway")) throws {
@@ -55,12 +57,18 @@ public final class GatewayRuntime: Service, Sendable {
         }
         self.buses = buses
         let context = DeviceCommander.Context(base: base, gateway: configuration.gateway, client: client, board: board)
+        self.context = context
         var commanders: [String: DeviceCommander] = [:]
         for d in plan.devices {
             guard let bus = buses[d.bus.name] else { continue }
             commanders[d.settings.name] = DeviceCommander(device: d.settings, bus: bus, timeoutMs: d.bus.timeoutMs, context: context, logger: logger)
         }
         self.commanders = commanders
+        var serialRunners: [String: SerialDeviceRunner] = [:]
+        for d in configuration.serialDevices {
+            serialRunners[d.name] = SerialDeviceRunner(settings: d, context: context, logger: logger)
+        }
+        self.serialRunners = serialRunners
     }
 
     /// The MQTT password: `password_file` (first line) or env `GATEWAY_MQTT_PASSWORD`; nil when neither.
@@ -91,6 +99,9 @@ public final class GatewayRuntime: Service, Sendable {
                 for device in plan.devices {
                     group.addTask { await self.pollLoop(device) }
                 }
+                for runner in serialRunners.values {
+                    group.addTask { await runner.run() }
+                }
                 // Until SIGTERM/SIGINT (or cancellation).
                 try? await gracefulShutdown()
                 group.cancelAll()
@@ -100,8 +111,8 @@ public final class GatewayRuntime: Service, Sendable {
         }
         // Polling has stopped: say so, then leave cleanly (the broker discards the will).
         logger.info("gateway stopping: publishing offline")
-        for d in plan.devices {
-            try? await client.enqueue(to: "\(base)/\(d.settings.name)/status", payload: Array("offline".utf8), qos: .atLeastOnce, retain: true)
+        for name in plan.devices.map(\.settings.name) + plan.configuration.serialDevices.map(\.name) {
+            try? await client.enqueue(to: "\(base)/\(name)/status", payload: Array("offline".utf8), qos: .atLeastOnce, retain: true)
         }
         try? await client.enqueue(to: "\(base)/status", payload: Array("offline".utf8), qos: .atLeastOnce, retain: true)
         await client.disconnect(timeout: .seconds(3))
@@ -121,6 +132,10 @@ public final class GatewayRuntime: Service, Sendable {
             let parts = message.topic.dropFirst(prefix.count).split(separator: "/", omittingEmptySubsequences: false)
             guard parts.count == 3, parts[2] == "set" || parts[2] == "get" else { continue }
             let deviceName = String(parts[0]), pointName = String(parts[1])
+            if let runner = serialRunners[deviceName] {
+                runner.submit(parts[2] == "set" ? .set(message, command: pointName, receivedAt: receivedAt) : .get(message, point: pointName))
+                continue
+            }
             guard let commander = commanders[deviceName] else {
                 let why = "unknown device '\(deviceName)'"
                 logger.notice("command \(message.topic) -> refused: \(why)", metadata: ["topic": "\(message.topic)"])
@@ -237,9 +252,6 @@ public final class GatewayRuntime: Service, Sendable {
     }
 
     private func publishStatus(_ device: String, _ state: DeviceHealth.State) async {
-        await board.set(device, state)
-        // While disconnected the board keeps it: the connect handler publishes it after the birth.
-        guard await client.isConnected else { return }
-        try? await client.enqueue(to: "\(plan.base)/\(device)/status", payload: Array(state.rawValue.utf8), qos: .atLeastOnce, retain: true)
+        await context.publishStatus(device, state)
     }
 }

@@ -72,15 +72,28 @@ public enum ConfigLoader {
             r.finish()
         }
         var devices: [DeviceSettings] = []
+        var serialDevices: [SerialDeviceSettings] = []
+        var names: Set<String> = []
         for (i, r) in top.tables("device").enumerated() {
-            if let d = readDevice(r, index: i, buses: buses) {
-                if devices.contains(where: { $0.name == d.name }) { r.issue("name", "duplicate device name '\(d.name)'") } else { devices.append(d) }
+            switch r.string("driver") ?? "modbus" {
+            case "modbus":
+                if let d = readDevice(r, index: i, buses: buses) {
+                    if !names.insert(d.name).inserted { r.issue("name", "duplicate device name '\(d.name)'") } else { devices.append(d) }
+                }
+            case "serial":
+                if let d = readSerialDevice(r) {
+                    if !names.insert(d.name).inserted { r.issue("name", "duplicate device name '\(d.name)'") } else { serialDevices.append(d) }
+                }
+            case let other:
+                r.issue("driver", "'\(other)' is not a driver (modbus or serial)")
             }
             r.finish()
         }
         if top.has("device") == false { top.issue("device", "no [[device]] defined: nothing to poll") }
         guard let gateway else { return nil }
-        return GatewayConfiguration(gateway: gateway, mqtt: mqtt, buses: buses, devices: devices)
+        var c = GatewayConfiguration(gateway: gateway, mqtt: mqtt, buses: buses, devices: devices)
+        c.serialDevices = serialDevices
+        return c
     }
 
     private static func readGateway(_ r: Reader) -> GatewaySettings? {
@@ -172,10 +185,6 @@ public enum ConfigLoader {
             r.rename("device[\(name)]")
             if !isTopicSafe(name) { r.issue("name", "'\(name)' must match [A-Za-z0-9_-]+ (it is used in topics)") }
         }
-        if let driver = r.string("driver"), driver != "modbus" {
-            r.issue("driver", driver == "serial" ? "serial devices are not supported by this build yet" : "'\(driver)' is not a driver (modbus)")
-            return nil
-        }
         let busName = r.string("bus", required: true)
         let bus = busName.flatMap { b in buses.first { $0.name == b } }
         if let busName, bus == nil { r.issue("bus", "no [[bus]] named '\(busName)'") }
@@ -263,6 +272,125 @@ public enum ConfigLoader {
     }
 
     enum ByteSex: String, CaseIterable { case big, little }
+
+    // MARK: serial devices
+
+    private static func readSerialDevice(_ r: Reader) -> SerialDeviceSettings? {
+        let name = r.string("name", required: true)
+        if let name {
+            r.rename("device[\(name)]")
+            if !isTopicSafe(name) { r.issue("name", "'\(name)' must match [A-Za-z0-9_-]+ (it is used in topics)") }
+        }
+        let port = r.string("port", required: true)
+        var d = SerialDeviceSettings(name: name ?? "", port: port ?? "")
+        if let b = r.int("baud") {
+            let allowed = [1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600]
+            if !allowed.contains(b) { r.issue("baud", "\(b) is not a supported baud rate (\(allowed.map(String.init).joined(separator: ", ")))") }
+            d.baud = b
+        }
+        if let p = r.string("parity") {
+            if !["N", "E", "O"].contains(p.uppercased()) { r.issue("parity", "'\(p)' is not N, E or O") }
+            d.parity = p.uppercased()
+        }
+        if let v = r.int("data_bits", 5...8) { d.dataBits = v }
+        if let v = r.int("stop_bits", 1...2) { d.stopBits = v }
+        if let v = r.bool("rtscts") { d.rtscts = v }
+        if let f = r.enumeration("framing", SerialDeviceSettings.FramingKind.self) { d.framing = f }
+        if let s = bytes(r, "delimiter") {
+            if s.isEmpty { r.issue("delimiter", "must not be empty") }
+            d.delimiter = s
+        }
+        if let s = bytes(r, "start") {
+            if s.isEmpty { r.issue("start", "must not be empty") }
+            d.start = s
+        }
+        if let v = r.int("length", 1...4096) { d.length = v }
+        switch d.framing {
+        case .delimiter where d.delimiter.isEmpty: r.issue("delimiter", "missing (required with framing = \"delimiter\")")
+        case .fixed where d.length == 0: r.issue("length", "missing (required with framing = \"fixed\")")
+        case .line where r.has("delimiter") || r.has("start"): r.issue("delimiter", "only with framing = \"delimiter\"")
+        default: break
+        }
+        if d.framing != .fixed && r.has("length") { r.issue("length", "only with framing = \"fixed\"") }
+        if let v = r.int("max_frame", 1...65_536) { d.maxFrame = v }
+        if let v = r.bool("raw") { d.raw = v }
+        if let v = r.int("idle_timeout_ms", 10...86_400_000) { d.idleTimeoutMs = v }
+        if let p = bytes(r, "poll") {
+            if p.isEmpty { r.issue("poll", "must not be empty") }
+            d.poll = p
+        }
+        if let v = r.int("poll_ms", 10...86_400_000) {
+            if d.poll == nil { r.issue("poll_ms", "only with poll (the request to send)") }
+            d.pollMs = v
+        }
+        if let v = r.int("response_timeout_ms", 1...60_000) { d.responseTimeoutMs = v }
+        if let v = r.int("offline_after", 1...1_000_000) { d.offlineAfter = v }
+        var used: Set<String> = []
+        for p in r.tables("point") {
+            if let point = readSerialPoint(p) {
+                if !used.insert(point.name).inserted { p.issue("name", "duplicate point name '\(point.name)'") } else { d.points.append(point) }
+            }
+            p.finish()
+        }
+        for c in r.tables("command") {
+            if let command = readSerialCommand(c) {
+                if !used.insert(command.name).inserted { c.issue("name", "'\(command.name)' is already a point or command of this device") } else { d.commands.append(command) }
+            }
+            c.finish()
+        }
+        if d.points.isEmpty && d.commands.isEmpty && !d.raw {
+            r.issue("point", "the device has no [[device.point]], no [[device.command]] and raw = false: nothing to do")
+        }
+        return name == nil || port == nil ? nil : d
+    }
+
+    private static func readSerialPoint(_ r: Reader) -> SerialPointSettings? {
+        let name = r.string("name", required: true)
+        if let name {
+            r.rename("\(r.parentPath).point[\(name)]")
+            if !isTopicSafe(name) { r.issue("name", "'\(name)' must match [A-Za-z0-9_-]+ (it is used in topics)") }
+            if ["status", "set", "get", "raw"].contains(name) { r.issue("name", "'\(name)' is reserved in topics") }
+        }
+        guard let match = r.string("match", required: true), let name else { return nil }
+        var p = SerialPointSettings(name: name, match: match)
+        if let g = r.string("group") { p.group = g }
+        do {
+            let regex = try Regex(match)
+            if let g = p.group, Int(g) == nil, !regex.contains(captureNamed: g) { r.issue("group", "the regex has no group named '\(g)'") }
+        } catch {
+            r.issue("match", "not a valid regular expression: \(error)")
+        }
+        p.format = r.enumeration("format", ValueFormat.self)
+        p.retain = r.bool("retain")
+        return p
+    }
+
+    private static func readSerialCommand(_ r: Reader) -> SerialCommandSettings? {
+        let name = r.string("name", required: true)
+        if let name {
+            r.rename("\(r.parentPath).command[\(name)]")
+            if !isTopicSafe(name) { r.issue("name", "'\(name)' must match [A-Za-z0-9_-]+ (it is used in topics)") }
+            if ["status", "set", "get", "raw"].contains(name) { r.issue("name", "'\(name)' is reserved in topics") }
+        }
+        guard let send = bytes(r, "send", required: true), let name else { return nil }
+        if send.isEmpty { r.issue("send", "must not be empty") }
+        var c = SerialCommandSettings(name: name, send: send)
+        if let p = r.string("pattern") {
+            if (try? Regex(p)) == nil { r.issue("pattern", "not a valid regular expression") }
+            c.pattern = p
+        }
+        if let v = r.int("max_length", 1...1024) { c.maxLength = v }
+        return c
+    }
+
+    /// A string of bytes with escapes (see ``decodeEscapes(_:)``).
+    private static func bytes(_ r: Reader, _ k: String, required: Bool = false) -> [UInt8]? {
+        guard let s = r.string(k, required: required) else { return nil }
+        switch decodeEscapes(s) {
+        case .success(let b): return b
+        case .failure(let e): r.issue(k, "\(e)"); return nil
+        }
+    }
 }
 
 /// Collects issues from every reader.

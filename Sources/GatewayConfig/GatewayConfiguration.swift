@@ -5,6 +5,8 @@ public struct GatewayConfiguration: Sendable, Equatable {
     public var mqtt: MQTTSettings
     public var buses: [BusSettings]
     public var devices: [DeviceSettings]
+    /// `[[device]]` with `driver = "serial"`.
+    public var serialDevices: [SerialDeviceSettings] = []
 
     /// `<base>`: `gateway.base_topic`, else `gateway/<id>`.
     public var baseTopic: String { gateway.baseTopic ?? "gateway/\(gateway.id)" }
@@ -153,4 +155,90 @@ public struct PointSettings: Sendable, Equatable {
 
     /// Registers (or bits) this point reads.
     public var width: Int { table.isBit ? 1 : type.registerCount(length: length) }
+}
+
+/// `[[device]]` with `driver = "serial"`: a raw serial line device (QR/RFID readers, ASCII or
+/// STX/ETX protocols). Strings that hold bytes (`delimiter`, `start`, `poll`, `send`) accept the
+/// escapes `\xHH \r \n \t \0 \\` (write `\x..` in TOML literal strings: `'\x02'`).
+public struct SerialDeviceSettings: Sendable, Equatable {
+    public enum FramingKind: String, Sendable, Equatable, CaseIterable {
+        case line, delimiter, fixed
+    }
+
+    /// `name` (required, topic-safe, unique among all devices).
+    public var name: String
+    /// `port` (required): the tty path, e.g. `/dev/ttyUSB0` or `/dev/serial/by-id/...`.
+    public var port: String
+    /// `baud` (default 9600; 1200...921600), `parity` (N|E|O), `data_bits` (8), `stop_bits` (1),
+    /// `rtscts` (default false: no flow control).
+    public var baud = 9600
+    public var parity = "N"
+    public var dataBits = 8
+    public var stopBits = 1
+    public var rtscts = false
+    /// `framing` (default `line`): `line` (LF or CRLF), `delimiter` (needs `delimiter`, optional
+    /// `start`), `fixed` (needs `length`).
+    public var framing: FramingKind = .line
+    public var delimiter: [UInt8] = []
+    public var start: [UInt8]?
+    public var length = 0
+    /// `max_frame` (default 1024, 1...65536): longer frames are dropped and counted.
+    public var maxFrame = 1024
+    /// `raw` (default false): publish frames no point matches to `<base>/<device>/raw`.
+    public var raw = false
+    /// `idle_timeout_ms` (default off): `offline` when no frame arrives for this long.
+    public var idleTimeoutMs: Int?
+    /// `poll` (default none): bytes sent every `poll_ms` for devices that must be asked; the reply
+    /// is awaited for `response_timeout_ms` (default 500); `offline_after` (3) missed replies.
+    public var poll: [UInt8]?
+    public var pollMs = 1000
+    public var responseTimeoutMs = 500
+    public var offlineAfter = 3
+    public var points: [SerialPointSettings] = []
+    public var commands: [SerialCommandSettings] = []
+
+    public init(name: String, port: String) {
+        self.name = name
+        self.port = port
+    }
+}
+
+/// `[[device.point]]` of a serial device.
+public struct SerialPointSettings: Sendable, Equatable {
+    /// `name` (required, topic-safe, unique in the device).
+    public var name: String
+    /// `match` (required): a regular expression tried on every frame (as text).
+    public var match: String
+    /// `group` (default: the first capture group, or the whole match without groups): a group
+    /// number or name as a string (`"2"`, `"code"`), so that named groups of one regex can feed several points.
+    public var group: String?
+    /// `format` / `retain` (default: the gateway's).
+    public var format: ValueFormat?
+    public var retain: Bool?
+
+    public init(name: String, match: String) {
+        self.name = name
+        self.match = match
+    }
+}
+
+/// `[[device.command]]` of a serial device: `<base>/<device>/<name>/set` sends `send` with
+/// `{value}` replaced by the command's value.
+public struct SerialCommandSettings: Sendable, Equatable {
+    /// `name` (required, topic-safe, unique among the device's points and commands).
+    public var name: String
+    /// `send` (required): the bytes to send, a template with `{value}`.
+    public var send: [UInt8]
+    /// `pattern` (default: printable text up to `max_length`): a regex the whole value must match.
+    public var pattern: String?
+    /// `max_length` (default 64, 1...1024): longest value accepted.
+    public var maxLength = 64
+
+    public init(name: String, send: [UInt8]) {
+        self.name = name
+        self.send = send
+    }
+
+    /// True when the template uses the value.
+    public var takesValue: Bool { send.firstRange(of: Array("{value}".utf8)) != nil }
 }

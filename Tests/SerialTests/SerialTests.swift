@@ -1,4 +1,5 @@
 import Serial
+import GatewayConfig
 import Testing
 import TestSupport
 
@@ -55,35 +56,6 @@ struct FramingTests {
     }
 }
 
-/// The far end of a pty pair, opened raw by the test (stands in for the device).
-final class FarEnd: Sendable {
-    let fd: Int32
-    init(_ path: String) throws {
-        fd = open(path, O_RDWR | O_NOCTTY)
-        guard fd >= 0 else { throw FixtureError("cannot open \(path): errno \(errno)") }
-        var t = termios()
-        tcgetattr(fd, &t)
-        cfmakeraw(&t)
-        tcsetattr(fd, TCSANOW, &t)
-    }
-    func send(_ bytes: [UInt8]) { _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } }
-    func send(_ s: String) { send(Array(s.utf8)) }
-    /// Reads until `count` bytes arrived (bounded by `timeout`).
-    func receive(_ count: Int, timeout: Duration = .seconds(5)) -> [UInt8] {
-        var out: [UInt8] = []
-        let deadline = ContinuousClock.now + timeout
-        while out.count < count, ContinuousClock.now < deadline {
-            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            guard poll(&p, 1, 100) > 0 else { continue }
-            var buf = [UInt8](repeating: 0, count: 4096)
-            let n = read(fd, &buf, min(4096, count - out.count))
-            if n > 0 { out += buf[0..<n] } else if n < 0 && errno != EAGAIN { break }
-        }
-        return out
-    }
-    deinit { close(fd) }
-}
-
 @Suite("Serial lines over socat pty pairs", .timeLimit(.minutes(1)))
 struct SerialLineTests {
     func next(_ it: inout AsyncStream<[UInt8]>.Iterator, timeout: Duration = .seconds(5)) async -> [UInt8]? {
@@ -107,12 +79,12 @@ struct SerialLineTests {
         #expect(ioctl(probe, 0x8004_5440 /* TIOCGEXCL */, &exclusive) == 0 && exclusive != 0)
         close(probe)
         var frames = line.frames.makeAsyncIterator()
-        far.send("QR:hello\r\nQR:wor")
-        far.send("ld\n")
+        await far.send("QR:hello\r\nQR:wor")
+        await far.send("ld\n")
         #expect(await frames.next() == Array("QR:hello".utf8))
         #expect(await frames.next() == Array("QR:world".utf8))
         try await line.write([0x02] + Array("BEEP 3\r\n".utf8) + [0x03])
-        #expect(far.receive(10) == [0x02] + Array("BEEP 3\r\n".utf8) + [0x03])
+        #expect(await far.receive(10) == [0x02] + Array("BEEP 3\r\n".utf8) + [0x03])
         await pty.stop()
         #expect(await frames.next() == nil)
         #expect(line.isOpen == false)

@@ -124,8 +124,9 @@ public final class PtyPair: Sendable {
         self.directory = directory
     }
 
-    public static func start() async throws -> PtyPair {
-        let dir = try TestEnvironment.makeTemporaryDirectory("pty")
+    /// Starts socat; `directory` reuses the paths of an earlier pair (a device plugged in again).
+    public static func start(directory: String? = nil) async throws -> PtyPair {
+        let dir = try directory ?? TestEnvironment.makeTemporaryDirectory("pty")
         let a = dir + "/a", b = dir + "/b"
         let p = try ChildProcess(try TestEnvironment.require("socat"),
                                  ["-d", "-d", "pty,raw,echo=0,link=\(a)", "pty,raw,echo=0,link=\(b)"])
@@ -134,8 +135,8 @@ public final class PtyPair: Sendable {
     }
 
     /// Stops socat: both ends vanish (like an unplugged USB adapter).
-    public func stop() async {
+    public func stop(removeDirectory: Bool = true) async {
         await process.stop()
-        try? FileManager.default.removeItem(atPath: directory)
+        if removeDirectory { try? FileManager.default.removeItem(atPath: directory) }
     }
 }

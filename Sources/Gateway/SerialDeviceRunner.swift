@@ -1,0 +1,354 @@
+import GatewayConfig
+import Logging
+import MQTT
+import Serial
+import Synchronization
+
+extension SerialDeviceSettings {
+    var serialSettings: SerialSettings {
+        SerialSettings(path: port, baud: baud, parity: SerialSettings.Parity(rawValue: parity) ?? .none,
+                       dataBits: dataBits, stopBits: stopBits, hardwareFlowControl: rtscts)
+    }
+
+    var framingValue: Framing {
+        switch framing {
+        case .line: .line
+        case .delimiter: .delimiter(end: delimiter, start: start)
+        case .fixed: .fixed(length)
+        }
+    }
+}
+
+/// One raw serial device: keeps its port open (reopening with backoff when it vanishes), turns
+/// frames into point values through the points' regexes, optionally polls, and sends command
+/// templates. Online while the port is open (and, with `idle_timeout_ms`, frames keep arriving;
+/// with `poll`, replies keep coming).
+final class SerialDeviceRunner: Sendable {
+    enum Job: Sendable {
+        case set(MQTTMessage, command: String, receivedAt: ContinuousClock.Instant)
+        case get(MQTTMessage, point: String)
+    }
+
+    let settings: SerialDeviceSettings
+    let context: DeviceCommander.Context
+    let logger: Logger
+    private let line = Mutex<SerialLine?>(nil)
+    private let health: Mutex<DeviceHealth>
+    private let lastFrame = Mutex<ContinuousClock.Instant?>(nil)
+    private let replies = FrameSignal()
+    private let jobs: AsyncStream<Job>
+    private let continuation: AsyncStream<Job>.Continuation
+
+    init(settings: SerialDeviceSettings, context: DeviceCommander.Context, logger: Logger) {
+        self.settings = settings
+        self.context = context
+        var l = logger
+        l[metadataKey: "device"] = "\(settings.name)"
+        self.logger = l
+        self.health = Mutex(DeviceHealth(offlineAfter: settings.offlineAfter))
+        (jobs, continuation) = AsyncStream.makeStream(of: Job.self)
+    }
+
+    func submit(_ job: Job) { continuation.yield(job) }
+
+    func run() async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.commandLoop() }
+            await self.connectionLoop()
+            continuation.finish()
+            group.cancelAll()
+        }
+        await line.withLock { $0 }?.close()
+    }
+
+    // MARK: port
+
+    private func connectionLoop() async {
+        var delay = Duration.milliseconds(250)
+        var lastOpenError = ""
+        while !Task.isCancelled {
+            let opened: SerialLine
+            do {
+                opened = try await SerialLine.open(settings.serialSettings, framing: settings.framingValue, maxFrame: settings.maxFrame)
+            } catch {
+                if "\(error)" != lastOpenError {
+                    lastOpenError = "\(error)"
+                    logger.warning("serial port unavailable, retrying with backoff: \(error)")
+                }
+                await setState(.offline, force: true)
+                do { try await Task.sleep(for: delay) } catch { return }
+                delay = min(delay * 2, .seconds(5))
+                continue
+            }
+            delay = .milliseconds(250)
+            lastOpenError = ""
+            line.withLock { $0 = opened }
+            logger.info("serial port \(settings.port) open (\(settings.baud) baud, \(settings.dataBits)\(settings.parity)\(settings.stopBits), framing \(settings.framingValue))")
+            lastFrame.withLock { $0 = .now }
+            if settings.poll == nil { await setState(.online, force: true) }
+            await withTaskGroup(of: Void.self) { session in
+                if settings.poll != nil { session.addTask { await self.pollLoop(opened) } }
+                if let idle = settings.idleTimeoutMs { session.addTask { await self.idleWatch(.milliseconds(idle)) } }
+                await self.readFrames(opened)
+                session.cancelAll()
+            }
+            line.withLock { $0 = nil }
+            if Task.isCancelled { await opened.close(); return }
+            logger.warning("serial port closed: \(opened.closeReason ?? "closed"); reopening")
+            await setState(.offline, force: true)
+            await opened.close()
+        }
+    }
+
+    private func readFrames(_ line: SerialLine) async {
+        // Regexes are compiled here, once per session, and used by this task only.
+        let points: [(SerialPointSettings, Regex<AnyRegexOutput>)] = settings.points.compactMap { p in
+            (try? Regex(p.match)).map { (p, $0) }
+        }
+        var reportedOversized = 0
+        for await frame in line.frames {
+            lastFrame.withLock { $0 = .now }
+            replies.push()
+            if settings.idleTimeoutMs != nil, settings.poll == nil, health.withLock({ $0.state }) != .online {
+                await setState(.online, force: true)
+            }
+            let text = String(decoding: frame, as: UTF8.self)
+            var matched = false
+            for (point, regex) in points {
+                guard let m = try? regex.firstMatch(in: text) else { continue }
+                matched = true
+                let value: Substring?
+                if let g = point.group {
+                    if let n = Int(g) { value = n < m.output.count ? m.output[n].substring : nil } else { value = m.output[g]?.substring }
+                } else {
+                    value = m.output.count > 1 ? m.output[1].substring : m.output[0].substring
+                }
+                guard let value else { continue }
+                await publish(point, String(value))
+            }
+            if !matched {
+                if settings.raw {
+                    try? await context.client.enqueue(to: "\(context.base)/\(settings.name)/raw", payload: frame, qos: .atLeastOnce, retain: false)
+                } else {
+                    logger.debug("frame matched no point: \(text.debugDescription)")
+                }
+            }
+            let oversized = line.oversizedFrames
+            if oversized != reportedOversized {
+                logger.warning("dropped \(oversized - reportedOversized) frame(s) longer than max_frame = \(settings.maxFrame) bytes (\(oversized) so far)")
+                reportedOversized = oversized
+            }
+        }
+        if line.oversizedFrames != reportedOversized {
+            logger.warning("dropped frames longer than max_frame = \(settings.maxFrame) bytes: \(line.oversizedFrames) so far")
+        }
+    }
+
+    private func publish(_ point: SerialPointSettings, _ text: String) async {
+        let value = PointValue.text(text)
+        let format = point.format ?? context.gateway.format
+        let payload: [UInt8]
+        if format == .plain {
+            payload = Array(text.utf8)
+        } else {
+            payload = Array("{\"value\":\(value.json),\"ts\":\(unixMilliseconds())}".utf8)
+        }
+        try? await context.client.enqueue(to: "\(context.base)/\(settings.name)/\(point.name)", payload: payload,
+                                          qos: .atLeastOnce, retain: point.retain ?? context.gateway.retain)
+    }
+
+    /// Request/response devices: send `poll` every `poll_ms`, await a frame within the timeout.
+    private func pollLoop(_ line: SerialLine) async {
+        guard let request = settings.poll else { return }
+        let period = Duration.milliseconds(settings.pollMs)
+        var schedule = PollSchedule(period: period, start: .now)
+        while !Task.isCancelled {
+            do { try await Task.sleep(until: schedule.next, clock: .continuous) } catch { return }
+            let generation = replies.generation
+            var answered = false
+            do {
+                try await line.write(request)
+                answered = await replies.wait(after: generation, until: .now + .milliseconds(settings.responseTimeoutMs))
+            } catch {
+                logger.debug("poll not sent: \(error)")
+            }
+            if answered {
+                await setState(.online)
+            } else {
+                let changed = health.withLock { $0.pollFailed() }
+                if changed != nil {
+                    logger.warning("device offline after \(settings.offlineAfter) polls without a reply within \(settings.responseTimeoutMs) ms")
+                    await context.publishStatus(settings.name, .offline)
+                }
+            }
+            _ = schedule.advance(now: .now)
+        }
+    }
+
+    private func idleWatch(_ idle: Duration) async {
+        while !Task.isCancelled {
+            let last = lastFrame.withLock { $0 } ?? .now
+            let due = last + idle
+            if ContinuousClock.now >= due {
+                if health.withLock({ $0.state }) == .online {
+                    logger.warning("device offline: no frame for \(idle)")
+                    await setState(.offline, force: true)
+                }
+                do { try await Task.sleep(for: idle) } catch { return }
+            } else {
+                do { try await Task.sleep(until: due, clock: .continuous) } catch { return }
+            }
+        }
+    }
+
+    /// `force`: the state follows the port directly (no `offline_after` counting).
+    private func setState(_ state: DeviceHealth.State, force: Bool = false) async {
+        let changed: DeviceHealth.State? = health.withLock { h in
+            switch state {
+            case .online: return h.pollSucceeded()
+            case .offline:
+                if force {
+                    var changed: DeviceHealth.State?
+                    for _ in 0..<h.offlineAfter { changed = h.pollFailed() ?? changed }
+                    return changed
+                }
+                return h.pollFailed()
+            case .unknown: return nil
+            }
+        }
+        guard let changed else { return }
+        logger.info("device \(changed.rawValue)")
+        await context.publishStatus(settings.name, changed)
+    }
+
+    // MARK: commands
+
+    private func commandLoop() async {
+        var ids = CommandIDCache()
+        for await job in jobs {
+            switch job {
+            case .set(let message, let name, let receivedAt):
+                await handleSet(message, name: name, receivedAt: receivedAt, ids: &ids)
+            case .get(let message, let name):
+                let answer = "{\"ok\":false,\"error\":\(jsonString("'\(name)' of a serial device cannot be read on demand: its values come as the device sends them"))}"
+                logger.notice("get \(message.topic) -> \(answer)")
+                await context.answer(answer, to: message, fallback: nil, logger: logger)
+            }
+        }
+    }
+
+    private func handleSet(_ message: MQTTMessage, name: String, receivedAt: ContinuousClock.Instant, ids: inout CommandIDCache) async {
+        var log = logger
+        log[metadataKey: "command"] = "\(name)"
+        let resultTopic = "\(context.base)/\(settings.name)/\(name)/set/result"
+        var request: CommandRequest?
+        let answer: String
+        do throws(CommandRefused) {
+            guard !message.retain else { throw CommandRefused("retained command refused (publish commands without the retain flag)") }
+            guard let command = settings.commands.first(where: { $0.name == name }) else {
+                let names = settings.commands.map(\.name).joined(separator: ", ")
+                throw CommandRefused("unknown command '\(name)' on device '\(settings.name)'\(names.isEmpty ? "" : " (commands: \(names))")")
+            }
+            let req = try CommandRequest.parse(message.payload)
+            request = req
+            let idKey = req.id.map { "\(name)\u{0}\($0)" }
+            if let idKey, let first = ids.answer(for: idKey, now: .now) {
+                log.notice("command \(message.topic) -> \(first)", metadata: ["note": "repeated id: not executed again"])
+                await context.answer(first, to: message, fallback: resultTopic, logger: logger)
+                return
+            }
+            do throws(CommandRefused) {
+                try DeviceCommander.checkFresh(req, message: message, receivedAt: receivedAt, maxAgeMs: context.gateway.commandMaxAgeMs)
+                let value = "\(req.value)"
+                let bytes = try Self.render(command, value: value)
+                guard health.withLock({ $0.state }) == .online, let port = line.withLock({ $0 }) else {
+                    throw CommandRefused("device '\(settings.name)' is offline")
+                }
+                do {
+                    try await port.write(bytes)
+                } catch {
+                    throw CommandRefused("not sent: \(error)")
+                }
+                answer = "{\"ok\":true,\"value\":\(jsonString(value))}"
+            } catch {
+                let refused = "{\"ok\":false,\"error\":\(jsonString(error.reason))}"
+                if let idKey { ids.record(refused, for: idKey, now: .now) }
+                throw error
+            }
+            if let idKey { ids.record(answer, for: idKey, now: .now) }
+        } catch {
+            answer = "{\"ok\":false,\"error\":\(jsonString(error.reason))}"
+        }
+        var meta: Logger.Metadata = ["topic": "\(message.topic)", "latency_ms": "\(DeviceCommander.milliseconds(since: receivedAt))"]
+        if let request { meta["value"] = "\(request.value)" }
+        if let id = request?.id { meta["id"] = "\(id)" }
+        log.notice("command \(message.topic) -> \(answer)", metadata: meta)
+        await context.answer(answer, to: message, fallback: resultTopic, logger: logger)
+    }
+
+    /// The bytes to send: the template with `{value}` replaced, after checking the value.
+    static func render(_ command: SerialCommandSettings, value: String) throws(CommandRefused) -> [UInt8] {
+        guard command.takesValue else { return command.send }
+        guard !value.isEmpty else { throw CommandRefused("empty value") }
+        guard value.utf8.count <= command.maxLength else { throw CommandRefused("value longer than \(command.maxLength) bytes") }
+        guard value.unicodeScalars.allSatisfy({ $0.value >= 0x20 && $0.value != 0x7F }) else {
+            throw CommandRefused("value contains control characters")
+        }
+        if let pattern = command.pattern {
+            guard let regex = try? Regex(pattern), (try? regex.wholeMatch(in: value)) != nil else {
+                throw CommandRefused("'\(value)' does not match the pattern \(pattern)")
+            }
+        }
+        var out: [UInt8] = []
+        var rest = command.send[...]
+        let placeholder = Array("{value}".utf8)
+        while let r = rest.firstRange(of: placeholder) {
+            out += rest[..<r.lowerBound]
+            out += Array(value.utf8)
+            rest = rest[r.upperBound...]
+        }
+        return out + rest
+    }
+}
+
+/// Wakes a waiter when a frame arrives; a generation counter avoids lost wake-ups.
+final class FrameSignal: Sendable {
+    private let state = Mutex<(count: Int, waiters: [CheckedContinuation<Void, Never>])>((0, []))
+
+    var generation: Int { state.withLock { $0.count } }
+
+    func push() {
+        let ws = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            s.count += 1
+            defer { s.waiters.removeAll() }
+            return s.waiters
+        }
+        ws.forEach { $0.resume() }
+    }
+
+    /// True when something arrived after `generation` before `deadline`.
+    func wait(after generation: Int, until deadline: ContinuousClock.Instant) async -> Bool {
+        let timer = Task {
+            try? await Task.sleep(until: deadline, clock: .continuous)
+            self.wakeAll()
+        }
+        defer { timer.cancel() }
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { s -> Bool in
+                if s.count != generation { return true }
+                s.waiters.append(c)
+                return false
+            }
+            if now { c.resume() }
+        }
+        return self.generation != generation
+    }
+
+    private func wakeAll() {
+        let ws = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            defer { s.waiters.removeAll() }
+            return s.waiters
+        }
+        ws.forEach { $0.resume() }
+    }
+}

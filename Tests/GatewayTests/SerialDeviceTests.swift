@@ -1,0 +1,190 @@
+import Foundation
+import Gateway
+import MQTT
+import Testing
+import TestSupport
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Serial devices end to end: `gateway run` opens one end of a socat pty pair, the test plays the
+/// device on the other end; real Mosquitto and an MQTT observer.
+@Suite("Serial devices end to end (socat pty pairs, Mosquitto, gateway run)", .timeLimit(.minutes(3)))
+struct SerialDeviceTests {
+    static let b = "gateway/e2e"
+
+    static func reader(_ path: String, extra: String = "") -> String {
+        """
+
+        [[device]]
+        name = "qr"
+        driver = "serial"
+        port = "\(path)"
+        baud = 9600
+        framing = "line"
+        raw = true
+        max_frame = 64
+        \(extra)
+          [[device.point]]
+          name = "scan"
+          match = '^QR:(.+)$'
+          [[device.point]]
+          name = "temp"
+          match = '^T=(?<t>-?\\d+\\.\\d)C$'
+          group = "t"
+          [[device.command]]
+          name = "beep"
+          send = 'BEEP {value}\\r\\n'
+          pattern = '[0-9]{1,2}'
+          [[device.command]]
+          name = "open"
+          send = '\\x02OPEN\\x03'
+        """
+    }
+
+    static func barrier(_ path: String) -> String {
+        """
+
+        [[device]]
+        name = "bar"
+        driver = "serial"
+        port = "\(path)"
+        framing = "delimiter"
+        start = '\\x02'
+        delimiter = '\\x03'
+          [[device.point]]
+          name = "state"
+          match = '^S(\\d)$'
+        """
+    }
+
+    static func start(_ serial: String) async throws -> Rig {
+        let rig = try await Rig.start(points: UplinkTests.oneCoil + serial, simArgs: [], pollMs: 200)
+        _ = try await rig.gateway.waitForLine(containing: "subscribed to commands")
+        return rig
+    }
+
+    @Test("lines and STX..ETX frames become point values; unmatched frames go to raw")
+    func frames() async throws {
+        let qr = try await PtyPair.start(), bar = try await PtyPair.start()
+        let rig = try await Self.start(Self.reader(qr.a) + Self.barrier(bar.a))
+        try await rig.waitFor("\(Self.b)/qr/status", "online")
+        try await rig.waitFor("\(Self.b)/bar/status", "online")
+        let q = try FarEnd(qr.b), w = try FarEnd(bar.b)
+        await q.send("QR:ABC-123\r\n")
+        await q.send("T=21.5C\nHELLO\n")
+        await w.send([0x41, 0x02] + Array("S1".utf8) + [0x03, 0x02] + Array("S0".utf8) + [0x03])
+        try await rig.waitFor("\(Self.b)/qr/scan", "ABC-123")
+        try await rig.waitFor("\(Self.b)/qr/temp", "21.5")
+        try await rig.waitFor("\(Self.b)/qr/raw", "HELLO")
+        try await rig.waitFor("\(Self.b)/bar/state", "0")
+        #expect(rig.payloads("\(Self.b)/bar/state") == ["1", "0"])
+        // The same scan twice is two events, both published.
+        await q.send("QR:ABC-123\n")
+        try await rig.waitUntil("the second scan") { rig.payloads("\(Self.b)/qr/scan").count == 2 }
+        await rig.shutdown()
+        await qr.stop(); await bar.stop()
+    }
+
+    @Test("command templates arrive byte-exact; bad values are refused and nothing is sent")
+    func commands() async throws {
+        let qr = try await PtyPair.start()
+        let rig = try await Self.start(Self.reader(qr.a))
+        try await rig.waitFor("\(Self.b)/qr/status", "online")
+        let far = try FarEnd(qr.b)
+        try await rig.observer.publish(to: "\(Self.b)/qr/beep/set", payload: Array("3".utf8), qos: .atLeastOnce)
+        #expect(await far.receive(8) == Array("BEEP 3\r\n".utf8))
+        try await rig.waitFor("\(Self.b)/qr/beep/set/result", #"{"ok":true,"value":"3"}"#)
+        try await rig.observer.publish(to: "\(Self.b)/qr/open/set", payload: Array("now".utf8), qos: .atLeastOnce)
+        #expect(await far.receive(6) == [0x02] + Array("OPEN".utf8) + [0x03])
+        for (topic, payload, error) in [("beep", "123", "does not match the pattern"), ("beep", "x", "does not match the pattern"),
+                                        ("nope", "1", "unknown command 'nope'"), ("beep", #"{"value":"1","x":1}"#, "unknown JSON key")] {
+            let resultTopic = "\(Self.b)/qr/\(topic)/set/result"
+            let before = rig.payloads(resultTopic).count
+            try await rig.observer.publish(to: "\(Self.b)/qr/\(topic)/set", payload: Array(payload.utf8), qos: .atLeastOnce)
+            try await rig.waitUntil("an answer on \(resultTopic)") { rig.payloads(resultTopic).count > before }
+            let answer = rig.payloads(resultTopic)[before]
+            #expect(answer.hasPrefix(#"{"ok":false"#) && answer.contains(error), "\(answer)")
+        }
+        // Retained: refused.
+        try await rig.observer.publish(to: "\(Self.b)/qr/beep/set", payload: Array("5".utf8), qos: .atLeastOnce, retain: true)
+        try await rig.waitUntil("the retained refusal") { rig.payloads("\(Self.b)/qr/beep/set/result").contains { $0.contains("retained") } }
+        try await rig.observer.publish(to: "\(Self.b)/qr/beep/set", payload: [], qos: .atLeastOnce, retain: true)
+        #expect(await far.drain().isEmpty, "a refused command reached the device")
+        await rig.shutdown()
+        await qr.stop()
+    }
+
+    @Test("an endless frame is dropped without memory growth and the next line still works")
+    func oversized() async throws {
+        let qr = try await PtyPair.start()
+        let rig = try await Self.start(Self.reader(qr.a))
+        try await rig.waitFor("\(Self.b)/qr/status", "online")
+        let far = try FarEnd(qr.b)
+        await far.send("QR:first\n")
+        try await rig.waitFor("\(Self.b)/qr/scan", "first")
+        let before = Self.rssKiB(rig.gateway.pid)
+        let junk = [UInt8](repeating: UInt8(ascii: "Z"), count: 64 * 1024)
+        for _ in 0..<64 { await far.send(junk) }   // 4 MiB without a line end
+        await far.send("\nQR:after\n")
+        try await rig.waitFor("\(Self.b)/qr/scan", "after", timeout: .seconds(60))
+        let after = Self.rssKiB(rig.gateway.pid)
+        #expect(after - before < 2048, "RSS grew from \(before) KiB to \(after) KiB while 4 MiB of junk were dropped")
+        #expect(rig.gateway.lines.contains { $0.contains("longer than max_frame = 64 bytes") })
+        #expect(!rig.payloads("\(Self.b)/qr/raw").contains { $0.count > 64 })
+        await rig.shutdown()
+        await qr.stop()
+    }
+
+    @Test("the port vanishes: offline; it comes back at the same path: online, and frames flow again")
+    func unplugged() async throws {
+        let qr = try await PtyPair.start()
+        let rig = try await Self.start(Self.reader(qr.a))
+        try await rig.waitFor("\(Self.b)/qr/status", "online")
+        await qr.stop(removeDirectory: false)
+        try await rig.waitFor("\(Self.b)/qr/status", "offline")
+        let again = try await PtyPair.start(directory: qr.directory)
+        try await rig.waitUntil("online again") { rig.payloads("\(Self.b)/qr/status").last == "online" }
+        let far = try FarEnd(again.b)
+        await far.send("QR:back\n")
+        try await rig.waitFor("\(Self.b)/qr/scan", "back")
+        #expect(rig.gateway.lines.contains { $0.contains("serial port closed") })
+        await rig.shutdown()
+        await again.stop()
+    }
+
+    @Test("request/response: the poll string is sent, replies keep it online, silence makes it offline")
+    func polled() async throws {
+        let pty = try await PtyPair.start()
+        let rig = try await Self.start("""
+
+            [[device]]
+            name = "asker"
+            driver = "serial"
+            port = "\(pty.a)"
+            poll = 'STATUS?\\r\\n'
+            poll_ms = 200
+            response_timeout_ms = 150
+            offline_after = 2
+              [[device.point]]
+              name = "v"
+              match = '^OK (\\d+)$'
+            """)
+        let far = try FarEnd(pty.b)
+        #expect(await far.receive(9) == Array("STATUS?\r\n".utf8))
+        await far.send("OK 42\n")
+        try await rig.waitFor("\(Self.b)/asker/v", "42")
+        try await rig.waitFor("\(Self.b)/asker/status", "online")
+        // No more replies: offline after two missed polls.
+        try await rig.waitFor("\(Self.b)/asker/status", "offline")
+        await rig.shutdown()
+        await pty.stop()
+    }
+
+    static func rssKiB(_ pid: pid_t) -> Int {
+        guard let s = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              let line = s.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return 0 }
+        return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "0") ?? 0
+    }
+}
