@@ -109,6 +109,11 @@ final class SerialDeviceRunner: Sendable {
         for await frame in line.frames {
             lastFrame.withLock { $0 = .now }
             replies.push()
+            let oversized = line.oversizedFrames
+            if oversized != reportedOversized {
+                logger.warning("dropped \(oversized - reportedOversized) frame(s) longer than max_frame = \(settings.maxFrame) bytes (\(oversized) so far)")
+                reportedOversized = oversized
+            }
             if settings.idleTimeoutMs != nil, settings.poll == nil, health.withLock({ $0.state }) != .online {
                 await setState(.online, force: true)
             }
@@ -132,11 +137,6 @@ final class SerialDeviceRunner: Sendable {
                 } else {
                     logger.debug("frame matched no point: \(text.debugDescription)")
                 }
-            }
-            let oversized = line.oversizedFrames
-            if oversized != reportedOversized {
-                logger.warning("dropped \(oversized - reportedOversized) frame(s) longer than max_frame = \(settings.maxFrame) bytes (\(oversized) so far)")
-                reportedOversized = oversized
             }
         }
         if line.oversizedFrames != reportedOversized {
