@@ -30,12 +30,20 @@ fi
     --counter 3/discrete:0@5000 > "$STATE/simulator.log" 2>&1 &
 PIDS+=($!)
 
+# The demo QR reader: a pty pair; the gateway opens /tmp/gateway-demo-qr, you play the reader on
+# /tmp/gateway-demo-qr-device.
+socat pty,raw,echo=0,link=/tmp/gateway-demo-qr pty,raw,echo=0,link=/tmp/gateway-demo-qr-device \
+    > "$STATE/socat.log" 2>&1 &
+PIDS+=($!)
+
 cat <<MSG
 
   Broker:     mqtt://127.0.0.1:$MQTT_PORT      Simulator: Modbus TCP 127.0.0.1:1502 (units 1 and 3)
   Watch:      mosquitto_sub -h 127.0.0.1 -t 'gateway/#' -v
   Unlock:     mosquitto_pub -h 127.0.0.1 -t gateway/lobby/front-door/unlock/set -m true
               (answer on .../unlock/set/result; the simulator's write log shows on, then off 3 s later)
+  Scan:       printf 'QR:4711\\n' > /tmp/gateway-demo-qr-device      (publishes gateway/lobby/qr-reader/scan)
+              cat /tmp/gateway-demo-qr-device    (shows what the reader is sent, e.g. after .../qr-reader/beep/set -m 2)
   By hand:    $BIN read --tcp 127.0.0.1:1502 --unit 1 --holding 100 --type int16 --scale 0.1
   Writes the simulator saw: $STATE/simulator.log
 
