@@ -182,6 +182,23 @@ struct SerialDeviceTests {
         await pty.stop()
     }
 
+    @Test("idle_timeout_ms: offline when frames stop, online again with the next frame")
+    func idle() async throws {
+        let qr = try await PtyPair.start()
+        let rig = try await Self.start(Self.reader(qr.a, extra: "idle_timeout_ms = 300"))
+        let far = try FarEnd(qr.b)
+        await far.send("QR:1\n")
+        try await rig.waitFor("\(Self.b)/qr/scan", "1")
+        try await rig.waitFor("\(Self.b)/qr/status", "offline")
+        await far.send("QR:2\n")
+        try await rig.waitFor("\(Self.b)/qr/scan", "2")
+        try await rig.waitUntil("online again") { rig.payloads("\(Self.b)/qr/status").last == "online" }
+        let transitions = rig.payloads("\(Self.b)/qr/status").reduce(into: [String]()) { if $0.last != $1 { $0.append($1) } }
+        #expect(transitions == ["online", "offline", "online"])
+        await rig.shutdown()
+        await qr.stop()
+    }
+
     static func rssKiB(_ pid: pid_t) -> Int {
         guard let s = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
               let line = s.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return 0 }
