@@ -1,11 +1,21 @@
 """Shared helpers of the benchmarks: a private Mosquitto, `gateway simulate`, a paho observer,
 /proc sampling. Loopback only; every process started here is ended by the caller, by PID."""
-import os, socket, subprocess, sys, tempfile, threading, time
+import atexit, os, socket, subprocess, sys, tempfile, threading, time
 import paho.mqtt.client as mqtt
 
 BIN = sys.argv[1]
 TMP = tempfile.mkdtemp(prefix="gw-bench-")
 CLK = os.sysconf("SC_CLK_TCK")
+
+# Every process started here is ended at exit, by PID, even when a benchmark fails half-way.
+STARTED = []
+def _end_started():
+    for p in STARTED:
+        if p.poll() is None:
+            p.terminate()
+            try: p.wait(5)
+            except subprocess.TimeoutExpired: p.kill()
+atexit.register(_end_started)
 
 def free_port():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
@@ -16,6 +26,7 @@ def start_broker():
     with open(conf, "w") as f:
         f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n" + ("user root\n" if os.getuid() == 0 else ""))
     p = subprocess.Popen(["mosquitto", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    STARTED.append(p)
     for _ in range(100):
         try: socket.create_connection(("127.0.0.1", port), 0.1).close(); break
         except OSError: time.sleep(0.05)
@@ -23,6 +34,7 @@ def start_broker():
 
 def start_sim(args, on_line=None):
     p = subprocess.Popen([BIN, "simulate", "--tcp", "127.0.0.1:0"] + args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    STARTED.append(p)
     line = p.stdout.readline()
     port = int(line.split()[2].rsplit(":", 1)[1])
     def pump():

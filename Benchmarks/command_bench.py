@@ -5,7 +5,7 @@ command published -> the write arrives at the device (the simulator's CLOCK_MONO
 the write request, same clock as Python's time.monotonic on Linux), and command published ->
 answer received. Usage: command_bench.py GATEWAY_BIN [COMMANDS] [POLL_MS]"""
 import json, os, random, subprocess, sys, threading, time
-from benchlib import BIN, TMP, start_broker, start_sim, Observer, proc_cpu_rss
+from benchlib import BIN, TMP, STARTED, start_broker, start_sim, Observer, proc_cpu_rss
 
 N = int(sys.argv[2]) if len(sys.argv) > 2 else 300
 POLL_MS = int(sys.argv[3]) if len(sys.argv) > 3 else 1000
@@ -26,6 +26,7 @@ open(cfg, "w").write(f'[gateway]\nid = "bench"\n[mqtt]\nurl = "mqtt://127.0.0.1:
                      f'  [[device.point]]\n  name = "light"\n  register = "coil"\n  address = 1\n  writable = true\n' + points)
 log = open(os.path.join(TMP, "gateway.log"), "w")
 gw = subprocess.Popen([BIN, "run", "--config", cfg], stderr=log)
+STARTED.append(gw)
 obs = Observer(mport)
 obs.wait(lambda t, p: t == "gateway/bench/d0/status" and p == "online")
 time.sleep(1.0)   # let the subscription settle (the gateway subscribes right after connecting)

@@ -2,8 +2,8 @@
 """Uplink benchmark (not a test). Starts a private Mosquitto, `gateway simulate` and `gateway run`
 (release build) on loopback and measures: RSS and CPU of the gateway, the actual poll period at
 100 devices, change -> publish latency, start -> first value. Usage: uplink_bench.py GATEWAY_BIN"""
-import random, statistics, subprocess, time
-from benchlib import BIN, TMP, start_broker, start_sim, Observer, proc_cpu_rss
+import os, random, statistics, subprocess, time
+from benchlib import BIN, TMP, STARTED, start_broker, start_sim, Observer, proc_cpu_rss
 
 def config(mqtt_port, sim_port, devices, points_per_device, poll_ms):
     out = [f'[gateway]\nid = "bench"\n[mqtt]\nurl = "mqtt://127.0.0.1:{mqtt_port}"\n',
@@ -24,6 +24,7 @@ def scenario(devices, points, poll_ms, seconds, counters):
     cfg = config(mport, sport, devices, points, poll_ms)
     t0 = time.monotonic()
     gw = subprocess.Popen([BIN, "run", "--config", cfg, "--log-level", "warning"], stderr=subprocess.DEVNULL)
+    STARTED.append(gw)
     first = obs.wait(lambda t, p: t.startswith("gateway/bench/d0/p"))
     time.sleep(3)
     c0, _ = proc_cpu_rss(gw.pid); w0 = time.monotonic()
@@ -47,6 +48,7 @@ def latency(poll_ms=100, samples=100):
     obs = Observer(mport)
     cfg = config(mport, sport, 1, 4, poll_ms)
     gw = subprocess.Popen([BIN, "run", "--config", cfg, "--log-level", "warning"], stderr=subprocess.DEVNULL)
+    STARTED.append(gw)
     obs.wait(lambda t, p: t == "gateway/bench/d0/p3")
     lat = []
     for i in range(1, samples + 1):
@@ -64,5 +66,5 @@ print(f"1 device x 26 points @1s: RSS {a['rss_mib']:.1f} MiB, CPU {a['cpu_pct']:
 b = scenario(100, 10, 1000, 20, counters=True)
 print(f"100 devices x 10 registers @1s: RSS {b['rss_mib']:.1f} MiB, CPU {b['cpu_pct']:.2f} %, actual period {b['period_ms']:.1f} ms "
       f"over {b['period_n']} intervals, start -> first value {b['first_ms']:.0f} ms")
-p50, p95, mx, n = latency()
+p50, p95, mx, n = latency(samples=int(os.environ.get("SAMPLES", "100")))
 print(f"change -> publish at poll_ms=100: p50 {p50:.1f} ms, p95 {p95:.1f} ms, max {mx:.1f} ms ({n} samples)")
