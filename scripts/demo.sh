@@ -10,7 +10,11 @@ BIN="$(swift build -c release --show-bin-path)/gateway"
 
 STATE="$(mktemp -d -t gateway-demo-XXXXXX)"
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$STATE"; }
+# Stop in reverse order (the gateway first, so that it can still publish "offline" to the broker).
+cleanup() {
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do kill "${PIDS[i]}" 2>/dev/null || true; wait "${PIDS[i]}" 2>/dev/null || true; done
+    rm -rf "$STATE"
+}
 trap cleanup EXIT INT TERM
 
 # A private broker on 127.0.0.1:1883 (never the system service).
