@@ -48,8 +48,10 @@ class Observer:
         self.msgs = []; self.cond = threading.Condition()
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"obs-{port}-{time.time()}")
         self.c.on_message = self.on_message
+        subscribed = threading.Event()
+        self.c.on_subscribe = lambda *a: subscribed.set()
         self.c.connect("127.0.0.1", port); self.c.subscribe("gateway/#", qos=0); self.c.loop_start()
-        time.sleep(0.3)
+        if not subscribed.wait(10): raise RuntimeError("observer: no SUBACK within 10 s")
     def on_message(self, c, u, m):
         with self.cond:
             self.msgs.append((time.monotonic(), m.topic, m.payload.decode())); self.cond.notify_all()

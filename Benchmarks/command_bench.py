@@ -25,11 +25,17 @@ open(cfg, "w").write(f'[gateway]\nid = "bench"\n[mqtt]\nurl = "mqtt://127.0.0.1:
                      f'[[device]]\nname = "d0"\nbus = "plc"\nunit = 1\npoll_ms = {POLL_MS}\n'
                      f'  [[device.point]]\n  name = "light"\n  register = "coil"\n  address = 1\n  writable = true\n' + points)
 log = open(os.path.join(TMP, "gateway.log"), "w")
-gw = subprocess.Popen([BIN, "run", "--config", cfg], stderr=log)
+gw = subprocess.Popen([BIN, "run", "--config", cfg], stderr=subprocess.PIPE, text=True)
+subscribed = threading.Event()
+def pump_log():   # keep the gateway's log, and notice when it has subscribed to commands
+    for l in gw.stderr:
+        log.write(l)
+        if "subscribed to commands" in l: subscribed.set()
+threading.Thread(target=pump_log, daemon=True).start()
 STARTED.append(gw)
 obs = Observer(mport)
 obs.wait(lambda t, p: t == "gateway/bench/d0/status" and p == "online")
-time.sleep(1.0)   # let the subscription settle (the gateway subscribes right after connecting)
+if not subscribed.wait(10): sys.exit("the gateway did not subscribe to commands within 10 s")
 
 to_write, to_answer = [], []
 RESULT = "gateway/bench/d0/light/set/result"

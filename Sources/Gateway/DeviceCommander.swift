@@ -37,7 +37,6 @@ final class DeviceCommander: Sendable {
         case set(MQTTMessage, point: String, receivedAt: ContinuousClock.Instant)
         case get(MQTTMessage, point: String, receivedAt: ContinuousClock.Instant)
         case pulseEnd(point: Int, generation: Int)
-        case stop
     }
 
     struct Context: Sendable {
@@ -52,6 +51,46 @@ final class DeviceCommander: Sendable {
             await board.set(device, state)
             guard await client.isConnected else { return }
             try? await client.enqueue(to: "\(base)/\(device)/status", payload: Array(state.rawValue.utf8), qos: .atLeastOnce, retain: true)
+        }
+
+        /// The steps every `/set` takes, on Modbus and serial devices alike, then its audit line and
+        /// its answer: retained flag; `target` (unknown or not writable); payload form; repeated id
+        /// (the first answer again, nothing executed); freshness; then `execute`, which checks the
+        /// value and the device and returns the `ok` answer or throws the refusal.
+        func runCommand<Target>(_ message: MQTTMessage, name: String, receivedAt: ContinuousClock.Instant,
+                                ids: inout CommandIDCache, resultTopic: String, logger: Logger,
+                                target: () throws(CommandRefused) -> Target,
+                                execute: (Target, CommandRequest) async throws(CommandRefused) -> String) async {
+            var request: CommandRequest?
+            var repeated = false
+            let answer: String
+            do throws(CommandRefused) {
+                // A retained command would fire again on every reconnect.
+                guard !message.retain else { throw CommandRefused("retained command refused (publish commands without the retain flag)") }
+                let t = try target()
+                let req = try CommandRequest.parse(message.payload)
+                request = req
+                if let id = req.id, let first = ids.answer(for: "\(name)\u{0}\(id)", now: .now) {
+                    repeated = true
+                    answer = first
+                } else {
+                    try DeviceCommander.checkFresh(req, message: message, receivedAt: receivedAt, maxAgeMs: gateway.commandMaxAgeMs)
+                    answer = try await execute(t, req)
+                }
+            } catch {
+                answer = "{\"ok\":false,\"error\":\(jsonString(error.reason))}"
+            }
+            if !repeated, let id = request?.id { ids.record(answer, for: "\(name)\u{0}\(id)", now: .now) }
+            var meta: Logger.Metadata = [
+                "point": "\(name)",
+                "topic": "\(message.topic)",
+                "value": "\(request.map { "\($0.value)" } ?? String(decoding: message.payload.prefix(64), as: UTF8.self))",
+                "latency_ms": "\(DeviceCommander.milliseconds(since: receivedAt))",
+            ]
+            if let id = request?.id { meta["id"] = "\(id)" }
+            if repeated { meta["note"] = "repeated id: not executed again" }
+            logger.notice("command \(message.topic) -> \(answer)", metadata: meta)
+            await self.answer(answer, to: message, fallback: resultTopic, logger: logger)
         }
 
         /// Publishes a command's answer: to the MQTT 5 response topic (with the correlation data)
@@ -97,14 +136,10 @@ final class DeviceCommander: Sendable {
     func submit(_ job: Job) { continuation.yield(job) }
 
     /// Ends pending pulses (writes them off) and returns from ``run()``.
-    func stop() {
-        continuation.yield(.stop)
-        continuation.finish()
-    }
+    func stop() { continuation.finish() }
 
     private struct Pulse {
         var generation: Int
-        var deadline: ContinuousClock.Instant
         var timer: Task<Void, Never>
     }
 
@@ -125,7 +160,7 @@ final class DeviceCommander: Sendable {
                         try? await Task.sleep(until: deadline, clock: .continuous)
                         if !Task.isCancelled { cont.yield(.pulseEnd(point: index, generation: g)) }
                     }
-                    pulses[index] = Pulse(generation: g, deadline: deadline, timer: timer)
+                    pulses[index] = Pulse(generation: g, timer: timer)
                 } endPulse: { index in
                     pulses.removeValue(forKey: index)?.timer.cancel()
                 }
@@ -135,8 +170,6 @@ final class DeviceCommander: Sendable {
                 guard let p = pulses[index], p.generation == g else { continue }
                 pulses[index] = nil
                 await endPulse(index, attempts: 5, why: "pulse of \(device.points[index].pulseMs ?? 0) ms over")
-            case .stop:
-                break
             }
         }
         // Stopping (or cancelled): every pulse still on is switched off now. Run in a task of its
@@ -155,44 +188,21 @@ final class DeviceCommander: Sendable {
     private func handleSet(_ message: MQTTMessage, pointName: String, receivedAt: ContinuousClock.Instant,
                            ids: inout CommandIDCache,
                            startPulse: (Int, Duration) -> Void, endPulse: (Int) -> Void) async {
-        var log = logger
-        log[metadataKey: "point"] = "\(pointName)"
-        var request: CommandRequest?
-        let answer: String
-        var executed = false
-        do throws(CommandRefused) {
-            // A retained command would fire again on every reconnect.
-            guard !message.retain else { throw CommandRefused("retained command refused (publish commands without the retain flag)") }
+        await context.runCommand(message, name: pointName, receivedAt: receivedAt, ids: &ids,
+                                 resultTopic: "\(context.base)/\(device.name)/\(pointName)/set/result", logger: logger) { () throws(CommandRefused) -> Int in
             guard let index = device.points.firstIndex(where: { $0.name == pointName }) else {
                 throw CommandRefused("unknown point '\(pointName)' on device '\(device.name)'")
             }
-            let point = device.points[index]
-            guard point.writable else { throw CommandRefused("point '\(pointName)' is not writable") }
-            let req = try CommandRequest.parse(message.payload)
-            request = req
-            let idKey = req.id.map { "\(pointName)\u{0}\($0)" }
-            if let idKey, let first = ids.answer(for: idKey, now: .now) {
-                audit(log, message, request: req, answer: first, receivedAt: receivedAt, note: "repeated id: not executed again")
-                await publishAnswer(first, to: message, pointName: pointName)
-                return
-            }
-            let result = try await execute(req, point: point, index: index, message: message, receivedAt: receivedAt,
-                                       startPulse: startPulse, endPulse: endPulse, executed: &executed)
-            answer = result
-            if let idKey { ids.record(answer, for: idKey, now: .now) }
-        } catch {
-            answer = "{\"ok\":false,\"error\":\(jsonString(error.reason))}"
-            if let idKey = request?.id.map({ "\(pointName)\u{0}\($0)" }) { ids.record(answer, for: idKey, now: .now) }
+            guard device.points[index].writable else { throw CommandRefused("point '\(pointName)' is not writable") }
+            return index
+        } execute: { (index, req) throws(CommandRefused) in
+            try await execute(req, index: index, receivedAt: receivedAt, startPulse: startPulse, endPulse: endPulse)
         }
-        audit(log, message, request: request, answer: answer, receivedAt: receivedAt, note: executed ? nil : "nothing written")
-        await publishAnswer(answer, to: message, pointName: pointName)
     }
 
-    private func execute(_ req: CommandRequest, point: PointSettings, index: Int, message: MQTTMessage,
-                         receivedAt: ContinuousClock.Instant,
-                         startPulse: (Int, Duration) -> Void, endPulse: (Int) -> Void,
-                         executed: inout Bool) async throws(CommandRefused) -> String {
-        try Self.checkFresh(req, message: message, receivedAt: receivedAt, maxAgeMs: context.gateway.commandMaxAgeMs)
+    private func execute(_ req: CommandRequest, index: Int, receivedAt: ContinuousClock.Instant, startPulse: (Int, Duration) -> Void,
+                         endPulse: (Int) -> Void) async throws(CommandRefused) -> String {
+        let point = device.points[index]
         let plan = try point.writePlan(for: req.value)
         switch await context.board.state(device.name) {
         case .online: break
@@ -204,10 +214,8 @@ final class DeviceCommander: Sendable {
         guard ContinuousClock.now < deadline else { throw CommandRefused("bus busy: the command could not start within \(timeout)") }
         do {
             try await write(plan, point: point, deadline: deadline)
-            executed = true
         } catch let e as ModbusError where e.isOutcomeUnknown {
             // The device may have switched: make sure a pulse still ends.
-            executed = true
             if let ms = point.pulseMs, !plan.isOff { startPulse(index, .milliseconds(ms)) }
             throw CommandRefused("outcome unknown: \(e) (not retried)")
         } catch {
@@ -324,22 +332,6 @@ final class DeviceCommander: Sendable {
     }
 
     // MARK: answers and audit
-
-    private func publishAnswer(_ answer: String, to message: MQTTMessage, pointName: String) async {
-        await context.answer(answer, to: message, fallback: "\(context.base)/\(device.name)/\(pointName)/set/result", logger: logger)
-    }
-
-    private func audit(_ log: Logger, _ message: MQTTMessage, request: CommandRequest?, answer: String,
-                       receivedAt: ContinuousClock.Instant, note: String?) {
-        var meta: Logger.Metadata = [
-            "topic": "\(message.topic)",
-            "value": "\(request.map { "\($0.value)" } ?? String(decoding: message.payload.prefix(64), as: UTF8.self))",
-            "latency_ms": "\(Self.milliseconds(since: receivedAt))",
-        ]
-        if let id = request?.id { meta["id"] = "\(id)" }
-        if let note { meta["note"] = "\(note)" }
-        log.notice("command \(message.topic) -> \(answer)", metadata: meta)
-    }
 
     static func milliseconds(since start: ContinuousClock.Instant) -> String {
         let d = ContinuousClock.now - start

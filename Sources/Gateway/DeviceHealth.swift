@@ -21,6 +21,14 @@ public struct DeviceHealth: Sendable, Equatable {
         return state
     }
 
+    /// Offline now, whatever the count (a serial port that closed); returns the new state when it changed.
+    public mutating func markOffline() -> State? {
+        consecutiveFailures = max(consecutiveFailures, offlineAfter)
+        guard state != .offline else { return nil }
+        state = .offline
+        return state
+    }
+
     /// Records a failed poll; returns the new state when it changed.
     public mutating func pollFailed() -> State? {
         consecutiveFailures += 1

@@ -140,11 +140,7 @@ public final class GatewayRuntime: Service, Sendable {
                 let why = "unknown device '\(deviceName)'"
                 logger.notice("command \(message.topic) -> refused: \(why)", metadata: ["topic": "\(message.topic)"])
                 if parts[2] == "set" {
-                    var props = MQTTProperties()
-                    props.correlationData = message.properties.correlationData
-                    let topic = message.properties.responseTopic ?? "\(message.topic)/result"
-                    try? await client.enqueue(to: topic, payload: Array("{\"ok\":false,\"error\":\(jsonString(why))}".utf8),
-                                              qos: .atLeastOnce, retain: false, properties: props)
+                    await context.answer("{\"ok\":false,\"error\":\(jsonString(why))}", to: message, fallback: "\(message.topic)/result", logger: logger)
                 }
                 continue
             }

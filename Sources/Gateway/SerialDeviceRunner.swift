@@ -206,13 +206,7 @@ final class SerialDeviceRunner: Sendable {
         let changed: DeviceHealth.State? = health.withLock { h in
             switch state {
             case .online: return h.pollSucceeded()
-            case .offline:
-                if force {
-                    var changed: DeviceHealth.State?
-                    for _ in 0..<h.offlineAfter { changed = h.pollFailed() ?? changed }
-                    return changed
-                }
-                return h.pollFailed()
+            case .offline: return force ? h.markOffline() : h.pollFailed()
             case .unknown: return nil
             }
         }
@@ -238,52 +232,26 @@ final class SerialDeviceRunner: Sendable {
     }
 
     private func handleSet(_ message: MQTTMessage, name: String, receivedAt: ContinuousClock.Instant, ids: inout CommandIDCache) async {
-        var log = logger
-        log[metadataKey: "command"] = "\(name)"
-        let resultTopic = "\(context.base)/\(settings.name)/\(name)/set/result"
-        var request: CommandRequest?
-        let answer: String
-        do throws(CommandRefused) {
-            guard !message.retain else { throw CommandRefused("retained command refused (publish commands without the retain flag)") }
+        await context.runCommand(message, name: name, receivedAt: receivedAt, ids: &ids,
+                                 resultTopic: "\(context.base)/\(settings.name)/\(name)/set/result", logger: logger) { () throws(CommandRefused) in
             guard let command = settings.commands.first(where: { $0.name == name }) else {
                 let names = settings.commands.map(\.name).joined(separator: ", ")
                 throw CommandRefused("unknown command '\(name)' on device '\(settings.name)'\(names.isEmpty ? "" : " (commands: \(names))")")
             }
-            let req = try CommandRequest.parse(message.payload)
-            request = req
-            let idKey = req.id.map { "\(name)\u{0}\($0)" }
-            if let idKey, let first = ids.answer(for: idKey, now: .now) {
-                log.notice("command \(message.topic) -> \(first)", metadata: ["note": "repeated id: not executed again"])
-                await context.answer(first, to: message, fallback: resultTopic, logger: logger)
-                return
+            return command
+        } execute: { (command, req) throws(CommandRefused) in
+            let value = "\(req.value)"
+            let bytes = try Self.render(command, value: value)
+            guard health.withLock({ $0.state }) == .online, let port = line.withLock({ $0 }) else {
+                throw CommandRefused("device '\(settings.name)' is offline")
             }
-            do throws(CommandRefused) {
-                try DeviceCommander.checkFresh(req, message: message, receivedAt: receivedAt, maxAgeMs: context.gateway.commandMaxAgeMs)
-                let value = "\(req.value)"
-                let bytes = try Self.render(command, value: value)
-                guard health.withLock({ $0.state }) == .online, let port = line.withLock({ $0 }) else {
-                    throw CommandRefused("device '\(settings.name)' is offline")
-                }
-                do {
-                    try await port.write(bytes)
-                } catch {
-                    throw CommandRefused("not sent: \(error)")
-                }
-                answer = "{\"ok\":true,\"value\":\(jsonString(value))}"
+            do {
+                try await port.write(bytes)
             } catch {
-                let refused = "{\"ok\":false,\"error\":\(jsonString(error.reason))}"
-                if let idKey { ids.record(refused, for: idKey, now: .now) }
-                throw error
+                throw CommandRefused("not sent: \(error)")
             }
-            if let idKey { ids.record(answer, for: idKey, now: .now) }
-        } catch {
-            answer = "{\"ok\":false,\"error\":\(jsonString(error.reason))}"
+            return "{\"ok\":true,\"value\":\(jsonString(value))}"
         }
-        var meta: Logger.Metadata = ["topic": "\(message.topic)", "latency_ms": "\(DeviceCommander.milliseconds(since: receivedAt))"]
-        if let request { meta["value"] = "\(request.value)" }
-        if let id = request?.id { meta["id"] = "\(id)" }
-        log.notice("command \(message.topic) -> \(answer)", metadata: meta)
-        await context.answer(answer, to: message, fallback: resultTopic, logger: logger)
     }
 
     /// The bytes to send: the template with `{value}` replaced, after checking the value.

@@ -211,7 +211,7 @@ public enum ConfigLoader {
         if let name {
             r.rename("\(r.parentPath).point[\(name)]")
             if !isTopicSafe(name) { r.issue("name", "'\(name)' must match [A-Za-z0-9_-]+ (it is used in topics)") }
-            if ["status", "set", "get", "raw"].contains(name) { r.issue("name", "'\(name)' is reserved in topics") }
+            if reservedNames.contains(name) { r.issue("name", "'\(name)' is reserved in topics") }
         }
         let table = r.enumeration("register", RegisterTable.self, required: true)
         let address = r.int("address", 0...65_535, required: true)
@@ -272,6 +272,9 @@ public enum ConfigLoader {
     }
 
     enum ByteSex: String, CaseIterable { case big, little }
+
+    /// Topic levels the gateway uses itself under a device.
+    static let reservedNames: Set<String> = ["status", "set", "get", "raw"]
 
     // MARK: serial devices
 
@@ -349,7 +352,7 @@ public enum ConfigLoader {
         if let name {
             r.rename("\(r.parentPath).point[\(name)]")
             if !isTopicSafe(name) { r.issue("name", "'\(name)' must match [A-Za-z0-9_-]+ (it is used in topics)") }
-            if ["status", "set", "get", "raw"].contains(name) { r.issue("name", "'\(name)' is reserved in topics") }
+            if reservedNames.contains(name) { r.issue("name", "'\(name)' is reserved in topics") }
         }
         guard let match = r.string("match", required: true), let name else { return nil }
         var p = SerialPointSettings(name: name, match: match)
@@ -370,7 +373,7 @@ public enum ConfigLoader {
         if let name {
             r.rename("\(r.parentPath).command[\(name)]")
             if !isTopicSafe(name) { r.issue("name", "'\(name)' must match [A-Za-z0-9_-]+ (it is used in topics)") }
-            if ["status", "set", "get", "raw"].contains(name) { r.issue("name", "'\(name)' is reserved in topics") }
+            if reservedNames.contains(name) { r.issue("name", "'\(name)' is reserved in topics") }
         }
         guard let send = bytes(r, "send", required: true), let name else { return nil }
         if send.isEmpty { r.issue("send", "must not be empty") }

@@ -18,6 +18,9 @@ struct StateTests {
         #expect(h.pollFailed() == .offline)
         #expect(h.pollFailed() == nil, "an offline device does not report again")
         #expect(h.pollSucceeded() == .online)
+        #expect(h.markOffline() == .offline, "a closed port: offline at once")
+        #expect(h.markOffline() == nil && h.pollFailed() == nil)
+        #expect(h.pollSucceeded() == .online)
     }
 
     @Test("drift-free schedule: ticks at start + k * period; overruns skipped, counted, reported once per episode")

@@ -58,12 +58,6 @@ struct FramingTests {
 
 @Suite("Serial lines over socat pty pairs", .timeLimit(.minutes(1)))
 struct SerialLineTests {
-    func next(_ it: inout AsyncStream<[UInt8]>.Iterator, timeout: Duration = .seconds(5)) async -> [UInt8]? {
-        let timer = Task { try? await Task.sleep(for: timeout) }
-        defer { timer.cancel() }
-        return await it.next()
-    }
-
     @Test("frames in, bytes out, exclusive access, and the stream ends when the other end vanishes")
     func roundTrip() async throws {
         let pty = try await PtyPair.start()
