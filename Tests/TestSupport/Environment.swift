@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -50,23 +51,51 @@ public enum TestEnvironment {
         return String(cString: p)
     }
 
-    /// A TCP port on 127.0.0.1 that was free a moment ago (the kernel picks it).
+    /// A TCP port on 127.0.0.1 that is free now and that nobody else in this process was given.
+    ///
+    /// Ports come from below the kernel's ephemeral range (`ip_local_port_range`), walked by a
+    /// process-wide counter: the kernel never hands these out to outgoing connections, so a port
+    /// picked here cannot be taken between the pick and the peer's bind by one of the many client
+    /// sockets the parallel tests open (that happened with kernel-picked ports: a simulator
+    /// failed with EADDRINUSE in a CI run). Each candidate is probed with a plain bind.
     public static func freePort() throws -> Int {
+        let (low, high) = portWindow
+        for _ in 0..<(high - low) {
+            let port = nextPortCandidate.withLock { next -> Int in
+                let p = next
+                next = next + 1 >= high ? low : next + 1
+                return p
+            }
+            if canBind(port) { return port }
+        }
+        throw FixtureError("no free TCP port on 127.0.0.1 in \(low)..<\(high)")
+    }
+
+    /// [low, high): 10000 up to the start of the ephemeral range.
+    private static let portWindow: (Int, Int) = {
+        let text = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)) ?? ""
+        let ephemeralLow = text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).first.flatMap { Int($0) } ?? 32768
+        let high = max(ephemeralLow, 12000)
+        return (min(10000, high - 2000), high)
+    }()
+
+    /// Starts at a pid-dependent place so two test processes at once rarely walk the same ports.
+    private static let nextPortCandidate: Mutex<Int> = {
+        let (low, high) = portWindow
+        return Mutex(low + Int(getpid()) * 97 % (high - low))
+    }()
+
+    private static func canBind(_ port: Int) -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw FixtureError("socket failed") }
+        guard fd >= 0 else { return false }
         defer { close(fd) }
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = 0
+        addr.sin_port = UInt16(port).bigEndian
         addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let ok = withUnsafeMutablePointer(to: &addr) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sp in
-                bind(fd, sp, len) == 0 && getsockname(fd, sp, &len) == 0
-            }
+        return withUnsafePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
         }
-        guard ok else { throw FixtureError("bind to 127.0.0.1:0 failed") }
-        return Int(UInt16(bigEndian: addr.sin_port))
     }
 
     /// Runs a short command to completion (bounded) and returns (status, output).
