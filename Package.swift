@@ -23,7 +23,6 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
-        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
     ],
     targets: [
@@ -53,9 +52,9 @@ let package = Package(
         ], swiftSettings: swiftSettings),
 
         // gateway.toml -> plain values + validation. No NIO, no libmodbus.
-        .target(name: "GatewayConfig", dependencies: [
-            .product(name: "TOMLKit", package: "TOMLKit"),
-        ], swiftSettings: swiftSettings),
+        // Our own TOML 1.0 reader (TOML.swift): TOMLKit would bring full Foundation and ICU
+        // into `gateway run` (about 6 MiB resident) for nothing else.
+        .target(name: "GatewayConfig", swiftSettings: swiftSettings),
 
         // The domain: devices, points, scheduling, uplink, downlink, availability.
         .target(name: "Gateway", dependencies: [

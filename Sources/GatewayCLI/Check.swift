@@ -14,7 +14,7 @@ struct Check: ParsableCommand {
         do {
             loaded = try ConfigLoader.load(path: config)
         } catch {
-            for issue in error.issues { emitError("\(error.file): \(issue)") }
+            emitError(error.description)
             emitError("\(error.issues.count) problem\(error.issues.count == 1 ? "" : "s") in \(error.file)")
             throw ExitCode(2)
         }

@@ -16,7 +16,7 @@ struct Run: AsyncParsableCommand {
         do {
             loaded = try ConfigLoader.load(path: config)
         } catch {
-            for issue in error.issues { emitError("\(error.file): \(issue)") }
+            emitError(error.description)
             throw ExitCode(2)
         }
         let level = Logger.Level(rawValue: logLevel) ?? .info

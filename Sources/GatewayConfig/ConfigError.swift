@@ -11,9 +11,10 @@ public struct ConfigIssue: Sendable, Equatable, CustomStringConvertible {
         self.message = message
     }
 
+    /// `line 14: device[d].point[p].address: 70000 is outside 0...65535`
     public var description: String {
-        let at = line.map { " (line \($0))" } ?? ""
-        return path.isEmpty ? "\(message)\(at)" : "\(path)\(at): \(message)"
+        let at = line.map { "line \($0): " } ?? ""
+        return path.isEmpty ? "\(at)\(message)" : "\(at)\(path): \(message)"
     }
 }
 
@@ -22,7 +23,11 @@ public struct ConfigError: Error, Sendable, CustomStringConvertible {
     public var file: String
     public var issues: [ConfigIssue]
 
+    /// One line per issue, compiler style: `gateway.toml:14: device[d].point[p].address: ...`.
     public var description: String {
-        issues.map { "\(file): \($0)" }.joined(separator: "\n")
+        issues.map { issue in
+            let at = issue.line.map { ":\($0)" } ?? ""
+            return issue.path.isEmpty ? "\(file)\(at): \(issue.message)" : "\(file)\(at): \(issue.path): \(issue.message)"
+        }.joined(separator: "\n")
     }
 }

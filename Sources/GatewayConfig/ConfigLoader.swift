@@ -1,5 +1,3 @@
-import TOMLKit
-
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -8,22 +6,25 @@ import Glibc
 public enum ConfigLoader {
     /// Loads `path`; throws ``ConfigError`` listing every problem.
     public static func load(path: String) throws(ConfigError) -> GatewayConfiguration {
-        guard let text = readFile(path) else {
+        guard let bytes = readFile(path) else {
             throw ConfigError(file: path, issues: [ConfigIssue(path: "", message: "cannot read the file: \(String(cString: strerror(errno)))")])
         }
-        return try parse(text, file: path)
+        return try parse(bytes: bytes, file: path)
     }
 
     /// Parses TOML text (`file` names it in messages).
     public static func parse(_ text: String, file: String = "gateway.toml") throws(ConfigError) -> GatewayConfiguration {
+        try parse(bytes: Array(text.utf8), file: file)
+    }
+
+    /// Parses the bytes of a file (they must be UTF-8).
+    public static func parse(bytes: [UInt8], file: String = "gateway.toml") throws(ConfigError) -> GatewayConfiguration {
         let root: TOMLTable
         do {
-            root = try TOMLTable(string: text)
-        } catch let e as TOMLParseError {
-            throw ConfigError(file: file, issues: [ConfigIssue(path: "", line: e.source.begin.line,
-                                                               message: "TOML syntax: \(e.description) (column \(e.source.begin.column))")])
+            root = try TOML.parse(bytes: bytes)
         } catch {
-            throw ConfigError(file: file, issues: [ConfigIssue(path: "", message: "TOML syntax: \(error)")])
+            throw ConfigError(file: file, issues: [ConfigIssue(path: "", line: error.line,
+                                                               message: "TOML syntax: \(error.message) (column \(error.column))")])
         }
         let sink = IssueSink()
         let top = Reader(root, path: "", sink: sink)
@@ -33,7 +34,7 @@ public enum ConfigLoader {
         throw ConfigError(file: file, issues: sink.issues.isEmpty ? [ConfigIssue(path: "", message: "invalid configuration")] : sink.issues)
     }
 
-    static func readFile(_ path: String) -> String? {
+    static func readFile(_ path: String) -> [UInt8]? {
         guard let f = fopen(path, "r") else { return nil }
         defer { fclose(f) }
         var bytes: [UInt8] = []
@@ -44,7 +45,8 @@ public enum ConfigLoader {
             bytes += buf[0..<n]
             if bytes.count > 16 << 20 { return nil }
         }
-        return String(decoding: bytes, as: UTF8.self)
+        if ferror(f) != 0 { return nil }
+        return bytes
     }
 
     /// Names used in topics: `[A-Za-z0-9_-]+`.
@@ -422,11 +424,15 @@ final class Reader {
 
     func key(_ k: String) -> String { path.isEmpty ? k : "\(path).\(k)" }
 
-    func issue(_ k: String, _ message: String) { sink.issues.append(ConfigIssue(path: key(k), message: message)) }
+    /// An issue about key `k`, with the line it was written on (or the table's line).
+    func issue(_ k: String, _ message: String) {
+        let line = table.line(of: k) ?? (table.line > 0 ? table.line : nil)
+        sink.issues.append(ConfigIssue(path: key(k), line: line, message: message))
+    }
 
     func has(_ k: String) -> Bool { table.keys.contains(k) }
 
-    private func value(_ k: String, required: Bool) -> (any TOMLValueConvertible)? {
+    private func value(_ k: String, required: Bool) -> TOMLValue? {
         used.insert(k)
         guard let v = table[k] else {
             if required { issue(k, "missing (required)") }
@@ -437,28 +443,28 @@ final class Reader {
 
     func string(_ k: String, required: Bool = false) -> String? {
         guard let v = value(k, required: required) else { return nil }
-        guard let s = v.string else { issue(k, "must be a string, not a \(v.type)"); return nil }
+        guard let s = v.string else { issue(k, "must be a string, not \(v.typeNameWithArticle)"); return nil }
         return s
     }
 
     func int(_ k: String, _ range: ClosedRange<Int>? = nil, required: Bool = false) -> Int? {
         guard let v = value(k, required: required) else { return nil }
-        guard let i = v.int else { issue(k, "must be an integer, not a \(v.type)"); return nil }
+        guard let i64 = v.integer, let i = Int(exactly: i64) else { issue(k, "must be an integer, not \(v.typeNameWithArticle)"); return nil }
         if let range, !range.contains(i) { issue(k, "\(i) is outside \(range.lowerBound)...\(range.upperBound)"); return nil }
         return i
     }
 
     func double(_ k: String, required: Bool = false) -> Double? {
         guard let v = value(k, required: required) else { return nil }
-        if let d = v.double { return d }
-        if let i = v.int { return Double(i) }
-        issue(k, "must be a number, not a \(v.type)")
+        if let d = v.float { return d }
+        if let i = v.integer { return Double(i) }
+        issue(k, "must be a number, not \(v.typeNameWithArticle)")
         return nil
     }
 
     func bool(_ k: String, required: Bool = false) -> Bool? {
         guard let v = value(k, required: required) else { return nil }
-        guard let b = v.bool else { issue(k, "must be true or false, not a \(v.type)"); return nil }
+        guard let b = v.boolean else { issue(k, "must be true or false, not \(v.typeNameWithArticle)"); return nil }
         return b
     }
 
@@ -473,7 +479,7 @@ final class Reader {
 
     func table(_ k: String, required: Bool = false) -> Reader? {
         guard let v = value(k, required: required) else { return nil }
-        guard let t = v.table else { issue(k, "must be a table, not a \(v.type)"); return nil }
+        guard let t = v.table else { issue(k, "must be a table, not \(v.typeNameWithArticle)"); return nil }
         return Reader(t, path: key(k), sink: sink, parentPath: path)
     }
 
