@@ -392,10 +392,10 @@ private struct TOMLParser {
         guard let c = peek else { throw error("expected a value, found the end of the file") }
         switch c {
         case UInt8(ascii: "\""):
-            if peek(1) == UInt8(ascii: "\""), peek(2) == UInt8(ascii: "\"") { return .string(try multilineBasicString()) }
+            if peek(1) == UInt8(ascii: "\""), peek(2) == UInt8(ascii: "\"") { return .string(try multilineString(quote: UInt8(ascii: "\""))) }
             return .string(try basicString())
         case UInt8(ascii: "'"):
-            if peek(1) == UInt8(ascii: "'"), peek(2) == UInt8(ascii: "'") { return .string(try multilineLiteralString()) }
+            if peek(1) == UInt8(ascii: "'"), peek(2) == UInt8(ascii: "'") { return .string(try multilineString(quote: UInt8(ascii: "'"))) }
             return .string(try literalString())
         case UInt8(ascii: "["): return try array()
         case UInt8(ascii: "{"): return try inlineTable()
@@ -486,26 +486,29 @@ private struct TOMLParser {
         }
     }
 
-    mutating func multilineBasicString() throws(TOMLError) -> String {
+    /// `"""..."""` (with escapes) or `'''...'''` (without), after the opening quotes; a line
+    /// end right after them is not part of the string.
+    mutating func multilineString(quote: UInt8) throws(TOMLError) -> String {
         i += 3
         var out: [UInt8] = []
         if peek == 0x0A { i += 1; line += 1 } else if peek == 0x0D, peek(1) == 0x0A { i += 2; line += 1 }
         while true {
             guard let c = peek else { throw error("the multi-line string is not closed") }
-            if c == UInt8(ascii: "\"") {
+            if c == quote {
+                // Up to two quotes may stand right before the closing three.
                 var n = 0
-                while peek(n) == UInt8(ascii: "\"") { n += 1 }
+                while peek(n) == quote { n += 1 }
                 if n >= 3 {
                     guard n <= 5 else { throw error("too many quotes at the end of a multi-line string") }
-                    out += Array(repeating: UInt8(ascii: "\""), count: n - 3)
+                    out += Array(repeating: quote, count: n - 3)
                     i += n
                     return String(decoding: out, as: UTF8.self)
                 }
-                out += Array(repeating: UInt8(ascii: "\""), count: n)
+                out += Array(repeating: quote, count: n)
                 i += n
                 continue
             }
-            if c == UInt8(ascii: "\\") {
+            if c == UInt8(ascii: "\\"), quote == UInt8(ascii: "\"") {
                 // A backslash at the end of a line trims the line end and the blanks after it.
                 var j = i + 1
                 while j < s.count, s[j] == 0x20 || s[j] == 0x09 { j += 1 }
@@ -568,29 +571,6 @@ private struct TOMLParser {
             guard let c = peek else { throw error("the string is not closed") }
             if c == UInt8(ascii: "'") { i += 1; return String(decoding: out, as: UTF8.self) }
             try plainCharacter(into: &out, multiline: false)
-        }
-    }
-
-    mutating func multilineLiteralString() throws(TOMLError) -> String {
-        i += 3
-        var out: [UInt8] = []
-        if peek == 0x0A { i += 1; line += 1 } else if peek == 0x0D, peek(1) == 0x0A { i += 2; line += 1 }
-        while true {
-            guard let c = peek else { throw error("the multi-line string is not closed") }
-            if c == UInt8(ascii: "'") {
-                var n = 0
-                while peek(n) == UInt8(ascii: "'") { n += 1 }
-                if n >= 3 {
-                    guard n <= 5 else { throw error("too many quotes at the end of a multi-line string") }
-                    out += Array(repeating: UInt8(ascii: "'"), count: n - 3)
-                    i += n
-                    return String(decoding: out, as: UTF8.self)
-                }
-                out += Array(repeating: UInt8(ascii: "'"), count: n)
-                i += n
-                continue
-            }
-            try plainCharacter(into: &out, multiline: true)
         }
     }
 
