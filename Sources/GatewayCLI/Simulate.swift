@@ -12,7 +12,7 @@ struct Simulate: ParsableCommand {
         discussion: """
         Prints "listening tcp HOST:PORT" (or "listening rtu PATH") once it serves, then one JSON line per
         accepted write: {"write":{"unit":1,"fc":5,"kind":"coil","address":0,"values":[1],"ts_ms":...,"mono_ms":...}}.
-        Lines on stdin change values live: "set [UNIT/]KIND:ADDR=VALUE".
+        Lines on stdin change values live: "set [UNIT/]KIND:ADDR=VALUE", or the answer delay: "latency MS".
         Examples:
           gateway simulate --tcp 127.0.0.1:1502 --unit 1 --unit 3 --set holding:100=215 --set 3/coil:0=1
           gateway simulate --tcp 127.0.0.1:0 --counter input:10@1000 --drift holding:100:180:260:1@500
@@ -190,10 +190,19 @@ struct Simulate: ParsableCommand {
         pthread_create(&tid, nil, { raw in
             let c = Unmanaged<StdinContext>.fromOpaque(raw!).takeRetainedValue()
             while let line = readLine() {
+                if line.hasPrefix("latency ") {
+                    guard let ms = Int(line.dropFirst("latency ".count)), ms >= 0, ms <= 60_000 else {
+                        emitError("stdin: ignored '\(line)' (expected: latency MS, 0...60000)")
+                        continue
+                    }
+                    c.box.sim.setLatency(.milliseconds(ms))
+                    emit("latency \(ms)")
+                    continue
+                }
                 let t = line.trimmingPrefix("set ").description
                 guard line.hasPrefix("set "),
                       let parsed = try? Simulate.parse(["--set", t] + c.units.flatMap { ["--unit", String($0)] }).parsedSets() else {
-                    emitError("stdin: ignored '\(line)' (expected: set [UNIT/]KIND:ADDR=VALUE)")
+                    emitError("stdin: ignored '\(line)' (expected: set [UNIT/]KIND:ADDR=VALUE or latency MS)")
                     continue
                 }
                 for s in parsed {

@@ -52,9 +52,17 @@ final class ModbusConnection {
             logger.debug("closing connection after error", metadata: ["error": "\(error)"])
             close()
         case .timeout, .badCRC, .badResponse:
-            // A late or garbled answer may still be in the buffers: drop it so it is not taken
-            // for the answer to the next request.
-            if modbus_flush(ctx) == -1, configuration.transport.isRTU == false { close() }
+            if configuration.transport.isRTU {
+                // A garbled answer may still be in the buffers: drop it so it is not taken for
+                // the answer to the next request.
+                _ = modbus_flush(ctx)
+            } else {
+                // A late answer would arrive on this socket after any flush and be read as the
+                // answer to the next request (libmodbus then reports "Invalid data", seen with a
+                // device answering after our timeout): start the next request on a new connection.
+                logger.debug("closing connection after a lost or bad answer", metadata: ["error": "\(error)"])
+                close()
+            }
         default:
             break
         }

@@ -89,6 +89,7 @@ public final class ModbusSimulator: Sendable {
 
     private struct Shared {
         var pendingSets: [(unit: Int, kind: RegisterKind, address: Int, value: UInt16)] = []
+        var pendingLatencyMicroseconds: UInt32?
         var stopped = false
         var finished = false
         var units: [Int: SimulatedUnit]
@@ -123,7 +124,7 @@ public final class ModbusSimulator: Sendable {
         let handoff = SendableHandoff(server)
         startThread(name: "modbus-sim") {
             let server = handoff.take()
-            server.latencyMicroseconds = UInt32(clamping: latency.components.seconds * 1_000_000 + latency.components.attoseconds / 1_000_000_000_000)
+            server.latencyMicroseconds = ModbusSimulator.microseconds(latency)
             server.onRequest = onRequest
             server.run(wakeFD: wakeRead, shared: shared, scripts: scripts, onWrite: onWrite)
         }
@@ -139,6 +140,18 @@ public final class ModbusSimulator: Sendable {
         shared.withLock { $0.pendingSets.append((unit, kind, address, value)) }
         var b: UInt8 = 1
         _ = write(wake.write, &b, 1)
+    }
+
+    /// Changes the delay before every answer from now on (a device that becomes slow, or an
+    /// answer that is lost to the client's timeout).
+    public func setLatency(_ latency: Duration) {
+        shared.withLock { $0.pendingLatencyMicroseconds = Self.microseconds(latency) }
+        var b: UInt8 = 1
+        _ = write(wake.write, &b, 1)
+    }
+
+    static func microseconds(_ d: Duration) -> UInt32 {
+        UInt32(clamping: max(0, d.components.seconds * 1_000_000 + d.components.attoseconds / 1_000_000_000_000))
     }
 
     /// Stops serving and closes every connection. Returns once the thread has finished.
@@ -298,11 +311,12 @@ public final class ModbusSimulator: Sendable {
                 if fds[0].revents != 0 {
                     var buf = [UInt8](repeating: 0, count: 64)
                     while read(wakeFD, &buf, 64) > 0 {}
-                    let (stop, sets) = shared.withLock { s -> (Bool, [(unit: Int, kind: RegisterKind, address: Int, value: UInt16)]) in
-                        defer { s.pendingSets.removeAll() }
-                        return (s.stopped, s.pendingSets)
+                    let (stop, sets, latency) = shared.withLock { s -> (Bool, [(unit: Int, kind: RegisterKind, address: Int, value: UInt16)], UInt32?) in
+                        defer { s.pendingSets.removeAll(); s.pendingLatencyMicroseconds = nil }
+                        return (s.stopped, s.pendingSets, s.pendingLatencyMicroseconds)
                     }
                     if stop { return }
+                    if let latency { latencyMicroseconds = latency }
                     for s in sets { set(unit: s.unit, kind: s.kind, address: s.address, value: s.value) }
                 }
                 // Scripted changes that are due.

@@ -194,6 +194,27 @@ struct CommandTests {
         await rig.shutdown()
     }
 
+    @Test("a write whose answer is lost: answered 'outcome unknown', written once, never retried")
+    func lostAnswer() async throws {
+        // Long poll period: the bus is idle when the command comes; offline_after high: the
+        // device stays online while its answers are late.
+        let rig = try await Rig.start(points: Self.points(), simArgs: [], pollMs: 5000, offlineAfter: 1000)
+        try await rig.waitFor("\(Self.b)/dev/status", "online")
+        _ = try await rig.gateway.waitForLine(containing: "subscribed to commands")
+        try await rig.sim.setLatency(ms: 1000)   // the bus's timeout_ms is 300
+        let answer = try await Self.command(rig, "light", "true")
+        #expect(answer.hasPrefix(#"{"ok":false,"error":"outcome unknown: "#), "\(answer)")
+        // The device did get it (it answers late); the gateway did not send it again.
+        let first = try await rig.sim.waitForWrites(1)
+        #expect(first.map(\.address) == [1])
+        try await rig.sim.setLatency(ms: 0)
+        let second = try await Self.command(rig, "mode", "free")
+        #expect(second == #"{"ok":true,"value":"free"}"#)
+        let writes = try await rig.sim.waitForWrites(2)
+        #expect(writes.map(\.address) == [1, 20], "a retry reached the device: \(writes)")
+        await rig.shutdown()
+    }
+
     @Test("a device that is offline refuses commands at once (nothing queued for later)")
     func offlineDevice() async throws {
         let rig = try await Self.startRig()

@@ -161,6 +161,24 @@ struct ModbusBusTests {
         _ = await again.stop()
     }
 
+    @Test("a late answer is never taken for the answer to the next request (TCP)")
+    func lateAnswer() async throws {
+        let sim = try await GatewaySimulator.start(["--set", "holding:0=11"])
+        let bus = tcpBus(sim.port, timeoutMs: 200)
+        defer { bus.close() }
+        #expect(try await bus.readHoldingRegisters(unit: 1, address: 0, count: 1) == [11])
+        try await sim.setLatency(ms: 500)
+        await #expect(throws: ModbusError.timeout(function: "write single register")) {
+            try await bus.writeRegister(unit: 1, address: 1, value: 22)
+        }
+        // The simulator logs a write once it has sent its (late) answer.
+        try await sim.waitForWrites(1)
+        try await sim.setLatency(ms: 0)
+        // That answer must not be read as the answer to this request ("Invalid data" before).
+        #expect(try await bus.readHoldingRegisters(unit: 1, address: 0, count: 2) == [11, 22])
+        _ = await sim.stop()
+    }
+
     @Test("a write placed at high priority runs before queued polls")
     func writePriority() async throws {
         let sim = try await GatewaySimulator.start()

@@ -53,6 +53,12 @@ public final class GatewaySimulator: Sendable {
         try await process.waitForLine { $0 == "set \(spec)" }
     }
 
+    /// Delays every answer from now on by `ms` (0 restores prompt answers).
+    public func setLatency(ms: Int) async throws {
+        process.send("latency \(ms)")
+        try await process.waitForLine { $0 == "latency \(ms)" }
+    }
+
     /// Every write logged so far.
     public var writes: [LoggedWrite] {
         process.lines.compactMap { line in
