@@ -3,12 +3,15 @@
 and `gateway run` (release build) on loopback, sends commands and measures:
 command published -> the write arrives at the device (the simulator's CLOCK_MONOTONIC stamp of
 the write request, same clock as Python's time.monotonic on Linux), and command published ->
-answer received. Usage: command_bench.py GATEWAY_BIN [COMMANDS] [POLL_MS]"""
+answer received. Usage: command_bench.py GATEWAY_BIN [COMMANDS] [POLL_MS]
+PULSE_MS=N in the environment makes the commanded coil a pulse point (every `true` is then
+journalled before its write: the pulse journal's cost is in the figures)."""
 import json, os, random, subprocess, sys, threading, time
 from benchlib import BIN, TMP, STARTED, start_broker, start_sim, Observer, proc_cpu_rss
 
 N = int(sys.argv[2]) if len(sys.argv) > 2 else 300
 POLL_MS = int(sys.argv[3]) if len(sys.argv) > 3 else 1000
+PULSE_MS = int(os.environ.get("PULSE_MS", "0"))
 
 writes, cond = [], threading.Condition()
 def on_line(line):
@@ -20,10 +23,11 @@ broker, mport = start_broker()
 sim, sport = start_sim(["--unit", "1"], on_line)
 cfg = os.path.join(TMP, "cmd.toml")
 points = "".join(f'  [[device.point]]\n  name = "r{i}"\n  register = "holding"\n  address = {i}\n' for i in range(10))
-open(cfg, "w").write(f'[gateway]\nid = "bench"\n[mqtt]\nurl = "mqtt://127.0.0.1:{mport}"\n'
+pulse = f'  pulse_ms = {PULSE_MS}\n' if PULSE_MS else ""
+open(cfg, "w").write(f'[gateway]\nid = "bench"\nstate_dir = "{TMP}"\n[mqtt]\nurl = "mqtt://127.0.0.1:{mport}"\n'
                      f'[[bus]]\nname = "plc"\ntype = "tcp"\nhost = "127.0.0.1"\nport = {sport}\n'
                      f'[[device]]\nname = "d0"\nbus = "plc"\nunit = 1\npoll_ms = {POLL_MS}\n'
-                     f'  [[device.point]]\n  name = "light"\n  register = "coil"\n  address = 1\n  writable = true\n' + points)
+                     f'  [[device.point]]\n  name = "light"\n  register = "coil"\n  address = 1\n  writable = true\n' + pulse + points)
 log = open(os.path.join(TMP, "gateway.log"), "w")
 gw = subprocess.Popen([BIN, "run", "--config", cfg], stderr=subprocess.PIPE, text=True)
 subscribed = threading.Event()

@@ -53,7 +53,7 @@ cat <<MSG
 
 MSG
 if "$BIN" --help 2>/dev/null | grep -qE '^[[:space:]]+run([[:space:]]|$)'; then
-    "$BIN" run --config gateway.toml &
+    "$BIN" run --config gateway.toml --state-dir "$STATE" &
     PIDS+=($!)
 else
     echo "NOTE: this build has no 'gateway run' yet (the uplink is still being built);"

@@ -36,7 +36,7 @@ final class DeviceCommander: Sendable {
     enum Job: Sendable {
         case set(MQTTMessage, point: String, receivedAt: ContinuousClock.Instant)
         case get(MQTTMessage, point: String, receivedAt: ContinuousClock.Instant)
-        case pulseEnd(point: Int, generation: Int)
+        case pulseEnd(point: Int, generation: Int, why: String? = nil)
     }
 
     struct Context: Sendable {
@@ -44,6 +44,7 @@ final class DeviceCommander: Sendable {
         var gateway: GatewaySettings
         var client: MQTTClient
         var board: StatusBoard
+        var journal: PulseJournal
 
         /// Records a device's state; publishes it when connected (else the connect handler
         /// republishes the board after the birth).
@@ -147,6 +148,14 @@ final class DeviceCommander: Sendable {
         var pulses: [Int: Pulse] = [:]
         var generation = 0
         var ids = CommandIDCache()
+        // Pulses an earlier run switched on and never switched off (it crashed): off first,
+        // before any command.
+        for (index, point) in device.points.enumerated() where point.pulseMs != nil
+            && context.journal.current.contains(PulseJournal.key(device: device.name, point: point.name)) {
+            generation += 1
+            pulses[index] = Pulse(generation: generation, timer: Task {})
+            continuation.yield(.pulseEnd(point: index, generation: generation, why: "left on by an earlier run that did not end it"))
+        }
         for await job in jobs {
             switch job {
             case .set(let message, let pointName, let receivedAt):
@@ -158,18 +167,19 @@ final class DeviceCommander: Sendable {
                     let cont = continuation
                     let timer = Task {
                         try? await Task.sleep(until: deadline, clock: .continuous)
-                        if !Task.isCancelled { cont.yield(.pulseEnd(point: index, generation: g)) }
+                        if !Task.isCancelled { cont.yield(.pulseEnd(point: index, generation: g, why: nil)) }
                     }
                     pulses[index] = Pulse(generation: g, timer: timer)
                 } endPulse: { index in
                     pulses.removeValue(forKey: index)?.timer.cancel()
+                    context.journal.markOff(device: device.name, point: device.points[index].name)
                 }
             case .get(let message, let pointName, let receivedAt):
                 await handleGet(message, pointName: pointName, receivedAt: receivedAt)
-            case .pulseEnd(let index, let g):
+            case .pulseEnd(let index, let g, let why):
                 guard let p = pulses[index], p.generation == g else { continue }
                 pulses[index] = nil
-                await endPulse(index, attempts: 5, why: "pulse of \(device.points[index].pulseMs ?? 0) ms over")
+                await endPulse(index, attempts: 5, why: why ?? "pulse of \(device.points[index].pulseMs ?? 0) ms over")
             }
         }
         // Stopping (or cancelled): every pulse still on is switched off now. Run in a task of its
@@ -212,6 +222,8 @@ final class DeviceCommander: Sendable {
         // Not queued for later: if the bus cannot start it within one response timeout, refuse.
         let deadline = receivedAt + timeout
         guard ContinuousClock.now < deadline else { throw CommandRefused("bus busy: the command could not start within \(timeout)") }
+        // Journal first: if the gateway dies after this write, the next start switches it off.
+        let journalled = point.pulseMs != nil && !plan.isOff && context.journal.markOn(device: device.name, point: point.name)
         do {
             try await write(plan, point: point, deadline: deadline)
         } catch let e as ModbusError where e.isOutcomeUnknown {
@@ -220,7 +232,8 @@ final class DeviceCommander: Sendable {
             throw CommandRefused("outcome unknown: \(e) (not retried)")
         } catch {
             // Refused by the device, not sent, or not started in time: nothing changed, and a
-            // pulse already running keeps its end.
+            // pulse already running keeps its end (and its journal entry).
+            if journalled { context.journal.markOff(device: device.name, point: point.name) }
             throw CommandRefused("\(error)")
         }
         if let ms = point.pulseMs {
@@ -294,12 +307,13 @@ final class DeviceCommander: Sendable {
         for attempt in 1...attempts {
             do {
                 try await write(point.offWrite, point: point, deadline: .now + timeout)
+                context.journal.markOff(device: device.name, point: point.name)
                 log.info("pulse ended: switched off (\(why))")
                 _ = await readBack(point)
                 return
             } catch {
                 if attempt == attempts {
-                    log.error("pulse end FAILED after \(attempts) attempts, the point may still be on: \(error)")
+                    log.error("pulse end FAILED after \(attempts) attempts, the point may still be on (the journal keeps it for the next start): \(error)")
                     return
                 }
                 log.warning("pulse end: write off failed (attempt \(attempt) of \(attempts)), retrying: \(error)")

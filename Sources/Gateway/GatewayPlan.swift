@@ -123,6 +123,10 @@ public struct GatewayPlan: Sendable {
             for p in d.points { out.append("    \(p.name): frames matching \(p.match)\(p.group.map { " (group \($0))" } ?? "")") }
             for cmd in d.commands { out.append("    \(cmd.name)/set: sends \(String(decoding: cmd.send, as: UTF8.self).debugDescription)") }
         }
+        let pulses = devices.flatMap { d in d.settings.points.filter { $0.pulseMs != nil }.map { "\(d.settings.name)/\($0.name)" } }
+        if !pulses.isEmpty {
+            out.append("pulses: \(pulses.joined(separator: ", ")); journal \(c.gateway.stateDirectory)/pulses (a pulse cut short by a crash is switched off at the next start)")
+        }
         out.append("publishes:")
         out += publishedTopics.map { "  \($0)" }
         out.append("subscribes:")

@@ -56,7 +56,14 @@ public final class GatewayRuntime: Service, Sendable {
             buses[b.name] = ModbusBus(configuration: b.busConfiguration, logger: l)
         }
         self.buses = buses
-        let context = DeviceCommander.Context(base: base, gateway: configuration.gateway, client: client, board: board)
+        let pulsePoints = plan.devices.flatMap { d in
+            d.settings.points.filter { $0.pulseMs != nil }.map { PulseJournal.key(device: d.settings.name, point: $0.name) }
+        }
+        let (journal, leftOn) = PulseJournal.open(directory: configuration.gateway.stateDirectory, pulses: Set(pulsePoints), logger: logger)
+        if !leftOn.isEmpty {
+            logger.warning("pulses left on by an earlier run that did not end them, switching them off: \(leftOn.sorted().joined(separator: ", "))")
+        }
+        let context = DeviceCommander.Context(base: base, gateway: configuration.gateway, client: client, board: board, journal: journal)
         self.context = context
         var commanders: [String: DeviceCommander] = [:]
         for d in plan.devices {

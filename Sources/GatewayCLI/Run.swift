@@ -10,15 +10,17 @@ struct Run: AsyncParsableCommand {
 
     @Option(help: "Configuration file.") var config = "gateway.toml"
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "info"
+    @Option(help: "Directory for the pulse journal (overrides [gateway] state_dir).") var stateDir: String?
 
     func run() async throws {
-        let loaded: GatewayConfiguration
+        var loaded: GatewayConfiguration
         do {
             loaded = try ConfigLoader.load(path: config)
         } catch {
             emitError(error.description)
             throw ExitCode(2)
         }
+        if let stateDir { loaded.gateway.stateDirectory = stateDir }
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)

@@ -112,6 +112,10 @@ public enum ConfigLoader {
         if let v = r.bool("retain") { g.retain = v }
         if let v = r.int("refresh_s", 0...31_536_000) { g.refreshSeconds = v }
         if let v = r.int("command_max_age_ms", 1...86_400_000) { g.commandMaxAgeMs = v }
+        if let v = r.string("state_dir") {
+            if !v.hasPrefix("/") { r.issue("state_dir", "'\(v)' must be an absolute path") }
+            g.stateDirectory = v
+        }
         return g
     }
 

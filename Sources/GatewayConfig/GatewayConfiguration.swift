@@ -30,6 +30,10 @@ public struct GatewaySettings: Sendable, Equatable {
     public var refreshSeconds = 300
     /// `command_max_age_ms` (default off): refuse JSON commands whose `ts` is older.
     public var commandMaxAgeMs: Int?
+    /// `state_dir` (default `/var/lib/gateway`): where the pulse journal (`pulses`) is kept, so
+    /// that a pulse cut short by a crash is switched off at the next start. Not created by the
+    /// gateway; when it is missing or not writable the gateway says so once and runs without.
+    public var stateDirectory = "/var/lib/gateway"
 }
 
 /// `[mqtt]`

@@ -296,6 +296,30 @@ struct CommandTests {
         await rig.shutdown()
     }
 
+    @Test("killed during a pulse (kill -9): the next start switches the pulse off before anything else; the journal is emptied")
+    func crashDuringPulse() async throws {
+        let rig = try await Self.startRig(pulseMs: 600_000)
+        let journal = (rig.configPath as NSString).deletingLastPathComponent + "/pulses"
+        #expect(!FileManager.default.fileExists(atPath: journal), "no pulse yet, no journal file")
+        try await Self.command(rig, "unlock", "true")
+        #expect(try String(contentsOfFile: journal, encoding: .utf8) == "dev/unlock\n")
+        rig.gateway.signal(SIGKILL)
+        _ = try await rig.gateway.waitForExit(timeout: .seconds(10))
+        #expect(rig.sim.writes.map(\.values) == [[1]], "the door is open and nobody will close it")
+        // The next run: the off is written without any command, and the journal is empty again.
+        let next = try ChildProcess(try TestEnvironment.gatewayBinary(), ["run", "--config", rig.configPath])
+        let writes = try await rig.sim.waitForWrites(2)
+        #expect(writes.map(\.values) == [[1], [0]] && writes[1].address == 0)
+        _ = try await next.waitForLine(containing: "pulse ended: switched off (left on by an earlier run")
+        #expect(try String(contentsOfFile: journal, encoding: .utf8) == "")
+        // Then it runs normally: birth, command subscription.
+        try await rig.waitUntil("the new run's birth") { rig.payloads("\(Self.b)/status").filter { $0 == "online" }.count >= 2 }
+        _ = try await next.waitForLine(containing: "subscribed to commands")
+        #expect(next.lines.filter { $0.contains("left on by an earlier run") }.count >= 1)
+        await next.stop()
+        await rig.shutdown()
+    }
+
     @Test("priority: with a slow poll round queued on the bus, a command's write goes out next, ahead of the polls")
     func writeAheadOfPolls() async throws {
         // Eight more devices on the same bus (units 2...9), every answer delayed 20 ms: each poll

@@ -41,6 +41,7 @@ final class Rig: Sendable {
         let config = """
             [gateway]
             id = "e2e"
+            state_dir = "\(dir)"
             \(extraGateway)
             [mqtt]
             url = "mqtt://127.0.0.1:\(broker.port)"

@@ -1,0 +1,127 @@
+import Dispatch
+import Logging
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The pulses that are on (or may be: a write whose answer was lost), kept in a file so that a
+/// pulse cut short by a crash of the gateway (kill -9, out of memory, a power cut) is switched
+/// off at the next start instead of leaving a door unlocked.
+///
+/// One line per pulse, `<device>/<point>` (names are topic-safe, so never contain `/`). An entry
+/// is written *before* the write that switches a pulse on and removed after the write that
+/// switches it off. The file is replaced atomically (write a temporary file, rename); it is
+/// flushed to the storage device afterwards on a queue of its own, so the command does not wait
+/// for the SD card: a power cut within that flush (milliseconds) is the one case not covered.
+final class PulseJournal: Sendable {
+    /// nil: no journal (the state directory is missing or not writable; said once at start).
+    let path: String?
+    private let entries: Mutex<Set<String>>
+    private let logger: Logger
+    private let flushQueue = DispatchQueue(label: "gateway.pulse-journal")
+    private let failing = Atomic<Bool>(false)
+
+    /// Opens the journal in `directory` and returns it with the pulses an earlier run left on.
+    /// `pulses`: the `<device>/<point>` keys of every pulse point in the configuration (none: the
+    /// journal is only read, for what an earlier configuration left on).
+    static func open(directory: String, pulses: Set<String>, logger: Logger) -> (journal: PulseJournal, leftOn: Set<String>) {
+        let path = directory + "/pulses"
+        var leftOn: Set<String> = []
+        if let f = fopen(path, "r") {
+            var line = [CChar](repeating: 0, count: 512)
+            while fgets(&line, 512, f) != nil {
+                let s = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                let entry = s.trimmingSuffix { $0.isNewline }
+                if !entry.isEmpty { leftOn.insert(String(entry)) }
+            }
+            fclose(f)
+        } else if errno != ENOENT {
+            logger.warning("pulse journal \(path) cannot be read (\(PulseJournal.describe(errno))): pulses an earlier run left on are not known")
+        }
+        for stray in leftOn.subtracting(pulses).sorted() {
+            logger.error("pulse journal: \(stray) was left on by an earlier run but is no longer a pulse point of this configuration: not switched off")
+        }
+        leftOn.formIntersection(pulses)
+        guard !pulses.isEmpty else { return (PulseJournal(path: nil, entries: [], logger: logger), leftOn) }
+        // Probe: the directory must take a new file, or there is no journal.
+        guard access(directory, W_OK | X_OK) == 0 else {
+            logger.warning("no pulse journal: \(directory) is not a writable directory (\(PulseJournal.describe(errno))); a pulse cut short by a crash will not be switched off at the next start (set [gateway] state_dir)")
+            return (PulseJournal(path: nil, entries: [], logger: logger), leftOn)
+        }
+        return (PulseJournal(path: path, entries: leftOn, logger: logger), leftOn)
+    }
+
+    private init(path: String?, entries: Set<String>, logger: Logger) {
+        self.path = path
+        self.entries = Mutex(entries)
+        self.logger = logger
+    }
+
+    static func key(device: String, point: String) -> String { "\(device)/\(point)" }
+
+    /// Records a pulse as on. Returns true when it was not recorded before (no pulse running).
+    @discardableResult
+    func markOn(device: String, point: String) -> Bool {
+        update { $0.insert(Self.key(device: device, point: point)).inserted }
+    }
+
+    /// Records a pulse as off.
+    func markOff(device: String, point: String) {
+        _ = update { $0.remove(Self.key(device: device, point: point)) != nil }
+    }
+
+    var current: Set<String> { entries.withLock { $0 } }
+
+    /// Changes the set and, when it changed, rewrites the file (under the lock, so files are
+    /// written in the order of the changes).
+    private func update(_ change: (inout Set<String>) -> Bool) -> Bool {
+        entries.withLock { set in
+            let changed = change(&set)
+            if changed, let path { write(set, to: path) }
+            return changed
+        }
+    }
+
+    private func write(_ set: Set<String>, to path: String) {
+        let text = set.sorted().map { $0 + "\n" }.joined()
+        let tmp = path + ".tmp"
+        let fd = Glibc.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        var ok = fd >= 0
+        var err: Int32 = ok ? 0 : errno
+        if ok {
+            let bytes = Array(text.utf8)
+            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            if n != bytes.count { ok = false; err = n < 0 ? errno : ENOSPC }
+            close(fd)
+        }
+        if ok && rename(tmp, path) != 0 { ok = false; err = errno }
+        if !ok {
+            // Said once per episode; the command goes ahead (refusing unlocks because the SD card
+            // is full would be worse), only crash recovery is lost.
+            if !failing.exchange(true, ordering: .relaxed) {
+                logger.error("pulse journal \(path) cannot be written (\(Self.describe(err))): a pulse cut short by a crash will not be switched off at the next start")
+            }
+            return
+        }
+        if failing.exchange(false, ordering: .relaxed) { logger.notice("pulse journal \(path) writable again") }
+        flushQueue.async {
+            let f = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+            if f >= 0 { _ = fdatasync(f); close(f) }
+            let dir = String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
+            let d = Glibc.open(dir.isEmpty ? "/" : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if d >= 0 { _ = fsync(d); close(d) }
+        }
+    }
+
+    static func describe(_ e: Int32) -> String { String(cString: strerror(e)) + " (errno \(e))" }
+}
+
+extension StringProtocol {
+    fileprivate func trimmingSuffix(while drop: (Character) -> Bool) -> SubSequence {
+        var end = endIndex
+        while end > startIndex, drop(self[index(before: end)]) { end = index(before: end) }
+        return self[startIndex..<end]
+    }
+}
