@@ -13,19 +13,35 @@ public final class FarEnd: Sendable {
         tcgetattr(fd, &t)
         cfmakeraw(&t)
         tcsetattr(fd, TCSANOW, &t)
+        // Non-blocking, so that a write to a line nobody reads waits only until its deadline.
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
     }
-    /// Writes everything (blocking I/O runs on a dispatch thread, never on Swift's cooperative pool).
-    public func send(_ bytes: [UInt8]) async {
+    /// Writes everything, or returns false when the line took nothing for `timeout` or failed
+    /// (blocking I/O runs on a dispatch thread, never on Swift's cooperative pool).
+    @discardableResult
+    public func send(_ bytes: [UInt8], timeout: Duration = .seconds(30)) async -> Bool {
         let fd = self.fd
-        await offPool {
+        return await offPool {
             var off = 0
+            var deadline = ContinuousClock.now + timeout
             while off < bytes.count {
                 let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + off, $0.count - off) }
-                if n > 0 { off += n } else if n < 0 && errno != EINTR && errno != EAGAIN { return }
+                if n > 0 {
+                    off += n
+                    deadline = ContinuousClock.now + timeout   // progress: a slow reader is not a dead one
+                } else if n < 0 && errno == EAGAIN {
+                    guard ContinuousClock.now < deadline else { return false }
+                    var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                    _ = poll(&p, 1, 100)
+                } else if n < 0 && errno != EINTR {
+                    return false
+                }
             }
+            return true
         }
     }
-    public func send(_ s: String) async { await send(Array(s.utf8)) }
+    @discardableResult
+    public func send(_ s: String) async -> Bool { await send(Array(s.utf8)) }
     /// Reads until `count` bytes arrived (bounded by `timeout`).
     public func receive(_ count: Int, timeout: Duration = .seconds(5)) async -> [UInt8] {
         await offPool { self.receiveBlocking(count, timeout: timeout) }
