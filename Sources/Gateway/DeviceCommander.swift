@@ -139,6 +139,9 @@ final class DeviceCommander: Sendable {
     /// Ends pending pulses (writes them off) and returns from ``run()``.
     func stop() { continuation.finish() }
 
+    static let offRetry = Duration.seconds(5)
+    static let retryWhy = "retried after the device did not take the off"
+
     private struct Pulse {
         var generation: Int
         var timer: Task<Void, Never>
@@ -179,7 +182,20 @@ final class DeviceCommander: Sendable {
             case .pulseEnd(let index, let g, let why):
                 guard let p = pulses[index], p.generation == g else { continue }
                 pulses[index] = nil
-                await endPulse(index, attempts: 5, why: why ?? "pulse of \(device.points[index].pulseMs ?? 0) ms over")
+                let retry = why == Self.retryWhy
+                if await endPulse(index, attempts: retry ? 1 : 5, why: why ?? "pulse of \(device.points[index].pulseMs ?? 0) ms over", quiet: retry) {
+                    continue
+                }
+                // Still on (device unreachable): the off is the safe state, so keep trying while the
+                // gateway runs. A new "on" command replaces this retry with its own pulse.
+                generation += 1
+                let g = generation
+                let cont = continuation
+                let timer = Task {
+                    try? await Task.sleep(for: Self.offRetry)
+                    if !Task.isCancelled { cont.yield(.pulseEnd(point: index, generation: g, why: Self.retryWhy)) }
+                }
+                pulses[index] = Pulse(generation: g, timer: timer)
             }
         }
         // Stopping (or cancelled): every pulse still on is switched off now. Run in a task of its
@@ -300,7 +316,10 @@ final class DeviceCommander: Sendable {
     // MARK: pulses
 
     /// Writes the released state, retrying (it is the safe state, and writing it twice is harmless).
-    private func endPulse(_ index: Int, attempts: Int, why: String) async {
+    /// Returns false when every attempt failed. `quiet`: failures are logged at debug level (the
+    /// later retries of an off that already failed loudly).
+    @discardableResult
+    private func endPulse(_ index: Int, attempts: Int, why: String, quiet: Bool = false) async -> Bool {
         let point = device.points[index]
         var log = logger
         log[metadataKey: "point"] = "\(point.name)"
@@ -310,13 +329,17 @@ final class DeviceCommander: Sendable {
                 context.journal.markOff(device: device.name, point: point.name)
                 log.info("pulse ended: switched off (\(why))")
                 _ = await readBack(point)
-                return
+                return true
             } catch {
                 if attempt == attempts {
-                    log.error("pulse end FAILED after \(attempts) attempts, the point may still be on (the journal keeps it for the next start): \(error)")
-                    return
+                    if quiet {
+                        log.debug("pulse end: write off failed again: \(error)")
+                    } else {
+                        log.error("pulse end FAILED after \(attempts) attempts, the point may still be on; retrying every \(Self.offRetry) until it is off (and at the next start): \(error)")
+                    }
+                    return false
                 }
-                log.warning("pulse end: write off failed (attempt \(attempt) of \(attempts)), retrying: \(error)")
+                log.log(level: quiet ? .debug : .warning, "pulse end: write off failed (attempt \(attempt) of \(attempts)), retrying: \(error)")
                 // Not a cancellable sleep: this write must be tried again even while stopping.
                 let pause = Duration.milliseconds(min(2000, 250 << (attempt - 1)))
                 await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
@@ -324,6 +347,7 @@ final class DeviceCommander: Sendable {
                 }
             }
         }
+        return false
     }
 
     // MARK: /get

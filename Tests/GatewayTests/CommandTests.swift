@@ -320,6 +320,25 @@ struct CommandTests {
         await rig.shutdown()
     }
 
+    @Test("killed during a pulse, device unreachable at the next start: the off is retried until the device takes it")
+    func crashDuringPulseDeviceAway() async throws {
+        let rig = try await Self.startRig(pulseMs: 600_000)
+        try await Self.command(rig, "unlock", "true")
+        rig.gateway.signal(SIGKILL)
+        _ = try await rig.gateway.waitForExit(timeout: .seconds(10))
+        _ = await rig.sim.stop()
+        let next = try ChildProcess(try TestEnvironment.gatewayBinary(), ["run", "--config", rig.configPath])
+        _ = try await next.waitForLine(containing: "pulse end FAILED", timeout: .seconds(20))
+        // The device comes back (same port): the retry writes the off, without any command.
+        let again = try await GatewaySimulator.start([], port: rig.simPort)
+        let writes = try await again.waitForWrites(1, timeout: .seconds(20))
+        #expect(writes.map(\.values) == [[0]] && writes[0].address == 0)
+        _ = try await next.waitForLine(containing: "pulse ended: switched off (retried")
+        await next.stop()
+        _ = await again.stop()
+        await rig.shutdown()
+    }
+
     @Test("priority: with a slow poll round queued on the bus, a command's write goes out next, ahead of the polls")
     func writeAheadOfPolls() async throws {
         // Eight more devices on the same bus (units 2...9), every answer delayed 20 ms: each poll
