@@ -37,8 +37,8 @@ final class PulseJournal: Sendable {
                 if !entry.isEmpty { leftOn.insert(String(entry)) }
             }
             fclose(f)
-        } else if errno != ENOENT {
-            logger.warning("pulse journal \(path) cannot be read (\(PulseJournal.describe(errno))): pulses an earlier run left on are not known")
+        } else if case let e = errno, e != ENOENT {
+            logger.warning("pulse journal \(path) cannot be read (\(PulseJournal.describe(e))): pulses an earlier run left on are not known")
         }
         for stray in leftOn.subtracting(pulses).sorted() {
             logger.error("pulse journal: \(stray) was left on by an earlier run but is no longer a pulse point of this configuration: not switched off")
@@ -47,8 +47,9 @@ final class PulseJournal: Sendable {
         guard !pulses.isEmpty else { return (PulseJournal(path: nil, entries: [], logger: logger), leftOn) }
         // Probe: the directory must take a new file, or there is no journal.
         guard access(directory, W_OK | X_OK) == 0 else {
-            logger.warning("no pulse journal: \(directory) is not a writable directory (\(PulseJournal.describe(errno))); a pulse cut short by a crash will not be switched off at the next start (set [gateway] state_dir)")
-            return (PulseJournal(path: nil, entries: [], logger: logger), leftOn)
+            let e = errno
+            logger.warning("no pulse journal: \(directory) is not a writable directory (\(PulseJournal.describe(e))); a pulse cut short by a crash will not be switched off at the next start (set [gateway] state_dir)")
+            return (PulseJournal(path: nil, entries: leftOn, logger: logger), leftOn)
         }
         return (PulseJournal(path: path, entries: leftOn, logger: logger), leftOn)
     }
