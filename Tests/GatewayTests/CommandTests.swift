@@ -215,6 +215,18 @@ struct CommandTests {
         await rig.shutdown()
     }
 
+    @Test("write_multiple: a device without FC 5/6 gets FC 15 for a coil and 16 for one register")
+    func writeMultiple() async throws {
+        let rig = try await Rig.start(points: "write_multiple = true\n" + Self.points(), simArgs: [], pollMs: 100)
+        try await rig.waitFor("\(Self.b)/dev/status", "online")
+        _ = try await rig.gateway.waitForLine(containing: "subscribed to commands")
+        #expect(try await Self.command(rig, "light", "true") == #"{"ok":true,"value":true}"#)
+        #expect(try await Self.command(rig, "mode", "locked") == #"{"ok":true,"value":"locked"}"#)
+        let writes = try await rig.sim.waitForWrites(2)
+        #expect(writes.map(\.fc) == [15, 16] && writes.map(\.values) == [[1], [2]], "\(writes)")
+        await rig.shutdown()
+    }
+
     @Test("a device that is offline refuses commands at once (nothing queued for later)")
     func offlineDevice() async throws {
         let rig = try await Self.startRig()
