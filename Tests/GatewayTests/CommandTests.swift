@@ -353,8 +353,9 @@ struct CommandTests {
 
     @Test("priority: with a slow poll round queued on the bus, a command's write goes out next, ahead of the polls")
     func writeAheadOfPolls() async throws {
-        // Eight more devices on the same bus (units 2...9), every answer delayed 20 ms: each poll
-        // round queues 9 reads that take ~180 ms.
+        // Eight more devices on the same bus (units 2...9), every answer delayed 100 ms: each poll
+        // round queues 9 reads that take ~900 ms (so a command delivered up to ~100 ms late by a
+        // busy machine still shows the order).
         var more = ""
         for u in 2...9 {
             more += """
@@ -363,16 +364,16 @@ struct CommandTests {
                 name = "slow\(u)"
                 bus = "plc"
                 unit = \(u)
-                poll_ms = 400
+                poll_ms = 2000
                   [[device.point]]
                   name = "v"
                   register = "holding"
                   address = 0
                 """
         }
-        var sim = ["--latency-ms", "20", "--log-requests"]
+        var sim = ["--latency-ms", "100", "--log-requests"]
         for u in 1...9 { sim += ["--unit", "\(u)"] }
-        let rig = try await Rig.start(points: Self.points() + more, simArgs: sim, pollMs: 400)
+        let rig = try await Rig.start(points: Self.points() + more, simArgs: sim, pollMs: 2000)
         try await rig.waitFor("\(Self.b)/dev/status", "online")
         _ = try await rig.gateway.waitForLine(containing: "subscribed to commands")
         @Sendable func isRequest(_ l: String) -> Bool { l.hasPrefix("{\"request\":") }
