@@ -36,7 +36,14 @@ final class DeviceCommander: Sendable {
     enum Job: Sendable {
         case set(MQTTMessage, point: String, receivedAt: ContinuousClock.Instant)
         case get(MQTTMessage, point: String, receivedAt: ContinuousClock.Instant)
-        case pulseEnd(point: Int, generation: Int, why: String? = nil)
+        case pulseEnd(point: Int, generation: Int, why: PulseEnd)
+    }
+
+    /// Why a pulse is being switched off.
+    enum PulseEnd: Sendable {
+        case over              // its pulse_ms has passed
+        case leftOnEarlier     // in the journal at start: an earlier run did not end it
+        case retry             // an earlier off was not taken by the device
     }
 
     struct Context: Sendable {
@@ -140,7 +147,6 @@ final class DeviceCommander: Sendable {
     func stop() { continuation.finish() }
 
     static let offRetry = Duration.seconds(5)
-    static let retryWhy = "retried after the device did not take the off"
 
     private struct Pulse {
         var generation: Int
@@ -153,11 +159,12 @@ final class DeviceCommander: Sendable {
         var ids = CommandIDCache()
         // Pulses an earlier run switched on and never switched off (it crashed): off first,
         // before any command.
+        let leftOn = context.journal.current
         for (index, point) in device.points.enumerated() where point.pulseMs != nil
-            && context.journal.current.contains(PulseJournal.key(device: device.name, point: point.name)) {
+            && leftOn.contains(PulseJournal.key(device: device.name, point: point.name)) {
             generation += 1
             pulses[index] = Pulse(generation: generation, timer: Task {})
-            continuation.yield(.pulseEnd(point: index, generation: generation, why: "left on by an earlier run that did not end it"))
+            continuation.yield(.pulseEnd(point: index, generation: generation, why: .leftOnEarlier))
         }
         for await job in jobs {
             switch job {
@@ -170,7 +177,7 @@ final class DeviceCommander: Sendable {
                     let cont = continuation
                     let timer = Task {
                         try? await Task.sleep(until: deadline, clock: .continuous)
-                        if !Task.isCancelled { cont.yield(.pulseEnd(point: index, generation: g, why: nil)) }
+                        if !Task.isCancelled { cont.yield(.pulseEnd(point: index, generation: g, why: .over)) }
                     }
                     pulses[index] = Pulse(generation: g, timer: timer)
                 } endPulse: { index in
@@ -182,8 +189,12 @@ final class DeviceCommander: Sendable {
             case .pulseEnd(let index, let g, let why):
                 guard let p = pulses[index], p.generation == g else { continue }
                 pulses[index] = nil
-                let retry = why == Self.retryWhy
-                if await endPulse(index, attempts: retry ? 1 : 5, why: why ?? "pulse of \(device.points[index].pulseMs ?? 0) ms over", quiet: retry) {
+                let text = switch why {
+                case .over: "pulse of \(device.points[index].pulseMs ?? 0) ms over"
+                case .leftOnEarlier: "left on by an earlier run that did not end it"
+                case .retry: "retried after the device did not take the off"
+                }
+                if await endPulse(index, attempts: why == .retry ? 1 : 5, why: text, quiet: why == .retry) {
                     continue
                 }
                 // Still on (device unreachable): the off is the safe state, so keep trying while the
@@ -193,7 +204,7 @@ final class DeviceCommander: Sendable {
                 let cont = continuation
                 let timer = Task {
                     try? await Task.sleep(for: Self.offRetry)
-                    if !Task.isCancelled { cont.yield(.pulseEnd(point: index, generation: g, why: Self.retryWhy)) }
+                    if !Task.isCancelled { cont.yield(.pulseEnd(point: index, generation: g, why: .retry)) }
                 }
                 pulses[index] = Pulse(generation: g, timer: timer)
             }

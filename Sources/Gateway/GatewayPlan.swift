@@ -79,6 +79,11 @@ public struct GatewayPlan: Sendable {
     public var base: String { configuration.baseTopic }
 
     /// Topics the gateway publishes.
+    /// `<device>/<point>` of every pulse point (the pulse journal's keys).
+    public var pulsePoints: [String] {
+        devices.flatMap { d in d.settings.points.filter { $0.pulseMs != nil }.map { PulseJournal.key(device: d.settings.name, point: $0.name) } }
+    }
+
     public var publishedTopics: [String] {
         var t = ["\(base)/status"]
         for d in devices {
@@ -123,7 +128,7 @@ public struct GatewayPlan: Sendable {
             for p in d.points { out.append("    \(p.name): frames matching \(p.match)\(p.group.map { " (group \($0))" } ?? "")") }
             for cmd in d.commands { out.append("    \(cmd.name)/set: sends \(String(decoding: cmd.send, as: UTF8.self).debugDescription)") }
         }
-        let pulses = devices.flatMap { d in d.settings.points.filter { $0.pulseMs != nil }.map { "\(d.settings.name)/\($0.name)" } }
+        let pulses = pulsePoints
         if !pulses.isEmpty {
             out.append("pulses: \(pulses.joined(separator: ", ")); journal \(c.gateway.stateDirectory)/pulses (a pulse cut short by a crash is switched off at the next start)")
         }

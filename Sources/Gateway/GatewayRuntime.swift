@@ -56,10 +56,7 @@ public final class GatewayRuntime: Service, Sendable {
             buses[b.name] = ModbusBus(configuration: b.busConfiguration, logger: l)
         }
         self.buses = buses
-        let pulsePoints = plan.devices.flatMap { d in
-            d.settings.points.filter { $0.pulseMs != nil }.map { PulseJournal.key(device: d.settings.name, point: $0.name) }
-        }
-        let (journal, leftOn) = PulseJournal.open(directory: configuration.gateway.stateDirectory, pulses: Set(pulsePoints), logger: logger)
+        let (journal, leftOn) = PulseJournal.open(directory: configuration.gateway.stateDirectory, pulses: Set(plan.pulsePoints), logger: logger)
         if !leftOn.isEmpty {
             logger.warning("pulses left on by an earlier run that did not end them, switching them off: \(leftOn.sorted().joined(separator: ", "))")
         }
