@@ -10,12 +10,20 @@ final class AsyncQueue<T: Sendable>: Sendable {
         var waiters: [(Int, CheckedContinuation<T?, Never>)] = []
         var finished = false
         var nextID = 0
+        /// Calls of `next` not answered yet.
+        var live: Set<Int> = []
+        /// Of those, the ones whose timer fired before they started waiting (a busy machine).
+        var expired: Set<Int> = []
     }
     private let state = Mutex(State())
 
     func push(_ item: T) {
         let w = state.withLock { s -> CheckedContinuation<T?, Never>? in
-            if !s.waiters.isEmpty { return s.waiters.removeFirst().1 }
+            if !s.waiters.isEmpty {
+                let (id, c) = s.waiters.removeFirst()
+                s.live.remove(id)
+                return c
+            }
             s.items.append(item)
             return nil
         }
@@ -25,6 +33,7 @@ final class AsyncQueue<T: Sendable>: Sendable {
     func finish() {
         let ws = state.withLock { s -> [CheckedContinuation<T?, Never>] in
             s.finished = true
+            for (id, _) in s.waiters { s.live.remove(id) }
             defer { s.waiters.removeAll() }
             return s.waiters.map(\.1)
         }
@@ -33,20 +42,26 @@ final class AsyncQueue<T: Sendable>: Sendable {
 
     /// The next item, nil when finished, or a TimeoutError.
     func next(timeout: Duration = .seconds(10)) async throws -> T? {
-        let id = state.withLock { s -> Int in s.nextID += 1; return s.nextID }
+        let id = state.withLock { s -> Int in s.nextID += 1; s.live.insert(s.nextID); return s.nextID }
         let timer = Task {
             try await Task.sleep(for: timeout)
-            let w = self.state.withLock { s -> CheckedContinuation<T?, Never>? in
-                guard let i = s.waiters.firstIndex(where: { $0.0 == id }) else { return nil }
-                return s.waiters.remove(at: i).1
+            let (w, timedOut) = self.state.withLock { s -> (CheckedContinuation<T?, Never>?, Bool) in
+                guard s.live.contains(id) else { return (nil, false) }   // already answered
+                if let i = s.waiters.firstIndex(where: { $0.0 == id }) {
+                    s.live.remove(id)
+                    return (s.waiters.remove(at: i).1, true)
+                }
+                s.expired.insert(id)   // not waiting yet: the registration below sees it
+                return (nil, true)
             }
             w?.resume(returning: nil)
-            return w != nil
+            return timedOut
         }
         let item: T? = await withCheckedContinuation { cont in
             let ready = state.withLock { s -> (Bool, T?) in
-                if !s.items.isEmpty { return (true, s.items.removeFirst()) }
-                if s.finished { return (true, nil) }
+                if s.expired.remove(id) != nil { s.live.remove(id); return (true, nil) }
+                if !s.items.isEmpty { s.live.remove(id); return (true, s.items.removeFirst()) }
+                if s.finished { s.live.remove(id); return (true, nil) }
                 s.waiters.append((id, cont))
                 return (false, nil)
             }
@@ -139,14 +154,15 @@ final class FakeConnection: Sendable {
     /// Waits until the client closes the connection (bounded).
     func waitClosed(timeout: Duration = .seconds(10)) async throws {
         let deadline = ContinuousClock.now + timeout
+        var skipped: [String] = []
         while ContinuousClock.now < deadline {
             if let p = try? await packets.next(timeout: .milliseconds(200)) {
-                _ = p   // packets before the close are skipped
+                skipped.append("\(p)")   // packets before the close are skipped
                 continue
             }
             if !channel.isActive { return }
         }
-        throw TimeoutError(description: "the client did not close the connection")
+        throw TimeoutError(description: "the client did not close the connection (packets meanwhile: \(skipped.prefix(5)), \(skipped.count) in all)")
     }
 }
 

@@ -1,4 +1,4 @@
-import Dispatch
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -17,7 +17,7 @@ public final class FarEnd: Sendable {
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
     }
     /// Writes everything, or returns false when the line took nothing for `timeout` or failed
-    /// (blocking I/O runs on a dispatch thread, never on Swift's cooperative pool).
+    /// (blocking I/O runs on a thread of its own, never on Swift's cooperative pool).
     @discardableResult
     public func send(_ bytes: [UInt8], timeout: Duration = .seconds(30)) async -> Bool {
         let fd = self.fd
@@ -65,9 +65,11 @@ public final class FarEnd: Sendable {
 }
 
 
-/// Runs blocking work on a dispatch thread so that it cannot stall the cooperative pool.
+/// Runs blocking work on a thread of its own. Not on `DispatchQueue.global()`: on Linux its
+/// worker threads count against the same per-CPU limit as Swift's cooperative pool, so a read that
+/// blocks for seconds there stalled every task of the test process (timers fired seconds late).
 func offPool<T: Sendable>(_ work: @escaping @Sendable () -> T) async -> T {
     await withCheckedContinuation { c in
-        DispatchQueue.global().async { c.resume(returning: work()) }
+        Thread.detachNewThread { c.resume(returning: work()) }
     }
 }
