@@ -41,7 +41,7 @@ final class AsyncQueue<T: Sendable>: Sendable {
     }
 
     /// The next item, nil when finished, or a TimeoutError.
-    func next(timeout: Duration = .seconds(10)) async throws -> T? {
+    func next(timeout: Duration = .seconds(30)) async throws -> T? {
         let id = state.withLock { s -> Int in s.nextID += 1; s.live.insert(s.nextID); return s.nextID }
         let timer = Task {
             try await Task.sleep(for: timeout)
@@ -126,7 +126,7 @@ final class FakeConnection: Sendable {
     }
 
     /// The next packet from the client (fails on timeout or close).
-    func expect(timeout: Duration = .seconds(10)) async throws -> MQTTPacket {
+    func expect(timeout: Duration = .seconds(30)) async throws -> MQTTPacket {
         guard let p = try await packets.next(timeout: timeout) else { throw TimeoutError(description: "connection closed") }
         return p
     }
@@ -152,7 +152,7 @@ final class FakeConnection: Sendable {
     func close() async { try? await channel.close() }
 
     /// Waits until the client closes the connection (bounded).
-    func waitClosed(timeout: Duration = .seconds(10)) async throws {
+    func waitClosed(timeout: Duration = .seconds(30)) async throws {
         let deadline = ContinuousClock.now + timeout
         var skipped: [String] = []
         while ContinuousClock.now < deadline {

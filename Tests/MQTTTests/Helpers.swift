@@ -25,7 +25,7 @@ func config(_ broker: Mosquitto, _ version: MQTTVersion = .v5, id: String = uniq
 }
 
 /// Waits (bounded) for the next element of an async iterator.
-func next<I: AsyncIteratorProtocol & Sendable>(_ iterator: inout I, timeout: Duration = .seconds(10)) async throws -> I.Element
+func next<I: AsyncIteratorProtocol & Sendable>(_ iterator: inout I, timeout: Duration = .seconds(30)) async throws -> I.Element
 where I.Element: Sendable {
     let it = iterator
     let result = try await withThrowingTaskGroup(of: (I.Element?, I)?.self) { group in
@@ -56,7 +56,7 @@ final class Inbox: Sendable {
     init(_ client: MQTTClient) { stream = client.messages }
 
     /// The next message whose topic satisfies `filter`, within `timeout`.
-    func next(timeout: Duration = .seconds(10), where filter: @escaping @Sendable (MQTTMessage) -> Bool = { _ in true }) async throws -> MQTTMessage {
+    func next(timeout: Duration = .seconds(30), where filter: @escaping @Sendable (MQTTMessage) -> Bool = { _ in true }) async throws -> MQTTMessage {
         let s = stream
         return try await withThrowingTaskGroup(of: MQTTMessage?.self) { group in
             group.addTask {
