@@ -14,13 +14,15 @@ let swiftSettings: [SwiftSetting] = [
 /// - lld with packed relative relocations (DT_RELR, glibc >= 2.36): the 1.4 MiB `.rela.dyn`
 ///   of a PIE is read at every start otherwise; the binary stays position-independent (ASLR);
 /// - no exported dynamic symbol table (`--no-export-dynamic`, which the static-stdlib link
-///   turns on): 1.6 MiB of symbol names nobody looks up.
+///   turns on): 1.6 MiB of symbol names nobody looks up;
+/// - libstdc++ linked in (the linker script deploy/link/libstdc++.so points `-lstdc++` at
+///   libstdc++.a): libstdc++.so.6 mapped beside us was 1.1 MiB resident for a few functions.
 /// Debug builds (tests) link as usual.
 let releaseLinkerSettings: [LinkerSetting] = [
     // FoundationEssentials (used by swift-argument-parser) needs its two helper libraries named
     // when linked statically (`swift build --static-swift-stdlib` adds the same two).
     .unsafeFlags(["-static-stdlib", "-use-ld=lld", "-l_FoundationCollections", "-l_FoundationCShims",
-                  "-Xlinker", "--no-export-dynamic", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs"],
+                  "-L\(Context.packageDirectory)/deploy/link", "-Xlinker", "--no-export-dynamic", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs"],
                  .when(platforms: [.linux], configuration: .release)),
 ]
 
@@ -45,6 +47,9 @@ let package = Package(
     targets: [
         // libmodbus through pkg-config (Debian: libmodbus-dev).
         .systemLibrary(name: "CModbus", pkgConfig: "libmodbus", providers: [.apt(["libmodbus-dev"])]),
+
+        // glibc's malloc.h (malloc_trim), not part of the Glibc module.
+        .systemLibrary(name: "CMalloc"),
 
         // MQTT 3.1.1 / 5.0 client: codec (NIOCore only) + connection on NIOPosix/NIOSSL.
         .target(name: "MQTT", dependencies: [
@@ -75,7 +80,7 @@ let package = Package(
 
         // The domain: devices, points, scheduling, uplink, downlink, availability.
         .target(name: "Gateway", dependencies: [
-            "GatewayConfig", "MQTT", "Modbus", "Serial",
+            "GatewayConfig", "MQTT", "Modbus", "Serial", "CMalloc",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ], swiftSettings: swiftSettings),

@@ -106,6 +106,9 @@ public final class GatewayRuntime: Service, Sendable {
                 for runner in serialRunners.values {
                     group.addTask { await runner.run() }
                 }
+                if plan.configuration.gateway.dropStartupPages {
+                    group.addTask { await self.dropStartupPages() }
+                }
                 // Until SIGTERM/SIGINT (or cancellation).
                 try? await gracefulShutdown()
                 group.cancelAll()
@@ -122,6 +125,16 @@ public final class GatewayRuntime: Service, Sendable {
         await client.disconnect(timeout: .seconds(3))
         for bus in buses.values { bus.close() }
         logger.info("gateway stopped")
+    }
+
+    /// Once start-up is over (first connect, first polls: well within 5 s), the executable's
+    /// pages it touched go back to the kernel; the steady state maps back what it runs.
+    private func dropStartupPages() async {
+        do { try await Task.sleep(for: CodePages.startupGrace) } catch { return }
+        if let outcome = CodePages.trim() {
+            logger.info("start-up pages given back: resident \(outcome.residentBefore) -> \(outcome.residentAfter) KiB",
+                        metadata: ["mappings": "\(outcome.mappings)", "dropped": "\(outcome.dropped)"])
+        }
     }
 
     /// Routes `<base>/<device>/<point>/set|get` to the device's commander; answers unknown devices.

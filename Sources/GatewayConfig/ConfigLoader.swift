@@ -116,6 +116,7 @@ public enum ConfigLoader {
             if !v.hasPrefix("/") { r.issue("state_dir", "'\(v)' must be an absolute path") }
             g.stateDirectory = v
         }
+        if let v = r.bool("drop_startup_pages") { g.dropStartupPages = v }
         return g
     }
 

@@ -34,6 +34,9 @@ public struct GatewaySettings: Sendable, Equatable {
     /// that a pulse cut short by a crash is switched off at the next start. Not created by the
     /// gateway; when it is missing or not writable the gateway says so once and runs without.
     public var stateDirectory = "/var/lib/gateway"
+    /// `drop_startup_pages` (default true): 5 s after start, give back the pages of the
+    /// executable that start-up touched (see `CodePages` in the Gateway module).
+    public var dropStartupPages = true
 }
 
 /// `[mqtt]`

@@ -137,6 +137,38 @@ struct CommandTests {
         await rig.shutdown()
     }
 
+    @Test("start-up pages given back after start (drop_startup_pages): the resident set shrinks, then values and commands still work")
+    func startupPagesDropped() async throws {
+        let rig = try await Self.startRig()
+        // "start-up pages given back: resident A -> B KiB", logged once, CodePages.startupGrace after start.
+        let line = try await rig.gateway.waitForLine(containing: "start-up pages given back", timeout: .seconds(30))
+        let words = line.split(separator: " ")
+        let figures = words.compactMap { Int($0) }
+        let dropped = words.first { $0.hasPrefix("dropped=") }.flatMap { Int($0.dropFirst("dropped=".count)) }
+        #expect((dropped ?? 0) >= 1, "no mapping of the executable was dropped: \(line)")
+        #expect(figures.count == 2)
+        if figures.count == 2 { #expect(figures[1] < figures[0], "resident set did not shrink: \(line)") }
+        // The code it runs from now on is mapped back in as it is touched.
+        #expect(try await Self.command(rig, "setpoint", "21.5") == #"{"ok":true,"value":21.5}"#)
+        #expect(try await Self.command(rig, "light", "true") == #"{"ok":true,"value":true}"#)
+        let writes = try await rig.sim.waitForWrites(2)
+        #expect(writes.map(\.values) == [[215], [1]])
+        try await rig.sim.set("holding:40=77")
+        try await rig.waitFor("\(Self.b)/dev/count", "77")
+        await rig.shutdown()
+    }
+
+    @Test("drop_startup_pages = false: nothing is given back")
+    func startupPagesKept() async throws {
+        let rig = try await Self.startRig(extraGateway: "drop_startup_pages = false")
+        // The runtime logs the line CodePages.startupGrace after start when enabled; wait past that.
+        await #expect(throws: (any Error).self) {
+            _ = try await rig.gateway.waitForLine(containing: "start-up pages given back", timeout: CodePages.startupGrace + .seconds(3))
+        }
+        #expect(try await Self.command(rig, "light", "true") == #"{"ok":true,"value":true}"#)
+        await rig.shutdown()
+    }
+
     @Test("MQTT 5: the answer goes to the response topic with the correlation data; /get answers too")
     func responseTopic() async throws {
         let rig = try await Self.startRig()
