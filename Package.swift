@@ -88,6 +88,7 @@ let package = Package(
         // The `gateway` executable: run, check, read, write, simulate.
         .executableTarget(name: "GatewayCLI", dependencies: [
             "Gateway", "GatewayConfig", "Modbus", "MQTT",
+            .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

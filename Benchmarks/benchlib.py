@@ -1,10 +1,16 @@
 """Shared helpers of the benchmarks: a private Mosquitto, `gateway simulate`, a paho observer,
 /proc sampling. Loopback only; every process started here is ended by the caller, by PID."""
-import atexit, os, socket, subprocess, sys, tempfile, threading, time
+import atexit, os, shutil, socket, subprocess, sys, tempfile, threading, time
 import paho.mqtt.client as mqtt
 
 BIN = sys.argv[1]
 TMP = tempfile.mkdtemp(prefix="gw-bench-")
+atexit.register(shutil.rmtree, TMP, True)
+# The simulator runs from a copy of the binary: on a site the gateway is the only process running
+# its binary, and a second process mapping the same file would keep pages of it cached and
+# mapped that the gateway gives back after start-up (drop_startup_pages), inflating its RSS.
+SIM_BIN = os.path.join(TMP, "gateway-simulator")
+shutil.copy2(BIN, SIM_BIN)
 CLK = os.sysconf("SC_CLK_TCK")
 
 # Every process started here is ended at exit, by PID, even when a benchmark fails half-way.
@@ -15,7 +21,7 @@ def _end_started():
             p.terminate()
             try: p.wait(5)
             except subprocess.TimeoutExpired: p.kill()
-atexit.register(_end_started)
+atexit.register(_end_started)   # registered after the rmtree: runs before it
 
 def free_port():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
@@ -33,7 +39,7 @@ def start_broker():
     return p, port
 
 def start_sim(args, on_line=None):
-    p = subprocess.Popen([BIN, "simulate", "--tcp", "127.0.0.1:0"] + args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen([SIM_BIN, "simulate", "--tcp", "127.0.0.1:0"] + args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     STARTED.append(p)
     line = p.stdout.readline()
     port = int(line.split()[2].rsplit(":", 1)[1])

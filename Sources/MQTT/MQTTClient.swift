@@ -90,6 +90,9 @@ public actor MQTTClient {
     private var outbound: [UInt16: Outbound] = [:]
     private var outboundOrder: Deque<UInt16> = []
     private var queue: Deque<Pending> = []
+    /// The most messages `queue` held since it was last empty: a burst (every value at start,
+    /// a backlog after a reconnect) leaves its storage behind, given back once drained.
+    private var queuePeak = 0
     private var incomingQoS2: Set<UInt16> = []
     private var nextPacketID: UInt16 = 1
     private var subscriptions: [String: Subscription] = [:]
@@ -624,6 +627,10 @@ public actor MQTTClient {
             queue.removeFirst()
             send(first)
         }
+        if queue.isEmpty && queuePeak > 64 {
+            queue = []
+            queuePeak = 0
+        }
     }
 
     private func send(_ pending: Pending) {
@@ -694,6 +701,7 @@ public actor MQTTClient {
             }
         }
         queue.append(pending)
+        queuePeak = max(queuePeak, queue.count)
         if state == .connected {
             drainQueue()
             channel?.flush()
