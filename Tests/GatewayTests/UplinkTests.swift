@@ -115,6 +115,10 @@ final class Rig: Sendable {
         await observer.disconnect()
         _ = await sim.stop()
         await broker.shutdown()
+        // The rig's directory (config, pulse journal): configPath is "<dir>/gateway.toml".
+        if configPath.hasSuffix("/gateway.toml") {
+            try? FileManager.default.removeItem(atPath: String(configPath.dropLast("/gateway.toml".count)))
+        }
     }
 }
 
