@@ -1,3 +1,4 @@
+import GatewayConfig
 #if canImport(Glibc)
 import CMalloc
 import Glibc
@@ -42,7 +43,7 @@ public enum CodePages {
         let n = readlink("/proc/self/exe", &buf, buf.count - 1)
         guard n > 0 else { return nil }
         let exe = String(decoding: buf[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        guard let smaps = readFile("/proc/self/smaps") else { return nil }
+        guard let smaps = ConfigLoader.readFile("/proc/self/smaps").map({ String(decoding: $0, as: UTF8.self) }) else { return nil }
         var out = Outcome()
         out.residentBefore = residentKiB() ?? 0
         var mappings: [Mapping] = []
@@ -86,30 +87,13 @@ public enum CodePages {
     }
 
     /// VmRSS of this process in KiB.
-    public static func residentKiB() -> Int? {
+    private static func residentKiB() -> Int? {
         #if canImport(Glibc)
-        guard let status = readFile("/proc/self/status") else { return nil }
+        guard let status = ConfigLoader.readFile("/proc/self/status").map({ String(decoding: $0, as: UTF8.self) }) else { return nil }
         for line in status.split(separator: "\n") where line.hasPrefix("VmRSS:") {
             return line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first.flatMap { Int($0) }
         }
         #endif
         return nil
     }
-
-    #if canImport(Glibc)
-    private static func readFile(_ path: String) -> String? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 16384)
-        while true {
-            let r = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if r < 0 && errno == EINTR { continue }
-            if r <= 0 { break }
-            bytes += chunk[..<r]
-        }
-        return String(decoding: bytes, as: UTF8.self)
-    }
-    #endif
 }

@@ -34,7 +34,8 @@ public enum ConfigLoader {
         throw ConfigError(file: file, issues: sink.issues.isEmpty ? [ConfigIssue(path: "", message: "invalid configuration")] : sink.issues)
     }
 
-    static func readFile(_ path: String) -> [UInt8]? {
+    /// A whole file (up to 16 MiB; also /proc files, whose size is not known ahead), or nil.
+    public static func readFile(_ path: String) -> [UInt8]? {
         guard let f = fopen(path, "r") else { return nil }
         defer { fclose(f) }
         var bytes: [UInt8] = []

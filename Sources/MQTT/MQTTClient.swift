@@ -392,6 +392,7 @@ public actor MQTTClient {
             outbound.removeAll()
             outboundOrder.removeAll()
             queue.insert(contentsOf: again, at: 0)
+            queuePeak = max(queuePeak, queue.count)
             // Restore subscriptions.
             let subs = subscriptionOrder.compactMap { subscriptions[$0] }
             restoreIDs = []
