@@ -17,13 +17,13 @@ actor StatusBoard {
 }
 
 /// The running gateway: one MQTT connection (will `offline`, birth `online` after every connect),
-/// one poll task per device on its bus, values and availability published, commands from
+/// one poll task per bus (its devices in turn, each on its own schedule), values and availability published, commands from
 /// `<base>/+/+/set` and `/get` run by one ``DeviceCommander`` per device. A `Service`: on graceful
 /// shutdown it stops polling and taking commands, ends pending pulses (the off is written),
 /// publishes `offline` for every device and itself, then disconnects.
 public final class GatewayRuntime: Service, Sendable {
     public let plan: GatewayPlan
-    private let client: MQTTClient
+    fileprivate let client: MQTTClient
     private let buses: [String: ModbusBus]
     private let logger: Logger
     private let board = StatusBoard()
@@ -100,8 +100,9 @@ public final class GatewayRuntime: Service, Sendable {
             await withTaskGroup(of: Void.self) { group in
                 group.addTask { await self.watchConnection() }
                 group.addTask { await self.dispatchCommands() }
-                for device in plan.devices {
-                    group.addTask { await self.pollLoop(device) }
+                for (name, bus) in buses {
+                    let devices = plan.devices.filter { $0.bus.name == name }
+                    if !devices.isEmpty { group.addTask { await self.pollBus(bus, devices: devices) } }
                 }
                 for runner in serialRunners.values {
                     group.addTask { await runner.run() }
@@ -206,24 +207,49 @@ public final class GatewayRuntime: Service, Sendable {
         }
     }
 
-    private func pollLoop(_ device: GatewayPlan.Device) async {
-        guard let bus = buses[device.bus.name] else { return }
-        let settings = device.settings
-        let base = plan.base
-        let gw = plan.configuration.gateway
-        var log = logger
-        log[metadataKey: "device"] = "\(settings.name)"
-        let period = Duration.milliseconds(settings.pollMs)
-        var schedule = PollSchedule(period: period, start: .now)
-        var readPlan = device.readPlan
-        var health = DeviceHealth(offlineAfter: settings.offlineAfter)
-        let refresh: Duration? = gw.refreshSeconds > 0 ? .seconds(gw.refreshSeconds) : nil
-        var filters = settings.points.map { ChangeFilter(deadband: $0.deadband, refresh: refresh) }
-        var failingPoints: Set<Int> = []
-        var requestsPerPoll = readPlan.requests.count
-
+    /// One poller per bus: the bus runs one request at a time anyway, so its devices are polled in
+    /// turn by one task, each on its own drift-free schedule (the device due first goes next).
+    /// A task per device would cost a task and its stack for every device while polling no faster.
+    private func pollBus(_ bus: ModbusBus, devices: [GatewayPlan.Device]) async {
+        let start = ContinuousClock.now
+        var pollers = devices.map { DevicePoller($0, gateway: plan.configuration.gateway, logger: logger, start: start) }
+        guard !pollers.isEmpty else { return }
         while !Task.isCancelled {
-            do { try await Task.sleep(until: schedule.next, clock: .continuous) } catch { return }
+            var due = 0
+            for i in pollers.indices.dropFirst() where pollers[i].schedule.next < pollers[due].schedule.next { due = i }
+            do { try await Task.sleep(until: pollers[due].schedule.next, clock: .continuous) } catch { return }
+            await pollers[due].poll(bus, runtime: self)
+        }
+    }
+
+    /// One device's poll state on its bus's poller: schedule, read plan, health, change filters.
+    private struct DevicePoller {
+        let settings: DeviceSettings
+        var log: Logger
+        var schedule: PollSchedule
+        var readPlan: ReadPlan
+        var health: DeviceHealth
+        var filters: [ChangeFilter]
+        var failingPoints: Set<Int> = []
+        var requestsPerPoll: Int
+
+        init(_ device: GatewayPlan.Device, gateway: GatewaySettings, logger: Logger, start: ContinuousClock.Instant) {
+            settings = device.settings
+            log = logger
+            log[metadataKey: "device"] = "\(settings.name)"
+            schedule = PollSchedule(period: .milliseconds(settings.pollMs), start: start)
+            readPlan = device.readPlan
+            health = DeviceHealth(offlineAfter: settings.offlineAfter)
+            let refresh: Duration? = gateway.refreshSeconds > 0 ? .seconds(gateway.refreshSeconds) : nil
+            filters = settings.points.map { ChangeFilter(deadband: $0.deadband, refresh: refresh) }
+            requestsPerPoll = device.readPlan.requests.count
+        }
+
+        /// The poll due at `schedule.next`: read, update health, publish what changed, advance.
+        mutating func poll(_ bus: ModbusBus, runtime: GatewayRuntime) async {
+            let base = runtime.plan.base
+            let gw = runtime.plan.configuration.gateway
+            let period = schedule.period
             // A poll that cannot start before the next one is due is dropped, not queued up.
             let results = await bus.poll(&readPlan, unit: settings.unit, deadline: schedule.next + period)
             if readPlan.requests.count != requestsPerPoll {
@@ -234,12 +260,12 @@ public final class GatewayRuntime: Service, Sendable {
             if ok {
                 if health.pollSucceeded() != nil {
                     log.info("device online")
-                    await publishStatus(settings.name, .online)
+                    await runtime.publishStatus(settings.name, .online)
                 }
             } else if health.pollFailed() != nil {
                 let why = results.values.compactMap { if case .failure(let e) = $0 { "\(e)" } else { nil } }.first ?? "no answer"
                 log.warning("device offline after \(settings.offlineAfter) failed polls: \(why)")
-                await publishStatus(settings.name, .offline)
+                await runtime.publishStatus(settings.name, .offline)
             }
             let now = ContinuousClock.now
             for (i, point) in settings.points.enumerated() {
@@ -248,8 +274,8 @@ public final class GatewayRuntime: Service, Sendable {
                 case .success(let read):
                     failingPoints.remove(i)
                     guard let value = try? point.value(from: read), filters[i].shouldPublish(value, now: now) else { continue }
-                    try? await client.enqueue(to: "\(base)/\(settings.name)/\(point.name)", payload: valuePayload(value, point: point, gateway: gw),
-                                              qos: .atLeastOnce, retain: point.retain ?? gw.retain)
+                    try? await runtime.client.enqueue(to: "\(base)/\(settings.name)/\(point.name)", payload: valuePayload(value, point: point, gateway: gw),
+                                                      qos: .atLeastOnce, retain: point.retain ?? gw.retain)
                 case .failure(let error):
                     if ok, failingPoints.insert(i).inserted {
                         var l = log
@@ -264,7 +290,7 @@ public final class GatewayRuntime: Service, Sendable {
         }
     }
 
-    private func publishStatus(_ device: String, _ state: DeviceHealth.State) async {
+    fileprivate func publishStatus(_ device: String, _ state: DeviceHealth.State) async {
         await context.publishStatus(device, state)
     }
 }

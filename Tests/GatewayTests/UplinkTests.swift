@@ -308,6 +308,61 @@ struct UplinkTests {
         await rig.shutdown()
     }
 
+    @Test("one poller per bus: two devices on one bus keep their own poll periods; a device on a second bus is polled too")
+    func devicesShareABus() async throws {
+        let second = try await GatewaySimulator.start(["--set", "holding:0=5", "--log-requests"])
+        let more = """
+            [[device.point]]
+            name = "v"
+            register = "holding"
+            address = 0
+            [[device]]
+            name = "slow"
+            bus = "plc"
+            unit = 2
+            poll_ms = 250
+              [[device.point]]
+              name = "v"
+              register = "holding"
+              address = 0
+            [[bus]]
+            name = "plc2"
+            type = "tcp"
+            host = "127.0.0.1"
+            port = \(second.port)
+            timeout_ms = 300
+            [[device]]
+            name = "other"
+            bus = "plc2"
+            unit = 1
+            poll_ms = 50
+              [[device.point]]
+              name = "v"
+              register = "holding"
+              address = 0
+            """
+        let rig = try await Rig.start(points: more, simArgs: ["--unit", "1", "--unit", "2", "--log-requests",
+                                                              "--set", "holding:0=7", "--set", "2/holding:0=9"], pollMs: 50)
+        let b = "gateway/e2e"
+        try await rig.waitFor("\(b)/dev/v", "7")
+        try await rig.waitFor("\(b)/slow/v", "9")
+        try await rig.waitFor("\(b)/other/v", "5")
+        try await rig.waitFor("\(b)/slow/status", "online")
+        // 40 polls of the 50 ms device; the 250 ms device on the same bus gets about a fifth as many.
+        let fast = Mutex(0)
+        _ = try await rig.sim.process.waitForLine(timeout: .seconds(20)) { line in
+            line.hasPrefix("{\"request\":{\"unit\":1,") && fast.withLock { $0 += 1; return $0 >= 40 }
+        }
+        let requests = rig.sim.process.lines.filter { $0.hasPrefix("{\"request\":") }
+        let unit1 = requests.filter { $0.hasPrefix("{\"request\":{\"unit\":1,") }.count
+        let unit2 = requests.filter { $0.hasPrefix("{\"request\":{\"unit\":2,") }.count
+        #expect(unit2 >= 2, "the slow device was polled \(unit2) times")
+        #expect(unit2 * 2 < unit1, "unit 1 (50 ms): \(unit1) polls, unit 2 (250 ms): \(unit2)")
+        #expect(second.process.lines.filter { $0.hasPrefix("{\"request\":") }.count >= 2)
+        await rig.shutdown()
+        _ = await second.stop()
+    }
+
     @Test("polling pymodbus (an independent Modbus implementation) publishes its values")
     func pymodbusDevice() async throws {
         let server = try await PymodbusServer.startTCP(spec: #"{"1": {"hr": {"100": 17254, "101": 32768, "0": 65535}, "di": {"0": 1}}}"#)
