@@ -95,27 +95,27 @@ public final class GatewayRuntime: Service, Sendable {
         let base = plan.base
         logger.info("gateway starting", metadata: ["base": "\(base)", "devices": "\(plan.devices.count)"])
         await client.start()
-        await withTaskGroup(of: Void.self) { commandGroup in
-            for c in commanders.values { commandGroup.addTask { await c.run() } }
-            await withTaskGroup(of: Void.self) { group in
-                group.addTask { await self.watchConnection() }
-                group.addTask { await self.dispatchCommands() }
-                for (name, bus) in buses {
-                    let devices = plan.devices.filter { $0.bus.name == name }
-                    if !devices.isEmpty { group.addTask { await self.pollBus(bus, devices: devices) } }
-                }
-                for runner in serialRunners.values {
-                    group.addTask { await runner.run() }
-                }
-                if plan.configuration.gateway.dropStartupPages {
-                    group.addTask { await self.dropStartupPages() }
-                }
-                // Until SIGTERM/SIGINT (or cancellation).
-                try? await gracefulShutdown()
-                group.cancelAll()
+        for c in commanders.values { c.start() }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.watchConnection() }
+            group.addTask { await self.dispatchCommands() }
+            for (name, bus) in buses {
+                let devices = plan.devices.filter { $0.bus.name == name }
+                if !devices.isEmpty { group.addTask { await self.pollBus(bus, devices: devices) } }
             }
-            // No more polls or commands; pending pulses are switched off before going offline.
-            for c in commanders.values { c.stop() }
+            for runner in serialRunners.values {
+                group.addTask { await runner.run() }
+            }
+            if plan.configuration.gateway.dropStartupPages {
+                group.addTask { await self.dropStartupPages() }
+            }
+            // Until SIGTERM/SIGINT (or cancellation).
+            try? await gracefulShutdown()
+            group.cancelAll()
+        }
+        // No more polls or commands; pending pulses are switched off before going offline.
+        await withTaskGroup(of: Void.self) { group in
+            for c in commanders.values { group.addTask { await c.stop() } }
         }
         // Polling has stopped: say so, then leave cleanly (the broker discards the will).
         logger.info("gateway stopping: publishing offline")
