@@ -4,37 +4,39 @@ import CMalloc
 import Glibc
 #endif
 
-/// Gives back the pages of the gateway's own executable that start-up touched and the steady
-/// state does not need (`[gateway] drop_startup_pages`, on by default).
+/// Gives back the pages of the gateway's executable and shared libraries that start-up touched
+/// and the steady state does not need (`[gateway] drop_startup_pages`, on by default).
 ///
 /// Why: the kernel maps a file's pages in runs around every page fault (fault-around, 64 KiB)
 /// and reads ahead around misses, so of the release binary's 14 MiB of code, of which about
-/// 3.7 MiB of pages ever run, 8 MiB showed in the resident set. Unmapping the code once start-up
-/// is over, and evicting the binary's pages that no process maps from the page cache, leaves the
-/// steady state to map back only what it runs (plus the kernel's rounding around it). Measured
-/// with `Benchmarks/uplink_bench.py`: README "Footprint".
+/// 3.7 MiB of pages ever run, 8 MiB showed in the resident set; libc's code likewise. Unmapping
+/// the code once start-up is over, and evicting the binary's pages that no process maps from the
+/// page cache, leaves the steady state to map back only what it runs (plus the kernel's rounding
+/// around it). Measured with `Benchmarks/uplink_bench.py`: README "Footprint".
 ///
-/// Only file content is ever dropped: a mapping is unmapped (`MADV_DONTNEED`) only if it is not
-/// writable and holds no anonymous (copied-on-write) page, so each of its pages equals the file
-/// and is read again when next touched (a minor fault, or a read from storage if evicted).
-/// Writable mappings (`.data`, the relocated `.data.rel.ro`) are left alone. Every mapping of the
-/// executable gets `MADV_RANDOM`, so touching a data page again does not read its neighbours.
-/// Finally glibc's free heap pages (start-up's parsing and planning) go back (`malloc_trim`).
+/// Only file content is ever dropped: a private file mapping is unmapped (`MADV_DONTNEED`) only
+/// if it is not writable and holds no anonymous (copied-on-write) page, so each of its pages
+/// equals the file and is read again when next touched (a minor fault, or a read from storage if
+/// evicted). Writable mappings (`.data`, the relocated `.data.rel.ro`) are left alone. These
+/// mappings get `MADV_RANDOM`, so touching a page again does not read its neighbours. Only the
+/// executable's own pages are evicted from the page cache; the libraries' stay cached for other
+/// processes. Finally glibc's free heap pages (start-up's parsing and planning) go back
+/// (`malloc_trim`).
 public enum CodePages {
     /// How long after start the gateway gives its start-up pages back.
     public static let startupGrace: Duration = .seconds(5)
 
     public struct Outcome: Sendable, CustomStringConvertible {
-        /// Mappings of the executable found, and how many of them were unmapped.
+        /// Mappings of the executable and shared libraries found, and how many of them were unmapped.
         public var mappings = 0, dropped = 0
         /// VmRSS before and after, KiB.
         public var residentBefore = 0, residentAfter = 0
         public var description: String {
-            "\(mappings) mappings of the executable, \(dropped) dropped; resident \(residentBefore) -> \(residentAfter) KiB"
+            "\(mappings) mappings of the executable and libraries, \(dropped) dropped; resident \(residentBefore) -> \(residentAfter) KiB"
         }
     }
 
-    private struct Mapping { var start: UInt; var end: UInt; var writable: Bool; var anonymousKiB: Int? = nil }
+    private struct Mapping { var start: UInt; var end: UInt; var droppable: Bool; var anonymousKiB: Int? = nil }
 
     /// Drops what it can; nil where there is no /proc (not Linux).
     public static func trim() -> Outcome? {
@@ -55,7 +57,10 @@ public enum CodePages {
                let a = UInt(first[..<dash], radix: 16), let b = UInt(first[first.index(after: dash)...], radix: 16) {
                 if let c = current { mappings.append(c) }
                 let path = fields.count >= 6 ? fields[5...].joined(separator: " ") : ""
-                current = path == exe ? Mapping(start: a, end: b, writable: fields[1].contains("w")) : nil
+                // The executable and shared libraries (`/usr/lib/.../libc.so.6`); private, not writable.
+                let perms = fields[1]
+                let ours = path == exe || (path.hasPrefix("/") && path.contains(".so"))
+                current = ours ? Mapping(start: a, end: b, droppable: !perms.contains("w") && perms.hasSuffix("p")) : nil
             } else if fields.first == "Anonymous:", fields.count >= 2, current != nil {
                 current!.anonymousKiB = Int(fields[1])
             }
@@ -66,7 +71,7 @@ public enum CodePages {
             let length = Int(m.end - m.start)
             out.mappings += 1
             _ = madvise(p, length, MADV_RANDOM)           // no read-around when touched again
-            if !m.writable && m.anonymousKiB == 0 {   // only file content: nothing to lose
+            if m.droppable && m.anonymousKiB == 0 {   // only file content: nothing to lose
                 if madvise(p, length, MADV_DONTNEED) == 0 { out.dropped += 1 }
             }
         }
