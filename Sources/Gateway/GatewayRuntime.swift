@@ -217,7 +217,10 @@ public final class GatewayRuntime: Service, Sendable {
         while !Task.isCancelled {
             var due = 0
             for i in pollers.indices.dropFirst() where pollers[i].schedule.next < pollers[due].schedule.next { due = i }
-            do { try await Task.sleep(until: pollers[due].schedule.next, clock: .continuous) } catch { return }
+            // Devices due together are polled back to back (a sleep into the past still costs a timer).
+            if pollers[due].schedule.next > .now {
+                do { try await Task.sleep(until: pollers[due].schedule.next, clock: .continuous) } catch { return }
+            }
             await pollers[due].poll(bus, runtime: self)
         }
     }
