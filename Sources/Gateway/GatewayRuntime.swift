@@ -134,7 +134,8 @@ public final class GatewayRuntime: Service, Sendable {
         do { try await Task.sleep(for: CodePages.startupGrace) } catch { return }
         if let outcome = CodePages.trim() {
             logger.info("start-up pages given back: resident \(outcome.residentBefore) -> \(outcome.residentAfter) KiB",
-                        metadata: ["mappings": "\(outcome.mappings)", "dropped": "\(outcome.dropped)"])
+                        metadata: ["mappings": "\(outcome.mappings)", "dropped": "\(outcome.dropped)",
+                                  "rodata_kib": "\(outcome.readOnlyDataKiB)"])
         }
     }
 
