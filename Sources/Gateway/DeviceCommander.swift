@@ -145,8 +145,8 @@ final class DeviceCommander: Sendable {
         /// ``stop()`` was called: no more jobs are taken.
         var stopping = false
         var work: Work? = Work()
-        /// ``stop()`` waiting for the drain in progress to end.
-        var drained: CheckedContinuation<Void, Never>?
+        /// ``stop()`` calls waiting for the drain in progress to end.
+        var drained: [CheckedContinuation<Void, Never>] = []
     }
 
     /// Jobs wait here; a task drains them one at a time and ends when none is left, so an idle
@@ -199,7 +199,7 @@ final class DeviceCommander: Sendable {
             let idle = queue.withLock { q -> Bool in
                 q.stopping = true
                 guard q.draining else { return true }
-                q.drained = c
+                q.drained.append(c)
                 return false
             }
             if idle { c.resume() }
@@ -224,7 +224,7 @@ final class DeviceCommander: Sendable {
     private func drain() async {
         guard var work = queue.withLock({ $0.work.take() }) else { return }
         while true {
-            var waiter: CheckedContinuation<Void, Never>?
+            var waiters: [CheckedContinuation<Void, Never>] = []
             let next = queue.withLock { q -> Job? in
                 if q.head < q.jobs.count {
                     let job = q.jobs[q.head]
@@ -235,12 +235,11 @@ final class DeviceCommander: Sendable {
                 q.head = 0
                 q.work = work
                 q.draining = false
-                waiter = q.drained
-                q.drained = nil
+                swap(&waiters, &q.drained)
                 return nil
             }
             guard let job = next else {
-                waiter?.resume()
+                for w in waiters { w.resume() }
                 return
             }
             await run(job, work: &work)
