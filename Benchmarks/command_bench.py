@@ -24,7 +24,7 @@ sim, sport = start_sim(["--unit", "1"], on_line)
 cfg = os.path.join(TMP, "cmd.toml")
 points = "".join(f'  [[device.point]]\n  name = "r{i}"\n  register = "holding"\n  address = {i}\n' for i in range(10))
 pulse = f'  pulse_ms = {PULSE_MS}\n' if PULSE_MS else ""
-open(cfg, "w").write(f'[gateway]\nid = "bench"\nstate_dir = "{TMP}"\n[mqtt]\nurl = "mqtt://127.0.0.1:{mport}"\n'
+open(cfg, "w").write(f'[gateway]\nid = "bench"\nstate_dir = "{TMP}"\n{os.environ.get("GATEWAY_EXTRA", "")}[mqtt]\nurl = "mqtt://127.0.0.1:{mport}"\n'
                      f'[[bus]]\nname = "plc"\ntype = "tcp"\nhost = "127.0.0.1"\nport = {sport}\n'
                      f'[[device]]\nname = "d0"\nbus = "plc"\nunit = 1\npoll_ms = {POLL_MS}\n'
                      f'  [[device.point]]\n  name = "light"\n  register = "coil"\n  address = 1\n  writable = true\n' + pulse + points)
