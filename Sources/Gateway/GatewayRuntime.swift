@@ -17,8 +17,9 @@ actor StatusBoard {
 }
 
 /// The running gateway: one MQTT connection (will `offline`, birth `online` after every connect),
-/// one poll task per bus (its devices in turn, each on its own schedule), values and availability published, commands from
-/// `<base>/+/+/set` and `/get` run by one ``DeviceCommander`` per device. A `Service`: on graceful
+/// one poll task per bus (its devices in turn, each on its own schedule), values and availability
+/// published, commands from `<base>/+/+/set` and `/get` run by one ``DeviceCommander`` per device
+/// (its task starts with its first command). A `Service`: on graceful
 /// shutdown it stops polling and taking commands, ends pending pulses (the off is written),
 /// publishes `offline` for every device and itself, then disconnects.
 public final class GatewayRuntime: Service, Sendable {
