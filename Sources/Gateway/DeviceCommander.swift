@@ -282,15 +282,7 @@ final class DeviceCommander: Sendable {
         switch job {
         case .set(let message, let pointName, let receivedAt):
             await handleSet(message, pointName: pointName, receivedAt: receivedAt, ids: &work.ids) { index, period in
-                work.generation += 1
-                work.pulses[index]?.timer?.cancel()
-                let g = work.generation
-                let deadline = ContinuousClock.now + period
-                let timer = Task {
-                    try? await Task.sleep(until: deadline, clock: .continuous)
-                    if !Task.isCancelled { self.submit(.pulseEnd(point: index, generation: g, why: .over)) }
-                }
-                work.pulses[index] = Pulse(generation: g, timer: timer)
+                scheduleEnd(of: index, after: period, why: .over, pulses: &work.pulses, generation: &work.generation)
             } endPulse: { index in
                 work.pulses.removeValue(forKey: index)?.timer?.cancel()
                 context.journal.markOff(device: device.name, point: device.points[index].name)
@@ -310,14 +302,23 @@ final class DeviceCommander: Sendable {
             }
             // Still on (device unreachable): the off is the safe state, so keep trying while the
             // gateway runs. A new "on" command replaces this retry with its own pulse.
-            work.generation += 1
-            let g = work.generation
-            let timer = Task {
-                try? await Task.sleep(for: Self.offRetry)
-                if !Task.isCancelled { self.submit(.pulseEnd(point: index, generation: g, why: .retry)) }
-            }
-            work.pulses[index] = Pulse(generation: g, timer: timer)
+            scheduleEnd(of: index, after: Self.offRetry, why: .retry, pulses: &work.pulses, generation: &work.generation)
         }
+    }
+
+    /// The pulse on `index` ends (a `pulseEnd` job) after `delay`, replacing any end scheduled
+    /// before: the new generation makes an older timer's job a no-op.
+    private func scheduleEnd(of index: Int, after delay: Duration, why: PulseEnd,
+                             pulses: inout [Int: Pulse], generation: inout Int) {
+        generation += 1
+        pulses[index]?.timer?.cancel()
+        let g = generation
+        let deadline = ContinuousClock.now + delay
+        let timer = Task {
+            try? await Task.sleep(until: deadline, clock: .continuous)
+            if !Task.isCancelled { self.submit(.pulseEnd(point: index, generation: g, why: why)) }
+        }
+        pulses[index] = Pulse(generation: g, timer: timer)
     }
 
     // MARK: /set

@@ -78,12 +78,12 @@ public struct GatewayPlan: Sendable {
 
     public var base: String { configuration.baseTopic }
 
-    /// Topics the gateway publishes.
     /// `<device>/<point>` of every pulse point (the pulse journal's keys).
     public var pulsePoints: [String] {
         devices.flatMap { d in d.settings.points.filter { $0.pulseMs != nil }.map { PulseJournal.key(device: d.settings.name, point: $0.name) } }
     }
 
+    /// Topics the gateway publishes.
     public var publishedTopics: [String] {
         var t = ["\(base)/status"]
         for d in devices {

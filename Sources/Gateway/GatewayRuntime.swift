@@ -129,8 +129,9 @@ public final class GatewayRuntime: Service, Sendable {
         logger.info("gateway stopped")
     }
 
-    /// Once start-up is over (first connect, first polls: well within 5 s), the executable's
-    /// pages it touched go back to the kernel; the steady state maps back what it runs.
+    /// Once start-up is over (first connect, first polls: well within 5 s), the pages of the
+    /// executable and libraries it touched go back to the kernel; the steady state maps back
+    /// what it runs.
     private func dropStartupPages() async {
         do { try await Task.sleep(for: CodePages.startupGrace) } catch { return }
         if let outcome = CodePages.trim() {

@@ -35,7 +35,8 @@ public struct GatewaySettings: Sendable, Equatable {
     /// gateway; when it is missing or not writable the gateway says so once and runs without.
     public var stateDirectory = "/var/lib/gateway"
     /// `drop_startup_pages` (default true): 5 s after start, give back the pages of the
-    /// executable that start-up touched (see `CodePages` in the Gateway module).
+    /// executable and its shared libraries that start-up touched (see `CodePages` in the
+    /// Gateway module).
     public var dropStartupPages = true
 }
 

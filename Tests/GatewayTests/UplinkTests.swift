@@ -311,20 +311,20 @@ struct UplinkTests {
     @Test("one poller per bus: two devices on one bus keep their own poll periods; a device on a second bus is polled too")
     func devicesShareABus() async throws {
         let second = try await GatewaySimulator.start(["--set", "holding:0=5", "--log-requests"])
-        let more = """
+        let point = """
             [[device.point]]
             name = "v"
             register = "holding"
             address = 0
+            """
+        let more = """
+            \(point)
             [[device]]
             name = "slow"
             bus = "plc"
             unit = 2
             poll_ms = 250
-              [[device.point]]
-              name = "v"
-              register = "holding"
-              address = 0
+            \(point)
             [[bus]]
             name = "plc2"
             type = "tcp"
@@ -336,10 +336,7 @@ struct UplinkTests {
             bus = "plc2"
             unit = 1
             poll_ms = 50
-              [[device.point]]
-              name = "v"
-              register = "holding"
-              address = 0
+            \(point)
             """
         let rig = try await Rig.start(points: more, simArgs: ["--unit", "1", "--unit", "2", "--log-requests",
                                                               "--set", "holding:0=7", "--set", "2/holding:0=9"], pollMs: 50)
