@@ -53,6 +53,13 @@ public struct PollSchedule: Sendable {
         self.next = start
     }
 
+    /// The next tick is at `instant`, and the ticks after it every `period` from there (an
+    /// offline device's probe; the first poll after it comes back).
+    public mutating func restart(at instant: ContinuousClock.Instant) {
+        next = instant
+        inOverrun = false
+    }
+
     /// Call after a poll that was due at `next` finished at `now`. Returns true when an overrun
     /// episode starts (log it), false otherwise.
     public mutating func advance(now: ContinuousClock.Instant) -> Bool {
@@ -67,4 +74,27 @@ public struct PollSchedule: Sendable {
         inOverrun = skipped > 0
         return started
     }
+}
+
+/// How often an offline device is probed: its poll period at first, then doubling up to `cap`
+/// (`offline_poll_ms`), so that a dead unit on a shared line costs one timeout per probe, not one
+/// per period. Reset when the device answers again.
+public struct OfflineBackoff: Sendable, Equatable {
+    public let period: Duration
+    public let cap: Duration
+    private var current: Duration?
+
+    public init(period: Duration, cap: Duration) {
+        self.period = period
+        self.cap = max(cap, period)
+    }
+
+    /// The delay before the next probe: `period`, `2 * period`, `4 * period`... at most `cap`.
+    public mutating func next() -> Duration {
+        let delay = current.map { min($0 * 2, cap) } ?? min(period, cap)
+        current = delay
+        return delay
+    }
+
+    public mutating func reset() { current = nil }
 }

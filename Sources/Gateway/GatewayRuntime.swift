@@ -211,20 +211,45 @@ public final class GatewayRuntime: Service, Sendable {
     }
 
     /// One poller per bus: the bus runs one request at a time anyway, so its devices are polled in
-    /// turn by one task, each on its own drift-free schedule (the device due first goes next).
-    /// A task per device would cost a task and its stack for every device while polling no faster.
+    /// turn by one task, each on its own drift-free schedule. Of the devices due, the one waiting
+    /// longest goes first (earliest due time; on a tie, the one polled least recently), so a device
+    /// due later is never starved by one listed earlier. A task per device would cost a task and
+    /// its stack for every device while polling no faster.
     private func pollBus(_ bus: ModbusBus, devices: [GatewayPlan.Device]) async {
         let start = ContinuousClock.now
         var pollers = devices.map { DevicePoller($0, gateway: plan.configuration.gateway, logger: logger, start: start) }
         guard !pollers.isEmpty else { return }
         while !Task.isCancelled {
             var due = 0
-            for i in pollers.indices.dropFirst() where pollers[i].schedule.next < pollers[due].schedule.next { due = i }
+            for i in pollers.indices.dropFirst() where pollers[i].waitsLonger(than: pollers[due]) { due = i }
             // Devices due together are polled back to back (a sleep into the past still costs a timer).
             if pollers[due].schedule.next > .now {
                 do { try await Task.sleep(until: pollers[due].schedule.next, clock: .continuous) } catch { return }
             }
             await pollers[due].poll(bus, runtime: self)
+        }
+    }
+
+    /// How one poll went, for the device's health: only a device that was asked and did not
+    /// answer (or answered garbage) counts as failed; a poll the bus could not start in time
+    /// (`busBusy`: commands ahead of it) says nothing about the device.
+    enum PollOutcome: Equatable {
+        case answered, failed, notStarted
+
+        init(_ results: [Int: ModbusBus.ItemResult]) {
+            var sawBusy = false, sawFailure = false
+            for result in results.values {
+                switch result {
+                case .failure(.exception(.gatewayPathUnavailable, _)), .failure(.exception(.gatewayTargetFailedToRespond, _)):
+                    sawFailure = true   // a TCP gateway in front of it answered: the device did not
+                case .success, .failure(.exception):
+                    self = .answered    // data, or a refusal: either way the device is alive
+                    return
+                case .failure(.busBusy), .failure(.closed): sawBusy = true
+                case .failure: sawFailure = true
+                }
+            }
+            self = sawBusy && !sawFailure ? .notStarted : .failed
         }
     }
 
@@ -235,9 +260,12 @@ public final class GatewayRuntime: Service, Sendable {
         var schedule: PollSchedule
         var readPlan: ReadPlan
         var health: DeviceHealth
+        var backoff: OfflineBackoff
         var filters: [ChangeFilter]
         var failingPoints: Set<Int> = []
         var requestsPerPoll: Int
+        /// When its latest poll started (the tie-break between devices due at the same time).
+        var lastStart: ContinuousClock.Instant
 
         init(_ device: GatewayPlan.Device, gateway: GatewaySettings, logger: Logger, start: ContinuousClock.Instant) {
             settings = device.settings
@@ -246,32 +274,48 @@ public final class GatewayRuntime: Service, Sendable {
             schedule = PollSchedule(period: .milliseconds(settings.pollMs), start: start)
             readPlan = device.readPlan
             health = DeviceHealth(offlineAfter: settings.offlineAfter)
+            backoff = OfflineBackoff(period: .milliseconds(settings.pollMs), cap: .milliseconds(settings.offlinePollMs))
             let refresh: Duration? = gateway.refreshSeconds > 0 ? .seconds(gateway.refreshSeconds) : nil
             filters = settings.points.map { ChangeFilter(deadband: $0.deadband, refresh: refresh) }
             requestsPerPoll = device.readPlan.requests.count
+            lastStart = start
         }
 
-        /// The poll due at `schedule.next`: read, update health, publish what changed, advance.
+        /// Due earlier, or due at the same time and polled less recently.
+        func waitsLonger(than other: DevicePoller) -> Bool {
+            schedule.next < other.schedule.next || (schedule.next == other.schedule.next && lastStart < other.lastStart)
+        }
+
+        /// The poll due at `schedule.next`: read, update health, publish what changed, schedule
+        /// the next one (an offline device is probed with backoff).
         mutating func poll(_ bus: ModbusBus, runtime: GatewayRuntime) async {
             let base = runtime.plan.base
             let gw = runtime.plan.configuration.gateway
-            let period = schedule.period
-            // A poll that cannot start before the next one is due is dropped, not queued up.
-            let results = await bus.poll(&readPlan, unit: settings.unit, deadline: schedule.next + period)
+            let started = ContinuousClock.now
+            lastStart = started
+            // The poller runs one poll at a time, so only commands can hold it up: a poll that
+            // cannot start within one period is dropped, not queued up.
+            let results = await bus.poll(&readPlan, unit: settings.unit, deadline: started + schedule.period)
             if readPlan.requests.count != requestsPerPoll {
                 requestsPerPoll = readPlan.requests.count
                 log.notice("device refused a merged read (illegal data address): now \(requestsPerPoll) requests per poll")
             }
-            let ok = results.values.contains { if case .success = $0 { true } else { false } }
-            if ok {
+            let outcome = PollOutcome(results)
+            switch outcome {
+            case .answered:
                 if health.pollSucceeded() != nil {
                     log.info("device online")
+                    backoff.reset()
                     await runtime.publishStatus(settings.name, .online)
                 }
-            } else if health.pollFailed() != nil {
-                let why = results.values.compactMap { if case .failure(let e) = $0 { "\(e)" } else { nil } }.first ?? "no answer"
-                log.warning("device offline after \(settings.offlineAfter) failed polls: \(why)")
-                await runtime.publishStatus(settings.name, .offline)
+            case .failed:
+                if health.pollFailed() != nil {
+                    let why = results.values.compactMap { if case .failure(let e) = $0 { "\(e)" } else { nil } }.first ?? "no answer"
+                    log.warning("device offline after \(settings.offlineAfter) failed polls: \(why); probing it every \(backoff.cap) at most")
+                    await runtime.publishStatus(settings.name, .offline)
+                }
+            case .notStarted:
+                log.debug("poll skipped: the bus was busy with commands for a whole period")
             }
             let now = ContinuousClock.now
             for (i, point) in settings.points.enumerated() {
@@ -283,14 +327,18 @@ public final class GatewayRuntime: Service, Sendable {
                     try? await runtime.client.enqueue(to: "\(base)/\(settings.name)/\(point.name)", payload: valuePayload(value, point: point, gateway: gw),
                                                       qos: .atLeastOnce, retain: point.retain ?? gw.retain)
                 case .failure(let error):
-                    if ok, failingPoints.insert(i).inserted {
+                    if outcome == .answered, error != .busBusy, failingPoints.insert(i).inserted {
                         var l = log
                         l[metadataKey: "point"] = "\(point.name)"
                         l.warning("point read failed: \(error)")
                     }
                 }
             }
-            if schedule.advance(now: .now) {
+            if health.state == .offline {
+                // A dead unit costs the bus one timeout per probe, not one per period.
+                schedule.restart(at: now + backoff.next())
+            } else if schedule.advance(now: now), outcome == .answered, now - started > schedule.period {
+                // Only its own slow poll is worth a warning (not the wait behind another device).
                 log.warning("poll overran its period of \(settings.pollMs) ms (\(schedule.overruns) ticks skipped so far)")
             }
         }

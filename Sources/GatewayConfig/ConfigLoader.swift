@@ -203,6 +203,7 @@ public enum ConfigLoader {
         }
         if let v = r.int("poll_ms", 10...86_400_000) { d.pollMs = v }
         if let v = r.int("offline_after", 1...1_000_000) { d.offlineAfter = v }
+        if let v = r.int("offline_poll_ms", 10...86_400_000) { d.offlinePollMs = v }
         if let v = r.bool("write_multiple") { d.writeMultiple = v }
         for (i, p) in r.tables("point").enumerated() {
             if let point = readPoint(p, index: i) {

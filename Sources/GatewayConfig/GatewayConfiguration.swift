@@ -89,6 +89,9 @@ public struct DeviceSettings: Sendable, Equatable {
     public var pollMs = 1000
     /// `offline_after` (default 3, >= 1): consecutive failed polls before `offline`.
     public var offlineAfter = 3
+    /// `offline_poll_ms` (default 30000, 10...86400000): an offline device is probed after its
+    /// `poll_ms`, then after twice that, doubling up to this cap; back to `poll_ms` once it answers.
+    public var offlinePollMs = 30_000
     /// `write_multiple` (default false): write with FC 15/16 even for one coil or register
     /// (devices without FC 5/6).
     public var writeMultiple = false

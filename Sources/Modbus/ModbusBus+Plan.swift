@@ -6,7 +6,8 @@ extension ModbusBus {
     ///
     /// A merged request answered with ILLEGAL DATA ADDRESS is split (the split stays in `plan`, so
     /// later polls use it) and its parts are read in the same poll: points that work keep working
-    /// and only the bad address fails.
+    /// and only the bad address fails. Once the device does not answer at all (timeout, no
+    /// connection), the rest of the plan fails with the same error without being sent.
     public func poll(_ plan: inout ReadPlan, unit: Int, priority: RequestPriority = .normal,
                      deadline: ContinuousClock.Instant? = nil) async -> [Int: ItemResult] {
         var results: [Int: ItemResult] = [:]
@@ -32,6 +33,11 @@ extension ModbusBus {
                     continue
                 }
                 for item in request.items { results[item.id] = .failure(error) }
+                if error.isNoAnswer {
+                    // The device did not answer: asking it for the rest would cost a timeout each.
+                    for rest in pending { for item in rest.items { results[item.id] = .failure(error) } }
+                    pending.removeAll()
+                }
             } catch {
                 for item in request.items { results[item.id] = .failure(.closed) }
             }

@@ -86,6 +86,15 @@ public enum ModbusError: Error, Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// True when the device (or the connection to it) gave no answer at all, as opposed to a
+    /// garbled answer or an exception.
+    public var isNoAnswer: Bool {
+        switch self {
+        case .timeout, .connectFailed, .connectionLost: true
+        default: false
+        }
+    }
+
     /// True for errors that mean the connection should be closed and reopened.
     var needsReconnect: Bool {
         switch self {

@@ -23,6 +23,33 @@ struct StateTests {
         #expect(h.pollSucceeded() == .online)
     }
 
+    @Test("offline probes: the poll period, then doubling up to the cap; reset when the device answers")
+    func offlineBackoff() {
+        var b = OfflineBackoff(period: .milliseconds(1000), cap: .milliseconds(5000))
+        #expect([b.next(), b.next(), b.next(), b.next(), b.next()] == [.seconds(1), .seconds(2), .seconds(4), .seconds(5), .seconds(5)])
+        b.reset()
+        #expect(b.next() == .seconds(1))
+        var small = OfflineBackoff(period: .seconds(2), cap: .seconds(1))
+        #expect(small.next() == .seconds(2) && small.next() == .seconds(2), "a cap below the period means the period")
+    }
+
+    @Test("only a device that did not answer has failed: a poll the bus could not start, or an exception, is not its failure")
+    func pollOutcome() {
+        typealias O = GatewayRuntime.PollOutcome
+        let ok: ModbusBus.ItemResult = .success(.registers([1]))
+        let busy: ModbusBus.ItemResult = .failure(.busBusy)
+        let timeout: ModbusBus.ItemResult = .failure(.timeout(function: "read"))
+        let refused: ModbusBus.ItemResult = .failure(.exception(.illegalDataAddress, function: "read"))
+        let gatewayNoAnswer: ModbusBus.ItemResult = .failure(.exception(.gatewayTargetFailedToRespond, function: "read"))
+        #expect(O([0: ok, 1: timeout]) == .answered)
+        #expect(O([0: refused]) == .answered)
+        #expect(O([0: busy, 1: busy]) == .notStarted)
+        #expect(O([0: timeout, 1: timeout]) == .failed)
+        #expect(O([0: busy, 1: timeout]) == .failed)
+        #expect(O([0: gatewayNoAnswer]) == .failed)
+        #expect(O([:]) == .failed)
+    }
+
     @Test("drift-free schedule: ticks at start + k * period; overruns skipped, counted, reported once per episode")
     func schedule() {
         let t0 = ContinuousClock.now
@@ -37,6 +64,9 @@ struct StateTests {
         #expect(s.advance(now: t0 + .milliseconds(650)) == false, "the same episode is not reported twice")
         #expect(s.advance(now: t0 + .milliseconds(710)) == false)
         #expect(s.inOverrun == false)
+        s.restart(at: t0 + .seconds(3))
+        #expect(s.next == t0 + .seconds(3))
+        #expect(s.advance(now: t0 + .milliseconds(3010)) == false && s.next == t0 + .milliseconds(3100))
     }
 
     @Test("conversion: scale, map, bit, string, unmapped values stay numbers")

@@ -104,11 +104,22 @@ public final class PymodbusServer: Sendable {
         return PymodbusServer(process: p, port: port)
     }
 
-    /// Serves `spec` as RTU on a serial line (several unit ids on one line).
-    public static func startRTU(path: String, baud: Int = 19200, spec: String) async throws -> PymodbusServer {
-        let p = try ChildProcess(try TestEnvironment.venvPython(), [script, "--rtu", path, "--baud", String(baud), "--spec", spec])
+    /// Serves `spec` as RTU on a serial line (several unit ids on one line). `logRequests`: one
+    /// line per request received, for a served unit or not (see ``requests(unit:)``).
+    public static func startRTU(path: String, baud: Int = 19200, spec: String, logRequests: Bool = false) async throws -> PymodbusServer {
+        let p = try ChildProcess(try TestEnvironment.venvPython(), [script, "--rtu", path, "--baud", String(baud), "--spec", spec]
+                                 + (logRequests ? ["--log-requests"] : []))
         try await p.waitForLine(containing: "listening rtu", timeout: .seconds(30))
         return PymodbusServer(process: p, port: nil)
+    }
+
+    /// Monotonic µs of every request logged so far for `unit` (started with `logRequests`).
+    public func requests(unit: Int) -> [Int64] {
+        let prefix = "{\"request\":{\"unit\":\(unit),"
+        return process.lines.compactMap { line in
+            guard line.hasPrefix(prefix), let r = line.range(of: "\"mono_us\":") else { return nil }
+            return Int64(line[r.upperBound...].prefix { $0.isNumber })
+        }
     }
 
     public func stop() async -> Int32 { await process.stop() }

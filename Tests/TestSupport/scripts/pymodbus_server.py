@@ -3,9 +3,11 @@
 
 Usage:
   pymodbus_server.py --tcp 127.0.0.1:0 --spec '{"1": {"hr": {"100": 215}}, "2": {...}}'
-  pymodbus_server.py --rtu /dev/pts/7 --baud 19200 --spec '...'
+  pymodbus_server.py --rtu /dev/pts/7 --baud 19200 --spec '...' [--log-requests]
 Spec per unit: tables "co", "di", "hr", "ir" mapping address -> value. With "sparse": true only the
 listed addresses exist (others answer ILLEGAL DATA ADDRESS); otherwise addresses 0..999 exist.
+With --log-requests every request received, for a served unit or not, prints one line
+{"request":{"unit":3,"fc":3,"mono_us":...}} (CLOCK_MONOTONIC, as `gateway simulate` does).
 Prints "listening tcp HOST:PORT" / "listening rtu PATH" once serving; stops on SIGTERM.
 """
 import argparse
@@ -13,6 +15,7 @@ import asyncio
 import json
 import signal
 import sys
+import time
 
 from pymodbus.datastore import (ModbusSequentialDataBlock, ModbusServerContext,
                                 ModbusSlaveContext, ModbusSparseDataBlock)
@@ -37,7 +40,16 @@ async def main():
     p.add_argument("--rtu")
     p.add_argument("--baud", type=int, default=19200)
     p.add_argument("--spec", default='{"1": {}}')
+    p.add_argument("--log-requests", action="store_true")
     a = p.parse_args()
+
+    def trace_pdu(sending, pdu):
+        if not sending:
+            us = time.monotonic_ns() // 1000
+            print(json.dumps({"request": {"unit": pdu.dev_id, "fc": pdu.function_code, "mono_us": us}},
+                             separators=(",", ":")), flush=True)
+        return pdu
+    trace = {"trace_pdu": trace_pdu} if a.log_requests else {}
     spec = json.loads(a.spec)
     slaves = {}
     for unit, tables in spec.items():
@@ -48,9 +60,9 @@ async def main():
     context = ModbusServerContext(slaves=slaves, single=False)
     if a.tcp:
         host, port = a.tcp.rsplit(":", 1)
-        server = ModbusTcpServer(context, address=(host, int(port)))
+        server = ModbusTcpServer(context, address=(host, int(port)), **trace)
     else:
-        server = ModbusSerialServer(context, port=a.rtu, baudrate=a.baud, ignore_missing_slaves=True)
+        server = ModbusSerialServer(context, port=a.rtu, baudrate=a.baud, ignore_missing_slaves=True, **trace)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for s in (signal.SIGTERM, signal.SIGINT):
