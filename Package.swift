@@ -83,6 +83,7 @@ let package = Package(
             "GatewayConfig", "MQTT", "Modbus", "Serial", "CMalloc",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "UnixSignals", package: "swift-service-lifecycle"),
         ], swiftSettings: swiftSettings),
 
         // The `gateway` executable: run, check, read, write, simulate.

@@ -18,6 +18,7 @@ struct Run: AsyncParsableCommand {
         // has threads of its own). NIO's default, one per core, costs a thread and about 200 KiB
         // of task storage per extra loop (measured with heaptrack): 4 loops on a Pi 4.
         NIOSingletons.groupLoopCountSuggestion = 1
+        HangupSignal.ignoreAtStart()
         var loaded: GatewayConfiguration
         do {
             loaded = try ConfigLoader.load(path: config)
@@ -40,7 +41,7 @@ struct Run: AsyncParsableCommand {
             emitError("\(config): mqtt.url: \(error)")
             throw ExitCode(2)
         }
-        let group = ServiceGroup(configuration: .init(services: [.init(service: runtime)],
+        let group = ServiceGroup(configuration: .init(services: [.init(service: runtime), .init(service: HangupSignal(logger: logger), successTerminationBehavior: .ignore)],
                                                       gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
     }

@@ -331,6 +331,22 @@ struct CommandTests {
         await rig.shutdown()
     }
 
+    @Test("SIGHUP during a pulse: the gateway keeps running, the pulse ends on time, commands still work")
+    func hangupDuringPulse() async throws {
+        let rig = try await Self.startRig(pulseMs: 1500)
+        try await Self.command(rig, "unlock", "true")
+        rig.gateway.signal(SIGHUP)
+        _ = try await rig.gateway.waitForLine(containing: "SIGHUP received")
+        rig.gateway.signal(SIGHUP)   // twice: still not the default action
+        let writes = try await rig.sim.waitForWrites(2)
+        #expect(writes.map(\.values) == [[1], [0]])
+        #expect(writes[1].mono_ms - writes[0].mono_ms >= 1500, "the off came early: \(writes)")
+        #expect(try await Self.command(rig, "light", "true") == #"{"ok":true,"value":true}"#)
+        #expect(rig.gateway.exitStatus == nil, "the gateway ended:\n\(rig.gateway.tail)")
+        #expect(!rig.payloads("\(Self.b)/status").contains("offline"))
+        await rig.shutdown()
+    }
+
     @Test("SIGTERM during a pulse: the off is written before the gateway exits")
     func stopDuringPulse() async throws {
         let rig = try await Self.startRig(pulseMs: 600_000)
