@@ -41,6 +41,11 @@ public struct CommandRequest: Sendable, Equatable {
     /// Largest payload looked at; anything longer is refused unread.
     public static let maxPayload = 4096
 
+    /// Commands (`/set`, `/get`) one device holds waiting at most; past that they are refused with
+    /// an answer "busy" (a flood of commands never grows memory, and a command that would wait
+    /// behind many others would run late anyway).
+    public static let pendingPerDevice = 8
+
     public static func parse(_ payload: [UInt8]) throws(CommandRefused) -> CommandRequest {
         guard payload.count <= maxPayload else { throw CommandRefused("payload of \(payload.count) bytes is too long (at most \(maxPayload))") }
         guard let text = String(validating: payload, as: UTF8.self) else { throw CommandRefused("payload is not valid UTF-8") }

@@ -38,6 +38,9 @@ final class DeviceCommander: Sendable {
         case set(MQTTMessage, point: String, receivedAt: ContinuousClock.Instant)
         case get(MQTTMessage, point: String, receivedAt: ContinuousClock.Instant)
         case pulseEnd(point: Int, generation: Int, why: PulseEnd)
+
+        /// A `/set` or `/get` from MQTT (counted against the device's bound).
+        var isCommand: Bool { if case .pulseEnd = self { false } else { true } }
     }
 
     /// Why a pulse is being switched off.
@@ -149,6 +152,9 @@ final class DeviceCommander: Sendable {
         var work: Work? = Work()
         /// ``stop()`` calls waiting for the task to end.
         var ended: [CheckedContinuation<Void, Never>] = []
+        /// `/set` and `/get` jobs queued or running (bounded by ``CommandRequest/pendingPerDevice``;
+        /// pulse ends are the gateway's own and always taken).
+        var commands = 0
     }
 
     /// Jobs wait here for the device's command task, which its first job starts and which then
@@ -167,11 +173,22 @@ final class DeviceCommander: Sendable {
         self.logger = l
     }
 
-    /// Queues a job for the command task (started by the first job). Ignored once stopping.
-    func submit(_ job: Job) {
+    /// Queues a job for the command task (started by the first job). Ignored once stopping. False
+    /// (nothing queued) for a command when the device already has
+    /// ``CommandRequest/pendingPerDevice`` waiting: the caller answers "busy".
+    @discardableResult
+    func submit(_ job: Job) -> Bool {
         var start = false
+        var taken = true
         let wake = queue.withLock { q -> CheckedContinuation<Void, Never>? in
             guard !q.stopping else { return nil }
+            if job.isCommand {
+                guard q.commands < CommandRequest.pendingPerDevice else {
+                    taken = false
+                    return nil
+                }
+                q.commands += 1
+            }
             q.jobs.append(job)
             guard q.running else {
                 q.running = true
@@ -182,6 +199,7 @@ final class DeviceCommander: Sendable {
         }
         if start { Task { await self.serve() } }
         wake?.resume()
+        return taken
     }
 
     /// Pulses an earlier run switched on and never switched off (it crashed) are switched off
@@ -262,6 +280,7 @@ final class DeviceCommander: Sendable {
             switch next {
             case .job(let job):
                 await run(job, work: &work)
+                if job.isCommand { queue.withLock { $0.commands -= 1 } }
             case .wait:
                 await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
                     let ready = queue.withLock { q -> Bool in

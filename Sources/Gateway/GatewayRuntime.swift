@@ -153,21 +153,28 @@ public final class GatewayRuntime: Service, Sendable {
             let parts = message.topic.dropFirst(prefix.count).split(separator: "/", omittingEmptySubsequences: false)
             guard parts.count == 3, parts[2] == "set" || parts[2] == "get" else { continue }
             let deviceName = String(parts[0]), pointName = String(parts[1])
+            let isSet = parts[2] == "set"
+            let taken: Bool
             if let runner = serialRunners[deviceName] {
-                runner.submit(parts[2] == "set" ? .set(message, command: pointName, receivedAt: receivedAt) : .get(message, point: pointName))
-                continue
-            }
-            guard let commander = commanders[deviceName] else {
-                let why = "unknown device '\(deviceName)'"
-                logger.notice("command \(message.topic) -> refused: \(why)", metadata: ["topic": "\(message.topic)"])
-                if parts[2] == "set" {
-                    await context.answer("{\"ok\":false,\"error\":\(jsonString(why))}", to: message, fallback: "\(message.topic)/result", logger: logger)
-                }
-                continue
-            }
-            commander.submit(parts[2] == "set" ? .set(message, point: pointName, receivedAt: receivedAt)
+                taken = runner.submit(isSet ? .set(message, command: pointName, receivedAt: receivedAt) : .get(message, point: pointName))
+            } else if let commander = commanders[deviceName] {
+                taken = commander.submit(isSet ? .set(message, point: pointName, receivedAt: receivedAt)
                                                : .get(message, point: pointName, receivedAt: receivedAt))
+            } else {
+                await refuse(message, isSet: isSet, why: "unknown device '\(deviceName)'")
+                continue
+            }
+            if !taken {
+                await refuse(message, isSet: isSet, why: "busy: device '\(deviceName)' already has \(CommandRequest.pendingPerDevice) commands waiting (not queued)")
+            }
         }
+    }
+
+    /// Answers a command that goes no further than the dispatcher (`/get`: only to an MQTT 5
+    /// response topic, as its other answers).
+    private func refuse(_ message: MQTTMessage, isSet: Bool, why: String) async {
+        logger.notice("command \(message.topic) -> refused: \(why)", metadata: ["topic": "\(message.topic)"])
+        await context.answer("{\"ok\":false,\"error\":\(jsonString(why))}", to: message, fallback: isSet ? "\(message.topic)/result" : nil, logger: logger)
     }
 
     /// Command subscriptions at QoS 2; with MQTT 5 no retained commands at subscribe (retain

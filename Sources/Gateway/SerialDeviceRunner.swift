@@ -38,6 +38,11 @@ final class SerialDeviceRunner: Sendable {
     private let replies = FrameSignal()
     private let jobs: AsyncStream<Job>
     private let continuation: AsyncStream<Job>.Continuation
+    /// Jobs submitted and not yet finished (at most ``CommandRequest/pendingPerDevice``).
+    private let pending = Mutex(0)
+    /// A command must start within this, and the line must take it within this again
+    /// (`response_timeout_ms`): a barrier command never goes out late.
+    private var commandTimeout: Duration { .milliseconds(settings.responseTimeoutMs) }
 
     init(settings: SerialDeviceSettings, context: DeviceCommander.Context, logger: Logger) {
         self.settings = settings
@@ -49,7 +54,17 @@ final class SerialDeviceRunner: Sendable {
         (jobs, continuation) = AsyncStream.makeStream(of: Job.self)
     }
 
-    func submit(_ job: Job) { continuation.yield(job) }
+    /// Queues a job; false (nothing queued) when the device already has
+    /// ``CommandRequest/pendingPerDevice`` jobs waiting: the caller answers "busy".
+    func submit(_ job: Job) -> Bool {
+        let taken = pending.withLock { n in
+            guard n < CommandRequest.pendingPerDevice else { return false }
+            n += 1
+            return true
+        }
+        if taken { continuation.yield(job) }
+        return taken
+    }
 
     func run() async {
         await withTaskGroup(of: Void.self) { group in
@@ -228,6 +243,7 @@ final class SerialDeviceRunner: Sendable {
                 logger.notice("get \(message.topic) -> \(answer)")
                 await context.answer(answer, to: message, fallback: nil, logger: logger)
             }
+            pending.withLock { $0 -= 1 }
         }
     }
 
@@ -245,8 +261,14 @@ final class SerialDeviceRunner: Sendable {
             guard health.withLock({ $0.state }) == .online, let port = line.withLock({ $0 }) else {
                 throw CommandRefused("device '\(settings.name)' is offline")
             }
+            // Not queued for later: a command that waited behind others past its time is refused.
+            guard ContinuousClock.now < receivedAt + commandTimeout else {
+                throw CommandRefused("busy: the command could not start within \(settings.responseTimeoutMs) ms (not sent)")
+            }
             do {
-                try await port.write(bytes)
+                try await port.write(bytes, within: commandTimeout)
+            } catch SerialError.writeTimedOut {
+                throw CommandRefused("outcome unknown: the line did not take the command within \(settings.responseTimeoutMs) ms (flow control, or nobody reading); the rest was discarded and the port is reopened")
             } catch {
                 throw CommandRefused("not sent: \(error)")
             }

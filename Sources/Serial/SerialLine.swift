@@ -41,9 +41,14 @@ public enum SerialError: Error, Sendable, Equatable, CustomStringConvertible {
     case configure(path: String, String)
     /// The port is closed (unplugged, hung up, or closed by us).
     case closed(String)
+    /// A write the line did not take within its time (flow control holding it, nobody reading):
+    /// the port was closed and what it had not sent was discarded. Part of it may have gone out.
+    case writeTimedOut(Duration)
 
     public var description: String {
         switch self {
+        case .writeTimedOut(let d):
+            return "the line did not take the write within \(d) (flow control, or nobody reading); the port was closed and the rest discarded"
         case .open(let p, let e):
             let why = String(cString: strerror(e))
             return "cannot open \(p): \(why) (errno \(e))\(e == EBUSY ? ": another program holds it (exclusive access)" : "")"
@@ -128,9 +133,12 @@ public final class SerialLine: Sendable {
     public let frames: AsyncStream<[UInt8]>
     private let channel: any Channel
     private let handler: FrameHandler
+    /// The tty's descriptor, owned by `channel`: used only on its event loop while it is active.
+    private let descriptor: Int32
 
-    private init(settings: SerialSettings, channel: any Channel, handler: FrameHandler, frames: AsyncStream<[UInt8]>) {
+    private init(settings: SerialSettings, channel: any Channel, handler: FrameHandler, frames: AsyncStream<[UInt8]>, descriptor: Int32) {
         self.settings = settings
+        self.descriptor = descriptor
         self.channel = channel
         self.handler = handler
         self.frames = frames
@@ -154,13 +162,42 @@ public final class SerialLine: Sendable {
             continuation.finish()
             throw SerialError.configure(path: settings.path, "\(error)")
         }
-        return SerialLine(settings: settings, channel: channel, handler: handler, frames: frames)
+        return SerialLine(settings: settings, channel: channel, handler: handler, frames: frames, descriptor: fd)
     }
 
     /// Writes bytes to the device; returns when they are handed to the kernel.
     public func write(_ bytes: [UInt8]) async throws {
         guard channel.isActive else { throw SerialError.closed(closeReason ?? "closed") }
         try await channel.writeAndFlush(channel.allocator.buffer(bytes: bytes))
+    }
+
+    /// Writes bytes to the device, or gives up after `timeout`: when the kernel has not taken them
+    /// all by then (the line is held by flow control, or nobody reads it), the output not yet
+    /// sent is discarded (`tcflush`, and the channel's pending writes) and the port closed, so a
+    /// command never goes out late; throws ``SerialError/writeTimedOut(_:)``. The port is to be
+    /// reopened by the owner, as after a hangup.
+    public func write(_ bytes: [UInt8], within timeout: Duration) async throws {
+        guard channel.isActive else { throw SerialError.closed(closeReason ?? "closed") }
+        let channel = self.channel, handler = self.handler, fd = self.descriptor
+        let promise = channel.eventLoop.makePromise(of: Void.self)
+        channel.writeAndFlush(channel.allocator.buffer(bytes: bytes), promise: promise)
+        let written = promise.futureResult
+        let timer = channel.eventLoop.scheduleTask(in: .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000
+                                                                     + timeout.components.attoseconds / 1_000_000_000)) {
+            guard channel.isActive else { return }
+            handler.state.withLock { if $0.closeReason == nil { $0.closeReason = "\(SerialError.writeTimedOut(timeout))" } }
+            // On the event loop, so the descriptor is still the channel's: drop what the kernel holds.
+            tcflush(fd, TCOFLUSH)
+            channel.close(promise: nil)   // fails the pending write: nothing of it is sent later
+        }
+        do {
+            try await written.get()
+            timer.cancel()
+        } catch {
+            timer.cancel()
+            if handler.state.withLock({ $0.closeReason }) == "\(SerialError.writeTimedOut(timeout))" { throw SerialError.writeTimedOut(timeout) }
+            throw error
+        }
     }
 
     public var isOpen: Bool { channel.isActive }

@@ -213,6 +213,54 @@ struct SerialDeviceTests {
         await qr.stop()
     }
 
+    @Test("a line nobody reads: commands are answered at once (outcome unknown, then refused or sent), and nothing refused is sent later")
+    func stalledLine() async throws {
+        let pty = try await PtyPair.start()
+        let filler = String(repeating: "x", count: 2000)
+        let rig = try await Self.start("""
+
+            [[device]]
+            name = "printer"
+            driver = "serial"
+            port = "\(pty.a)"
+            response_timeout_ms = 300
+              [[device.point]]
+              name = "state"
+              match = '^S(.)$'
+              [[device.command]]
+              name = "print"
+              send = '\(filler){value};'
+              pattern = 'V[0-9]{4}'
+            """)
+        try await rig.waitFor("\(Self.b)/printer/status", "online")
+        // The far end is open and never read: socat stops taking from our end once its side is
+        // full, and then the kernel's buffers fill.
+        let far = try FarEnd(pty.b)
+        // Bursts of four: once a write stalls, the commands behind it cannot start in time.
+        var answers: [(String, String)] = []
+        let resultTopic = "\(Self.b)/printer/print/set/result"
+        for burst in 0..<100 where !answers.contains(where: { $0.1.contains("outcome unknown") }) {
+            let values = (0..<4).map { "V" + String(1000 + burst * 4 + $0) }
+            let before = rig.payloads(resultTopic).count
+            for v in values {
+                try await rig.observer.publish(to: "\(Self.b)/printer/print/set", payload: Array(v.utf8), qos: .atLeastOnce)
+            }
+            try await rig.waitUntil("four answers") { rig.payloads(resultTopic).count >= before + 4 }
+            answers += zip(values, rig.payloads(resultTopic)[before..<(before + 4)]).map { ($0, $1) }
+        }
+        #expect(answers.contains { $0.1.contains("outcome unknown") }, "the line never stalled; last answers: \(answers.suffix(4))")
+        #expect(answers.contains { $0.1.contains("could not start within 300 ms") }, "\(answers.suffix(4))")
+        // The next command is answered too (refused while the port reopens, or sent once it took it).
+        answers.append(("V9000", try await CommandTests.command(rig, "print", "V9000", device: "printer")))
+        let received = String(decoding: await far.drain(timeout: .seconds(2)), as: UTF8.self)
+        for (value, answer) in answers where answer.hasPrefix(#"{"ok":false"#) && !answer.contains("outcome unknown") {
+            #expect(!received.contains(value + ";"), "\(value) was refused (\(answer)) but reached the device")
+        }
+        #expect(rig.gateway.exitStatus == nil)
+        await rig.shutdown()
+        await pty.stop()
+    }
+
     static func rssKiB(_ pid: pid_t) -> Int {
         guard let s = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
               let line = s.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return 0 }
