@@ -118,15 +118,61 @@ public final class GatewayRuntime: Service, Sendable {
         await withTaskGroup(of: Void.self) { group in
             for c in commanders.values { group.addTask { await c.stop() } }
         }
-        // Polling has stopped: say so, then leave cleanly (the broker discards the will).
+        // Polling has stopped: say so, then leave.
         logger.info("gateway stopping: publishing offline")
-        for name in plan.devices.map(\.settings.name) + plan.configuration.serialDevices.map(\.name) {
-            try? await client.enqueue(to: "\(base)/\(name)/status", payload: Array("offline".utf8), qos: .atLeastOnce, retain: true)
-        }
-        try? await client.enqueue(to: "\(base)/status", payload: Array("offline".utf8), qos: .atLeastOnce, retain: true)
-        await client.disconnect(timeout: .seconds(3))
+        let statuses = plan.devices.map { "\(base)/\($0.settings.name)/status" }
+            + plan.configuration.serialDevices.map { "\(base)/\($0.name)/status" } + ["\(base)/status"]
+        await Self.leave(client, offline: statuses, within: .seconds(3), logger: logger)
         for bus in buses.values { bus.close() }
         logger.info("gateway stopped")
+    }
+
+    /// The last word: `offline` on every status topic, ahead of any telemetry backlog. Once the
+    /// broker has acknowledged them all, the backlog gets what is left of `within` and the
+    /// client disconnects cleanly. If they are not acknowledged in time (a broker that stopped
+    /// reading, a full in-flight window), the socket is closed without DISCONNECT, so that the
+    /// broker publishes the will: a stop never leaves `online` retained.
+    static func leave(_ client: MQTTClient, offline topics: [String], within timeout: Duration, logger: Logger) async {
+        let deadline = ContinuousClock.now + timeout
+        let acknowledged = await withTaskGroup(of: Bool?.self) { group -> Bool in
+            for topic in topics {
+                group.addTask {
+                    do {
+                        try await client.publish(to: topic, payload: Array("offline".utf8), qos: .atLeastOnce, retain: true, ahead: true)
+                        return true
+                    } catch {
+                        return false
+                    }
+                }
+            }
+            group.addTask {   // the timer; nil when it fires
+                do { try await Task.sleep(until: deadline, clock: .continuous) } catch { return true }
+                return nil
+            }
+            var acked = 0
+            while let result = await group.next() {
+                switch result {
+                case .some(true):
+                    acked += 1
+                    if acked == topics.count {
+                        group.cancelAll()
+                        return true
+                    }
+                case .some(false), .none:
+                    // Not acknowledged: no clean DISCONNECT (it would cancel the will). Closing
+                    // also ends the publishes still waiting.
+                    await client.closeAbruptly()
+                    group.cancelAll()
+                    return false
+                }
+            }
+            return false
+        }
+        if acknowledged {
+            await client.disconnect(timeout: max(deadline - .now, .milliseconds(100)))
+        } else {
+            logger.warning("offline statuses not acknowledged within \(timeout): closed the connection without DISCONNECT, so the broker publishes the will (offline)")
+        }
     }
 
     /// Once start-up is over (first connect, first polls: well within 5 s), the pages of the

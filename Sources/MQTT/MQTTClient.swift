@@ -90,6 +90,8 @@ public actor MQTTClient {
     private var outbound: [UInt16: Outbound] = [:]
     private var outboundOrder: Deque<UInt16> = []
     private var queue: Deque<Pending> = []
+    /// The first `aheadCount` messages of `queue` were put ahead of the rest (``publish(to:payload:qos:retain:properties:ahead:)``).
+    private var aheadCount = 0
     /// The most messages `queue` held since it was last empty: a burst (every value at start,
     /// a backlog after a reconnect) leaves its storage behind, given back once drained.
     private var queuePeak = 0
@@ -193,6 +195,7 @@ public actor MQTTClient {
         connectionClosed(id: connectionID, reason: "client shut down")
         for p in queue { p.continuation?.resume(throwing: MQTTError.shutdown) }
         queue.removeAll()
+        aheadCount = 0
         for id in outboundOrder { outbound[id]?.continuation?.resume(throwing: MQTTError.shutdown) }
         outbound.removeAll()
         outboundOrder.removeAll()
@@ -391,7 +394,7 @@ public actor MQTTClient {
             }
             outbound.removeAll()
             outboundOrder.removeAll()
-            queue.insert(contentsOf: again, at: 0)
+            queue.insert(contentsOf: again, at: aheadCount)
             queuePeak = max(queuePeak, queue.count)
             // Restore subscriptions.
             let subs = subscriptionOrder.compactMap { subscriptions[$0] }
@@ -626,6 +629,7 @@ public actor MQTTClient {
         while state == .connected, let first = queue.first {
             if first.packet.qos != .atMostOnce && outbound.count >= inFlightWindow { break }
             queue.removeFirst()
+            if aheadCount > 0 { aheadCount -= 1 }
             send(first)
         }
         if queue.isEmpty && queuePeak > 64 {
@@ -651,12 +655,14 @@ public actor MQTTClient {
     }
 
     /// Publishes a message. Returns when acknowledged (QoS 1/2) or written (QoS 0).
-    /// While disconnected the message waits in the bounded queue.
+    /// While disconnected the message waits in the bounded queue. `ahead`: it goes before every
+    /// message already queued (after earlier `ahead` ones), and is never the one dropped from a
+    /// full queue: a last word (`offline` at stop) does not wait behind a telemetry backlog.
     public func publish(to topic: String, payload: [UInt8], qos: QoS = .atMostOnce, retain: Bool = false,
-                        properties: MQTTProperties = .init()) async throws {
+                        properties: MQTTProperties = .init(), ahead: Bool = false) async throws {
         let packet = try makePublish(topic: topic, payload: payload, qos: qos, retain: retain, properties: properties)
         try await withCheckedThrowingContinuation { (cont: CheckedContinuation<Void, any Error>) in
-            enqueue(Pending(packet: packet, continuation: cont))
+            enqueue(Pending(packet: packet, continuation: cont), ahead: ahead)
         }
     }
 
@@ -691,9 +697,9 @@ public actor MQTTClient {
         return packet
     }
 
-    private func enqueue(_ pending: Pending) {
-        if queue.count >= configuration.queueLimit, let oldest = queue.first {
-            queue.removeFirst()
+    private func enqueue(_ pending: Pending, ahead: Bool = false) {
+        if queue.count >= configuration.queueLimit, aheadCount < queue.count {
+            let oldest = queue.remove(at: aheadCount)
             droppedCount += 1
             oldest.continuation?.resume(throwing: MQTTError.droppedFromQueue)
             if droppedCount == 1 || droppedCount % 1000 == 0 {
@@ -701,7 +707,12 @@ public actor MQTTClient {
                 eventSink.yield(.messagesDropped(total: droppedCount))
             }
         }
-        queue.append(pending)
+        if ahead {
+            queue.insert(pending, at: aheadCount)
+            aheadCount += 1
+        } else {
+            queue.append(pending)
+        }
         queuePeak = max(queuePeak, queue.count)
         if state == .connected {
             drainQueue()

@@ -405,6 +405,46 @@ struct UplinkTests {
         await rig.shutdown()
     }
 
+    @Test("SIGTERM while the broker stopped reading, with a telemetry backlog: the retained status ends up offline")
+    func stopWithBacklog() async throws {
+        // Ten registers counting every 10 ms, polled every 20 ms: ~500 values a second.
+        let counters = (0..<10).flatMap { ["--counter", "holding:\($0)@10"] }
+        let points = (0..<10).map { "[[device.point]]\nname = \"c\($0)\"\nregister = \"holding\"\naddress = \($0)" }.joined(separator: "\n")
+        let rig = try await Rig.start(points: points, simArgs: counters + ["--log-requests"], pollMs: 20)
+        try await rig.waitFor("gateway/e2e/dev/status", "online")
+        try await rig.waitFor("gateway/e2e/status", "online")
+        let broker = try #require(rig.broker.process)
+        broker.signal(SIGSTOP)   // the broker stops reading: acknowledgements stop, the in-flight window fills
+        // 100 more polls (about 1,000 values) after the stop: far more than the in-flight window.
+        let isRequest: @Sendable (String) -> Bool = { $0.hasPrefix("{\"request\":") }
+        let target = rig.sim.process.lines.filter(isRequest).count + 100
+        let polls = Mutex(0)
+        _ = try await rig.sim.process.waitForLine(timeout: .seconds(30)) { line in
+            isRequest(line) && polls.withLock { $0 += 1; return $0 >= target }
+        }
+        rig.gateway.signal(SIGTERM)
+        let status = try await rig.gateway.waitForExit(timeout: .seconds(20))
+        broker.signal(SIGCONT)
+        #expect(status == 0)
+        #expect(rig.gateway.lines.contains { $0.contains("closed the connection without DISCONNECT") }, "\(rig.gateway.tail)")
+        // A new subscriber gets the retained status: the will, offline (not the birth's online).
+        var oc = MQTTConfiguration(host: "127.0.0.1", port: rig.broker.port, clientIdentifier: "late-reader")
+        oc.reconnect = nil
+        let reader = MQTTClient(configuration: oc)
+        try await reader.connect()
+        try await reader.subscribe([Subscription("gateway/e2e/status", qos: .atLeastOnce)])
+        // The broker sends the retained message at once; bounded all the same.
+        let retained = try await withThrowingTaskGroup(of: String?.self) { group in
+            group.addTask { for await m in reader.messages where m.retain { return m.payloadString }; return nil }
+            group.addTask { try await Task.sleep(for: .seconds(10)); return nil }
+            defer { group.cancelAll() }
+            return try await group.next() ?? nil
+        }
+        #expect(retained == "offline")
+        await reader.disconnect()
+        await rig.shutdown()
+    }
+
     @Test("SIGKILL: another client sees the will 'offline'")
     func sigkill() async throws {
         let rig = try await Rig.start(points: Self.oneCoil, simArgs: [])

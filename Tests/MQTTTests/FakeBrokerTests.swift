@@ -97,6 +97,42 @@ struct FakeBrokerTests {
         await broker.close()
     }
 
+    @Test("a message published 'ahead' goes before the queued backlog, and is not the one dropped from a full queue")
+    func publishAhead() async throws {
+        let broker = try await FakeBroker.start()
+        var config = MQTTConfiguration(host: "127.0.0.1", port: broker.port, clientIdentifier: "fake-client")
+        config.queueLimit = 3
+        let c = MQTTClient(configuration: config)
+        let connect = Task { try await c.connect() }
+        let conn = try await broker.nextConnection()
+        var props = MQTTProperties()
+        props.receiveMaximum = 1
+        try await conn.accept(properties: props)
+        _ = try await connect.value
+        try await c.enqueue(to: "backlog/0", payload: [0], qos: .atLeastOnce)
+        guard case .publish(let first) = try await conn.expect() else { Issue.record("expected PUBLISH"); return }
+        for i in 1...3 { try await c.enqueue(to: "backlog/\(i)", payload: [UInt8(i)], qos: .atLeastOnce) }
+        let last = Task { try await c.publish(to: "status", payload: Array("offline".utf8), qos: .atLeastOnce, retain: true, ahead: true) }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while await c.droppedCount == 0 && ContinuousClock.now < deadline { await Task.yield() }
+        // The queue is full (3): backlog/1 was dropped for the status, not the status itself.
+        #expect(await c.droppedCount == 1)
+        conn.send(.puback(AckPacket(packetIdentifier: first.packetIdentifier!)))
+        guard case .publish(let next) = try await conn.expect() else { Issue.record("expected PUBLISH"); return }
+        #expect(next.topic == "status", "the status waited behind the backlog: \(next.topic)")
+        conn.send(.puback(AckPacket(packetIdentifier: next.packetIdentifier!)))
+        try await last.value
+        var rest: [String] = []
+        for _ in 0..<2 {
+            guard case .publish(let p) = try await conn.expect() else { break }
+            rest.append(p.topic)
+            conn.send(.puback(AckPacket(packetIdentifier: p.packetIdentifier!)))
+        }
+        #expect(rest == ["backlog/2", "backlog/3"])
+        await c.closeAbruptly()
+        await broker.close()
+    }
+
     @Test("a missing PINGRESP closes the connection")
     func missingPingResp() async throws {
         let broker = try await FakeBroker.start()
