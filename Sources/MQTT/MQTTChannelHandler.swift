@@ -5,6 +5,9 @@ enum ChannelEvent: Sendable {
     case packet(MQTTPacket)
     /// The peer sent a malformed packet; the channel is being closed.
     case malformed(MQTTPacketError)
+    /// A PUBLISH larger than our maximum packet size on 3.1.1 (which cannot tell the broker the
+    /// maximum): its body is read past and dropped; the connection stays up.
+    case oversized(PublishHead)
     /// The channel closed; `reason` when an error caused it.
     case closed(reason: String?, tls: Bool)
 }
@@ -21,6 +24,8 @@ final class MQTTChannelHandler: ChannelDuplexHandler {
     private let events: AsyncStream<ChannelEvent>.Continuation
     private var cumulation = ByteBuffer()
     private var failed = false
+    /// Bytes of an oversized PUBLISH still to be read past.
+    private var skipping = 0
     private var closeReason: (String, Bool)?
 
     init(version: MQTTVersion, maximumPacketSize: Int, events: AsyncStream<ChannelEvent>.Continuation) {
@@ -33,8 +38,27 @@ final class MQTTChannelHandler: ChannelDuplexHandler {
         guard !failed else { return }
         var incoming = unwrapInboundIn(data)
         cumulation.writeBuffer(&incoming)
-        do {
-            while let packet = try MQTTPacketCodec.decode(from: &cumulation, version: version, maximumPacketSize: maximumPacketSize) {
+        do throws(MQTTPacketError) {
+            while true {
+                if skipping > 0 {
+                    let n = min(skipping, cumulation.readableBytes)
+                    cumulation.moveReaderIndex(forwardBy: n)
+                    skipping -= n
+                    if skipping > 0 { break }
+                }
+                let packet: MQTTPacket?
+                do throws(MQTTPacketError) {
+                    packet = try MQTTPacketCodec.decode(from: &cumulation, version: version, maximumPacketSize: maximumPacketSize)
+                } catch {
+                    // 3.1.1 has no way to tell the broker our maximum: a PUBLISH over it is read past.
+                    guard case .packetTooLarge = error, version == .v3_1_1,
+                          cumulation.getInteger(at: cumulation.readerIndex, as: UInt8.self).map({ $0 >> 4 }) == 3 else { throw error }
+                    guard let head = try MQTTPacketCodec.decodePublishHead(from: cumulation) else { break }   // head not complete yet
+                    events.yield(.oversized(head))
+                    skipping = head.size
+                    continue
+                }
+                guard let packet else { break }
                 events.yield(.packet(packet))
             }
             if cumulation.readableBytes == 0 {

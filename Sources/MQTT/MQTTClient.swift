@@ -105,6 +105,8 @@ public actor MQTTClient {
     private var pendingConnectedEvent: MQTTEvent?
     /// Messages dropped from the full queue since start.
     public private(set) var droppedCount = 0
+    /// Incoming messages dropped because they were larger than the maximum packet size (3.1.1).
+    public private(set) var droppedIncomingCount = 0
     private var supervisor: Task<Void, Never>?
 
     public init(configuration: MQTTConfiguration, eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
@@ -460,6 +462,18 @@ public actor MQTTClient {
         switch event {
         case .packet(let packet):
             handle(packet)
+        case .oversized(let head):
+            droppedIncomingCount += 1
+            logger.warning("MQTT: dropped an incoming message of \(head.size) bytes on \(head.topic.debugDescription)\(head.retain ? " (retained)" : ""): larger than the maximum packet size of \(configuration.maximumPacketSize) bytes (\(droppedIncomingCount) dropped so far)")
+            keepAlive?.pingResponseReceived()
+            switch head.qos {
+            case .atMostOnce: break
+            case .atLeastOnce: write(.puback(AckPacket(packetIdentifier: head.packetIdentifier ?? 0)), flush: true)
+            case .exactlyOnce:
+                // Acknowledged as received; its PUBREL is answered as for any QoS 2 message.
+                incomingQoS2.insert(head.packetIdentifier ?? 0)
+                write(.pubrec(AckPacket(packetIdentifier: head.packetIdentifier ?? 0)), flush: true)
+            }
         case .malformed(let error):
             logger.error("MQTT: malformed packet from the broker, closing: \(error)")
             lastCloseReason = "malformed packet: \(error)"

@@ -206,3 +206,14 @@ public enum MQTTPacket: Sendable, Hashable {
         }
     }
 }
+
+/// The head of an incoming PUBLISH that was too large to keep (see
+/// ``MQTTPacketCodec/decodePublishHead(from:)``): its body is read past and dropped.
+public struct PublishHead: Sendable, Equatable {
+    public var topic: String
+    public var qos: QoS
+    public var retain: Bool
+    public var packetIdentifier: UInt16?
+    /// The whole packet, in bytes.
+    public var size: Int
+}

@@ -149,6 +149,22 @@ public enum MQTTPacketCodec {
         return packet
     }
 
+    /// The head of a PUBLISH at the front of `buffer` (which is left untouched): enough to
+    /// acknowledge and report a message that is too large to be kept, while its body is read past.
+    /// nil until the topic and packet id have arrived, or when the front is not a PUBLISH.
+    public static func decodePublishHead(from buffer: ByteBuffer) throws(MQTTPacketError) -> PublishHead? {
+        var peek = buffer
+        guard let first: UInt8 = peek.readInteger(), first >> 4 == 3 else { return nil }
+        guard let length = try peek.readMQTTVariableIntIfComplete() else { return nil }
+        let qos = QoS(rawValue: (first >> 1) & 0x03) ?? .atMostOnce
+        guard let topicLength: UInt16 = peek.getInteger(at: peek.readerIndex),
+              peek.readableBytes >= 2 + Int(topicLength) + (qos == .atMostOnce ? 0 : 2) else { return nil }
+        let topic = try peek.readMQTTString("topic")
+        let id: UInt16? = qos == .atMostOnce ? nil : try peek.readMQTTUInt16("packet identifier")
+        return PublishHead(topic: topic, qos: qos, retain: first & 0x01 != 0, packetIdentifier: id,
+                           size: 1 + MQTTString.varIntSize(length) + length)
+    }
+
     private static func checkFixedHeader(type: UInt8, flags: UInt8, version: MQTTVersion) throws(MQTTPacketError) {
         switch type {
         case 0: throw .invalidPacketType(0)

@@ -347,6 +347,54 @@ struct CommandTests {
         await rig.shutdown()
     }
 
+    @Test("MQTT 3.1.1: a 2 MiB retained /set is read past and dropped with one log line; the gateway stays connected and keeps working")
+    func oversizedCommand() async throws {
+        let rig = try await Rig.start(points: Self.points(), simArgs: [], pollMs: 100, extraMQTT: "protocol = 3")
+        try await rig.waitFor("\(Self.b)/dev/status", "online")
+        _ = try await rig.gateway.waitForLine(containing: "subscribed to commands")
+        let big = [UInt8](repeating: UInt8(ascii: "1"), count: 2 << 20)
+        try await rig.observer.publish(to: "\(Self.b)/dev/light/set", payload: big, qos: .atLeastOnce, retain: true)
+        _ = try await rig.gateway.waitForLine(containing: "dropped an incoming message of")
+        // Still connected: a command works and a changed value is published.
+        #expect(try await Self.command(rig, "mode", "free") == #"{"ok":true,"value":"free"}"#)
+        try await rig.sim.set("holding:40=77")
+        try await rig.waitFor("\(Self.b)/dev/count", "77")
+        let lines = rig.gateway.lines
+        #expect(lines.filter { $0.contains("dropped an incoming message of") }.count == 1, "\(rig.gateway.tail)")
+        #expect(!lines.contains { $0.contains("connection lost") || $0.contains("another client") }, "\(rig.gateway.tail)")
+        #expect(rig.sim.writes.map(\.address) == [20], "only the mode command was written")
+        try await rig.observer.publish(to: "\(Self.b)/dev/light/set", payload: [], qos: .atLeastOnce, retain: true)   // clear it
+        await rig.shutdown()
+    }
+
+    @Test("10,000 commands as fast as they can be published: each is answered (done or 'busy'), only 'ok' ones write, memory stays bounded")
+    func commandFlood() async throws {
+        let rig = try await Self.startRig()
+        let rssBefore = SerialDeviceTests.rssKiB(rig.gateway.pid)
+        let count = 10_000
+        for i in 0..<count {
+            try await rig.observer.enqueue(to: "\(Self.b)/dev/light/set", payload: Array((i % 2 == 0 ? "true" : "false").utf8), qos: .atLeastOnce)
+        }
+        let resultTopic = "\(Self.b)/dev/light/set/result"
+        let rssPeak = Mutex(0)
+        try await rig.waitUntil(timeout: .seconds(120), "an answer to every command") {
+            rssPeak.withLock { $0 = max($0, SerialDeviceTests.rssKiB(rig.gateway.pid)) }
+            return rig.payloads(resultTopic).count >= count
+        }
+        let answers = rig.payloads(resultTopic)
+        let ok = answers.filter { $0.hasPrefix(#"{"ok":true"#) }.count
+        let busy = answers.filter { $0.contains("busy") }.count
+        #expect(answers.count == count)
+        #expect(ok + busy == count, "answers other than ok or busy: \(answers.filter { !$0.hasPrefix(#"{"ok":true"#) && !$0.contains("busy") }.prefix(3))")
+        #expect(ok >= 8 && busy > 0, "ok \(ok), busy \(busy)")
+        // The device was written once per 'ok' answer, and by nothing else.
+        let writes = try await rig.sim.waitForWrites(ok)
+        #expect(writes.count == ok && writes.allSatisfy { $0.address == 1 })
+        print("command flood: \(ok) ok, \(busy) busy; gateway RSS \(rssBefore) KiB before, peak \(rssPeak.withLock { $0 }) KiB while answering")
+        #expect(rssPeak.withLock { $0 } - rssBefore < 32 * 1024, "RSS grew from \(rssBefore) to \(rssPeak.withLock { $0 }) KiB")
+        await rig.shutdown()
+    }
+
     @Test("SIGTERM during a pulse: the off is written before the gateway exits")
     func stopDuringPulse() async throws {
         let rig = try await Self.startRig(pulseMs: 600_000)

@@ -34,7 +34,7 @@ final class Rig: Sendable {
     /// `body`, when given, replaces the rig's own `[[bus]]` and `[[device]]` tables (`points`
     /// is then unused): a site with other buses, such as an RTU line.
     static func start(points: String, simArgs: [String], pollMs: Int = 50, offlineAfter: Int = 2, extraGateway: String = "",
-                      devicePort: Int? = nil, body: String? = nil) async throws -> Rig {
+                      devicePort: Int? = nil, body: String? = nil, extraMQTT: String = "") async throws -> Rig {
         let broker = try await Mosquitto.start()
         let sim = try await GatewaySimulator.start(simArgs, port: try TestEnvironment.freePort())
         // The gateway polls the simulator, or another device (pymodbus) at `devicePort`.
@@ -48,6 +48,7 @@ final class Rig: Sendable {
             [mqtt]
             url = "mqtt://127.0.0.1:\(broker.port)"
             keepalive = 5
+            \(extraMQTT)
             \(body ?? """
             [[bus]]
             name = "plc"

@@ -133,6 +133,30 @@ struct FakeBrokerTests {
         await broker.close()
     }
 
+    @Test("3.1.1: a PUBLISH over the maximum packet size, in pieces, is acknowledged and dropped; the next one is delivered")
+    func oversizedOn311() async throws {
+        let broker = try await FakeBroker.start()
+        var config = MQTTConfiguration(host: "127.0.0.1", port: broker.port, version: .v3_1_1, clientIdentifier: "fake-client")
+        config.maximumPacketSize = 1000
+        let c = MQTTClient(configuration: config)
+        let (_, conn) = try await connected(c, broker)
+        var big = ByteBuffer()
+        MQTTPacketCodec.encode(.publish(PublishPacket(topic: "cmd/big", payload: [UInt8](repeating: 7, count: 5000), qos: .atLeastOnce,
+                                                      retain: true, packetIdentifier: 42)), version: .v3_1_1, into: &big)
+        let bytes = Array(big.readableBytesView)
+        // In pieces: the fixed header alone first, then the topic, then the rest in chunks.
+        for range in [0..<2, 2..<9, 9..<1500, 1500..<bytes.count] { conn.sendRaw(Array(bytes[range])) }
+        #expect(try await conn.expect() == .puback(AckPacket(packetIdentifier: 42)))
+        conn.send(.publish(PublishPacket(topic: "cmd/small", payload: [1], qos: .atMostOnce)))
+        var received: MQTTMessage?
+        for await m in c.messages { received = m; break }
+        #expect(received?.topic == "cmd/small")
+        #expect(await c.droppedIncomingCount == 1)
+        #expect(await c.isConnected)
+        await c.closeAbruptly()
+        await broker.close()
+    }
+
     @Test("a missing PINGRESP closes the connection")
     func missingPingResp() async throws {
         let broker = try await FakeBroker.start()
