@@ -56,7 +56,7 @@ public struct CommandRequest: Sendable, Equatable {
             guard case .string(let s) = try? JSONValue.parse(payload) else { throw CommandRefused("payload is not a valid JSON string") }
             return CommandRequest(value: .text(s))
         }
-        guard trimmed.unicodeScalars.allSatisfy({ $0.value >= 0x20 && $0.value != 0x7F }) else {
+        guard !trimmed.hasControlCharacters else {
             throw CommandRefused("payload contains control characters")
         }
         return CommandRequest(value: .text(trimmed))
@@ -77,7 +77,9 @@ public struct CommandRequest: Sendable, Equatable {
                 switch v {
                 case .bool(let b): value = .bool(b)
                 case .number(let n): value = .number(n)
-                case .string(let s): value = .text(s)
+                case .string(let s):
+                    guard !s.hasControlCharacters else { throw CommandRefused("\"value\" contains control characters") }
+                    value = .text(s)
                 default: throw CommandRefused("\"value\" must be a bool, a number or a string")
                 }
             case "ts":
@@ -87,9 +89,9 @@ public struct CommandRequest: Sendable, Equatable {
                 ts = t
             case "id":
                 switch v {
-                case .string(let s) where !s.isEmpty && s.utf8.count <= 128: id = s
+                case .string(let s) where !s.isEmpty && s.utf8.count <= 128 && !s.hasControlCharacters: id = s
                 case .number(let n): id = n
-                default: throw CommandRefused("\"id\" must be a string of 1 to 128 bytes or a number")
+                default: throw CommandRefused("\"id\" must be a string of 1 to 128 bytes (no control characters) or a number")
                 }
             default:
                 throw CommandRefused("unknown JSON key '\(key)' (a command has \"value\", and optionally \"ts\" and \"id\")")
@@ -280,5 +282,28 @@ public struct CommandIDCache: Sendable {
             order.removeFirst(head)
             head = 0
         }
+    }
+}
+
+extension String {
+    /// C0 controls, DEL and C1 controls: refused in command values, escaped in logs.
+    var hasControlCharacters: Bool { unicodeScalars.contains { $0.value < 0x20 || (0x7F...0x9F).contains($0.value) } }
+
+    /// The text with control characters escaped (`\n`, `\u{1B}`), for log lines: a command
+    /// cannot forge a line of the log.
+    var logSafe: String {
+        guard hasControlCharacters || contains("\\") else { return self }
+        var out = ""
+        for u in unicodeScalars {
+            switch u {
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case "\\": out += "\\\\"
+            case _ where u.value < 0x20 || (0x7F...0x9F).contains(u.value): out += "\\u{\(String(u.value, radix: 16, uppercase: true))}"
+            default: out.unicodeScalars.append(u)
+            }
+        }
+        return out
     }
 }

@@ -24,6 +24,23 @@ func valuePayload(_ value: PointValue, point: PointSettings, gateway: GatewaySet
     return Array((s + ",\"ts\":\(unixMilliseconds())}").utf8)
 }
 
+/// Values a device's commander published after a write (its read-back), handed to the device's
+/// poller: its change filter learns them, so the next poll does not publish the same value again.
+final class ReadBacks: Sendable {
+    private let values = Mutex<[Int: PointValue]>([:])
+
+    func record(_ value: PointValue, point: Int) { values.withLock { $0[point] = value } }
+
+    /// The values recorded since the last call, by point index.
+    func take() -> [Int: PointValue] {
+        values.withLock { v in
+            guard !v.isEmpty else { return [:] }
+            defer { v = [:] }
+            return v
+        }
+    }
+}
+
 /// Runs one device's commands: `/set`, `/get` and the ends of pulses, one at a time in arrival
 /// order, so that a pulse's end can never overtake the command that extended it.
 ///
@@ -93,24 +110,44 @@ final class DeviceCommander: Sendable {
                 answer = "{\"ok\":false,\"error\":\(jsonString(error.reason))}"
             }
             if !repeated, let id = request?.id { ids.record(answer, for: "\(name)\u{0}\(id)", now: .now) }
+            // Everything from the message is escaped: a command cannot forge a log line.
             var meta: Logger.Metadata = [
-                "point": "\(name)",
-                "topic": "\(message.topic)",
-                "value": "\(request.map { "\($0.value)" } ?? String(decoding: message.payload.prefix(64), as: UTF8.self))",
+                "point": "\(name.logSafe)",
+                "topic": "\(message.topic.logSafe)",
+                "value": "\((request.map { "\($0.value)" } ?? String(decoding: message.payload.prefix(64), as: UTF8.self)).logSafe)",
                 "latency_ms": "\(DeviceCommander.milliseconds(since: receivedAt))",
             ]
-            if let id = request?.id { meta["id"] = "\(id)" }
+            if let id = request?.id { meta["id"] = "\(id.logSafe)" }
             if repeated { meta["note"] = "repeated id: not executed again" }
-            logger.notice("command \(message.topic) -> \(answer)", metadata: meta)
+            logger.notice("command \(message.topic.logSafe) -> \(answer.logSafe)", metadata: meta)
             await self.answer(answer, to: message, fallback: resultTopic, logger: logger)
+        }
+
+        /// Why an MQTT 5 response topic is not used (nil: it is fine). An answer published there
+        /// could be taken for something else: a topic filter with wildcards, any command topic
+        /// (`.../set`, `.../get`), or anything under the gateway's own base but a `/set/result`.
+        static func refusedResponseTopic(_ topic: String, base: String) -> String? {
+            if topic.contains("+") || topic.contains("#") { return "it has wildcards" }
+            if topic.hasSuffix("/set") || topic.hasSuffix("/get") || topic == "set" || topic == "get" { return "it is a command topic" }
+            if (topic == base || topic.hasPrefix(base + "/")) && !topic.hasSuffix("/set/result") {
+                return "it is under the gateway's base topic \(base)"
+            }
+            return nil
         }
 
         /// Publishes a command's answer: to the MQTT 5 response topic (with the correlation data)
         /// when the request has one, else to `fallback`.
         func answer(_ answer: String, to message: MQTTMessage, fallback: String?, logger: Logger) async {
             var props = MQTTProperties()
+            var answer = answer
             let topic: String
-            if let rt = message.properties.responseTopic {
+            if let rt = message.properties.responseTopic, let why = Self.refusedResponseTopic(rt, base: base) {
+                // Never publish an answer where it could be taken for a command or a value.
+                logger.warning("response topic \(rt.logSafe) of \(message.topic.logSafe) refused: \(why)")
+                guard let fallback else { return }
+                topic = fallback
+                answer = String(answer.dropLast()) + ",\"note\":\(jsonString("response topic refused: \(why); answered here instead"))}"
+            } else if let rt = message.properties.responseTopic {
                 topic = rt
                 props.correlationData = message.properties.correlationData
             } else if let fallback {
@@ -121,7 +158,7 @@ final class DeviceCommander: Sendable {
             do {
                 try await client.enqueue(to: topic, payload: Array(answer.utf8), qos: .atLeastOnce, retain: false, properties: props)
             } catch {
-                logger.warning("answer to \(topic) not published: \(error)")
+                logger.warning("answer to \(topic.logSafe) not published: \(error)")
             }
         }
     }
@@ -131,6 +168,8 @@ final class DeviceCommander: Sendable {
     let timeout: Duration
     let context: Context
     let logger: Logger
+    /// Read-backs this commander published, for the device's poller.
+    let readBacks = ReadBacks()
 
     /// What jobs change: pending pulses and recent command ids. Owned by the command task while it
     /// runs, parked in ``queue`` before it starts and after it ends.
@@ -436,6 +475,7 @@ final class DeviceCommander: Sendable {
             let read = try await bus.read(point.registerKind, unit: device.unit, address: point.address, count: point.width,
                                           priority: .high, deadline: .now + timeout)
             let value = try point.value(from: read)
+            if let index = device.points.firstIndex(where: { $0.name == point.name }) { readBacks.record(value, point: index) }
             try? await context.client.enqueue(to: "\(context.base)/\(device.name)/\(point.name)",
                                               payload: valuePayload(value, point: point, gateway: context.gateway),
                                               qos: .atLeastOnce, retain: point.retain ?? context.gateway.retain)
@@ -486,7 +526,7 @@ final class DeviceCommander: Sendable {
 
     private func handleGet(_ message: MQTTMessage, pointName: String, receivedAt: ContinuousClock.Instant) async {
         var log = logger
-        log[metadataKey: "point"] = "\(pointName)"
+        log[metadataKey: "point"] = "\(pointName.logSafe)"
         let answer: String
         if let point = device.points.first(where: { $0.name == pointName }) {
             switch await readBack(point) {
@@ -496,7 +536,7 @@ final class DeviceCommander: Sendable {
         } else {
             answer = "{\"ok\":false,\"error\":\(jsonString("unknown point '\(pointName)' on device '\(device.name)'"))}"
         }
-        log.info("get \(message.topic): \(answer) in \(Self.milliseconds(since: receivedAt)) ms")
+        log.info("get \(message.topic.logSafe): \(answer.logSafe) in \(Self.milliseconds(since: receivedAt)) ms")
         // /get answers go to an MQTT 5 response topic when one is given; the value topic has the value.
         await context.answer(answer, to: message, fallback: nil, logger: logger)
     }

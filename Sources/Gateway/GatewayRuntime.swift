@@ -76,17 +76,23 @@ public final class GatewayRuntime: Service, Sendable {
         self.serialRunners = serialRunners
     }
 
-    /// The MQTT password: `password_file` (first line) or env `GATEWAY_MQTT_PASSWORD`; nil when neither.
-    public static func mqttPassword(for settings: MQTTSettings) -> [UInt8]? {
-        if let file = settings.passwordFile, let f = fopen(file, "r") {
+    /// The MQTT password: `password_file` (first line) or env `GATEWAY_MQTT_PASSWORD`; nil when
+    /// neither. A `password_file` that cannot be read is an error (never a silent fallback to no
+    /// password): the caller exits with a configuration error.
+    public static func mqttPassword(for settings: MQTTSettings) throws(CommandRefused) -> [UInt8]? {
+        if let file = settings.passwordFile {
+            guard let f = fopen(file, "r") else {
+                throw CommandRefused("mqtt.password_file: cannot read '\(file)': \(String(cString: strerror(errno)))")
+            }
             defer { fclose(f) }
             var line = [CChar](repeating: 0, count: 4096)
-            if fgets(&line, 4096, f) != nil {
-                var bytes = line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
-                while let last = bytes.last, last == 10 || last == 13 { bytes.removeLast() }
-                return bytes
+            guard fgets(&line, 4096, f) != nil else {
+                guard ferror(f) == 0 else { throw CommandRefused("mqtt.password_file: cannot read '\(file)': \(String(cString: strerror(errno)))") }
+                return []   // an empty file: an empty password
             }
-            return []
+            var bytes = line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
+            while let last = bytes.last, last == 10 || last == 13 { bytes.removeLast() }
+            return bytes
         }
         if let env = getenv("GATEWAY_MQTT_PASSWORD") { return Array(String(cString: env).utf8) }
         return nil
@@ -193,7 +199,7 @@ public final class GatewayRuntime: Service, Sendable {
         for await message in client.messages {
             let receivedAt = ContinuousClock.now
             guard message.topic.hasPrefix(prefix) else {
-                logger.debug("ignoring a message on \(message.topic)")
+                logger.debug("ignoring a message on \(message.topic.logSafe)")
                 continue
             }
             let parts = message.topic.dropFirst(prefix.count).split(separator: "/", omittingEmptySubsequences: false)
@@ -219,7 +225,7 @@ public final class GatewayRuntime: Service, Sendable {
     /// Answers a command that goes no further than the dispatcher (`/get`: only to an MQTT 5
     /// response topic, as its other answers).
     private func refuse(_ message: MQTTMessage, isSet: Bool, why: String) async {
-        logger.notice("command \(message.topic) -> refused: \(why)", metadata: ["topic": "\(message.topic)"])
+        logger.notice("command \(message.topic.logSafe) -> refused: \(why.logSafe)", metadata: ["topic": "\(message.topic.logSafe)"])
         await context.answer("{\"ok\":false,\"error\":\(jsonString(why))}", to: message, fallback: isSet ? "\(message.topic)/result" : nil, logger: logger)
     }
 
@@ -270,7 +276,8 @@ public final class GatewayRuntime: Service, Sendable {
     /// its stack for every device while polling no faster.
     private func pollBus(_ bus: ModbusBus, devices: [GatewayPlan.Device]) async {
         let start = ContinuousClock.now
-        var pollers = devices.map { DevicePoller($0, gateway: plan.configuration.gateway, logger: logger, start: start) }
+        var pollers = devices.map { DevicePoller($0, gateway: plan.configuration.gateway, logger: logger, start: start,
+                                                 readBacks: commanders[$0.settings.name]?.readBacks) }
         guard !pollers.isEmpty else { return }
         while !Task.isCancelled {
             var due = 0
@@ -319,8 +326,11 @@ public final class GatewayRuntime: Service, Sendable {
         var requestsPerPoll: Int
         /// When its latest poll started (the tie-break between devices due at the same time).
         var lastStart: ContinuousClock.Instant
+        /// Values its commander published after writes: the change filters learn them.
+        let readBacks: ReadBacks?
 
-        init(_ device: GatewayPlan.Device, gateway: GatewaySettings, logger: Logger, start: ContinuousClock.Instant) {
+        init(_ device: GatewayPlan.Device, gateway: GatewaySettings, logger: Logger, start: ContinuousClock.Instant, readBacks: ReadBacks?) {
+            self.readBacks = readBacks
             settings = device.settings
             log = logger
             log[metadataKey: "device"] = "\(settings.name)"
@@ -371,6 +381,9 @@ public final class GatewayRuntime: Service, Sendable {
                 log.debug("poll skipped: the bus was busy with commands for a whole period")
             }
             let now = ContinuousClock.now
+            if let learned = readBacks?.take() {
+                for (i, value) in learned where i < filters.count { filters[i].learn(value, now: now) }
+            }
             for (i, point) in settings.points.enumerated() {
                 guard let result = results[i] else { continue }
                 switch result {

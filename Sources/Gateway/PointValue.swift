@@ -114,6 +114,13 @@ public struct ChangeFilter: Sendable {
         return publish
     }
 
+    /// Records `value` as published at `now` by someone else (a command's read-back), so that
+    /// the next poll does not publish it again.
+    public mutating func learn(_ value: PointValue, now: ContinuousClock.Instant) {
+        last = value
+        lastPublished = now
+    }
+
     /// Forget the last value (after a reconnect, republish everything).
     public mutating func reset() { last = nil }
 }

@@ -234,20 +234,23 @@ final class SerialDeviceRunner: Sendable {
 
     private func commandLoop() async {
         var ids = CommandIDCache()
+        // When a write last stalled (the line did not take it in time).
+        var stalled: ContinuousClock.Instant?
         for await job in jobs {
             switch job {
             case .set(let message, let name, let receivedAt):
-                await handleSet(message, name: name, receivedAt: receivedAt, ids: &ids)
+                await handleSet(message, name: name, receivedAt: receivedAt, ids: &ids, stalled: &stalled)
             case .get(let message, let name):
                 let answer = "{\"ok\":false,\"error\":\(jsonString("'\(name)' of a serial device cannot be read on demand: its values come as the device sends them"))}"
-                logger.notice("get \(message.topic) -> \(answer)")
+                logger.notice("get \(message.topic.logSafe) -> \(answer)")
                 await context.answer(answer, to: message, fallback: nil, logger: logger)
             }
             pending.withLock { $0 -= 1 }
         }
     }
 
-    private func handleSet(_ message: MQTTMessage, name: String, receivedAt: ContinuousClock.Instant, ids: inout CommandIDCache) async {
+    private func handleSet(_ message: MQTTMessage, name: String, receivedAt: ContinuousClock.Instant, ids: inout CommandIDCache,
+                           stalled: inout ContinuousClock.Instant?) async {
         await context.runCommand(message, name: name, receivedAt: receivedAt, ids: &ids,
                                  resultTopic: "\(context.base)/\(settings.name)/\(name)/set/result", logger: logger) { () throws(CommandRefused) in
             guard let command = settings.commands.first(where: { $0.name == name }) else {
@@ -258,16 +261,21 @@ final class SerialDeviceRunner: Sendable {
         } execute: { (command, req) throws(CommandRefused) in
             let value = "\(req.value)"
             let bytes = try Self.render(command, value: value)
-            guard health.withLock({ $0.state }) == .online, let port = line.withLock({ $0 }) else {
-                throw CommandRefused("device '\(settings.name)' is offline")
+            // Not queued for later: a command that waited behind a write the line did not take,
+            // or behind others past its time, is refused.
+            if let stalled, receivedAt < stalled {
+                throw CommandRefused("busy: it waited behind a write the line did not take (not sent)")
             }
-            // Not queued for later: a command that waited behind others past its time is refused.
             guard ContinuousClock.now < receivedAt + commandTimeout else {
                 throw CommandRefused("busy: the command could not start within \(settings.responseTimeoutMs) ms (not sent)")
+            }
+            guard health.withLock({ $0.state }) == .online, let port = line.withLock({ $0 }) else {
+                throw CommandRefused("device '\(settings.name)' is offline")
             }
             do {
                 try await port.write(bytes, within: commandTimeout)
             } catch SerialError.writeTimedOut {
+                stalled = .now
                 throw CommandRefused("outcome unknown: the line did not take the command within \(settings.responseTimeoutMs) ms (flow control, or nobody reading); the rest was discarded and the port is reopened")
             } catch {
                 throw CommandRefused("not sent: \(error)")
@@ -281,7 +289,7 @@ final class SerialDeviceRunner: Sendable {
         guard command.takesValue else { return command.send }
         guard !value.isEmpty else { throw CommandRefused("empty value") }
         guard value.utf8.count <= command.maxLength else { throw CommandRefused("value longer than \(command.maxLength) bytes") }
-        guard value.unicodeScalars.allSatisfy({ $0.value >= 0x20 && $0.value != 0x7F }) else {
+        guard !value.hasControlCharacters else {
             throw CommandRefused("value contains control characters")
         }
         if let pattern = command.pattern {

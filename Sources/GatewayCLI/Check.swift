@@ -19,6 +19,7 @@ struct Check: ParsableCommand {
             throw ExitCode(2)
         }
         emit("\(config): OK")
+        for warning in loaded.warnings { emit("warning: \(warning)") }
         for line in GatewayPlan(loaded).describe() { emit(line) }
     }
 }

@@ -34,9 +34,17 @@ struct Run: AsyncParsableCommand {
             return h
         }
         let logger = Logger(label: "gateway")
+        for warning in loaded.warnings { logger.warning("\(config): \(warning)") }
+        let password: [UInt8]?
+        do {
+            password = try GatewayRuntime.mqttPassword(for: loaded.mqtt)
+        } catch {
+            emitError("\(config): \(error)")
+            throw ExitCode(2)
+        }
         let runtime: GatewayRuntime
         do {
-            runtime = try GatewayRuntime(configuration: loaded, password: GatewayRuntime.mqttPassword(for: loaded.mqtt), logger: logger)
+            runtime = try GatewayRuntime(configuration: loaded, password: password, logger: logger)
         } catch {
             emitError("\(config): mqtt.url: \(error)")
             throw ExitCode(2)

@@ -137,10 +137,19 @@ public enum ConfigLoader {
             if v == 4 { r.issue("protocol", "use 3 for MQTT 3.1.1 or 5 for MQTT 5.0") }
             m.protocolVersion = v == 4 ? 3 : v
         }
-        if let v = r.int("keepalive", 0...65_535) { m.keepAlive = v }
+        if let v = r.int("keepalive", 0...65_535) {
+            // 0 turns keepalive off: a broker that vanished without a FIN would go unnoticed.
+            if v == 0 { r.issue("keepalive", "0 turns keepalive off and leaves a dead broker unnoticed: use 5...65535 seconds") }
+            m.keepAlive = v
+        }
         m.username = r.string("username")
         if let p = r.string("password_file") {
-            if access(p, R_OK) != 0 { r.issue("password_file", "cannot read '\(p)'") }
+            var st = stat()
+            if access(p, R_OK) != 0 {
+                r.issue("password_file", "cannot read '\(p)'")
+            } else if stat(p, &st) == 0, st.st_mode & S_IFMT == S_IFDIR {
+                r.issue("password_file", "'\(p)' is a directory, not a password file")
+            }
             m.passwordFile = p
         }
         if r.has("password") { r.issue("password", "passwords do not belong in the file: use password_file or env GATEWAY_MQTT_PASSWORD") }

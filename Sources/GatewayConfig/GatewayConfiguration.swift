@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// `gateway.toml` as plain values. Every key, its default and its range is documented here;
 /// ``ConfigLoader`` fills these from the file and validates them.
 public struct GatewayConfiguration: Sendable, Equatable {
@@ -10,6 +14,19 @@ public struct GatewayConfiguration: Sendable, Equatable {
 
     /// `<base>`: `gateway.base_topic`, else `gateway/<id>`.
     public var baseTopic: String { gateway.baseTopic ?? "gateway/\(gateway.id)" }
+
+    /// Things that work but deserve a word (`gateway check` prints them, `gateway run` logs them
+    /// at start): a password file readable by other users.
+    public var warnings: [String] {
+        var out: [String] = []
+        if let file = mqtt.passwordFile {
+            var st = stat()
+            if stat(file, &st) == 0, st.st_mode & 0o004 != 0 {
+                out.append("mqtt.password_file: '\(file)' is readable by every user (chmod 600 or 640)")
+            }
+        }
+        return out
+    }
 }
 
 public enum ValueFormat: String, Sendable, Equatable, CaseIterable {
@@ -48,7 +65,7 @@ public struct MQTTSettings: Sendable, Equatable {
     public var clientID: String?
     /// `protocol` (default 5): 5, or 3 for 3.1.1. 5 falls back to 3.1.1 when refused.
     public var protocolVersion = 5
-    /// `keepalive` (default 30 s, 0...65535).
+    /// `keepalive` (default 30 s, 1...65535; 0, which turns it off, is refused).
     public var keepAlive = 30
     /// `username` (default none).
     public var username: String?

@@ -790,6 +790,7 @@ public actor MQTTClient {
 
     static func makeSSLContext(_ tls: TLSOptions) throws -> NIOSSLContext {
         var c = TLSConfiguration.makeClientConfiguration()
+        c.minimumTLSVersion = .tlsv12
         if let ca = tls.caFile { c.trustRoots = .file(ca) }
         if let cert = tls.certificateFile {
             c.certificateChain = try NIOSSLCertificate.fromPEMFile(cert).map { .certificate($0) }

@@ -1,6 +1,9 @@
 import Foundation
 import GatewayConfig
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 import TestSupport
 
 /// Broken configs live in Fixtures/bad-*.toml; each starts with `# expect: <text>` lines that the
@@ -95,6 +98,23 @@ struct CheckCommandTests {
         #expect(try await p.waitForExit() == 2)
         let out = p.lines.joined(separator: "\n")
         for e in f.expectations { #expect(out.contains(e), "expected '\(e)' in:\n\(out)") }
+    }
+
+    @Test("a password file readable by every user: a warning, still valid")
+    func worldReadablePassword() async throws {
+        let dir = try TestEnvironment.makeTemporaryDirectory("gw-check")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let secret = dir + "/mqtt-password", config = dir + "/gateway.toml"
+        try "s3cret\n".write(toFile: secret, atomically: true, encoding: .utf8)
+        chmod(secret, 0o644)
+        try "[gateway]\nid = \"lobby\"\n[mqtt]\nusername = \"gw\"\npassword_file = \"\(secret)\"\n[[bus]]\nname = \"b\"\ntype = \"tcp\"\nhost = \"127.0.0.1\"\n[[device]]\nname = \"d\"\nbus = \"b\"\n[[device.point]]\nname = \"p\"\nregister = \"coil\"\naddress = 0\n".write(toFile: config, atomically: true, encoding: .utf8)
+        var p = try ChildProcess(try TestEnvironment.gatewayBinary(), ["check", "--config", config])
+        #expect(try await p.waitForExit() == 0)
+        #expect(p.lines.contains { $0.contains("warning: mqtt.password_file: '\(secret)' is readable by every user") }, "\(p.lines)")
+        chmod(secret, 0o600)
+        p = try ChildProcess(try TestEnvironment.gatewayBinary(), ["check", "--config", config])
+        #expect(try await p.waitForExit() == 0)
+        #expect(!p.lines.contains { $0.contains("warning:") })
     }
 
     @Test("exit 0 and the plan for the shipped config")

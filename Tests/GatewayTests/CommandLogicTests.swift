@@ -1,4 +1,4 @@
-import Gateway
+@testable import Gateway
 import GatewayConfig
 import Testing
 
@@ -101,4 +101,29 @@ struct CommandLogicTests {
 
 extension Result {
     var isFailure: Bool { if case .failure = self { true } else { false } }
+}
+
+@Suite("Command safety rules")
+struct CommandSafetyTests {
+    @Test("response topics: wildcards, command topics and the gateway's own topics (but /set/result) are refused")
+    func responseTopicRules() {
+        let base = "gateway/lobby"
+        let refused = { (t: String) in DeviceCommander.Context.refusedResponseTopic(t, base: base) != nil }
+        #expect(!refused("app/replies/42"))
+        #expect(!refused("gateway/lobby/front-door/unlock/set/result"))
+        #expect(refused("app/+/x") && refused("app/#"))
+        #expect(refused("gateway/lobby/front-door/unlock/set") && refused("elsewhere/door/get"))
+        #expect(refused("gateway/lobby/front-door/unlock") && refused("gateway/lobby/status") && refused("gateway/lobby"))
+        #expect(!refused("gateway/lobby2/x"))
+    }
+
+    @Test("control characters: refused in JSON values and ids as in plain ones; escaped in logs")
+    func controlCharacters() throws {
+        #expect(throws: CommandRefused.self) { try CommandRequest.parse(Array(#"{"value":"a\nb"}"#.utf8)) }
+        #expect(throws: CommandRefused.self) { try CommandRequest.parse(Array(#"{"value":"\u001b[2J"}"#.utf8)) }
+        #expect(throws: CommandRefused.self) { try CommandRequest.parse(Array(#"{"value":1,"id":"x\ry"}"#.utf8)) }
+        #expect(try CommandRequest.parse(Array(#"{"value":"ünïcode ok"}"#.utf8)).value == .text("ünïcode ok"))
+        #expect("a\nINFO forged\u{1B}[0m\\".logSafe == #"a\nINFO forged\u{1B}[0m\\"#)
+        #expect("plain".logSafe == "plain")
+    }
 }

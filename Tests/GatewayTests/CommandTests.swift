@@ -193,6 +193,26 @@ struct CommandTests {
         await rig.shutdown()
     }
 
+    @Test("MQTT 5: a response topic that is a command topic, has wildcards or is under the base is not used; the answer goes to /set/result with a note")
+    func refusedResponseTopics() async throws {
+        let rig = try await Self.startRig()
+        for (n, rt) in ["\(Self.b)/dev/light/set", "\(Self.b)/status", "\(Self.b)/dev/light", "other/x/get"].enumerated() {
+            var props = MQTTProperties()
+            props.responseTopic = rt
+            let resultTopic = "\(Self.b)/dev/light/set/result"
+            let before = rig.payloads(resultTopic).count
+            try await rig.observer.publish(to: "\(Self.b)/dev/light/set", payload: Array((n % 2 == 0 ? "true" : "false").utf8),
+                                           qos: .atLeastOnce, properties: props)
+            try await rig.waitUntil("an answer on \(resultTopic)") { rig.payloads(resultTopic).count > before }
+            let answer = rig.payloads(resultTopic)[before]
+            #expect(answer.hasPrefix(#"{"ok":true"#) && answer.contains(#""note":"response topic refused: "#), "\(rt): \(answer)")
+        }
+        // The value topic carries only values, and exactly one write per command.
+        #expect(!rig.payloads("\(Self.b)/dev/light").contains { $0.contains("ok") })
+        #expect(try await rig.sim.waitForWrites(4).count == 4)
+        await rig.shutdown()
+    }
+
     @Test("every refusal is answered with the reason and writes nothing")
     func refusals() async throws {
         let rig = try await Self.startRig(extraGateway: "command_max_age_ms = 5000")
@@ -392,6 +412,23 @@ struct CommandTests {
         #expect(writes.count == ok && writes.allSatisfy { $0.address == 1 })
         print("command flood: \(ok) ok, \(busy) busy; gateway RSS \(rssBefore) KiB before, peak \(rssPeak.withLock { $0 }) KiB while answering")
         #expect(rssPeak.withLock { $0 } - rssBefore < 32 * 1024, "RSS grew from \(rssBefore) to \(rssPeak.withLock { $0 }) KiB")
+        await rig.shutdown()
+    }
+
+    @Test("after a command the read-back value is published once: the next polls do not publish it again")
+    func readBackOnce() async throws {
+        let rig = try await Self.startRig(simArgs: ["--log-requests"])
+        try await rig.waitFor("\(Self.b)/dev/light", "false")
+        #expect(try await Self.command(rig, "light", "true") == #"{"ok":true,"value":true}"#)
+        try await rig.waitFor("\(Self.b)/dev/light", "true")
+        // Five more polls (each reads the coils) after the answer.
+        let isCoilRead: @Sendable (String) -> Bool = { $0.hasPrefix(#"{"request":{"unit":1,"fc":1,"#) }
+        let target = rig.sim.process.lines.filter(isCoilRead).count + 5
+        let reads = Mutex(0)
+        _ = try await rig.sim.process.waitForLine(timeout: .seconds(20)) { line in
+            isCoilRead(line) && reads.withLock { $0 += 1; return $0 >= target }
+        }
+        #expect(rig.payloads("\(Self.b)/dev/light") == ["false", "true"])
         await rig.shutdown()
     }
 
