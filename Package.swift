@@ -93,7 +93,10 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-        ], swiftSettings: swiftSettings, linkerSettings: releaseLinkerSettings),
+        ], swiftSettings: swiftSettings, linkerSettings: releaseLinkerSettings, plugins: ["BuildInfo"]),
+
+        // Generates the git revision `gateway --version` prints.
+        .plugin(name: "BuildInfo", capability: .buildTool()),
 
         // Benchmarks (not tests): swift run -c release gateway-bench modbus|mqtt ...
         .executableTarget(name: "GatewayBench", dependencies: [

@@ -12,9 +12,10 @@ import Glibc
 ///
 /// One line per pulse, `<device>/<point>` (names are topic-safe, so never contain `/`). An entry
 /// is written *before* the write that switches a pulse on and removed after the write that
-/// switches it off. The file is replaced atomically (write a temporary file, rename); it is
-/// flushed to the storage device afterwards on a queue of its own, so the command does not wait
-/// for the SD card: a power cut within that flush (milliseconds) is the one case not covered.
+/// switches it off. The file is replaced atomically: a temporary file is written and flushed to
+/// the storage device (`fdatasync`), then renamed over the journal; the directory is flushed
+/// afterwards on a queue of its own. A power cut within that last flush (milliseconds) leaves the
+/// previous journal, whole: the one case not covered.
 final class PulseJournal: Sendable {
     /// nil: no journal (the state directory is missing or not writable; said once at start).
     let path: String?
@@ -95,6 +96,9 @@ final class PulseJournal: Sendable {
             let bytes = Array(text.utf8)
             let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
             if n != bytes.count { ok = false; err = n < 0 ? errno : ENOSPC }
+            // The new file's bytes reach the storage before it replaces the old one: a power cut
+            // can leave the old journal or the new one, never a renamed file without its content.
+            if ok && fdatasync(fd) != 0 { ok = false; err = errno }
             close(fd)
         }
         if ok && rename(tmp, path) != 0 { ok = false; err = errno }
@@ -107,9 +111,9 @@ final class PulseJournal: Sendable {
             return
         }
         if failing.exchange(false, ordering: .relaxed) { logger.notice("pulse journal \(path) writable again") }
+        // The rename reaches the storage with the directory's flush, in the background (until
+        // then a power cut leaves the previous journal, whole).
         flushQueue.async {
-            let f = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-            if f >= 0 { _ = fdatasync(f); close(f) }
             let dir = String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
             let d = Glibc.open(dir.isEmpty ? "/" : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
             if d >= 0 { _ = fsync(d); close(d) }

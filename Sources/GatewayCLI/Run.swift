@@ -35,6 +35,17 @@ struct Run: AsyncParsableCommand {
         }
         let logger = Logger(label: "gateway")
         for warning in loaded.warnings { logger.warning("\(config): \(warning)") }
+        // One gateway per state directory (held until the process ends).
+        let lock: InstanceLock?
+        do {
+            switch try InstanceLock.acquire(directory: loaded.gateway.stateDirectory) {
+            case .held(let held): lock = held
+            case .unavailable(let why): lock = nil; logger.warning("no instance lock: \(why)")
+            }
+        } catch {
+            emitError("\(config): \(error)")
+            throw ExitCode(2)
+        }
         let password: [UInt8]?
         do {
             password = try GatewayRuntime.mqttPassword(for: loaded.mqtt)
@@ -52,5 +63,6 @@ struct Run: AsyncParsableCommand {
         let group = ServiceGroup(configuration: .init(services: [.init(service: runtime), .init(service: HangupSignal(logger: logger), successTerminationBehavior: .ignore)],
                                                       gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
+        withExtendedLifetime(lock) {}
     }
 }

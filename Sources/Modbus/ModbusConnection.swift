@@ -79,6 +79,11 @@ final class ModbusConnection {
         }
         connected = true
         if case .rtu(let rtu) = configuration.transport {
+            // Exclusive access: a second gateway (or a stray mbpoll) opening the same RS-485 line
+            // gets EBUSY instead of mixing its frames with ours.
+            if ioctl(modbus_get_socket(ctx), UInt(TIOCEXCL)) != 0 {
+                logger.warning("cannot take exclusive access of the serial port (TIOCEXCL)", metadata: ["errno": "\(errno)"])
+            }
             if rtu.rs485Mode, modbus_rtu_set_serial_mode(ctx, Int32(MODBUS_RTU_RS485)) == -1 {
                 let e = cmodbus_errno()
                 logger.warning("RS-485 mode not available on this port", metadata: ["errno": "\(e)"])

@@ -68,7 +68,8 @@ public enum ModbusError: Error, Sendable, Equatable, CustomStringConvertible {
         case .timeout(let f): "\(f): timeout, no answer from the device"
         case .badCRC(let f): "\(f): bad CRC in the answer"
         case .badResponse(let f, let d): "\(f): bad response: \(d)"
-        case .connectFailed(let t, let e, let d): "cannot connect to \(t): \(d) (errno \(e))"
+        case .connectFailed(let t, let e, let d):
+            "cannot connect to \(t): \(d) (errno \(e))\(e == EBUSY ? ": another program (another gateway?) holds the port (exclusive access)" : "")"
         case .connectionLost(let f, let e, let d): "\(f): connection lost: \(d) (errno \(e))"
         case .busBusy: "bus busy: request not started before its deadline"
         case .closed: "bus closed"

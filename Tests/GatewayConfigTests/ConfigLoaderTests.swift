@@ -117,6 +117,17 @@ struct CheckCommandTests {
         #expect(!p.lines.contains { $0.contains("warning:") })
     }
 
+    @Test("gateway --version prints the release and, built from a checkout, the git revision")
+    func version() async throws {
+        let p = try ChildProcess(try TestEnvironment.gatewayBinary(), ["--version"])
+        #expect(try await p.waitForExit() == 0)
+        let line = p.lines.first ?? ""
+        #expect(line.hasPrefix("0.2.0"), "\(p.lines)")
+        if FileManager.default.fileExists(atPath: TestEnvironment.packageRoot + "/.git") {
+            #expect(line.contains("(git "), "\(line)")
+        }
+    }
+
     @Test("exit 0 and the plan for the shipped config")
     func shipped() async throws {
         let p = try ChildProcess(try TestEnvironment.gatewayBinary(), ["check", "--config", TestEnvironment.packageRoot + "/gateway.toml"])

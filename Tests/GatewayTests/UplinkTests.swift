@@ -446,6 +446,17 @@ struct UplinkTests {
         await rig.shutdown()
     }
 
+    @Test("a second gateway with the same state_dir is refused (exit 2, names the other's pid); the first keeps running")
+    func secondInstance() async throws {
+        let rig = try await Rig.start(points: Self.oneCoil, simArgs: [])
+        try await rig.waitFor("gateway/e2e/dev/status", "online")
+        let second = try ChildProcess(try TestEnvironment.gatewayBinary(), ["run", "--config", rig.configPath])
+        #expect(try await second.waitForExit() == 2)
+        #expect(second.lines.contains { $0.contains("another gateway (pid \(rig.gateway.pid)) is running with state_dir") }, "\(second.lines)")
+        #expect(rig.gateway.exitStatus == nil)
+        await rig.shutdown()
+    }
+
     @Test("SIGKILL: another client sees the will 'offline'")
     func sigkill() async throws {
         let rig = try await Rig.start(points: Self.oneCoil, simArgs: [])
