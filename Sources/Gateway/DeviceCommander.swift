@@ -155,6 +155,12 @@ final class DeviceCommander: Sendable {
             } else {
                 return
             }
+            // Not kept for later: nobody waits for an answer after the broker is back, and it must
+            // not push telemetry out of the offline queue.
+            guard await client.isConnected else {
+                logger.info("answer to \(topic.logSafe) not sent: the broker is away")
+                return
+            }
             do {
                 try await client.enqueue(to: topic, payload: Array(answer.utf8), qos: .atLeastOnce, retain: false, properties: props)
             } catch {

@@ -105,7 +105,8 @@ public actor MQTTClient {
     private var pendingConnectedEvent: MQTTEvent?
     /// Messages dropped from the full queue since start.
     public private(set) var droppedCount = 0
-    /// Incoming messages dropped because they were larger than the maximum packet size (3.1.1).
+    /// Incoming messages dropped: larger than the maximum packet size (3.1.1), or the reader of
+    /// ``messages`` too far behind.
     public private(set) var droppedIncomingCount = 0
     private var supervisor: Task<Void, Never>?
 
@@ -116,7 +117,7 @@ public actor MQTTClient {
         self.logger = logger
         self.version = configuration.version
         self.effectiveKeepAlive = configuration.keepAlive
-        (messages, messageSink) = AsyncStream.makeStream(of: MQTTMessage.self)
+        (messages, messageSink) = AsyncStream.makeStream(of: MQTTMessage.self, bufferingPolicy: .bufferingOldest(max(1, configuration.incomingLimit)))
         (events, eventSink) = AsyncStream.makeStream(of: MQTTEvent.self, bufferingPolicy: .bufferingNewest(1000))
     }
 
@@ -535,15 +536,15 @@ public actor MQTTClient {
             let message = MQTTMessage(topic: p.topic, payload: p.payload, qos: p.qos, retain: p.retain, properties: p.properties)
             switch p.qos {
             case .atMostOnce:
-                messageSink.yield(message)
+                deliver(message)
             case .atLeastOnce:
-                messageSink.yield(message)
+                deliver(message)
                 write(.puback(AckPacket(packetIdentifier: p.packetIdentifier ?? 0)), flush: true)
             case .exactlyOnce:
                 let pid = p.packetIdentifier ?? 0
                 if !incomingQoS2.contains(pid) {
                     incomingQoS2.insert(pid)
-                    messageSink.yield(message)
+                    deliver(message)
                 }
                 write(.pubrec(AckPacket(packetIdentifier: pid)), flush: true)
             }
@@ -591,6 +592,17 @@ public actor MQTTClient {
             protocolError("AUTH is not supported by this client")
         case .connect, .subscribe, .unsubscribe, .pingreq:
             protocolError("the broker sent a client packet (\(packet.name))")
+        }
+    }
+
+    /// Hands a message to the reader of ``messages``; when it is ``MQTTConfiguration/incomingLimit``
+    /// messages behind, the message is dropped and counted (logged at the first and every 1000th).
+    private func deliver(_ message: MQTTMessage) {
+        if case .dropped = messageSink.yield(message) {
+            droppedIncomingCount += 1
+            if droppedIncomingCount == 1 || droppedIncomingCount % 1000 == 0 {
+                logger.warning("MQTT: the reader is \(configuration.incomingLimit) messages behind: dropped an incoming message on \(message.topic.debugDescription) (\(droppedIncomingCount) dropped so far)")
+            }
         }
     }
 

@@ -64,6 +64,9 @@ public struct MQTTConfiguration: Sendable {
     public var reconnect: ReconnectPolicy?
     /// Messages kept while disconnected or waiting for an in-flight slot (default 10,000; oldest dropped).
     public var queueLimit: Int
+    /// Received messages waiting for the reader of ``MQTTClient/messages`` (default 10,000); past
+    /// that, newer ones are dropped, counted and logged: a flood cannot grow memory without bound.
+    public var incomingLimit: Int
     /// Most unacknowledged QoS 1/2 publishes at once (further bounded by the broker's receive maximum).
     public var maximumInFlight: Int
     /// Largest packet we accept (default 1 MiB), announced to 5.0 brokers.
@@ -89,6 +92,7 @@ public struct MQTTConfiguration: Sendable {
         self.connectTimeout = .seconds(10)
         self.reconnect = .default
         self.queueLimit = 10_000
+        self.incomingLimit = 10_000
         self.maximumInFlight = 100
         self.maximumPacketSize = 1 << 20
         self.topicAliasMaximum = 16

@@ -157,6 +157,27 @@ struct FakeBrokerTests {
         await broker.close()
     }
 
+    @Test("the incoming stream is bounded: past incomingLimit unread messages, newer ones are dropped and counted")
+    func incomingLimit() async throws {
+        let broker = try await FakeBroker.start()
+        var config = MQTTConfiguration(host: "127.0.0.1", port: broker.port, clientIdentifier: "fake-client")
+        config.incomingLimit = 2
+        let c = MQTTClient(configuration: config)
+        let (_, conn) = try await connected(c, broker)
+        for i in 0..<5 { conn.send(.publish(PublishPacket(topic: "in/\(i)", payload: [UInt8(i)], qos: .atLeastOnce, packetIdentifier: UInt16(i + 1)))) }
+        // Every one is acknowledged (the broker is not held up), three are dropped.
+        for i in 0..<5 { #expect(try await conn.expect() == .puback(AckPacket(packetIdentifier: UInt16(i + 1)))) }
+        #expect(await c.droppedIncomingCount == 3)
+        var topics: [String] = []
+        for await m in c.messages {
+            topics.append(m.topic)
+            if topics.count == 2 { break }
+        }
+        #expect(topics == ["in/0", "in/1"])
+        await c.closeAbruptly()
+        await broker.close()
+    }
+
     @Test("a missing PINGRESP closes the connection")
     func missingPingResp() async throws {
         let broker = try await FakeBroker.start()
