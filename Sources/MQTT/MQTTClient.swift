@@ -63,6 +63,9 @@ public actor MQTTClient {
     private var takenOverByReason = false
     private var connectedAt: ContinuousClock.Instant?
     private var quickDrops = 0
+    /// The current connection is being closed by us (malformed packet, protocol error, dead
+    /// keepalive): not a drop by the broker, so not a sign of a twin with our client id.
+    private var closingOurselves = false
 
     /// The protocol version in use (after a 5.0 -> 3.1.1 fallback, 3.1.1).
     public private(set) var version: MQTTVersion
@@ -448,6 +451,7 @@ public actor MQTTClient {
         case .closeDead:
             logger.warning("MQTT broker did not answer PINGREQ in time: connection considered dead")
             lastCloseReason = "keepalive timeout (no PINGRESP)"
+            closingOurselves = true
             channel?.close(promise: nil)
             return nil
         case .wait:
@@ -478,6 +482,7 @@ public actor MQTTClient {
         case .malformed(let error):
             logger.error("MQTT: malformed packet from the broker, closing: \(error)")
             lastCloseReason = "malformed packet: \(error)"
+            closingOurselves = true
             if let w = connAckWaiter {
                 connAckWaiter = nil
                 w.resume(throwing: MQTTError.protocolError("\(error)"))
@@ -505,11 +510,13 @@ public actor MQTTClient {
         restoreIDs.removeAll()
         pendingConnectedEvent = nil
         if wasConnected {
-            if let at = connectedAt, ContinuousClock.now - at < .seconds(2) { quickDrops += 1 } else { quickDrops = 0 }
+            // Only the broker dropping us right after a connect hints at a twin with our client id.
+            if !closingOurselves, let at = connectedAt, ContinuousClock.now - at < .seconds(2) { quickDrops += 1 } else { quickDrops = 0 }
             logger.warning("MQTT connection lost: \(reason)")
             eventSink.yield(.disconnected(reason: reason))
         }
         lastCloseReason = ""
+        closingOurselves = false
         let waiters = disconnectWaiters
         disconnectWaiters.removeAll()
         for w in waiters { w.resume() }
@@ -622,6 +629,7 @@ public actor MQTTClient {
     private func protocolError(_ text: String, code: ReasonCode = .protocolError) {
         logger.error("MQTT protocol error from the broker: \(text)")
         lastCloseReason = "protocol error: \(text)"
+        closingOurselves = true
         if version == .v5 { write(.disconnect(ReasonPacket(reasonCode: code)), flush: true) }
         channel?.close(promise: nil)
     }

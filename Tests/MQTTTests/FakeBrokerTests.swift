@@ -285,6 +285,36 @@ struct FakeBrokerTests {
         await broker.close()
     }
 
+    @Test("connections we close ourselves right after connecting (a packet over our maximum, 5.0) are not taken for a twin with our client id")
+    func ownClosesAreNotTakeovers() async throws {
+        let broker = try await FakeBroker.start()
+        var config = MQTTConfiguration(host: "127.0.0.1", port: broker.port, clientIdentifier: "fake-client")
+        config.maximumPacketSize = 1000
+        config.reconnect = ReconnectPolicy(initialDelay: .milliseconds(20), maximumDelay: .milliseconds(100))
+        let c = MQTTClient(configuration: config)
+        let events = c.events
+        let seen = Task {
+            var all: [MQTTEvent] = []
+            for await e in events {
+                all.append(e)
+                if all.filter({ if case .disconnected = $0 { true } else { false } }).count >= 4 { break }
+            }
+            return all
+        }
+        let connect = Task { try await c.connect() }
+        for round in 0..<4 {
+            let conn = try await broker.nextConnection()
+            try await conn.accept()
+            if round == 0 { _ = try await connect.value }
+            conn.send(.publish(PublishPacket(topic: "big", payload: [UInt8](repeating: 1, count: 2000), qos: .atMostOnce)))
+            try await conn.waitClosed()
+        }
+        let all = await seen.value
+        #expect(!all.contains(.sessionTakenOver), "\(all)")
+        await c.closeAbruptly()
+        await broker.close()
+    }
+
     @Test("DISCONNECT 'session taken over' is reported and the client backs off")
     func sessionTakenOver() async throws {
         let broker = try await FakeBroker.start()
