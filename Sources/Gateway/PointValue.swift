@@ -121,6 +121,4 @@ public struct ChangeFilter: Sendable {
         lastPublished = now
     }
 
-    /// Forget the last value (after a reconnect, republish everything).
-    public mutating func reset() { last = nil }
 }

@@ -48,6 +48,9 @@ struct Backoff {
 
     mutating func reset() { attempt = 0 }
 
+    /// The next delays are the longest (a refusal that retrying soon cannot fix).
+    mutating func exhaust() { attempt = max(attempt, 64) }
+
     mutating func nextDelay(random: Double) -> Duration {
         let base = min(Double(policy.maximumDelay.milliseconds),
                        Double(policy.initialDelay.milliseconds) * pow2(policy.multiplier, attempt))

@@ -172,11 +172,6 @@ public actor MQTTClient {
         await shutdown(sendDisconnect: false)
     }
 
-    /// Drops the current connection without DISCONNECT; the client reconnects when configured to.
-    public func dropConnection() {
-        channel?.close(promise: nil)
-    }
-
     /// Resumes graceful-disconnect waiters once nothing is queued or in flight (or on `force`:
     /// timeout, connection lost).
     private func notifyIfDrained(force: Bool = false) {
@@ -239,6 +234,11 @@ public actor MQTTClient {
                 _ = try await establish()
                 backoff.reset()
                 connected = true
+            } catch let error as MQTTError where error.isPermanent {
+                // Bad credentials, banned, id refused: retrying at once cannot help and would
+                // hammer the broker. Said plainly each time; then the longest backoff.
+                logger.error("MQTT connect to \(configuration.host):\(configuration.port) refused: \(error); this needs a configuration change (retrying every \(configuration.reconnect?.maximumDelay ?? .seconds(30)))")
+                backoff.exhaust()
             } catch {
                 if backoff.attempt <= 1 || backoff.attempt % 20 == 0 {
                     logger.warning("MQTT connect to \(configuration.host):\(configuration.port) failed: \(error); retrying")

@@ -96,14 +96,6 @@ public enum ModbusError: Error, Sendable, Equatable, CustomStringConvertible {
         }
     }
 
-    /// True for errors that mean the connection should be closed and reopened.
-    var needsReconnect: Bool {
-        switch self {
-        case .connectionLost, .connectFailed: true
-        default: false
-        }
-    }
-
     /// Maps an errno left by a failing libmodbus call (read it right after the call).
     static func fromErrno(_ e: Int32, function: String) -> ModbusError {
         let detail = String(cString: modbus_strerror(e))

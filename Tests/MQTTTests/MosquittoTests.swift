@@ -178,6 +178,24 @@ struct MosquittoTests {
         }
     }
 
+    @Test("a refusal that retrying cannot fix (bad password) backs off to the longest delay at once")
+    func permanentRefusalBacksOff() async throws {
+        try await withBroker { broker in
+            var c = MQTTConfiguration(host: "127.0.0.1", port: broker.authPort, clientIdentifier: uniqueID())
+            c.username = broker.username
+            c.password = Array("wrong".utf8)
+            c.reconnect = ReconnectPolicy(initialDelay: .milliseconds(10), maximumDelay: .seconds(20), jitter: 0.5)
+            let client = MQTTClient(configuration: c)
+            let events = client.events
+            await client.start()
+            var delay: Duration?
+            for await e in events { if case .reconnecting(_, let d) = e { delay = d; break } }
+            // Without the rule the first retry would come after about 10 ms.
+            #expect(delay.map { $0 >= .seconds(10) } == true, "first retry after \(String(describing: delay))")
+            await client.closeAbruptly()
+        }
+    }
+
     @Test("TLS with the test CA connects; an unrelated CA is refused")
     func tls() async throws {
         try await withBroker { broker in
