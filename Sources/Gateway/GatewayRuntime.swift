@@ -37,7 +37,9 @@ public final class GatewayRuntime: Service, Sendable {
         self.plan = GatewayPlan(configuration)
         self.logger = logger
         let base = configuration.baseTopic
-        var mqtt = try MQTTConfiguration(url: configuration.mqtt.url, clientIdentifier: configuration.mqtt.clientID ?? "gateway-\(configuration.gateway.id)")
+        let broker = configuration.mqtt.broker
+        var mqtt = MQTTConfiguration(host: broker.host, port: broker.port, tls: broker.tls ? TLSOptions() : nil,
+                                     clientIdentifier: configuration.mqtt.clientID ?? "gateway-\(configuration.gateway.id)")
         mqtt.version = configuration.mqtt.protocolVersion == 3 ? .v3_1_1 : .v5
         mqtt.keepAlive = UInt16(configuration.mqtt.keepAlive)
         mqtt.cleanStart = configuration.mqtt.cleanSession

@@ -10,7 +10,7 @@ struct Run: AsyncParsableCommand {
         abstract: "Run the gateway (the default command): poll devices, publish values and online state.")
 
     @Option(help: "Configuration file.") var config = "gateway.toml"
-    @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "info"
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel: Logger.Level = .info
     @Option(help: "Directory for the pulse journal (overrides [gateway] state_dir).") var stateDir: String?
 
     func run() async throws {
@@ -27,7 +27,7 @@ struct Run: AsyncParsableCommand {
             throw ExitCode(2)
         }
         if let stateDir { loaded.gateway.stateDirectory = stateDir }
-        let level = Logger.Level(rawValue: logLevel) ?? .info
+        let level = logLevel
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
             h.logLevel = level
@@ -57,7 +57,7 @@ struct Run: AsyncParsableCommand {
         do {
             runtime = try GatewayRuntime(configuration: loaded, password: password, logger: logger)
         } catch {
-            emitError("\(config): mqtt.url: \(error)")
+            emitError("\(config): \(error)")
             throw ExitCode(2)
         }
         let group = ServiceGroup(configuration: .init(services: [.init(service: runtime), .init(service: HangupSignal(logger: logger), successTerminationBehavior: .ignore)],
@@ -66,3 +66,6 @@ struct Run: AsyncParsableCommand {
         withExtendedLifetime(lock) {}
     }
 }
+
+/// `--log-level bogus` is an error naming the levels, not a silent `info`.
+extension Logger.Level: @retroactive ExpressibleByArgument {}

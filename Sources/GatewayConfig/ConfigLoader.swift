@@ -124,8 +124,9 @@ public enum ConfigLoader {
     private static func readMQTT(_ r: Reader) -> MQTTSettings {
         var m = MQTTSettings()
         if let u = r.string("url") {
-            if !(u.hasPrefix("mqtt://") || u.hasPrefix("mqtts://")) || u.count <= 8 {
-                r.issue("url", "'\(u)' must look like mqtt://host[:port] or mqtts://host[:port]")
+            switch BrokerAddress.parse(u) {
+            case .success(let address): m.broker = address
+            case .failure(let why): r.issue("url", why.description)
             }
             m.url = u
         }

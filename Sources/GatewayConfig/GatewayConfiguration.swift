@@ -57,10 +57,62 @@ public struct GatewaySettings: Sendable, Equatable {
     public var dropStartupPages = true
 }
 
+/// Where the broker is: `mqtt://host[:port]` (1883) or `mqtts://host[:port]` (8883, TLS); an
+/// IPv6 host goes in brackets. Parsed once, by the config loader, so that `gateway check` and
+/// `gateway run` take and refuse exactly the same URLs.
+public struct BrokerAddress: Sendable, Equatable {
+    public var host: String
+    public var port: Int
+    public var tls: Bool
+
+    public init(host: String, port: Int, tls: Bool) {
+        self.host = host
+        self.port = port
+        self.tls = tls
+    }
+
+    /// The address of `url`, or why it is not one.
+    public static func parse(_ url: String) -> Result<BrokerAddress, BrokerAddressError> {
+        let tls: Bool
+        var rest: Substring
+        if url.hasPrefix("mqtt://") { tls = false; rest = url.dropFirst(7) }
+        else if url.hasPrefix("mqtts://") { tls = true; rest = url.dropFirst(8) }
+        else { return .failure(BrokerAddressError("'\(url)' must look like mqtt://host[:port] or mqtts://host[:port]")) }
+        if let slash = rest.firstIndex(of: "/") {
+            guard rest[slash...].allSatisfy({ $0 == "/" }) else { return .failure(BrokerAddressError("'\(url)': a broker URL has no path")) }
+            rest = rest[..<slash]
+        }
+        var host = rest, port = tls ? 8883 : 1883
+        var portText: Substring?
+        if rest.hasPrefix("[") {
+            guard let close = rest.firstIndex(of: "]") else { return .failure(BrokerAddressError("'\(url)': missing ']' after the IPv6 address")) }
+            host = rest[rest.index(after: rest.startIndex)..<close]
+            let after = rest[rest.index(after: close)...]
+            if after.hasPrefix(":") { portText = after.dropFirst() } else if !after.isEmpty { return .failure(BrokerAddressError("'\(url)': unexpected '\(after)'")) }
+        } else if let colon = rest.lastIndex(of: ":") {
+            host = rest[..<colon]
+            portText = rest[rest.index(after: colon)...]
+        }
+        if let portText {
+            guard let p = Int(portText), (1...65_535).contains(p) else { return .failure(BrokerAddressError("'\(url)': the port must be 1...65535")) }
+            port = p
+        }
+        guard !host.isEmpty else { return .failure(BrokerAddressError("'\(url)' has no host")) }
+        return .success(BrokerAddress(host: String(host), port: port, tls: tls))
+    }
+}
+
+public struct BrokerAddressError: Error, Sendable, Equatable, CustomStringConvertible {
+    public let description: String
+    init(_ description: String) { self.description = description }
+}
+
 /// `[mqtt]`
 public struct MQTTSettings: Sendable, Equatable {
-    /// `url` (default `mqtt://127.0.0.1:1883`; `mqtts://` for TLS).
+    /// `url` (default `mqtt://127.0.0.1:1883`; `mqtts://` for TLS), as written.
     public var url = "mqtt://127.0.0.1:1883"
+    /// `url`, parsed.
+    public var broker = BrokerAddress(host: "127.0.0.1", port: 1883, tls: false)
     /// `client_id` (default `gateway-<id>`).
     public var clientID: String?
     /// `protocol` (default 5): 5, or 3 for 3.1.1. 5 falls back to 3.1.1 when refused.

@@ -1,4 +1,5 @@
 import NIOCore
+import NIOSSL
 
 /// What the channel tells the client.
 enum ChannelEvent: Sendable {
@@ -89,8 +90,7 @@ final class MQTTChannelHandler: ChannelDuplexHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if closeReason == nil {
-            let typeName = String(reflecting: type(of: error))
-            closeReason = ("\(error)", typeName.contains("SSL") || typeName.contains("TLS"))
+            closeReason = ("\(error)", error is NIOSSLError || error is BoringSSLError || error is NIOSSLExtraError)
         }
         context.close(promise: nil)
     }

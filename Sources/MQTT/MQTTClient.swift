@@ -347,6 +347,12 @@ public actor MQTTClient {
             if state == .connecting { state = .idle }
             throw MQTTError.connectionRefused(ack.reasonCode, reasonString: ack.properties.reasonString)
         }
+        // The connection may have closed between the CONNACK and now (a packet right after the
+        // CONNACK that we refused): it is not connected, and the supervisor tries again.
+        guard state == .connecting, connectionID == id, channel != nil else {
+            if state == .connecting { state = .idle }
+            throw MQTTError.connectFailed("the connection closed right after CONNACK")
+        }
         connected(ack, connection: id)
         return ack
     }
@@ -407,7 +413,10 @@ public actor MQTTClient {
             restoreIDs = []
             if !subs.isEmpty {
                 for chunk in stride(from: 0, to: subs.count, by: 100).map({ Array(subs[$0..<min($0 + 100, subs.count)]) }) {
-                    let pid = allocatePacketID()
+                    guard let pid = allocatePacketID() else {
+                        logger.error("MQTT: every packet identifier is in use; subscriptions not restored")
+                        break
+                    }
                     restoreIDs.insert(pid)
                     write(.subscribe(SubscribePacket(packetIdentifier: pid, subscriptions: chunk)))
                 }
@@ -646,14 +655,15 @@ public actor MQTTClient {
         }
     }
 
-    private func allocatePacketID() -> UInt16 {
-        // 1...65535, skipping ids still in use (never stalls at the wrap).
+    /// A packet identifier not in use (1...65535, round robin), or nil when every one is: an id
+    /// in use is never handed out twice.
+    private func allocatePacketID() -> UInt16? {
         for _ in 0..<65_535 {
             let id = nextPacketID
             nextPacketID = nextPacketID == 65_535 ? 1 : nextPacketID + 1
             if outbound[id] == nil && requests[id] == nil && !restoreIDs.contains(id) { return id }
         }
-        return nextPacketID
+        return nil
     }
 
     private var inFlightWindow: Int { max(1, min(serverReceiveMaximum, configuration.maximumInFlight, 65_000)) }
@@ -661,10 +671,14 @@ public actor MQTTClient {
     /// Sends queued messages while connected and the in-flight window has room.
     private func drainQueue() {
         while state == .connected, let first = queue.first {
-            if first.packet.qos != .atMostOnce && outbound.count >= inFlightWindow { break }
+            var pid: UInt16?
+            if first.packet.qos != .atMostOnce && serverMaximumQoS != .atMostOnce {
+                guard outbound.count < inFlightWindow, let free = allocatePacketID() else { break }
+                pid = free
+            }
             queue.removeFirst()
             if aheadCount > 0 { aheadCount -= 1 }
-            send(first)
+            send(first, packetIdentifier: pid)
         }
         if queue.isEmpty && queuePeak > 64 {
             queue = []
@@ -672,15 +686,16 @@ public actor MQTTClient {
         }
     }
 
-    private func send(_ pending: Pending) {
+    /// `packetIdentifier`: a free id for a QoS 1/2 message (nil for QoS 0).
+    private func send(_ pending: Pending, packetIdentifier: UInt16?) {
         var packet = pending.packet
         if packet.qos > serverMaximumQoS { packet.qos = serverMaximumQoS }
-        if packet.qos == .atMostOnce {
+        guard packet.qos != .atMostOnce, let pid = packetIdentifier else {
+            packet.qos = .atMostOnce
             write(.publish(packet))
             pending.continuation?.resume()
             return
         }
-        let pid = allocatePacketID()
         packet.packetIdentifier = pid
         outbound[pid] = Outbound(packet: packet, stage: packet.qos == .atLeastOnce ? .awaitingPubAck : .awaitingPubRec,
                                  continuation: pending.continuation)
@@ -766,7 +781,7 @@ public actor MQTTClient {
             throw MQTTError.invalidArgument("topic filter '\(s.filter)' is not valid")
         }
         guard state == .connected else { throw MQTTError.notConnected }
-        let pid = allocatePacketID()
+        guard let pid = allocatePacketID() else { throw MQTTError.invalidArgument("every packet identifier is in use: too many requests at once") }
         let ack = try await request(pid, .subscribe(SubscribePacket(packetIdentifier: pid, subscriptions: subscriptions)), timeout: timeout)
         guard ack.reasonCodes.count == subscriptions.count else {
             throw MQTTError.protocolError("SUBACK has \(ack.reasonCodes.count) codes for \(subscriptions.count) filters")
@@ -786,7 +801,7 @@ public actor MQTTClient {
         for f in filters { subscriptions[f] = nil }
         subscriptionOrder.removeAll { filters.contains($0) }
         guard state == .connected else { throw MQTTError.notConnected }
-        let pid = allocatePacketID()
+        guard let pid = allocatePacketID() else { throw MQTTError.invalidArgument("every packet identifier is in use: too many requests at once") }
         return try await request(pid, .unsubscribe(UnsubscribePacket(packetIdentifier: pid, filters: filters)), timeout: timeout).reasonCodes
     }
 

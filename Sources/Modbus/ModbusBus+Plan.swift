@@ -2,6 +2,12 @@ extension ModbusBus {
     /// The outcome of one item of a poll: the bits or registers of that item alone.
     public typealias ItemResult = Result<ReadResult, ModbusError>
 
+    /// Requests one poll sends at most. A plan's requests only ever split (a merged read refused
+    /// with ILLEGAL DATA ADDRESS), down to one per item, so a poll is bounded by its items; this
+    /// is a backstop against a plan that keeps splitting (a device's 65,536 registers of each
+    /// of the four kinds is 262,144).
+    static let maxRequestsPerPoll = 262_144
+
     /// Runs every request of `plan` against `unit` and slices the answers per item.
     ///
     /// A merged request answered with ILLEGAL DATA ADDRESS is split (the split stays in `plan`, so
@@ -12,9 +18,9 @@ extension ModbusBus {
                      deadline: ContinuousClock.Instant? = nil) async -> [Int: ItemResult] {
         var results: [Int: ItemResult] = [:]
         var pending = plan.requests
-        var guardCount = 0
-        while !pending.isEmpty, guardCount < 10_000 {
-            guardCount += 1
+        var sent = 0
+        while !pending.isEmpty, sent < Self.maxRequestsPerPoll {
+            sent += 1
             let request = pending.removeFirst()
             do {
                 let answer = try await read(request.kind, unit: unit, address: request.address, count: request.count,

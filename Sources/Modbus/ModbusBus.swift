@@ -114,14 +114,23 @@ public final class ModbusBus: Sendable {
     /// Runs `body` on the bus thread with exclusive use of the connection.
     func submit<T: Sendable>(priority: RequestPriority, deadline: ContinuousClock.Instant?,
                              _ body: @escaping @Sendable (ModbusConnection) throws(ModbusError) -> T) async throws -> T {
-        let idBox = ConditionLock<UInt64?>(nil)
+        // The request's queue id once queued, and whether its task was cancelled: a task
+        // cancelled before its request is queued must not have it run (the handler below runs
+        // at once then, before there is anything to remove).
+        let ticket = ConditionLock<(id: UInt64?, cancelled: Bool)>((nil, false))
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (cont: CheckedContinuation<T, any Error>) in
-                let accepted = queue.withLockSignalling { q -> Bool in
+                let accepted = queue.withLockSignalling { q -> Bool? in
                     guard !q.stopped else { return false }
+                    // Under the queue's lock: the cancel handler takes it too before removing.
+                    let cancelled = ticket.withLock { t -> Bool in
+                        if t.cancelled { return true }
+                        t.id = q.nextID
+                        return false
+                    }
+                    if cancelled { return nil }
                     let id = q.nextID
                     q.nextID += 1
-                    idBox.withLock { $0 = id }
                     q.jobs.append(Job(id: id, priority: priority, deadline: deadline, run: { conn in
                         do throws(ModbusError) {
                             cont.resume(returning: try body(conn))
@@ -131,13 +140,17 @@ public final class ModbusBus: Sendable {
                     }, fail: { cont.resume(throwing: $0) }))
                     return true
                 }
-                if !accepted { cont.resume(throwing: ModbusError.closed) }
+                switch accepted {
+                case .some(true): break
+                case .some(false): cont.resume(throwing: ModbusError.closed)
+                case .none: cont.resume(throwing: CancellationError())
+                }
             }
         } onCancel: {
             // Remove the request if it has not started; a running transaction finishes.
-            guard let id = idBox.withLock({ $0 }) else { return }
             let removed = queue.withLock { q -> Job? in
-                guard let i = q.jobs.firstIndex(where: { $0.id == id }) else { return nil }
+                guard let id = ticket.withLock({ t -> UInt64? in t.cancelled = true; return t.id }),
+                      let i = q.jobs.firstIndex(where: { $0.id == id }) else { return nil }
                 return q.jobs.remove(at: i)
             }
             removed?.fail(CancellationError())

@@ -90,6 +90,20 @@ struct ConfigLoaderTests {
     }
 }
 
+@Suite("Broker address")
+struct BrokerAddressTests {
+    @Test("mqtt:// and mqtts:// with default ports, explicit ports, IPv6 in brackets; everything else refused with its reason")
+    func parse() throws {
+        #expect(try BrokerAddress.parse("mqtt://broker.lan").get() == BrokerAddress(host: "broker.lan", port: 1883, tls: false))
+        #expect(try BrokerAddress.parse("mqtts://broker.lan").get() == BrokerAddress(host: "broker.lan", port: 8883, tls: true))
+        #expect(try BrokerAddress.parse("mqtt://127.0.0.1:1884/").get() == BrokerAddress(host: "127.0.0.1", port: 1884, tls: false))
+        #expect(try BrokerAddress.parse("mqtts://[::1]:8884").get() == BrokerAddress(host: "::1", port: 8884, tls: true))
+        for bad in ["mqtt://127.0.0.1:", "mqtt://", "tcp://h:1883", "ssl://h", "mqtt://h:70000", "mqtt://[::1", "mqtt://h/path", "http://h"] {
+            guard case .failure = BrokerAddress.parse(bad) else { Issue.record("\(bad) was taken"); continue }
+        }
+    }
+}
+
 @Suite("gateway check", .timeLimit(.minutes(2)))
 struct CheckCommandTests {
     @Test("exit 2 with every problem and its key for each broken config", arguments: Fixture.all)

@@ -47,6 +47,23 @@ struct ModbusBusTests {
         #expect(await sim.stop() == 0)
     }
 
+    @Test("a request whose task was cancelled before it was queued is never sent")
+    func cancelledBeforeQueued() async throws {
+        let sim = try await GatewaySimulator.start(["--log-requests", "--set", "holding:0=5"])
+        let bus = tcpBus(sim.port)
+        let cancelled = Task {
+            withUnsafeCurrentTask { $0?.cancel() }
+            return try await bus.writeRegister(unit: 1, address: 0, value: 99)
+        }
+        await #expect(throws: CancellationError.self) { try await cancelled.value }
+        // The next request goes through, and it is the only one the device saw.
+        #expect(try await bus.readHoldingRegisters(unit: 1, address: 0, count: 1) == [5])
+        #expect(sim.writes.isEmpty)
+        #expect(sim.process.lines.filter { $0.hasPrefix("{\"request\":") }.count == 1, "\(sim.process.lines)")
+        bus.close()
+        _ = await sim.stop()
+    }
+
     @Test("exceptions surface as named errors; the bus keeps working")
     func exceptions() async throws {
         let sim = try await GatewaySimulator.start(["--unit", "1", "--size", "50"])
