@@ -240,6 +240,25 @@ extension String {
     }
 }
 
+/// The answer to a `/set` or `/get`, on Modbus and serial devices alike, with its one JSON
+/// rendering: `{"ok":true,"value":...}`, `{"ok":true,"value":null,"readback_error":"..."}` (written,
+/// but the read-back failed), `{"ok":false,"error":"..."}`; `note` adds `"note":"..."`.
+public enum CommandAnswer: Sendable, Equatable {
+    case ok(PointValue)
+    case readBackFailed(String)
+    case refused(String)
+
+    public func json(note: String? = nil) -> String {
+        var s = switch self {
+        case .ok(let value): "{\"ok\":true,\"value\":\(value.json)"
+        case .readBackFailed(let why): "{\"ok\":true,\"value\":null,\"readback_error\":\(jsonString(why))"
+        case .refused(let why): "{\"ok\":false,\"error\":\(jsonString(why))"
+        }
+        if let note { s += ",\"note\":\(jsonString(note))" }
+        return s + "}"
+    }
+}
+
 /// Remembers command ids for 10 minutes so that a repeated id is answered with the first result
 /// and not executed again (a QoS 1 duplicate must never pulse a door twice). Bounded in size.
 public struct CommandIDCache: Sendable {

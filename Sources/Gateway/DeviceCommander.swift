@@ -8,22 +8,6 @@ import Synchronization
 import Glibc
 #endif
 
-/// Wall-clock unix milliseconds (for JSON `ts`; commands' age is judged against it).
-func unixMilliseconds() -> Int64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_REALTIME, &ts)
-    return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
-}
-
-/// The payload of a value topic: plain, or JSON with unit and time.
-func valuePayload(_ value: PointValue, point: PointSettings, gateway: GatewaySettings) -> [UInt8] {
-    let format = point.format ?? gateway.format
-    if format == .plain { return Array(value.plain.utf8) }
-    var s = "{\"value\":\(value.json)"
-    if let unit = point.unit { s += ",\"unit\":\(jsonString(unit))" }
-    return Array((s + ",\"ts\":\(unixMilliseconds())}").utf8)
-}
-
 /// Values a device's commander published after a write (its read-back), handed to the device's
 /// poller: its change filter learns them, so the next poll does not publish the same value again.
 final class ReadBacks: Sendable {
@@ -68,7 +52,7 @@ final class DeviceCommander: Sendable {
     }
 
     struct Context: Sendable {
-        var base: String
+        var topics: TopicLayout
         var gateway: GatewaySettings
         var client: MQTTClient
         var board: StatusBoard
@@ -79,7 +63,7 @@ final class DeviceCommander: Sendable {
         func publishStatus(_ device: String, _ state: DeviceHealth.State) async {
             await board.set(device, state)
             guard await client.isConnected else { return }
-            try? await client.enqueue(to: "\(base)/\(device)/status", payload: Array(state.rawValue.utf8), qos: .atLeastOnce, retain: true)
+            try? await client.enqueue(to: topics.status(device), payload: Array(state.rawValue.utf8), qos: .atLeastOnce, retain: true)
         }
 
         /// The steps every `/set` takes, on Modbus and serial devices alike, then its audit line and
@@ -89,7 +73,7 @@ final class DeviceCommander: Sendable {
         func runCommand<Target>(_ message: MQTTMessage, name: String, receivedAt: ContinuousClock.Instant,
                                 ids: inout CommandIDCache, resultTopic: String, logger: Logger,
                                 target: () throws(CommandRefused) -> Target,
-                                execute: (Target, CommandRequest) async throws(CommandRefused) -> String) async {
+                                execute: (Target, CommandRequest) async throws(CommandRefused) -> CommandAnswer) async {
             var request: CommandRequest?
             var repeated = false
             let answer: String
@@ -104,10 +88,10 @@ final class DeviceCommander: Sendable {
                     answer = first
                 } else {
                     try DeviceCommander.checkFresh(req, message: message, receivedAt: receivedAt, maxAgeMs: gateway.commandMaxAgeMs)
-                    answer = try await execute(t, req)
+                    answer = try await execute(t, req).json()
                 }
             } catch {
-                answer = "{\"ok\":false,\"error\":\(jsonString(error.reason))}"
+                answer = CommandAnswer.refused(error.reason).json()
             }
             if !repeated, let id = request?.id { ids.record(answer, for: "\(name)\u{0}\(id)", now: .now) }
             // Everything from the message is escaped: a command cannot forge a log line.
@@ -120,7 +104,12 @@ final class DeviceCommander: Sendable {
             if let id = request?.id { meta["id"] = "\(id.logSafe)" }
             if repeated { meta["note"] = "repeated id: not executed again" }
             logger.notice("command \(message.topic.logSafe) -> \(answer.logSafe)", metadata: meta)
-            await self.answer(answer, to: message, fallback: resultTopic, logger: logger)
+            await self.publish(answer, to: message, fallback: resultTopic, logger: logger)
+        }
+
+        /// Publishes a command's answer (see ``publish(_:to:fallback:logger:)``).
+        func answer(_ answer: CommandAnswer, to message: MQTTMessage, fallback: String?, logger: Logger) async {
+            await publish(answer.json(), to: message, fallback: fallback, logger: logger)
         }
 
         /// Why an MQTT 5 response topic is not used (nil: it is fine). An answer published there
@@ -137,11 +126,11 @@ final class DeviceCommander: Sendable {
 
         /// Publishes a command's answer: to the MQTT 5 response topic (with the correlation data)
         /// when the request has one, else to `fallback`.
-        func answer(_ answer: String, to message: MQTTMessage, fallback: String?, logger: Logger) async {
+        private func publish(_ answer: String, to message: MQTTMessage, fallback: String?, logger: Logger) async {
             var props = MQTTProperties()
             var answer = answer
             let topic: String
-            if let rt = message.properties.responseTopic, let why = Self.refusedResponseTopic(rt, base: base) {
+            if let rt = message.properties.responseTopic, let why = Self.refusedResponseTopic(rt, base: topics.base) {
                 // Never publish an answer where it could be taken for a command or a value.
                 logger.warning("response topic \(rt.logSafe) of \(message.topic.logSafe) refused: \(why)")
                 guard let fallback else { return }
@@ -392,7 +381,7 @@ final class DeviceCommander: Sendable {
                            ids: inout CommandIDCache,
                            startPulse: (Int, Duration) -> Void, endPulse: (Int) -> Void) async {
         await context.runCommand(message, name: pointName, receivedAt: receivedAt, ids: &ids,
-                                 resultTopic: "\(context.base)/\(device.name)/\(pointName)/set/result", logger: logger) { () throws(CommandRefused) -> Int in
+                                 resultTopic: context.topics.setResult(device: device.name, point: pointName), logger: logger) { () throws(CommandRefused) -> Int in
             guard let index = device.points.firstIndex(where: { $0.name == pointName }) else {
                 throw CommandRefused("unknown point '\(pointName)' on device '\(device.name)'")
             }
@@ -404,7 +393,7 @@ final class DeviceCommander: Sendable {
     }
 
     private func execute(_ req: CommandRequest, index: Int, receivedAt: ContinuousClock.Instant, startPulse: (Int, Duration) -> Void,
-                         endPulse: (Int) -> Void) async throws(CommandRefused) -> String {
+                         endPulse: (Int) -> Void) async throws(CommandRefused) -> CommandAnswer {
         let point = device.points[index]
         let plan = try point.writePlan(for: req.value)
         switch await context.board.state(device.name) {
@@ -434,8 +423,8 @@ final class DeviceCommander: Sendable {
         }
         let back = await readBack(point)
         switch back {
-        case .success(let v): return "{\"ok\":true,\"value\":\(v.json)}"
-        case .failure(let e): return "{\"ok\":true,\"value\":null,\"readback_error\":\(jsonString("\(e)"))}"
+        case .success(let v): return .ok(v)
+        case .failure(let e): return .readBackFailed("\(e)")
         }
     }
 
@@ -482,7 +471,7 @@ final class DeviceCommander: Sendable {
                                           priority: .high, deadline: .now + timeout)
             let value = try point.value(from: read)
             if let index = device.points.firstIndex(where: { $0.name == point.name }) { readBacks.record(value, point: index) }
-            try? await context.client.enqueue(to: "\(context.base)/\(device.name)/\(point.name)",
+            try? await context.client.enqueue(to: context.topics.value(device: device.name, point: point.name),
                                               payload: valuePayload(value, point: point, gateway: context.gateway),
                                               qos: .atLeastOnce, retain: point.retain ?? context.gateway.retain)
             return .success(value)
@@ -533,16 +522,16 @@ final class DeviceCommander: Sendable {
     private func handleGet(_ message: MQTTMessage, pointName: String, receivedAt: ContinuousClock.Instant) async {
         var log = logger
         log[metadataKey: "point"] = "\(pointName.logSafe)"
-        let answer: String
+        let answer: CommandAnswer
         if let point = device.points.first(where: { $0.name == pointName }) {
             switch await readBack(point) {
-            case .success(let v): answer = "{\"ok\":true,\"value\":\(v.json)}"
-            case .failure(let e): answer = "{\"ok\":false,\"error\":\(jsonString("\(e)"))}"
+            case .success(let v): answer = .ok(v)
+            case .failure(let e): answer = .refused("\(e)")
             }
         } else {
-            answer = "{\"ok\":false,\"error\":\(jsonString("unknown point '\(pointName)' on device '\(device.name)'"))}"
+            answer = .refused("unknown point '\(pointName)' on device '\(device.name)'")
         }
-        log.info("get \(message.topic.logSafe): \(answer.logSafe) in \(Self.milliseconds(since: receivedAt)) ms")
+        log.info("get \(message.topic.logSafe): \(answer.json().logSafe) in \(Self.milliseconds(since: receivedAt)) ms")
         // /get answers go to an MQTT 5 response topic when one is given; the value topic has the value.
         await context.answer(answer, to: message, fallback: nil, logger: logger)
     }

@@ -77,6 +77,7 @@ public struct GatewayPlan: Sendable {
     }
 
     public var base: String { configuration.baseTopic }
+    public var topics: TopicLayout { TopicLayout(base: configuration.baseTopic) }
 
     /// `<device>/<point>` of every pulse point (the pulse journal's keys).
     public var pulsePoints: [String] {
@@ -85,25 +86,26 @@ public struct GatewayPlan: Sendable {
 
     /// Topics the gateway publishes.
     public var publishedTopics: [String] {
-        var t = ["\(base)/status"]
+        let topics = self.topics
+        var t = [topics.status]
         for d in devices {
-            t.append("\(base)/\(d.settings.name)/status")
+            t.append(topics.status(d.settings.name))
             for p in d.settings.points {
-                t.append("\(base)/\(d.settings.name)/\(p.name)")
-                if p.writable { t.append("\(base)/\(d.settings.name)/\(p.name)/set/result") }
+                t.append(topics.value(device: d.settings.name, point: p.name))
+                if p.writable { t.append(topics.setResult(device: d.settings.name, point: p.name)) }
             }
         }
         for d in configuration.serialDevices {
-            t.append("\(base)/\(d.name)/status")
-            t += d.points.map { "\(base)/\(d.name)/\($0.name)" }
-            if d.raw { t.append("\(base)/\(d.name)/raw") }
-            t += d.commands.map { "\(base)/\(d.name)/\($0.name)/set/result" }
+            t.append(topics.status(d.name))
+            t += d.points.map { topics.value(device: d.name, point: $0.name) }
+            if d.raw { t.append(topics.raw(device: d.name)) }
+            t += d.commands.map { topics.setResult(device: d.name, point: $0.name) }
         }
         return t
     }
 
     /// Topics the gateway subscribes to.
-    public var subscribedTopics: [String] { ["\(base)/+/+/set", "\(base)/+/+/get"] }
+    public var subscribedTopics: [String] { topics.commandFilters }
 
     /// Human-readable plan, as printed by `gateway check`.
     public func describe() -> [String] {

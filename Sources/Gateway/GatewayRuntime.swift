@@ -36,7 +36,6 @@ public final class GatewayRuntime: Service, Sendable {
     public init(configuration: GatewayConfiguration, password: [UInt8]?, logger: Logger = Logger(label: "gateway")) throws {
         self.plan = GatewayPlan(configuration)
         self.logger = logger
-        let base = configuration.baseTopic
         let broker = configuration.mqtt.broker
         var mqtt = MQTTConfiguration(host: broker.host, port: broker.port, tls: broker.tls ? TLSOptions() : nil,
                                      clientIdentifier: configuration.mqtt.clientID ?? "gateway-\(configuration.gateway.id)")
@@ -45,7 +44,7 @@ public final class GatewayRuntime: Service, Sendable {
         mqtt.cleanStart = configuration.mqtt.cleanSession
         mqtt.username = configuration.mqtt.username
         mqtt.password = password
-        mqtt.will = Will(topic: "\(base)/status", payload: Array("offline".utf8), qos: .atLeastOnce, retain: true)
+        mqtt.will = Will(topic: plan.topics.status, payload: Array("offline".utf8), qos: .atLeastOnce, retain: true)
         if mqtt.tls != nil {   // mqtts:// (the config checker refuses TLS files with mqtt://)
             mqtt.tls = TLSOptions(caFile: configuration.mqtt.caFile, certificateFile: configuration.mqtt.certFile, keyFile: configuration.mqtt.keyFile)
         }
@@ -63,7 +62,7 @@ public final class GatewayRuntime: Service, Sendable {
         if !leftOn.isEmpty {
             logger.warning("pulses left on by an earlier run that did not end them, switching them off: \(leftOn.sorted().joined(separator: ", "))")
         }
-        let context = DeviceCommander.Context(base: base, gateway: configuration.gateway, client: client, board: board, journal: journal)
+        let context = DeviceCommander.Context(topics: plan.topics, gateway: configuration.gateway, client: client, board: board, journal: journal)
         self.context = context
         var commanders: [String: DeviceCommander] = [:]
         for d in plan.devices {
@@ -128,8 +127,9 @@ public final class GatewayRuntime: Service, Sendable {
         }
         // Polling has stopped: say so, then leave.
         logger.info("gateway stopping: publishing offline")
-        let statuses = plan.devices.map { "\(base)/\($0.settings.name)/status" }
-            + plan.configuration.serialDevices.map { "\(base)/\($0.name)/status" } + ["\(base)/status"]
+        let topics = plan.topics
+        let statuses = plan.devices.map { topics.status($0.settings.name) }
+            + plan.configuration.serialDevices.map { topics.status($0.name) } + [topics.status]
         await Self.leave(client, offline: statuses, within: .seconds(3), logger: logger)
         for bus in buses.values { bus.close() }
         logger.info("gateway stopped")
@@ -197,17 +197,15 @@ public final class GatewayRuntime: Service, Sendable {
 
     /// Routes `<base>/<device>/<point>/set|get` to the device's commander; answers unknown devices.
     private func dispatchCommands() async {
-        let prefix = plan.base + "/"
+        let topics = plan.topics
         for await message in client.messages {
             let receivedAt = ContinuousClock.now
-            guard message.topic.hasPrefix(prefix) else {
+            guard let command = topics.parse(message.topic) else {
                 logger.debug("ignoring a message on \(message.topic.logSafe)")
                 continue
             }
-            let parts = message.topic.dropFirst(prefix.count).split(separator: "/", omittingEmptySubsequences: false)
-            guard parts.count == 3, parts[2] == "set" || parts[2] == "get" else { continue }
-            let deviceName = String(parts[0]), pointName = String(parts[1])
-            let isSet = parts[2] == "set"
+            let deviceName = command.device, pointName = command.point
+            let isSet = command.kind == .set
             let taken: Bool
             if let runner = serialRunners[deviceName] {
                 taken = runner.submit(isSet ? .set(message, command: pointName, receivedAt: receivedAt) : .get(message, point: pointName))
@@ -228,7 +226,7 @@ public final class GatewayRuntime: Service, Sendable {
     /// response topic, as its other answers).
     private func refuse(_ message: MQTTMessage, isSet: Bool, why: String) async {
         logger.notice("command \(message.topic.logSafe) -> refused: \(why.logSafe)", metadata: ["topic": "\(message.topic.logSafe)"])
-        await context.answer("{\"ok\":false,\"error\":\(jsonString(why))}", to: message, fallback: isSet ? "\(message.topic)/result" : nil, logger: logger)
+        await context.answer(.refused(why), to: message, fallback: isSet ? "\(message.topic)/result" : nil, logger: logger)
     }
 
     /// Command subscriptions at QoS 2; with MQTT 5 no retained commands at subscribe (retain
@@ -239,7 +237,6 @@ public final class GatewayRuntime: Service, Sendable {
 
     /// Birth and statuses after every (re)connect; broker loss logged once per episode.
     private func watchConnection() async {
-        let base = plan.base
         var subscribed = false
         for await event in client.events {
             guard !Task.isCancelled else { return }
@@ -258,9 +255,9 @@ public final class GatewayRuntime: Service, Sendable {
                         logger.error("subscribing to commands failed: \(error); retrying after the next connect")
                     }
                 }
-                try? await client.enqueue(to: "\(base)/status", payload: Array("online".utf8), qos: .atLeastOnce, retain: true)
+                try? await client.enqueue(to: plan.topics.status, payload: Array("online".utf8), qos: .atLeastOnce, retain: true)
                 for (device, state) in await board.all() where state != .unknown {
-                    try? await client.enqueue(to: "\(base)/\(device)/status", payload: Array(state.rawValue.utf8), qos: .atLeastOnce, retain: true)
+                    try? await client.enqueue(to: plan.topics.status(device), payload: Array(state.rawValue.utf8), qos: .atLeastOnce, retain: true)
                 }
                 logger.info("broker connected: birth and statuses published")
             case .disconnected(let reason):
@@ -354,7 +351,6 @@ public final class GatewayRuntime: Service, Sendable {
         /// The poll due at `schedule.next`: read, update health, publish what changed, schedule
         /// the next one (an offline device is probed with backoff).
         mutating func poll(_ bus: ModbusBus, runtime: GatewayRuntime) async {
-            let base = runtime.plan.base
             let gw = runtime.plan.configuration.gateway
             let started = ContinuousClock.now
             lastStart = started
@@ -392,7 +388,7 @@ public final class GatewayRuntime: Service, Sendable {
                 case .success(let read):
                     failingPoints.remove(i)
                     guard let value = try? point.value(from: read), filters[i].shouldPublish(value, now: now) else { continue }
-                    try? await runtime.client.enqueue(to: "\(base)/\(settings.name)/\(point.name)", payload: valuePayload(value, point: point, gateway: gw),
+                    try? await runtime.client.enqueue(to: runtime.plan.topics.value(device: settings.name, point: point.name), payload: valuePayload(value, point: point, gateway: gw),
                                                       qos: .atLeastOnce, retain: point.retain ?? gw.retain)
                 case .failure(let error):
                     if outcome == .answered, error != .busBusy, failingPoints.insert(i).inserted {

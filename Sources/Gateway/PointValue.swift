@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import GatewayConfig
 import Modbus
 
@@ -121,4 +124,22 @@ public struct ChangeFilter: Sendable {
         lastPublished = now
     }
 
+}
+
+// MARK: - Payloads of value topics (the uplink and the read-backs of commands)
+
+/// Wall-clock unix milliseconds (for JSON `ts`; commands' age is judged against it).
+func unixMilliseconds() -> Int64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+}
+
+/// The payload of a value topic: plain, or JSON with unit and time.
+func valuePayload(_ value: PointValue, point: PointSettings, gateway: GatewaySettings) -> [UInt8] {
+    let format = point.format ?? gateway.format
+    if format == .plain { return Array(value.plain.utf8) }
+    var s = "{\"value\":\(value.json)"
+    if let unit = point.unit { s += ",\"unit\":\(jsonString(unit))" }
+    return Array((s + ",\"ts\":\(unixMilliseconds())}").utf8)
 }

@@ -148,7 +148,7 @@ final class SerialDeviceRunner: Sendable {
             }
             if !matched {
                 if settings.raw {
-                    try? await context.client.enqueue(to: "\(context.base)/\(settings.name)/raw", payload: frame, qos: .atLeastOnce, retain: false)
+                    try? await context.client.enqueue(to: context.topics.raw(device: settings.name), payload: frame, qos: .atLeastOnce, retain: false)
                 } else {
                     logger.debug("frame matched no point: \(text.debugDescription)")
                 }
@@ -168,7 +168,7 @@ final class SerialDeviceRunner: Sendable {
         } else {
             payload = Array("{\"value\":\(value.json),\"ts\":\(unixMilliseconds())}".utf8)
         }
-        try? await context.client.enqueue(to: "\(context.base)/\(settings.name)/\(point.name)", payload: payload,
+        try? await context.client.enqueue(to: context.topics.value(device: settings.name, point: point.name), payload: payload,
                                           qos: .atLeastOnce, retain: point.retain ?? context.gateway.retain)
     }
 
@@ -241,8 +241,8 @@ final class SerialDeviceRunner: Sendable {
             case .set(let message, let name, let receivedAt):
                 await handleSet(message, name: name, receivedAt: receivedAt, ids: &ids, stalled: &stalled)
             case .get(let message, let name):
-                let answer = "{\"ok\":false,\"error\":\(jsonString("'\(name)' of a serial device cannot be read on demand: its values come as the device sends them"))}"
-                logger.notice("get \(message.topic.logSafe) -> \(answer)")
+                let answer = CommandAnswer.refused("'\(name)' of a serial device cannot be read on demand: its values come as the device sends them")
+                logger.notice("get \(message.topic.logSafe) -> \(answer.json().logSafe)")
                 await context.answer(answer, to: message, fallback: nil, logger: logger)
             }
             pending.withLock { $0 -= 1 }
@@ -252,7 +252,7 @@ final class SerialDeviceRunner: Sendable {
     private func handleSet(_ message: MQTTMessage, name: String, receivedAt: ContinuousClock.Instant, ids: inout CommandIDCache,
                            stalled: inout ContinuousClock.Instant?) async {
         await context.runCommand(message, name: name, receivedAt: receivedAt, ids: &ids,
-                                 resultTopic: "\(context.base)/\(settings.name)/\(name)/set/result", logger: logger) { () throws(CommandRefused) in
+                                 resultTopic: context.topics.setResult(device: settings.name, point: name), logger: logger) { () throws(CommandRefused) in
             guard let command = settings.commands.first(where: { $0.name == name }) else {
                 let names = settings.commands.map(\.name).joined(separator: ", ")
                 throw CommandRefused("unknown command '\(name)' on device '\(settings.name)'\(names.isEmpty ? "" : " (commands: \(names))")")
@@ -280,7 +280,7 @@ final class SerialDeviceRunner: Sendable {
             } catch {
                 throw CommandRefused("not sent: \(error)")
             }
-            return "{\"ok\":true,\"value\":\(jsonString(value))}"
+            return .ok(.text(value))
         }
     }
 

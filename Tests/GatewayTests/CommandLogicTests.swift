@@ -126,4 +126,18 @@ struct CommandSafetyTests {
         #expect("a\nINFO forged\u{1B}[0m\\".logSafe == #"a\nINFO forged\u{1B}[0m\\"#)
         #expect("plain".logSafe == "plain")
     }
+
+    @Test("topic layout: every topic named once; parse takes a command topic apart and nothing else")
+    func topicLayout() {
+        let t = TopicLayout(base: "site/lobby")
+        #expect(t.status == "site/lobby/status" && t.status("door") == "site/lobby/door/status")
+        #expect(t.value(device: "door", point: "unlock") == "site/lobby/door/unlock")
+        #expect(t.setResult(device: "door", point: "unlock") == "site/lobby/door/unlock/set/result")
+        #expect(t.parse("site/lobby/door/unlock/set") == CommandTopic(device: "door", point: "unlock", kind: .set))
+        #expect(t.parse("site/lobby/door/unlock/get") == CommandTopic(device: "door", point: "unlock", kind: .get))
+        for other in ["site/lobby/door/unlock", "site/lobby/door/unlock/set/result", "site/lobby2/door/unlock/set",
+                      "site/lobby//unlock/set", "site/lobby/door/unlock/put", "other/door/unlock/set", "site/lobby"] {
+            #expect(t.parse(other) == nil, "\(other)")
+        }
+    }
 }

@@ -1,0 +1,44 @@
+/// Every topic the gateway publishes or listens to, named once (as Neuron names its
+/// `write_req_topic` / `write_resp_topic`): the runtime, the commanders, the serial runners and
+/// ``GatewayPlan/publishedTopics`` all build them here.
+///
+/// ```
+/// <base>/status                          online / offline (birth, will)
+/// <base>/<device>/status                 online / offline from poll health
+/// <base>/<device>/<point>                values
+/// <base>/<device>/raw                    unmatched serial frames
+/// <base>/<device>/<point>/set            commands in        -> <point>/set/result answers out
+/// <base>/<device>/<point>/get            read-now requests in
+/// ```
+public struct TopicLayout: Sendable, Equatable {
+    public let base: String
+
+    public init(base: String) { self.base = base }
+
+    /// The gateway's own status (birth `online`, will `offline`).
+    public var status: String { "\(base)/status" }
+    public func status(_ device: String) -> String { "\(base)/\(device)/status" }
+    public func value(device: String, point: String) -> String { "\(base)/\(device)/\(point)" }
+    public func raw(device: String) -> String { "\(base)/\(device)/raw" }
+    public func setResult(device: String, point: String) -> String { "\(base)/\(device)/\(point)/set/result" }
+
+    /// The filters the gateway subscribes to for commands.
+    public var commandFilters: [String] { ["\(base)/+/+/set", "\(base)/+/+/get"] }
+
+    /// The command a topic carries, or nil when it is not one of ours.
+    public func parse(_ topic: String) -> CommandTopic? {
+        guard topic.hasPrefix(base), topic.utf8.dropFirst(base.utf8.count).first == UInt8(ascii: "/") else { return nil }
+        let parts = topic.utf8.dropFirst(base.utf8.count + 1).split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
+        guard parts.count == 3, !parts[0].isEmpty, !parts[1].isEmpty,
+              let kind = CommandTopic.Kind(rawValue: String(decoding: parts[2], as: UTF8.self)) else { return nil }
+        return CommandTopic(device: String(decoding: parts[0], as: UTF8.self), point: String(decoding: parts[1], as: UTF8.self), kind: kind)
+    }
+}
+
+/// `<base>/<device>/<point>/set` or `/get`, taken apart.
+public struct CommandTopic: Sendable, Equatable {
+    public enum Kind: String, Sendable { case set, get }
+    public var device: String
+    public var point: String
+    public var kind: Kind
+}
