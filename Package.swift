@@ -66,6 +66,10 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: swiftSettings),
 
+        // The Modbus device behind `gateway simulate` (and the Modbus benchmark): libmodbus's
+        // server API, on a thread of its own. Not part of the running gateway.
+        .target(name: "ModbusSimulator", dependencies: ["CModbus", "Modbus"], swiftSettings: swiftSettings),
+
         // Raw serial lines: termios + framing on SwiftNIO.
         .target(name: "Serial", dependencies: [
             .product(name: "NIOCore", package: "swift-nio"),
@@ -88,7 +92,7 @@ let package = Package(
 
         // The `gateway` executable: run, check, read, write, simulate.
         .executableTarget(name: "GatewayCLI", dependencies: [
-            "Gateway", "GatewayConfig", "Modbus", "MQTT",
+            "Gateway", "GatewayConfig", "Modbus", "ModbusSimulator", "MQTT",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
@@ -100,7 +104,7 @@ let package = Package(
 
         // Benchmarks (not tests): swift run -c release gateway-bench modbus|mqtt ...
         .executableTarget(name: "GatewayBench", dependencies: [
-            "Modbus", "MQTT",
+            "Modbus", "ModbusSimulator", "MQTT",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: swiftSettings),
 

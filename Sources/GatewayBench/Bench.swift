@@ -1,5 +1,6 @@
 import ArgumentParser
 import Modbus
+import ModbusSimulator
 import MQTT
 
 #if canImport(Glibc)

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Dispatch
 import Modbus
+import ModbusSimulator
 
 #if canImport(Glibc)
 import Glibc

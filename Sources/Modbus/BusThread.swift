@@ -6,12 +6,12 @@ import Glibc
 ///
 /// `@unchecked Sendable` is safe because every access to the protected value goes through
 /// `withLock`/`wait`, which hold the pthread mutex; the pointers themselves are never reassigned.
-final class ConditionLock<Value>: @unchecked Sendable {
+package final class ConditionLock<Value>: @unchecked Sendable {
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let cond = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     private var value: Value
 
-    init(_ value: Value) {
+    package init(_ value: Value) {
         self.value = value
         pthread_mutex_init(mutex, nil)
         var attr = pthread_condattr_t()
@@ -28,14 +28,14 @@ final class ConditionLock<Value>: @unchecked Sendable {
         cond.deallocate()
     }
 
-    func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
+    package func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         return try body(&value)
     }
 
     /// Changes the value under the lock and wakes every waiter.
-    func withLockSignalling<R>(_ body: (inout Value) throws -> R) rethrows -> R {
+    package func withLockSignalling<R>(_ body: (inout Value) throws -> R) rethrows -> R {
         pthread_mutex_lock(mutex)
         defer {
             pthread_cond_broadcast(cond)
@@ -46,7 +46,7 @@ final class ConditionLock<Value>: @unchecked Sendable {
 
     /// Runs `body` with the lock held and a function that waits on the condition until an absolute
     /// monotonic deadline (returns false on timeout).
-    func withLockedWait<R>(_ body: (inout Value, (inout timespec) -> Bool) -> R) -> R {
+    package func withLockedWait<R>(_ body: (inout Value, (inout timespec) -> Bool) -> R) -> R {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         let cond = self.cond, mutex = self.mutex
@@ -54,7 +54,7 @@ final class ConditionLock<Value>: @unchecked Sendable {
     }
 
     /// Waits until `body` returns non-nil, then returns it (with the lock held while `body` runs).
-    func wait<R>(until body: (inout Value) -> R?) -> R {
+    package func wait<R>(until body: (inout Value) -> R?) -> R {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         while true {
@@ -66,7 +66,7 @@ final class ConditionLock<Value>: @unchecked Sendable {
 
 extension ConditionLock {
     /// Like ``wait(until:)`` but gives up after `timeout` (monotonic clock) and returns nil.
-    func wait<R>(timeout: Duration, until body: (inout Value) -> R?) -> R? {
+    package func wait<R>(timeout: Duration, until body: (inout Value) -> R?) -> R? {
         var deadline = timespec()
         clock_gettime(CLOCK_MONOTONIC, &deadline)
         let ns = Int(deadline.tv_nsec) + Int(timeout.components.attoseconds / 1_000_000_000)
@@ -82,7 +82,7 @@ extension ConditionLock {
 }
 
 /// Starts a detached pthread running `body`.
-func startThread(name: String, _ body: @escaping @Sendable () -> Void) {
+package func startThread(name: String, _ body: @escaping @Sendable () -> Void) {
     final class Box: Sendable {
         let body: @Sendable () -> Void
         let name: String

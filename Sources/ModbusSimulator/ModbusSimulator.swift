@@ -1,4 +1,5 @@
 import CModbus
+import Modbus
 
 #if canImport(Glibc)
 import Glibc
