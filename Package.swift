@@ -78,9 +78,12 @@ let package = Package(
         ], swiftSettings: swiftSettings),
 
         // gateway.toml -> plain values + validation. No NIO, no libmodbus.
-        // Our own TOML 1.0 reader (TOML.swift): TOMLKit would bring full Foundation and ICU
+        // Our own TOML 1.0 reader (the TOMLReader target): TOMLKit would bring full Foundation and ICU
         // into `gateway run` (about 6 MiB resident) for nothing else.
-        .target(name: "GatewayConfig", swiftSettings: swiftSettings),
+        .target(name: "GatewayConfig", dependencies: ["TOMLReader"], swiftSettings: swiftSettings),
+
+        // A TOML 1.0 reader with line numbers on every value (no Foundation).
+        .target(name: "TOMLReader", swiftSettings: swiftSettings),
 
         // The domain: devices, points, scheduling, uplink, downlink, availability.
         .target(name: "Gateway", dependencies: [
@@ -119,7 +122,7 @@ let package = Package(
         ], swiftSettings: swiftSettings),
         .testTarget(name: "ModbusTests", dependencies: ["Modbus", "TestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "SerialTests", dependencies: ["Serial", "GatewayConfig", "TestSupport"], swiftSettings: swiftSettings),
-        .testTarget(name: "GatewayConfigTests", dependencies: ["GatewayConfig", "TestSupport"], exclude: ["Fixtures"], swiftSettings: swiftSettings),
+        .testTarget(name: "GatewayConfigTests", dependencies: ["GatewayConfig", "TOMLReader", "TestSupport"], exclude: ["Fixtures"], swiftSettings: swiftSettings),
         .testTarget(name: "GatewayTests", dependencies: ["Gateway", "GatewayConfig", "MQTT", "Modbus", "TestSupport"], swiftSettings: swiftSettings),
     ]
 )

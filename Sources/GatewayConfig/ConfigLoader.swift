@@ -1,5 +1,6 @@
 #if canImport(Glibc)
 import Glibc
+import TOMLReader
 #endif
 
 /// Reads and validates `gateway.toml`. Collects every problem before failing.

@@ -2,6 +2,7 @@ import Foundation
 import GatewayConfig
 import Testing
 import TestSupport
+import TOMLReader
 
 /// The type-tagged text that `Tests/TestSupport/scripts/toml_oracle.py` prints for tomllib's result.
 func canonical(_ v: TOMLValue) -> String {
