@@ -6,7 +6,7 @@ import os, random, statistics, subprocess, time
 from benchlib import BIN, TMP, STARTED, start_broker, start_sim, Observer, proc_cpu_rss
 
 def config(mqtt_port, sim_port, devices, points_per_device, poll_ms):
-    out = [f'[gateway]\nid = "bench"\n[mqtt]\nurl = "mqtt://127.0.0.1:{mqtt_port}"\n',
+    out = [f'[gateway]\nid = "bench"\nstate_dir = "{TMP}"\n{os.environ.get("GATEWAY_EXTRA", "")}\n[mqtt]\nurl = "mqtt://127.0.0.1:{mqtt_port}"\n',
            f'[[bus]]\nname = "plc"\ntype = "tcp"\nhost = "127.0.0.1"\nport = {sim_port}\n']
     for d in range(devices):
         out.append(f'[[device]]\nname = "d{d}"\nbus = "plc"\nunit = {d + 1}\npoll_ms = {poll_ms}\n')
@@ -69,15 +69,16 @@ def latency(poll_ms=100, samples=100):
     lat.sort()
     return lat[len(lat) // 2], lat[int(len(lat) * 0.95)], lat[-1], len(lat)
 
-ONLY = os.environ.get("ONLY", "")  # "latency" or "load": one part only
-if ONLY != "latency":
+ONLY = os.environ.get("ONLY", "")  # "latency", "load" or "load100": one part only
+if ONLY not in ("latency", "load100"):
   # One register of each device changes every poll (published), and the 40 s window takes in
   # an MQTT keepalive (30 s): the steady state runs every path it has.
   a = scenario(1, 26, 1000, 40, counters=True)
   print(f"1 device x 26 points @1s: RSS {a['rss_mib']:.1f} MiB (1 s after start {a['startup_rss_mib']:.1f}), CPU {a['cpu_pct']:.2f} %, start -> first value {a['first_ms']:.0f} ms")
+if ONLY in ("", "load", "load100"):
   b = scenario(100, 10, 1000, 40, counters=True)
   print(f"100 devices x 10 registers @1s: RSS {b['rss_mib']:.1f} MiB (1 s after start {b['startup_rss_mib']:.1f}), CPU {b['cpu_pct']:.2f} %, actual period {b['period_ms']:.1f} ms "
         f"over {b['period_n']} intervals, start -> first value {b['first_ms']:.0f} ms")
-if ONLY != "load":
+if ONLY in ("", "latency"):
   p50, p95, mx, n = latency(samples=int(os.environ.get("SAMPLES", "100")))
   print(f"change -> publish at poll_ms=100: p50 {p50:.1f} ms, p95 {p95:.1f} ms, max {mx:.1f} ms ({n} samples)")

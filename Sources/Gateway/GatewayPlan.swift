@@ -64,9 +64,12 @@ public struct GatewayPlan: Sendable {
 
     public let configuration: GatewayConfiguration
     public let devices: [Device]
+    /// Every topic, named once (built once: the poll path uses it).
+    public let topics: TopicLayout
 
     public init(_ configuration: GatewayConfiguration) {
         self.configuration = configuration
+        self.topics = TopicLayout(base: configuration.baseTopic)
         devices = configuration.devices.compactMap { d in
             guard let bus = configuration.buses.first(where: { $0.name == d.bus }) else { return nil }
             let items = d.points.enumerated().map { i, p in
@@ -76,8 +79,7 @@ public struct GatewayPlan: Sendable {
         }
     }
 
-    public var base: String { configuration.baseTopic }
-    public var topics: TopicLayout { TopicLayout(base: configuration.baseTopic) }
+    public var base: String { topics.base }
 
     /// `<device>/<point>` of every pulse point (the pulse journal's keys).
     public var pulsePoints: [String] {

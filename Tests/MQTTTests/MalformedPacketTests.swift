@@ -1,5 +1,6 @@
 import NIOCore
 import Testing
+import TestSupport
 @testable import MQTT
 
 /// One malformed input and the error it must produce.
@@ -110,7 +111,7 @@ struct MalformedPacketTests {
     @Test("seeded random garbage: the decoder returns a packet, asks for more, or throws; a packet it returns re-encodes to what it read")
     func garbage() {
         // A fixed seed: a failure is reproducible.
-        var rng = SplitMix64(seed: 0x5EED_6A7E_3A9)
+        var rng = SplitMix(seed: 0x5EED_6A7E_3A9)
         var decoded = 0, refused = 0
         for _ in 0..<20_000 {
             let n = Int.random(in: 0..<64, using: &rng)
@@ -135,19 +136,6 @@ struct MalformedPacketTests {
         }
         #expect(refused > 10_000, "garbage should mostly be refused (\(refused))")
         #expect(decoded > 0, "some short garbage is a valid packet (PINGRESP, ...)")
-    }
-}
-
-/// A small seeded generator (SplitMix64) for reproducible random tests.
-struct SplitMix64: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
 
