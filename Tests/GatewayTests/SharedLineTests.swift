@@ -21,6 +21,7 @@ struct SharedLineTests {
             name = "c"
             register = "coil"
             address = 0
+            writable = true
             """
         // Unit 3 is absent and listed first. Two register kinds, so a poll has two requests: a
         // device that does not answer the first is not asked the second.
@@ -50,6 +51,9 @@ struct SharedLineTests {
         try await rig.waitFor("\(b)/d1/v", "11")
         try await rig.waitFor("\(b)/d2/v", "22")
         try await rig.waitFor("\(b)/dead/status", "offline", timeout: .seconds(20))
+        // A command to a healthy device on the line: it waits at most for the transaction in
+        // progress (a probe of the dead unit costs one timeout), then runs.
+        #expect(try await CommandTests.command(rig, "c", "true", device: "d1") == #"{"ok":true,"value":true}"#)
         // Six requests to unit 3 take about 14 s with backoff (0, 2, 4, then probes 1, 2, 4 s
         // after each failed one); without it they would take 10 s and keep coming every 2 s.
         let asked = Mutex(0)

@@ -1,3 +1,4 @@
+import Foundation
 import Synchronization
 import Testing
 import TestSupport
@@ -286,6 +287,29 @@ struct ModbusBusTests {
         try await bus.writeCoil(unit: 3, address: 1, value: true)
         try await sim.waitForLine(containing: "\"fc\":5")
         #expect(await sim.stop() == 0)
+        await pair.stop()
+    }
+
+    @Test("an RTU port is held with exclusive access: a second program opening it gets 'busy'")
+    func rtuExclusive() async throws {
+        let pair = try await PtyPair.start()
+        let sim = try await GatewaySimulator.startRTU(path: pair.b, ["--unit", "3", "--set", "holding:0=7"])
+        let bus = ModbusBus(configuration: BusConfiguration(name: "rtu", transport: .rtu(RTUSettings(path: pair.a, baud: 9600)),
+                                                            responseTimeout: .milliseconds(500)))
+        defer { bus.close() }
+        #expect(try await bus.readHoldingRegisters(unit: 3, address: 0, count: 1) == [7])
+        // TIOCEXCL does not hold back root: as root, the second program runs as nobody.
+        let device = try FileManager.default.destinationOfSymbolicLink(atPath: pair.a)
+        chmod(device, 0o666)
+        let gateway = try TestEnvironment.gatewayBinary()
+        let read = ["read", "--rtu", device, "--unit", "3", "--holding", "0"]
+        let second = getuid() == 0
+            ? try ChildProcess(try TestEnvironment.require("setpriv"), ["--reuid=65534", "--regid=65534", "--clear-groups", gateway] + read)
+            : try ChildProcess(gateway, read)
+        #expect(try await second.waitForExit() == 1)
+        #expect(second.lines.contains { $0.contains("another program (another gateway?) holds the port") }, "\(second.lines)")
+        #expect(try await bus.readHoldingRegisters(unit: 3, address: 0, count: 1) == [7])
+        _ = await sim.stop()
         await pair.stop()
     }
 }
