@@ -1,3 +1,5 @@
+import Logging
+import ServiceLifecycle
 import GatewayConfig
 #if canImport(Glibc)
 import CMalloc
@@ -190,5 +192,23 @@ public enum CodePages {
         }
         #endif
         return nil
+    }
+}
+
+/// Gives the start-up pages back once start-up is over (first connect, first polls: well within
+/// 5 s); the steady state maps back what it runs. A service of its own that the CLI adds to the
+/// service group when `[gateway] drop_startup_pages` is on (the default): process tuning is not
+/// the runtime's business.
+public struct StartupPagesService: Service {
+    let logger: Logger
+
+    public init(logger: Logger) { self.logger = logger }
+
+    public func run() async throws {
+        do { try await cancelWhenGracefulShutdown { try await Task.sleep(for: CodePages.startupGrace) } } catch { return }
+        guard let outcome = CodePages.trim() else { return }
+        logger.info("start-up pages given back: resident \(outcome.residentBefore) -> \(outcome.residentAfter) KiB",
+                    metadata: ["mappings": "\(outcome.mappings)", "dropped": "\(outcome.dropped)",
+                              "rodata_kib": "\(outcome.readOnlyDataKiB)"])
     }
 }

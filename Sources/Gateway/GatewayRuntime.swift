@@ -32,7 +32,7 @@ public final class GatewayRuntime: Service, Sendable {
     private let serialRunners: [String: SerialDeviceRunner]
     private let context: DeviceCommander.Context
 
-    /// `password` comes from `mqtt.password_file` or env `GATEWAY_MQTT_PASSWORD` (see ``mqttPassword(for:)``).
+    /// `password`: read by the caller (the CLI reads `mqtt.password_file` or env `GATEWAY_MQTT_PASSWORD`).
     public init(configuration: GatewayConfiguration, password: [UInt8]?, logger: Logger = Logger(label: "gateway")) throws {
         self.plan = GatewayPlan(configuration)
         self.logger = logger
@@ -77,28 +77,6 @@ public final class GatewayRuntime: Service, Sendable {
         self.serialRunners = serialRunners
     }
 
-    /// The MQTT password: `password_file` (first line) or env `GATEWAY_MQTT_PASSWORD`; nil when
-    /// neither. A `password_file` that cannot be read is an error (never a silent fallback to no
-    /// password): the caller exits with a configuration error.
-    public static func mqttPassword(for settings: MQTTSettings) throws(CommandRefused) -> [UInt8]? {
-        if let file = settings.passwordFile {
-            guard let f = fopen(file, "r") else {
-                throw CommandRefused("mqtt.password_file: cannot read '\(file)': \(String(cString: strerror(errno)))")
-            }
-            defer { fclose(f) }
-            var line = [CChar](repeating: 0, count: 4096)
-            guard fgets(&line, 4096, f) != nil else {
-                guard ferror(f) == 0 else { throw CommandRefused("mqtt.password_file: cannot read '\(file)': \(String(cString: strerror(errno)))") }
-                return []   // an empty file: an empty password
-            }
-            var bytes = line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
-            while let last = bytes.last, last == 10 || last == 13 { bytes.removeLast() }
-            return bytes
-        }
-        if let env = getenv("GATEWAY_MQTT_PASSWORD") { return Array(String(cString: env).utf8) }
-        return nil
-    }
-
     public func run() async throws {
         let base = plan.base
         logger.info("gateway starting", metadata: ["base": "\(base)", "devices": "\(plan.devices.count)"])
@@ -113,9 +91,6 @@ public final class GatewayRuntime: Service, Sendable {
             }
             for runner in serialRunners.values {
                 group.addTask { await runner.run() }
-            }
-            if plan.configuration.gateway.dropStartupPages {
-                group.addTask { await self.dropStartupPages() }
             }
             // Until SIGTERM/SIGINT (or cancellation).
             try? await gracefulShutdown()
@@ -180,18 +155,6 @@ public final class GatewayRuntime: Service, Sendable {
             await client.disconnect(timeout: max(deadline - .now, .milliseconds(100)))
         } else {
             logger.warning("offline statuses not acknowledged within \(timeout): closed the connection without DISCONNECT, so the broker publishes the will (offline)")
-        }
-    }
-
-    /// Once start-up is over (first connect, first polls: well within 5 s), the pages of the
-    /// executable and libraries it touched go back to the kernel; the steady state maps back
-    /// what it runs.
-    private func dropStartupPages() async {
-        do { try await Task.sleep(for: CodePages.startupGrace) } catch { return }
-        if let outcome = CodePages.trim() {
-            logger.info("start-up pages given back: resident \(outcome.residentBefore) -> \(outcome.residentAfter) KiB",
-                        metadata: ["mappings": "\(outcome.mappings)", "dropped": "\(outcome.dropped)",
-                                  "rodata_kib": "\(outcome.readOnlyDataKiB)"])
         }
     }
 

@@ -48,7 +48,7 @@ struct Run: AsyncParsableCommand {
         }
         let password: [UInt8]?
         do {
-            password = try GatewayRuntime.mqttPassword(for: loaded.mqtt)
+            password = try mqttPassword(for: loaded.mqtt)
         } catch {
             emitError("\(config): \(error)")
             throw ExitCode(2)
@@ -60,7 +60,14 @@ struct Run: AsyncParsableCommand {
             emitError("\(config): \(error)")
             throw ExitCode(2)
         }
-        let group = ServiceGroup(configuration: .init(services: [.init(service: runtime), .init(service: HangupSignal(logger: logger), successTerminationBehavior: .ignore)],
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: runtime),
+            .init(service: HangupSignal(logger: logger), successTerminationBehavior: .ignore),
+        ]
+        if loaded.gateway.dropStartupPages {
+            services.append(.init(service: StartupPagesService(logger: logger), successTerminationBehavior: .ignore))
+        }
+        let group = ServiceGroup(configuration: .init(services: services,
                                                       gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
         withExtendedLifetime(lock) {}

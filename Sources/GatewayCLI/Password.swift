@@ -1,0 +1,32 @@
+import GatewayConfig
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The MQTT password is read here, at the edge, not by the domain: `password_file` (first line)
+/// or env `GATEWAY_MQTT_PASSWORD`; nil when neither. A `password_file` that cannot be read is an
+/// error (never a silent fallback to no password): `run` exits with a configuration error.
+func mqttPassword(for settings: MQTTSettings) throws(PasswordFileError) -> [UInt8]? {
+    if let file = settings.passwordFile {
+        guard let f = fopen(file, "r") else {
+            throw PasswordFileError("mqtt.password_file: cannot read '\(file)': \(String(cString: strerror(errno)))")
+        }
+        defer { fclose(f) }
+        var line = [CChar](repeating: 0, count: 4096)
+        guard fgets(&line, 4096, f) != nil else {
+            guard ferror(f) == 0 else { throw PasswordFileError("mqtt.password_file: cannot read '\(file)': \(String(cString: strerror(errno)))") }
+            return []   // an empty file: an empty password
+        }
+        var bytes = line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
+        while let last = bytes.last, last == 10 || last == 13 { bytes.removeLast() }
+        return bytes
+    }
+    if let env = getenv("GATEWAY_MQTT_PASSWORD") { return Array(String(cString: env).utf8) }
+    return nil
+}
+
+struct PasswordFileError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
