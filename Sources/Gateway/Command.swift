@@ -261,10 +261,10 @@ public enum CommandAnswer: Sendable, Equatable {
 
 /// Remembers command ids for 10 minutes so that a repeated id is answered with the first result
 /// and not executed again (a QoS 1 duplicate must never pulse a door twice). Bounded in size.
-public struct CommandIDCache: Sendable {
+public struct CommandIDCache<Answer: Sendable>: Sendable {
     public let lifetime: Duration
     public let capacity: Int
-    private var answers: [String: (at: ContinuousClock.Instant, answer: String)] = [:]
+    private var answers: [String: (at: ContinuousClock.Instant, answer: Answer)] = [:]
     private var order: [(key: String, at: ContinuousClock.Instant)] = []
     private var head = 0
 
@@ -275,12 +275,12 @@ public struct CommandIDCache: Sendable {
 
     public var count: Int { answers.count }
 
-    public mutating func answer(for key: String, now: ContinuousClock.Instant) -> String? {
+    public mutating func answer(for key: String, now: ContinuousClock.Instant) -> Answer? {
         expire(now: now)
         return answers[key]?.answer
     }
 
-    public mutating func record(_ answer: String, for key: String, now: ContinuousClock.Instant) {
+    public mutating func record(_ answer: Answer, for key: String, now: ContinuousClock.Instant) {
         expire(now: now)
         if answers[key] == nil {
             if answers.count >= capacity { evictOldest() }

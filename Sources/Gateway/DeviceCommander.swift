@@ -71,12 +71,12 @@ final class DeviceCommander: Sendable {
         /// (the first answer again, nothing executed); freshness; then `execute`, which checks the
         /// value and the device and returns the `ok` answer or throws the refusal.
         func runCommand<Target>(_ message: MQTTMessage, name: String, receivedAt: ContinuousClock.Instant,
-                                ids: inout CommandIDCache, resultTopic: String, logger: Logger,
+                                ids: inout CommandIDCache<CommandAnswer>, resultTopic: String, logger: Logger,
                                 target: () throws(CommandRefused) -> Target,
                                 execute: (Target, CommandRequest) async throws(CommandRefused) -> CommandAnswer) async {
             var request: CommandRequest?
             var repeated = false
-            let answer: String
+            let answer: CommandAnswer
             do throws(CommandRefused) {
                 // A retained command would fire again on every reconnect.
                 guard !message.retain else { throw CommandRefused("retained command refused (publish commands without the retain flag)") }
@@ -88,10 +88,10 @@ final class DeviceCommander: Sendable {
                     answer = first
                 } else {
                     try DeviceCommander.checkFresh(req, message: message, receivedAt: receivedAt, maxAgeMs: gateway.commandMaxAgeMs)
-                    answer = try await execute(t, req).json()
+                    answer = try await execute(t, req)
                 }
             } catch {
-                answer = CommandAnswer.refused(error.reason).json()
+                answer = .refused(error.reason)
             }
             if !repeated, let id = request?.id { ids.record(answer, for: "\(name)\u{0}\(id)", now: .now) }
             // Everything from the message is escaped: a command cannot forge a log line.
@@ -103,13 +103,8 @@ final class DeviceCommander: Sendable {
             ]
             if let id = request?.id { meta["id"] = "\(id.logSafe)" }
             if repeated { meta["note"] = "repeated id: not executed again" }
-            logger.notice("command \(message.topic.logSafe) -> \(answer.logSafe)", metadata: meta)
-            await self.publish(answer, to: message, fallback: resultTopic, logger: logger)
-        }
-
-        /// Publishes a command's answer (see ``publish(_:to:fallback:logger:)``).
-        func answer(_ answer: CommandAnswer, to message: MQTTMessage, fallback: String?, logger: Logger) async {
-            await publish(answer.json(), to: message, fallback: fallback, logger: logger)
+            logger.notice("command \(message.topic.logSafe) -> \(answer.json().logSafe)", metadata: meta)
+            await self.answer(answer, to: message, fallback: resultTopic, logger: logger)
         }
 
         /// Why an MQTT 5 response topic is not used (nil: it is fine). An answer published there
@@ -126,16 +121,16 @@ final class DeviceCommander: Sendable {
 
         /// Publishes a command's answer: to the MQTT 5 response topic (with the correlation data)
         /// when the request has one, else to `fallback`.
-        private func publish(_ answer: String, to message: MQTTMessage, fallback: String?, logger: Logger) async {
+        func answer(_ answer: CommandAnswer, to message: MQTTMessage, fallback: String?, logger: Logger) async {
             var props = MQTTProperties()
-            var answer = answer
+            var note: String?
             let topic: String
             if let rt = message.properties.responseTopic, let why = Self.refusedResponseTopic(rt, base: topics.base) {
                 // Never publish an answer where it could be taken for a command or a value.
                 logger.warning("response topic \(rt.logSafe) of \(message.topic.logSafe) refused: \(why)")
                 guard let fallback else { return }
                 topic = fallback
-                answer = String(answer.dropLast()) + ",\"note\":\(jsonString("response topic refused: \(why); answered here instead"))}"
+                note = "response topic refused: \(why); answered here instead"
             } else if let rt = message.properties.responseTopic {
                 topic = rt
                 props.correlationData = message.properties.correlationData
@@ -151,7 +146,7 @@ final class DeviceCommander: Sendable {
                 return
             }
             do {
-                try await client.enqueue(to: topic, payload: Array(answer.utf8), qos: .atLeastOnce, retain: false, properties: props)
+                try await client.enqueue(to: topic, payload: Array(answer.json(note: note).utf8), qos: .atLeastOnce, retain: false, properties: props)
             } catch {
                 logger.warning("answer to \(topic.logSafe) not published: \(error)")
             }
@@ -171,7 +166,7 @@ final class DeviceCommander: Sendable {
     private struct Work: Sendable {
         var pulses: [Int: Pulse] = [:]
         var generation = 0
-        var ids = CommandIDCache()
+        var ids = CommandIDCache<CommandAnswer>()
     }
 
     private struct Queue: Sendable {
@@ -378,7 +373,7 @@ final class DeviceCommander: Sendable {
 
     /// Handles one `/set` and publishes its answer.
     private func handleSet(_ message: MQTTMessage, pointName: String, receivedAt: ContinuousClock.Instant,
-                           ids: inout CommandIDCache,
+                           ids: inout CommandIDCache<CommandAnswer>,
                            startPulse: (Int, Duration) -> Void, endPulse: (Int) -> Void) async {
         await context.runCommand(message, name: pointName, receivedAt: receivedAt, ids: &ids,
                                  resultTopic: context.topics.setResult(device: device.name, point: pointName), logger: logger) { () throws(CommandRefused) -> Int in
@@ -421,7 +416,7 @@ final class DeviceCommander: Sendable {
         if let ms = point.pulseMs {
             if plan.isOff { endPulse(index) } else { startPulse(index, .milliseconds(ms)) }
         }
-        let back = await readBack(point)
+        let back = await readBack(index)
         switch back {
         case .success(let v): return .ok(v)
         case .failure(let e): return .readBackFailed("\(e)")
@@ -464,13 +459,15 @@ final class DeviceCommander: Sendable {
         }
     }
 
-    /// Reads the point now (high priority) and publishes it on its value topic.
-    private func readBack(_ point: PointSettings) async -> Result<PointValue, any Error> {
+    /// Reads point `index` now (high priority) and publishes it on its value topic; the device's
+    /// poller learns the value, so its next poll does not publish it again.
+    private func readBack(_ index: Int) async -> Result<PointValue, any Error> {
+        let point = device.points[index]
         do {
             let read = try await bus.read(point.registerKind, unit: device.unit, address: point.address, count: point.width,
                                           priority: .high, deadline: .now + timeout)
             let value = try point.value(from: read)
-            if let index = device.points.firstIndex(where: { $0.name == point.name }) { readBacks.record(value, point: index) }
+            readBacks.record(value, point: index)
             try? await context.client.enqueue(to: context.topics.value(device: device.name, point: point.name),
                                               payload: valuePayload(value, point: point, gateway: context.gateway),
                                               qos: .atLeastOnce, retain: point.retain ?? context.gateway.retain)
@@ -495,7 +492,7 @@ final class DeviceCommander: Sendable {
                 try await write(point.offWrite, point: point, deadline: .now + timeout)
                 context.journal.markOff(device: device.name, point: point.name)
                 log.info("pulse ended: switched off (\(why))")
-                _ = await readBack(point)
+                _ = await readBack(index)
                 return true
             } catch {
                 if attempt == attempts {
@@ -523,8 +520,8 @@ final class DeviceCommander: Sendable {
         var log = logger
         log[metadataKey: "point"] = "\(pointName.logSafe)"
         let answer: CommandAnswer
-        if let point = device.points.first(where: { $0.name == pointName }) {
-            switch await readBack(point) {
+        if let index = device.points.firstIndex(where: { $0.name == pointName }) {
+            switch await readBack(index) {
             case .success(let v): answer = .ok(v)
             case .failure(let e): answer = .refused("\(e)")
             }

@@ -33,7 +33,7 @@ public final class GatewayRuntime: Service, Sendable {
     private let context: DeviceCommander.Context
 
     /// `password`: read by the caller (the CLI reads `mqtt.password_file` or env `GATEWAY_MQTT_PASSWORD`).
-    public init(configuration: GatewayConfiguration, password: [UInt8]?, logger: Logger = Logger(label: "gateway")) throws {
+    public init(configuration: GatewayConfiguration, password: [UInt8]?, logger: Logger = Logger(label: "gateway")) {
         self.plan = GatewayPlan(configuration)
         self.logger = logger
         let broker = configuration.mqtt.broker

@@ -23,8 +23,13 @@ public final class InstanceLock: Sendable {
         case unavailable(String)
     }
 
-    /// Takes the lock, writing our pid into the file. Throws when another process holds it.
-    public static func acquire(directory: String) throws(CommandRefused) -> Outcome {
+    /// Another gateway holds the lock: why, with its pid when the file names one.
+    public struct Held: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// Takes the lock, writing our pid into the file. Throws ``Held`` when another process holds it.
+    public static func acquire(directory: String) throws(Held) -> Outcome {
         let path = directory + "/gateway.lock"
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else {
@@ -37,7 +42,7 @@ public final class InstanceLock: Sendable {
             close(fd)
             let pid = n > 0 ? String(decoding: buf[..<n], as: UTF8.self).filter(\.isNumber) : ""
             if e == EWOULDBLOCK {
-                throw CommandRefused("another gateway\(pid.isEmpty ? "" : " (pid \(pid))") is running with state_dir \(directory) (lock \(path)); stop it first, or give this one its own state_dir")
+                throw Held(description: "another gateway\(pid.isEmpty ? "" : " (pid \(pid))") is running with state_dir \(directory) (lock \(path)); stop it first, or give this one its own state_dir")
             }
             return .unavailable("cannot lock \(path): \(String(cString: strerror(e)))")
         }

@@ -123,7 +123,6 @@ public struct ChangeFilter: Sendable {
         last = value
         lastPublished = now
     }
-
 }
 
 // MARK: - Payloads of value topics (the uplink and the read-backs of commands)

@@ -233,7 +233,7 @@ final class SerialDeviceRunner: Sendable {
     // MARK: commands
 
     private func commandLoop() async {
-        var ids = CommandIDCache()
+        var ids = CommandIDCache<CommandAnswer>()
         // When a write last stalled (the line did not take it in time).
         var stalled: ContinuousClock.Instant?
         for await job in jobs {
@@ -249,7 +249,7 @@ final class SerialDeviceRunner: Sendable {
         }
     }
 
-    private func handleSet(_ message: MQTTMessage, name: String, receivedAt: ContinuousClock.Instant, ids: inout CommandIDCache,
+    private func handleSet(_ message: MQTTMessage, name: String, receivedAt: ContinuousClock.Instant, ids: inout CommandIDCache<CommandAnswer>,
                            stalled: inout ContinuousClock.Instant?) async {
         await context.runCommand(message, name: name, receivedAt: receivedAt, ids: &ids,
                                  resultTopic: context.topics.setResult(device: settings.name, point: name), logger: logger) { () throws(CommandRefused) in

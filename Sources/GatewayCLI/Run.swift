@@ -53,13 +53,8 @@ struct Run: AsyncParsableCommand {
             emitError("\(config): \(error)")
             throw ExitCode(2)
         }
-        let runtime: GatewayRuntime
-        do {
-            runtime = try GatewayRuntime(configuration: loaded, password: password, logger: logger)
-        } catch {
-            emitError("\(config): \(error)")
-            throw ExitCode(2)
-        }
+        logger.info("gateway \(GatewayCommand.version)", metadata: ["config": "\(config)"])
+        let runtime = GatewayRuntime(configuration: loaded, password: password, logger: logger)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: runtime),
             .init(service: HangupSignal(logger: logger), successTerminationBehavior: .ignore),

@@ -1,6 +1,7 @@
+import TOMLReader
+
 #if canImport(Glibc)
 import Glibc
-import TOMLReader
 #endif
 
 /// Reads and validates `gateway.toml`. Collects every problem before failing.
@@ -141,7 +142,7 @@ public enum ConfigLoader {
         }
         if let v = r.int("keepalive", 0...65_535) {
             // 0 turns keepalive off: a broker that vanished without a FIN would go unnoticed.
-            if v == 0 { r.issue("keepalive", "0 turns keepalive off and leaves a dead broker unnoticed: use 5...65535 seconds") }
+            if v == 0 { r.issue("keepalive", "0 turns keepalive off and leaves a dead broker unnoticed: use 1...65535 seconds") }
             m.keepAlive = v
         }
         m.username = r.string("username")

@@ -178,14 +178,16 @@ public final class SerialLine: Sendable {
     /// reopened by the owner, as after a hangup.
     public func write(_ bytes: [UInt8], within timeout: Duration) async throws {
         guard channel.isActive else { throw SerialError.closed(closeReason ?? "closed") }
-        let channel = self.channel, handler = self.handler, fd = self.descriptor
+        let channel = self.channel, fd = self.descriptor
+        let timedOut = Flag()
         let promise = channel.eventLoop.makePromise(of: Void.self)
         channel.writeAndFlush(channel.allocator.buffer(bytes: bytes), promise: promise)
         let written = promise.futureResult
         let timer = channel.eventLoop.scheduleTask(in: .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000
                                                                      + timeout.components.attoseconds / 1_000_000_000)) {
             guard channel.isActive else { return }
-            handler.state.withLock { if $0.closeReason == nil { $0.closeReason = "\(SerialError.writeTimedOut(timeout))" } }
+            timedOut.set()
+            self.handler.state.withLock { if $0.closeReason == nil { $0.closeReason = "\(SerialError.writeTimedOut(timeout))" } }
             // On the event loop, so the descriptor is still the channel's: drop what the kernel holds.
             tcflush(fd, TCOFLUSH)
             channel.close(promise: nil)   // fails the pending write: nothing of it is sent later
@@ -195,7 +197,7 @@ public final class SerialLine: Sendable {
             timer.cancel()
         } catch {
             timer.cancel()
-            if handler.state.withLock({ $0.closeReason }) == "\(SerialError.writeTimedOut(timeout))" { throw SerialError.writeTimedOut(timeout) }
+            if timedOut.isSet { throw SerialError.writeTimedOut(timeout) }
             throw error
         }
     }
@@ -255,4 +257,11 @@ final class FrameHandler: ChannelInboundHandler, Sendable {
         state.withLock { if $0.closeReason == nil { $0.closeReason = "the port was closed (hangup)" } }
         continuation.finish()
     }
+}
+
+/// A one-way flag shared between an event-loop callback and the task awaiting it.
+private final class Flag: Sendable {
+    private let value = Mutex(false)
+    func set() { value.withLock { $0 = true } }
+    var isSet: Bool { value.withLock { $0 } }
 }

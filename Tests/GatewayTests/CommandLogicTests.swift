@@ -78,7 +78,7 @@ struct CommandLogicTests {
 
     @Test("ids are remembered for their lifetime, and the cache is bounded")
     func idCache() {
-        var cache = CommandIDCache(lifetime: .seconds(600), capacity: 3)
+        var cache = CommandIDCache<String>(lifetime: .seconds(600), capacity: 3)
         let t0 = ContinuousClock.now
         cache.record("first", for: "a", now: t0)
         #expect(cache.answer(for: "a", now: t0 + .seconds(599)) == "first")
