@@ -107,6 +107,7 @@ public final class ModbusSimulator: Sendable {
         self.endpoint = endpoint
         var fds: [Int32] = [0, 0]
         guard pipe(&fds) == 0 else { throw .other(function: "pipe", errno: errno, detail: "cannot create a pipe") }
+        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         _ = fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK)
         self.wake = (fds[0], fds[1])
         self.shared = ConditionLock(Shared(units: units))

@@ -19,6 +19,7 @@ public final class ChildProcess: Sendable {
     public let command: String
     private let state: Mutex<State>
     private let stdinFD: Int32
+    private static let spawnLock = NSLock()
 
     private struct Waiter {
         let id: Int
@@ -39,7 +40,15 @@ public final class ChildProcess: Sendable {
     public init(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws {
         self.command = ([executable] + arguments).joined(separator: " ")
         var inPipe: [Int32] = [0, 0], outPipe: [Int32] = [0, 0], errPipe: [Int32] = [0, 0]
+        // Every spawn of the test process goes through here, under one lock, and the parent's pipe
+        // ends are close-on-exec: tests start children from many threads at once, and a child
+        // spawned by another thread while these pipes are open would otherwise inherit their write
+        // ends and hold this child's output open after it exits (its exit then looks like a hang).
+        // The dup2 below gives the child its own 0/1/2 without the flag.
+        Self.spawnLock.lock()
+        defer { Self.spawnLock.unlock() }
         guard pipe(&inPipe) == 0, pipe(&outPipe) == 0, pipe(&errPipe) == 0 else { throw FixtureError("pipe failed") }
+        for fd in inPipe + outPipe + errPipe { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }

@@ -7,7 +7,7 @@ import Glibc
 public final class FarEnd: Sendable {
     public let fd: Int32
     public init(_ path: String) throws {
-        fd = open(path, O_RDWR | O_NOCTTY)
+        fd = open(path, O_RDWR | O_NOCTTY | O_CLOEXEC)
         guard fd >= 0 else { throw FixtureError("cannot open \(path): errno \(errno)") }
         var t = termios()
         tcgetattr(fd, &t)

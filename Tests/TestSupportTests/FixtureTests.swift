@@ -9,6 +9,26 @@ import Glibc
 
 @Suite("Test fixtures start, answer and stop", .timeLimit(.minutes(2)))
 struct FixtureTests {
+    @Test("a child's exit is seen while other children are being started from other threads")
+    func exitSeenDespiteConcurrentSpawns() async throws {
+        // Long-lived children are started while short ones are. None may inherit a short one's
+        // output pipe: that would hold its output open, and its exit unseen, until the long one ends.
+        let longLived = try await withThrowingTaskGroup(of: ChildProcess?.self) { group in
+            for i in 0..<200 {
+                group.addTask {
+                    if i.isMultiple(of: 2) { return try ChildProcess("/bin/sleep", ["60"]) }
+                    let short = try ChildProcess("/bin/true", [])
+                    #expect(try await short.waitForExit(timeout: .seconds(10)) == 0)
+                    return nil
+                }
+            }
+            var started: [ChildProcess] = []
+            for try await child in group { if let child { started.append(child) } }
+            return started
+        }
+        for child in longLived { await child.stop() }
+    }
+
     @Test("Mosquitto: plain, TLS and password listeners answer; stop and restart on the same ports")
     func mosquittoListeners() async throws {
         let broker = try await Mosquitto.start()
