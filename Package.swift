@@ -43,6 +43,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // libmodbus through pkg-config (Debian: libmodbus-dev).
@@ -87,15 +88,25 @@ let package = Package(
 
         // The domain: devices, points, scheduling, uplink, downlink, availability.
         .target(name: "Gateway", dependencies: [
-            "GatewayConfig", "MQTT", "Modbus", "Serial", "CMalloc",
+            "GatewayConfig", "MQTT", "Modbus", "Serial", "CMalloc", "Operations",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),
         ], swiftSettings: swiftSettings),
 
+        // What operators and systemd talk to: a small HTTP/1.1 listener on the gateway's event
+        // loop, sd_notify, the embedded status page. Knows nothing of devices.
+        .target(name: "Operations", dependencies: [
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: swiftSettings),
+
         // The `gateway` executable: run, check, read, write, simulate.
         .executableTarget(name: "GatewayCLI", dependencies: [
-            "Gateway", "GatewayConfig", "Modbus", "ModbusSimulator", "MQTT",
+            "Gateway", "GatewayConfig", "Modbus", "ModbusSimulator", "MQTT", "Operations",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),

@@ -57,11 +57,13 @@ final class DeviceCommander: Sendable {
         var client: MQTTClient
         var board: StatusBoard
         var journal: PulseJournal
+        var telemetry: GatewayTelemetry?
 
         /// Records a device's state; publishes it when connected (else the connect handler
         /// republishes the board after the birth).
         func publishStatus(_ device: String, _ state: DeviceHealth.State) async {
             await board.set(device, state)
+            telemetry?.device(device)?.state(state)
             guard await client.isConnected else { return }
             try? await client.enqueue(to: topics.status(device), payload: Array(state.rawValue.utf8), qos: .atLeastOnce, retain: true)
         }
@@ -76,6 +78,7 @@ final class DeviceCommander: Sendable {
                                 execute: (Target, CommandRequest) async throws(CommandRefused) -> CommandAnswer) async {
             var request: CommandRequest?
             var repeated = false
+            var executedAt: ContinuousClock.Instant?
             let answer: CommandAnswer
             do throws(CommandRefused) {
                 // A retained command would fire again on every reconnect.
@@ -89,6 +92,7 @@ final class DeviceCommander: Sendable {
                 } else {
                     try DeviceCommander.checkFresh(req, message: message, receivedAt: receivedAt, maxAgeMs: gateway.commandMaxAgeMs)
                     answer = try await execute(t, req)
+                    executedAt = .now
                 }
             } catch {
                 answer = .refused(error.reason)
@@ -104,6 +108,11 @@ final class DeviceCommander: Sendable {
             if let id = request?.id { meta["id"] = "\(id.logSafe)" }
             if repeated { meta["note"] = "repeated id: not executed again" }
             logger.notice("command \(message.topic.logSafe) -> \(answer.json().logSafe)", metadata: meta)
+            if let telemetry, let command = topics.parse(message.topic) {
+                telemetry.commandAnswered(device: command.device, point: command.point,
+                                          value: request.map { "\($0.value)" } ?? String(decoding: message.payload.prefix(64), as: UTF8.self),
+                                          answer: answer, receivedAt: receivedAt, wroteAt: executedAt)
+            }
             await self.answer(answer, to: message, fallback: resultTopic, logger: logger)
         }
 
@@ -468,6 +477,7 @@ final class DeviceCommander: Sendable {
                                           priority: .high, deadline: .now + timeout)
             let value = try point.value(from: read)
             readBacks.record(value, point: index)
+            context.telemetry?.device(device.name)?.value(point: index, value)
             try? await context.client.enqueue(to: context.topics.value(device: device.name, point: point.name),
                                               payload: valuePayload(value, point: point, gateway: context.gateway),
                                               qos: .atLeastOnce, retain: point.retain ?? context.gateway.retain)

@@ -24,18 +24,25 @@ actor StatusBoard {
 /// publishes `offline` for every device and itself, then disconnects.
 public final class GatewayRuntime: Service, Sendable {
     public let plan: GatewayPlan
-    fileprivate let client: MQTTClient
+    let client: MQTTClient
     private let buses: [String: ModbusBus]
     private let logger: Logger
     private let board = StatusBoard()
     private let commanders: [String: DeviceCommander]
     private let serialRunners: [String: SerialDeviceRunner]
-    private let context: DeviceCommander.Context
+    let context: DeviceCommander.Context
+    /// Metrics and live status for the operations listener; nil when it is off.
+    public let telemetry: GatewayTelemetry?
+    /// Progress of the pollers, serial lines and command dispatcher (`/healthz`, the watchdog).
+    public let liveness = Liveness()
 
     /// `password`: read by the caller (the CLI reads `mqtt.password_file` or env `GATEWAY_MQTT_PASSWORD`).
-    public init(configuration: GatewayConfiguration, password: [UInt8]?, logger: Logger = Logger(label: "gateway")) {
+    /// `telemetry`: given when the operations listener is on.
+    public init(configuration: GatewayConfiguration, password: [UInt8]?, telemetry: GatewayTelemetry? = nil,
+                logger: Logger = Logger(label: "gateway")) {
         self.plan = GatewayPlan(configuration)
         self.logger = logger
+        self.telemetry = telemetry
         let broker = configuration.mqtt.broker
         var mqtt = MQTTConfiguration(host: broker.host, port: broker.port, tls: broker.tls ? TLSOptions() : nil,
                                      clientIdentifier: configuration.mqtt.clientID ?? "gateway-\(configuration.gateway.id)")
@@ -48,6 +55,10 @@ public final class GatewayRuntime: Service, Sendable {
         if mqtt.tls != nil {   // mqtts:// (the config checker refuses TLS files with mqtt://)
             mqtt.tls = TLSOptions(caFile: configuration.mqtt.caFile, certificateFile: configuration.mqtt.certFile, keyFile: configuration.mqtt.keyFile)
         }
+        if let telemetry {
+            let histogram = telemetry.mqttAckRoundTrip
+            mqtt.onAcknowledged = { histogram.recordNanoseconds($0.nanoseconds) }
+        }
         var mqttLogger = logger
         mqttLogger[metadataKey: "component"] = "mqtt"
         self.client = MQTTClient(configuration: mqtt, logger: mqttLogger)
@@ -55,14 +66,18 @@ public final class GatewayRuntime: Service, Sendable {
         for b in configuration.buses {
             var l = logger
             l[metadataKey: "bus"] = "\(b.name)"
-            buses[b.name] = ModbusBus(configuration: b.busConfiguration, logger: l)
+            let bus = ModbusBus(configuration: b.busConfiguration, logger: l)
+            telemetry?.bus(b.name)?.attach(bus)
+            buses[b.name] = bus
         }
         self.buses = buses
         let (journal, leftOn) = PulseJournal.open(directory: configuration.gateway.stateDirectory, pulses: Set(plan.pulsePoints), logger: logger)
         if !leftOn.isEmpty {
             logger.warning("pulses left on by an earlier run that did not end them, switching them off: \(leftOn.sorted().joined(separator: ", "))")
         }
-        let context = DeviceCommander.Context(topics: plan.topics, gateway: configuration.gateway, client: client, board: board, journal: journal)
+        telemetry?.journalWritable.set(journal.path != nil ? 1.0 : 0.0)
+        let context = DeviceCommander.Context(topics: plan.topics, gateway: configuration.gateway, client: client, board: board, journal: journal,
+                                              telemetry: telemetry)
         self.context = context
         var commanders: [String: DeviceCommander] = [:]
         for d in plan.devices {
@@ -72,7 +87,7 @@ public final class GatewayRuntime: Service, Sendable {
         self.commanders = commanders
         var serialRunners: [String: SerialDeviceRunner] = [:]
         for d in configuration.serialDevices {
-            serialRunners[d.name] = SerialDeviceRunner(settings: d, context: context, logger: logger)
+            serialRunners[d.name] = SerialDeviceRunner(settings: d, context: context, liveness: liveness, logger: logger)
         }
         self.serialRunners = serialRunners
     }
@@ -161,7 +176,12 @@ public final class GatewayRuntime: Service, Sendable {
     /// Routes `<base>/<device>/<point>/set|get` to the device's commander; answers unknown devices.
     private func dispatchCommands() async {
         let topics = plan.topics
+        let loop = liveness.register("command dispatcher")
+        defer { liveness.idle(loop) }
         for await message in client.messages {
+            // Handing a command on never waits for a device; only an answer to the broker may.
+            liveness.expect(loop, within: .seconds(5))
+            defer { liveness.idle(loop) }
             let receivedAt = ContinuousClock.now
             guard let command = topics.parse(message.topic) else {
                 logger.debug("ignoring a message on \(message.topic.logSafe)")
@@ -188,6 +208,11 @@ public final class GatewayRuntime: Service, Sendable {
     /// Answers a command that goes no further than the dispatcher (`/get`: only to an MQTT 5
     /// response topic, as its other answers).
     private func refuse(_ message: MQTTMessage, isSet: Bool, why: String) async {
+        if let telemetry, let command = plan.topics.parse(message.topic) {
+            telemetry.commandAnswered(device: command.device, point: command.point,
+                                      value: String(decoding: message.payload.prefix(64), as: UTF8.self),
+                                      answer: .refused(why), receivedAt: .now, wroteAt: nil)
+        }
         logger.notice("command \(message.topic.logSafe) -> refused: \(why.logSafe)", metadata: ["topic": "\(message.topic.logSafe)"])
         await context.answer(.refused(why), to: message, fallback: isSet ? "\(message.topic)/result" : nil, logger: logger)
     }
@@ -223,7 +248,9 @@ public final class GatewayRuntime: Service, Sendable {
                     try? await client.enqueue(to: plan.topics.status(device), payload: Array(state.rawValue.utf8), qos: .atLeastOnce, retain: true)
                 }
                 logger.info("broker connected: birth and statuses published")
+                telemetry?.mqttConnected(true)
             case .disconnected(let reason):
+                telemetry?.mqttConnected(false, reason: reason)
                 logger.warning("broker lost: \(reason); buffering up to \(client.configuration.queueLimit) messages")
             default:
                 break
@@ -239,8 +266,17 @@ public final class GatewayRuntime: Service, Sendable {
     private func pollBus(_ bus: ModbusBus, devices: [GatewayPlan.Device]) async {
         let start = ContinuousClock.now
         var pollers = devices.map { DevicePoller($0, gateway: plan.configuration.gateway, topics: plan.topics, logger: logger, start: start,
-                                                 readBacks: commanders[$0.settings.name]?.readBacks) }
+                                                 readBacks: commanders[$0.settings.name]?.readBacks,
+                                                 meter: telemetry?.device($0.settings.name)) }
         guard !pollers.isEmpty else { return }
+        // Liveness: one poll takes at most its start deadline (a period) plus a timeout per request.
+        let loop = liveness.register("poller of bus \(bus.configuration.name)")
+        let timeout = bus.configuration.responseTimeout
+        let longestPoll = pollers.map { $0.schedule.period + timeout * ($0.requestsPerPoll + 1) }.max() ?? .seconds(1)
+        defer { liveness.idle(loop) }
+        #if DEBUG
+        let stallAt = DebugHooks.pollerStall.map { start + $0 }
+        #endif
         // When each device is due and when its last poll started, kept apart from the pollers:
         // reading them from the pollers in the scan copied every poller (100 retains and
         // releases of its fields per poll at 100 devices, measured with perf).
@@ -253,8 +289,18 @@ public final class GatewayRuntime: Service, Sendable {
             }
             // Devices due together are polled back to back (a sleep into the past still costs a timer).
             if keys[due].at > .now {
+                liveness.expect(loop, within: keys[due].at - .now)
                 do { try await Task.sleep(until: keys[due].at, clock: .continuous) } catch { return }
             }
+            #if DEBUG
+            if let stallAt, ContinuousClock.now >= stallAt {
+                // A test's hung poll loop (GATEWAY_DEBUG_STALL_POLLER_AFTER_S; debug builds only).
+                logger.warning("debug hook: this poller now hangs")
+                try? await Task.sleep(for: .seconds(86_400))
+                return
+            }
+            #endif
+            liveness.expect(loop, within: longestPoll)
             await pollers[due].poll(bus, runtime: self)
             keys[due] = (pollers[due].schedule.next, pollers[due].lastStart)
         }
@@ -300,10 +346,14 @@ public final class GatewayRuntime: Service, Sendable {
         let readBacks: ReadBacks?
         /// Each point's value topic, built once.
         let valueTopics: [String]
+        /// Its metrics and live status (operations listener on).
+        let meter: DeviceMeter?
+        var previousStart: ContinuousClock.Instant?
 
         init(_ device: GatewayPlan.Device, gateway: GatewaySettings, topics: TopicLayout, logger: Logger, start: ContinuousClock.Instant,
-             readBacks: ReadBacks?) {
+             readBacks: ReadBacks?, meter: DeviceMeter?) {
             self.readBacks = readBacks
+            self.meter = meter
             valueTopics = device.settings.points.map { topics.value(device: device.settings.name, point: $0.name) }
             settings = device.settings
             log = logger
@@ -332,6 +382,11 @@ public final class GatewayRuntime: Service, Sendable {
                 log.notice("device refused a merged read (illegal data address): now \(requestsPerPoll) requests per poll")
             }
             let outcome = PollOutcome(results)
+            if let meter {
+                let (result, error) = DeviceMeter.pollResult(outcome, results)
+                meter.poll(result: result, error: error, started: started, duration: .now - started, previousStart: previousStart)
+                previousStart = started
+            }
             switch outcome {
             case .answered:
                 if health.pollSucceeded() != nil {
@@ -358,6 +413,7 @@ public final class GatewayRuntime: Service, Sendable {
                 case .success(let read):
                     failingPoints.remove(i)
                     guard let value = try? point.value(from: read), filters[i].shouldPublish(value, now: now) else { continue }
+                    meter?.value(point: i, value)
                     try? await runtime.client.enqueue(to: valueTopics[i], payload: valuePayload(value, point: point, gateway: gw),
                                                       qos: .atLeastOnce, retain: point.retain ?? gw.retain)
                 case .failure(let error):

@@ -36,6 +36,8 @@ final class SerialDeviceRunner: Sendable {
     private let health: Mutex<DeviceHealth>
     private let lastFrame = Mutex<ContinuousClock.Instant?>(nil)
     private let replies = FrameSignal()
+    /// Its metrics and live status (operations listener on).
+    private var meter: DeviceMeter? { context.telemetry?.device(settings.name) }
     private let jobs: AsyncStream<Job>
     private let continuation: AsyncStream<Job>.Continuation
     /// Jobs submitted and not yet finished (at most ``CommandRequest/pendingPerDevice``).
@@ -44,8 +46,11 @@ final class SerialDeviceRunner: Sendable {
     /// (`response_timeout_ms`): a barrier command never goes out late.
     private var commandTimeout: Duration { .milliseconds(settings.responseTimeoutMs) }
 
-    init(settings: SerialDeviceSettings, context: DeviceCommander.Context, logger: Logger) {
+    private let liveness: Liveness
+
+    init(settings: SerialDeviceSettings, context: DeviceCommander.Context, liveness: Liveness, logger: Logger) {
         self.settings = settings
+        self.liveness = liveness
         self.context = context
         var l = logger
         l[metadataKey: "device"] = "\(settings.name)"
@@ -81,6 +86,7 @@ final class SerialDeviceRunner: Sendable {
     private func connectionLoop() async {
         var delay = Duration.milliseconds(250)
         var lastOpenError = ""
+        var opens = 0
         while !Task.isCancelled {
             let opened: SerialLine
             do {
@@ -97,6 +103,8 @@ final class SerialDeviceRunner: Sendable {
             }
             delay = .milliseconds(250)
             lastOpenError = ""
+            opens += 1
+            if opens > 1 { meter?.reopens?.increment() }
             line.withLock { $0 = opened }
             logger.info("serial port \(settings.port) open (\(settings.baud) baud, \(settings.dataBits)\(settings.parity)\(settings.stopBits), framing \(settings.framingValue))")
             lastFrame.withLock { $0 = .now }
@@ -126,6 +134,7 @@ final class SerialDeviceRunner: Sendable {
             replies.push()
             let oversized = line.oversizedFrames
             if oversized != reportedOversized {
+                meter?.frames["oversized"]?.increment(by: Int64(oversized - reportedOversized))
                 logger.warning("dropped \(oversized - reportedOversized) frame(s) longer than max_frame = \(settings.maxFrame) bytes (\(oversized) so far)")
                 reportedOversized = oversized
             }
@@ -146,6 +155,7 @@ final class SerialDeviceRunner: Sendable {
                 guard let value else { continue }
                 await publish(point, String(value))
             }
+            meter?.frame(matched ? "matched" : "unmatched")
             if !matched {
                 if settings.raw {
                     try? await context.client.enqueue(to: context.topics.raw(device: settings.name), payload: frame, qos: .atLeastOnce, retain: false)
@@ -161,6 +171,7 @@ final class SerialDeviceRunner: Sendable {
 
     private func publish(_ point: SerialPointSettings, _ text: String) async {
         let value = PointValue.text(text)
+        if let meter, let i = meter.pointNames.firstIndex(of: point.name) { meter.value(point: i, value) }
         let format = point.format ?? context.gateway.format
         let payload: [UInt8]
         if format == .plain {
@@ -177,12 +188,17 @@ final class SerialDeviceRunner: Sendable {
         guard let request = settings.poll else { return }
         let period = Duration.milliseconds(settings.pollMs)
         var schedule = PollSchedule(period: period, start: .now)
+        let loop = liveness.register("serial poller of \(settings.name)")
+        defer { liveness.idle(loop) }
         while !Task.isCancelled {
+            liveness.expect(loop, within: max(.zero, schedule.next - .now))
             do { try await Task.sleep(until: schedule.next, clock: .continuous) } catch { return }
+            // A write the line does not take is bounded by the response timeout, and so is the wait for the reply.
+            liveness.expect(loop, within: .milliseconds(2 * settings.responseTimeoutMs))
             let generation = replies.generation
             var answered = false
             do {
-                try await line.write(request)
+                try await line.write(request, within: .milliseconds(settings.responseTimeoutMs))
                 answered = await replies.wait(after: generation, until: .now + .milliseconds(settings.responseTimeoutMs))
             } catch {
                 logger.debug("poll not sent: \(error)")

@@ -8,22 +8,30 @@ import Glibc
 /// or env `GATEWAY_MQTT_PASSWORD`; nil when neither. A `password_file` that cannot be read is an
 /// error (never a silent fallback to no password): `run` exits with a configuration error.
 func mqttPassword(for settings: MQTTSettings) throws(PasswordFileError) -> [UInt8]? {
-    if let file = settings.passwordFile {
-        guard let f = fopen(file, "r") else {
-            throw PasswordFileError("mqtt.password_file: cannot read '\(file)': \(String(cString: strerror(errno)))")
-        }
-        defer { fclose(f) }
-        var line = [CChar](repeating: 0, count: 4096)
-        guard fgets(&line, 4096, f) != nil else {
-            guard ferror(f) == 0 else { throw PasswordFileError("mqtt.password_file: cannot read '\(file)': \(String(cString: strerror(errno)))") }
-            return []   // an empty file: an empty password
-        }
-        var bytes = line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
-        while let last = bytes.last, last == 10 || last == 13 { bytes.removeLast() }
-        return bytes
-    }
+    if let file = settings.passwordFile { return try readPasswordFile(file, key: "mqtt.password_file") }
     if let env = getenv("GATEWAY_MQTT_PASSWORD") { return Array(String(cString: env).utf8) }
     return nil
+}
+
+/// The operations listener's basic-auth password (`[http] password_file`), nil when none.
+func httpPassword(for settings: HTTPSettings) throws(PasswordFileError) -> [UInt8]? {
+    try settings.passwordFile.map { file throws(PasswordFileError) in try readPasswordFile(file, key: "http.password_file") }
+}
+
+/// The first line of `file`, without its line end.
+private func readPasswordFile(_ file: String, key: String) throws(PasswordFileError) -> [UInt8] {
+    guard let f = fopen(file, "re") else {
+        throw PasswordFileError("\(key): cannot read '\(file)': \(String(cString: strerror(errno)))")
+    }
+    defer { fclose(f) }
+    var line = [CChar](repeating: 0, count: 4096)
+    guard fgets(&line, 4096, f) != nil else {
+        guard ferror(f) == 0 else { throw PasswordFileError("\(key): cannot read '\(file)': \(String(cString: strerror(errno)))") }
+        return []   // an empty file: an empty password
+    }
+    var bytes = line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
+    while let last = bytes.last, last == 10 || last == 13 { bytes.removeLast() }
+    return bytes
 }
 
 struct PasswordFileError: Error, CustomStringConvertible {

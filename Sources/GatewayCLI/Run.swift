@@ -3,6 +3,7 @@ import Gateway
 import GatewayConfig
 import Logging
 import NIOCore
+import Operations
 import ServiceLifecycle
 
 struct Run: AsyncParsableCommand {
@@ -46,19 +47,30 @@ struct Run: AsyncParsableCommand {
             emitError("\(config): \(error)")
             throw ExitCode(2)
         }
-        let password: [UInt8]?
+        let password: [UInt8]?, listenerPassword: [UInt8]?
         do {
             password = try mqttPassword(for: loaded.mqtt)
+            listenerPassword = try httpPassword(for: loaded.http)
         } catch {
             emitError("\(config): \(error)")
             throw ExitCode(2)
         }
         logger.info("gateway \(GatewayCommand.version)", metadata: ["config": "\(config)"])
-        let runtime = GatewayRuntime(configuration: loaded, password: password, logger: logger)
+        // Metrics and live status only when the operations listener is on.
+        let telemetry = loaded.http.address.map { _ in GatewayTelemetry(configuration: loaded, version: GatewayCommand.version) }
+        let runtime = GatewayRuntime(configuration: loaded, password: password, telemetry: telemetry, logger: logger)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: runtime),
             .init(service: HangupSignal(logger: logger), successTerminationBehavior: .ignore),
         ]
+        if let telemetry, let address = loaded.http.address {
+            services.append(.init(service: OperationsService(runtime: runtime, telemetry: telemetry, address: address, username: loaded.http.username,
+                                                             password: listenerPassword, logger: logger),
+                                  successTerminationBehavior: .ignore))
+        }
+        if let notifier = SystemdNotifier() {
+            services.append(.init(service: SystemdService(runtime: runtime, notifier: notifier, logger: logger), successTerminationBehavior: .ignore))
+        }
         if loaded.gateway.dropStartupPages {
             services.append(.init(service: StartupPagesService(logger: logger), successTerminationBehavior: .ignore))
         }

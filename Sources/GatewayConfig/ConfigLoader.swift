@@ -68,6 +68,9 @@ public enum ConfigLoader {
         let mqttReader = top.table("mqtt")
         let mqtt = mqttReader.map(readMQTT) ?? MQTTSettings()
         mqttReader?.finish()
+        let httpReader = top.table("http")
+        let http = httpReader.map(readHTTP) ?? HTTPSettings()
+        httpReader?.finish()
 
         var buses: [BusSettings] = []
         for (i, r) in top.tables("bus").enumerated() {
@@ -98,6 +101,7 @@ public enum ConfigLoader {
         guard let gateway else { return nil }
         var c = GatewayConfiguration(gateway: gateway, mqtt: mqtt, buses: buses, devices: devices)
         c.serialDevices = serialDevices
+        c.http = http
         return c
     }
 
@@ -169,6 +173,29 @@ public enum ConfigLoader {
             tls.finish()
         }
         return m
+    }
+
+    private static func readHTTP(_ r: Reader) -> HTTPSettings {
+        var h = HTTPSettings()
+        if let v = r.string("listen") {
+            h.listen = v
+            if v.isEmpty {
+                h.address = nil
+            } else {
+                switch ListenAddress.parse(v) {
+                case .success(let address): h.address = address
+                case .failure(let why): r.issue("listen", why.description)
+                }
+            }
+        }
+        h.username = r.string("username")
+        if let p = r.string("password_file") {
+            if access(p, R_OK) != 0 { r.issue("password_file", "cannot read '\(p)'") }
+            h.passwordFile = p
+        }
+        if r.has("password") { r.issue("password", "passwords do not belong in the file: use password_file") }
+        if (h.username == nil) != (h.passwordFile == nil) { r.issue(h.username == nil ? "password_file" : "username", "username and password_file go together") }
+        return h
     }
 
     private static func readBus(_ r: Reader, index: Int) -> BusSettings? {

@@ -11,6 +11,8 @@ public struct GatewayConfiguration: Sendable, Equatable {
     public var devices: [DeviceSettings]
     /// `[[device]]` with `driver = "serial"`.
     public var serialDevices: [SerialDeviceSettings] = []
+    /// `[http]`: the operations listener (metrics, health, status page).
+    public var http = HTTPSettings()
 
     /// `<base>`: `gateway.base_topic`, else `gateway/<id>`.
     public var baseTopic: String { gateway.baseTopic ?? "gateway/\(gateway.id)" }
@@ -25,7 +27,62 @@ public struct GatewayConfiguration: Sendable, Equatable {
                 out.append("mqtt.password_file: '\(file)' is readable by every user (chmod 600 or 640)")
             }
         }
+        if let address = http.address, !address.isLoopback, http.username == nil {
+            out.append("http.listen: '\(http.listen)' is reachable from the network and has no username/password_file: anyone there can read the status page and metrics")
+        }
+        if let file = http.passwordFile {
+            var st = stat()
+            if stat(file, &st) == 0, st.st_mode & 0o004 != 0 {
+                out.append("http.password_file: '\(file)' is readable by every user (chmod 600 or 640)")
+            }
+        }
         return out
+    }
+}
+
+/// `[http]`: one HTTP/1.1 listener for operators: `/metrics` (Prometheus), `/healthz`, the
+/// status page `/` and its JSON `/api/status`. Read-only.
+public struct HTTPSettings: Sendable, Equatable {
+    /// `listen` (default `127.0.0.1:9108`; `""` turns the listener off): `host:port`, an IPv6
+    /// host in brackets (`[::1]:9108`).
+    public var listen = "127.0.0.1:9108"
+    /// `listen` parsed; nil when the listener is off.
+    public var address: ListenAddress? = ListenAddress(host: "127.0.0.1", port: 9108)
+    /// `username` and `password_file` (together): HTTP basic authentication on every path.
+    public var username: String?
+    public var passwordFile: String?
+    public init() {}
+}
+
+/// `host:port` to listen on.
+public struct ListenAddress: Sendable, Equatable {
+    public var host: String
+    public var port: Int
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    /// 127.0.0.0/8, ::1 or localhost: reachable from this machine only.
+    public var isLoopback: Bool { host == "localhost" || host == "::1" || host.hasPrefix("127.") }
+
+    /// The address of `text` (`host:port`, `[v6]:port`), or why it is not one.
+    public static func parse(_ text: String) -> Result<ListenAddress, BrokerAddressError> {
+        var host: Substring, portText: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else {
+                return .failure(BrokerAddressError("'\(text)' must look like [v6-address]:port"))
+            }
+            host = text[text.index(after: text.startIndex)..<close]
+            portText = text[text.index(close, offsetBy: 2)...]
+        } else {
+            guard let colon = text.lastIndex(of: ":") else { return .failure(BrokerAddressError("'\(text)' must look like host:port (\"\" turns the listener off)")) }
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
+        }
+        guard !host.isEmpty else { return .failure(BrokerAddressError("'\(text)' has no host (127.0.0.1 for this machine only, 0.0.0.0 for every interface)")) }
+        guard let port = Int(portText), (1...65_535).contains(port) else { return .failure(BrokerAddressError("'\(text)': the port must be 1...65535")) }
+        return .success(ListenAddress(host: String(host), port: port))
     }
 }
 

@@ -62,6 +62,7 @@ public actor MQTTClient {
         var packet: PublishPacket
         var stage: Stage
         var continuation: CheckedContinuation<Void, any Error>?
+        var sentAt: ContinuousClock.Instant
     }
     private struct Pending {
         var packet: PublishPacket
@@ -83,6 +84,8 @@ public actor MQTTClient {
     /// SUBSCRIBEs sent to restore subscriptions; `.connected` is announced once they are all answered.
     private var restoreIDs: Set<UInt16> = []
     private var pendingConnectedEvent: MQTTEvent?
+    /// PUBLISH packets written since start, by QoS (0, 1, 2; a resend after a reconnect is not counted again).
+    public private(set) var publishedCount = [0, 0, 0]
     /// Messages dropped from the full queue since start.
     public private(set) var droppedCount = 0
     /// Incoming messages dropped: larger than the maximum packet size (3.1.1), or the reader of
@@ -602,6 +605,7 @@ public actor MQTTClient {
     private func complete(_ pid: UInt16, _ ack: AckPacket) {
         guard let o = outbound.removeValue(forKey: pid) else { return }
         if let i = outboundOrder.firstIndex(of: pid) { outboundOrder.remove(at: i) }
+        configuration.onAcknowledged?(.now - o.sentAt)
         if ack.reasonCode.isFailure {
             o.continuation?.resume(throwing: MQTTError.publishRefused(ack.reasonCode, reasonString: ack.properties.reasonString))
         } else {
@@ -669,14 +673,16 @@ public actor MQTTClient {
         if packet.qos > serverMaximumQoS { packet.qos = serverMaximumQoS }
         guard packet.qos != .atMostOnce, let pid = packetIdentifier else {
             packet.qos = .atMostOnce
+            publishedCount[0] += 1
             write(.publish(packet))
             pending.continuation?.resume()
             return
         }
         packet.packetIdentifier = pid
         outbound[pid] = Outbound(packet: packet, stage: packet.qos == .atLeastOnce ? .awaitingPubAck : .awaitingPubRec,
-                                 continuation: pending.continuation)
+                                 continuation: pending.continuation, sentAt: .now)
         outboundOrder.append(pid)
+        publishedCount[Int(packet.qos.rawValue)] += 1
         write(.publish(packet))
     }
 

@@ -67,6 +67,9 @@ public struct MQTTConfiguration: Sendable {
     /// Received messages waiting for the reader of ``MQTTClient/messages`` (default 10,000); past
     /// that, newer ones are dropped, counted and logged: a flood cannot grow memory without bound.
     public var incomingLimit: Int
+    /// Called with the time from a QoS 1/2 PUBLISH to its PUBACK/PUBCOMP (on the client's
+    /// executor: keep it short). Nil: nothing is measured.
+    public var onAcknowledged: (@Sendable (Duration) -> Void)? = nil
     /// Most unacknowledged QoS 1/2 publishes at once (further bounded by the broker's receive maximum).
     public var maximumInFlight: Int
     /// Largest packet we accept (default 1 MiB), announced to 5.0 brokers.

@@ -30,6 +30,18 @@ public enum ReadResult: Sendable, Equatable {
     public var count: Int { switch self { case .bits(let b): b.count; case .registers(let r): r.count } }
 }
 
+/// Counters of one bus since it was made (operations metrics).
+public struct BusStatistics: Sendable, Equatable {
+    /// Modbus transactions started on the line (a merged read is one).
+    public var requests = 0
+    /// Transactions that failed: no answer, a bad answer, an exception, a lost connection.
+    public var errors = 0
+    /// Requests that had not started by their deadline because the bus was busy.
+    public var busyRefusals = 0
+    /// Time spent running requests.
+    public var busyNanoseconds: Int64 = 0
+}
+
 /// One physical Modbus line or TCP connection.
 ///
 /// The bus owns one libmodbus context and one thread; every transaction runs on that thread,
@@ -50,6 +62,7 @@ public final class ModbusBus: Sendable {
     }
 
     private struct Queue {
+        var statistics = BusStatistics()
         var jobs: [Job] = []
         var nextID: UInt64 = 1
         var stopped = false
@@ -88,11 +101,19 @@ public final class ModbusBus: Sendable {
                 return .some(q.jobs.remove(at: best))
             }
             guard let job = next else { break }
-            if let deadline = job.deadline, ContinuousClock.now > deadline {
+            let started = ContinuousClock.now
+            if let deadline = job.deadline, started > deadline {
+                queue.withLock { $0.statistics.busyRefusals += 1 }
                 job.fail(ModbusError.busBusy)
                 continue
             }
             job.run(connection)
+            let took = ContinuousClock.now - started
+            queue.withLock { q in
+                q.statistics.requests = connection.transactions
+                q.statistics.errors = connection.failures
+                q.statistics.busyNanoseconds += took.nanoseconds
+            }
         }
         connection.close()
         let rest = queue.withLockSignalling { q in
@@ -102,6 +123,9 @@ public final class ModbusBus: Sendable {
         }
         for job in rest { job.fail(ModbusError.closed) }
     }
+
+    /// What the bus has done since it was made.
+    public var statistics: BusStatistics { queue.withLock { $0.statistics } }
 
     /// Requests waiting in the queue (not counting the one running).
     public var queuedCount: Int { queue.withLock { $0.jobs.count } }

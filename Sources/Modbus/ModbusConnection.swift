@@ -12,6 +12,9 @@ final class ModbusConnection {
     private var ctx: OpaquePointer?
     private var connected = false
     private var logger: Logger
+    /// Transactions started and failed (kept by the bus thread, copied to ``BusStatistics``).
+    private(set) var transactions = 0
+    private(set) var failures = 0
 
     init(configuration: BusConfiguration, logger: Logger) {
         self.configuration = configuration
@@ -35,8 +38,10 @@ final class ModbusConnection {
         guard modbus_set_slave(ctx, Int32(unit)) == 0 else {
             throw .invalidArgument("unit id \(unit) is not valid on \(configuration.transport)")
         }
+        transactions += 1
         let (rc, value) = body(ctx)
         if rc == -1 {
+            failures += 1
             let e = cmodbus_errno()  // read at once, before anything else can overwrite errno
             let error = ModbusError.fromErrno(e, function: function)
             recover(after: error)

@@ -1,0 +1,15 @@
+#if DEBUG
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Faults a test can switch on in a debug build (never compiled into a release build).
+enum DebugHooks {
+    /// `GATEWAY_DEBUG_STALL_POLLER_AFTER_S=N`: every bus poller hangs N seconds after start,
+    /// as a poll loop stuck in a driver would (the watchdog test).
+    static let pollerStall: Duration? = {
+        guard let text = getenv("GATEWAY_DEBUG_STALL_POLLER_AFTER_S").map({ String(cString: $0) }), let s = Double(text) else { return nil }
+        return .seconds(s)
+    }()
+}
+#endif

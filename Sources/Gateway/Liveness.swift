@@ -1,0 +1,55 @@
+import Synchronization
+
+/// Whether the gateway's loops still make progress: each bus poller, each serial line and the
+/// command dispatcher says, every time it goes round, by when it will come round again. A loop
+/// past that time is stalled. `/healthz` and the systemd watchdog ask ``stalled(now:)``.
+///
+/// A loop waiting for something that may never come (the dispatcher waiting for a command)
+/// is idle, not stalled. The bounds are generous (the longest legitimate wait plus
+/// ``grace``): this catches a loop that hangs, not one that is slow.
+public final class Liveness: Sendable {
+    public struct Loop: Sendable {
+        public let name: String
+        /// It must come round by then; nil while it waits for outside work.
+        var due: ContinuousClock.Instant?
+    }
+
+    /// Added to every bound.
+    public static let grace: Duration = .seconds(10)
+
+    private let loops = Mutex<[Loop]>([])
+
+    public init() {}
+
+    /// A new loop, idle until it first says when it is due. Returns its handle.
+    public func register(_ name: String) -> Int {
+        loops.withLock { l in
+            l.append(Loop(name: name, due: nil))
+            return l.count - 1
+        }
+    }
+
+    /// Loop `id` will come round within `within` (plus ``grace``).
+    public func expect(_ id: Int, within: Duration) {
+        let due = ContinuousClock.now + within + Self.grace
+        loops.withLock { $0[id].due = due }
+    }
+
+    /// Loop `id` waits for outside work (no bound).
+    public func idle(_ id: Int) {
+        loops.withLock { $0[id].due = nil }
+    }
+
+    /// The loops that are past their bound, with how long.
+    public func stalled(now: ContinuousClock.Instant = .now) -> [(name: String, late: Duration)] {
+        loops.withLock { l in
+            l.compactMap { loop in
+                guard let due = loop.due, now > due else { return nil }
+                return (loop.name, now - due)
+            }
+        }
+    }
+
+    /// Every loop's name (for the status page).
+    public var names: [String] { loops.withLock { $0.map(\.name) } }
+}

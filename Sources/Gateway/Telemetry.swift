@@ -1,0 +1,526 @@
+import GatewayConfig
+import Logging
+import Modbus
+import Prometheus
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What the operations listener shows: Prometheus metrics and the live status of every device,
+/// point and recent command. Made only when `[http] listen` is on; the runtime holds it as an
+/// optional, so a gateway without the listener pays nothing on its poll and command paths.
+///
+/// Every label comes from the configuration (device, point, bus names) or from a fixed set
+/// (results, outcomes, QoS), never from a payload or a topic a client chose, so the number of
+/// series is bounded by the configuration. Metric handles are made once, at start, and kept by
+/// the code that updates them (``DeviceMeter``): the poll path does no registry lookup.
+public final class GatewayTelemetry: Sendable {
+    public let registry = PrometheusCollectorRegistry()
+    public let gatewayID: String
+    public let version: String
+    let startedAt = ContinuousClock.now
+    let startedWall: Double
+    private let devices: [String: DeviceMeter]
+    /// Devices in configuration order (the status page's order).
+    let deviceOrder: [DeviceMeter]
+    private let buses: [String: BusMeter]
+    private let commands = Mutex(RecentCommands())
+
+    // MQTT (read from the client at scrape time, and from its events).
+    let mqttConnected: Gauge
+    let mqttConnects: Counter
+    private let mqttDisconnects: [String: Counter]
+    let mqttQueued: Gauge
+    let mqttInFlight: Gauge
+    let mqttDropped: ScrapedCounter
+    let mqttDroppedIncoming: ScrapedCounter
+    let mqttPublished: [ScrapedCounter]
+    let mqttAckRoundTrip: DurationHistogram
+    private let mqttBroker = Mutex<(connected: Bool, since: Double?, lastError: String?)>((false, nil, nil))
+
+    // Process (read at scrape time).
+    private let residentBytes: Gauge
+    private let cpuSeconds: ScrapedCounter
+    private let openFDs: Gauge
+    private let startTime: Gauge
+
+    // Commands.
+    private let answerSeconds: DurationHistogram
+    private let writeSeconds: DurationHistogram
+    let pulsesActive: Gauge
+    let journalWritable: Gauge
+
+    /// Names of the Modbus devices (`bus` set) and serial devices (`bus` nil), with their points
+    /// and units, in configuration order.
+    public struct DeviceDescription: Sendable {
+        public var name: String
+        public var bus: String?
+        public var points: [(name: String, unit: String?)]
+        public init(name: String, bus: String?, points: [(name: String, unit: String?)]) {
+            self.name = name
+            self.bus = bus
+            self.points = points
+        }
+    }
+
+    public init(gatewayID: String, version: String, devices: [DeviceDescription], buses: [String]) {
+        self.gatewayID = gatewayID
+        self.version = version
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        startedWall = Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+        let r = registry
+        r.gauge(name: "gateway_info", labels: [("version", version), ("id", gatewayID)],
+                    help: "The gateway's version and id (always 1)").set(1.0)
+        residentBytes = r.gauge(name: "process_resident_memory_bytes", help: "Resident memory size in bytes")
+        cpuSeconds = ScrapedCounter(r.counter(name: "process_cpu_seconds_total", help: "User and system CPU time spent in seconds"))
+        openFDs = r.gauge(name: "process_open_fds", help: "Open file descriptors")
+        startTime = r.gauge(name: "process_start_time_seconds", help: "Start time of the process since the Unix epoch, in seconds")
+        startTime.set(startedWall)
+
+        mqttConnected = r.gauge(name: "gateway_mqtt_connected", help: "1 while the MQTT session is up")
+        mqttConnects = r.counter(name: "gateway_mqtt_connects_total", help: "Successful MQTT connects")
+        var disconnects: [String: Counter] = [:]
+        for reason in Self.disconnectReasons {
+            disconnects[reason] = r.counter(name: "gateway_mqtt_disconnects_total", labels: [("reason", reason)], help: "MQTT connections lost, by reason class")
+        }
+        mqttDisconnects = disconnects
+        mqttQueued = r.gauge(name: "gateway_mqtt_queue_depth", help: "Messages waiting to be sent to the broker")
+        mqttInFlight = r.gauge(name: "gateway_mqtt_in_flight", help: "QoS 1/2 messages sent and not yet acknowledged")
+        mqttDropped = ScrapedCounter(r.counter(name: "gateway_mqtt_dropped_total", help: "Outgoing messages dropped from the full queue"))
+        mqttDroppedIncoming = ScrapedCounter(r.counter(name: "gateway_mqtt_dropped_incoming_total",
+                                                           help: "Incoming messages dropped (oversized, or the reader too far behind)"))
+        mqttPublished = ["0", "1", "2"].map {
+            ScrapedCounter(r.counter(name: "gateway_mqtt_published_total", labels: [("qos", $0)], help: "PUBLISH packets sent to the broker, by QoS"))
+        }
+        mqttAckRoundTrip = r.durations(name: "gateway_mqtt_ack_seconds", buckets: Self.fastBuckets,
+                                                   help: "PUBLISH to PUBACK (QoS 1) or PUBCOMP (QoS 2)")
+
+        answerSeconds = r.durations(name: "gateway_command_answer_seconds", buckets: Self.fastBuckets,
+                                                help: "A command's arrival to its answer")
+        writeSeconds = r.durations(name: "gateway_command_write_seconds", buckets: Self.fastBuckets,
+                                               help: "A command's arrival to the end of its write on the device")
+        pulsesActive = r.gauge(name: "gateway_pulses_active", help: "Pulses switched on and not yet off")
+        journalWritable = r.gauge(name: "gateway_pulse_journal_writable", help: "1 when the pulse journal in state_dir can be written")
+
+        var busMeters: [String: BusMeter] = [:]
+        for b in buses { busMeters[b] = BusMeter(bus: b, registry: r) }
+        self.buses = busMeters
+        var meters: [String: DeviceMeter] = [:]
+        var order: [DeviceMeter] = []
+        for d in devices {
+            let m = DeviceMeter(d, registry: r)
+            meters[d.name] = m
+            order.append(m)
+        }
+        self.devices = meters
+        self.deviceOrder = order
+    }
+
+    /// Every device, point and bus of `configuration`.
+    public convenience init(configuration c: GatewayConfiguration, version: String) {
+        let modbus = c.devices.map { d in DeviceDescription(name: d.name, bus: d.bus, points: d.points.map { ($0.name, $0.unit) }) }
+        let serial = c.serialDevices.map { d in DeviceDescription(name: d.name, bus: nil, points: d.points.map { ($0.name, nil) }) }
+        self.init(gatewayID: c.gateway.id, version: version, devices: modbus + serial, buses: c.buses.map(\.name))
+    }
+
+    /// The meter of a configured device (nil for any other name).
+    func device(_ name: String) -> DeviceMeter? { devices[name] }
+    func bus(_ name: String) -> BusMeter? { buses[name] }
+
+    // MARK: MQTT
+
+    static let disconnectReasons = ["closed_by_broker", "keepalive", "protocol_error", "network", "taken_over", "other"]
+
+    func mqttConnected(_ up: Bool, reason: String? = nil) {
+        mqttConnected.set(up ? 1.0 : 0.0)
+        if up { mqttConnects.increment() } else if let reason { mqttDisconnects[Self.reasonClass(reason)]?.increment() }
+        mqttBroker.withLock { b in
+            b.connected = up
+            b.since = Self.wallClock()
+            if let reason { b.lastError = reason }
+        }
+    }
+
+    var mqttState: (connected: Bool, since: Double?, lastError: String?) { mqttBroker.withLock { $0 } }
+
+    /// A fixed set of classes for the free-text reasons the client reports.
+    static func reasonClass(_ reason: String) -> String {
+        let r = reason.lowercased()
+        if r.contains("taken over") || r.contains("another client") || r.contains("session taken") { return "taken_over" }
+        if r.contains("keepalive") || r.contains("keep alive") { return "keepalive" }
+        if r.contains("malformed") || r.contains("protocol") { return "protocol_error" }
+        if r.contains("closed by the broker") || r.contains("disconnect") { return "closed_by_broker" }
+        if r.contains("reset") || r.contains("refused") || r.contains("unreachable") || r.contains("timed out") || r.contains("network") || r.contains("errno") { return "network" }
+        return "other"
+    }
+
+    // MARK: commands
+
+    /// One answered command, for the metrics and the status page's list of the last 50.
+    func commandAnswered(device: String, point: String, value: String, answer: CommandAnswer,
+                         receivedAt: ContinuousClock.Instant, wroteAt: ContinuousClock.Instant?) {
+        let now = ContinuousClock.now
+        let outcome: String
+        switch answer {
+        case .ok: outcome = "ok"
+        case .readBackFailed: outcome = "ok_readback_failed"
+        case .refused(let why): outcome = why.hasPrefix("outcome unknown") ? "outcome_unknown" : why.hasPrefix("busy") ? "busy" : "refused"
+        }
+        if let meter = devices[device] {
+            meter.command(point: point, outcome: outcome)
+        }
+        answerSeconds.recordNanoseconds((now - receivedAt).nanoseconds)
+        if let wroteAt { writeSeconds.recordNanoseconds((wroteAt - receivedAt).nanoseconds) }
+        let entry = RecentCommands.Entry(at: Self.wallClock(), device: device, point: point, value: String(value.prefix(64)),
+                                         answer: answer.json(), latencyMs: Double((now - receivedAt).nanoseconds) / 1e6)
+        commands.withLock { $0.append(entry) }
+    }
+
+    var recentCommands: [RecentCommands.Entry] { commands.withLock { $0.newestFirst } }
+
+    // MARK: scrape
+
+    /// Reads what is cheaper to read than to keep up to date (the process, the client, the
+    /// buses), then renders the registry in the Prometheus text format.
+    public func render(mqtt: MQTTSnapshot) -> [UInt8] {
+        refreshProcess()
+        mqttQueued.set(Double(mqtt.queued))
+        mqttInFlight.set(Double(mqtt.inFlight))
+        mqttDropped.update(Double(mqtt.dropped))
+        mqttDroppedIncoming.update(Double(mqtt.droppedIncoming))
+        for (qos, count) in zip(mqttPublished, mqtt.published) { qos.update(Double(count)) }
+        pulsesActive.set(Double(mqtt.pulsesActive))
+        for meter in buses.values { meter.refresh() }
+        var out: [UInt8] = []
+        out.reserveCapacity(16_384)
+        registry.emit(into: &out)
+        return out
+    }
+
+    private func refreshProcess() {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        cpuSeconds.update(Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6
+                       + Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) / 1e6)
+        if let text = Self.readSmallFile("/proc/self/statm") {
+            let fields = text.split(separator: " ")
+            if fields.count > 1, let pages = Double(fields[1]) { residentBytes.set(pages * Double(sysconf(Int32(_SC_PAGESIZE)))) }
+        }
+        if let dir = opendir("/proc/self/fd") {
+            var n = 0
+            while readdir(dir) != nil { n += 1 }
+            closedir(dir)
+            openFDs.set(Double(max(0, n - 3)))   // ".", ".." and the directory's own fd
+        }
+    }
+
+    static func readSmallFile(_ path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var buf = [UInt8](repeating: 0, count: 512)
+        let n = read(fd, &buf, buf.count)
+        guard n > 0 else { return nil }
+        return String(decoding: buf[..<n], as: UTF8.self)
+    }
+
+    static func wallClock() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+
+    /// 1 ms to 10 s: commands and acks on a LAN take a few ms, a dead unit's timeout a second.
+    static let fastBuckets: [Duration] = [.milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25),
+                                          .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500),
+                                          .seconds(1), .seconds(2.5), .seconds(5), .seconds(10)]
+}
+
+/// What the MQTT client (and the pulse journal) report at scrape time.
+public struct MQTTSnapshot: Sendable {
+    public var connected: Bool
+    /// PUBLISH packets sent, by QoS 0, 1, 2.
+    public var published: [Int]
+    /// Pulses on and not yet off (not MQTT, but read at the same time).
+    public var pulsesActive: Int
+    public var queued: Int
+    public var inFlight: Int
+    public var dropped: Int
+    public var droppedIncoming: Int
+}
+
+/// The last 50 commands, newest last.
+struct RecentCommands: Sendable {
+    struct Entry: Sendable {
+        var at: Double
+        var device: String
+        var point: String
+        var value: String
+        var answer: String
+        var latencyMs: Double
+    }
+    static let capacity = 50
+    private var ring: [Entry] = []
+    private var next = 0
+
+    mutating func append(_ e: Entry) {
+        if ring.count < Self.capacity { ring.append(e) } else { ring[next] = e }
+        next = (next + 1) % Self.capacity
+    }
+
+    var newestFirst: [Entry] {
+        guard ring.count == Self.capacity else { return ring.reversed() }
+        return (ring[next...] + ring[..<next]).reversed()
+    }
+}
+
+/// One device's metrics and live status, kept by its poller (or serial runner) and commander.
+final class DeviceMeter: Sendable {
+    let name: String
+    let bus: String?
+    let pointNames: [String]
+    let units: [String?]
+    let online: Gauge
+    private let polls: [String: Counter]
+    let lastSuccess: Gauge
+    let pollDuration: DurationHistogram
+    let pollPeriod: Gauge
+    private let commandCounters: Mutex<[String: Counter]>
+    private let registry: PrometheusCollectorRegistry
+    let frames: [String: Counter]
+    let reopens: Counter?
+
+    struct Status: Sendable {
+        var state = DeviceHealth.State.unknown
+        var lastPollWall: Double?
+        var lastSuccessWall: Double?
+        var lastError: String?
+        var values: [String?]
+        var valueWall: [Double?]
+    }
+    private let status: Mutex<Status>
+
+    static let pollResults = ["ok", "timeout", "exception", "crc", "busy", "error"]
+    static let frameResults = ["matched", "unmatched", "oversized"]
+
+    init(_ d: GatewayTelemetry.DeviceDescription, registry r: PrometheusCollectorRegistry) {
+        name = d.name
+        bus = d.bus
+        pointNames = d.points.map(\.name)
+        units = d.points.map(\.unit)
+        registry = r
+        let l = [("device", d.name)]
+        online = r.gauge(name: "gateway_device_online", labels: l, help: "1 while the device answers (0: offline or not yet seen)")
+        var polls: [String: Counter] = [:]
+        if d.bus != nil {
+            for result in Self.pollResults {
+                polls[result] = r.counter(name: "gateway_device_polls_total", labels: l + [("result", result)], help: "Polls by result")
+            }
+        }
+        self.polls = polls
+        lastSuccess = r.gauge(name: "gateway_device_last_success_timestamp_seconds", labels: l,
+                                  help: "When the device last answered (Unix time; 0 = never)")
+        pollDuration = r.durations(name: "gateway_device_poll_duration_seconds", labels: l, buckets: GatewayTelemetry.fastBuckets,
+                                               help: "How long one poll of the device took")
+        pollPeriod = r.gauge(name: "gateway_device_poll_period_seconds", labels: l, help: "Time between the starts of its last two polls")
+        if d.bus == nil {
+            var frames: [String: Counter] = [:]
+            for result in Self.frameResults {
+                frames[result] = r.counter(name: "gateway_serial_frames_total", labels: l + [("result", result)], help: "Serial frames by result")
+            }
+            self.frames = frames
+            reopens = r.counter(name: "gateway_serial_reopens_total", labels: l, help: "Times the serial port was opened again after it failed")
+        } else {
+            frames = [:]
+            reopens = nil
+        }
+        commandCounters = Mutex([:])
+        status = Mutex(Status(values: Array(repeating: nil, count: d.points.count), valueWall: Array(repeating: nil, count: d.points.count)))
+    }
+
+    var snapshot: Status { status.withLock { $0 } }
+
+    func state(_ state: DeviceHealth.State) {
+        online.set(state == .online ? 1.0 : 0.0)
+        status.withLock { $0.state = state }
+    }
+
+    /// One Modbus poll: its result class, duration and (on an answer) the time of success.
+    func poll(result: String, error: String?, started: ContinuousClock.Instant, duration: Duration, previousStart: ContinuousClock.Instant?) {
+        polls[result]?.increment()
+        pollDuration.recordNanoseconds(duration.nanoseconds)
+        if let previousStart { pollPeriod.set(Double((started - previousStart).nanoseconds) / 1e9) }
+        let now = GatewayTelemetry.wallClock()
+        if result == "ok" || result == "exception" { lastSuccess.set(now) }
+        status.withLock { s in
+            s.lastPollWall = now
+            if result == "ok" || result == "exception" { s.lastSuccessWall = now }
+            if result != "busy" { s.lastError = error }
+        }
+    }
+
+    /// A serial frame that fed a point (or not).
+    func frame(_ result: String) { frames[result]?.increment() }
+
+    func answered() {
+        let now = GatewayTelemetry.wallClock()
+        lastSuccess.set(now)
+        status.withLock { s in
+            s.lastPollWall = now
+            s.lastSuccessWall = now
+            s.lastError = nil
+        }
+    }
+
+    func failed(_ why: String) {
+        status.withLock { s in
+            s.lastPollWall = GatewayTelemetry.wallClock()
+            s.lastError = why
+        }
+    }
+
+    /// A value as published.
+    func value(point: Int, _ value: PointValue) {
+        let now = GatewayTelemetry.wallClock()
+        status.withLock { s in
+            guard point < s.values.count else { return }
+            s.values[point] = value.json
+            s.valueWall[point] = now
+        }
+    }
+
+    /// Commands by point and outcome; both come from the configuration or a fixed set, but the
+    /// point of a refused command may be any name a client sent: such commands count as `point="?"`.
+    func command(point: String, outcome: String) {
+        let p = pointNames.contains(point) ? point : "?"
+        let key = p + "\u{0}" + outcome
+        let counter = commandCounters.withLock { c -> Counter in
+            if let existing = c[key] { return existing }
+            let made = registry.counter(name: "gateway_commands_total", labels: [("device", name), ("point", p), ("outcome", outcome)],
+                                            help: "Commands answered, by point and outcome")
+            c[key] = made
+            return made
+        }
+        counter.increment()
+    }
+
+    /// Classifies one poll for `gateway_device_polls_total`.
+    static func pollResult(_ outcome: GatewayRuntime.PollOutcome, _ results: [Int: ModbusBus.ItemResult]) -> (String, String?) {
+        var firstError: ModbusError?
+        for r in results.values { if case .failure(let e) = r, e != .busBusy { firstError = e; break } }
+        switch outcome {
+        case .notStarted: return ("busy", nil)
+        case .answered:
+            if case .exception? = firstError { return ("exception", "\(firstError!)") }
+            return ("ok", firstError.map { "\($0)" })
+        case .failed:
+            switch firstError {
+            case .timeout?: return ("timeout", "\(firstError!)")
+            case .badCRC?: return ("crc", "\(firstError!)")
+            case .exception?: return ("exception", "\(firstError!)")
+            default: return ("error", firstError.map { "\($0)" } ?? "no answer")
+            }
+        }
+    }
+}
+
+/// One bus's request counters, read from the bus at scrape time.
+final class BusMeter: Sendable {
+    let bus: String
+    private let requests: ScrapedCounter
+    private let errors: ScrapedCounter
+    private let refusals: ScrapedCounter
+    private let busySeconds: ScrapedCounter
+    private let source = Mutex<ModbusBus?>(nil)
+
+    init(bus: String, registry r: PrometheusCollectorRegistry) {
+        self.bus = bus
+        let l = [("bus", bus)]
+        requests = ScrapedCounter(r.counter(name: "gateway_bus_requests_total", labels: l, help: "Requests run on the bus"))
+        errors = ScrapedCounter(r.counter(name: "gateway_bus_errors_total", labels: l, help: "Requests that failed (no answer, bad answer, exception)"))
+        refusals = ScrapedCounter(r.counter(name: "gateway_bus_busy_total", labels: l,
+                                                help: "Requests not started by their deadline because the bus was busy"))
+        busySeconds = ScrapedCounter(r.counter(name: "gateway_bus_busy_seconds_total", labels: l,
+                                                   help: "Time the bus spent in requests (its utilisation is the rate of this)"))
+    }
+
+    func attach(_ bus: ModbusBus) { source.withLock { $0 = bus } }
+
+    func refresh() {
+        guard let s = source.withLock({ $0 })?.statistics else { return }
+        requests.update(Double(s.requests))
+        errors.update(Double(s.errors))
+        refusals.update(Double(s.busyRefusals))
+        busySeconds.update(Double(s.busyNanoseconds) / 1e9)
+    }
+}
+
+/// A counter whose source keeps its own running total (the kernel, the MQTT client, a bus):
+/// at scrape time it is moved forward by what the total grew since the last scrape.
+final class ScrapedCounter: Sendable {
+    private let counter: Counter
+    private let last = Mutex(0.0)
+    init(_ counter: Counter) { self.counter = counter }
+
+    func update(_ total: Double) {
+        let delta = last.withLock { l -> Double in
+            defer { l = max(l, total) }
+            return total - l
+        }
+        if delta > 0 { counter.increment(by: delta) }
+    }
+}
+
+extension PrometheusCollectorRegistry {
+    // The registry's name-based makers are deprecated in favour of descriptors; these take a
+    // metric's full name as its descriptor's name.
+    func counter(name: String, labels: [(String, String)] = [], help: String) -> Counter {
+        makeCounter(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: labels)
+    }
+
+    func gauge(name: String, labels: [(String, String)] = [], help: String) -> Gauge {
+        makeGauge(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: labels)
+    }
+
+    func durations(name: String, labels: [(String, String)] = [], buckets: [Duration], help: String) -> DurationHistogram {
+        makeDurationHistogram(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: labels, buckets: buckets)
+    }
+}
+
+extension GatewayTelemetry {
+    /// `/api/status`: the gateway, its MQTT session, its health, every device with its points'
+    /// last published values, and the last 50 commands (newest first). Ages in seconds, times in
+    /// Unix seconds. Documented in README "Operations".
+    public func statusJSON(mqtt: MQTTSnapshot, problems: [String]) -> [UInt8] {
+        let now = Self.wallClock()
+        func num(_ d: Double?) -> String { d.map { formatNumber(($0 * 1000).rounded() / 1000) } ?? "null" }
+        func ageOf(_ t: Double?) -> String { num(t.map { max(0, now - $0) }) }
+        func str(_ s: String?) -> String { s.map(jsonString) ?? "null" }
+        let broker = mqttState
+        var out = "{\"gateway\":{\"id\":\(jsonString(gatewayID)),\"version\":\(jsonString(version)),\"started_at\":\(num(startedWall)),\"uptime_s\":\(num(now - startedWall))}"
+        out += ",\"mqtt\":{\"connected\":\(mqtt.connected),\"since\":\(num(broker.since)),\"last_error\":\(str(broker.lastError)),\"queued\":\(mqtt.queued),\"in_flight\":\(mqtt.inFlight),\"dropped\":\(mqtt.dropped)}"
+        out += ",\"health\":{\"ok\":\(problems.isEmpty),\"reasons\":[\(problems.map(jsonString).joined(separator: ","))]}"
+        out += ",\"devices\":["
+        for (i, d) in deviceOrder.enumerated() {
+            let s = d.snapshot
+            if i > 0 { out += "," }
+            out += "{\"name\":\(jsonString(d.name)),\"bus\":\(str(d.bus)),\"state\":\"\(s.state.rawValue)\",\"last_poll_age_s\":\(ageOf(s.lastPollWall))"
+            out += ",\"last_success_age_s\":\(ageOf(s.lastSuccessWall)),\"last_error\":\(str(s.lastError)),\"points\":["
+            for (j, name) in d.pointNames.enumerated() {
+                if j > 0 { out += "," }
+                out += "{\"name\":\(jsonString(name)),\"value\":\(s.values[j] ?? "null"),\"unit\":\(str(d.units[j])),\"age_s\":\(ageOf(s.valueWall[j]))}"
+            }
+            out += "]}"
+        }
+        out += "],\"commands\":["
+        for (i, c) in recentCommands.enumerated() {
+            if i > 0 { out += "," }
+            out += "{\"at\":\(num(c.at)),\"device\":\(jsonString(c.device)),\"point\":\(jsonString(c.point)),\"value\":\(jsonString(c.value)),\"answer\":\(c.answer),\"latency_ms\":\(num(c.latencyMs))}"
+        }
+        out += "]}"
+        return Array(out.utf8)
+    }
+}
