@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(libmodbus-dev pkg-config libstdc++-12-dev mosquitto mosquitto-clients socat openssl python3-venv)
+PKGS=(libmodbus-dev pkg-config libstdc++-12-dev mosquitto mosquitto-clients socat openssl python3-venv curl prometheus chromium chromium-driver)
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
@@ -29,6 +29,6 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo "==> python venv in $VENV"
     "$PY" -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c 'import pymodbus, paho.mqtt, serial' 2>/dev/null; then
+if ! "$VENV/bin/python" -c 'import pymodbus, paho.mqtt, serial, selenium' 2>/dev/null; then
     "$VENV/bin/pip" install -q --disable-pip-version-check -r scripts/requirements-test.txt
 fi

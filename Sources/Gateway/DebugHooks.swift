@@ -11,5 +11,12 @@ enum DebugHooks {
         guard let text = getenv("GATEWAY_DEBUG_STALL_POLLER_AFTER_S").map({ String(cString: $0) }), let s = Double(text) else { return nil }
         return .seconds(s)
     }()
+
+    /// `GATEWAY_DEBUG_LIVENESS_GRACE_MS=N`: ``Liveness/grace`` shortened, so that the test of a
+    /// hung loop does not wait 10 s.
+    static let livenessGrace: Duration? = {
+        guard let text = getenv("GATEWAY_DEBUG_LIVENESS_GRACE_MS").map({ String(cString: $0) }), let ms = Int(text) else { return nil }
+        return .milliseconds(ms)
+    }()
 }
 #endif

@@ -14,8 +14,14 @@ public final class Liveness: Sendable {
         var due: ContinuousClock.Instant?
     }
 
-    /// Added to every bound.
-    public static let grace: Duration = .seconds(10)
+    /// Added to every bound: 10 s.
+    public static var grace: Duration {
+        #if DEBUG
+        DebugHooks.livenessGrace ?? .seconds(10)
+        #else
+        .seconds(10)
+        #endif
+    }
 
     private let loops = Mutex<[Loop]>([])
 

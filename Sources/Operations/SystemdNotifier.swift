@@ -38,7 +38,7 @@ public struct SystemdNotifier: Sendable {
             for (i, b) in address.enumerated() { path[i] = b }
         }
         let length = socklen_t(MemoryLayout<sa_family_t>.size + address.count)
-        let bytes = Array(state.utf8)
+        let bytes = Array((state.hasSuffix("\n") ? state : state + "\n").utf8)   // newline-separated assignments
         let sent = withUnsafePointer(to: &addr) { p in
             p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
                 sendto(fd, bytes, bytes.count, Int32(MSG_NOSIGNAL), sa, length)

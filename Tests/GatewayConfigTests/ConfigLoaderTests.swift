@@ -82,6 +82,28 @@ struct ConfigLoaderTests {
         #expect(c.buses[0].kind == .tcp(host: "::1", port: 502) && c.buses[0].timeoutMs == 1000)
         #expect(c.devices[0].unit == 1 && c.devices[0].pollMs == 1000 && c.devices[0].offlineAfter == 3)
         #expect(c.devices[0].points[0].type == .uint16 && !c.devices[0].points[0].writable)
+        #expect(c.http.listen == "127.0.0.1:9108" && c.http.address == ListenAddress(host: "127.0.0.1", port: 9108) && c.http.username == nil)
+    }
+
+    static let minimal = "[gateway]\nid = \"x\"\n[[bus]]\nname = \"b\"\ntype = \"tcp\"\nhost = \"h\"\n[[device]]\nname = \"d\"\nbus = \"b\"\n[[device.point]]\nname = \"p\"\nregister = \"coil\"\naddress = 0\n"
+
+    @Test("[http]: off with \"\", IPv6 in brackets, a LAN address without auth warned about; bad addresses and half credentials refused")
+    func http() throws {
+        #expect(try ConfigLoader.parse(Self.minimal + "[http]\nlisten = \"\"\n").http.address == nil)
+        #expect(try ConfigLoader.parse(Self.minimal + "[http]\nlisten = \"[::1]:9200\"\n").http.address == ListenAddress(host: "::1", port: 9200))
+        let lan = try ConfigLoader.parse(Self.minimal + "[http]\nlisten = \"0.0.0.0:9108\"\n")
+        #expect(lan.warnings.contains { $0.hasPrefix("http.listen: '0.0.0.0:9108' is reachable from the network and has no username") }, "\(lan.warnings)")
+        #expect(try ConfigLoader.parse(Self.minimal).warnings.isEmpty, "loopback needs no auth")
+        for (bad, message) in [("listen = \"9108\"", "http.listen"), ("listen = \"h:0\"", "the port must be 1...65535"),
+                               ("listen = \":9108\"", "has no host"), ("username = \"ops\"", "username and password_file go together"),
+                               ("password = \"x\"", "http.password"), ("port = 1", "http.port: unknown key")] {
+            do {
+                _ = try ConfigLoader.parse(Self.minimal + "[http]\n\(bad)\n")
+                Issue.record("\(bad) was taken")
+            } catch {
+                #expect("\(error)".contains(message), "\(bad): \(error)")
+            }
+        }
     }
 
     @Test("a missing file is a clear error")

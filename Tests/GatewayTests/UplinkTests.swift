@@ -34,7 +34,8 @@ final class Rig: Sendable {
     /// `body`, when given, replaces the rig's own `[[bus]]` and `[[device]]` tables (`points`
     /// is then unused): a site with other buses, such as an RTU line.
     static func start(points: String, simArgs: [String], pollMs: Int = 50, offlineAfter: Int = 2, extraGateway: String = "",
-                      devicePort: Int? = nil, body: String? = nil, extraMQTT: String = "") async throws -> Rig {
+                      devicePort: Int? = nil, body: String? = nil, extraMQTT: String = "", httpListen: String = "", extraHTTP: String = "",
+                      environment: [String: String] = [:]) async throws -> Rig {
         let broker = try await Mosquitto.start()
         let sim = try await GatewaySimulator.start(simArgs, port: try TestEnvironment.freePort())
         // The gateway polls the simulator, or another device (pymodbus) at `devicePort`.
@@ -49,6 +50,9 @@ final class Rig: Sendable {
             url = "mqtt://127.0.0.1:\(broker.port)"
             keepalive = 5
             \(extraMQTT)
+            [http]
+            listen = "\(httpListen)"
+            \(extraHTTP)
             \(body ?? """
             [[bus]]
             name = "plc"
@@ -72,7 +76,8 @@ final class Rig: Sendable {
         let observer = MQTTClient(configuration: oc)
         try await observer.connect()
         try await observer.subscribe([Subscription("gateway/#", qos: .atLeastOnce)])
-        let gateway = try ChildProcess(try TestEnvironment.gatewayBinary(), ["run", "--config", path])
+        let env = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let gateway = try ChildProcess(try TestEnvironment.gatewayBinary(), ["run", "--config", path], environment: env)
         let rig = Rig(broker: broker, sim: sim, simPort: simPort, gateway: gateway, observer: observer, configPath: path)
         rig.collect()
         return rig

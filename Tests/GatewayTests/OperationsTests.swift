@@ -1,0 +1,234 @@
+import Foundation
+import Synchronization
+import Testing
+import TestSupport
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The operations listener against real peers: curl, promtool, a real Prometheus, a real
+/// headless Chromium (selenium), and socat standing in for systemd's notify socket.
+@Suite("Operations: metrics, health, systemd, status page (curl, promtool, Prometheus, Chromium)", .timeLimit(.minutes(3)))
+struct OperationsTests {
+    static let points = """
+        [[device.point]]
+        name = "unlock"
+        register = "coil"
+        address = 0
+        writable = true
+        [[device.point]]
+        name = "temp"
+        register = "holding"
+        address = 0
+        unit = "°C"
+        """
+
+    /// GET with curl: (HTTP status, body). `user` as `name:password`.
+    static func get(_ url: String, user: String? = nil) async throws -> (status: Int, body: String) {
+        let dir = try TestEnvironment.makeTemporaryDirectory("gw-http")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let out = dir + "/body"
+        let args = ["-s", "--max-time", "10", "-o", out, "-w", "%{http_code}"] + (user.map { ["-u", $0] } ?? []) + [url]
+        let r = try await TestEnvironment.run("curl", args, timeout: .seconds(15))
+        let body = (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
+        return (Int(r.output.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1, body)
+    }
+
+    /// Polls `url` (bounded: at most `timeout`, every 200 ms) until `condition` holds for its answer.
+    static func waitFor(_ url: String, user: String? = nil, timeout: Duration = .seconds(20), _ what: String,
+                        _ condition: (Int, String) -> Bool) async throws -> String {
+        let deadline = ContinuousClock.now + timeout
+        var last = (0, "")
+        while ContinuousClock.now < deadline {
+            last = try await get(url, user: user)
+            if condition(last.0, last.1) { return last.1 }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        throw FixtureError("timed out waiting for \(what) at \(url); last answer \(last.0): \(last.1.prefix(2000))")
+    }
+
+    /// The value of one series in a Prometheus exposition (`name{labels}` as printed).
+    static func sample(_ exposition: String, _ series: String) -> Double? {
+        for line in exposition.split(separator: "\n") where line.hasPrefix(series + " ") {
+            return Double(line.dropFirst(series.count + 1))
+        }
+        return nil
+    }
+
+    @Test("/metrics: promtool accepts it; device, bus, command and MQTT series move with what happens")
+    func metrics() async throws {
+        let port = try TestEnvironment.freePort()
+        let rig = try await Rig.start(points: Self.points, simArgs: ["--set", "holding:0=215"], httpListen: "127.0.0.1:\(port)")
+        try await rig.waitFor("gateway/e2e/dev/status", "online")
+        try await rig.observer.publish(to: "gateway/e2e/dev/unlock/set", payload: Array("true".utf8), qos: .atLeastOnce)
+        try await rig.observer.publish(to: "gateway/e2e/dev/nothing/set", payload: Array("1".utf8), qos: .atLeastOnce)
+        try await rig.observer.publish(to: "gateway/e2e/dev/unlock/set", payload: Array("maybe".utf8), qos: .atLeastOnce)
+        try await rig.waitUntil("three answers") { rig.payloads("gateway/e2e/dev/unlock/set/result").count == 2 }
+        let text = try await Self.waitFor("http://127.0.0.1:\(port)/metrics", "three commands counted") { status, body in
+            status == 200 && body.contains("gateway_commands_total{device=\"dev\",point=\"unlock\",outcome=\"refused\"} 1")
+        }
+        // promtool, Prometheus's own checker, reads the exposition from stdin.
+        let dir = try TestEnvironment.makeTemporaryDirectory("gw-metrics")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try text.write(toFile: dir + "/metrics.txt", atomically: true, encoding: .utf8)
+        _ = try TestEnvironment.require("promtool")
+        let check = try await TestEnvironment.run("sh", ["-c", "promtool check metrics < \(dir)/metrics.txt"])
+        #expect(check.status == 0, "promtool: \(check.output)")
+
+        #expect(Self.sample(text, "gateway_device_online{device=\"dev\"}") == 1)
+        #expect(Self.sample(text, "gateway_commands_total{device=\"dev\",point=\"unlock\",outcome=\"ok\"}") == 1)
+        #expect(Self.sample(text, "gateway_commands_total{device=\"dev\",point=\"?\",outcome=\"refused\"}") == 1,
+                "an unknown point is counted as '?', never as a label a client chose")
+        #expect(!text.contains("nothing"))
+        #expect((Self.sample(text, "gateway_device_polls_total{device=\"dev\",result=\"ok\"}") ?? 0) >= 1)
+        #expect((Self.sample(text, "gateway_bus_requests_total{bus=\"plc\"}") ?? 0) >= 2)
+        #expect(Self.sample(text, "gateway_mqtt_connected") == 1)
+        #expect((Self.sample(text, "gateway_mqtt_published_total{qos=\"1\"}") ?? 0) >= 3)
+        #expect((Self.sample(text, "gateway_command_answer_seconds_count") ?? 0) == 3)
+        #expect((Self.sample(text, "process_resident_memory_bytes") ?? 0) > 1_000_000)
+        #expect(text.contains("gateway_info{version=\""))
+
+        // The device stops answering: its online gauge drops and its timeouts are counted.
+        _ = await rig.sim.stop()
+        try await rig.waitFor("gateway/e2e/dev/status", "offline")
+        let after = try await Self.waitFor("http://127.0.0.1:\(port)/metrics", "the device offline") { _, body in
+            Self.sample(body, "gateway_device_online{device=\"dev\"}") == 0
+        }
+        let failed = ["timeout", "error"].compactMap { Self.sample(after, "gateway_device_polls_total{device=\"dev\",result=\"\($0)\"}") }.reduce(0, +)
+        #expect(failed >= 2, "\(after)")
+        await rig.shutdown()
+    }
+
+    @Test("a real Prometheus scrapes the gateway: up, and the device online")
+    func prometheusScrapes() async throws {
+        let port = try TestEnvironment.freePort()
+        let rig = try await Rig.start(points: Self.points, simArgs: [], httpListen: "127.0.0.1:\(port)")
+        try await rig.waitFor("gateway/e2e/dev/status", "online")
+        let promPort = try TestEnvironment.freePort()
+        let dir = try TestEnvironment.makeTemporaryDirectory("gw-prom")
+        let config = """
+            global:
+              scrape_interval: 1s
+              scrape_timeout: 1s
+            scrape_configs:
+              - job_name: gateway
+                static_configs:
+                  - targets: ["127.0.0.1:\(port)"]
+            """
+        try config.write(toFile: dir + "/prometheus.yml", atomically: true, encoding: .utf8)
+        let prometheus = try ChildProcess(try TestEnvironment.require("prometheus"), [
+            "--config.file=\(dir)/prometheus.yml", "--storage.tsdb.path=\(dir)/data",
+            "--web.listen-address=127.0.0.1:\(promPort)", "--log.level=warn",
+        ])
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let query = "http://127.0.0.1:\(promPort)/api/v1/query?query="
+        _ = try await Self.waitFor(query + "up%7Bjob%3D%22gateway%22%7D", timeout: .seconds(60), "Prometheus: up == 1") { status, body in
+            status == 200 && body.contains("\"value\":[") && body.contains(",\"1\"]")
+        }
+        let online = try await Self.waitFor(query + "gateway_device_online", timeout: .seconds(30), "Prometheus: gateway_device_online") { status, body in
+            status == 200 && body.contains("\"device\":\"dev\"")
+        }
+        #expect(online.contains(",\"1\"]"), "\(online)")
+        await prometheus.stop()
+        await rig.shutdown()
+    }
+
+    @Test("/healthz: 200 ok while the MQTT session is up, 503 with the reason when the broker is gone")
+    func healthz() async throws {
+        let port = try TestEnvironment.freePort()
+        let rig = try await Rig.start(points: Self.points, simArgs: [], httpListen: "127.0.0.1:\(port)")
+        try await rig.waitFor("gateway/e2e/status", "online")
+        let url = "http://127.0.0.1:\(port)/healthz"
+        let ok = try await Self.waitFor(url, "200 ok") { status, _ in status == 200 }
+        #expect(ok == "ok\n")
+        await rig.broker.stop()
+        let bad = try await Self.waitFor(url, "503") { status, _ in status == 503 }
+        #expect(bad.contains("\"status\":\"unhealthy\""))
+        #expect(bad.contains("mqtt: not connected"), "\(bad)")
+        // Unknown paths and methods that write are refused.
+        #expect(try await Self.get("http://127.0.0.1:\(port)/nothing").status == 404)
+        let post = try await TestEnvironment.run("curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "--data", "x", url])
+        #expect(post.output.hasPrefix("405"))
+        await rig.shutdown()
+    }
+
+    @Test("basic auth: without or with wrong credentials 401, with the right ones the page")
+    func basicAuth() async throws {
+        let port = try TestEnvironment.freePort()
+        let dir = try TestEnvironment.makeTemporaryDirectory("gw-auth")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try "s3cret\n".write(toFile: dir + "/http-password", atomically: true, encoding: .utf8)
+        chmod(dir + "/http-password", 0o600)
+        let rig = try await Rig.start(points: Self.points, simArgs: [], httpListen: "127.0.0.1:\(port)",
+                                      extraHTTP: "username = \"ops\"\npassword_file = \"\(dir)/http-password\"")
+        try await rig.waitFor("gateway/e2e/dev/status", "online")
+        let url = "http://127.0.0.1:\(port)/api/status"
+        _ = try await Self.waitFor(url, "the listener (401)") { status, _ in status == 401 }
+        #expect(try await Self.get(url, user: "ops:wrong").status == 401)
+        #expect(try await Self.get(url, user: "other:s3cret").status == 401)
+        let right = try await Self.get(url, user: "ops:s3cret")
+        #expect(right.status == 200)
+        #expect(right.body.contains("\"name\":\"dev\""))
+        await rig.shutdown()
+    }
+
+    @Test("systemd: READY=1, then WATCHDOG=1 while polling; a hung poll loop stops the pings and /healthz names it")
+    func watchdog() async throws {
+        let dir = try TestEnvironment.makeTemporaryDirectory("gw-notify")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let socketPath = dir + "/notify.sock"
+        // socat stands in for systemd: it receives the datagrams and prints them.
+        let systemd = try ChildProcess(try TestEnvironment.require("socat"), ["-u", "UNIX-RECV:\(socketPath)", "STDOUT"])
+        let bound = ContinuousClock.now + .seconds(10)
+        while access(socketPath, F_OK) != 0 {
+            guard ContinuousClock.now < bound else { throw FixtureError("socat did not create \(socketPath)") }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let port = try TestEnvironment.freePort()
+        let rig = try await Rig.start(points: Self.points, simArgs: [], httpListen: "127.0.0.1:\(port)", environment: [
+            "NOTIFY_SOCKET": socketPath, "WATCHDOG_USEC": "400000",
+            "GATEWAY_DEBUG_STALL_POLLER_AFTER_S": "3", "GATEWAY_DEBUG_LIVENESS_GRACE_MS": "500",
+        ])
+        try await systemd.waitForLine(containing: "READY=1")
+        try await systemd.waitForLine(timeout: .seconds(5)) { $0 == "WATCHDOG=1" }
+        // The debug hook hangs the bus poller 3 s after start: the watchdog stops being fed.
+        try await rig.gateway.waitForLine(containing: "debug hook: this poller now hangs")
+        try await rig.gateway.waitForLine(containing: "systemd watchdog not fed: poller of bus plc stalled")
+        let pings = systemd.lines.filter { $0 == "WATCHDOG=1" }.count
+        #expect(pings >= 2)
+        let health = try await Self.waitFor("http://127.0.0.1:\(port)/healthz", "503") { status, _ in status == 503 }
+        #expect(health.contains("poller of bus plc: no progress"), "\(health)")
+        // Five more intervals (0.2 s each) without a single ping.
+        try await Task.sleep(for: .seconds(1))
+        #expect(systemd.lines.filter { $0 == "WATCHDOG=1" }.count == pings, "\(systemd.lines.suffix(10))")
+        await rig.shutdown()
+        try await systemd.waitForLine(containing: "STOPPING=1")
+        await systemd.stop()
+    }
+
+    @Test("status page in headless Chromium: devices show, a new value appears without a reload, a stopped device shows offline")
+    func statusPage() async throws {
+        _ = try TestEnvironment.require("chromium")
+        _ = try TestEnvironment.require("chromedriver")
+        let port = try TestEnvironment.freePort()
+        let rig = try await Rig.start(points: Self.points, simArgs: ["--set", "holding:0=215"], httpListen: "127.0.0.1:\(port)")
+        try await rig.waitFor("gateway/e2e/dev/temp", "215")
+        let script = TestEnvironment.packageRoot + "/Tests/TestSupport/scripts/status_page.py"
+        var args = [script, "http://127.0.0.1:\(port)/", "--seconds", "90"]
+        if let shot = ProcessInfo.processInfo.environment["STATUS_PAGE_SCREENSHOT"] { args += ["--screenshot", shot] }
+        let browser = try ChildProcess(try TestEnvironment.venvPython(), args)
+        try await browser.waitForLine(timeout: .seconds(60)) { $0.contains("\"name\": \"dev\"") && $0.contains("\"state\": \"online\"") && $0.contains("215 °C") }
+        try await rig.sim.set("holding:0=321")
+        try await browser.waitForLine(timeout: .seconds(20)) { $0.contains("321 °C") }
+        // A command shows in the list of the last commands.
+        try await rig.observer.publish(to: "gateway/e2e/dev/unlock/set", payload: Array("true".utf8), qos: .atLeastOnce)
+        try await browser.waitForLine(timeout: .seconds(20)) { $0.contains("\"commands\": 1") }
+        _ = await rig.sim.stop()
+        try await browser.waitForLine(timeout: .seconds(20)) { $0.contains("\"state\": \"offline\"") }
+        #expect(!browser.lines.contains { $0.contains("\"reloaded\": true") }, "the page was reloaded: \(browser.lines)")
+        browser.send("")
+        await browser.stop()
+        await rig.shutdown()
+    }
+}
