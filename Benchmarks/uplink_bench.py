@@ -2,11 +2,28 @@
 """Uplink benchmark (not a test). Starts a private Mosquitto, `gateway simulate` and `gateway run`
 (release build) on loopback and measures: RSS and CPU of the gateway, the actual poll period at
 100 devices, change -> publish latency, start -> first value. Usage: uplink_bench.py GATEWAY_BIN"""
-import os, random, statistics, subprocess, time
-from benchlib import BIN, TMP, STARTED, start_broker, start_sim, Observer, proc_cpu_rss
+import os, random, statistics, subprocess, threading, time, urllib.request
+from benchlib import BIN, TMP, STARTED, free_port, start_broker, start_sim, Observer, proc_cpu_rss
+
+# HTTP=on: the operations listener on a free loopback port, /metrics and /api/status fetched
+# every 5 s (a Prometheus scrape and a status page left open); HTTP=off: `listen = ""`; unset:
+# no [http] table (binaries before the listener existed).
+HTTP = os.environ.get("HTTP", "")
+HTTP_PORT = free_port() if HTTP == "on" else None
+
+def scraper(stop):
+    n = 0
+    while not stop.wait(5):
+        for path in ("/metrics", "/api/status"):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{HTTP_PORT}{path}", timeout=5).read(); n += 1
+            except Exception as e:
+                print("scrape failed:", e)
+    print(f"  ({n} HTTP fetches)")
 
 def config(mqtt_port, sim_port, devices, points_per_device, poll_ms):
     out = [f'[gateway]\nid = "bench"\nstate_dir = "{TMP}"\n{os.environ.get("GATEWAY_EXTRA", "")}\n[mqtt]\nurl = "mqtt://127.0.0.1:{mqtt_port}"\n',
+           {"on": f'[http]\nlisten = "127.0.0.1:{HTTP_PORT}"\n', "off": '[http]\nlisten = ""\n'}.get(HTTP, ""),
            f'[[bus]]\nname = "plc"\ntype = "tcp"\nhost = "127.0.0.1"\nport = {sim_port}\n']
     for d in range(devices):
         out.append(f'[[device]]\nname = "d{d}"\nbus = "plc"\nunit = {d + 1}\npoll_ms = {poll_ms}\n')
@@ -25,6 +42,8 @@ def scenario(devices, points, poll_ms, seconds, counters):
     t0 = time.monotonic()
     gw = subprocess.Popen([BIN, "run", "--config", cfg, "--log-level", "warning"], stderr=subprocess.DEVNULL)
     STARTED.append(gw)
+    stop = threading.Event()
+    if HTTP == "on": threading.Thread(target=scraper, args=(stop,), daemon=True).start()
     first = obs.wait(lambda t, p: t.startswith("gateway/bench/d0/p"))
     time.sleep(1)
     startup_rss = proc_cpu_rss(gw.pid)[1]
@@ -40,6 +59,7 @@ def scenario(devices, points, poll_ms, seconds, counters):
         for d in range(devices):
             ts = [t for t, topic, _ in obs.msgs if topic == f"gateway/bench/d{d}/p0" and t >= w0]
             periods += [b - a for a, b in zip(ts, ts[1:])]
+    stop.set()
     gw.terminate(); gw.wait(10); sim.terminate(); sim.wait(10); obs.stop(); broker.terminate(); broker.wait(10)
     return {"first_ms": (first - t0) * 1000 if first else None, "cpu_pct": 100 * (c1 - c0) / (w1 - w0),
             "rss_mib": max(rss_samples), "startup_rss_mib": startup_rss, "period_ms": statistics.mean(periods) * 1000 if periods else None,

@@ -78,7 +78,7 @@ public struct SystemdService: Service {
 
     public func run() async throws {
         // Graceful shutdown cancels the waits below at once.
-        try? await cancelWhenGracefulShutdown { await watch() }
+        await cancelWhenGracefulShutdown { await watch() }
         notifier.notify("STOPPING=1")
     }
 

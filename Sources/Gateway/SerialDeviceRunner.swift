@@ -129,8 +129,10 @@ final class SerialDeviceRunner: Sendable {
             (try? Regex(p.match)).map { (p, $0) }
         }
         var reportedOversized = 0
+        let meter = self.meter
         for await frame in line.frames {
             lastFrame.withLock { $0 = .now }
+            meter?.answered()
             replies.push()
             let oversized = line.oversizedFrames
             if oversized != reportedOversized {
@@ -206,6 +208,7 @@ final class SerialDeviceRunner: Sendable {
             if answered {
                 await setState(.online)
             } else {
+                meter?.failed("no reply within \(settings.responseTimeoutMs) ms")
                 let changed = health.withLock { $0.pollFailed() }
                 if changed != nil {
                     logger.warning("device offline after \(settings.offlineAfter) polls without a reply within \(settings.responseTimeoutMs) ms")

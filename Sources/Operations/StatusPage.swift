@@ -61,7 +61,7 @@ function shown(v) { return v === null || v === undefined ? "–" : (typeof v ===
 function deviceCard(d) {
   const s = el("section", "device"); s.dataset.name = d.name;
   const h = el("h2"); h.append(el("span", "name", d.name), el("span", "pill state " + d.state, d.state)); s.append(h);
-  s.append(el("div", "meta", (d.bus ? "bus " + d.bus : "serial") + " · last poll " + ago(d.last_poll_age_s)));
+  s.append(el("div", "meta", (d.bus ? "bus " + d.bus + " · last poll " : "serial · last frame ") + ago(d.last_poll_age_s)));
   if (d.last_error) s.append(el("div", "err", d.last_error));
   const t = el("table"), b = el("tbody");
   for (const p of d.points) {

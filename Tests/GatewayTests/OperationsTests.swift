@@ -153,6 +153,55 @@ struct OperationsTests {
         await rig.shutdown()
     }
 
+    @Test("20 clients that never finish their request: 16 are held, the rest closed at once; polls and commands go on")
+    func slowClients() async throws {
+        let port = try TestEnvironment.freePort()
+        let rig = try await Rig.start(points: Self.points, simArgs: ["--set", "holding:0=1"], httpListen: "127.0.0.1:\(port)")
+        try await rig.waitFor("gateway/e2e/dev/temp", "1")
+        var sockets: [Int32] = []
+        defer { for fd in sockets { close(fd) } }
+        for _ in 0..<20 {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_port = UInt16(port).bigEndian
+            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            #expect(rc == 0)
+            var tv = timeval(tv_sec: 5, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            let partial = "GET /metrics HTTP/1.1\r\nHost: x\r\n"   // and never the blank line
+            _ = partial.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+            sockets.append(fd)
+        }
+        // The gateway closes the connections over its limit: recv sees the end (0, or a reset, as
+        // the gateway closed with our bytes unread), not the 5 s timeout (EAGAIN).
+        var closedByGateway = 0
+        for fd in sockets.suffix(4) {
+            var byte: UInt8 = 0
+            let n = recv(fd, &byte, 1, 0)
+            if n == 0 || (n < 0 && errno == ECONNRESET) { closedByGateway += 1 }
+        }
+        #expect(closedByGateway == 4)
+        // The first 16 are held open, waiting for the rest of their request.
+        let held = sockets.prefix(16).filter { fd in
+            var byte: UInt8 = 0
+            return recv(fd, &byte, 1, Int32(MSG_DONTWAIT)) < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)
+        }.count
+        #expect(held == 16)
+        // Polls and commands do not notice.
+        try await rig.sim.set("holding:0=2")
+        try await rig.waitFor("gateway/e2e/dev/temp", "2")
+        try await rig.observer.publish(to: "gateway/e2e/dev/unlock/set", payload: Array("true".utf8), qos: .atLeastOnce)
+        try await rig.waitUntil("the command answered") { rig.payloads("gateway/e2e/dev/unlock/set/result").count == 1 }
+        #expect(rig.payloads("gateway/e2e/dev/unlock/set/result").first?.hasPrefix("{\"ok\":true") == true)
+        // Once the held ones go away, the listener answers again.
+        for fd in sockets { close(fd) }
+        sockets = []
+        _ = try await Self.waitFor("http://127.0.0.1:\(port)/healthz", "200 after the slow clients left") { status, _ in status == 200 }
+        await rig.shutdown()
+    }
+
     @Test("basic auth: without or with wrong credentials 401, with the right ones the page")
     func basicAuth() async throws {
         let port = try TestEnvironment.freePort()
