@@ -3,6 +3,7 @@ import Logging
 import Modbus
 import MQTT
 import ServiceLifecycle
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -35,11 +36,15 @@ public final class GatewayRuntime: Service, Sendable {
     public let telemetry: GatewayTelemetry?
     /// Progress of the pollers, serial lines and command dispatcher (`/healthz`, the watchdog).
     public let liveness = Liveness()
+    /// Home Assistant discovery (nil when `[homeassistant] enabled = false`).
+    let homeAssistant: HomeAssistantPublisher?
+    /// Moved on when every poller must publish its current values again (Home Assistant's birth).
+    let valuesGeneration = Atomic<Int>(0)
 
     /// `password`: read by the caller (the CLI reads `mqtt.password_file` or env `GATEWAY_MQTT_PASSWORD`).
     /// `telemetry`: given when the operations listener is on.
     public init(configuration: GatewayConfiguration, password: [UInt8]?, telemetry: GatewayTelemetry? = nil,
-                logger: Logger = Logger(label: "gateway")) {
+                version: String = "dev", logger: Logger = Logger(label: "gateway")) {
         self.plan = GatewayPlan(configuration)
         self.logger = logger
         self.telemetry = telemetry
@@ -90,6 +95,30 @@ public final class GatewayRuntime: Service, Sendable {
             serialRunners[d.name] = SerialDeviceRunner(settings: d, context: context, liveness: liveness, logger: logger)
         }
         self.serialRunners = serialRunners
+        if configuration.homeAssistant.enabled {
+            let discovery = HomeAssistantDiscovery(configuration: configuration, topics: plan.topics, version: version)
+            let box = WeakRuntime()
+            self.homeAssistant = HomeAssistantPublisher(discovery: discovery, gatewayID: configuration.gateway.id, client: client, logger: logger) {
+                await box.runtime?.republishAfterHomeAssistantBirth()
+            }
+            box.set(self)
+        } else {
+            self.homeAssistant = nil
+        }
+    }
+
+    /// Statuses again, and every poller publishes its current values at its next poll.
+    func republishAfterHomeAssistantBirth() async {
+        await publishStatuses()
+        valuesGeneration.add(1, ordering: .relaxed)
+    }
+
+    /// The gateway's birth and every known device status (retained).
+    private func publishStatuses() async {
+        try? await client.enqueue(to: plan.topics.status, payload: Array("online".utf8), qos: .atLeastOnce, retain: true)
+        for (device, state) in await board.all() where state != .unknown {
+            try? await client.enqueue(to: plan.topics.status(device), payload: Array(state.rawValue.utf8), qos: .atLeastOnce, retain: true)
+        }
     }
 
     public func run() async throws {
@@ -99,6 +128,7 @@ public final class GatewayRuntime: Service, Sendable {
         for c in commanders.values { c.start() }
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.watchConnection() }
+            if let homeAssistant { group.addTask { await homeAssistant.run() } }
             group.addTask { await self.dispatchCommands() }
             for (name, bus) in buses {
                 let devices = plan.devices.filter { $0.bus.name == name }
@@ -109,6 +139,7 @@ public final class GatewayRuntime: Service, Sendable {
             }
             // Until SIGTERM/SIGINT (or cancellation).
             try? await gracefulShutdown()
+            homeAssistant?.finish()
             group.cancelAll()
         }
         // No more polls or commands; pending pulses are switched off before going offline.
@@ -183,6 +214,10 @@ public final class GatewayRuntime: Service, Sendable {
             liveness.expect(loop, within: .seconds(5))
             defer { liveness.idle(loop) }
             let receivedAt = ContinuousClock.now
+            if let homeAssistant, homeAssistant.handles(message.topic) {
+                homeAssistant.receive(message)
+                continue
+            }
             guard let command = topics.parse(message.topic) else {
                 logger.debug("ignoring a message on \(message.topic.logSafe)")
                 continue
@@ -243,11 +278,9 @@ public final class GatewayRuntime: Service, Sendable {
                         logger.error("subscribing to commands failed: \(error); retrying after the next connect")
                     }
                 }
-                try? await client.enqueue(to: plan.topics.status, payload: Array("online".utf8), qos: .atLeastOnce, retain: true)
-                for (device, state) in await board.all() where state != .unknown {
-                    try? await client.enqueue(to: plan.topics.status(device), payload: Array(state.rawValue.utf8), qos: .atLeastOnce, retain: true)
-                }
+                await publishStatuses()
                 logger.info("broker connected: birth and statuses published")
+                homeAssistant?.connected()
                 telemetry?.mqttConnected(true)
             case .disconnected(let reason):
                 telemetry?.mqttConnected(false, reason: reason)
@@ -349,6 +382,8 @@ public final class GatewayRuntime: Service, Sendable {
         /// Its metrics and live status (operations listener on).
         let meter: DeviceMeter?
         var previousStart: ContinuousClock.Instant?
+        /// The runtime's ``GatewayRuntime/valuesGeneration`` this poller last acted on.
+        var valuesGeneration = 0
 
         init(_ device: GatewayPlan.Device, gateway: GatewaySettings, topics: TopicLayout, logger: Logger, start: ContinuousClock.Instant,
              readBacks: ReadBacks?, meter: DeviceMeter?) {
@@ -404,6 +439,11 @@ public final class GatewayRuntime: Service, Sendable {
                 log.debug("poll skipped: the bus was busy with commands for a whole period")
             }
             let now = ContinuousClock.now
+            let generation = runtime.valuesGeneration.load(ordering: .relaxed)
+            if generation != valuesGeneration {
+                valuesGeneration = generation
+                for i in filters.indices { filters[i].forget() }
+            }
             if let learned = readBacks?.take() {
                 for (i, value) in learned where i < filters.count { filters[i].learn(value, now: now) }
             }
@@ -437,4 +477,16 @@ public final class GatewayRuntime: Service, Sendable {
     fileprivate func publishStatus(_ device: String, _ state: DeviceHealth.State) async {
         await context.publishStatus(device, state)
     }
+}
+
+/// The runtime, weakly, for a closure the runtime itself hands out while it is being made.
+private final class WeakRuntime: Sendable {
+    private let ref = Mutex<Weak>(Weak())
+    private struct Weak: @unchecked Sendable {
+        // @unchecked: a struct with a `weak var` is not inferred Sendable. Safe: its only field is a
+        // weak reference to a Sendable class, read and written only inside the Mutex above.
+        weak var runtime: GatewayRuntime?
+    }
+    func set(_ r: GatewayRuntime) { ref.withLock { $0.runtime = r } }
+    var runtime: GatewayRuntime? { ref.withLock { $0.runtime } }
 }

@@ -123,6 +123,13 @@ public struct ChangeFilter: Sendable {
         last = value
         lastPublished = now
     }
+
+    /// Forgets what was published: the next value is published whatever it is (after Home
+    /// Assistant's restart, every current value is sent again).
+    public mutating func forget() {
+        last = nil
+        lastPublished = nil
+    }
 }
 
 // MARK: - Payloads of value topics (the uplink and the read-backs of commands)

@@ -20,6 +20,17 @@ struct Check: ParsableCommand {
         }
         emit("\(config): OK")
         for warning in loaded.warnings { emit("warning: \(warning)") }
-        for line in GatewayPlan(loaded).describe() { emit(line) }
+        let plan = GatewayPlan(loaded)
+        for line in plan.describe() { emit(line) }
+        if loaded.homeAssistant.enabled {
+            let discovery = HomeAssistantDiscovery(configuration: loaded, topics: plan.topics, version: GatewayCommand.version)
+            emit("Home Assistant discovery under \(discovery.prefix)/device/ (\(discovery.devices.count) devices):")
+            for device in discovery.devices {
+                emit("  \(device.name) (\(device.topic))")
+                for e in device.entities { emit("    \(e.platform) \(e.name)") }
+            }
+        } else {
+            emit("Home Assistant discovery: off")
+        }
     }
 }

@@ -58,7 +58,7 @@ struct Run: AsyncParsableCommand {
         logger.info("gateway \(GatewayCommand.version)", metadata: ["config": "\(config)"])
         // Metrics and live status only when the operations listener is on.
         let telemetry = loaded.http.address.map { _ in GatewayTelemetry(configuration: loaded, version: GatewayCommand.version) }
-        let runtime = GatewayRuntime(configuration: loaded, password: password, telemetry: telemetry, logger: logger)
+        let runtime = GatewayRuntime(configuration: loaded, password: password, telemetry: telemetry, version: GatewayCommand.version, logger: logger)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: runtime),
             .init(service: HangupSignal(logger: logger), successTerminationBehavior: .ignore),

@@ -71,6 +71,18 @@ public enum ConfigLoader {
         let httpReader = top.table("http")
         let http = httpReader.map(readHTTP) ?? HTTPSettings()
         httpReader?.finish()
+        let haReader = top.table("homeassistant")
+        var homeAssistant = HomeAssistantSettings()
+        if let r = haReader {
+            if let v = r.bool("enabled") { homeAssistant.enabled = v }
+            if let v = r.string("prefix") {
+                if v.isEmpty || !v.split(separator: "/", omittingEmptySubsequences: false).allSatisfy({ isTopicSafe(String($0)) }) {
+                    r.issue("prefix", "'\(v)' must be words of [A-Za-z0-9_-] separated by '/'")
+                }
+                homeAssistant.prefix = v
+            }
+            r.finish()
+        }
 
         var buses: [BusSettings] = []
         for (i, r) in top.tables("bus").enumerated() {
@@ -102,6 +114,8 @@ public enum ConfigLoader {
         var c = GatewayConfiguration(gateway: gateway, mqtt: mqtt, buses: buses, devices: devices)
         c.serialDevices = serialDevices
         c.http = http
+        c.homeAssistant = homeAssistant
+        if homeAssistant.enabled { checkLockStates(c, top) }
         return c
     }
 
@@ -175,6 +189,17 @@ public enum ConfigLoader {
         return m
     }
 
+    /// A lock's `state_point` must be a point of the same device.
+    private static func checkLockStates(_ c: GatewayConfiguration, _ top: Reader) {
+        for d in c.devices {
+            for p in d.points {
+                if let sp = p.ha?.statePoint, !d.points.contains(where: { $0.name == sp }) {
+                    top.issue("device[\(d.name)].point[\(p.name)].ha.state_point", "no point '\(sp)' on device '\(d.name)'")
+                }
+            }
+        }
+    }
+
     private static func readHTTP(_ r: Reader) -> HTTPSettings {
         var h = HTTPSettings()
         if let v = r.string("listen") {
@@ -244,6 +269,8 @@ public enum ConfigLoader {
         if let v = r.int("offline_after", 1...1_000_000) { d.offlineAfter = v }
         if let v = r.int("offline_poll_ms", 10...86_400_000) { d.offlinePollMs = v }
         if let v = r.bool("write_multiple") { d.writeMultiple = v }
+        d.manufacturer = r.string("manufacturer")
+        d.model = r.string("model")
         for (i, p) in r.tables("point").enumerated() {
             if let point = readPoint(p, index: i) {
                 if d.points.contains(where: { $0.name == point.name }) { p.issue("name", "duplicate point name '\(point.name)'") } else { d.points.append(point) }
@@ -316,6 +343,29 @@ public enum ConfigLoader {
         }
         p.format = r.enumeration("format", ValueFormat.self)
         p.retain = r.bool("retain")
+        if let h = r.table("ha") {
+            var ha = HomeAssistantPoint()
+            if let c = h.string("component") {
+                if !HomeAssistantPoint.components.contains(c) {
+                    h.issue("component", "'\(c)' is not one of \(HomeAssistantPoint.components.sorted().joined(separator: ", "))")
+                }
+                let needsWrite = ["switch", "button", "number", "select", "lock"].contains(c)
+                if needsWrite && !p.writable { h.issue("component", "a \(c) sends commands: the point must be writable") }
+                if c == "select" && p.map.isEmpty { h.issue("component", "a select needs the point's map (its options)") }
+                ha.component = c
+            }
+            ha.deviceClass = h.string("device_class")
+            ha.stateClass = h.string("state_class")
+            ha.icon = h.string("icon")
+            ha.statePoint = h.string("state_point")
+            ha.stateLocked = h.string("state_locked")
+            ha.stateUnlocked = h.string("state_unlocked")
+            if ha.component != "lock" && (ha.statePoint != nil || ha.stateLocked != nil || ha.stateUnlocked != nil) {
+                h.issue("state_point", "state_point, state_locked and state_unlocked are for component = \"lock\"")
+            }
+            h.finish()
+            p.ha = ha
+        }
         return p
     }
 
@@ -334,6 +384,8 @@ public enum ConfigLoader {
         }
         let port = r.string("port", required: true)
         var d = SerialDeviceSettings(name: name ?? "", port: port ?? "")
+        d.manufacturer = r.string("manufacturer")
+        d.model = r.string("model")
         if let b = r.int("baud") {
             let allowed = [1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600]
             if !allowed.contains(b) { r.issue("baud", "\(b) is not a supported baud rate (\(allowed.map(String.init).joined(separator: ", ")))") }

@@ -13,6 +13,8 @@ public struct GatewayConfiguration: Sendable, Equatable {
     public var serialDevices: [SerialDeviceSettings] = []
     /// `[http]`: the operations listener (metrics, health, status page).
     public var http = HTTPSettings()
+    /// `[homeassistant]`: MQTT discovery for Home Assistant.
+    public var homeAssistant = HomeAssistantSettings()
 
     /// `<base>`: `gateway.base_topic`, else `gateway/<id>`.
     public var baseTopic: String { gateway.baseTopic ?? "gateway/\(gateway.id)" }
@@ -52,6 +54,37 @@ public struct HTTPSettings: Sendable, Equatable {
     public var username: String?
     public var passwordFile: String?
     public init() {}
+}
+
+/// `[homeassistant]`: Home Assistant MQTT discovery (device-based, Home Assistant 2024.11 and later).
+public struct HomeAssistantSettings: Sendable, Equatable {
+    /// `enabled` (default true): false publishes nothing under the prefix.
+    public var enabled = true
+    /// `prefix` (default `homeassistant`, topic-safe words separated by `/`): the discovery
+    /// prefix; Home Assistant's birth is heard on `<prefix>/status`.
+    public var prefix = "homeassistant"
+    public init() {}
+}
+
+/// A point's `ha = { ... }` table: how Home Assistant shows it, over the defaults.
+public struct HomeAssistantPoint: Sendable, Equatable {
+    /// `component`: binary_sensor, sensor, switch, button, number, select, lock (default: from
+    /// the point's table, type, `writable`, `pulse_ms` and `map`).
+    public var component: String?
+    /// `device_class` (e.g. `door`, `temperature`), `state_class` (`measurement`,
+    /// `total_increasing`), `icon` (`mdi:...`): passed to Home Assistant as they are.
+    public var deviceClass: String?
+    public var stateClass: String?
+    public var icon: String?
+    /// For `component = "lock"`: the point whose value tells the state (default: this point),
+    /// and that point's values meaning locked and unlocked (default `false` and `true`).
+    public var statePoint: String?
+    public var stateLocked: String?
+    public var stateUnlocked: String?
+    public init() {}
+
+    /// The components `component` may name.
+    public static let components: Set<String> = ["binary_sensor", "sensor", "switch", "button", "number", "select", "lock"]
 }
 
 /// `host:port` to listen on.
@@ -221,6 +254,9 @@ public struct DeviceSettings: Sendable, Equatable {
     /// `write_multiple` (default false): write with FC 15/16 even for one coil or register
     /// (devices without FC 5/6).
     public var writeMultiple = false
+    /// `manufacturer`, `model` (default none): shown on the device's page in Home Assistant.
+    public var manufacturer: String?
+    public var model: String?
     public var points: [PointSettings] = []
 }
 
@@ -282,6 +318,8 @@ public struct PointSettings: Sendable, Equatable {
     /// `format` / `retain` (default: the gateway's).
     public var format: ValueFormat?
     public var retain: Bool?
+    /// `ha` (default none): Home Assistant overrides (see ``HomeAssistantPoint``).
+    public var ha: HomeAssistantPoint?
 
     public init(name: String, table: RegisterTable, address: Int, type: PointType) {
         self.name = name
@@ -333,6 +371,9 @@ public struct SerialDeviceSettings: Sendable, Equatable {
     public var offlineAfter = 3
     public var points: [SerialPointSettings] = []
     public var commands: [SerialCommandSettings] = []
+    /// `manufacturer`, `model` (default none): shown on the device's page in Home Assistant.
+    public var manufacturer: String?
+    public var model: String?
 
     public init(name: String, port: String) {
         self.name = name

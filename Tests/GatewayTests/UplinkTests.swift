@@ -34,7 +34,7 @@ final class Rig: Sendable {
     /// `body`, when given, replaces the rig's own `[[bus]]` and `[[device]]` tables (`points`
     /// is then unused): a site with other buses, such as an RTU line.
     static func start(points: String, simArgs: [String], pollMs: Int = 50, offlineAfter: Int = 2, extraGateway: String = "",
-                      devicePort: Int? = nil, body: String? = nil, extraMQTT: String = "", httpListen: String = "", extraHTTP: String = "",
+                      devicePort: Int? = nil, body: String? = nil, extraMQTT: String = "", httpListen: String = "", extraHTTP: String = "", extraSections: String = "",
                       environment: [String: String] = [:]) async throws -> Rig {
         let broker = try await Mosquitto.start()
         let sim = try await GatewaySimulator.start(simArgs, port: try TestEnvironment.freePort())
@@ -53,6 +53,7 @@ final class Rig: Sendable {
             [http]
             listen = "\(httpListen)"
             \(extraHTTP)
+            \(extraSections)
             \(body ?? """
             [[bus]]
             name = "plc"

@@ -1,0 +1,164 @@
+import GatewayConfig
+import Logging
+import MQTT
+import Synchronization
+
+/// Home Assistant discovery at run time (`[homeassistant] enabled`, the default). One task:
+/// - at the first connect it reads the device configs already retained under
+///   `<prefix>/device/+/config` (for at most ``scanWindow``; retained messages come right after
+///   the SUBACK), clears those an earlier run of this gateway published for devices no longer
+///   configured (empty retained payload), and publishes every config, marking components that
+///   were removed from a device with their platform only;
+/// - at every later connect it publishes every config again (QoS 1, retained);
+/// - when Home Assistant says `online` on `<prefix>/status` (its birth, after a restart), it
+///   publishes every config again after a random 1-4 s (Home Assistant is not ready the instant
+///   it says so), then the statuses, and makes every poller publish its current values.
+/// None of it runs on the poll or command paths.
+final class HomeAssistantPublisher: Sendable {
+    enum Trigger: Sendable { case connected, homeAssistantOnline }
+
+    let discovery: HomeAssistantDiscovery
+    let gatewayID: String
+    private let client: MQTTClient
+    private let logger: Logger
+    private let statusTopic: String
+    private let configFilter: String
+    private let triggers: AsyncStream<Trigger>
+    private let continuation: AsyncStream<Trigger>.Continuation
+    /// Retained configs seen while scanning (nil when not scanning), and when the last one came.
+    private let scan = Mutex<(seen: [String: [UInt8]]?, last: ContinuousClock.Instant)>((nil, .now))
+    /// After Home Assistant's birth: statuses and values again (the runtime's part).
+    private let republish: @Sendable () async -> Void
+
+    static let scanWindow: Duration = .seconds(3)
+    static let scanQuiet: Duration = .milliseconds(500)
+
+    init(discovery: HomeAssistantDiscovery, gatewayID: String, client: MQTTClient, logger: Logger, republish: @escaping @Sendable () async -> Void) {
+        self.discovery = discovery
+        self.gatewayID = gatewayID
+        self.client = client
+        var l = logger
+        l[metadataKey: "component"] = "homeassistant"
+        self.logger = l
+        self.statusTopic = "\(discovery.prefix)/status"
+        self.configFilter = "\(discovery.prefix)/device/+/config"
+        self.republish = republish
+        (triggers, continuation) = AsyncStream.makeStream(of: Trigger.self, bufferingPolicy: .bufferingNewest(4))
+    }
+
+    /// True for the topics this publisher listens to (the dispatcher hands them here).
+    func handles(_ topic: String) -> Bool {
+        topic == statusTopic || (topic.hasPrefix("\(discovery.prefix)/device/") && topic.hasSuffix("/config"))
+    }
+
+    /// A message on one of ``handles(_:)``'s topics. Never waits.
+    func receive(_ message: MQTTMessage) {
+        if message.topic == statusTopic {
+            if message.payload == Array("online".utf8) { continuation.yield(.homeAssistantOnline) }
+            return
+        }
+        scan.withLock { s in
+            guard s.seen != nil, message.retain else { return }
+            s.seen?[message.topic] = message.payload
+            s.last = .now
+        }
+    }
+
+    func connected() { continuation.yield(.connected) }
+
+    func finish() { continuation.finish() }
+
+    func run() async {
+        var first = true
+        for await trigger in triggers {
+            switch trigger {
+            case .connected:
+                if first {
+                    first = false
+                    let removed = await scanEarlierConfigs()
+                    await publishConfigs(removing: removed)
+                    do {
+                        _ = try await client.subscribe([Subscription(statusTopic, qos: .atLeastOnce)])
+                    } catch {
+                        logger.warning("cannot subscribe to \(statusTopic): \(error); Home Assistant restarts will not bring the configs back until the next connect")
+                    }
+                } else {
+                    await publishConfigs(removing: [:])
+                }
+            case .homeAssistantOnline:
+                let delay = Duration.milliseconds(Int.random(in: 1_000...4_000))
+                logger.info("Home Assistant is online: publishing discovery again in \(delay)")
+                do { try await Task.sleep(for: delay) } catch { return }
+                await publishConfigs(removing: [:])
+                await republish()
+            }
+        }
+    }
+
+    /// Reads the retained device configs under the prefix; clears the ones this gateway published
+    /// for devices it no longer has, and returns, per current device, the components its earlier
+    /// config had and this one does not (id -> platform).
+    private func scanEarlierConfigs() async -> [String: [String: String]] {
+        scan.withLock { $0 = ([:], .now) }
+        do {
+            _ = try await client.subscribe([Subscription(configFilter, qos: .atLeastOnce)])
+        } catch {
+            scan.withLock { $0.seen = nil }
+            logger.warning("cannot read earlier discovery configs (\(error)): stale ones are not cleared")
+            return [:]
+        }
+        let start = ContinuousClock.now
+        while ContinuousClock.now - start < Self.scanWindow {
+            let quietSince = scan.withLock { $0.last }
+            if ContinuousClock.now - quietSince >= Self.scanQuiet { break }
+            do { try await Task.sleep(for: .milliseconds(100)) } catch { break }
+        }
+        _ = try? await client.unsubscribe([configFilter])
+        let seen = scan.withLock { s -> [String: [UInt8]] in
+            defer { s.seen = nil }
+            return s.seen ?? [:]
+        }
+        let current = Dictionary(uniqueKeysWithValues: discovery.devices.map { ($0.topic, $0) })
+        var removed: [String: [String: String]] = [:]
+        for (topic, payload) in seen.sorted(by: { $0.key < $1.key }) where !payload.isEmpty {
+            guard let earlier = Self.components(ofOurs: payload, gatewayID: gatewayID) else { continue }
+            if let now = current[topic] {
+                let kept = Set(now.entities.map(\.id))
+                let gone = earlier.filter { !kept.contains($0.key) && $0.value.count > 0 }
+                if !gone.isEmpty { removed[topic] = gone }
+            } else {
+                logger.notice("clearing the discovery config of a device no longer configured: \(topic)")
+                try? await client.enqueue(to: topic, payload: [], qos: .atLeastOnce, retain: true)
+            }
+        }
+        return removed
+    }
+
+    private func publishConfigs(removing removed: [String: [String: String]]) async {
+        for device in discovery.devices {
+            let payload = device.payload(removing: removed[device.topic] ?? [:])
+            try? await client.enqueue(to: device.topic, payload: Array(payload.utf8), qos: .atLeastOnce, retain: true)
+        }
+        logger.info("discovery published: \(discovery.devices.count) devices, \(discovery.devices.reduce(0) { $0 + $1.entities.count }) entities under \(discovery.prefix)/device/")
+    }
+
+    /// The components (id -> platform) of a retained config this gateway published (its origin
+    /// and a device identifier of ours), or nil when it is someone else's. A component already
+    /// marked removed (only its platform) is reported with an empty platform.
+    static func components(ofOurs payload: [UInt8], gatewayID: String) -> [String: String]? {
+        guard case .object(let root)? = try? JSONValue.parse(payload) else { return nil }
+        func member(_ o: [(String, JSONValue)], _ k: String) -> JSONValue? { o.first { $0.0 == k }?.1 }
+        guard case .object(let origin)? = member(root, "origin") ?? member(root, "o"),
+              case .string(HomeAssistantDiscovery.originName)? = member(origin, "name"),
+              case .object(let device)? = member(root, "device") ?? member(root, "dev"),
+              case .array(let ids)? = member(device, "identifiers") ?? member(device, "ids"),
+              ids.contains(where: { if case .string(let s) = $0 { s.hasPrefix("\(gatewayID)_") } else { false } }),
+              case .object(let cmps)? = member(root, "components") ?? member(root, "cmps") else { return nil }
+        var out: [String: String] = [:]
+        for (id, value) in cmps {
+            guard case .object(let c) = value, case .string(let platform)? = member(c, "platform") ?? member(c, "p") else { continue }
+            out[id] = c.count == 1 ? "" : platform
+        }
+        return out
+    }
+}

@@ -1,0 +1,234 @@
+import GatewayConfig
+import Modbus
+
+/// Home Assistant MQTT discovery payloads (device-based discovery, Home Assistant 2024.11 and
+/// later), built from the configuration alone: pure, so `gateway check` lists the same entities
+/// the running gateway announces.
+///
+/// Home Assistant's MQTT documentation, for the fields used here:
+/// - "The discovery topic needs to follow a specific format: `<discovery_prefix>/<component>/[<node_id>/]<object_id>/config`";
+///   for a device-based payload "the `<component>` part in the discovery topic must be set to `device`".
+/// - "The shared options at the root level of the JSON message must include: `device` mapping
+///   (abbreviated as `dev`), `origin` mapping (abbreviated as `o`)"; "Supported shared options
+///   are: the `availability` options, ... `qos`".
+/// - "The component specific options are placed as mappings under the `components` key" and "A
+///   `platform` (`p`) config option is required for each component ... Also required is a
+///   `unique_id` for entity-based components."
+/// - "To remove the components, publish an empty (retained) string payload to the discovery topic."
+/// - `availability_mode`: "When `availability` is configured, this controls the conditions needed
+///   to set the entity to `available`. Valid entries are `all`, `any`, and `latest`."
+/// - `default_entity_id` replaces the deprecated `object_id` (the entity id Home Assistant gives
+///   the entity when it first sees it).
+/// Full option names are used throughout (not the abbreviations).
+public struct HomeAssistantDiscovery: Sendable {
+    /// One entity of a device (a point, a serial command, or the gateway's connectivity).
+    public struct Entity: Sendable, Equatable {
+        public var id: String
+        public var platform: String
+        public var name: String
+        /// The entity's options as JSON members (`"key":value`), without `platform`.
+        public var options: [String]
+    }
+
+    /// One device's retained config.
+    public struct Device: Sendable {
+        public var objectID: String
+        public var topic: String
+        public var name: String
+        public var entities: [Entity]
+        /// The retained payload, given the component ids to remove (published once with only
+        /// their `platform`, Home Assistant's way of dropping one component of a device).
+        public func payload(removing removed: [String: String] = [:]) -> String {
+            var cmps = entities.map { e in "\(jsonString(e.id)):{\"platform\":\(jsonString(e.platform)),\(e.options.joined(separator: ","))}" }
+            cmps += removed.sorted(by: { $0.key < $1.key }).map { "\(jsonString($0.key)):{\"platform\":\(jsonString($0.value))}" }
+            return "{" + shared.joined(separator: ",") + ",\"components\":{" + cmps.joined(separator: ",") + "}}"
+        }
+        /// `device`, `origin`, `availability`, `qos` members.
+        var shared: [String]
+    }
+
+    public static let originName = "mqtt-gateway"
+    public static let supportURL = "https://github.com/mqtt-gateway/gateway"
+
+    public let prefix: String
+    public let devices: [Device]
+
+    public init(configuration c: GatewayConfiguration, topics: TopicLayout, version: String) {
+        prefix = c.homeAssistant.prefix
+        let gw = c.gateway.id
+        let origin = "\"origin\":{\"name\":\(jsonString(Self.originName)),\"sw_version\":\(jsonString(version)),\"support_url\":\(jsonString(Self.supportURL))}"
+        let gatewayDeviceID = "\(gw)_gateway"
+        var out: [Device] = []
+        // The gateway itself: a connectivity sensor on its birth/will topic.
+        let gatewayEntity = Entity(id: "\(gw)_gateway_status", platform: "binary_sensor", name: "Status", options: [
+            "\"unique_id\":\(jsonString("\(gw)_gateway_status"))",
+            "\"default_entity_id\":\(jsonString("binary_sensor.\(Self.entityID(gw))_gateway_status"))",
+            "\"name\":\"Status\"", "\"device_class\":\"connectivity\"", "\"entity_category\":\"diagnostic\"",
+            "\"state_topic\":\(jsonString(topics.status))", "\"payload_on\":\"online\"", "\"payload_off\":\"offline\"",
+        ])
+        out.append(Device(objectID: gatewayDeviceID, topic: "\(prefix)/device/\(gatewayDeviceID)/config", name: "Gateway \(gw)", entities: [gatewayEntity],
+                          shared: ["\"device\":{\"identifiers\":[\(jsonString(gatewayDeviceID))],\"name\":\(jsonString("Gateway \(gw)")),\"sw_version\":\(jsonString(version))}",
+                                   origin, "\"qos\":1"]))
+        let availability = { (device: String) in
+            "\"availability\":[{\"topic\":\(jsonString(topics.status))},{\"topic\":\(jsonString(topics.status(device)))}],\"availability_mode\":\"all\""
+        }
+        let deviceMember = { (name: String, manufacturer: String?, model: String?) -> String in
+            var d = "\"device\":{\"identifiers\":[\(jsonString("\(gw)_\(name)"))],\"name\":\(jsonString(name))"
+            if let manufacturer { d += ",\"manufacturer\":\(jsonString(manufacturer))" }
+            if let model { d += ",\"model\":\(jsonString(model))" }
+            return d + ",\"via_device\":\(jsonString(gatewayDeviceID))}"
+        }
+        for d in c.devices {
+            let entities = d.points.map { Self.entity(for: $0, device: d, gateway: c.gateway, topics: topics) }
+            out.append(Device(objectID: "\(gw)_\(d.name)", topic: "\(prefix)/device/\(gw)_\(d.name)/config", name: d.name, entities: entities,
+                              shared: [deviceMember(d.name, d.manufacturer, d.model), origin, availability(d.name), "\"qos\":1"]))
+        }
+        for d in c.serialDevices {
+            var entities = d.points.map { p -> Entity in
+                let id = "\(gw)_\(d.name)_\(p.name)"
+                var o = Self.common(id: id, platform: "sensor", name: p.name, icon: nil)
+                o.append("\"state_topic\":\(jsonString(topics.value(device: d.name, point: p.name)))")
+                if (p.format ?? c.gateway.format) == .json { o.append("\"value_template\":\"{{ value_json.value }}\"") }
+                return Entity(id: id, platform: "sensor", name: p.name, options: o)
+            }
+            entities += d.commands.map { cmd -> Entity in
+                let id = "\(gw)_\(d.name)_\(cmd.name)"
+                if !cmd.takesValue {
+                    var o = Self.common(id: id, platform: "button", name: cmd.name, icon: nil)
+                    o.append("\"command_topic\":\(jsonString("\(topics.value(device: d.name, point: cmd.name))/set"))")
+                    o.append("\"payload_press\":\"\"")
+                    return Entity(id: id, platform: "button", name: cmd.name, options: o)
+                }
+                var o = Self.common(id: id, platform: "text", name: cmd.name, icon: nil)
+                o.append("\"command_topic\":\(jsonString("\(topics.value(device: d.name, point: cmd.name))/set"))")
+                o.append("\"max\":\(cmd.maxLength)")
+                if let pattern = cmd.pattern { o.append("\"pattern\":\(jsonString(pattern))") }
+                return Entity(id: id, platform: "text", name: cmd.name, options: o)
+            }
+            out.append(Device(objectID: "\(gw)_\(d.name)", topic: "\(prefix)/device/\(gw)_\(d.name)/config", name: d.name, entities: entities,
+                              shared: [deviceMember(d.name, d.manufacturer, d.model), origin, availability(d.name), "\"qos\":1"]))
+        }
+        devices = out
+    }
+
+    /// Home Assistant entity ids are lower case letters, digits and `_`.
+    static func entityID(_ s: String) -> String {
+        String(s.lowercased().map { $0.isLetter || $0.isNumber ? $0 : "_" })
+    }
+
+    static func common(id: String, platform: String, name: String, icon: String?) -> [String] {
+        var o = ["\"unique_id\":\(jsonString(id))", "\"default_entity_id\":\(jsonString("\(platform).\(entityID(id))"))", "\"name\":\(jsonString(name))"]
+        if let icon { o.append("\"icon\":\(jsonString(icon))") }
+        return o
+    }
+
+    /// The component a point gets when `ha.component` does not say.
+    public static func defaultPlatform(_ p: PointSettings) -> String {
+        if p.writable {
+            if p.pulseMs != nil { return "button" }
+            if !p.map.isEmpty { return "select" }
+            if p.type == .bool { return "switch" }
+            if p.type == .string { return "sensor" }
+            return "number"
+        }
+        if p.type == .bool { return "binary_sensor" }   // a map names its two states
+        return "sensor"
+    }
+
+    static func entity(for p: PointSettings, device d: DeviceSettings, gateway: GatewaySettings, topics: TopicLayout) -> Entity {
+        let ha = p.ha ?? HomeAssistantPoint()
+        let platform = ha.component ?? defaultPlatform(p)
+        let id = "\(gateway.id)_\(d.name)_\(p.name)"
+        var o = common(id: id, platform: platform, name: p.name, icon: ha.icon)
+        let state = topics.value(device: d.name, point: p.name)
+        let command = state + "/set"
+        let json = (p.format ?? gateway.format) == .json
+        // Values as the gateway publishes them: plain `true`/`false`, numbers, map names; JSON
+        // `{"value":...}` (a bool is rendered in lower case to match the plain words).
+        let template = p.type == .bool && p.map.isEmpty ? "{{ value_json.value | lower }}" : "{{ value_json.value }}"
+        func stateMembers() {
+            o.append("\"state_topic\":\(jsonString(state))")
+            if json { o.append("\"value_template\":\(jsonString(template))") }
+        }
+        // The words for on and off: the map's names for 1 and 0 when it has them.
+        let on = p.map[1] ?? "true", off = p.map[0] ?? "false"
+        if let dc = ha.deviceClass { o.append("\"device_class\":\(jsonString(dc))") }
+        switch platform {
+        case "binary_sensor":
+            stateMembers()
+            o += ["\"payload_on\":\(jsonString(on))", "\"payload_off\":\(jsonString(off))"]
+        case "switch":
+            stateMembers()
+            o += ["\"command_topic\":\(jsonString(command))", "\"payload_on\":\(jsonString(on))", "\"payload_off\":\(jsonString(off))",
+                  "\"state_on\":\(jsonString(on))", "\"state_off\":\(jsonString(off))"]
+        case "button":
+            // Pressing it sends the "on" command; a pulse point switches itself off after pulse_ms.
+            o += ["\"command_topic\":\(jsonString(command))", "\"payload_press\":\(jsonString(p.type == .bool ? on : "1"))"]
+        case "lock":
+            let sp = ha.statePoint.flatMap { n in d.points.first { $0.name == n } } ?? p
+            o += ["\"command_topic\":\(jsonString(command))", "\"payload_unlock\":\(jsonString(on))", "\"payload_lock\":\(jsonString(off))",
+                  "\"state_topic\":\(jsonString(topics.value(device: d.name, point: sp.name)))",
+                  "\"state_locked\":\(jsonString(ha.stateLocked ?? "false"))", "\"state_unlocked\":\(jsonString(ha.stateUnlocked ?? "true"))"]
+            if (sp.format ?? gateway.format) == .json {
+                o.append("\"value_template\":\(jsonString(sp.type == .bool && sp.map.isEmpty ? "{{ value_json.value | lower }}" : "{{ value_json.value }}"))")
+            }
+            if ha.statePoint == nil && p.pulseMs != nil { o.append("\"optimistic\":false") }
+        case "number":
+            stateMembers()
+            o.append("\"command_topic\":\(jsonString(command))")
+            let integer = p.type.isInteger && p.scale == p.scale.rounded()
+            o.append("\"min\":\(formatNumber(p.min ?? p.type.naturalMinimum(scale: p.scale, offset: p.offset)))")
+            o.append("\"max\":\(formatNumber(p.max ?? p.type.naturalMaximum(scale: p.scale, offset: p.offset)))")
+            o.append("\"step\":\(formatNumber(integer ? max(1, abs(p.scale)) : abs(p.scale) < 1 ? abs(p.scale) : 0.001))")
+            o.append("\"mode\":\"box\"")
+            if let unit = p.unit { o.append("\"unit_of_measurement\":\(jsonString(unit))") }
+        case "select":
+            stateMembers()
+            o.append("\"command_topic\":\(jsonString(command))")
+            o.append("\"options\":[\(p.map.sorted { $0.key < $1.key }.map { jsonString($0.value) }.joined(separator: ","))]")
+        default:   // sensor
+            stateMembers()
+            if !p.map.isEmpty {
+                if ha.deviceClass == nil { o.append("\"device_class\":\"enum\"") }
+                o.append("\"options\":[\(p.map.sorted { $0.key < $1.key }.map { jsonString($0.value) }.joined(separator: ","))]")
+            } else if p.type != .string && p.type != .bool {
+                o.append("\"state_class\":\(jsonString(ha.stateClass ?? "measurement"))")
+                if let unit = p.unit { o.append("\"unit_of_measurement\":\(jsonString(unit))") }
+            }
+        }
+        if ha.stateClass != nil, platform != "sensor" { o.append("\"state_class\":\(jsonString(ha.stateClass!))") }
+        return Entity(id: id, platform: platform, name: p.name, options: o)
+    }
+}
+
+extension PointType {
+    fileprivate var isInteger: Bool {
+        switch self {
+        case .int16, .uint16, .int32, .uint32, .int64, .uint64: true
+        default: false
+        }
+    }
+
+    /// The raw range of the type, in engineering units.
+    fileprivate var rawRange: (Double, Double) {
+        switch self {
+        case .int16: (-32_768, 32_767)
+        case .uint16: (0, 65_535)
+        case .int32: (-2_147_483_648, 2_147_483_647)
+        case .uint32: (0, 4_294_967_295)
+        case .int64: (-9_007_199_254_740_991, 9_007_199_254_740_991)   // what a JSON number keeps exactly
+        case .uint64: (0, 9_007_199_254_740_991)
+        default: (-1e9, 1e9)
+        }
+    }
+
+    fileprivate func naturalMinimum(scale: Double, offset: Double) -> Double {
+        let (lo, hi) = rawRange
+        return Swift.min(lo * scale + offset, hi * scale + offset)
+    }
+
+    fileprivate func naturalMaximum(scale: Double, offset: Double) -> Double {
+        let (lo, hi) = rawRange
+        return Swift.max(lo * scale + offset, hi * scale + offset)
+    }
+}

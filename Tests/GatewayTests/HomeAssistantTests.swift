@@ -1,0 +1,373 @@
+import Foundation
+import Gateway
+import GatewayConfig
+import MQTT
+import Synchronization
+import Testing
+import TestSupport
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The options Home Assistant's MQTT documentation lists for each platform we announce
+/// (home-assistant.io/integrations/<platform>.mqtt), beside the ones every entity has. A payload
+/// with any other key, or without a required one, would be refused or ignored by Home Assistant.
+enum HomeAssistantSchema {
+    static let everyEntity: Set<String> = ["platform", "name", "unique_id", "default_entity_id", "icon", "device_class", "entity_category",
+                                           "enabled_by_default", "qos", "json_attributes_topic", "availability", "availability_mode"]
+    static let options: [String: Set<String>] = [
+        "binary_sensor": ["state_topic", "value_template", "payload_on", "payload_off", "expire_after", "force_update", "off_delay"],
+        "sensor": ["state_topic", "value_template", "unit_of_measurement", "state_class", "options", "suggested_display_precision",
+                   "expire_after", "force_update"],
+        "switch": ["command_topic", "state_topic", "payload_on", "payload_off", "state_on", "state_off", "value_template", "optimistic", "retain"],
+        "button": ["command_topic", "payload_press", "command_template", "retain"],
+        "number": ["command_topic", "state_topic", "min", "max", "step", "mode", "unit_of_measurement", "value_template",
+                   "command_template", "optimistic", "retain", "payload_reset"],
+        "select": ["command_topic", "state_topic", "options", "value_template", "command_template", "optimistic", "retain"],
+        "lock": ["command_topic", "state_topic", "payload_lock", "payload_unlock", "payload_open", "state_locked", "state_unlocked",
+                 "value_template", "optimistic", "retain", "code_format"],
+        "text": ["command_topic", "state_topic", "min", "max", "mode", "pattern", "value_template", "command_template", "retain"],
+    ]
+    static let required: [String: Set<String>] = [
+        "binary_sensor": ["state_topic"], "sensor": ["state_topic"], "switch": ["command_topic"], "button": ["command_topic"],
+        "number": ["command_topic"], "select": ["command_topic", "options"], "lock": ["command_topic"], "text": ["command_topic"],
+    ]
+    /// Shared options at the root of a device-based payload.
+    static let root: Set<String> = ["device", "origin", "components", "availability", "availability_mode", "qos", "state_topic", "command_topic", "encoding"]
+}
+
+extension JSONValue {
+    subscript(_ key: String) -> JSONValue? {
+        if case .object(let members) = self { return members.first { $0.0 == key }?.1 }
+        return nil
+    }
+    var string: String? { if case .string(let s) = self { s } else { nil } }
+    var keys: [String] { if case .object(let m) = self { m.map(\.0) } else { [] } }
+    var array: [JSONValue] { if case .array(let a) = self { a } else { [] } }
+}
+
+@Suite("Home Assistant discovery payloads, checked against the documented schema")
+struct HomeAssistantPayloadTests {
+    static let config = """
+        [gateway]
+        id = "site"
+        [[bus]]
+        name = "b"
+        type = "tcp"
+        host = "127.0.0.1"
+        [[device]]
+        name = "door"
+        bus = "b"
+        manufacturer = "ACME"
+        model = "DC-200"
+          [[device.point]]
+          name = "unlock"
+          register = "coil"
+          address = 0
+          writable = true
+          pulse_ms = 3000
+          [[device.point]]
+          name = "contact"
+          register = "discrete"
+          address = 0
+          map = { "0" = "closed", "1" = "open" }
+          ha = { device_class = "door" }
+          [[device.point]]
+          name = "light"
+          register = "coil"
+          address = 1
+          writable = true
+          [[device.point]]
+          name = "temp"
+          register = "holding"
+          address = 0
+          type = "int16"
+          scale = 0.1
+          unit = "°C"
+          [[device.point]]
+          name = "setpoint"
+          register = "holding"
+          address = 1
+          writable = true
+          min = 5
+          max = 30
+          [[device.point]]
+          name = "mode"
+          register = "holding"
+          address = 2
+          writable = true
+          map = { "0" = "normal", "1" = "free", "2" = "locked" }
+          [[device.point]]
+          name = "state"
+          register = "input"
+          address = 0
+          map = { "0" = "idle", "1" = "busy" }
+          [[device.point]]
+          name = "passages"
+          register = "input"
+          address = 1
+          type = "uint32"
+          format = "json"
+          ha = { state_class = "total_increasing", icon = "mdi:walk" }
+          [[device.point]]
+          name = "bolt"
+          register = "coil"
+          address = 2
+          writable = true
+          ha = { component = "lock", state_point = "contact", state_locked = "closed", state_unlocked = "open" }
+        [[device]]
+        name = "reader"
+        driver = "serial"
+        port = "/dev/null"
+          [[device.point]]
+          name = "scan"
+          match = "^QR:(.*)$"
+          [[device.command]]
+          name = "beep"
+          send = "BEEP {value}\\r\\n"
+          pattern = "[0-9]"
+          max_length = 1
+          [[device.command]]
+          name = "reset"
+          send = "RESET\\r\\n"
+        """
+
+    static func discovery() throws -> HomeAssistantDiscovery {
+        let c = try ConfigLoader.parse(config)
+        return HomeAssistantDiscovery(configuration: c, topics: TopicLayout(base: c.baseTopic), version: "9.9.9")
+    }
+
+    @Test("one retained config per device; every component in its documented schema, with the platform the point calls for")
+    func everyComponent() throws {
+        let d = try Self.discovery()
+        #expect(d.devices.map(\.topic) == ["homeassistant/device/site_gateway/config", "homeassistant/device/site_door/config",
+                                           "homeassistant/device/site_reader/config"])
+        var platforms: [String: String] = [:]
+        for device in d.devices {
+            let root = try JSONValue.parse(Array(device.payload().utf8))
+            for key in root.keys { #expect(HomeAssistantSchema.root.contains(key), "\(device.topic): root key \(key)") }
+            #expect(root["origin"]?["name"]?.string == "mqtt-gateway" && root["origin"]?["sw_version"]?.string == "9.9.9")
+            #expect(root["origin"]?["support_url"]?.string?.hasPrefix("https://") == true)
+            #expect(root["qos"] == .number("1"))
+            guard case .object(let components)? = root["components"] else { Issue.record("no components"); continue }
+            for (id, c) in components {
+                let platform = try #require(c["platform"]?.string)
+                platforms[id] = platform
+                let allowed = HomeAssistantSchema.everyEntity.union(HomeAssistantSchema.options[platform] ?? [])
+                for key in c.keys { #expect(allowed.contains(key), "\(id) (\(platform)): \(key) is not a documented option") }
+                for key in HomeAssistantSchema.required[platform] ?? [] { #expect(c[key] != nil, "\(id) (\(platform)): \(key) missing") }
+                #expect(c["unique_id"]?.string == id)
+                #expect(c["default_entity_id"]?.string == "\(platform).\(id.replacingOccurrences(of: "-", with: "_"))")
+            }
+        }
+        #expect(platforms == [
+            "site_gateway_status": "binary_sensor",
+            "site_door_unlock": "button", "site_door_contact": "binary_sensor", "site_door_light": "switch", "site_door_temp": "sensor",
+            "site_door_setpoint": "number", "site_door_mode": "select", "site_door_state": "sensor", "site_door_passages": "sensor",
+            "site_door_bolt": "lock", "site_reader_scan": "sensor", "site_reader_beep": "text", "site_reader_reset": "button",
+        ])
+    }
+
+    @Test("device, availability (gateway AND device), and the values each component reads and sends")
+    func fieldByField() throws {
+        let d = try Self.discovery()
+        let gateway = try JSONValue.parse(Array(d.devices[0].payload().utf8))
+        #expect(gateway["device"]?["identifiers"]?.array == [.string("site_gateway")])
+        #expect(gateway["availability"] == nil, "the gateway's own connectivity sensor must show offline, not unavailable")
+        let status = try #require(gateway["components"]?["site_gateway_status"])
+        #expect(status["device_class"]?.string == "connectivity" && status["state_topic"]?.string == "gateway/site/status")
+        #expect(status["payload_on"]?.string == "online" && status["payload_off"]?.string == "offline")
+
+        let door = try JSONValue.parse(Array(d.devices[1].payload().utf8))
+        #expect(door["device"]?["identifiers"]?.array == [.string("site_door")])
+        #expect(door["device"]?["name"]?.string == "door" && door["device"]?["manufacturer"]?.string == "ACME" && door["device"]?["model"]?.string == "DC-200")
+        #expect(door["device"]?["via_device"]?.string == "site_gateway")
+        #expect(door["availability"]?.array.map { $0["topic"]?.string } == ["gateway/site/status", "gateway/site/door/status"])
+        #expect(door["availability_mode"]?.string == "all")
+        let c = { (id: String) in door["components"]?["site_door_\(id)"] }
+        #expect(c("unlock")?["command_topic"]?.string == "gateway/site/door/unlock/set" && c("unlock")?["payload_press"]?.string == "true")
+        #expect(c("contact")?["device_class"]?.string == "door")
+        #expect(c("contact")?["payload_on"]?.string == "open" && c("contact")?["payload_off"]?.string == "closed")
+        #expect(c("light")?["state_topic"]?.string == "gateway/site/door/light" && c("light")?["state_on"]?.string == "true")
+        #expect(c("temp")?["unit_of_measurement"]?.string == "°C" && c("temp")?["state_class"]?.string == "measurement")
+        #expect(c("setpoint")?["min"] == .number("5") && c("setpoint")?["max"] == .number("30") && c("setpoint")?["step"] == .number("1"))
+        #expect(c("mode")?["options"]?.array == [.string("normal"), .string("free"), .string("locked")])
+        #expect(c("state")?["device_class"]?.string == "enum" && c("state")?["options"]?.array == [.string("idle"), .string("busy")])
+        #expect(c("passages")?["state_class"]?.string == "total_increasing" && c("passages")?["icon"]?.string == "mdi:walk")
+        #expect(c("passages")?["value_template"]?.string == "{{ value_json.value }}")
+        #expect(c("temp")?["value_template"] == nil, "plain values need no template")
+        #expect(c("bolt")?["state_topic"]?.string == "gateway/site/door/contact" && c("bolt")?["state_locked"]?.string == "closed")
+        #expect(c("bolt")?["payload_unlock"]?.string == "true" && c("bolt")?["payload_lock"]?.string == "false")
+
+        let reader = try JSONValue.parse(Array(d.devices[2].payload().utf8))
+        #expect(reader["components"]?["site_reader_beep"]?["pattern"]?.string == "[0-9]")
+        #expect(reader["components"]?["site_reader_beep"]?["max"] == .number("1"))
+        #expect(reader["components"]?["site_reader_beep"]?["command_topic"]?.string == "gateway/site/reader/beep/set")
+    }
+
+    @Test("a removed component is announced once with only its platform; an earlier payload of someone else is not ours")
+    func removal() throws {
+        let d = try Self.discovery()
+        let payload = try JSONValue.parse(Array(d.devices[1].payload(removing: ["site_door_gone": "sensor"]).utf8))
+        #expect(payload["components"]?["site_door_gone"]?.keys == ["platform"])
+        #expect(payload["components"]?["site_door_gone"]?["platform"]?.string == "sensor")
+    }
+
+    @Test("config errors: an unknown component, a command component on a read-only point, a lock's unknown state point")
+    func configErrors() {
+        let base = "[gateway]\nid = \"x\"\n[[bus]]\nname = \"b\"\ntype = \"tcp\"\nhost = \"h\"\n[[device]]\nname = \"d\"\nbus = \"b\"\n[[device.point]]\nname = \"p\"\nregister = \"coil\"\naddress = 0\n"
+        for (extra, message) in [("ha = { component = \"light\" }", "is not one of"), ("ha = { component = \"switch\" }", "must be writable"),
+                                 ("writable = true\nha = { component = \"lock\", state_point = \"nope\" }", "no point 'nope'"),
+                                 ("ha = { state_point = \"p\" }", "are for component = \"lock\""), ("ha = { colour = 1 }", "unknown key")] {
+            do {
+                _ = try ConfigLoader.parse(base + extra + "\n")
+                Issue.record("taken: \(extra)")
+            } catch {
+                #expect("\(error)".contains(message), "\(extra): \(error)")
+            }
+        }
+        #expect(throws: ConfigError.self) { try ConfigLoader.parse(base + "[homeassistant]\nprefix = \"home/+/x\"\n") }
+    }
+}
+
+@Suite("Home Assistant discovery end to end (Mosquitto, gateway simulate, gateway run)", .timeLimit(.minutes(3)))
+struct HomeAssistantTests {
+    static let points = """
+        [[device.point]]
+        name = "unlock"
+        register = "coil"
+        address = 0
+        writable = true
+        pulse_ms = 300
+        [[device.point]]
+        name = "temp"
+        register = "holding"
+        address = 0
+        """
+
+    /// A client that records everything under `filter`.
+    final class Recorder: Sendable {
+        let client: MQTTClient
+        let seen = Mutex<[(topic: String, payload: [UInt8], retain: Bool)]>([])
+        init(port: Int, filter: String) async throws {
+            var c = MQTTConfiguration(host: "127.0.0.1", port: port, clientIdentifier: "ha-\(UUID().uuidString.prefix(6))")
+            c.reconnect = nil
+            client = MQTTClient(configuration: c)
+            try await client.connect()
+            let stream = client.messages
+            Task { [weak self] in for await m in stream { self?.seen.withLock { $0.append((m.topic, m.payload, m.retain)) } } }
+            _ = try await client.subscribe([Subscription(filter, qos: .atLeastOnce)])
+        }
+        func count(_ topic: String) -> Int { seen.withLock { $0.filter { $0.topic == topic }.count } }
+        func last(_ topic: String) -> [UInt8]? { seen.withLock { $0.last { $0.topic == topic }?.payload } }
+        func waitUntil(_ what: String, timeout: Duration = .seconds(20), _ condition: () -> Bool) async throws {
+            let deadline = ContinuousClock.now + timeout
+            while !condition() {
+                guard ContinuousClock.now < deadline else { throw FixtureError("timed out waiting for \(what); seen: \(seen.withLock { $0.map(\.topic) })") }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+        }
+    }
+
+    @Test("configs published retained; the button pulses the coil and is answered; HA's birth brings configs and values back")
+    func publishPressRestart() async throws {
+        let rig = try await Rig.start(points: Self.points, simArgs: ["--set", "holding:0=42"])
+        try await rig.waitFor("gateway/e2e/dev/temp", "42")
+        let ha = try await Recorder(port: rig.broker.port, filter: "homeassistant/#")
+        let topic = "homeassistant/device/e2e_dev/config"
+        try await ha.waitUntil("the device config") { ha.count(topic) >= 1 && ha.count("homeassistant/device/e2e_gateway/config") >= 1 }
+        // Retained: a subscriber that comes later (Home Assistant after a restart) gets it at once.
+        let late = try await Recorder(port: rig.broker.port, filter: topic)
+        try await late.waitUntil("the retained config") { late.count(topic) == 1 }
+        #expect(late.seen.withLock { $0.first?.retain } == true)
+        await late.client.disconnect()
+        let config = try JSONValue.parse(try #require(ha.last(topic)))
+        let button = try #require(config["components"]?["e2e_dev_unlock"])
+        #expect(button["platform"]?.string == "button")
+        // Press it as Home Assistant does: its payload_press on its command_topic, not retained.
+        let commandTopic = try #require(button["command_topic"]?.string)
+        let press = try #require(button["payload_press"]?.string)
+        try await rig.observer.publish(to: commandTopic, payload: Array(press.utf8), qos: .atLeastOnce)
+        let writes = try await rig.sim.waitForWrites(2)   // on, then off after pulse_ms
+        #expect(writes.map(\.values) == [[1], [0]])
+        try await rig.waitUntil("the press answered") { rig.payloads("gateway/e2e/dev/unlock/set/result").first?.hasPrefix("{\"ok\":true") == true }
+
+        // Home Assistant restarts: its birth brings every config back, then the (unchanged) values.
+        let configsBefore = ha.count(topic)
+        let valuesBefore = rig.payloads("gateway/e2e/dev/temp").count
+        try await ha.client.publish(to: "homeassistant/status", payload: Array("online".utf8), qos: .atLeastOnce)
+        try await ha.waitUntil("the configs again", timeout: .seconds(15)) { ha.count(topic) > configsBefore }
+        try await rig.waitUntil("the unchanged value again") { rig.payloads("gateway/e2e/dev/temp").count > valuesBefore }
+        #expect(rig.payloads("gateway/e2e/dev/temp").last == "42")
+        await ha.client.disconnect()
+        await rig.shutdown()
+    }
+
+    @Test("a device or point removed from the config: its retained config is cleared, the point marked removed, at the next start")
+    func staleConfigsCleared() async throws {
+        let two = """
+            [[bus]]
+            name = "plc"
+            type = "tcp"
+            host = "127.0.0.1"
+            port = PORT
+            timeout_ms = 300
+            [[device]]
+            name = "dev"
+            bus = "plc"
+            poll_ms = 100
+            \(Self.points)
+            [[device]]
+            name = "old"
+            bus = "plc"
+            poll_ms = 100
+            [[device.point]]
+            name = "v"
+            register = "coil"
+            address = 5
+            """
+        let sim = try await GatewaySimulator.start([], port: try TestEnvironment.freePort())
+        let rig = try await Rig.start(points: "", simArgs: [], devicePort: sim.port, body: two.replacingOccurrences(of: "PORT", with: "\(sim.port)"))
+        let ha = try await Recorder(port: rig.broker.port, filter: "homeassistant/#")
+        try await ha.waitUntil("both configs") {
+            ha.count("homeassistant/device/e2e_old/config") >= 1 && ha.count("homeassistant/device/e2e_dev/config") >= 1
+        }
+        await rig.gateway.stop()
+        // The site removes device "old" and point "temp" of "dev", and starts the gateway again.
+        let config = try String(contentsOfFile: rig.configPath, encoding: .utf8)
+        let cut = config.components(separatedBy: "[[device]]\nname = \"old\"")[0]
+            .replacingOccurrences(of: "[[device.point]]\nname = \"temp\"\nregister = \"holding\"\naddress = 0", with: "")
+        try cut.write(toFile: rig.configPath, atomically: true, encoding: .utf8)
+        let again = try ChildProcess(try TestEnvironment.gatewayBinary(), ["run", "--config", rig.configPath])
+        try await ha.waitUntil("the old config cleared") { ha.last("homeassistant/device/e2e_old/config") == [] }
+        try await ha.waitUntil("dev's config again") { ha.count("homeassistant/device/e2e_dev/config") >= 2 }
+        let dev = try JSONValue.parse(try #require(ha.last("homeassistant/device/e2e_dev/config")))
+        #expect(dev["components"]?["e2e_dev_temp"]?.keys == ["platform"], "removed point announced with its platform only")
+        #expect(dev["components"]?["e2e_dev_unlock"]?["platform"]?.string == "button")
+        // A new subscriber sees no retained config for the removed device.
+        let late = try await Recorder(port: rig.broker.port, filter: "homeassistant/device/+/config")
+        try await late.waitUntil("dev's retained config") { late.count("homeassistant/device/e2e_dev/config") == 1 }
+        #expect(late.count("homeassistant/device/e2e_old/config") == 0)
+        await again.stop()
+        await late.client.disconnect()
+        await ha.client.disconnect()
+        _ = await sim.stop()
+        await rig.shutdown()
+    }
+
+    @Test("enabled = false: nothing under the prefix, and HA's birth is not listened to")
+    func disabled() async throws {
+        let rig = try await Rig.start(points: Self.points, simArgs: ["--set", "holding:0=7"], extraSections: "[homeassistant]\nenabled = false")
+        let ha = try await Recorder(port: rig.broker.port, filter: "homeassistant/#")
+        try await rig.waitFor("gateway/e2e/dev/temp", "7")
+        try await rig.waitFor("gateway/e2e/dev/status", "online")
+        try await ha.client.publish(to: "homeassistant/status", payload: Array("online".utf8), qos: .atLeastOnce)
+        // The birth is seen by the recorder itself; anything else would be the gateway's.
+        try await ha.waitUntil("the recorder's own birth") { ha.count("homeassistant/status") == 1 }
+        #expect(ha.seen.withLock { $0.filter { $0.topic != "homeassistant/status" }.isEmpty })
+        #expect(!rig.gateway.lines.contains { $0.contains("discovery published") })
+        await ha.client.disconnect()
+        await rig.shutdown()
+    }
+}
