@@ -1,4 +1,5 @@
 import Logging
+import Synchronization
 import ServiceLifecycle
 import GatewayConfig
 #if canImport(Glibc)
@@ -192,6 +193,127 @@ public enum CodePages {
         }
         #endif
         return nil
+    }
+}
+
+/// Code and constant data that occasional work maps in (an HTTP request every few seconds:
+/// accept, parse, render, answer, close), given back once that work has been over for
+/// ``settle``, so that it does not stay resident between two scrapes. The executable's pages that
+/// are present then and were not at the baseline are unmapped; the baseline is what is present
+/// ``rebaseline`` after a give-back (the rest of the gateway has mapped back what it runs by
+/// then), and nothing before the first one (which so takes every file page, as at start-up). Pages
+/// go with `MADV_DONTNEED` (read from `/proc/self/pagemap`, one 8-byte entry per page); a page that was
+/// written (not the file's any more) is never touched. They stay in the page cache, so the next
+/// request maps them back with minor faults. Pages the rest of the gateway mapped in meanwhile go
+/// too, and come back the same way. Nil where there is no /proc.
+public final class OccasionalWorkPages: Sendable {
+    /// Quiet time after the last piece of work before its pages go (the connection's close and
+    /// the task's end run after its answer).
+    public static let settle: Duration = .milliseconds(250)
+    /// When the pages present count as the steady state again after a give-back.
+    public static let rebaseline: Duration = .milliseconds(2_500)
+
+    private let ranges: [(first: UInt, count: Int)]
+    private let page: UInt
+    /// Work in progress, a count of begins (a give-back runs only if none came since it was
+    /// scheduled), and the pages present when the current burst began.
+    private let state = Mutex<(active: Int, generation: Int, baseline: [[UInt64]]?)>((0, 0, nil))
+
+    public init?() {
+        #if canImport(Glibc)
+        var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = readlink("/proc/self/exe", &buf, buf.count - 1)
+        guard n > 0, let maps = ConfigLoader.readFile("/proc/self/maps").map({ String(decoding: $0, as: UTF8.self) }) else { return nil }
+        let exe = String(decoding: buf[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        page = UInt(sysconf(Int32(_SC_PAGESIZE)))
+        var ranges: [(UInt, Int)] = []
+        for line in maps.split(separator: "\n") {
+            let f = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard f.count >= 6, f[5...].joined(separator: " ") == exe, f[1].hasSuffix("p"),
+                  let dash = f[0].firstIndex(of: "-"), let a = UInt(f[0][..<dash], radix: 16),
+                  let b = UInt(f[0][f[0].index(after: dash)...], radix: 16), b > a else { continue }
+            // Every private mapping of the executable: only pages that are still the file's are
+            // ever dropped (`.rodata` sits in a writable segment, see above).
+            ranges.append((a / page, Int((b - a) / page)))
+        }
+        guard !ranges.isEmpty, ranges.reduce(0, { $0 + $1.1 }) < 1 << 20 else { return nil }
+        self.ranges = ranges
+        #else
+        return nil
+        #endif
+    }
+
+    /// Work begins (calls nest).
+    public func begin() {
+        state.withLock { s in
+            s.active += 1
+            s.generation += 1
+        }
+    }
+
+    /// Work ends; ``settle`` after the last one, what was mapped in since the last give-back goes.
+    public func end() {
+        let generation = state.withLock { s -> Int? in
+            s.active = max(0, s.active - 1)
+            return s.active == 0 ? s.generation : nil
+        }
+        guard let generation else { return }
+        Task {
+            try? await Task.sleep(for: Self.settle)
+            self.giveBack(ifStill: generation)
+        }
+    }
+
+    private func giveBack(ifStill generation: Int) {
+        state.withLock { s in
+            guard s.active == 0, s.generation == generation, let after = presentPages() else { return }
+            // No baseline yet (the first time): every file page of the executable goes.
+            let before = s.baseline ?? after.map { [UInt64](repeating: 0, count: $0.count) }
+            guard before.count == after.count else { return }
+            #if canImport(Glibc)
+            let present: UInt64 = 1 << 63, filePage: UInt64 = 1 << 61
+            for (r, range) in ranges.enumerated() {
+                let was = before[r], now = after[r]
+                let new = { (k: Int) in now[k] & present != 0 && now[k] & filePage != 0 && was[k] & present == 0 }
+                var i = 0
+                while i < now.count {
+                    guard new(i) else { i += 1; continue }
+                    var j = i
+                    while j < now.count, new(j) { j += 1 }
+                    _ = madvise(UnsafeMutableRawPointer(bitPattern: (range.first + UInt(i)) * page), Int(UInt(j - i) * page), MADV_DONTNEED)
+                    i = j
+                }
+            }
+            #endif
+        }
+        // The new baseline once the rest of the gateway has mapped back what it runs (its polls):
+        // pages present then are its steady state and are not taken from it again.
+        Task {
+            try? await Task.sleep(for: Self.rebaseline)
+            state.withLock { s in
+                if s.active == 0, s.generation == generation { s.baseline = presentPages() }
+            }
+        }
+    }
+
+    /// The pagemap entries of every range.
+    private func presentPages() -> [[UInt64]]? {
+        #if canImport(Glibc)
+        let fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var out: [[UInt64]] = []
+        for r in ranges {
+            var entries = [UInt64](repeating: 0, count: r.count)
+            let want = r.count * 8
+            let got = entries.withUnsafeMutableBytes { pread(fd, $0.baseAddress, want, off_t(r.first * 8)) }
+            guard got == want else { return nil }
+            out.append(entries)
+        }
+        return out
+        #else
+        return nil
+        #endif
     }
 }
 

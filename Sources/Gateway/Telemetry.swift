@@ -233,6 +233,9 @@ public final class GatewayTelemetry: Sendable {
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 
+    /// Fewer buckets for the per-device histogram (it is repeated for every device): 5 ms to 2.5 s.
+    static let pollBuckets: [Duration] = [.milliseconds(5), .milliseconds(25), .milliseconds(100), .milliseconds(250), .seconds(1), .seconds(2.5)]
+
     /// 1 ms to 10 s: commands and acks on a LAN take a few ms, a dead unit's timeout a second.
     static let fastBuckets: [Duration] = [.milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25),
                                           .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500),
@@ -323,7 +326,7 @@ final class DeviceMeter: Sendable {
         self.polls = polls
         lastSuccess = r.gauge(name: "gateway_device_last_success_timestamp_seconds", labels: l,
                                   help: "When the device last answered (Unix time; 0 = never)")
-        pollDuration = r.durations(name: "gateway_device_poll_duration_seconds", labels: l, buckets: GatewayTelemetry.fastBuckets,
+        pollDuration = r.durations(name: "gateway_device_poll_duration_seconds", labels: l, buckets: GatewayTelemetry.pollBuckets,
                                                help: "How long one poll of the device took")
         pollPeriod = r.gauge(name: "gateway_device_poll_period_seconds", labels: l, help: "Time between the starts of its last two polls")
         if d.bus == nil {

@@ -65,7 +65,7 @@ struct Run: AsyncParsableCommand {
         ]
         if let telemetry, let address = loaded.http.address {
             services.append(.init(service: OperationsService(runtime: runtime, telemetry: telemetry, address: address, username: loaded.http.username,
-                                                             password: listenerPassword, logger: logger),
+                                                             password: listenerPassword, dropPagesBetweenRequests: loaded.gateway.dropStartupPages, logger: logger),
                                   successTerminationBehavior: .ignore))
         }
         if let notifier = SystemdNotifier() {
