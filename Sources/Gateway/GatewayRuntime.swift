@@ -96,11 +96,12 @@ public final class GatewayRuntime: Service, Sendable {
         }
         self.serialRunners = serialRunners
         if configuration.homeAssistant.enabled {
-            let discovery = HomeAssistantDiscovery(configuration: configuration, topics: plan.topics, version: version)
             let box = WeakRuntime()
-            self.homeAssistant = HomeAssistantPublisher(discovery: discovery, gatewayID: configuration.gateway.id, client: client, logger: logger) {
-                await box.runtime?.republishAfterHomeAssistantBirth()
-            }
+            let topics = plan.topics
+            self.homeAssistant = HomeAssistantPublisher(prefix: configuration.homeAssistant.prefix, gatewayID: configuration.gateway.id,
+                                                        client: client, logger: logger,
+                                                        discovery: { HomeAssistantDiscovery(configuration: configuration, topics: topics, version: version) },
+                                                        republish: { await box.runtime?.republishAfterHomeAssistantBirth() })
             box.set(self)
         } else {
             self.homeAssistant = nil

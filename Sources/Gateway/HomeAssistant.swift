@@ -2,6 +2,9 @@ import GatewayConfig
 import Logging
 import MQTT
 import Synchronization
+#if canImport(Glibc)
+import CMalloc
+#endif
 
 /// Home Assistant discovery at run time (`[homeassistant] enabled`, the default). One task:
 /// - at the first connect it reads the device configs already retained under
@@ -17,7 +20,10 @@ import Synchronization
 final class HomeAssistantPublisher: Sendable {
     enum Trigger: Sendable { case connected, homeAssistantOnline }
 
-    let discovery: HomeAssistantDiscovery
+    /// The payloads are built when they are published (at connect, after Home Assistant's
+    /// birth) and not kept: at 100 devices they are several hundred KiB of strings.
+    private let makeDiscovery: @Sendable () -> HomeAssistantDiscovery
+    private let prefix: String
     let gatewayID: String
     private let client: MQTTClient
     private let logger: Logger
@@ -33,22 +39,24 @@ final class HomeAssistantPublisher: Sendable {
     static let scanWindow: Duration = .seconds(3)
     static let scanQuiet: Duration = .milliseconds(500)
 
-    init(discovery: HomeAssistantDiscovery, gatewayID: String, client: MQTTClient, logger: Logger, republish: @escaping @Sendable () async -> Void) {
-        self.discovery = discovery
+    init(prefix: String, gatewayID: String, client: MQTTClient, logger: Logger, discovery: @escaping @Sendable () -> HomeAssistantDiscovery,
+         republish: @escaping @Sendable () async -> Void) {
+        self.makeDiscovery = discovery
+        self.prefix = prefix
         self.gatewayID = gatewayID
         self.client = client
         var l = logger
         l[metadataKey: "component"] = "homeassistant"
         self.logger = l
-        self.statusTopic = "\(discovery.prefix)/status"
-        self.configFilter = "\(discovery.prefix)/device/+/config"
+        self.statusTopic = "\(prefix)/status"
+        self.configFilter = "\(prefix)/device/+/config"
         self.republish = republish
         (triggers, continuation) = AsyncStream.makeStream(of: Trigger.self, bufferingPolicy: .bufferingNewest(4))
     }
 
     /// True for the topics this publisher listens to (the dispatcher hands them here).
     func handles(_ topic: String) -> Bool {
-        topic == statusTopic || (topic.hasPrefix("\(discovery.prefix)/device/") && topic.hasSuffix("/config"))
+        topic == statusTopic || (topic.hasPrefix("\(prefix)/device/") && topic.hasSuffix("/config"))
     }
 
     /// A message on one of ``handles(_:)``'s topics. Never waits.
@@ -118,12 +126,11 @@ final class HomeAssistantPublisher: Sendable {
             defer { s.seen = nil }
             return s.seen ?? [:]
         }
-        let current = Dictionary(uniqueKeysWithValues: discovery.devices.map { ($0.topic, $0) })
+        let current = Dictionary(uniqueKeysWithValues: makeDiscovery().devices.map { ($0.topic, Set($0.entities.map(\.id))) })
         var removed: [String: [String: String]] = [:]
         for (topic, payload) in seen.sorted(by: { $0.key < $1.key }) where !payload.isEmpty {
             guard let earlier = Self.components(ofOurs: payload, gatewayID: gatewayID) else { continue }
-            if let now = current[topic] {
-                let kept = Set(now.entities.map(\.id))
+            if let kept = current[topic] {
                 let gone = earlier.filter { !kept.contains($0.key) && $0.value.count > 0 }
                 if !gone.isEmpty { removed[topic] = gone }
             } else {
@@ -135,11 +142,15 @@ final class HomeAssistantPublisher: Sendable {
     }
 
     private func publishConfigs(removing removed: [String: [String: String]]) async {
+        let discovery = makeDiscovery()
         for device in discovery.devices {
             let payload = device.payload(removing: removed[device.topic] ?? [:])
             try? await client.enqueue(to: device.topic, payload: Array(payload.utf8), qos: .atLeastOnce, retain: true)
         }
         logger.info("discovery published: \(discovery.devices.count) devices, \(discovery.devices.reduce(0) { $0 + $1.entities.count }) entities under \(discovery.prefix)/device/")
+        #if canImport(Glibc)
+        _ = malloc_trim(0)   // the payloads' heap back to the kernel (a rare event)
+        #endif
     }
 
     /// The components (id -> platform) of a retained config this gateway published (its origin

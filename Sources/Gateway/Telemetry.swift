@@ -27,6 +27,7 @@ public final class GatewayTelemetry: Sendable {
     let deviceOrder: [DeviceMeter]
     private let buses: [String: BusMeter]
     private let commands = Mutex(RecentCommands())
+    private let lastRenderSize = Mutex(16_384)
 
     // MQTT (read from the client at scrape time, and from its events).
     let mqttConnected: Gauge
@@ -194,9 +195,11 @@ public final class GatewayTelemetry: Sendable {
         for (qos, count) in zip(mqttPublished, mqtt.published) { qos.update(Double(count)) }
         pulsesActive.set(Double(mqtt.pulsesActive))
         for meter in buses.values { meter.refresh() }
+        // Sized by the last rendering: one allocation, not a doubling series of them.
         var out: [UInt8] = []
-        out.reserveCapacity(16_384)
+        out.reserveCapacity(lastRenderSize.withLock { $0 } + 4096)
         registry.emit(into: &out)
+        lastRenderSize.withLock { $0 = out.count }
         return out
     }
 
@@ -287,7 +290,9 @@ final class DeviceMeter: Sendable {
     let pointNames: [String]
     let units: [String?]
     let online: Gauge
-    private let polls: [String: Counter]
+    /// Poll counters by result, made when a result first happens (most devices only ever see
+    /// `ok`: 100 devices would otherwise hold 500 counters that stay at zero).
+    private let polls = Mutex<[String: Counter]>([:])
     let lastSuccess: Gauge
     let pollDuration: DurationHistogram
     let pollPeriod: Gauge
@@ -317,13 +322,6 @@ final class DeviceMeter: Sendable {
         registry = r
         let l = [("device", d.name)]
         online = r.gauge(name: "gateway_device_online", labels: l, help: "1 while the device answers (0: offline or not yet seen)")
-        var polls: [String: Counter] = [:]
-        if d.bus != nil {
-            for result in Self.pollResults {
-                polls[result] = r.counter(name: "gateway_device_polls_total", labels: l + [("result", result)], help: "Polls by result")
-            }
-        }
-        self.polls = polls
         lastSuccess = r.gauge(name: "gateway_device_last_success_timestamp_seconds", labels: l,
                                   help: "When the device last answered (Unix time; 0 = never)")
         pollDuration = r.durations(name: "gateway_device_poll_duration_seconds", labels: l, buckets: GatewayTelemetry.pollBuckets,
@@ -353,7 +351,13 @@ final class DeviceMeter: Sendable {
 
     /// One Modbus poll: its result class, duration and (on an answer) the time of success.
     func poll(result: String, error: String?, started: ContinuousClock.Instant, duration: Duration, previousStart: ContinuousClock.Instant?) {
-        polls[result]?.increment()
+        let counter = polls.withLock { p -> Counter in
+            if let c = p[result] { return c }
+            let made = registry.counter(name: "gateway_device_polls_total", labels: [("device", name), ("result", result)], help: "Polls by result")
+            p[result] = made
+            return made
+        }
+        counter.increment()
         pollDuration.recordNanoseconds(duration.nanoseconds)
         if let previousStart { pollPeriod.set(Double((started - previousStart).nanoseconds) / 1e9) }
         let now = GatewayTelemetry.wallClock()

@@ -300,6 +300,15 @@ struct HomeAssistantTests {
         try await ha.waitUntil("the configs again", timeout: .seconds(15)) { ha.count(topic) > configsBefore }
         try await rig.waitUntil("the unchanged value again") { rig.payloads("gateway/e2e/dev/temp").count > valuesBefore }
         #expect(rig.payloads("gateway/e2e/dev/temp").last == "42")
+
+        // Availability as the config lists it: the device's own status goes offline when it
+        // stops answering, the gateway's (its will) when the gateway is killed.
+        let availability = config["availability"]?.array.compactMap { $0["topic"]?.string } ?? []
+        #expect(availability == ["gateway/e2e/status", "gateway/e2e/dev/status"])
+        _ = await rig.sim.stop()
+        try await rig.waitFor(availability[1], "offline")
+        rig.gateway.signal(SIGKILL)
+        try await rig.waitFor(availability[0], "offline")
         await ha.client.disconnect()
         await rig.shutdown()
     }
