@@ -31,8 +31,8 @@ public struct HTTPResponse: Sendable {
 }
 
 /// A small HTTP/1.1 server for operators, on the event loop the gateway already has: no thread
-/// of its own, none per request. Bounded everywhere: at most `maxConnections` at once (more are
-/// closed at once), headers within NIO's decoder limits (8 KiB per field, 16 KiB in all), no
+/// of its own, none per request. Bounded everywhere: at most `maxConnections` at once (a new one
+/// closes the oldest), headers within NIO's decoder limits (8 KiB per field, 16 KiB in all), no
 /// request bodies (answered 413 and closed), and a connection quiet for `idleTimeout` is closed,
 /// so a slow or stuck client holds one slot and nothing else. The responder runs in a task and
 /// never on the poll or command paths.
@@ -62,18 +62,21 @@ public final class HTTPListener: Sendable {
     public static func start(host: String, port: Int, credentials: Credentials?, maxConnections: Int = 16,
                              idleTimeout: TimeAmount = .seconds(30), group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                              logger: Logger, activity: Activity? = nil, responder: @escaping Responder) async throws -> HTTPListener {
-        let open = ConnectionCount()
+        let open = OpenConnections()
         let expected = credentials?.expectedHeader
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 32)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.so_keepalive), value: 1)
             .childChannelInitializer { channel in
-                guard open.take(limit: maxConnections) else {
-                    logger.debug("http: more than \(maxConnections) connections, closing a new one")
-                    return channel.close()
+                // At the limit the oldest connection makes room: clients that never finish their
+                // request can hold the slots only until the next one comes, so a health check or
+                // a scrape always gets through.
+                if let oldest = open.add(channel, limit: maxConnections) {
+                    logger.debug("http: \(maxConnections) connections open, closing the oldest for a new one")
+                    oldest.close(promise: nil)
                 }
-                channel.closeFuture.whenComplete { _ in open.give() }
+                channel.closeFuture.whenComplete { _ in open.remove(channel) }
                 return channel.eventLoop.makeCompletedFuture {
                     let ops = channel.pipeline.syncOperations
                     try ops.addHandler(IdleStateHandler(allTimeout: idleTimeout))
@@ -101,17 +104,23 @@ public final class HTTPListener: Sendable {
     }
 }
 
-/// Open connections, shared by the accept path.
-private final class ConnectionCount: Sendable {
-    private let count = Mutex(0)
-    func take(limit: Int) -> Bool {
-        count.withLock { n in
-            guard n < limit else { return false }
-            n += 1
-            return true
+/// Open connections in the order they came, shared by the accept path.
+private final class OpenConnections: Sendable {
+    private let channels = Mutex<[ObjectIdentifier: (order: Int, channel: any Channel)]>([:])
+    private let next = Mutex(0)
+
+    /// Adds `channel`; when that makes more than `limit`, returns the oldest other one (to close).
+    func add(_ channel: any Channel, limit: Int) -> (any Channel)? {
+        let order = next.withLock { n -> Int in n += 1; return n }
+        return channels.withLock { c -> (any Channel)? in
+            c[ObjectIdentifier(channel)] = (order, channel)
+            guard c.count > limit, let oldest = c.min(by: { $0.value.order < $1.value.order }) else { return nil }
+            c[oldest.key] = nil
+            return oldest.value.channel
         }
     }
-    func give() { count.withLock { $0 -= 1 } }
+
+    func remove(_ channel: any Channel) { channels.withLock { $0[ObjectIdentifier(channel)] = nil } }
 }
 
 /// One connection: a request at a time (NIO's pipelining helper holds later ones back).

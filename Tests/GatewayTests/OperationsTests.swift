@@ -153,7 +153,7 @@ struct OperationsTests {
         await rig.shutdown()
     }
 
-    @Test("20 clients that never finish their request: 16 are held, the rest closed at once; polls and commands go on")
+    @Test("20 clients that never finish their request: the 4 oldest make room, 16 are held, /healthz gets through; polls and commands go on")
     func slowClients() async throws {
         let port = try TestEnvironment.freePort()
         let rig = try await Rig.start(points: Self.points, simArgs: ["--set", "holding:0=1"], httpListen: "127.0.0.1:\(port)")
@@ -174,21 +174,24 @@ struct OperationsTests {
             _ = partial.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
             sockets.append(fd)
         }
-        // The gateway closes the connections over its limit: recv sees the end (0, or a reset, as
-        // the gateway closed with our bytes unread), not the 5 s timeout (EAGAIN).
+        // At the limit the oldest connection makes room for the new one: the first 4 are closed
+        // by the gateway (recv sees the end, or a reset as our bytes were unread), not left to
+        // the 5 s timeout (EAGAIN).
         var closedByGateway = 0
-        for fd in sockets.suffix(4) {
+        for fd in sockets.prefix(4) {
             var byte: UInt8 = 0
             let n = recv(fd, &byte, 1, 0)
             if n == 0 || (n < 0 && errno == ECONNRESET) { closedByGateway += 1 }
         }
         #expect(closedByGateway == 4)
-        // The first 16 are held open, waiting for the rest of their request.
-        let held = sockets.prefix(16).filter { fd in
+        // The last 16 are held open, waiting for the rest of their request.
+        let held = sockets.suffix(16).filter { fd in
             var byte: UInt8 = 0
             return recv(fd, &byte, 1, Int32(MSG_DONTWAIT)) < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)
         }.count
         #expect(held == 16)
+        // A health check still gets through while they hold every slot.
+        #expect(try await Self.get("http://127.0.0.1:\(port)/healthz").status == 200)
         // Polls and commands do not notice.
         try await rig.sim.set("holding:0=2")
         try await rig.waitFor("gateway/e2e/dev/temp", "2")
