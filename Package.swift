@@ -134,6 +134,6 @@ let package = Package(
         .testTarget(name: "ModbusTests", dependencies: ["Modbus", "TestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "SerialTests", dependencies: ["Serial", "GatewayConfig", "TestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "GatewayConfigTests", dependencies: ["GatewayConfig", "TOMLReader", "TestSupport"], exclude: ["Fixtures"], swiftSettings: swiftSettings),
-        .testTarget(name: "GatewayTests", dependencies: ["Gateway", "GatewayConfig", "MQTT", "Modbus", "TestSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "GatewayTests", dependencies: ["Gateway", "GatewayConfig", "MQTT", "Modbus", "Operations", "TestSupport"], swiftSettings: swiftSettings),
     ]
 )

@@ -59,6 +59,15 @@ final class DeviceCommander: Sendable {
         var journal: PulseJournal
         var telemetry: GatewayTelemetry?
 
+        /// The gateway's birth and every known device status (retained): after every connect, and
+        /// after Home Assistant's birth.
+        func publishStatuses() async {
+            try? await client.enqueue(to: topics.status, payload: Array("online".utf8), qos: .atLeastOnce, retain: true)
+            for (device, state) in await board.all() where state != .unknown {
+                try? await client.enqueue(to: topics.status(device), payload: Array(state.rawValue.utf8), qos: .atLeastOnce, retain: true)
+            }
+        }
+
         /// Records a device's state; publishes it when connected (else the connect handler
         /// republishes the board after the birth).
         func publishStatus(_ device: String, _ state: DeviceHealth.State) async {

@@ -34,18 +34,24 @@ public final class GatewayRuntime: Service, Sendable {
     let context: DeviceCommander.Context
     /// Metrics and live status for the operations listener; nil when it is off.
     public let telemetry: GatewayTelemetry?
-    /// Progress of the pollers, serial lines and command dispatcher (`/healthz`, the watchdog).
-    public let liveness = Liveness()
+    /// Progress of the pollers, serial lines and command dispatcher (`/healthz`, the watchdog);
+    /// nil when neither is on (nothing is ticked then).
+    public let liveness: Liveness?
     /// Home Assistant discovery (nil when `[homeassistant] enabled = false`).
     let homeAssistant: HomeAssistantPublisher?
     /// Moved on when every poller must publish its current values again (Home Assistant's birth).
-    let valuesGeneration = Atomic<Int>(0)
+    let valuesGeneration = ValuesGeneration()
+    /// Fires at the first connect to the broker (systemd's `READY=1`).
+    public let firstConnect = OneShot()
 
     /// `password`: read by the caller (the CLI reads `mqtt.password_file` or env `GATEWAY_MQTT_PASSWORD`).
     /// `telemetry`: given when the operations listener is on.
+    /// `watchLoops`: keep ``liveness`` (for `/healthz` or systemd's watchdog).
     public init(configuration: GatewayConfiguration, password: [UInt8]?, telemetry: GatewayTelemetry? = nil,
-                version: String = "dev", logger: Logger = Logger(label: "gateway")) {
+                watchLoops: Bool = true, version: String = "dev", logger: Logger = Logger(label: "gateway")) {
         self.plan = GatewayPlan(configuration)
+        let liveness = watchLoops ? Liveness() : nil
+        self.liveness = liveness
         self.logger = logger
         self.telemetry = telemetry
         let broker = configuration.mqtt.broker
@@ -96,31 +102,21 @@ public final class GatewayRuntime: Service, Sendable {
         }
         self.serialRunners = serialRunners
         if configuration.homeAssistant.enabled {
-            let box = WeakRuntime()
-            let topics = plan.topics
+            let topics = plan.topics, values = valuesGeneration
+            // After Home Assistant's birth: the statuses again, and every poller publishes its
+            // current values at its next poll.
             self.homeAssistant = HomeAssistantPublisher(prefix: configuration.homeAssistant.prefix, gatewayID: configuration.gateway.id,
                                                         client: client, logger: logger,
                                                         discovery: { HomeAssistantDiscovery(configuration: configuration, topics: topics, version: version) },
-                                                        republish: { await box.runtime?.republishAfterHomeAssistantBirth() })
-            box.set(self)
+                                                        republish: {
+                                                            await context.publishStatuses()
+                                                            values.advance()
+                                                        })
         } else {
             self.homeAssistant = nil
         }
     }
 
-    /// Statuses again, and every poller publishes its current values at its next poll.
-    func republishAfterHomeAssistantBirth() async {
-        await publishStatuses()
-        valuesGeneration.add(1, ordering: .relaxed)
-    }
-
-    /// The gateway's birth and every known device status (retained).
-    private func publishStatuses() async {
-        try? await client.enqueue(to: plan.topics.status, payload: Array("online".utf8), qos: .atLeastOnce, retain: true)
-        for (device, state) in await board.all() where state != .unknown {
-            try? await client.enqueue(to: plan.topics.status(device), payload: Array(state.rawValue.utf8), qos: .atLeastOnce, retain: true)
-        }
-    }
 
     public func run() async throws {
         let base = plan.base
@@ -208,12 +204,12 @@ public final class GatewayRuntime: Service, Sendable {
     /// Routes `<base>/<device>/<point>/set|get` to the device's commander; answers unknown devices.
     private func dispatchCommands() async {
         let topics = plan.topics
-        let loop = liveness.register("command dispatcher")
-        defer { liveness.idle(loop) }
+        let loop = liveness?.register("command dispatcher")
+        defer { loop?.idle() }
         for await message in client.messages {
             // Handing a command on never waits for a device; only an answer to the broker may.
-            liveness.expect(loop, within: .seconds(5))
-            defer { liveness.idle(loop) }
+            loop?.expect(within: .seconds(5))
+            defer { loop?.idle() }
             let receivedAt = ContinuousClock.now
             if let homeAssistant, homeAssistant.handles(message.topic) {
                 homeAssistant.receive(message)
@@ -232,22 +228,22 @@ public final class GatewayRuntime: Service, Sendable {
                 taken = commander.submit(isSet ? .set(message, point: pointName, receivedAt: receivedAt)
                                                : .get(message, point: pointName, receivedAt: receivedAt))
             } else {
-                await refuse(message, isSet: isSet, why: "unknown device '\(deviceName)'")
+                await refuse(message, isSet: isSet, receivedAt: receivedAt, why: "unknown device '\(deviceName)'")
                 continue
             }
             if !taken {
-                await refuse(message, isSet: isSet, why: "busy: device '\(deviceName)' already has \(CommandRequest.pendingPerDevice) commands waiting (not queued)")
+                await refuse(message, isSet: isSet, receivedAt: receivedAt, why: "busy: device '\(deviceName)' already has \(CommandRequest.pendingPerDevice) commands waiting (not queued)")
             }
         }
     }
 
     /// Answers a command that goes no further than the dispatcher (`/get`: only to an MQTT 5
     /// response topic, as its other answers).
-    private func refuse(_ message: MQTTMessage, isSet: Bool, why: String) async {
+    private func refuse(_ message: MQTTMessage, isSet: Bool, receivedAt: ContinuousClock.Instant, why: String) async {
         if let telemetry, let command = plan.topics.parse(message.topic) {
             telemetry.commandAnswered(device: command.device, point: command.point,
                                       value: String(decoding: message.payload.prefix(64), as: UTF8.self),
-                                      answer: .refused(why), receivedAt: .now, wroteAt: nil)
+                                      answer: .refused(why), receivedAt: receivedAt, wroteAt: nil)
         }
         logger.notice("command \(message.topic.logSafe) -> refused: \(why.logSafe)", metadata: ["topic": "\(message.topic.logSafe)"])
         await context.answer(.refused(why), to: message, fallback: isSet ? "\(message.topic)/result" : nil, logger: logger)
@@ -279,8 +275,9 @@ public final class GatewayRuntime: Service, Sendable {
                         logger.error("subscribing to commands failed: \(error); retrying after the next connect")
                     }
                 }
-                await publishStatuses()
+                await context.publishStatuses()
                 logger.info("broker connected: birth and statuses published")
+                firstConnect.fire()
                 homeAssistant?.connected()
                 telemetry?.mqttConnected(true)
             case .disconnected(let reason):
@@ -304,10 +301,10 @@ public final class GatewayRuntime: Service, Sendable {
                                                  meter: telemetry?.device($0.settings.name)) }
         guard !pollers.isEmpty else { return }
         // Liveness: one poll takes at most its start deadline (a period) plus a timeout per request.
-        let loop = liveness.register("poller of bus \(bus.configuration.name)")
+        let loop = liveness?.register("poller of bus \(bus.configuration.name)")
         let timeout = bus.configuration.responseTimeout
         let longestPoll = pollers.map { $0.schedule.period + timeout * ($0.requestsPerPoll + 1) }.max() ?? .seconds(1)
-        defer { liveness.idle(loop) }
+        defer { loop?.idle() }
         #if DEBUG
         let stallAt = DebugHooks.pollerStall.map { start + $0 }
         #endif
@@ -323,7 +320,7 @@ public final class GatewayRuntime: Service, Sendable {
             }
             // Devices due together are polled back to back (a sleep into the past still costs a timer).
             if keys[due].at > .now {
-                liveness.expect(loop, within: keys[due].at - .now)
+                loop?.expect(within: keys[due].at - .now)
                 do { try await Task.sleep(until: keys[due].at, clock: .continuous) } catch { return }
             }
             #if DEBUG
@@ -334,7 +331,7 @@ public final class GatewayRuntime: Service, Sendable {
                 return
             }
             #endif
-            liveness.expect(loop, within: longestPoll)
+            loop?.expect(within: longestPoll)
             await pollers[due].poll(bus, runtime: self)
             keys[due] = (pollers[due].schedule.next, pollers[due].lastStart)
         }
@@ -440,7 +437,7 @@ public final class GatewayRuntime: Service, Sendable {
                 log.debug("poll skipped: the bus was busy with commands for a whole period")
             }
             let now = ContinuousClock.now
-            let generation = runtime.valuesGeneration.load(ordering: .relaxed)
+            let generation = runtime.valuesGeneration.current
             if generation != valuesGeneration {
                 valuesGeneration = generation
                 for i in filters.indices { filters[i].forget() }
@@ -480,14 +477,68 @@ public final class GatewayRuntime: Service, Sendable {
     }
 }
 
-/// The runtime, weakly, for a closure the runtime itself hands out while it is being made.
-private final class WeakRuntime: Sendable {
-    private let ref = Mutex<Weak>(Weak())
-    private struct Weak: @unchecked Sendable {
-        // @unchecked: a struct with a `weak var` is not inferred Sendable. Safe: its only field is a
-        // weak reference to a Sendable class, read and written only inside the Mutex above.
-        weak var runtime: GatewayRuntime?
+/// A counter the pollers compare with their own: when it moves, each forgets what it published
+/// and publishes every current value at its next poll.
+final class ValuesGeneration: Sendable {
+    private let value = Atomic<Int>(0)
+    var current: Int { value.load(ordering: .relaxed) }
+    func advance() { value.add(1, ordering: .relaxed) }
+}
+
+/// An event that happens once; waiters before it wait (bounded), waiters after it return at once.
+public final class OneShot: Sendable {
+    private struct State {
+        var fired = false
+        var nextID = 0
+        var waiters: [Int: CheckedContinuation<Bool, Never>] = [:]
+        /// Waiters that gave up before they were parked (a timer or cancellation got there first).
+        var abandoned: Set<Int> = []
     }
-    func set(_ r: GatewayRuntime) { ref.withLock { $0.runtime = r } }
-    var runtime: GatewayRuntime? { ref.withLock { $0.runtime } }
+    private let state = Mutex(State())
+
+    public init() {}
+
+    public func fire() {
+        let waiters = state.withLock { s -> [CheckedContinuation<Bool, Never>] in
+            guard !s.fired else { return [] }
+            s.fired = true
+            defer { s.waiters = [:] }
+            return Array(s.waiters.values)
+        }
+        for w in waiters { w.resume(returning: true) }
+    }
+
+    /// True when the event came (at once if it already had); false after `timeout` or when the
+    /// waiting task is cancelled.
+    public func wait(atMost timeout: Duration) async -> Bool {
+        let id = state.withLock { s -> Int in s.nextID += 1; return s.nextID }
+        let timer = Task { [weak self] in
+            guard (try? await Task.sleep(for: timeout)) != nil else { return }   // cancelled: the wait is over
+            self?.give(up: id)
+        }
+        defer { timer.cancel() }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+                let now = state.withLock { s -> Bool? in
+                    if s.fired { return true }
+                    if s.abandoned.remove(id) != nil || Task.isCancelled { return false }
+                    s.waiters[id] = c
+                    return nil
+                }
+                if let now { c.resume(returning: now) }
+            }
+        } onCancel: {
+            give(up: id)
+        }
+    }
+
+    /// Waiter `id` stops waiting (timed out or cancelled): resumed with false if still parked.
+    private func give(up id: Int) {
+        let parked = state.withLock { s -> CheckedContinuation<Bool, Never>? in
+            if let c = s.waiters.removeValue(forKey: id) { return c }
+            if !s.fired { s.abandoned.insert(id) }
+            return nil
+        }
+        parked?.resume(returning: false)
+    }
 }

@@ -8,8 +8,8 @@ import Synchronization
 /// is idle, not stalled. The bounds are generous (the longest legitimate wait plus
 /// ``grace``): this catches a loop that hangs, not one that is slow.
 public final class Liveness: Sendable {
-    public struct Loop: Sendable {
-        public let name: String
+    struct Loop: Sendable {
+        let name: String
         /// It must come round by then; nil while it waits for outside work.
         var due: ContinuousClock.Instant?
     }
@@ -27,22 +27,33 @@ public final class Liveness: Sendable {
 
     public init() {}
 
-    /// A new loop, idle until it first says when it is due. Returns its handle.
-    public func register(_ name: String) -> Int {
-        loops.withLock { l in
+    /// One loop's handle: it says when it will come round again, or that it waits for work.
+    public struct Handle: Sendable {
+        let liveness: Liveness
+        let id: Int
+        /// It will come round within `within` (plus ``grace``).
+        public func expect(within: Duration) { liveness.expect(id, within: within) }
+        /// It waits for outside work (no bound).
+        public func idle() { liveness.idle(id) }
+    }
+
+    /// A new loop, idle until it first says when it is due.
+    public func register(_ name: String) -> Handle {
+        let id = loops.withLock { l in
             l.append(Loop(name: name, due: nil))
             return l.count - 1
         }
+        return Handle(liveness: self, id: id)
     }
 
     /// Loop `id` will come round within `within` (plus ``grace``).
-    public func expect(_ id: Int, within: Duration) {
+    func expect(_ id: Int, within: Duration) {
         let due = ContinuousClock.now + within + Self.grace
         loops.withLock { $0[id].due = due }
     }
 
     /// Loop `id` waits for outside work (no bound).
-    public func idle(_ id: Int) {
+    func idle(_ id: Int) {
         loops.withLock { $0[id].due = nil }
     }
 
@@ -55,7 +66,4 @@ public final class Liveness: Sendable {
             }
         }
     }
-
-    /// Every loop's name (for the status page).
-    public var names: [String] { loops.withLock { $0.map(\.name) } }
 }

@@ -102,33 +102,33 @@ public struct SystemdService: Service {
 
     public func run() async throws {
         // Graceful shutdown cancels the waits below at once.
-        await cancelWhenGracefulShutdown { await watch() }
+        let connected = await cancelWhenGracefulShutdown { await runtime.firstConnect.wait(atMost: Self.readyAtMost) }
+        notifier.notify("READY=1\nSTATUS=\(connected ? "connected to the broker" : "broker not reachable yet")")
+        if let interval = notifier.watchdogInterval {
+            await cancelWhenGracefulShutdown { await feedWatchdog(every: interval) }
+        } else {
+            try? await gracefulShutdown()
+        }
         notifier.notify("STOPPING=1")
     }
 
-    private func watch() async {
-        // Ready: connected, or given up waiting (checked every 100 ms, for at most readyAtMost).
-        let until = ContinuousClock.now + Self.readyAtMost
-        while await !runtime.isConnected, ContinuousClock.now < until {
-            do { try await Task.sleep(for: .milliseconds(100)) } catch { return }
-        }
-        notifier.notify("READY=1\nSTATUS=\(await runtime.isConnected ? "connected to the broker" : "broker not reachable yet")")
-        guard let interval = notifier.watchdogInterval else {
-            // Nothing more to say until the end.
-            while !Task.isCancelled { do { try await Task.sleep(for: .seconds(3600)) } catch { return } }
-            return
-        }
+    /// `WATCHDOG=1` every `interval` while no loop is stalled. Each interval skipped is logged
+    /// at debug level (the first one as an error, once per stall).
+    private func feedWatchdog(every interval: Duration) async {
         logger.info("systemd watchdog: WATCHDOG=1 every \(interval) while every loop makes progress")
         var starving = false
         while !Task.isCancelled {
-            let stalled = runtime.liveness.stalled()
+            let stalled = runtime.liveness?.stalled() ?? []
+            let why = stalled.map { "\($0.name) stalled for \($0.late)" }.joined(separator: ", ")
             if stalled.isEmpty {
                 notifier.notify("WATCHDOG=1")
                 if starving { logger.notice("systemd watchdog: every loop makes progress again") }
                 starving = false
             } else if !starving {
                 starving = true
-                logger.error("systemd watchdog not fed: \(stalled.map { "\($0.name) stalled for \($0.late)" }.joined(separator: ", ")); systemd will restart the gateway")
+                logger.error("systemd watchdog not fed: \(why); systemd will restart the gateway")
+            } else {
+                logger.debug("systemd watchdog: ping skipped: \(why)")
             }
             do { try await Task.sleep(for: interval) } catch { return }
         }
@@ -139,9 +139,9 @@ extension GatewayRuntime {
     public var isConnected: Bool { get async { await client.isConnected } }
 
     /// The MQTT client's counters now.
-    public func mqttSnapshot() async -> MQTTSnapshot {
+    public func mqttSnapshot() async -> ScrapeSnapshot {
         let c = client
-        return MQTTSnapshot(connected: await c.isConnected, published: await c.publishedCount, pulsesActive: context.journal.current.count,
+        return ScrapeSnapshot(connected: await c.isConnected, published: await c.publishedCount, pulsesActive: context.journal.current.count,
                             queued: await c.queuedCount, inFlight: await c.inFlightCount,
                             dropped: await c.droppedCount, droppedIncoming: await c.droppedIncomingCount)
     }
@@ -150,7 +150,7 @@ extension GatewayRuntime {
     public func healthProblems() async -> [String] {
         var out: [String] = []
         if await !client.isConnected { out.append("mqtt: not connected to the broker") }
-        for s in liveness.stalled() { out.append("\(s.name): no progress for \(s.late) past its bound") }
+        for s in liveness?.stalled() ?? [] { out.append("\(s.name): no progress for \(s.late) past its bound") }
         return out
     }
 }

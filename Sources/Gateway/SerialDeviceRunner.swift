@@ -37,7 +37,7 @@ final class SerialDeviceRunner: Sendable {
     private let lastFrame = Mutex<ContinuousClock.Instant?>(nil)
     private let replies = FrameSignal()
     /// Its metrics and live status (operations listener on).
-    private var meter: DeviceMeter? { context.telemetry?.device(settings.name) }
+    private let meter: DeviceMeter?
     private let jobs: AsyncStream<Job>
     private let continuation: AsyncStream<Job>.Continuation
     /// Jobs submitted and not yet finished (at most ``CommandRequest/pendingPerDevice``).
@@ -46,11 +46,12 @@ final class SerialDeviceRunner: Sendable {
     /// (`response_timeout_ms`): a barrier command never goes out late.
     private var commandTimeout: Duration { .milliseconds(settings.responseTimeoutMs) }
 
-    private let liveness: Liveness
+    private let liveness: Liveness?
 
-    init(settings: SerialDeviceSettings, context: DeviceCommander.Context, liveness: Liveness, logger: Logger) {
+    init(settings: SerialDeviceSettings, context: DeviceCommander.Context, liveness: Liveness?, logger: Logger) {
         self.settings = settings
         self.liveness = liveness
+        self.meter = context.telemetry?.device(settings.name)
         self.context = context
         var l = logger
         l[metadataKey: "device"] = "\(settings.name)"
@@ -129,7 +130,6 @@ final class SerialDeviceRunner: Sendable {
             (try? Regex(p.match)).map { (p, $0) }
         }
         var reportedOversized = 0
-        let meter = self.meter
         for await frame in line.frames {
             lastFrame.withLock { $0 = .now }
             meter?.answered()
@@ -190,13 +190,13 @@ final class SerialDeviceRunner: Sendable {
         guard let request = settings.poll else { return }
         let period = Duration.milliseconds(settings.pollMs)
         var schedule = PollSchedule(period: period, start: .now)
-        let loop = liveness.register("serial poller of \(settings.name)")
-        defer { liveness.idle(loop) }
+        let loop = liveness?.register("serial poller of \(settings.name)")
+        defer { loop?.idle() }
         while !Task.isCancelled {
-            liveness.expect(loop, within: max(.zero, schedule.next - .now))
+            loop?.expect(within: max(.zero, schedule.next - .now))
             do { try await Task.sleep(until: schedule.next, clock: .continuous) } catch { return }
             // A write the line does not take is bounded by the response timeout, and so is the wait for the reply.
-            liveness.expect(loop, within: .milliseconds(2 * settings.responseTimeoutMs))
+            loop?.expect(within: .milliseconds(2 * settings.responseTimeoutMs))
             let generation = replies.generation
             var answered = false
             do {

@@ -30,7 +30,7 @@ public final class GatewayTelemetry: Sendable {
     private let lastRenderSize = Mutex(16_384)
 
     // MQTT (read from the client at scrape time, and from its events).
-    let mqttConnected: Gauge
+    let mqttConnectedGauge: Gauge
     let mqttConnects: Counter
     private let mqttDisconnects: [String: Counter]
     let mqttQueued: Gauge
@@ -69,9 +69,7 @@ public final class GatewayTelemetry: Sendable {
     public init(gatewayID: String, version: String, devices: [DeviceDescription], buses: [String]) {
         self.gatewayID = gatewayID
         self.version = version
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        startedWall = Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+        startedWall = Self.wallClock()
         let r = registry
         r.gauge(name: "gateway_info", labels: [("version", version), ("id", gatewayID)],
                     help: "The gateway's version and id (always 1)").set(1.0)
@@ -81,7 +79,7 @@ public final class GatewayTelemetry: Sendable {
         startTime = r.gauge(name: "process_start_time_seconds", help: "Start time of the process since the Unix epoch, in seconds")
         startTime.set(startedWall)
 
-        mqttConnected = r.gauge(name: "gateway_mqtt_connected", help: "1 while the MQTT session is up")
+        mqttConnectedGauge = r.gauge(name: "gateway_mqtt_connected", help: "1 while the MQTT session is up")
         mqttConnects = r.counter(name: "gateway_mqtt_connects_total", help: "Successful MQTT connects")
         var disconnects: [String: Counter] = [:]
         for reason in Self.disconnectReasons {
@@ -136,7 +134,7 @@ public final class GatewayTelemetry: Sendable {
     static let disconnectReasons = ["closed_by_broker", "keepalive", "protocol_error", "network", "taken_over", "other"]
 
     func mqttConnected(_ up: Bool, reason: String? = nil) {
-        mqttConnected.set(up ? 1.0 : 0.0)
+        mqttConnectedGauge.set(up ? 1.0 : 0.0)
         if up { mqttConnects.increment() } else if let reason { mqttDisconnects[Self.reasonClass(reason)]?.increment() }
         mqttBroker.withLock { b in
             b.connected = up
@@ -186,7 +184,7 @@ public final class GatewayTelemetry: Sendable {
 
     /// Reads what is cheaper to read than to keep up to date (the process, the client, the
     /// buses), then renders the registry in the Prometheus text format.
-    public func render(mqtt: MQTTSnapshot) -> [UInt8] {
+    public func render(mqtt: ScrapeSnapshot) -> [UInt8] {
         refreshProcess()
         mqttQueued.set(Double(mqtt.queued))
         mqttInFlight.set(Double(mqtt.inFlight))
@@ -208,7 +206,7 @@ public final class GatewayTelemetry: Sendable {
         getrusage(RUSAGE_SELF.rawValue, &usage)
         cpuSeconds.update(Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6
                        + Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) / 1e6)
-        if let text = Self.readSmallFile("/proc/self/statm") {
+        if let text = ConfigLoader.readFile("/proc/self/statm").map({ String(decoding: $0, as: UTF8.self) }) {
             let fields = text.split(separator: " ")
             if fields.count > 1, let pages = Double(fields[1]) { residentBytes.set(pages * Double(sysconf(Int32(_SC_PAGESIZE)))) }
         }
@@ -220,21 +218,8 @@ public final class GatewayTelemetry: Sendable {
         }
     }
 
-    static func readSmallFile(_ path: String) -> String? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var buf = [UInt8](repeating: 0, count: 512)
-        let n = read(fd, &buf, buf.count)
-        guard n > 0 else { return nil }
-        return String(decoding: buf[..<n], as: UTF8.self)
-    }
-
-    static func wallClock() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
+    /// Unix time in seconds (ms resolution is plenty for ages on a status page).
+    static func wallClock() -> Double { Double(unixMilliseconds()) / 1000 }
 
     /// Fewer buckets for the per-device histogram (it is repeated for every device): 5 ms to 2.5 s.
     static let pollBuckets: [Duration] = [.milliseconds(5), .milliseconds(25), .milliseconds(100), .milliseconds(250), .seconds(1), .seconds(2.5)]
@@ -245,8 +230,8 @@ public final class GatewayTelemetry: Sendable {
                                           .seconds(1), .seconds(2.5), .seconds(5), .seconds(10)]
 }
 
-/// What the MQTT client (and the pulse journal) report at scrape time.
-public struct MQTTSnapshot: Sendable {
+/// What the runtime reports at scrape time: the MQTT client's counters and the pulses on.
+public struct ScrapeSnapshot: Sendable {
     public var connected: Bool
     /// PUBLISH packets sent, by QoS 0, 1, 2.
     public var published: [Int]
@@ -293,10 +278,11 @@ final class DeviceMeter: Sendable {
     /// Poll counters by result, made when a result first happens (most devices only ever see
     /// `ok`: 100 devices would otherwise hold 500 counters that stay at zero).
     private let polls = Mutex<[String: Counter]>([:])
+    /// Command counters by point and outcome, made likewise.
+    private let commandCounters = Mutex<[String: Counter]>([:])
     let lastSuccess: Gauge
     let pollDuration: DurationHistogram
     let pollPeriod: Gauge
-    private let commandCounters: Mutex<[String: Counter]>
     private let registry: PrometheusCollectorRegistry
     let frames: [String: Counter]
     let reopens: Counter?
@@ -311,7 +297,6 @@ final class DeviceMeter: Sendable {
     }
     private let status: Mutex<Status>
 
-    static let pollResults = ["ok", "timeout", "exception", "crc", "busy", "error"]
     static let frameResults = ["matched", "unmatched", "oversized"]
 
     init(_ d: GatewayTelemetry.DeviceDescription, registry r: PrometheusCollectorRegistry) {
@@ -338,7 +323,6 @@ final class DeviceMeter: Sendable {
             frames = [:]
             reopens = nil
         }
-        commandCounters = Mutex([:])
         status = Mutex(Status(values: Array(repeating: nil, count: d.points.count), valueWall: Array(repeating: nil, count: d.points.count)))
     }
 
@@ -351,13 +335,8 @@ final class DeviceMeter: Sendable {
 
     /// One Modbus poll: its result class, duration and (on an answer) the time of success.
     func poll(result: String, error: String?, started: ContinuousClock.Instant, duration: Duration, previousStart: ContinuousClock.Instant?) {
-        let counter = polls.withLock { p -> Counter in
-            if let c = p[result] { return c }
-            let made = registry.counter(name: "gateway_device_polls_total", labels: [("device", name), ("result", result)], help: "Polls by result")
-            p[result] = made
-            return made
-        }
-        counter.increment()
+        counter(in: polls, key: result, name: "gateway_device_polls_total", labels: [("device", name), ("result", result)],
+                help: "Polls by result").increment()
         pollDuration.recordNanoseconds(duration.nanoseconds)
         if let previousStart { pollPeriod.set(Double((started - previousStart).nanoseconds) / 1e9) }
         let now = GatewayTelemetry.wallClock()
@@ -403,15 +382,19 @@ final class DeviceMeter: Sendable {
     /// point of a refused command may be any name a client sent: such commands count as `point="?"`.
     func command(point: String, outcome: String) {
         let p = pointNames.contains(point) ? point : "?"
-        let key = p + "\u{0}" + outcome
-        let counter = commandCounters.withLock { c -> Counter in
+        counter(in: commandCounters, key: p + "\u{0}" + outcome, name: "gateway_commands_total",
+                labels: [("device", name), ("point", p), ("outcome", outcome)], help: "Commands answered, by point and outcome").increment()
+    }
+
+    /// The counter kept under `key`, made on first use.
+    private func counter(in counters: borrowing Mutex<[String: Counter]>, key: String, name: String, labels: [(String, String)],
+                         help: String) -> Counter {
+        counters.withLock { c -> Counter in
             if let existing = c[key] { return existing }
-            let made = registry.counter(name: "gateway_commands_total", labels: [("device", name), ("point", p), ("outcome", outcome)],
-                                            help: "Commands answered, by point and outcome")
+            let made = registry.counter(name: name, labels: labels, help: help)
             c[key] = made
             return made
         }
-        counter.increment()
     }
 
     /// Classifies one poll for `gateway_device_polls_total`.
@@ -501,7 +484,7 @@ extension GatewayTelemetry {
     /// `/api/status`: the gateway, its MQTT session, its health, every device with its points'
     /// last published values, and the last 50 commands (newest first). Ages in seconds, times in
     /// Unix seconds. Documented in README "Operations".
-    public func statusJSON(mqtt: MQTTSnapshot, problems: [String]) -> [UInt8] {
+    public func statusJSON(mqtt: ScrapeSnapshot, problems: [String]) -> [UInt8] {
         let now = Self.wallClock()
         func num(_ d: Double?) -> String { d.map { formatNumber(($0 * 1000).rounded() / 1000) } ?? "null" }
         func ageOf(_ t: Double?) -> String { num(t.map { max(0, now - $0) }) }

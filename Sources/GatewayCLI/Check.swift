@@ -22,6 +22,12 @@ struct Check: ParsableCommand {
         for warning in loaded.warnings { emit("warning: \(warning)") }
         let plan = GatewayPlan(loaded)
         for line in plan.describe() { emit(line) }
+        if let address = loaded.http.address {
+            let host = address.host.contains(":") ? "[\(address.host)]" : address.host
+            emit("operations listener: http://\(host):\(address.port)/ (status page; /metrics, /healthz, /api/status)\(loaded.http.username != nil ? ", basic auth" : "")")
+        } else {
+            emit("operations listener: off")
+        }
         if loaded.homeAssistant.enabled {
             let discovery = HomeAssistantDiscovery(configuration: loaded, topics: plan.topics, version: GatewayCommand.version)
             emit("Home Assistant discovery under \(discovery.prefix)/device/ (\(discovery.devices.count) devices):")

@@ -58,7 +58,11 @@ struct Run: AsyncParsableCommand {
         logger.info("gateway \(GatewayCommand.version)", metadata: ["config": "\(config)"])
         // Metrics and live status only when the operations listener is on.
         let telemetry = loaded.http.address.map { _ in GatewayTelemetry(configuration: loaded, version: GatewayCommand.version) }
-        let runtime = GatewayRuntime(configuration: loaded, password: password, telemetry: telemetry, version: GatewayCommand.version, logger: logger)
+        let notifier = SystemdNotifier()
+        // Loops report their progress only for someone who asks: /healthz or systemd's watchdog.
+        let runtime = GatewayRuntime(configuration: loaded, password: password, telemetry: telemetry,
+                                     watchLoops: telemetry != nil || notifier?.watchdogInterval != nil,
+                                     version: GatewayCommand.version, logger: logger)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: runtime),
             .init(service: HangupSignal(logger: logger), successTerminationBehavior: .ignore),
@@ -68,7 +72,7 @@ struct Run: AsyncParsableCommand {
                                                              password: listenerPassword, dropPagesBetweenRequests: loaded.gateway.dropStartupPages, logger: logger),
                                   successTerminationBehavior: .ignore))
         }
-        if let notifier = SystemdNotifier() {
+        if let notifier {
             services.append(.init(service: SystemdService(runtime: runtime, notifier: notifier, logger: logger), successTerminationBehavior: .ignore))
         }
         if loaded.gateway.dropStartupPages {

@@ -20,23 +20,18 @@ public struct GatewayConfiguration: Sendable, Equatable {
     public var baseTopic: String { gateway.baseTopic ?? "gateway/\(gateway.id)" }
 
     /// Things that work but deserve a word (`gateway check` prints them, `gateway run` logs them
-    /// at start): a password file readable by other users.
+    /// at start): a password file readable by other users; an HTTP listener open to the network
+    /// without authentication.
     public var warnings: [String] {
         var out: [String] = []
-        if let file = mqtt.passwordFile {
+        for (key, file) in [("mqtt.password_file", mqtt.passwordFile), ("http.password_file", http.passwordFile)] {
             var st = stat()
-            if stat(file, &st) == 0, st.st_mode & 0o004 != 0 {
-                out.append("mqtt.password_file: '\(file)' is readable by every user (chmod 600 or 640)")
+            if let file, stat(file, &st) == 0, st.st_mode & 0o004 != 0 {
+                out.append("\(key): '\(file)' is readable by every user (chmod 600 or 640)")
             }
         }
         if let address = http.address, !address.isLoopback, http.username == nil {
             out.append("http.listen: '\(http.listen)' is reachable from the network and has no username/password_file: anyone there can read the status page and metrics")
-        }
-        if let file = http.passwordFile {
-            var st = stat()
-            if stat(file, &st) == 0, st.st_mode & 0o004 != 0 {
-                out.append("http.password_file: '\(file)' is readable by every user (chmod 600 or 640)")
-            }
         }
         return out
     }

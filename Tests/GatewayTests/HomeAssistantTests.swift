@@ -250,22 +250,31 @@ struct HomeAssistantTests {
     final class Recorder: Sendable {
         let client: MQTTClient
         let seen = Mutex<[(topic: String, payload: [UInt8], retain: Bool)]>([])
+        let arrivals = Signal()
         init(port: Int, filter: String) async throws {
             var c = MQTTConfiguration(host: "127.0.0.1", port: port, clientIdentifier: "ha-\(UUID().uuidString.prefix(6))")
             c.reconnect = nil
             client = MQTTClient(configuration: c)
             try await client.connect()
             let stream = client.messages
-            Task { [weak self] in for await m in stream { self?.seen.withLock { $0.append((m.topic, m.payload, m.retain)) } } }
+            Task { [weak self] in
+                for await m in stream {
+                    self?.seen.withLock { $0.append((m.topic, m.payload, m.retain)) }
+                    self?.arrivals.push(())
+                }
+            }
             _ = try await client.subscribe([Subscription(filter, qos: .atLeastOnce)])
         }
         func count(_ topic: String) -> Int { seen.withLock { $0.filter { $0.topic == topic }.count } }
         func last(_ topic: String) -> [UInt8]? { seen.withLock { $0.last { $0.topic == topic }?.payload } }
         func waitUntil(_ what: String, timeout: Duration = .seconds(20), _ condition: () -> Bool) async throws {
+            // Re-checked at every arrival (Rig's Signal: no wake-up is lost between check and wait).
             let deadline = ContinuousClock.now + timeout
-            while !condition() {
+            while true {
+                let generation = arrivals.generation
+                if condition() { return }
                 guard ContinuousClock.now < deadline else { throw FixtureError("timed out waiting for \(what); seen: \(seen.withLock { $0.map(\.topic) })") }
-                try await Task.sleep(for: .milliseconds(50))
+                await arrivals.wait(after: generation, until: deadline)
             }
         }
     }

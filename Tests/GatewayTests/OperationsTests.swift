@@ -1,4 +1,5 @@
 import Foundation
+import Operations
 import Synchronization
 import Testing
 import TestSupport
@@ -36,6 +37,8 @@ struct OperationsTests {
     }
 
     /// Polls `url` (bounded: at most `timeout`, every 200 ms) until `condition` holds for its answer.
+    /// Only for a peer that moves on its own schedule (Prometheus scrapes when it will); the
+    /// gateway's own endpoints are read once, after the event that changes them.
     static func waitFor(_ url: String, user: String? = nil, timeout: Duration = .seconds(20), _ what: String,
                         _ condition: (Int, String) -> Bool) async throws -> String {
         let deadline = ContinuousClock.now + timeout
@@ -64,10 +67,15 @@ struct OperationsTests {
         try await rig.observer.publish(to: "gateway/e2e/dev/unlock/set", payload: Array("true".utf8), qos: .atLeastOnce)
         try await rig.observer.publish(to: "gateway/e2e/dev/nothing/set", payload: Array("1".utf8), qos: .atLeastOnce)
         try await rig.observer.publish(to: "gateway/e2e/dev/unlock/set", payload: Array("maybe".utf8), qos: .atLeastOnce)
-        try await rig.waitUntil("three answers") { rig.payloads("gateway/e2e/dev/unlock/set/result").count == 2 }
-        let text = try await Self.waitFor("http://127.0.0.1:\(port)/metrics", "three commands counted") { status, body in
-            status == 200 && body.contains("gateway_commands_total{device=\"dev\",point=\"unlock\",outcome=\"refused\"} 1")
+        // A command is counted before its answer is published: once the three answers are seen,
+        // one scrape shows them.
+        try await rig.waitUntil("three answers") {
+            rig.payloads("gateway/e2e/dev/unlock/set/result").count == 2 && rig.payloads("gateway/e2e/dev/nothing/set/result").count == 1
         }
+        try await rig.gateway.waitForLine(containing: "http: listening on")
+        let (status, text) = try await Self.get("http://127.0.0.1:\(port)/metrics")
+        #expect(status == 200)
+        #expect(text.contains("gateway_commands_total{device=\"dev\",point=\"unlock\",outcome=\"refused\"} 1"), "\(text)")
         // promtool, Prometheus's own checker, reads the exposition from stdin.
         let dir = try TestEnvironment.makeTemporaryDirectory("gw-metrics")
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -92,9 +100,9 @@ struct OperationsTests {
         // The device stops answering: its online gauge drops and its timeouts are counted.
         _ = await rig.sim.stop()
         try await rig.waitFor("gateway/e2e/dev/status", "offline")
-        let after = try await Self.waitFor("http://127.0.0.1:\(port)/metrics", "the device offline") { _, body in
-            Self.sample(body, "gateway_device_online{device=\"dev\"}") == 0
-        }
+        // The gauge is set before the status is published.
+        let after = try await Self.get("http://127.0.0.1:\(port)/metrics").body
+        #expect(Self.sample(after, "gateway_device_online{device=\"dev\"}") == 0)
         let failed = ["timeout", "error"].compactMap { Self.sample(after, "gateway_device_polls_total{device=\"dev\",result=\"\($0)\"}") }.reduce(0, +)
         #expect(failed >= 2, "\(after)")
         await rig.shutdown()
@@ -140,10 +148,14 @@ struct OperationsTests {
         let rig = try await Rig.start(points: Self.points, simArgs: [], httpListen: "127.0.0.1:\(port)")
         try await rig.waitFor("gateway/e2e/status", "online")
         let url = "http://127.0.0.1:\(port)/healthz"
-        let ok = try await Self.waitFor(url, "200 ok") { status, _ in status == 200 }
-        #expect(ok == "ok\n")
+        try await rig.gateway.waitForLine(containing: "http: listening on")
+        let ok = try await Self.get(url)
+        #expect(ok.status == 200 && ok.body == "ok\n")
         await rig.broker.stop()
-        let bad = try await Self.waitFor(url, "503") { status, _ in status == 503 }
+        // The client is not connected any more once the runtime logs the loss.
+        try await rig.gateway.waitForLine(containing: "broker lost")
+        let (badStatus, bad) = try await Self.get(url)
+        #expect(badStatus == 503)
         #expect(bad.contains("\"status\":\"unhealthy\""))
         #expect(bad.contains("mqtt: not connected"), "\(bad)")
         // Unknown paths and methods that write are refused.
@@ -201,7 +213,7 @@ struct OperationsTests {
         // Once the held ones go away, the listener answers again.
         for fd in sockets { close(fd) }
         sockets = []
-        _ = try await Self.waitFor("http://127.0.0.1:\(port)/healthz", "200 after the slow clients left") { status, _ in status == 200 }
+        #expect(try await Self.get("http://127.0.0.1:\(port)/healthz").status == 200)
         await rig.shutdown()
     }
 
@@ -216,7 +228,8 @@ struct OperationsTests {
                                       extraHTTP: "username = \"ops\"\npassword_file = \"\(dir)/http-password\"")
         try await rig.waitFor("gateway/e2e/dev/status", "online")
         let url = "http://127.0.0.1:\(port)/api/status"
-        _ = try await Self.waitFor(url, "the listener (401)") { status, _ in status == 401 }
+        try await rig.gateway.waitForLine(containing: "http: listening on")
+        #expect(try await Self.get(url).status == 401)
         #expect(try await Self.get(url, user: "ops:wrong").status == 401)
         #expect(try await Self.get(url, user: "other:s3cret").status == 401)
         let right = try await Self.get(url, user: "ops:s3cret")
@@ -231,29 +244,38 @@ struct OperationsTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let socketPath = dir + "/notify.sock"
         // socat stands in for systemd: it receives the datagrams and prints them.
-        let systemd = try ChildProcess(try TestEnvironment.require("socat"), ["-u", "UNIX-RECV:\(socketPath)", "STDOUT"])
-        let bound = ContinuousClock.now + .seconds(10)
-        while access(socketPath, F_OK) != 0 {
-            guard ContinuousClock.now < bound else { throw FixtureError("socat did not create \(socketPath)") }
-            try await Task.sleep(for: .milliseconds(20))
-        }
+        let systemd = try ChildProcess(try TestEnvironment.require("socat"), ["-d", "-d", "-u", "UNIX-RECV:\(socketPath)", "STDOUT"])
+        // socat has bound the socket once it starts its transfer loop.
+        try await systemd.waitForLine(containing: "starting data transfer loop")
+        // The test's own datagrams, to mark places in what socat prints (in arrival order).
+        let marker = try #require(SystemdNotifier(environment: { $0 == "NOTIFY_SOCKET" ? socketPath : nil }))
         let port = try TestEnvironment.freePort()
         let rig = try await Rig.start(points: Self.points, simArgs: [], httpListen: "127.0.0.1:\(port)", environment: [
             "NOTIFY_SOCKET": socketPath, "WATCHDOG_USEC": "400000",
             "GATEWAY_DEBUG_STALL_POLLER_AFTER_S": "3", "GATEWAY_DEBUG_LIVENESS_GRACE_MS": "500",
-        ])
+        ], gatewayArguments: ["--log-level", "debug"])
         try await systemd.waitForLine(containing: "READY=1")
         try await systemd.waitForLine(timeout: .seconds(5)) { $0 == "WATCHDOG=1" }
         // The debug hook hangs the bus poller 3 s after start: the watchdog stops being fed.
         try await rig.gateway.waitForLine(containing: "debug hook: this poller now hangs")
         try await rig.gateway.waitForLine(containing: "systemd watchdog not fed: poller of bus plc stalled")
-        let pings = systemd.lines.filter { $0 == "WATCHDOG=1" }.count
-        #expect(pings >= 2)
-        let health = try await Self.waitFor("http://127.0.0.1:\(port)/healthz", "503") { status, _ in status == 503 }
-        #expect(health.contains("poller of bus plc: no progress"), "\(health)")
-        // Five more intervals (0.2 s each) without a single ping.
-        try await Task.sleep(for: .seconds(1))
-        #expect(systemd.lines.filter { $0 == "WATCHDOG=1" }.count == pings, "\(systemd.lines.suffix(10))")
+        // Every ping the gateway sent before that line is ahead of this marker in the socket.
+        marker.notify("MARK=stalled")
+        #expect(systemd.lines.filter { $0 == "WATCHDOG=1" }.count >= 2)
+        let health = try await Self.get("http://127.0.0.1:\(port)/healthz")
+        #expect(health.status == 503)
+        #expect(health.body.contains("poller of bus plc: no progress"), "\(health.body)")
+        // Five more intervals, each logged as skipped; then an end marker. Between the two
+        // markers, not one ping.
+        let skipped = Mutex(0)
+        try await rig.gateway.waitForLine { line in
+            line.contains("systemd watchdog: ping skipped") && skipped.withLock { $0 += 1; return $0 >= 5 }
+        }
+        marker.notify("MARK=end")
+        try await systemd.waitForLine { $0 == "MARK=end" }
+        let lines = systemd.lines
+        let from = try #require(lines.firstIndex(of: "MARK=stalled")), to = try #require(lines.firstIndex(of: "MARK=end"))
+        #expect(!lines[from..<to].contains("WATCHDOG=1"), "\(lines.suffix(12))")
         await rig.shutdown()
         try await systemd.waitForLine(containing: "STOPPING=1")
         await systemd.stop()

@@ -35,7 +35,7 @@ final class Rig: Sendable {
     /// is then unused): a site with other buses, such as an RTU line.
     static func start(points: String, simArgs: [String], pollMs: Int = 50, offlineAfter: Int = 2, extraGateway: String = "",
                       devicePort: Int? = nil, body: String? = nil, extraMQTT: String = "", httpListen: String = "", extraHTTP: String = "", extraSections: String = "",
-                      environment: [String: String] = [:]) async throws -> Rig {
+                      environment: [String: String] = [:], gatewayArguments: [String] = []) async throws -> Rig {
         let broker = try await Mosquitto.start()
         let sim = try await GatewaySimulator.start(simArgs, port: try TestEnvironment.freePort())
         // The gateway polls the simulator, or another device (pymodbus) at `devicePort`.
@@ -78,7 +78,7 @@ final class Rig: Sendable {
         try await observer.connect()
         try await observer.subscribe([Subscription("gateway/#", qos: .atLeastOnce)])
         let env = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        let gateway = try ChildProcess(try TestEnvironment.gatewayBinary(), ["run", "--config", path], environment: env)
+        let gateway = try ChildProcess(try TestEnvironment.gatewayBinary(), ["run", "--config", path] + gatewayArguments, environment: env)
         let rig = Rig(broker: broker, sim: sim, simPort: simPort, gateway: gateway, observer: observer, configPath: path)
         rig.collect()
         return rig

@@ -49,7 +49,8 @@ try:
             print(json.dumps(snap, ensure_ascii=False), flush=True)
             last = snap
         if shot and snap["devices"]:
-            time.sleep(0.3)
+            # Drawn, with its fonts, before the picture is taken.
+            driver.execute_async_script("document.fonts.ready.then(() => requestAnimationFrame(() => arguments[0]()))")
             driver.save_screenshot(shot)
             print(json.dumps({"screenshot": shot}), flush=True)
             shot = None
