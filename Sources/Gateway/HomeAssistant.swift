@@ -16,13 +16,21 @@ import CMalloc
 /// - when Home Assistant says `online` on `<prefix>/status` (its birth, after a restart), it
 ///   publishes every config again after a random 1-4 s (Home Assistant is not ready the instant
 ///   it says so), then the statuses, and makes every poller publish its current values.
+/// - after a reload (``reload(from:to:)``) it publishes the configs of added and changed devices
+///   (components a changed device lost are marked removed) and clears those of removed devices.
 /// None of it runs on the poll or command paths.
 final class HomeAssistantPublisher: Sendable {
-    enum Trigger: Sendable { case connected, homeAssistantOnline }
+    enum Trigger: Sendable {
+        case connected, homeAssistantOnline
+        /// A reload replaced this configuration.
+        case reloaded(GatewayConfiguration)
+    }
 
     /// The payloads are built when they are published (at connect, after Home Assistant's
     /// birth) and not kept: at 100 devices they are several hundred KiB of strings.
-    private let makeDiscovery: @Sendable () -> HomeAssistantDiscovery
+    private let configuration: Mutex<GatewayConfiguration>
+    private let topics: TopicLayout
+    private let version: String
     private let prefix: String
     let gatewayID: String
     private let client: MQTTClient
@@ -39,11 +47,14 @@ final class HomeAssistantPublisher: Sendable {
     static let scanWindow: Duration = .seconds(3)
     static let scanQuiet: Duration = .milliseconds(500)
 
-    init(prefix: String, gatewayID: String, client: MQTTClient, logger: Logger, discovery: @escaping @Sendable () -> HomeAssistantDiscovery,
+    init(configuration: GatewayConfiguration, topics: TopicLayout, version: String, client: MQTTClient, logger: Logger,
          republish: @escaping @Sendable () async -> Void) {
-        self.makeDiscovery = discovery
+        self.configuration = Mutex(configuration)
+        self.topics = topics
+        self.version = version
+        let prefix = configuration.homeAssistant.prefix
         self.prefix = prefix
-        self.gatewayID = gatewayID
+        self.gatewayID = configuration.gateway.id
         self.client = client
         var l = logger
         l[metadataKey: "component"] = "homeassistant"
@@ -74,6 +85,16 @@ final class HomeAssistantPublisher: Sendable {
 
     func connected() { continuation.yield(.connected) }
 
+    /// The running configuration is now `new` (a reload; `[homeassistant]` itself is unchanged).
+    func reload(from old: GatewayConfiguration, to new: GatewayConfiguration) {
+        configuration.withLock { $0 = new }
+        continuation.yield(.reloaded(old))
+    }
+
+    private func makeDiscovery() -> HomeAssistantDiscovery {
+        HomeAssistantDiscovery(configuration: configuration.withLock { $0 }, topics: topics, version: version)
+    }
+
     func finish() { continuation.finish() }
 
     func run() async {
@@ -99,7 +120,36 @@ final class HomeAssistantPublisher: Sendable {
                 do { try await Task.sleep(for: delay) } catch { return }
                 await publishConfigs(removing: [:])
                 await republish()
+            case .reloaded(let old):
+                // Before the first connect there is nothing to correct: that connect publishes all.
+                guard !first else { continue }
+                await publishChanges(since: HomeAssistantDiscovery(configuration: old, topics: topics, version: version))
             }
+        }
+    }
+
+    /// After a reload: the configs that differ from `old`'s, and empty ones for devices gone.
+    private func publishChanges(since old: HomeAssistantDiscovery) async {
+        let new = makeDiscovery()
+        let before = Dictionary(old.devices.map { ($0.topic, $0) }, uniquingKeysWith: { a, _ in a })
+        var published = 0
+        for device in new.devices {
+            let earlier = before[device.topic]
+            var gone: [String: String] = [:]
+            for e in earlier?.entities ?? [] where !device.entities.contains(where: { $0.id == e.id }) { gone[e.id] = e.platform }
+            let payload = device.payload(removing: gone)
+            guard earlier.map({ $0.payload() != device.payload() }) ?? true else { continue }
+            try? await client.enqueue(to: device.topic, payload: Array(payload.utf8), qos: .atLeastOnce, retain: true)
+            published += 1
+        }
+        let kept = Set(new.devices.map(\.topic))
+        var cleared = 0
+        for device in old.devices where !kept.contains(device.topic) {
+            try? await client.enqueue(to: device.topic, payload: [], qos: .atLeastOnce, retain: true)
+            cleared += 1
+        }
+        if published + cleared > 0 {
+            logger.info("discovery after reload: \(published) device configs published, \(cleared) cleared")
         }
     }
 

@@ -37,9 +37,14 @@ public final class Liveness: Sendable {
         public func idle() { liveness.idle(id) }
     }
 
-    /// A new loop, idle until it first says when it is due.
+    /// A new loop, idle until it first says when it is due. A loop restarted under the same
+    /// name (a bus poller after a reload) takes its earlier slot.
     public func register(_ name: String) -> Handle {
         let id = loops.withLock { l in
+            if let i = l.firstIndex(where: { $0.name == name }) {
+                l[i].due = nil
+                return i
+            }
             l.append(Loop(name: name, due: nil))
             return l.count - 1
         }

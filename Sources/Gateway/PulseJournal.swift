@@ -45,8 +45,11 @@ final class PulseJournal: Sendable {
             logger.error("pulse journal: \(stray) was left on by an earlier run but is no longer a pulse point of this configuration: not switched off")
         }
         leftOn.formIntersection(pulses)
-        guard !pulses.isEmpty else { return (PulseJournal(path: nil, entries: [], logger: logger), leftOn) }
-        // Probe: the directory must take a new file, or there is no journal.
+        // Probe: the directory must take a new file, or there is no journal. Without pulse
+        // points it is kept quietly (a reload may add some; nothing is written until then).
+        guard !pulses.isEmpty || access(directory, W_OK | X_OK) == 0 else {
+            return (PulseJournal(path: nil, entries: [], logger: logger), leftOn)
+        }
         guard access(directory, W_OK | X_OK) == 0 else {
             let e = errno
             logger.warning("no pulse journal: \(directory) is not a writable directory (\(PulseJournal.describe(e))); a pulse cut short by a crash will not be switched off at the next start (set [gateway] state_dir)")

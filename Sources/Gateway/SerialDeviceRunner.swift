@@ -72,7 +72,26 @@ final class SerialDeviceRunner: Sendable {
         return taken
     }
 
-    func run() async {
+    /// Its task: unstructured for the same reason as a bus poller's (``BusUnit/start``).
+    private let task = Mutex<Task<Void, Never>?>(nil)
+
+    /// Opens the port and keeps it open, reading frames and taking commands, until ``stop()``.
+    func start() {
+        task.withLock { t in
+            guard t == nil else { return }
+            t = Task { await self.run() }
+        }
+    }
+
+    /// Closes the port and ends the device's tasks (a command under way may be cut short and
+    /// answered with the error).
+    func stop() async {
+        let t = task.withLock { $0.take() }
+        t?.cancel()
+        await t?.value
+    }
+
+    private func run() async {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.commandLoop() }
             await self.connectionLoop()

@@ -22,10 +22,15 @@ public final class GatewayTelemetry: Sendable {
     public let version: String
     let startedAt = ContinuousClock.now
     let startedWall: Double
-    private let devices: [String: DeviceMeter]
-    /// Devices in configuration order (the status page's order).
-    let deviceOrder: [DeviceMeter]
-    private let buses: [String: BusMeter]
+    /// Device and bus meters; a reload adds and removes some (``reconfigure(_:)``).
+    private struct Meters: Sendable {
+        var devices: [String: DeviceMeter] = [:]
+        /// Devices in configuration order (the status page's order).
+        var order: [DeviceMeter] = []
+        var buses: [String: BusMeter] = [:]
+    }
+    private let meters = Mutex(Meters())
+    var deviceOrder: [DeviceMeter] { meters.withLock { $0.order } }
     private let commands = Mutex(RecentCommands())
     private let lastRenderSize = Mutex(16_384)
 
@@ -52,6 +57,11 @@ public final class GatewayTelemetry: Sendable {
     private let writeSeconds: DurationHistogram
     let pulsesActive: Gauge
     let journalWritable: Gauge
+
+    // Reloads.
+    private let reloads: [String: Counter]
+    private let reloadSucceeded: Gauge
+    static let reloadResults = ["applied", "unchanged", "refused", "invalid"]
 
     /// Names of the Modbus devices (`bus` set) and serial devices (`bus` nil), with their points
     /// and units, in configuration order.
@@ -103,31 +113,61 @@ public final class GatewayTelemetry: Sendable {
                                                help: "A command's arrival to the end of its write on the device")
         pulsesActive = r.gauge(name: "gateway_pulses_active", help: "Pulses switched on and not yet off")
         journalWritable = r.gauge(name: "gateway_pulse_journal_writable", help: "1 when the pulse journal in state_dir can be written")
-
-        var busMeters: [String: BusMeter] = [:]
-        for b in buses { busMeters[b] = BusMeter(bus: b, registry: r) }
-        self.buses = busMeters
-        var meters: [String: DeviceMeter] = [:]
-        var order: [DeviceMeter] = []
-        for d in devices {
-            let m = DeviceMeter(d, registry: r)
-            meters[d.name] = m
-            order.append(m)
+        var reloads: [String: Counter] = [:]
+        for result in Self.reloadResults {
+            reloads[result] = r.counter(name: "gateway_config_reloads_total", labels: [("result", result)],
+                                        help: "Configuration reloads (SIGHUP), by result: applied, unchanged, refused (cannot change live), invalid")
         }
-        self.devices = meters
-        self.deviceOrder = order
+        self.reloads = reloads
+        reloadSucceeded = r.gauge(name: "gateway_config_last_reload_successful", help: "0 when the last reload was refused or invalid (the earlier configuration runs)")
+        reloadSucceeded.set(1.0)
+
+        reconfigure(devices: devices, buses: buses)
     }
 
     /// Every device, point and bus of `configuration`.
     public convenience init(configuration c: GatewayConfiguration, version: String) {
+        self.init(gatewayID: c.gateway.id, version: version, devices: Self.devices(of: c), buses: c.buses.map(\.name))
+    }
+
+    static func devices(of c: GatewayConfiguration) -> [DeviceDescription] {
         let modbus = c.devices.map { d in DeviceDescription(name: d.name, bus: d.bus, points: d.points.map { ($0.name, $0.unit) }) }
         let serial = c.serialDevices.map { d in DeviceDescription(name: d.name, bus: nil, points: d.points.map { ($0.name, nil) }) }
-        self.init(gatewayID: c.gateway.id, version: version, devices: modbus + serial, buses: c.buses.map(\.name))
+        return modbus + serial
+    }
+
+    /// After a reload: meters for the devices and buses of `c`. A device whose name, bus and
+    /// points stay keeps its meter (and its live status); the series of devices and buses that
+    /// are gone are removed from the exposition.
+    func reconfigure(_ c: GatewayConfiguration) {
+        reconfigure(devices: Self.devices(of: c), buses: c.buses.map(\.name))
+    }
+
+    private func reconfigure(devices: [DeviceDescription], buses: [String]) {
+        let r = registry
+        meters.withLock { m in
+            var next = Meters()
+            for d in devices {
+                let meter = m.devices[d.name].flatMap { $0.describes(d) ? $0 : nil } ?? DeviceMeter(d, registry: r)
+                next.devices[d.name] = meter
+                next.order.append(meter)
+            }
+            for b in buses { next.buses[b] = m.buses[b] ?? BusMeter(bus: b, registry: r) }
+            for (name, old) in m.devices where next.devices[name] == nil { old.unregister() }
+            for (name, old) in m.buses where next.buses[name] == nil { old.unregister() }
+            m = next
+        }
+    }
+
+    /// A reload's result (one of ``reloadResults``).
+    func reloaded(_ result: String) {
+        reloads[result]?.increment()
+        reloadSucceeded.set(result == "applied" || result == "unchanged" ? 1.0 : 0.0)
     }
 
     /// The meter of a configured device (nil for any other name).
-    func device(_ name: String) -> DeviceMeter? { devices[name] }
-    func bus(_ name: String) -> BusMeter? { buses[name] }
+    func device(_ name: String) -> DeviceMeter? { meters.withLock { $0.devices[name] } }
+    func bus(_ name: String) -> BusMeter? { meters.withLock { $0.buses[name] } }
 
     // MARK: MQTT
 
@@ -168,7 +208,7 @@ public final class GatewayTelemetry: Sendable {
         case .readBackFailed: outcome = "ok_readback_failed"
         case .refused(let why): outcome = why.hasPrefix("outcome unknown") ? "outcome_unknown" : why.hasPrefix("busy") ? "busy" : "refused"
         }
-        if let meter = devices[device] {
+        if let meter = self.device(device) {
             meter.command(point: point, outcome: outcome)
         }
         answerSeconds.recordNanoseconds((now - receivedAt).nanoseconds)
@@ -192,7 +232,7 @@ public final class GatewayTelemetry: Sendable {
         mqttDroppedIncoming.update(Double(mqtt.droppedIncoming))
         for (qos, count) in zip(mqttPublished, mqtt.published) { qos.update(Double(count)) }
         pulsesActive.set(Double(mqtt.pulsesActive))
-        for meter in buses.values { meter.refresh() }
+        for meter in meters.withLock({ Array($0.buses.values) }) { meter.refresh() }
         // Sized by the last rendering: one allocation, not a doubling series of them.
         var out: [UInt8] = []
         out.reserveCapacity(lastRenderSize.withLock { $0 } + 4096)
@@ -328,6 +368,23 @@ final class DeviceMeter: Sendable {
 
     var snapshot: Status { status.withLock { $0 } }
 
+    /// Made for the same device: same name, bus and points (a reload keeps such a meter).
+    func describes(_ d: GatewayTelemetry.DeviceDescription) -> Bool {
+        name == d.name && bus == d.bus && pointNames == d.points.map(\.name) && units == d.points.map(\.unit)
+    }
+
+    /// The device is gone (a reload): its series leave the exposition.
+    func unregister() {
+        registry.unregisterGauge(online)
+        registry.unregisterGauge(lastSuccess)
+        registry.unregisterGauge(pollPeriod)
+        registry.unregisterDurationHistogram(pollDuration)
+        for c in polls.withLock({ Array($0.values) }) + commandCounters.withLock({ Array($0.values) }) + Array(frames.values) {
+            registry.unregisterCounter(c)
+        }
+        if let reopens { registry.unregisterCounter(reopens) }
+    }
+
     func state(_ state: DeviceHealth.State) {
         online.set(state == .online ? 1.0 : 0.0)
         status.withLock { $0.state = state }
@@ -429,15 +486,26 @@ final class BusMeter: Sendable {
     init(bus: String, registry r: PrometheusCollectorRegistry) {
         self.bus = bus
         let l = [("bus", bus)]
-        requests = ScrapedCounter(r.counter(name: "gateway_bus_requests_total", labels: l, help: "Requests run on the bus"))
-        errors = ScrapedCounter(r.counter(name: "gateway_bus_errors_total", labels: l, help: "Requests that failed (no answer, bad answer, exception)"))
+        requests = ScrapedCounter(r.counter(name: "gateway_bus_requests_total", labels: l, help: "Requests run on the bus"), registry: r)
+        errors = ScrapedCounter(r.counter(name: "gateway_bus_errors_total", labels: l, help: "Requests that failed (no answer, bad answer, exception)"),
+                                registry: r)
         refusals = ScrapedCounter(r.counter(name: "gateway_bus_busy_total", labels: l,
-                                                help: "Requests not started by their deadline because the bus was busy"))
+                                                help: "Requests not started by their deadline because the bus was busy"), registry: r)
         busySeconds = ScrapedCounter(r.counter(name: "gateway_bus_busy_seconds_total", labels: l,
-                                                   help: "Time the bus spent in requests (its utilisation is the rate of this)"))
+                                                   help: "Time the bus spent in requests (its utilisation is the rate of this)"), registry: r)
     }
 
-    func attach(_ bus: ModbusBus) { source.withLock { $0 = bus } }
+    /// The bus it reads (a reload that changes the bus attaches the new one, whose totals start
+    /// at zero again).
+    func attach(_ bus: ModbusBus) {
+        source.withLock { $0 = bus }
+        for c in [requests, errors, refusals, busySeconds] { c.restart() }
+    }
+
+    /// The bus is gone (a reload).
+    func unregister() {
+        for c in [requests, errors, refusals, busySeconds] { c.unregister() }
+    }
 
     func refresh() {
         guard let s = source.withLock({ $0 })?.statistics else { return }
@@ -453,7 +521,16 @@ final class BusMeter: Sendable {
 final class ScrapedCounter: Sendable {
     private let counter: Counter
     private let last = Mutex(0.0)
-    init(_ counter: Counter) { self.counter = counter }
+    private let registry: PrometheusCollectorRegistry?
+    init(_ counter: Counter, registry: PrometheusCollectorRegistry? = nil) {
+        self.counter = counter
+        self.registry = registry
+    }
+
+    /// Its source starts again from zero.
+    func restart() { last.withLock { $0 = 0 } }
+
+    func unregister() { registry?.unregisterCounter(counter) }
 
     func update(_ total: Double) {
         let delta = last.withLock { l -> Double in

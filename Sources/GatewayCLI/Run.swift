@@ -65,7 +65,11 @@ struct Run: AsyncParsableCommand {
                                      version: GatewayCommand.version, logger: logger)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: runtime),
-            .init(service: HangupSignal(logger: logger), successTerminationBehavior: .ignore),
+            .init(service: ConfigurationReloader(runtime: runtime, logger: logger) {
+                var reloaded = try ConfigLoader.load(path: config)
+                if let stateDir { reloaded.gateway.stateDirectory = stateDir }
+                return (reloaded, try mqttPassword(for: reloaded.mqtt))
+            }, successTerminationBehavior: .ignore),
         ]
         if let telemetry, let address = loaded.http.address {
             services.append(.init(service: OperationsService(runtime: runtime, telemetry: telemetry, address: address, username: loaded.http.username,

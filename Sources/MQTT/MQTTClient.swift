@@ -13,7 +13,8 @@ import NIOSSL
 ///   dropped and counted) and go out in order after reconnect.
 /// - Incoming messages arrive on ``messages``; connection changes on ``events``.
 public actor MQTTClient {
-    public nonisolated let configuration: MQTTConfiguration
+    /// The settings of the next connect (``reconfigure(_:)`` replaces them).
+    public private(set) var configuration: MQTTConfiguration
     /// Every message received on any subscription, in arrival order.
     public nonisolated let messages: AsyncStream<MQTTMessage>
     /// Connection events.
@@ -92,6 +93,8 @@ public actor MQTTClient {
     /// ``messages`` too far behind.
     public private(set) var droppedIncomingCount = 0
     private var supervisor: Task<Void, Never>?
+    /// The connection was closed to connect with new settings: the next attempt goes at once.
+    private var reconnectAtOnce = false
 
     public init(configuration: MQTTConfiguration, eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                 logger: Logger = Logger(label: "gateway.mqtt")) {
@@ -152,6 +155,21 @@ public actor MQTTClient {
         await shutdown(sendDisconnect: false)
     }
 
+    /// New settings (a configuration reload), used from the next connect on. When connected, the
+    /// session ends with a normal DISCONNECT (the broker discards the will, so nobody sees an
+    /// `offline` blink) and the client connects again at once with the new settings; queued and
+    /// unacknowledged messages go out on the new connection as after any reconnect. The streams'
+    /// sizes (`incomingLimit`) stay as they were made.
+    public func reconfigure(_ new: MQTTConfiguration) {
+        configuration = new   // version and keepalive follow at the next connect
+        guard state == .connected, let channel else { return }
+        reconnectAtOnce = true
+        lastCloseReason = "reconnecting with a new configuration"
+        closingOurselves = true
+        write(.disconnect(ReasonPacket()), flush: true)
+        channel.close(promise: nil)
+    }
+
     /// Resumes graceful-disconnect waiters once nothing is queued or in flight (or on `force`:
     /// timeout, connection lost).
     private func notifyIfDrained(force: Bool = false) {
@@ -198,7 +216,9 @@ public actor MQTTClient {
                 connected = false
                 if state == .shutdown || configuration.reconnect == nil { break }
             }
-            if !firstAttempt {
+            if reconnectAtOnce {
+                reconnectAtOnce = false
+            } else if !firstAttempt {
                 var delay = backoff.nextDelay(random: Double.random(in: 0..<1))
                 if takenOverByReason || quickDrops >= 3 {
                     delay = configuration.reconnect?.maximumDelay ?? delay

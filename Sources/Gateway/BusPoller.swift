@@ -1,0 +1,268 @@
+import GatewayConfig
+import Logging
+import Modbus
+import MQTT
+import Synchronization
+
+/// Where a poll's results go: the broker and the status board. The pollers hold this, not the
+/// runtime, so nothing on the poll path reaches back into its owner.
+struct PollSink: Sendable {
+    let client: MQTTClient
+    let context: DeviceCommander.Context
+    let valuesGeneration: ValuesGeneration
+}
+
+/// One bus and its poller: the bus runs one request at a time anyway, so its devices are polled
+/// in turn by one task, each on its own drift-free schedule. Of the devices due, the one waiting
+/// longest goes first (earliest due time; on a tie, the one polled least recently), so a device
+/// due later is never starved by one listed earlier. A task per device would cost a task and its
+/// stack for every device while polling no faster.
+///
+/// A reload stops the poller softly (``stop(hard:)``): the poll under way finishes and the task
+/// hands back every device's poll state, so unchanged devices go on with the same schedule,
+/// health and change filters, and the poller starts again with the devices added or changed.
+final class BusUnit: Sendable {
+    let settings: BusSettings
+    let bus: ModbusBus
+
+    private struct Control: Sendable {
+        var task: Task<[DevicePoller], Never>?
+        /// Stop after the poll under way.
+        var stopRequested = false
+        /// Between polls, in its sleep (a soft stop may cancel it there, never mid-poll: a
+        /// cancelled bus request would count as a failed poll).
+        var sleeping = false
+    }
+    private let control = Mutex(Control())
+
+    init(settings: BusSettings, logger: Logger) {
+        self.settings = settings
+        var l = logger
+        l[metadataKey: "bus"] = "\(settings.name)"
+        self.bus = ModbusBus(configuration: settings.busConfiguration, logger: l)
+    }
+
+    /// Polls `pollers` until stopped. An unstructured task, because units start and stop one by
+    /// one at a reload while the rest keeps running (a task group cannot cancel one child); the
+    /// runtime stops every unit, and awaits its task, before it ends.
+    func start(_ pollers: [DevicePoller], sink: PollSink, liveness: Liveness?, logger: Logger) {
+        guard !pollers.isEmpty else { return }
+        control.withLock { $0 = Control() }
+        let task = Task { await self.pollLoop(pollers, sink: sink, liveness: liveness, logger: logger) }
+        control.withLock { $0.task = task }
+    }
+
+    /// Ends the poller and returns its devices' poll states (none if it was not running).
+    /// `hard`: cancelled at once, even mid-poll (the gateway is stopping); otherwise after the
+    /// poll under way.
+    func stop(hard: Bool) async -> [DevicePoller] {
+        let (task, asleep) = control.withLock { c -> (Task<[DevicePoller], Never>?, Bool) in
+            c.stopRequested = true
+            defer { c.task = nil }
+            return (c.task, c.sleeping)
+        }
+        guard let task else { return [] }
+        if hard || asleep { task.cancel() }
+        return await task.value
+    }
+
+    /// True when the loop may sleep; false when a stop was asked (it ends instead).
+    private func willSleep() -> Bool {
+        control.withLock { c in
+            guard !c.stopRequested else { return false }
+            c.sleeping = true
+            return true
+        }
+    }
+
+    /// After the sleep: false when a stop was asked meanwhile.
+    private func wokeUp() -> Bool {
+        control.withLock { c in
+            c.sleeping = false
+            return !c.stopRequested
+        }
+    }
+
+    private var stopRequested: Bool { control.withLock { $0.stopRequested } }
+
+    private func pollLoop(_ initial: [DevicePoller], sink: PollSink, liveness: Liveness?, logger: Logger) async -> [DevicePoller] {
+        var pollers = initial
+        // Liveness: one poll takes at most its start deadline (a period) plus a timeout per request.
+        let loop = liveness?.register("poller of bus \(settings.name)")
+        let timeout = bus.configuration.responseTimeout
+        let longestPoll = pollers.map { $0.schedule.period + timeout * ($0.requestsPerPoll + 1) }.max() ?? .seconds(1)
+        defer { loop?.idle() }
+        #if DEBUG
+        let stallAt = DebugHooks.pollerStall.map { ContinuousClock.now + $0 }
+        #endif
+        // When each device is due and when its last poll started, kept apart from the pollers:
+        // reading them from the pollers in the scan copied every poller (100 retains and
+        // releases of its fields per poll at 100 devices, measured with perf).
+        var keys = pollers.map { (at: $0.schedule.next, last: $0.lastStart) }
+        while !Task.isCancelled && !stopRequested {
+            // Earliest due time; on a tie, polled least recently.
+            var due = 0
+            for i in keys.indices.dropFirst() where keys[i].at < keys[due].at || (keys[i].at == keys[due].at && keys[i].last < keys[due].last) {
+                due = i
+            }
+            // Devices due together are polled back to back (a sleep into the past still costs a timer).
+            if keys[due].at > .now {
+                loop?.expect(within: keys[due].at - .now)
+                guard willSleep() else { break }
+                let slept = (try? await Task.sleep(until: keys[due].at, clock: .continuous)) != nil
+                guard wokeUp(), slept else { break }
+            }
+            #if DEBUG
+            if let stallAt, ContinuousClock.now >= stallAt {
+                // A test's hung poll loop (GATEWAY_DEBUG_STALL_POLLER_AFTER_S; debug builds only).
+                logger.warning("debug hook: this poller now hangs")
+                try? await Task.sleep(for: .seconds(86_400))
+                return pollers
+            }
+            #endif
+            loop?.expect(within: longestPoll)
+            await pollers[due].poll(bus, sink: sink)
+            keys[due] = (pollers[due].schedule.next, pollers[due].lastStart)
+        }
+        return pollers
+    }
+}
+
+extension GatewayRuntime {
+    /// How one poll went, for the device's health: only a device that was asked and did not
+    /// answer (or answered garbage) counts as failed; a poll the bus could not start in time
+    /// (`busBusy`: commands ahead of it) says nothing about the device.
+    enum PollOutcome: Equatable {
+        case answered, failed, notStarted
+
+        init(_ results: [Int: ModbusBus.ItemResult]) {
+            var sawBusy = false, sawFailure = false
+            for result in results.values {
+                switch result {
+                case .failure(.exception(.gatewayPathUnavailable, _)), .failure(.exception(.gatewayTargetFailedToRespond, _)):
+                    sawFailure = true   // a TCP gateway in front of it answered: the device did not
+                case .success, .failure(.exception):
+                    self = .answered    // data, or a refusal: either way the device is alive
+                    return
+                case .failure(.busBusy), .failure(.closed): sawBusy = true
+                case .failure: sawFailure = true
+                }
+            }
+            self = sawBusy && !sawFailure ? .notStarted : .failed
+        }
+    }
+}
+
+/// One device's poll state on its bus's poller: schedule, read plan, health, change filters.
+struct DevicePoller {
+    let settings: DeviceSettings
+    let gateway: GatewaySettings
+    var log: Logger
+    var schedule: PollSchedule
+    var readPlan: ReadPlan
+    var health: DeviceHealth
+    var backoff: OfflineBackoff
+    var filters: [ChangeFilter]
+    var failingPoints: Set<Int> = []
+    var requestsPerPoll: Int
+    /// When its latest poll started (the tie-break between devices due at the same time).
+    var lastStart: ContinuousClock.Instant
+    /// Values its commander published after writes: the change filters learn them.
+    let readBacks: ReadBacks?
+    /// Each point's value topic, built once.
+    let valueTopics: [String]
+    /// Its metrics and live status (operations listener on).
+    let meter: DeviceMeter?
+    var previousStart: ContinuousClock.Instant?
+    /// The runtime's ``GatewayRuntime/valuesGeneration`` this poller last acted on.
+    var valuesGeneration = 0
+
+    init(_ device: GatewayPlan.Device, gateway: GatewaySettings, topics: TopicLayout, logger: Logger, start: ContinuousClock.Instant,
+         readBacks: ReadBacks?, meter: DeviceMeter?) {
+        self.readBacks = readBacks
+        self.meter = meter
+        valueTopics = device.settings.points.map { topics.value(device: device.settings.name, point: $0.name) }
+        settings = device.settings
+        self.gateway = gateway
+        log = logger
+        log[metadataKey: "device"] = "\(settings.name)"
+        schedule = PollSchedule(period: .milliseconds(settings.pollMs), start: start)
+        readPlan = device.readPlan
+        health = DeviceHealth(offlineAfter: settings.offlineAfter)
+        backoff = OfflineBackoff(period: .milliseconds(settings.pollMs), cap: .milliseconds(settings.offlinePollMs))
+        let refresh: Duration? = gateway.refreshSeconds > 0 ? .seconds(gateway.refreshSeconds) : nil
+        filters = settings.points.map { ChangeFilter(deadband: $0.deadband, refresh: refresh) }
+        requestsPerPoll = device.readPlan.requests.count
+        lastStart = start
+    }
+
+    /// The poll due at `schedule.next`: read, update health, publish what changed, schedule
+    /// the next one (an offline device is probed with backoff).
+    mutating func poll(_ bus: ModbusBus, sink: PollSink) async {
+        let gw = gateway
+        let started = ContinuousClock.now
+        lastStart = started
+        // The poller runs one poll at a time, so only commands can hold it up: a poll that
+        // cannot start within one period is dropped, not queued up.
+        let results = await bus.poll(&readPlan, unit: settings.unit, deadline: started + schedule.period)
+        if readPlan.requests.count != requestsPerPoll {
+            requestsPerPoll = readPlan.requests.count
+            log.notice("device refused a merged read (illegal data address): now \(requestsPerPoll) requests per poll")
+        }
+        let outcome = GatewayRuntime.PollOutcome(results)
+        if let meter {
+            let (result, error) = DeviceMeter.pollResult(outcome, results)
+            meter.poll(result: result, error: error, started: started, duration: .now - started, previousStart: previousStart)
+            previousStart = started
+        }
+        switch outcome {
+        case .answered:
+            if health.pollSucceeded() != nil {
+                log.info("device online")
+                backoff.reset()
+                await sink.context.publishStatus(settings.name, .online)
+            }
+        case .failed:
+            if health.pollFailed() != nil {
+                let why = results.values.compactMap { if case .failure(let e) = $0 { "\(e)" } else { nil } }.first ?? "no answer"
+                log.warning("device offline after \(settings.offlineAfter) failed polls: \(why); probing it every \(backoff.cap) at most")
+                await sink.context.publishStatus(settings.name, .offline)
+            }
+        case .notStarted:
+            log.debug("poll skipped: the bus was busy with commands for a whole period")
+        }
+        let now = ContinuousClock.now
+        let generation = sink.valuesGeneration.current
+        if generation != valuesGeneration {
+            valuesGeneration = generation
+            for i in filters.indices { filters[i].forget() }
+        }
+        if let learned = readBacks?.take() {
+            for (i, value) in learned where i < filters.count { filters[i].learn(value, now: now) }
+        }
+        for (i, point) in settings.points.enumerated() {
+            guard let result = results[i] else { continue }
+            switch result {
+            case .success(let read):
+                failingPoints.remove(i)
+                guard let value = try? point.value(from: read), filters[i].shouldPublish(value, now: now) else { continue }
+                meter?.value(point: i, value)
+                try? await sink.client.enqueue(to: valueTopics[i], payload: valuePayload(value, point: point, gateway: gw),
+                                                  qos: .atLeastOnce, retain: point.retain ?? gw.retain)
+            case .failure(let error):
+                if outcome == .answered, error != .busBusy, failingPoints.insert(i).inserted {
+                    var l = log
+                    l[metadataKey: "point"] = "\(point.name)"
+                    l.warning("point read failed: \(error)")
+                }
+            }
+        }
+        if health.state == .offline {
+            // A dead unit costs the bus one timeout per probe, not one per period.
+            schedule.restart(at: now + backoff.next())
+        } else if schedule.advance(now: now), outcome == .answered, now - started > schedule.period {
+            // Only its own slow poll is worth a warning (not the wait behind another device).
+            log.warning("poll overran its period of \(settings.pollMs) ms (\(schedule.overruns) ticks skipped so far)")
+        }
+    }
+}
