@@ -35,7 +35,8 @@ final class Rig: Sendable {
     /// is then unused): a site with other buses, such as an RTU line.
     static func start(points: String, simArgs: [String], pollMs: Int = 50, offlineAfter: Int = 2, extraGateway: String = "",
                       devicePort: Int? = nil, body: String? = nil, extraMQTT: String = "", httpListen: String = "", extraHTTP: String = "", extraSections: String = "",
-                      environment: [String: String] = [:], gatewayArguments: [String] = []) async throws -> Rig {
+                      environment: [String: String] = [:], gatewayArguments: [String] = [],
+                      bodyWithPort: (@Sendable (Int) -> String)? = nil) async throws -> Rig {
         let broker = try await Mosquitto.start()
         let sim = try await GatewaySimulator.start(simArgs, port: try TestEnvironment.freePort())
         // The gateway polls the simulator, or another device (pymodbus) at `devicePort`.
@@ -54,7 +55,7 @@ final class Rig: Sendable {
             listen = "\(httpListen)"
             \(extraHTTP)
             \(extraSections)
-            \(body ?? """
+            \(body ?? bodyWithPort?(simPort) ?? """
             [[bus]]
             name = "plc"
             type = "tcp"
