@@ -2,7 +2,7 @@ import GatewayConfig
 
 /// What a reload would change, worked out from the running configuration and the new one with
 /// no side effects: the runtime applies it (``GatewayRuntime/reload(to:password:)``), and
-/// `gateway check --running` prints its summary.
+/// `gateway check --config new.toml --running old.toml` prints its summary.
 ///
 /// A device is *changed* when anything it runs with differs: its own table (points, poll, unit,
 /// bus name...), the settings of its bus, its kind (Modbus or serial), or the `[gateway]`

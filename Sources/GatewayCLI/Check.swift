@@ -8,6 +8,8 @@ struct Check: ParsableCommand {
         discussion: "Exit 0 and the plan (buses, devices, Modbus requests per poll, topics) when valid; exit 2 and every problem, each with its key path, when not.")
 
     @Option(help: "Configuration file.") var config = "gateway.toml"
+    @Option(help: "The file the gateway runs with now: also print what a reload (SIGHUP) to --config would change, or why it would be refused (exit 2).")
+    var running: String?
 
     func run() throws {
         let loaded: GatewayConfiguration
@@ -38,5 +40,28 @@ struct Check: ParsableCommand {
         } else {
             emit("Home Assistant discovery: off")
         }
+        if let running { try compare(with: running, loaded) }
+    }
+
+    /// What a reload from the file at `path` to `new` would do.
+    private func compare(with path: String, _ new: GatewayConfiguration) throws {
+        let old: GatewayConfiguration
+        do {
+            old = try ConfigLoader.load(path: path)
+        } catch {
+            emitError(error.description)
+            throw ExitCode(2)
+        }
+        let change = ConfigurationChange(from: old, to: new)
+        guard change.refusals.isEmpty else {
+            for reason in change.refusals { emitError("reload from \(path) refused: \(reason)") }
+            throw ExitCode(2)
+        }
+        if change.isEmpty {
+            emit("reload from \(path): no change")
+        } else {
+            emit("reload from \(path): \(change.summary)\(change.details.isEmpty ? "" : " (\(change.details))")")
+        }
+        for note in change.notes { emit("reload: \(note)") }
     }
 }
