@@ -173,12 +173,17 @@ struct DevicePoller {
     let valueTopics: [String]
     /// Its metrics and live status (operations listener on).
     let meter: DeviceMeter?
+    /// Counter and latch points (``PointEvents``): their trackers and event topics.
+    var events: [Int: EventKind] = [:]
+    let eventTopics: [Int: String]
+    /// Clears a latch on the device (through its commander, in line with commands).
+    let clearLatch: (@Sendable (Int) -> Void)?
     var previousStart: ContinuousClock.Instant?
     /// The runtime's ``GatewayRuntime/valuesGeneration`` this poller last acted on.
     var valuesGeneration = 0
 
     init(_ device: GatewayPlan.Device, gateway: GatewaySettings, topics: TopicLayout, logger: Logger, start: ContinuousClock.Instant,
-         readBacks: ReadBacks?, meter: DeviceMeter?) {
+         readBacks: ReadBacks?, meter: DeviceMeter?, clearLatch: (@Sendable (Int) -> Void)? = nil) {
         self.readBacks = readBacks
         self.meter = meter
         valueTopics = device.settings.points.map { topics.value(device: device.settings.name, point: $0.name) }
@@ -194,6 +199,14 @@ struct DevicePoller {
         filters = settings.points.map { ChangeFilter(deadband: $0.deadband, refresh: refresh) }
         requestsPerPoll = device.readPlan.requests.count
         lastStart = start
+        var topicsByPoint: [Int: String] = [:]
+        for (i, p) in device.settings.points.enumerated() {
+            guard let kind = p.eventKind else { continue }
+            events[i] = kind
+            topicsByPoint[i] = topics.event(device: device.settings.name, point: p.name)
+        }
+        eventTopics = topicsByPoint
+        self.clearLatch = clearLatch
     }
 
     /// The poll due at `schedule.next`: read, update health, publish what changed, schedule
@@ -245,7 +258,11 @@ struct DevicePoller {
             switch result {
             case .success(let read):
                 failingPoints.remove(i)
-                guard let value = try? point.value(from: read), filters[i].shouldPublish(value, now: now) else { continue }
+                guard let value = try? point.value(from: read) else { continue }
+                if events[i] != nil, let event = events[i]?.observe(value) {
+                    await publish(event, point: i, sink: sink)
+                }
+                guard filters[i].shouldPublish(value, now: now) else { continue }
                 meter?.value(point: i, value)
                 try? await sink.client.enqueue(to: valueTopics[i], payload: valuePayload(value, point: point, gateway: gw),
                                                   qos: .atLeastOnce, retain: point.retain ?? gw.retain)
@@ -264,5 +281,21 @@ struct DevicePoller {
             // Only its own slow poll is worth a warning (not the wait behind another device).
             log.warning("poll overran its period of \(settings.pollMs) ms (\(schedule.overruns) ticks skipped so far)")
         }
+    }
+
+    /// An event seen by this poll: published (QoS 1, not retained); a latch seen set is cleared
+    /// on the device unless `latch_clear = false`; a counter reset is said in the log.
+    private func publish(_ event: PointEvent, point i: Int, sink: PollSink) async {
+        let point = settings.points[i]
+        switch event {
+        case .reset(let count):
+            log.notice("counter \(point.name) went down (a device reset?): counting again from \(count)")
+        case .set where point.latchClear:
+            clearLatch?(i)
+        default:
+            break
+        }
+        guard let topic = eventTopics[i] else { return }
+        try? await sink.client.enqueue(to: topic, payload: event.payload(ts: unixMilliseconds()), qos: .atLeastOnce, retain: false)
     }
 }

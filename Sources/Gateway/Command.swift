@@ -31,11 +31,14 @@ public struct CommandRequest: Sendable, Equatable {
     public var ts: Int64?
     /// JSON `id`: a repeated id is answered with the first result and not executed again.
     public var id: String?
+    /// JSON `sig`: the signature of a signed command (``CommandSigner``).
+    public var sig: String?
 
-    public init(value: Value, ts: Int64? = nil, id: String? = nil) {
+    public init(value: Value, ts: Int64? = nil, id: String? = nil, sig: String? = nil) {
         self.value = value
         self.ts = ts
         self.id = id
+        self.sig = sig
     }
 
     /// Largest payload looked at; anything longer is refused unread.
@@ -69,6 +72,7 @@ public struct CommandRequest: Sendable, Equatable {
         var value: Value?
         var ts: Int64?
         var id: String?
+        var sig: String?
         var seen: Set<String> = []
         for (key, v) in members {
             guard seen.insert(key).inserted else { throw CommandRefused("JSON key '\(key)' appears twice") }
@@ -93,12 +97,15 @@ public struct CommandRequest: Sendable, Equatable {
                 case .number(let n): id = n
                 default: throw CommandRefused("\"id\" must be a string of 1 to 128 bytes (no control characters) or a number")
                 }
+            case "sig":
+                guard case .string(let s) = v, !s.isEmpty, s.utf8.count <= 128 else { throw CommandRefused("\"sig\" must be a string (hex or base64)") }
+                sig = s
             default:
-                throw CommandRefused("unknown JSON key '\(key)' (a command has \"value\", and optionally \"ts\" and \"id\")")
+                throw CommandRefused("unknown JSON key '\(key)' (a command has \"value\", and optionally \"ts\", \"id\" and \"sig\")")
             }
         }
         guard let value else { throw CommandRefused("JSON command has no \"value\"") }
-        return CommandRequest(value: value, ts: ts, id: id)
+        return CommandRequest(value: value, ts: ts, id: id, sig: sig)
     }
 }
 

@@ -39,6 +39,11 @@ final class DeviceCommander: Sendable {
         case set(MQTTMessage, point: String, receivedAt: ContinuousClock.Instant)
         case get(MQTTMessage, point: String, receivedAt: ContinuousClock.Instant)
         case pulseEnd(point: Int, generation: Int, why: PulseEnd)
+        /// A latch the poller saw set: write it clear (``PointEvents``).
+        case latchClear(point: Int)
+        /// Write the `failsafe` values of these points (``Failsafe``); `whileBrokerAway`: only if
+        /// the broker is still unreachable when the job runs.
+        case failsafe(points: [Int], whileBrokerAway: Bool, reply: @Sendable ([FailsafeWrite]) -> Void)
 
         /// A `/set` or `/get` from MQTT (counted against the device's bound).
         var isCommand: Bool { if case .pulseEnd = self { false } else { true } }
@@ -58,6 +63,8 @@ final class DeviceCommander: Sendable {
         var board: StatusBoard
         var journal: PulseJournal
         var telemetry: GatewayTelemetry?
+        /// Signed commands (`[gateway] command_key_file`); nil when commands are not signed.
+        var signing: SignedCommands?
 
         /// The gateway's birth and every known device status (retained): after every connect, and
         /// after Home Assistant's birth.
@@ -84,9 +91,11 @@ final class DeviceCommander: Sendable {
         func runCommand<Target>(_ message: MQTTMessage, name: String, receivedAt: ContinuousClock.Instant,
                                 ids: inout CommandIDCache<CommandAnswer>, resultTopic: String, logger: Logger,
                                 target: () throws(CommandRefused) -> Target,
+                                mustBeSigned: (Target) -> Bool = { _ in false },
                                 execute: (Target, CommandRequest) async throws(CommandRefused) -> CommandAnswer) async {
             var request: CommandRequest?
             var repeated = false
+            var unsigned = false
             var executedAt: ContinuousClock.Instant?
             let answer: CommandAnswer
             do throws(CommandRefused) {
@@ -95,6 +104,11 @@ final class DeviceCommander: Sendable {
                 let t = try target()
                 let req = try CommandRequest.parse(message.payload)
                 request = req
+                if let signing, mustBeSigned(t), let why = signing.check(req, topic: message.topic, now: unixMilliseconds()) {
+                    logger.warning("signed command refused: \(why.logSafe)", metadata: ["topic": "\(message.topic.logSafe)"])
+                    unsigned = true
+                    throw SignedCommands.refusal
+                }
                 if let id = req.id, let first = ids.answer(for: "\(name)\u{0}\(id)", now: .now) {
                     repeated = true
                     answer = first
@@ -106,7 +120,9 @@ final class DeviceCommander: Sendable {
             } catch {
                 answer = .refused(error.reason)
             }
-            if !repeated, let id = request?.id { ids.record(answer, for: "\(name)\u{0}\(id)", now: .now) }
+            // A command that failed the signature check leaves no trace in the id cache: anyone
+            // could otherwise block the id a genuine command will use.
+            if !repeated, !unsigned, let id = request?.id { ids.record(answer, for: "\(name)\u{0}\(id)", now: .now) }
             // Everything from the message is escaped: a command cannot forge a log line.
             var meta: Logger.Metadata = [
                 "point": "\(name.logSafe)",
@@ -228,7 +244,14 @@ final class DeviceCommander: Sendable {
         var start = false
         var taken = true
         let wake = queue.withLock { q -> CheckedContinuation<Void, Never>? in
-            guard !q.stopping else { return nil }
+            guard !q.stopping else {
+                taken = false
+                return nil
+            }
+            // A latch clear already waiting covers this one.
+            if case .latchClear(let point) = job, q.jobs[q.head...].contains(where: { if case .latchClear(point) = $0 { true } else { false } }) {
+                return nil
+            }
             if job.isCommand {
                 guard q.commands < CommandRequest.pendingPerDevice else {
                     taken = false
@@ -369,6 +392,17 @@ final class DeviceCommander: Sendable {
             // Still on (device unreachable): the off is the safe state, so keep trying while the
             // gateway runs. A new "on" command replaces this retry with its own pulse.
             scheduleEnd(of: index, after: Self.offRetry, why: .retry, pulses: &work.pulses, generation: &work.generation)
+        case .latchClear(let index):
+            let point = device.points[index]
+            do {
+                try await write(point.offWrite, point: point, deadline: .now + timeout)
+                logger.info("latch cleared", metadata: ["point": "\(point.name)"])
+            } catch {
+                // The next poll that sees it still set asks again.
+                logger.warning("latch clear failed: \(error)", metadata: ["point": "\(point.name)"])
+            }
+        case .failsafe(let points, let whileBrokerAway, let reply):
+            reply(await writeFailsafe(points, whileBrokerAway: whileBrokerAway))
         }
     }
 
@@ -400,6 +434,8 @@ final class DeviceCommander: Sendable {
             }
             guard device.points[index].writable else { throw CommandRefused("point '\(pointName)' is not writable") }
             return index
+        } mustBeSigned: { index in
+            device.points[index].signed ?? true
         } execute: { (index, req) throws(CommandRefused) in
             try await execute(req, index: index, receivedAt: receivedAt, startPulse: startPulse, endPulse: endPulse)
         }
@@ -494,6 +530,45 @@ final class DeviceCommander: Sendable {
         } catch {
             return .failure(error)
         }
+    }
+
+    // MARK: fail-safe
+
+    /// Writes the `failsafe` values of `points` (``Failsafe``): once each, if the device is
+    /// online (and, `whileBrokerAway`, the broker still away).
+    func failsafe(_ points: [Int], whileBrokerAway: Bool) async -> [FailsafeWrite] {
+        await withCheckedContinuation { (c: CheckedContinuation<[FailsafeWrite], Never>) in
+            if !submit(.failsafe(points: points, whileBrokerAway: whileBrokerAway, reply: { c.resume(returning: $0) })) {
+                c.resume(returning: [])   // stopping: it would never run
+            }
+        }
+    }
+
+    private func writeFailsafe(_ points: [Int], whileBrokerAway: Bool) async -> [FailsafeWrite] {
+        if whileBrokerAway, await context.client.isConnected { return [] }
+        let online = await context.board.state(device.name) == .online
+        var out: [FailsafeWrite] = []
+        for index in points {
+            let point = device.points[index]
+            guard let value = point.failsafe else { continue }
+            var w = FailsafeWrite(device: device.name, point: point.name, index: index, value: value.description, outcome: .deviceOffline)
+            if online {
+                do throws(CommandRefused) {
+                    let plan = try point.writePlan(for: value.commandValue)
+                    do {
+                        try await write(plan, point: point, deadline: .now + timeout)
+                        w.outcome = .written(at: unixMilliseconds())
+                        _ = await readBack(index)
+                    } catch {
+                        w.outcome = .failed("\(error)")
+                    }
+                } catch {
+                    w.outcome = .refused(error.reason)
+                }
+            }
+            out.append(w)
+        }
+        return out
     }
 
     // MARK: pulses

@@ -47,6 +47,8 @@ public final class GatewayRuntime: Service, Sendable {
     let valuesGeneration = ValuesGeneration()
     /// Fires at the first connect to the broker (systemd's `READY=1`).
     public let firstConnect = OneShot()
+    /// Fail-safe values while the broker is away (a timer task only during an outage).
+    let failsafe: Failsafe
 
     /// What runs now: the plan and its units. Read by the command dispatcher for every command
     /// (a dictionary lookup under a lock); changed only under ``changes``.
@@ -55,6 +57,7 @@ public final class GatewayRuntime: Service, Sendable {
         var phase = Phase.starting
         var plan: GatewayPlan
         var password: [UInt8]?
+        var commandKey: [UInt8]?
         var context: DeviceCommander.Context
         var buses: [String: BusUnit] = [:]
         var commanders: [String: DeviceCommander] = [:]
@@ -71,9 +74,10 @@ public final class GatewayRuntime: Service, Sendable {
     var context: DeviceCommander.Context { units.withLock { $0.context } }
 
     /// `password`: read by the caller (the CLI reads `mqtt.password_file` or env `GATEWAY_MQTT_PASSWORD`).
+    /// `commandKey`: the key of signed commands (the CLI reads `[gateway] command_key_file`).
     /// `telemetry`: given when the operations listener is on.
     /// `watchLoops`: keep ``liveness`` (for `/healthz` or systemd's watchdog).
-    public init(configuration: GatewayConfiguration, password: [UInt8]?, telemetry: GatewayTelemetry? = nil,
+    public init(configuration: GatewayConfiguration, password: [UInt8]?, commandKey: [UInt8]? = nil, telemetry: GatewayTelemetry? = nil,
                 watchLoops: Bool = true, version: String = "dev", logger: Logger = Logger(label: "gateway")) {
         let plan = GatewayPlan(configuration)
         self.topics = plan.topics
@@ -85,6 +89,7 @@ public final class GatewayRuntime: Service, Sendable {
         mqttLogger[metadataKey: "component"] = "mqtt"
         let client = MQTTClient(configuration: Self.mqttConfiguration(configuration, password: password, telemetry: telemetry), logger: mqttLogger)
         self.client = client
+        self.failsafe = Failsafe(client: client, topics: plan.topics, logger: logger)
         let (journal, leftOn) = PulseJournal.open(directory: configuration.gateway.stateDirectory, pulses: Set(plan.pulsePoints), logger: logger)
         if !leftOn.isEmpty {
             logger.warning("pulses left on by an earlier run that did not end them, switching them off: \(leftOn.sorted().joined(separator: ", "))")
@@ -92,8 +97,9 @@ public final class GatewayRuntime: Service, Sendable {
         self.journal = journal
         telemetry?.journalWritable.set(journal.path != nil ? 1.0 : 0.0)
         let context = DeviceCommander.Context(topics: plan.topics, gateway: configuration.gateway, client: client, board: board, journal: journal,
-                                              telemetry: telemetry)
-        var units = Units(plan: plan, password: password, context: context)
+                                              telemetry: telemetry,
+                                              signing: commandKey.map { SignedCommands(key: $0, maxAgeMs: Self.signedMaxAgeMs(configuration.gateway)) })
+        var units = Units(plan: plan, password: password, commandKey: commandKey, context: context)
         for b in configuration.buses {
             let unit = BusUnit(settings: b, logger: logger)
             telemetry?.bus(b.name)?.attach(unit.bus)
@@ -121,6 +127,9 @@ public final class GatewayRuntime: Service, Sendable {
             self.homeAssistant = nil
         }
     }
+
+    /// How far a signed command's `ts` may be from now: `command_max_age_ms`, 30 s by default.
+    static func signedMaxAgeMs(_ g: GatewaySettings) -> Int { g.commandMaxAgeMs ?? 30_000 }
 
     /// The MQTT client's settings from `[mqtt]`: will `offline` on the gateway's status topic.
     static func mqttConfiguration(_ configuration: GatewayConfiguration, password: [UInt8]?, telemetry: GatewayTelemetry?) -> MQTTConfiguration {
@@ -152,8 +161,12 @@ public final class GatewayRuntime: Service, Sendable {
 
     /// A device's poll state, new: polled first at `start`.
     func makePoller(_ device: GatewayPlan.Device, gateway: GatewaySettings, commander: DeviceCommander?, start: ContinuousClock.Instant) -> DevicePoller {
-        DevicePoller(device, gateway: gateway, topics: topics, logger: logger, start: start, readBacks: commander?.readBacks,
-                     meter: telemetry?.device(device.settings.name))
+        var clear: (@Sendable (Int) -> Void)?
+        if let commander, device.settings.points.contains(where: { $0.latch && $0.latchClear }) {
+            clear = { point in commander.submit(.latchClear(point: point)) }
+        }
+        return DevicePoller(device, gateway: gateway, topics: topics, logger: logger, start: start, readBacks: commander?.readBacks,
+                            meter: telemetry?.device(device.settings.name), clearLatch: clear)
     }
 
     /// Starts the poller of `bus` with the plan's devices on it: the poll states in `kept` go on
@@ -177,6 +190,8 @@ public final class GatewayRuntime: Service, Sendable {
         for runner in starting.serial.values { runner.start() }
         units.withLock { $0.phase = .running }
         await changes.unlock()
+        // The broker is away until the first connect: the fail-safe countdown starts now.
+        failsafe.brokerLost { self.failsafeTargets() }
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.watchConnection() }
             if let homeAssistant { group.addTask { await homeAssistant.run() } }
@@ -192,9 +207,13 @@ public final class GatewayRuntime: Service, Sendable {
             return u
         }
         // No more polls or commands; pending pulses are switched off before going offline.
+        await failsafe.cancel()
         await withTaskGroup(of: Void.self) { group in
             for bus in running.buses.values { group.addTask { _ = await bus.stop(hard: true) } }
             for runner in running.serial.values { group.addTask { await runner.stop() } }
+        }
+        if running.plan.configuration.gateway.failsafeOnStop {
+            await failsafe.writeOnStop(Failsafe.targets(running.plan, commanders: running.commanders))
         }
         await withTaskGroup(of: Void.self) { group in
             for c in running.commanders.values { group.addTask { await c.stop() } }
@@ -207,6 +226,11 @@ public final class GatewayRuntime: Service, Sendable {
         for bus in running.buses.values { bus.bus.close() }
         await changes.unlock()
         logger.info("gateway stopped")
+    }
+
+    /// The fail-safe points of the devices running now.
+    func failsafeTargets() -> [Failsafe.Target] {
+        units.withLock { Failsafe.targets($0.plan, commanders: $0.commanders) }
     }
 
     /// Where a command for `device` goes now.
@@ -350,11 +374,13 @@ public final class GatewayRuntime: Service, Sendable {
                 }
                 await context.publishStatuses()
                 logger.info("broker connected: birth and statuses published")
+                await failsafe.brokerBack()
                 firstConnect.fire()
                 homeAssistant?.connected()
                 telemetry?.mqttConnected(true)
             case .disconnected(let reason):
                 telemetry?.mqttConnected(false, reason: reason)
+                failsafe.brokerLost { self.failsafeTargets() }
                 let limit = await client.configuration.queueLimit
                 logger.warning("broker lost: \(reason); buffering up to \(limit) messages")
             default:

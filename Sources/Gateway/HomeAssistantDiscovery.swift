@@ -79,7 +79,15 @@ public struct HomeAssistantDiscovery: Sendable {
             return d + ",\"via_device\":\(jsonString(gatewayDeviceID))}"
         }
         for d in c.devices {
-            let entities = d.points.map { Self.entity(for: $0, device: d, gateway: c.gateway, topics: topics) }
+            var entities = d.points.map { Self.entity(for: $0, device: d, gateway: c.gateway, topics: topics) }
+            // Counters and latches also announce their events (an `event` entity each).
+            for p in d.points where p.counter || p.latch {
+                let id = "\(gw)_\(d.name)_\(p.name)_event"
+                var o = Self.common(id: id, platform: "event", name: "\(p.name) event", icon: nil)
+                o.append("\"state_topic\":\(jsonString(topics.event(device: d.name, point: p.name)))")
+                o.append("\"event_types\":[\(PointEvent.types(of: p).map(jsonString).joined(separator: ","))]")
+                entities.append(Entity(id: id, platform: "event", name: "\(p.name) event", options: o))
+            }
             out.append(Device(objectID: "\(gw)_\(d.name)", topic: "\(prefix)/device/\(gw)_\(d.name)/config", name: d.name, entities: entities,
                               shared: [deviceMember(d.name, d.manufacturer, d.model), origin, availability(d.name), "\"qos\":1"]))
         }

@@ -18,9 +18,9 @@ import UnixSignals
 /// The outcome is logged on one line and counted in `/metrics`
 /// (`gateway_config_reloads_total{result}`, `gateway_config_last_reload_successful`).
 public struct ConfigurationReloader: Service {
-    /// Reads the file again: the configuration and the MQTT password (the password file may
-    /// have changed too). Throws what is wrong with them.
-    public typealias Load = @Sendable () throws -> (configuration: GatewayConfiguration, password: [UInt8]?)
+    /// Reads the file again: the configuration, the MQTT password and the command key (their
+    /// files may have changed too). Throws what is wrong with them.
+    public typealias Load = @Sendable () throws -> (configuration: GatewayConfiguration, password: [UInt8]?, commandKey: [UInt8]?)
 
     let runtime: GatewayRuntime
     let load: Load
@@ -43,7 +43,7 @@ public struct ConfigurationReloader: Service {
     /// Reads and applies the file once.
     @discardableResult
     public func reload() async -> GatewayRuntime.ReloadOutcome {
-        let loaded: (configuration: GatewayConfiguration, password: [UInt8]?)
+        let loaded: (configuration: GatewayConfiguration, password: [UInt8]?, commandKey: [UInt8]?)
         do {
             loaded = try load()
         } catch {
@@ -53,7 +53,7 @@ public struct ConfigurationReloader: Service {
             return .invalid
         }
         for warning in loaded.configuration.warnings { logger.warning("reload: \(warning)") }
-        let outcome = await runtime.reload(to: loaded.configuration, password: loaded.password)
+        let outcome = await runtime.reload(to: loaded.configuration, password: loaded.password, commandKey: loaded.commandKey)
         switch outcome {
         case .applied(let change):
             logger.notice("reload: \(change.summary)\(change.details.isEmpty ? "" : " (\(change.details))")")
@@ -93,14 +93,14 @@ extension GatewayRuntime {
     /// removed devices go `offline`; then buses, commanders, pollers and serial devices start
     /// with the new settings, the unchanged devices' poll states carried over; last, the MQTT
     /// client reconnects if `[mqtt]` changed and discovery publishes what differs.
-    public func reload(to new: GatewayConfiguration, password: [UInt8]?) async -> ReloadOutcome {
+    public func reload(to new: GatewayConfiguration, password: [UInt8]?, commandKey: [UInt8]? = nil) async -> ReloadOutcome {
         await changes.lock()
-        let outcome = await apply(new, password: password)
+        let outcome = await apply(new, password: password, commandKey: commandKey)
         await changes.unlock()
         return outcome
     }
 
-    private func apply(_ new: GatewayConfiguration, password: [UInt8]?) async -> ReloadOutcome {
+    private func apply(_ new: GatewayConfiguration, password: [UInt8]?, commandKey: [UInt8]?) async -> ReloadOutcome {
         let before = units.withLock { $0 }
         guard before.phase == .running else {
             return .refused([before.phase == .starting ? "the gateway is still starting" : "the gateway is stopping"])
@@ -109,6 +109,12 @@ extension GatewayRuntime {
         let change = ConfigurationChange(from: old, to: new)
         guard change.refusals.isEmpty else { return .refused(change.refusals) }
         let passwordChanged = password != before.password
+        // A new key in the same file takes effect at once, for every device.
+        if let commandKey, let signing = before.context.signing, commandKey != before.commandKey {
+            signing.rekey(commandKey)
+            units.withLock { $0.commandKey = commandKey }
+            logger.notice("reload: the command key changed")
+        }
         if change.isEmpty && !passwordChanged { return .unchanged }
 
         let plan = GatewayPlan(new)
@@ -142,6 +148,12 @@ extension GatewayRuntime {
         next.plan = plan
         next.password = password
         next.context.gateway = new.gateway
+        next.commandKey = commandKey
+        // With the key file added, removed or moved every device is "changed" (its [gateway]
+        // settings differ) and restarts with this context.
+        if new.gateway.commandKeyFile != old.gateway.commandKeyFile || new.gateway.commandMaxAgeMs != old.gateway.commandMaxAgeMs {
+            next.context.signing = commandKey.map { SignedCommands(key: $0, maxAgeMs: Self.signedMaxAgeMs(new.gateway)) }
+        }
         for name in change.removedBuses + change.changedBuses {
             next.buses.removeValue(forKey: name)?.bus.close()
         }

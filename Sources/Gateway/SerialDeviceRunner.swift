@@ -296,6 +296,8 @@ final class SerialDeviceRunner: Sendable {
                 throw CommandRefused("unknown command '\(name)' on device '\(settings.name)'\(names.isEmpty ? "" : " (commands: \(names))")")
             }
             return command
+        } mustBeSigned: { command in
+            command.signed ?? true
         } execute: { (command, req) throws(CommandRefused) in
             let value = "\(req.value)"
             let bytes = try Self.render(command, value: value)

@@ -9,6 +9,8 @@
 /// <base>/<device>/raw                    unmatched serial frames
 /// <base>/<device>/<point>/set            commands in        -> <point>/set/result answers out
 /// <base>/<device>/<point>/get            read-now requests in
+/// <base>/<device>/<point>/event          counter increments, latches seen set
+/// <base>/failsafe                        what the fail-safe wrote while the broker was away
 /// ```
 public struct TopicLayout: Sendable, Equatable {
     public let base: String
@@ -21,6 +23,9 @@ public struct TopicLayout: Sendable, Equatable {
     public func value(device: String, point: String) -> String { "\(base)/\(device)/\(point)" }
     public func raw(device: String) -> String { "\(base)/\(device)/raw" }
     public func setResult(device: String, point: String) -> String { "\(base)/\(device)/\(point)/set/result" }
+    public func event(device: String, point: String) -> String { "\(base)/\(device)/\(point)/event" }
+    /// The report of fail-safe writes, published when the broker is back.
+    public var failsafe: String { "\(base)/failsafe" }
 
     /// The filters the gateway subscribes to for commands.
     public var commandFilters: [String] { ["\(base)/+/+/set", "\(base)/+/+/get"] }

@@ -6,7 +6,7 @@ struct GatewayCommand: AsyncParsableCommand {
         commandName: "gateway",
         abstract: "MQTT gateway for doors, gates, turnstiles and sensors (Modbus RTU/TCP, serial).",
         version: GatewayCommand.version,
-        subcommands: [Run.self, Check.self, Simulate.self, Read.self, Write.self],
+        subcommands: [Run.self, Check.self, Simulate.self, Read.self, Write.self, Sign.self],
         defaultSubcommand: Run.self
     )
 

@@ -1,3 +1,4 @@
+import Gateway
 import GatewayConfig
 
 #if canImport(Glibc)
@@ -16,6 +17,22 @@ func mqttPassword(for settings: MQTTSettings) throws(PasswordFileError) -> [UInt
 /// The operations listener's basic-auth password (`[http] password_file`), nil when none.
 func httpPassword(for settings: HTTPSettings) throws(PasswordFileError) -> [UInt8]? {
     try settings.passwordFile.map { file throws(PasswordFileError) in try readPasswordFile(file, key: "http.password_file") }
+}
+
+/// The key of signed commands (`[gateway] command_key_file`): its first line, at least
+/// ``CommandSigner/minimumKeyBytes`` long. A file other users may read or write is refused: the
+/// key is what stands between a leaked broker password and the doors.
+func commandKey(file: String, key: String = "gateway.command_key_file") throws(PasswordFileError) -> [UInt8] {
+    var st = stat()
+    guard stat(file, &st) == 0 else { throw PasswordFileError("\(key): cannot read '\(file)': \(String(cString: strerror(errno)))") }
+    if st.st_mode & 0o007 != 0 {
+        throw PasswordFileError("\(key): '\(file)' is accessible to other users (mode \(String(st.st_mode & 0o777, radix: 8))): chmod o-rwx it (0600 or 0640)")
+    }
+    let bytes = try readPasswordFile(file, key: key)
+    guard bytes.count >= CommandSigner.minimumKeyBytes else {
+        throw PasswordFileError("\(key): the key in '\(file)' is \(bytes.count) bytes; at least \(CommandSigner.minimumKeyBytes) are needed (e.g. `openssl rand -hex 32`)")
+    }
+    return bytes
 }
 
 /// The first line of `file`, without its line end.

@@ -47,10 +47,11 @@ struct Run: AsyncParsableCommand {
             emitError("\(config): \(error)")
             throw ExitCode(2)
         }
-        let password: [UInt8]?, listenerPassword: [UInt8]?
+        let password: [UInt8]?, listenerPassword: [UInt8]?, key: [UInt8]?
         do {
             password = try mqttPassword(for: loaded.mqtt)
             listenerPassword = try httpPassword(for: loaded.http)
+            key = try loaded.gateway.commandKeyFile.map { file throws(PasswordFileError) in try commandKey(file: file) }
         } catch {
             emitError("\(config): \(error)")
             throw ExitCode(2)
@@ -60,7 +61,7 @@ struct Run: AsyncParsableCommand {
         let telemetry = loaded.http.address.map { _ in GatewayTelemetry(configuration: loaded, version: GatewayCommand.version) }
         let notifier = SystemdNotifier()
         // Loops report their progress only for someone who asks: /healthz or systemd's watchdog.
-        let runtime = GatewayRuntime(configuration: loaded, password: password, telemetry: telemetry,
+        let runtime = GatewayRuntime(configuration: loaded, password: password, commandKey: key, telemetry: telemetry,
                                      watchLoops: telemetry != nil || notifier?.watchdogInterval != nil,
                                      version: GatewayCommand.version, logger: logger)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
@@ -68,7 +69,8 @@ struct Run: AsyncParsableCommand {
             .init(service: ConfigurationReloader(runtime: runtime, logger: logger) {
                 var reloaded = try ConfigLoader.load(path: config)
                 if let stateDir { reloaded.gateway.stateDirectory = stateDir }
-                return (reloaded, try mqttPassword(for: reloaded.mqtt))
+                let key = try reloaded.gateway.commandKeyFile.map { file throws(PasswordFileError) in try commandKey(file: file) }
+                return (reloaded, try mqttPassword(for: reloaded.mqtt), key)
             }, successTerminationBehavior: .ignore),
         ]
         if let telemetry, let address = loaded.http.address {

@@ -116,6 +116,7 @@ public enum ConfigLoader {
         c.http = http
         c.homeAssistant = homeAssistant
         if homeAssistant.enabled { checkLockStates(c, top) }
+        checkDoorSafety(c, top)
         return c
     }
 
@@ -138,6 +139,12 @@ public enum ConfigLoader {
             g.stateDirectory = v
         }
         if let v = r.bool("drop_startup_pages") { g.dropStartupPages = v }
+        if let v = r.string("command_key_file") {
+            if !v.hasPrefix("/") { r.issue("command_key_file", "'\(v)' must be an absolute path") }
+            g.commandKeyFile = v
+        }
+        if let v = r.int("failsafe_after_s", 1...86_400) { g.failsafeAfterSeconds = v }
+        if let v = r.bool("failsafe_on_stop") { g.failsafeOnStop = v }
         return g
     }
 
@@ -271,6 +278,7 @@ public enum ConfigLoader {
         if let v = r.bool("write_multiple") { d.writeMultiple = v }
         d.manufacturer = r.string("manufacturer")
         d.model = r.string("model")
+        if let v = r.int("failsafe_after_s", 1...86_400) { d.failsafeAfterSeconds = v }
         for (i, p) in r.tables("point").enumerated() {
             if let point = readPoint(p, index: i) {
                 if d.points.contains(where: { $0.name == point.name }) { p.issue("name", "duplicate point name '\(point.name)'") } else { d.points.append(point) }
@@ -343,6 +351,30 @@ public enum ConfigLoader {
         }
         p.format = r.enumeration("format", ValueFormat.self)
         p.retain = r.bool("retain")
+        p.signed = r.bool("signed")
+        if p.signed == true && !p.writable { r.issue("signed", "only for writable points") }
+        if let v = r.scalar("failsafe") {
+            if !p.writable { r.issue("failsafe", "only for writable points") }
+            if p.pulseMs != nil { r.issue("failsafe", "not for a pulse point (its safe state is its off)") }
+            p.failsafe = v
+        }
+        if let v = r.bool("counter") {
+            if v && !(type == .uint16 || type == .uint32) { r.issue("counter", "a counter is a uint16 or uint32 point") }
+            if v && (p.scale != 1 || p.offset != 0 || !p.map.isEmpty) { r.issue("counter", "a counter counts raw: no scale, offset or map") }
+            p.counter = v
+        }
+        if let v = r.bool("latch") {
+            if v && type != .bool { r.issue("latch", "a latch is a bool point") }
+            p.latch = v
+        }
+        if let v = r.bool("latch_clear") {
+            if !p.latch { r.issue("latch_clear", "only with latch = true") }
+            p.latchClear = v
+        }
+        if p.latch && p.latchClear && (!table.isWritable || p.bit != nil) {
+            r.issue("latch", "the gateway clears a latch by writing false: that needs a coil or a whole holding register (or latch_clear = false)")
+        }
+        if p.counter && p.latch { r.issue("latch", "a point is a counter or a latch, not both") }
         if let h = r.table("ha") {
             var ha = HomeAssistantPoint()
             if let c = h.string("component") {
@@ -367,6 +399,25 @@ public enum ConfigLoader {
             p.ha = ha
         }
         return p
+    }
+
+    /// `signed = true` needs the key; a `failsafe` value needs a time (or a stop) to be written at.
+    private static func checkDoorSafety(_ c: GatewayConfiguration, _ top: Reader) {
+        func issue(_ path: String, _ message: String) { top.sink.issues.append(ConfigIssue(path: path, message: message)) }
+        let keyed = c.gateway.commandKeyFile != nil
+        for d in c.devices {
+            for p in d.points {
+                if p.signed == true && !keyed { issue("device[\(d.name)].point[\(p.name)].signed", "signed = true needs [gateway] command_key_file") }
+                if p.failsafe != nil && d.failsafeAfterSeconds == nil && c.gateway.failsafeAfterSeconds == nil && !c.gateway.failsafeOnStop {
+                    issue("device[\(d.name)].point[\(p.name)].failsafe", "needs failsafe_after_s ([gateway] or the device) or [gateway] failsafe_on_stop = true")
+                }
+            }
+        }
+        for d in c.serialDevices {
+            for cmd in d.commands where cmd.signed == true && !keyed {
+                issue("device[\(d.name)].command[\(cmd.name)].signed", "signed = true needs [gateway] command_key_file")
+            }
+        }
     }
 
     enum ByteSex: String, CaseIterable { case big, little }
@@ -483,6 +534,7 @@ public enum ConfigLoader {
             c.pattern = p
         }
         if let v = r.int("max_length", 1...1024) { c.maxLength = v }
+        c.signed = r.bool("signed")
         return c
     }
 
@@ -557,6 +609,17 @@ final class Reader {
         if let d = v.float { return d }
         if let i = v.integer { return Double(i) }
         issue(k, "must be a number, not \(v.typeNameWithArticle)")
+        return nil
+    }
+
+    /// A bool, a number or a string (a value a command could carry).
+    func scalar(_ k: String) -> ConfigScalar? {
+        guard let v = value(k, required: false) else { return nil }
+        if let b = v.boolean { return .bool(b) }
+        if let i = v.integer { return .number(String(i)) }
+        if let d = v.float, d.isFinite { return .number("\(d)") }
+        if let s = v.string { return .text(s) }
+        issue(k, "must be true/false, a number or a string, not \(v.typeNameWithArticle)")
         return nil
     }
 

@@ -118,6 +118,22 @@ public enum ValueFormat: String, Sendable, Equatable, CaseIterable {
     case plain, json
 }
 
+/// A value written in `gateway.toml` that a command could carry: `failsafe = true`, `= 0`, `= "free"`.
+public enum ConfigScalar: Sendable, Equatable, CustomStringConvertible {
+    case bool(Bool)
+    /// A number as written (an integer, or a float in Swift's shortest form).
+    case number(String)
+    case text(String)
+
+    public var description: String {
+        switch self {
+        case .bool(let b): b ? "true" : "false"
+        case .number(let s): s
+        case .text(let s): s
+        }
+    }
+}
+
 /// `[gateway]`
 public struct GatewaySettings: Sendable, Equatable {
     /// `id` (required, topic-safe): base topic `gateway/<id>`, default client id `gateway-<id>`.
@@ -130,8 +146,18 @@ public struct GatewaySettings: Sendable, Equatable {
     public var retain = true
     /// `refresh_s` (default 300, 0 = never): republish unchanged values this often.
     public var refreshSeconds = 300
-    /// `command_max_age_ms` (default off): refuse JSON commands whose `ts` is older.
+    /// `command_max_age_ms` (default off; 30000 when commands are signed): refuse JSON commands
+    /// whose `ts` is older (signed commands: further from now either way).
     public var commandMaxAgeMs: Int?
+    /// `command_key_file` (default none): the HMAC-SHA256 key for signed commands (its first
+    /// line, at least 16 bytes; the file must not be readable by other users). With it, every
+    /// command must be signed, except on points and serial commands with `signed = false`.
+    public var commandKeyFile: String?
+    /// `failsafe_after_s` (default none, 1...86400): after the broker has been unreachable this
+    /// long, points with a `failsafe` value get it written once (a device can override it).
+    public var failsafeAfterSeconds: Int?
+    /// `failsafe_on_stop` (default false): also write the `failsafe` values on a graceful stop.
+    public var failsafeOnStop = false
     /// `state_dir` (default `/var/lib/gateway`): where the pulse journal (`pulses`) is kept, so
     /// that a pulse cut short by a crash is switched off at the next start. Not created by the
     /// gateway; when it is missing or not writable the gateway says so once and runs without.
@@ -252,6 +278,8 @@ public struct DeviceSettings: Sendable, Equatable {
     /// `manufacturer`, `model` (default none): shown on the device's page in Home Assistant.
     public var manufacturer: String?
     public var model: String?
+    /// `failsafe_after_s` (default: the gateway's): see ``GatewaySettings/failsafeAfterSeconds``.
+    public var failsafeAfterSeconds: Int?
     public var points: [PointSettings] = []
 }
 
@@ -315,6 +343,22 @@ public struct PointSettings: Sendable, Equatable {
     public var retain: Bool?
     /// `ha` (default none): Home Assistant overrides (see ``HomeAssistantPoint``).
     public var ha: HomeAssistantPoint?
+    /// `signed` (default: true when `[gateway] command_key_file` is set): commands to this point
+    /// must be signed. `signed = true` needs the key file; `signed = false` exempts the point.
+    public var signed: Bool?
+    /// `failsafe` (default none; writable points): the value written once when the broker has been
+    /// away `failsafe_after_s` (and on a graceful stop with `failsafe_on_stop`).
+    public var failsafe: ConfigScalar?
+    /// `counter` (default false; uint16 or uint32, no scale or offset): a passage counter. Each
+    /// poll that sees it grow also publishes `<point>/event` with the increment (wrap-around
+    /// counted, a decrease that is no wrap is a device reset).
+    public var counter = false
+    /// `latch` (default false; bool points): a flag the device holds until cleared ("door
+    /// forced"). When a poll sees it set, `<point>/event` is published and the gateway clears it
+    /// (writes false), so the next occurrence is seen too.
+    public var latch = false
+    /// `latch_clear` (default true with `latch`; coil or holding): false leaves clearing to others.
+    public var latchClear = true
 
     public init(name: String, table: RegisterTable, address: Int, type: PointType) {
         self.name = name
@@ -406,6 +450,8 @@ public struct SerialCommandSettings: Sendable, Equatable {
     public var pattern: String?
     /// `max_length` (default 64, 1...1024): longest value accepted.
     public var maxLength = 64
+    /// `signed` (default: true when `[gateway] command_key_file` is set): see ``PointSettings/signed``.
+    public var signed: Bool?
 
     public init(name: String, send: [UInt8]) {
         self.name = name

@@ -1,0 +1,180 @@
+import Crypto
+import Synchronization
+
+/// Signed commands (`[gateway] command_key_file`): a command must carry an HMAC-SHA256 of what it
+/// asks, made with the site's key, so a leaked broker password alone unlocks nothing.
+///
+/// The payload is JSON `{"value": ..., "ts": <unix ms>, "id": "...", "sig": "<hex or base64>"}`;
+/// `sig` is HMAC-SHA256 with the key over the canonical string
+///
+///     <topic> "\n" <value> "\n" <ts> "\n" <id>
+///
+/// (UTF-8, no trailing newline), where `<topic>` is the `/set` topic the command is published
+/// to, `<value>` is `true` or `false` for a bool, the number exactly as written in the payload,
+/// or the string itself (not JSON-quoted or escaped), `<ts>` the decimal `ts` and `<id>` the
+/// `id` (a number id as written). None of them can hold a newline (control characters are
+/// refused in values and ids), so the string is unambiguous.
+///
+/// A command is accepted when the signature is right (compared in constant time), `ts` is within
+/// `command_max_age_ms` of the gateway's clock either way (default 30 s), and its `id` has not
+/// been seen within that window (gateway-wide). Otherwise it is refused with one answer that
+/// does not say which check failed; the gateway's log says.
+public struct CommandSigner: Sendable {
+    /// The key's bytes (swift-crypto's `SymmetricKey` is not `Sendable`; one is made per use).
+    private let key: [UInt8]
+
+    /// Keys shorter than this are refused at start.
+    public static let minimumKeyBytes = 16
+
+    public init(key: [UInt8]) {
+        self.key = key
+    }
+
+    /// The bytes the signature covers.
+    public static func canonical(topic: String, value: CommandRequest.Value, ts: Int64, id: String) -> [UInt8] {
+        Array("\(topic)\n\(value.description)\n\(ts)\n\(id)".utf8)
+    }
+
+    /// The signature, lowercase hex.
+    public func sign(topic: String, value: CommandRequest.Value, ts: Int64, id: String) -> String {
+        let mac = HMAC<SHA256>.authenticationCode(for: Self.canonical(topic: topic, value: value, ts: ts, id: id), using: SymmetricKey(data: key))
+        return Self.hex(Array(mac))
+    }
+
+    /// True when `signature` (hex or base64) is the HMAC of the command; constant time in the
+    /// signature's content.
+    public func verify(topic: String, value: CommandRequest.Value, ts: Int64, id: String, signature: String) -> Bool {
+        guard let mac = Self.decode(signature), mac.count == SHA256.byteCount else { return false }
+        return HMAC<SHA256>.isValidAuthenticationCode(mac, authenticating: Self.canonical(topic: topic, value: value, ts: ts, id: id),
+                                                       using: SymmetricKey(data: key))
+    }
+
+    /// A signed command's payload, ready to publish to `topic`.
+    public func payload(topic: String, value: CommandRequest.Value, ts: Int64, id: String) -> String {
+        let json = switch value {
+        case .bool(let b): b ? "true" : "false"
+        case .number(let n): n
+        case .text(let t): jsonString(t)
+        }
+        return "{\"value\":\(json),\"ts\":\(ts),\"id\":\(jsonString(id)),\"sig\":\"\(sign(topic: topic, value: value, ts: ts, id: id))\"}"
+    }
+
+    /// Now, in unix milliseconds (a signed command's `ts`).
+    public static func now() -> Int64 { unixMilliseconds() }
+
+    /// A command value as typed on a command line: `true`/`false`, a JSON number, or else text.
+    public static func value(argument: String) -> CommandRequest.Value {
+        switch try? JSONValue.parse(Array(argument.utf8)) {
+        case .bool(let b)?: .bool(b)
+        case .number(let n)?: .number(n)
+        case .string(let s)?: .text(s)
+        default: .text(argument)
+        }
+    }
+
+    static func hex(_ bytes: [UInt8]) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var out = [UInt8]()
+        out.reserveCapacity(bytes.count * 2)
+        for b in bytes {
+            out.append(digits[Int(b >> 4)])
+            out.append(digits[Int(b & 15)])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Hex (either case) or base64 (standard or URL alphabet, padding optional).
+    static func decode(_ s: String) -> [UInt8]? {
+        let u = Array(s.utf8)
+        if u.count == SHA256.byteCount * 2, let bytes = fromHex(u) { return bytes }
+        return fromBase64(u)
+    }
+
+    private static func fromHex(_ u: [UInt8]) -> [UInt8]? {
+        func nibble(_ c: UInt8) -> UInt8? {
+            switch c {
+            case 48...57: c - 48
+            case 97...102: c - 87
+            case 65...70: c - 55
+            default: nil
+            }
+        }
+        var out = [UInt8]()
+        var i = 0
+        while i + 1 < u.count {
+            guard let hi = nibble(u[i]), let lo = nibble(u[i + 1]) else { return nil }
+            out.append(hi << 4 | lo)
+            i += 2
+        }
+        return out
+    }
+
+    private static func fromBase64(_ u: [UInt8]) -> [UInt8]? {
+        var bits: UInt32 = 0, count = 0
+        var out = [UInt8]()
+        var padding = 0
+        for c in u {
+            let v: UInt32
+            switch c {
+            case 65...90: v = UInt32(c - 65)
+            case 97...122: v = UInt32(c - 71)
+            case 48...57: v = UInt32(c + 4)
+            case 43, 45: v = 62          // + or -
+            case 47, 95: v = 63          // / or _
+            case 61: padding += 1; continue
+            default: return nil
+            }
+            guard padding == 0 else { return nil }   // nothing after '='
+            bits = bits << 6 | v
+            count += 6
+            if count >= 8 {
+                count -= 8
+                out.append(UInt8(truncatingIfNeeded: bits >> UInt32(count)))
+            }
+        }
+        return padding <= 2 ? out : nil
+    }
+}
+
+/// The checks a signed command passes before anything else happens to it: signature, age, and
+/// an id not seen before. One per gateway (ids are remembered gateway-wide); the key can be
+/// replaced by a reload.
+final class SignedCommands: Sendable {
+    private struct State: Sendable {
+        var signer: CommandSigner
+        /// Ids seen, with the `ts` they came with; forgotten once outside the window.
+        var seen: [String: Int64] = [:]
+    }
+    private let state: Mutex<State>
+    let maxAgeMs: Int64
+
+    /// At most this many ids are remembered; past it (several hundred commands a second for a
+    /// whole window) new commands are refused rather than an id forgotten early.
+    static let capacity = 10_000
+    /// The one answer to every refused signed command.
+    static let refusal = CommandRefused("not accepted: a valid signed command is required (value, ts, id, sig)")
+
+    init(key: [UInt8], maxAgeMs: Int) {
+        state = Mutex(State(signer: CommandSigner(key: key)))
+        self.maxAgeMs = Int64(maxAgeMs)
+    }
+
+    func rekey(_ key: [UInt8]) { state.withLock { $0.signer = CommandSigner(key: key) } }
+
+    /// Why `request` on `topic` is not accepted (for the log), or nil when it is; an accepted
+    /// id is remembered.
+    func check(_ request: CommandRequest, topic: String, now: Int64) -> String? {
+        guard let sig = request.sig, let ts = request.ts, let id = request.id else {
+            return "unsigned (a signed command has value, ts, id and sig)"
+        }
+        return state.withLock { s -> String? in
+            guard s.signer.verify(topic: topic, value: request.value, ts: ts, id: id, signature: sig) else { return "wrong signature" }
+            guard abs(now - ts) <= maxAgeMs else { return "ts \(ts) is \(now - ts) ms from now (window \(maxAgeMs) ms)" }
+            s.seen = s.seen.filter { abs(now - $0.value) <= maxAgeMs }
+            guard s.seen[id] == nil else { return "id '\(id)' already used (a replay)" }
+            guard s.seen.count < Self.capacity else { return "too many signed commands in the window to remember their ids" }
+            s.seen[id] = ts
+            return nil
+        }
+    }
+}
