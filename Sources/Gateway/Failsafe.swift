@@ -119,6 +119,7 @@ final class Failsafe: Sendable {
         guard let timer, let since else { return }
         timer.cancel()
         await timer.value
+        logger.info("broker reached: fail-safe countdown over")
         let written = state.withLock { s in
             defer { s.written = [] }
             return s.written

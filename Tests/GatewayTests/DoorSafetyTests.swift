@@ -261,6 +261,60 @@ struct DoorSafetyTests {
         await rig.shutdown()
     }
 
+    static let barrier = """
+        [[device.point]]
+        name = "barrier"
+        register = "holding"
+        address = 5
+        writable = true
+        map = { "0" = "closed", "1" = "free" }
+        failsafe = "free"
+        """
+
+    @Test("fail-safe: a device offline when it is due gets the write when it comes back, while the broker is still away")
+    func failsafeDeviceBack() async throws {
+        let rig = try await Rig.start(points: Self.barrier, simArgs: [], pollMs: 100, extraGateway: "failsafe_after_s = 1")
+        try await rig.waitFor("\(Self.b)/dev/status", "online")
+        _ = try await rig.gateway.waitForLine(containing: "birth and statuses published")
+        _ = await rig.sim.stop()
+        try await rig.waitFor("\(Self.b)/dev/status", "offline")
+        await rig.broker.stop()
+        _ = try await rig.gateway.waitForLine(containing: "fail-safe: device offline")
+        let again = try await GatewaySimulator.start([], port: rig.simPort)
+        let writes = try await again.waitForWrites(1, timeout: .seconds(20))
+        #expect(writes.map { [$0.address, $0.values.first ?? -1] } == [[5, 1]])
+        try await rig.broker.restart()
+        try await rig.waitUntil(timeout: .seconds(30), "the fail-safe report") { rig.payloads("\(Self.b)/failsafe").contains { $0.contains("\"barrier\"") } }
+        #expect(again.writes.count == 1)
+        _ = await again.stop()
+        await rig.shutdown()
+    }
+
+    @Test("fail-safe: a device still offline when the broker is back never gets the write")
+    func failsafeNotAfterBrokerBack() async throws {
+        let rig = try await Rig.start(points: Self.barrier, simArgs: [], pollMs: 100, extraGateway: "failsafe_after_s = 1")
+        try await rig.waitFor("\(Self.b)/dev/status", "online")
+        _ = try await rig.gateway.waitForLine(containing: "birth and statuses published")
+        _ = await rig.sim.stop()
+        try await rig.waitFor("\(Self.b)/dev/status", "offline")
+        await rig.broker.stop()
+        _ = try await rig.gateway.waitForLine(containing: "fail-safe: device offline")
+        try await rig.broker.restart()
+        // The second end of a countdown (the first was at the first connect).
+        let ends = Mutex(0)
+        _ = try await rig.gateway.waitForLine(timeout: .seconds(30)) { line in
+            line.contains("fail-safe countdown over") && ends.withLock { $0 += 1; return $0 >= 2 }
+        }
+        let again = try await GatewaySimulator.start(["--set", "holding:5=0", "--set", "holding:6=1"], port: rig.simPort)
+        // Polled again (online), and nothing written.
+        try await rig.waitUntil(timeout: .seconds(30), "the device back online") { rig.payloads("\(Self.b)/dev/status").last == "online" }
+        _ = try await rig.gateway.waitForLine(containing: "device online")
+        #expect(again.writes.isEmpty, "\(again.writes)")
+        #expect(!rig.gateway.lines.contains { $0.contains("FAIL-SAFE: wrote") })
+        _ = await again.stop()
+        await rig.shutdown()
+    }
+
     @Test("failsafe_on_stop: a graceful stop writes the fail-safe value once, before the gateway says offline")
     func failsafeOnStop() async throws {
         let points = """
