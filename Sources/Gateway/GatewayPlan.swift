@@ -95,6 +95,7 @@ public struct GatewayPlan: Sendable {
             for p in d.settings.points {
                 t.append(topics.value(device: d.settings.name, point: p.name))
                 if p.writable { t.append(topics.setResult(device: d.settings.name, point: p.name)) }
+                if p.counter || p.latch { t.append(topics.event(device: d.settings.name, point: p.name)) }
             }
         }
         for d in configuration.serialDevices {
@@ -103,6 +104,7 @@ public struct GatewayPlan: Sendable {
             if d.raw { t.append(topics.raw(device: d.name)) }
             t += d.commands.map { topics.setResult(device: d.name, point: $0.name) }
         }
+        if devices.contains(where: { $0.settings.points.contains { $0.failsafe != nil } }) { t.append(topics.failsafe) }
         return t
     }
 
@@ -136,6 +138,29 @@ public struct GatewayPlan: Sendable {
         if !pulses.isEmpty {
             out.append("pulses: \(pulses.joined(separator: ", ")); journal \(c.gateway.stateDirectory)/pulses (a pulse cut short by a crash is switched off at the next start)")
         }
+        if let key = c.gateway.commandKeyFile {
+            let open = devices.flatMap { d in d.settings.points.filter { $0.writable && $0.signed == false }.map { "\(d.settings.name)/\($0.name)" } }
+                + c.serialDevices.flatMap { d in d.commands.filter { $0.signed == false }.map { "\(d.name)/\($0.name)" } }
+            out.append("signed commands: key \(key), ts within \(GatewayRuntime.signedMaxAgeMs(c.gateway)) ms; unsigned accepted on: \(open.isEmpty ? "none" : open.joined(separator: ", "))")
+        }
+        let failsafes = devices.flatMap { d in
+            d.settings.points.compactMap { p -> String? in
+                guard let v = p.failsafe else { return nil }
+                let after = d.settings.failsafeAfterSeconds ?? c.gateway.failsafeAfterSeconds
+                return "\(d.settings.name)/\(p.name) = \(v)" + (after.map { " after \($0) s without the broker" } ?? "")
+            }
+        }
+        if !failsafes.isEmpty {
+            out.append("fail-safe: \(failsafes.joined(separator: "; "))\(c.gateway.failsafeOnStop ? "; also on a graceful stop" : "")")
+        }
+        let events = devices.flatMap { d in
+            d.settings.points.compactMap { p -> String? in
+                if p.counter { return "\(d.settings.name)/\(p.name) (counter)" }
+                if p.latch { return "\(d.settings.name)/\(p.name) (latch\(p.latchClear ? ", cleared by the gateway" : ""))" }
+                return nil
+            }
+        }
+        if !events.isEmpty { out.append("events: \(events.joined(separator: ", "))") }
         out.append("publishes:")
         out += publishedTopics.map { "  \($0)" }
         out.append("subscribes:")

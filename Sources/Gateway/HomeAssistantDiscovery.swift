@@ -79,7 +79,16 @@ public struct HomeAssistantDiscovery: Sendable {
             return d + ",\"via_device\":\(jsonString(gatewayDeviceID))}"
         }
         for d in c.devices {
-            var entities = d.points.map { Self.entity(for: $0, device: d, gateway: c.gateway, topics: topics) }
+            // Home Assistant cannot sign: a point that needs signed commands is shown read-only.
+            let signing = c.gateway.commandKeyFile != nil
+            var entities = d.points.map { p -> Entity in
+                var shown = p
+                if signing && (p.signed ?? true) && p.writable {
+                    shown.writable = false
+                    if let component = p.ha?.component, Self.commandComponents.contains(component) { shown.ha?.component = nil }
+                }
+                return Self.entity(for: shown, device: d, gateway: c.gateway, topics: topics)
+            }
             // Counters and latches also announce their events (an `event` entity each).
             for p in d.points where p.counter || p.latch {
                 let id = "\(gw)_\(d.name)_\(p.name)_event"
@@ -99,7 +108,8 @@ public struct HomeAssistantDiscovery: Sendable {
                 if (p.format ?? c.gateway.format) == .json { o.append("\"value_template\":\"{{ value_json.value }}\"") }
                 return Entity(id: id, platform: "sensor", name: p.name, options: o)
             }
-            entities += d.commands.map { cmd -> Entity in
+            // Signed serial commands are left out (Home Assistant cannot sign).
+            entities += d.commands.filter { c.gateway.commandKeyFile == nil || $0.signed == false }.map { cmd -> Entity in
                 let id = "\(gw)_\(d.name)_\(cmd.name)"
                 if !cmd.takesValue {
                     var o = Self.common(id: id, platform: "button", name: cmd.name, icon: nil)
@@ -118,6 +128,9 @@ public struct HomeAssistantDiscovery: Sendable {
         }
         devices = out
     }
+
+    /// Components that send commands.
+    static let commandComponents: Set<String> = ["switch", "button", "number", "select", "lock"]
 
     /// Home Assistant entity ids are lower case letters, digits and `_`.
     static func entityID(_ s: String) -> String {

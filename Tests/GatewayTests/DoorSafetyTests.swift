@@ -187,6 +187,17 @@ struct DoorSafetyTests {
         #expect(rig.sim.writes.count == 2, "a refused command wrote: \(rig.sim.writes)")
         // The same signed command works on the topic it was signed for (the signed mode value).
         #expect(try await CommandTests.command(rig, "mode", otherTopic) == #"{"ok":true,"value":"free"}"#)
+        // The README's Python sender (its code block, run as written but for the last line): a
+        // string value, signed unquoted, is accepted.
+        let readme = try String(contentsOfFile: TestEnvironment.packageRoot + "/README.md", encoding: .utf8)
+        let start = try #require(readme.range(of: "```python\nimport hashlib, hmac"))
+        let end = try #require(readme[start.upperBound...].range(of: "```"))
+        let sender = readme[start.upperBound..<end.lowerBound].split(separator: "\n").dropLast(2).joined(separator: "\n")
+        let script = "import hashlib, hmac" + sender + "\nimport sys\nprint(signed(open(sys.argv[1], 'rb').read().splitlines()[0], sys.argv[2], 'locked'))\n"
+        let python = try ChildProcess("/usr/bin/python3", ["-c", script, key, "\(Self.b)/dev/mode/set"])
+        #expect(try await python.waitForExit() == 0, "\(python.tail)")
+        let fromPython = try #require(python.lines.first { $0.hasPrefix("{") })
+        #expect(try await CommandTests.command(rig, "mode", fromPython) == #"{"ok":true,"value":"locked"}"#)
         // signed = false: plain commands.
         #expect(try await CommandTests.command(rig, "light", "true") == #"{"ok":true,"value":true}"#)
         #expect(rig.gateway.lines.contains { $0.contains("signed command refused: id") && $0.contains("replay") })

@@ -169,6 +169,29 @@ struct HomeAssistantPayloadTests {
         ])
     }
 
+    @Test("with signed commands, points Home Assistant cannot command are shown read-only (signed = false keeps the switch); counters and latches add event entities")
+    func signedAndEvents() throws {
+        var text = Self.config.replacingOccurrences(of: "[gateway]\n", with: "[gateway]\ncommand_key_file = \"/etc/gateway/command.key\"\n")
+        #expect(text != Self.config)
+        text = text.replacingOccurrences(of: "name = \"light\"", with: "name = \"light\"\nsigned = false")
+        text = text.replacingOccurrences(of: "format = \"json\"", with: "counter = true")
+        #expect(text.contains("signed = false") && text.contains("counter = true"))
+        let c = try ConfigLoader.parse(text)
+        let d = HomeAssistantDiscovery(configuration: c, topics: TopicLayout(base: c.baseTopic), version: "1")
+        let door = try #require(d.devices.first { $0.name == "door" })
+        let platforms = Dictionary(uniqueKeysWithValues: door.entities.map { ($0.id, $0.platform) })
+        #expect(platforms["site_door_light"] == "switch")
+        #expect(platforms["site_door_unlock"] != "button" && platforms["site_door_unlock"] != "switch")
+        #expect(platforms["site_door_bolt"] != "lock")
+        #expect(platforms["site_door_mode"] == "sensor")
+        #expect(platforms["site_door_passages_event"] == "event")
+        let event = try #require(door.entities.first { $0.id == "site_door_passages_event" })
+        #expect(event.options.contains(#""event_types":["count","reset"]"#))
+        #expect(event.options.contains(#""state_topic":"gateway/site/door/passages/event""#))
+        let reader = try #require(d.devices.first { $0.name == "reader" })
+        #expect(!reader.entities.contains { $0.platform == "button" || $0.platform == "text" })
+    }
+
     @Test("device, availability (gateway AND device), and the values each component reads and sends")
     func fieldByField() throws {
         let d = try Self.discovery()
