@@ -273,7 +273,8 @@ struct ReloadTests {
 
     @Test("a broken file or a base-topic change: refused with the line or the reason, nothing changes, commands and polls go on")
     func refused() async throws {
-        let rig = try await Rig.start(points: CommandTests.points(), simArgs: ["--set", "holding:40=5"], pollMs: 100)
+        let port = try TestEnvironment.freePort()
+        let rig = try await Rig.start(points: CommandTests.points(), simArgs: ["--set", "holding:40=5"], pollMs: 100, httpListen: "127.0.0.1:\(port)")
         try await rig.waitFor("\(Self.b)/dev/status", "online")
         _ = try await rig.gateway.waitForLine(containing: "subscribed to commands")
         _ = try await rig.gateway.waitForLine(containing: "birth and statuses published")
@@ -302,6 +303,18 @@ struct ReloadTests {
         #expect(rig.payloads("\(Self.b)/dev/status").count == statuses)
         #expect(!rig.payloads("\(Self.b)/dev/status").contains("offline"))
         #expect(rig.gateway.exitStatus == nil)
+        // /metrics says so.
+        let metrics = try await OperationsTests.get("http://127.0.0.1:\(port)/metrics").body
+        #expect(metrics.contains(#"gateway_config_reloads_total{result="invalid"} 1"#), "\(metrics)")
+        #expect(metrics.contains(#"gateway_config_reloads_total{result="refused"} 1"#))
+        #expect(metrics.contains("gateway_config_last_reload_successful 0"))
+        // The original file again: applied as "no change", and the gauge is back to 1.
+        try original.write(toFile: rig.configPath, atomically: true, encoding: .utf8)
+        rig.gateway.signal(SIGHUP)
+        _ = try await rig.gateway.waitForLine(containing: "reload: no change")
+        let after = try await OperationsTests.get("http://127.0.0.1:\(port)/metrics").body
+        #expect(after.contains(#"gateway_config_reloads_total{result="unchanged"} 1"#))
+        #expect(after.contains("gateway_config_last_reload_successful 1"))
         await rig.shutdown()
     }
 
