@@ -142,11 +142,14 @@ public struct CommandSigner: Sendable {
 final class SignedCommands: Sendable {
     private struct State: Sendable {
         var signer: CommandSigner
+        var maxAgeMs: Int64
         /// Ids seen, with the `ts` they came with; forgotten once outside the window.
         var seen: [String: Int64] = [:]
+        /// No `ts` before this is accepted: after the window grew, ids forgotten under the
+        /// shorter window must not become acceptable again.
+        var floor: Int64 = .min
     }
     private let state: Mutex<State>
-    let maxAgeMs: Int64
 
     /// At most this many ids are remembered; past it (several hundred commands a second for a
     /// whole window) new commands are refused rather than an id forgotten early.
@@ -155,11 +158,20 @@ final class SignedCommands: Sendable {
     static let refusal = CommandRefused("not accepted: a valid signed command is required (value, ts, id, sig)")
 
     init(key: [UInt8], maxAgeMs: Int) {
-        state = Mutex(State(signer: CommandSigner(key: key)))
-        self.maxAgeMs = Int64(maxAgeMs)
+        state = Mutex(State(signer: CommandSigner(key: key), maxAgeMs: Int64(maxAgeMs)))
     }
 
-    func rekey(_ key: [UInt8]) { state.withLock { $0.signer = CommandSigner(key: key) } }
+    /// A reload's key and window. The ids seen are kept, so a reload never opens a replay: a
+    /// shorter window applies at once (an id it forgets is one whose `ts` it refuses anyway); a
+    /// longer one refuses every `ts` from before the old window, whose ids may be forgotten.
+    func update(key: [UInt8], maxAgeMs: Int, now: Int64) {
+        state.withLock { s in
+            s.signer = CommandSigner(key: key)
+            let window = Int64(maxAgeMs)
+            if window > s.maxAgeMs { s.floor = max(s.floor, now - s.maxAgeMs) }
+            s.maxAgeMs = window
+        }
+    }
 
     /// Why `request` on `topic` is not accepted (for the log), or nil when it is; an accepted
     /// id is remembered.
@@ -169,8 +181,8 @@ final class SignedCommands: Sendable {
         }
         return state.withLock { s -> String? in
             guard s.signer.verify(topic: topic, value: request.value, ts: ts, id: id, signature: sig) else { return "wrong signature" }
-            guard abs(now - ts) <= maxAgeMs else { return "ts \(ts) is \(now - ts) ms from now (window \(maxAgeMs) ms)" }
-            s.seen = s.seen.filter { abs(now - $0.value) <= maxAgeMs }
+            guard abs(now - ts) <= s.maxAgeMs, ts >= s.floor else { return "ts \(ts) is \(now - ts) ms from now (window \(s.maxAgeMs) ms)" }
+            s.seen = s.seen.filter { abs(now - $0.value) <= s.maxAgeMs }
             guard s.seen[id] == nil else { return "id '\(id)' already used (a replay)" }
             guard s.seen.count < Self.capacity else { return "too many signed commands in the window to remember their ids" }
             s.seen[id] = ts

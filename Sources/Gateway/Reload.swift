@@ -109,11 +109,12 @@ extension GatewayRuntime {
         let change = ConfigurationChange(from: old, to: new)
         guard change.refusals.isEmpty else { return .refused(change.refusals) }
         let passwordChanged = password != before.password
-        // A new key in the same file takes effect at once, for every device.
-        if let commandKey, let signing = before.context.signing, commandKey != before.commandKey {
-            signing.rekey(commandKey)
+        // The key and window of signed commands change in place, for every device at once, and
+        // the ids already seen stay (a reload never opens a replay).
+        if let commandKey, let signing = before.context.signing {
+            if commandKey != before.commandKey { logger.notice("reload: the command key changed") }
+            signing.update(key: commandKey, maxAgeMs: Self.signedMaxAgeMs(new.gateway), now: unixMilliseconds())
             units.withLock { $0.commandKey = commandKey }
-            logger.notice("reload: the command key changed")
         }
         if change.isEmpty && !passwordChanged { return .unchanged }
 
@@ -149,9 +150,11 @@ extension GatewayRuntime {
         next.password = password
         next.context.gateway = new.gateway
         next.commandKey = commandKey
-        // With the key file added, removed or moved every device is "changed" (its [gateway]
-        // settings differ) and restarts with this context.
-        if new.gateway.commandKeyFile != old.gateway.commandKeyFile || new.gateway.commandMaxAgeMs != old.gateway.commandMaxAgeMs {
+        // Signing switched on or off: every device is "changed" (its [gateway] settings differ)
+        // and restarts with this context. (A key that stays was updated above.)
+        if commandKey == nil {
+            next.context.signing = nil
+        } else if next.context.signing == nil {
             next.context.signing = commandKey.map { SignedCommands(key: $0, maxAgeMs: Self.signedMaxAgeMs(new.gateway)) }
         }
         for name in change.removedBuses + change.changedBuses {

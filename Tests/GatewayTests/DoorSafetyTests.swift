@@ -58,6 +58,15 @@ struct DoorSafetyLogicTests {
         #expect(gate.check(request(.bool(true), ts: now, id: "x4", topic: "gw/d/other/set"), topic: "gw/d/p/set", now: now) == "wrong signature")
         // An id is forgotten once its window has passed.
         #expect(gate.check(request(.bool(true), ts: now + 40_000, id: "x1"), topic: "gw/d/p/set", now: now + 40_000) == nil)
+        // A reload that lengthens the window does not make forgotten ids acceptable again: at
+        // now + 40 s the 30 s window has forgotten every id with a ts before now + 10 s, so no
+        // ts before that is taken, although the new 60 s window would reach back to now - 20 s.
+        gate.update(key: Self.key, maxAgeMs: 60_000, now: now + 40_000)
+        #expect(gate.check(request(.bool(true), ts: now - 1000, id: "forgotten"), topic: "gw/d/p/set", now: now + 40_000)?.contains("from now") == true)
+        #expect(gate.check(request(.bool(true), ts: now + 39_000, id: "x9"), topic: "gw/d/p/set", now: now + 40_000) == nil)
+        // A new key: commands signed with the old one are refused.
+        gate.update(key: Array("a-completely-new-key!".utf8), maxAgeMs: 60_000, now: now + 40_000)
+        #expect(gate.check(request(.bool(true), ts: now + 40_000, id: "x10"), topic: "gw/d/p/set", now: now + 40_000) == "wrong signature")
     }
 
     @Test("counters: increments, one wrap-around, a reset said as such (never a negative count)")
