@@ -95,6 +95,9 @@ public actor MQTTClient {
     private var supervisor: Task<Void, Never>?
     /// The connection was closed to connect with new settings: the next attempt goes at once.
     private var reconnectAtOnce = false
+    /// Counts ``reconfigure(_:)`` calls; a connection made with an older count is replaced.
+    private var configurationGeneration = 0
+    private var connectionGeneration = 0
 
     public init(configuration: MQTTConfiguration, eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                 logger: Logger = Logger(label: "gateway.mqtt")) {
@@ -162,6 +165,13 @@ public actor MQTTClient {
     /// sizes (`incomingLimit`) stay as they were made.
     public func reconfigure(_ new: MQTTConfiguration) {
         configuration = new   // version and keepalive follow at the next connect
+        configurationGeneration += 1
+        guard state == .connected else { return }   // a connect under way is replaced once it is up
+        replaceConnection()
+    }
+
+    /// Ends the session cleanly and connects again at once (with the current settings).
+    private func replaceConnection() {
         guard state == .connected, let channel else { return }
         reconnectAtOnce = true
         lastCloseReason = "reconnecting with a new configuration"
@@ -271,6 +281,7 @@ public actor MQTTClient {
         self.version = version
         let (stream, sink) = AsyncStream.makeStream(of: ChannelEvent.self)
         let config = configuration
+        connectionGeneration = configurationGeneration
         let sslContext: NIOSSLContext?
         if let tls = config.tls {
             do {
@@ -430,6 +441,11 @@ public actor MQTTClient {
             eventSink.yield(event)
         } else {
             pendingConnectedEvent = event   // announced when the restored subscriptions are acknowledged
+        }
+        if connectionGeneration != configurationGeneration {
+            // Settings changed while this connection was being made: replace it.
+            logger.info("MQTT settings changed while connecting: reconnecting with them")
+            replaceConnection()
         }
     }
 

@@ -1,5 +1,6 @@
 import Foundation
 import MQTT
+import Synchronization
 import Testing
 import TestSupport
 
@@ -83,6 +84,47 @@ struct MosquittoTests {
             #expect(try await inbox.next().payloadString == "offline")
             await marker.disconnect()
             await observer.disconnect()
+        }
+    }
+
+    @Test("reconfigure: a connected client moves to another broker with one clean DISCONNECT (no will on the first) and keeps its subscriptions")
+    func reconfigure() async throws {
+        try await withBroker { first in
+            try await withBroker { second in
+                let willTopic = uniqueID("will") + "/status"
+                let watcher = MQTTClient(configuration: config(first))
+                try await watcher.connect()
+                let firstInbox = Inbox(watcher)
+                try await watcher.subscribe([Subscription(willTopic, qos: .atLeastOnce)])
+
+                var settings = config(first)
+                settings.will = Will(topic: willTopic, payload: Array("offline".utf8), qos: .atLeastOnce, retain: false)
+                let client = MQTTClient(configuration: settings)
+                try await client.connect()
+                let inbox = Inbox(client)
+                let topic = uniqueID("moved") + "/t"
+                try await client.subscribe([Subscription(topic, qos: .atLeastOnce)])
+                var moved = settings
+                moved.port = second.port
+                await client.reconfigure(moved)
+                // The second connected event (the first, buffered, was the first broker's).
+                let connects = Mutex(0)
+                try await waitForEvent(client) { e in
+                    guard case .connected = e else { return false }
+                    return connects.withLock { $0 += 1; return $0 == 2 }
+                }
+                #expect(await client.configuration.port == second.port)
+                // The subscription came along; the first broker got a clean DISCONNECT (no will).
+                let sender = MQTTClient(configuration: config(second))
+                try await sender.connect()
+                try await sender.publish(to: topic, string: "on the second broker", qos: .atLeastOnce)
+                #expect(try await inbox.next().payloadString == "on the second broker")
+                let marker = MQTTClient(configuration: config(first))
+                try await marker.connect()
+                try await marker.publish(to: willTopic, string: "marker", qos: .atLeastOnce)
+                #expect(try await firstInbox.next().payloadString == "marker", "the will was published on the first broker")
+                for c in [client, sender, marker, watcher] { await c.disconnect() }
+            }
         }
     }
 
