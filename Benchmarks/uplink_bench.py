@@ -21,14 +21,27 @@ def scraper(stop):
                 print("scrape failed:", e)
     print(f"  ({n} HTTP fetches)")
 
+# DOOR=on: signed commands (a key file), a fail-safe value and a counter on every device.
+DOOR = os.environ.get("DOOR", "") == "on"
+
+def door_settings():
+    if not DOOR: return ""
+    key = os.path.join(TMP, "command.key")
+    with open(key, "w") as f: f.write("bench-key-0123456789abcdef\n")
+    os.chmod(key, 0o600)
+    return f'command_key_file = "{key}"\nfailsafe_after_s = 60\n'
+
 def config(mqtt_port, sim_port, devices, points_per_device, poll_ms):
-    out = [f'[gateway]\nid = "bench"\nstate_dir = "{TMP}"\n{os.environ.get("GATEWAY_EXTRA", "")}\n[mqtt]\nurl = "mqtt://127.0.0.1:{mqtt_port}"\n',
+    out = [f'[gateway]\nid = "bench"\nstate_dir = "{TMP}"\n{door_settings()}{os.environ.get("GATEWAY_EXTRA", "")}\n[mqtt]\nurl = "mqtt://127.0.0.1:{mqtt_port}"\n',
            {"on": f'[http]\nlisten = "127.0.0.1:{HTTP_PORT}"\n', "off": '[http]\nlisten = ""\n'}.get(HTTP, ""),
            f'[[bus]]\nname = "plc"\ntype = "tcp"\nhost = "127.0.0.1"\nport = {sim_port}\n']
     for d in range(devices):
         out.append(f'[[device]]\nname = "d{d}"\nbus = "plc"\nunit = {d + 1}\npoll_ms = {poll_ms}\n')
         for p in range(points_per_device):
             out.append(f'  [[device.point]]\n  name = "p{p}"\n  register = "holding"\n  address = {p}\n')
+            # DOOR=on: point 0 a counter (events), point 1 writable with a fail-safe value.
+            if DOOR and p == 0: out.append('  counter = true\n')
+            if DOOR and p == 1: out.append('  writable = true\n  failsafe = 0\n')
     path = os.path.join(TMP, f"g{devices}x{points_per_device}.toml")
     open(path, "w").write("".join(out)); return path
 
