@@ -53,6 +53,9 @@ let package = Package(
         // glibc's malloc.h (malloc_trim), not part of the Glibc module.
         .systemLibrary(name: "CMalloc"),
 
+        // SQLite through pkg-config (Debian: libsqlite3-dev): the outbox's storage.
+        .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
+
         // MQTT 3.1.1 / 5.0 client: codec (NIOCore only) + connection on NIOPosix/NIOSSL.
         .target(name: "MQTT", dependencies: [
             .product(name: "NIOCore", package: "swift-nio"),
@@ -89,7 +92,7 @@ let package = Package(
 
         // The domain: devices, points, scheduling, uplink, downlink, availability.
         .target(name: "Gateway", dependencies: [
-            "GatewayConfig", "MQTT", "Modbus", "Serial", "CMalloc", "Operations",
+            "GatewayConfig", "MQTT", "Modbus", "Serial", "CMalloc", "CSQLite", "Operations",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

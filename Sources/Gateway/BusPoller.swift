@@ -264,8 +264,8 @@ struct DevicePoller {
                 }
                 guard filters[i].shouldPublish(value, now: now) else { continue }
                 meter?.value(point: i, value)
-                try? await sink.client.enqueue(to: valueTopics[i], payload: valuePayload(value, point: point, gateway: gw),
-                                                  qos: .atLeastOnce, retain: point.retain ?? gw.retain)
+                await sink.context.publishData(to: valueTopics[i], payload: valuePayload(value, point: point, gateway: gw),
+                                               retain: point.retain ?? gw.retain, compactable: true)
             case .failure(let error):
                 if outcome == .answered, error != .busBusy, failingPoints.insert(i).inserted {
                     var l = log
@@ -296,6 +296,7 @@ struct DevicePoller {
             break
         }
         guard let topic = eventTopics[i] else { return }
-        try? await sink.client.enqueue(to: topic, payload: event.payload(ts: unixMilliseconds()), qos: .atLeastOnce, retain: false)
+        let ts = unixMilliseconds()
+        await sink.context.publishData(to: topic, payload: event.payload(ts: ts), retain: false, compactable: false, ts: ts)
     }
 }

@@ -43,6 +43,9 @@ public struct ConfigurationChange: Sendable, Equatable {
         if old.gateway.dropStartupPages != new.gateway.dropStartupPages {
             notes.append("[gateway] drop_startup_pages takes effect at the next start")
         }
+        if old.gateway.outboxMaxMB != new.gateway.outboxMaxMB || old.gateway.outboxSyncMs != new.gateway.outboxSyncMs {
+            notes.append("[gateway] outbox_max_mb and outbox_sync_ms take effect at the next start")
+        }
         mqttChanged = old.mqtt != new.mqtt
 
         let oldBuses = Dictionary(old.buses.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
@@ -54,6 +57,8 @@ public struct ConfigurationChange: Sendable, Equatable {
         // What a device runs with: its own settings, its bus's, and the gateway-wide ones.
         var shared = new.gateway
         shared.dropStartupPages = old.gateway.dropStartupPages
+        shared.outboxMaxMB = old.gateway.outboxMaxMB
+        shared.outboxSyncMs = old.gateway.outboxSyncMs
         let everyDeviceChanged = shared != old.gateway
         enum Unit: Equatable {
             case modbus(DeviceSettings, BusSettings?)

@@ -65,6 +65,19 @@ final class DeviceCommander: Sendable {
         var telemetry: GatewayTelemetry?
         /// Signed commands (`[gateway] command_key_file`); nil when commands are not signed.
         var signing: SignedCommands?
+        /// Where data messages go when the broker is away (nil: `outbox_max_mb = 0`).
+        var outbox: Outbox?
+
+        /// A data message (a value, a frame, an event): through the outbox, which sends it at
+        /// once while the broker keeps up. `compactable`: a retained value an newer one of its
+        /// topic may replace when the outbox is full.
+        func publishData(to topic: String, payload: [UInt8], retain: Bool, compactable: Bool, ts: Int64 = unixMilliseconds()) async {
+            if let outbox {
+                await outbox.publish(to: topic, payload: payload, retain: retain, compactable: compactable, ts: ts)
+            } else {
+                try? await client.enqueue(to: topic, payload: payload, qos: .atLeastOnce, retain: retain, properties: Outbox.properties(ts: ts))
+            }
+        }
 
         /// The gateway's birth and every known device status (retained): after every connect, and
         /// after Home Assistant's birth.
@@ -523,9 +536,9 @@ final class DeviceCommander: Sendable {
             let value = try point.value(from: read)
             readBacks.record(value, point: index)
             context.telemetry?.device(device.name)?.value(point: index, value)
-            try? await context.client.enqueue(to: context.topics.value(device: device.name, point: point.name),
-                                              payload: valuePayload(value, point: point, gateway: context.gateway),
-                                              qos: .atLeastOnce, retain: point.retain ?? context.gateway.retain)
+            await context.publishData(to: context.topics.value(device: device.name, point: point.name),
+                                      payload: valuePayload(value, point: point, gateway: context.gateway),
+                                      retain: point.retain ?? context.gateway.retain, compactable: true)
             return .success(value)
         } catch {
             return .failure(error)

@@ -49,6 +49,8 @@ public final class GatewayRuntime: Service, Sendable {
     public let firstConnect = OneShot()
     /// Fail-safe values while the broker is away (a timer task only during an outage).
     let failsafe: Failsafe
+    /// Data kept for the broker while it is away (nil: `outbox_max_mb = 0`).
+    let outbox: Outbox?
 
     /// What runs now: the plan and its units. Read by the command dispatcher for every command
     /// (a dictionary lookup under a lock); changed only under ``changes``.
@@ -90,6 +92,12 @@ public final class GatewayRuntime: Service, Sendable {
         let client = MQTTClient(configuration: Self.mqttConfiguration(configuration, password: password, telemetry: telemetry), logger: mqttLogger)
         self.client = client
         self.failsafe = Failsafe(client: client, topics: plan.topics, logger: logger)
+        let g = configuration.gateway
+        let outbox = g.outboxMaxMB > 0
+            ? Outbox(settings: .init(path: g.stateDirectory + "/outbox", maxBytes: Int(g.outboxMaxMB * 1_048_576), sync: .milliseconds(g.outboxSyncMs)),
+                     client: client, telemetry: telemetry, logger: logger)
+            : nil
+        self.outbox = outbox
         let (journal, leftOn) = PulseJournal.open(directory: configuration.gateway.stateDirectory, pulses: Set(plan.pulsePoints), logger: logger)
         if !leftOn.isEmpty {
             logger.warning("pulses left on by an earlier run that did not end them, switching them off: \(leftOn.sorted().joined(separator: ", "))")
@@ -98,7 +106,8 @@ public final class GatewayRuntime: Service, Sendable {
         telemetry?.journalWritable.set(journal.path != nil ? 1.0 : 0.0)
         let context = DeviceCommander.Context(topics: plan.topics, gateway: configuration.gateway, client: client, board: board, journal: journal,
                                               telemetry: telemetry,
-                                              signing: commandKey.map { SignedCommands(key: $0, maxAgeMs: Self.signedMaxAgeMs(configuration.gateway)) })
+                                              signing: commandKey.map { SignedCommands(key: $0, maxAgeMs: Self.signedMaxAgeMs(configuration.gateway)) },
+                                              outbox: outbox)
         var units = Units(plan: plan, password: password, commandKey: commandKey, context: context)
         for b in configuration.buses {
             let unit = BusUnit(settings: b, logger: logger)
@@ -184,6 +193,7 @@ public final class GatewayRuntime: Service, Sendable {
         await changes.lock()
         let starting = units.withLock { $0 }
         logger.info("gateway starting", metadata: ["base": "\(topics.base)", "devices": "\(starting.plan.devices.count)"])
+        await outbox?.start()
         await client.start()
         for c in starting.commanders.values { c.start() }
         for bus in starting.buses.values { startPoller(bus, units: starting) }
@@ -218,6 +228,8 @@ public final class GatewayRuntime: Service, Sendable {
         await withTaskGroup(of: Void.self) { group in
             for c in running.commanders.values { group.addTask { await c.stop() } }
         }
+        // What waits for the broker goes to disk (nothing is lost by a stop).
+        await outbox?.close()
         // Polling has stopped: say so, then leave.
         logger.info("gateway stopping: publishing offline")
         let statuses = running.plan.devices.map { topics.status($0.settings.name) }
@@ -375,14 +387,20 @@ public final class GatewayRuntime: Service, Sendable {
                 await context.publishStatuses()
                 logger.info("broker connected: birth and statuses published")
                 await failsafe.brokerBack()
+                outbox?.connected()
                 firstConnect.fire()
                 homeAssistant?.connected()
                 telemetry?.mqttConnected(true)
             case .disconnected(let reason):
                 telemetry?.mqttConnected(false, reason: reason)
                 failsafe.brokerLost { self.failsafeTargets() }
-                let limit = await client.configuration.queueLimit
-                logger.warning("broker lost: \(reason); buffering up to \(limit) messages")
+                outbox?.disconnected()
+                if let outbox {
+                    logger.warning("broker lost: \(reason); data kept in the outbox (\(outbox.settings.path)) until it is back")
+                } else {
+                    let limit = await client.configuration.queueLimit
+                    logger.warning("broker lost: \(reason); buffering up to \(limit) messages")
+                }
             default:
                 break
             }

@@ -179,7 +179,7 @@ final class SerialDeviceRunner: Sendable {
             meter?.frame(matched ? "matched" : "unmatched")
             if !matched {
                 if settings.raw {
-                    try? await context.client.enqueue(to: context.topics.raw(device: settings.name), payload: frame, qos: .atLeastOnce, retain: false)
+                    await context.publishData(to: context.topics.raw(device: settings.name), payload: frame, retain: false, compactable: false)
                 } else {
                     logger.debug("frame matched no point: \(text.debugDescription)")
                 }
@@ -194,14 +194,16 @@ final class SerialDeviceRunner: Sendable {
         let value = PointValue.text(text)
         if let meter, let i = meter.pointNames.firstIndex(of: point.name) { meter.value(point: i, value) }
         let format = point.format ?? context.gateway.format
+        let ts = unixMilliseconds()
         let payload: [UInt8]
         if format == .plain {
             payload = Array(text.utf8)
         } else {
-            payload = Array("{\"value\":\(value.json),\"ts\":\(unixMilliseconds())}".utf8)
+            payload = Array("{\"value\":\(value.json),\"ts\":\(ts)}".utf8)
         }
-        try? await context.client.enqueue(to: context.topics.value(device: settings.name, point: point.name), payload: payload,
-                                          qos: .atLeastOnce, retain: point.retain ?? context.gateway.retain)
+        // A scan is an event: never compacted away, however full the outbox.
+        await context.publishData(to: context.topics.value(device: settings.name, point: point.name), payload: payload,
+                                  retain: point.retain ?? context.gateway.retain, compactable: false, ts: ts)
     }
 
     /// Request/response devices: send `poll` every `poll_ms`, await a frame within the timeout.

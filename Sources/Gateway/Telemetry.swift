@@ -58,6 +58,13 @@ public final class GatewayTelemetry: Sendable {
     let pulsesActive: Gauge
     let journalWritable: Gauge
 
+    // Outbox.
+    private let outboxMessages: Gauge
+    private let outboxBytes: Gauge
+    private let outboxDropped: ScrapedCounter
+    private let outboxOldest = Mutex<Int64?>(nil)
+    private let outboxOldestAge: Gauge
+
     // Reloads.
     private let reloads: [String: Counter]
     private let reloadSucceeded: Gauge
@@ -113,6 +120,10 @@ public final class GatewayTelemetry: Sendable {
                                                help: "A command's arrival to the end of its write on the device")
         pulsesActive = r.gauge(name: "gateway_pulses_active", help: "Pulses switched on and not yet off")
         journalWritable = r.gauge(name: "gateway_pulse_journal_writable", help: "1 when the pulse journal in state_dir can be written")
+        outboxMessages = r.gauge(name: "gateway_outbox_messages", help: "Messages kept in the outbox for the broker")
+        outboxBytes = r.gauge(name: "gateway_outbox_bytes", help: "Bytes of topics and payloads kept in the outbox")
+        outboxDropped = ScrapedCounter(r.counter(name: "gateway_outbox_dropped_total", help: "Messages dropped from the full outbox (oldest first)"))
+        outboxOldestAge = r.gauge(name: "gateway_outbox_oldest_age_seconds", help: "Age of the oldest message in the outbox (0 when empty)")
         var reloads: [String: Counter] = [:]
         for result in Self.reloadResults {
             reloads[result] = r.counter(name: "gateway_config_reloads_total", labels: [("result", result)],
@@ -157,6 +168,14 @@ public final class GatewayTelemetry: Sendable {
             for (name, old) in m.buses where next.buses[name] == nil { old.unregister() }
             m = next
         }
+    }
+
+    /// The outbox after a write or a delivered batch.
+    func outbox(count: Int, bytes: Int, dropped: Int, oldestTs: Int64?) {
+        outboxMessages.set(Double(count))
+        outboxBytes.set(Double(bytes))
+        outboxDropped.update(Double(dropped))
+        outboxOldest.withLock { $0 = oldestTs }
     }
 
     /// A reload's result (one of ``reloadResults``).
@@ -242,6 +261,8 @@ public final class GatewayTelemetry: Sendable {
     }
 
     private func refreshProcess() {
+        let oldest = outboxOldest.withLock { $0 }
+        outboxOldestAge.set(oldest.map { max(0, Double(unixMilliseconds() - $0) / 1000) } ?? 0)
         var usage = rusage()
         getrusage(RUSAGE_SELF.rawValue, &usage)
         cpuSeconds.update(Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6

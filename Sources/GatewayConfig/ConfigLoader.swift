@@ -145,6 +145,11 @@ public enum ConfigLoader {
         }
         if let v = r.int("failsafe_after_s", 1...86_400) { g.failsafeAfterSeconds = v }
         if let v = r.bool("failsafe_on_stop") { g.failsafeOnStop = v }
+        if let v = r.double("outbox_max_mb") {
+            if !(v == 0 || (0.01...4096).contains(v)) { r.issue("outbox_max_mb", "\(v) is outside 0.01...4096 (0 turns the outbox off)") }
+            g.outboxMaxMB = v
+        }
+        if let v = r.int("outbox_sync_ms", 10...60_000) { g.outboxSyncMs = v }
         return g
     }
 

@@ -158,6 +158,12 @@ public struct GatewaySettings: Sendable, Equatable {
     public var failsafeAfterSeconds: Int?
     /// `failsafe_on_stop` (default false): also write the `failsafe` values on a graceful stop.
     public var failsafeOnStop = false
+    /// `outbox_max_mb` (default 64, 0 = no outbox): the most the outbox (`<state_dir>/outbox`)
+    /// holds while the broker is away; when full, the oldest messages go (superseded values first).
+    public var outboxMaxMB = 64.0
+    /// `outbox_sync_ms` (default 1000, 10...60000): messages waiting for the broker are written to
+    /// the outbox this often; a crash or power cut loses at most this interval.
+    public var outboxSyncMs = 1000
     /// `state_dir` (default `/var/lib/gateway`): where the pulse journal (`pulses`) is kept, so
     /// that a pulse cut short by a crash is switched off at the next start. Not created by the
     /// gateway; when it is missing or not writable the gateway says so once and runs without.

@@ -62,12 +62,12 @@ public actor MQTTClient {
         enum Stage { case awaitingPubAck, awaitingPubRec, awaitingPubComp }
         var packet: PublishPacket
         var stage: Stage
-        var continuation: CheckedContinuation<Void, any Error>?
+        var continuation: PublishCompletion?
         var sentAt: ContinuousClock.Instant
     }
     private struct Pending {
         var packet: PublishPacket
-        var continuation: CheckedContinuation<Void, any Error>?
+        var continuation: PublishCompletion?
     }
     private var outbound: [UInt16: Outbound] = [:]
     private var outboundOrder: Deque<UInt16> = []
@@ -730,7 +730,7 @@ public actor MQTTClient {
                         properties: MQTTProperties = .init(), ahead: Bool = false) async throws {
         let packet = try makePublish(topic: topic, payload: payload, qos: qos, retain: retain, properties: properties)
         try await withCheckedThrowingContinuation { (cont: CheckedContinuation<Void, any Error>) in
-            enqueue(Pending(packet: packet, continuation: cont), ahead: ahead)
+            enqueue(Pending(packet: packet, continuation: .waiter(cont)), ahead: ahead)
         }
     }
 
@@ -739,6 +739,31 @@ public actor MQTTClient {
                         properties: MQTTProperties = .init()) throws {
         let packet = try makePublish(topic: topic, payload: payload, qos: qos, retain: retain, properties: properties)
         enqueue(Pending(packet: packet, continuation: nil))
+    }
+
+    /// Publishes each message in order without waiting; `completed` is called once per message
+    /// with its outcome (acknowledged, or why not), in no set order. For a sender that keeps its
+    /// own copy until the broker has it (the outbox).
+    public func enqueue(_ messages: [(topic: String, payload: [UInt8], retain: Bool, properties: MQTTProperties)], qos: QoS,
+                        completed: @escaping @Sendable (Int, Result<Void, any Error>) -> Void) {
+        for (i, m) in messages.enumerated() {
+            do {
+                let packet = try makePublish(topic: m.topic, payload: m.payload, qos: qos, retain: m.retain, properties: m.properties)
+                enqueue(Pending(packet: packet, continuation: .callback { completed(i, $0) }))
+            } catch {
+                completed(i, .failure(error))
+            }
+        }
+    }
+
+    /// Publishes without waiting when connected and the queue is short (fewer than `maximumQueued`
+    /// waiting); false, and nothing queued, otherwise.
+    public func enqueueIfKeepingUp(to topic: String, payload: [UInt8], qos: QoS, retain: Bool, properties: MQTTProperties = .init(),
+                                   maximumQueued: Int) -> Bool {
+        guard state == .connected, queue.count < maximumQueued,
+              let packet = try? makePublish(topic: topic, payload: payload, qos: qos, retain: retain, properties: properties) else { return false }
+        enqueue(Pending(packet: packet, continuation: nil))
+        return true
     }
 
     public func publish(to topic: String, string: String, qos: QoS = .atMostOnce, retain: Bool = false,
@@ -856,5 +881,26 @@ public actor MQTTClient {
 
     static func isIPAddress(_ host: String) -> Bool {
         host.contains(":") || host.split(separator: ".").count == 4 && host.split(separator: ".").allSatisfy { UInt8($0) != nil }
+    }
+}
+
+/// How the sender of a queued message learns its fate: an awaiting ``MQTTClient/publish(to:payload:qos:retain:properties:ahead:)``
+/// or a callback (``MQTTClient/enqueue(_:qos:completed:)``).
+enum PublishCompletion: Sendable {
+    case waiter(CheckedContinuation<Void, any Error>)
+    case callback(@Sendable (Result<Void, any Error>) -> Void)
+
+    func resume() {
+        switch self {
+        case .waiter(let c): c.resume()
+        case .callback(let f): f(.success(()))
+        }
+    }
+
+    func resume(throwing error: any Error) {
+        switch self {
+        case .waiter(let c): c.resume(throwing: error)
+        case .callback(let f): f(.failure(error))
+        }
     }
 }

@@ -1,0 +1,237 @@
+import CSQLite
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One message kept in the outbox.
+struct OutboxRecord: Sendable, Equatable {
+    var seq: Int64 = 0
+    var topic: String
+    var payload: [UInt8]
+    var retain: Bool
+    /// A retained value: when space runs short, an older value of the same topic may go (the
+    /// newest one of every topic stays longest). Events and frames are never compacted.
+    var compactable: Bool
+    /// When it was sampled (unix ms).
+    var ts: Int64
+}
+
+struct OutboxError: Error, CustomStringConvertible {
+    let description: String
+}
+
+/// The outbox on disk: one SQLite database (`<state_dir>/outbox`) in WAL mode with
+/// `synchronous = NORMAL`: a commit survives a crash of the process at once and a power cut
+/// once the WAL is synced (SQLite's own guarantee), and a torn last write is a WAL frame whose
+/// checksum fails, which SQLite leaves out when it opens the file: the transactions before it
+/// are read as they were. A file that is not a usable database is moved aside and a new one
+/// started (logged by the caller).
+///
+/// Not thread-safe: it is used from the outbox's one queue only (``Outbox``).
+final class OutboxFile {
+    private var db: OpaquePointer?
+    let path: String
+
+    /// Opens (or creates) the file. `pageCacheKiB` bounds SQLite's page cache.
+    init(path: String, pageCacheKiB: Int = 256) throws(OutboxError) {
+        self.path = path
+        var handle: OpaquePointer?
+        let rc = sqlite3_open_v2(path, &handle, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nil)
+        guard rc == SQLITE_OK, let handle else {
+            let why = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
+            sqlite3_close(handle)
+            throw OutboxError(description: "cannot open \(path): \(why)")
+        }
+        db = handle
+        do throws(OutboxError) {
+            try exec("PRAGMA journal_mode = WAL")
+            try exec("PRAGMA synchronous = NORMAL")
+            try exec("PRAGMA cache_size = -\(pageCacheKiB)")
+            try exec("PRAGMA wal_autocheckpoint = 256")
+            try exec("""
+                CREATE TABLE IF NOT EXISTS outbox (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                    topic TEXT NOT NULL,
+                    payload BLOB NOT NULL,
+                    retain INTEGER NOT NULL,
+                    compactable INTEGER NOT NULL,
+                    ts INTEGER NOT NULL)
+                """)
+            guard try scalarText("PRAGMA quick_check") == "ok" else { throw OutboxError(description: "\(path) failed its integrity check") }
+        } catch {
+            sqlite3_close(db)
+            db = nil
+            throw error
+        }
+    }
+
+    deinit { sqlite3_close(db) }
+
+    func close() {
+        sqlite3_close(db)
+        db = nil
+    }
+
+    // MARK: records
+
+    /// Appends `records` in one transaction.
+    func append(_ records: [OutboxRecord]) throws(OutboxError) {
+        guard !records.isEmpty else { return }
+        try exec("BEGIN IMMEDIATE")
+        do throws(OutboxError) {
+            let stmt = try prepare("INSERT INTO outbox (topic, payload, retain, compactable, ts) VALUES (?, ?, ?, ?, ?)")
+            defer { sqlite3_finalize(stmt) }
+            for r in records {
+                sqlite3_reset(stmt)
+                sqlite3_bind_text(stmt, 1, r.topic, -1, csqlite_transient())
+                _ = r.payload.withUnsafeBytes { sqlite3_bind_blob(stmt, 2, $0.baseAddress, Int32($0.count), csqlite_transient()) }
+                sqlite3_bind_int(stmt, 3, r.retain ? 1 : 0)
+                sqlite3_bind_int(stmt, 4, r.compactable ? 1 : 0)
+                sqlite3_bind_int64(stmt, 5, r.ts)
+                guard sqlite3_step(stmt) == SQLITE_DONE else { throw failure("insert") }
+            }
+            try exec("COMMIT")
+        } catch {
+            try? exec("ROLLBACK")
+            throw error
+        }
+    }
+
+    /// Up to `limit` records after `seq`, oldest first.
+    func read(after seq: Int64, limit: Int) throws(OutboxError) -> [OutboxRecord] {
+        let stmt = try prepare("SELECT seq, topic, payload, retain, compactable, ts FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?")
+        defer { sqlite3_finalize(stmt) }
+        sqlite3_bind_int64(stmt, 1, seq)
+        sqlite3_bind_int(stmt, 2, Int32(limit))
+        var out: [OutboxRecord] = []
+        while true {
+            let rc = sqlite3_step(stmt)
+            if rc == SQLITE_DONE { break }
+            guard rc == SQLITE_ROW else { throw failure("read") }
+            let topic = String(cString: sqlite3_column_text(stmt, 1))
+            let n = Int(sqlite3_column_bytes(stmt, 2))
+            let payload = n == 0 ? [] : Array(UnsafeRawBufferPointer(start: sqlite3_column_blob(stmt, 2), count: n))
+            out.append(OutboxRecord(seq: sqlite3_column_int64(stmt, 0), topic: topic, payload: payload, retain: sqlite3_column_int(stmt, 3) != 0,
+                                    compactable: sqlite3_column_int(stmt, 4) != 0, ts: sqlite3_column_int64(stmt, 5)))
+        }
+        return out
+    }
+
+    /// Removes the records with these sequence numbers (delivered).
+    func delete(_ seqs: [Int64]) throws(OutboxError) {
+        guard !seqs.isEmpty else { return }
+        try exec("BEGIN IMMEDIATE")
+        do throws(OutboxError) {
+            let stmt = try prepare("DELETE FROM outbox WHERE seq = ?")
+            defer { sqlite3_finalize(stmt) }
+            for s in seqs {
+                sqlite3_reset(stmt)
+                sqlite3_bind_int64(stmt, 1, s)
+                guard sqlite3_step(stmt) == SQLITE_DONE else { throw failure("delete") }
+            }
+            try exec("COMMIT")
+        } catch {
+            try? exec("ROLLBACK")
+            throw error
+        }
+    }
+
+    /// Records per topic (at start: which topics have a backlog).
+    func countsByTopic() throws(OutboxError) -> [String: Int] {
+        let stmt = try prepare("SELECT topic, COUNT(*) FROM outbox GROUP BY topic")
+        defer { sqlite3_finalize(stmt) }
+        var out: [String: Int] = [:]
+        while sqlite3_step(stmt) == SQLITE_ROW {
+            out[String(cString: sqlite3_column_text(stmt, 0))] = Int(sqlite3_column_int64(stmt, 1))
+        }
+        return out
+    }
+
+    /// Records, bytes of topics and payloads, and the oldest `ts`.
+    func stats() throws(OutboxError) -> (count: Int, bytes: Int, oldestTs: Int64?) {
+        let stmt = try prepare("SELECT COUNT(*), COALESCE(SUM(length(topic) + length(payload)), 0), MIN(ts) FROM outbox")
+        defer { sqlite3_finalize(stmt) }
+        guard sqlite3_step(stmt) == SQLITE_ROW else { throw failure("stats") }
+        let oldest = sqlite3_column_type(stmt, 2) == SQLITE_NULL ? nil : sqlite3_column_int64(stmt, 2)
+        return (Int(sqlite3_column_int64(stmt, 0)), Int(sqlite3_column_int64(stmt, 1)), oldest)
+    }
+
+    /// Bytes the database uses (its pages in use; the file does not shrink).
+    func usedBytes() throws(OutboxError) -> Int {
+        let pages = try scalarInt("PRAGMA page_count") - (try scalarInt("PRAGMA freelist_count"))
+        return pages * (try scalarInt("PRAGMA page_size"))
+    }
+
+    /// Makes room: first older values of topics that have a newer one, then the oldest records,
+    /// until at most `maxBytes` are used. Returns what went, per topic.
+    func trim(maxBytes: Int) throws(OutboxError) -> [String: Int] {
+        var gone: [String: Int] = [:]
+        guard try usedBytes() > maxBytes else { return gone }
+        // Superseded values (the newest of each topic stays).
+        gone.merge(try deleteCounting("compactable = 1 AND seq NOT IN (SELECT MAX(seq) FROM outbox WHERE compactable = 1 GROUP BY topic)"),
+                   uniquingKeysWith: +)
+        var rounds = 0
+        while try usedBytes() > maxBytes, rounds < 1000 {
+            rounds += 1
+            let (count, _, _) = try stats()
+            guard count > 0 else { break }
+            // The oldest tenth (at least 16) at a time.
+            gone.merge(try deleteCounting("seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT \(max(16, count / 10)))"), uniquingKeysWith: +)
+        }
+        return gone
+    }
+
+    private func deleteCounting(_ condition: String) throws(OutboxError) -> [String: Int] {
+        try exec("BEGIN IMMEDIATE")
+        do throws(OutboxError) {
+            let stmt = try prepare("SELECT topic, COUNT(*) FROM outbox WHERE \(condition) GROUP BY topic")
+            var gone: [String: Int] = [:]
+            while sqlite3_step(stmt) == SQLITE_ROW {
+                gone[String(cString: sqlite3_column_text(stmt, 0))] = Int(sqlite3_column_int64(stmt, 1))
+            }
+            sqlite3_finalize(stmt)
+            try exec("DELETE FROM outbox WHERE \(condition)")
+            try exec("COMMIT")
+            return gone
+        } catch {
+            try? exec("ROLLBACK")
+            throw error
+        }
+    }
+
+    // MARK: SQLite
+
+    private func exec(_ sql: String) throws(OutboxError) {
+        var err: UnsafeMutablePointer<CChar>?
+        guard sqlite3_exec(db, sql, nil, nil, &err) == SQLITE_OK else {
+            let why = err.map { String(cString: $0) } ?? "error"
+            sqlite3_free(err)
+            throw OutboxError(description: "\(path): \(why)")
+        }
+    }
+
+    private func prepare(_ sql: String) throws(OutboxError) -> OpaquePointer? {
+        var stmt: OpaquePointer?
+        guard sqlite3_prepare_v2(db, sql, -1, &stmt, nil) == SQLITE_OK else { throw failure("prepare") }
+        return stmt
+    }
+
+    private func scalarInt(_ sql: String) throws(OutboxError) -> Int {
+        let stmt = try prepare(sql)
+        defer { sqlite3_finalize(stmt) }
+        guard sqlite3_step(stmt) == SQLITE_ROW else { throw failure(sql) }
+        return Int(sqlite3_column_int64(stmt, 0))
+    }
+
+    private func scalarText(_ sql: String) throws(OutboxError) -> String {
+        let stmt = try prepare(sql)
+        defer { sqlite3_finalize(stmt) }
+        guard sqlite3_step(stmt) == SQLITE_ROW, let text = sqlite3_column_text(stmt, 0) else { throw failure(sql) }
+        return String(cString: text)
+    }
+
+    private func failure(_ what: String) -> OutboxError {
+        OutboxError(description: "\(path): \(what): \(db.map { String(cString: sqlite3_errmsg($0)) } ?? "closed")")
+    }
+}

@@ -1,0 +1,286 @@
+import Foundation
+import Gateway
+import MQTT
+import Synchronization
+import TestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The outbox against real peers: Mosquitto stopped and started, the simulator, a socat pty pair
+/// as a QR reader, and gateways killed with SIGKILL. To read what a gateway delivers after an
+/// outage deterministically, the last gateway of each test is started only once the broker is
+/// back and an observer listens (an earlier one is stopped: killed, or with SIGTERM).
+@Suite("Outbox end to end (Mosquitto, gateway simulate, socat, SIGKILL)", .timeLimit(.minutes(3)))
+struct OutboxTests {
+    static let b = "gateway/ob"
+
+    /// A site: one Modbus device (holding 0 as `v`) and one QR reader on a pty.
+    final class Site: Sendable {
+        let broker: Mosquitto
+        let sim: GatewaySimulator
+        let pty: PtyPair
+        let dir: String
+        let config: String
+        let reader: FarEnd
+
+        init(gateway extra: String = "") async throws {
+            broker = try await Mosquitto.start()
+            sim = try await GatewaySimulator.start(["--set", "holding:0=1"])
+            pty = try await PtyPair.start()
+            dir = try TestEnvironment.makeTemporaryDirectory("gw-outbox")
+            config = dir + "/gateway.toml"
+            try """
+                [gateway]
+                id = "ob"
+                state_dir = "\(dir)"
+                \(extra)
+                [mqtt]
+                url = "mqtt://127.0.0.1:\(broker.port)"
+                keepalive = 5
+                [http]
+                listen = ""
+                [homeassistant]
+                enabled = false
+                [[bus]]
+                name = "plc"
+                type = "tcp"
+                host = "127.0.0.1"
+                port = \(sim.port)
+                timeout_ms = 300
+                [[device]]
+                name = "dev"
+                bus = "plc"
+                unit = 1
+                poll_ms = 50
+                  [[device.point]]
+                  name = "v"
+                  register = "holding"
+                  address = 0
+                [[device]]
+                name = "qr"
+                driver = "serial"
+                port = "\(pty.a)"
+                framing = "line"
+                  [[device.point]]
+                  name = "scan"
+                  match = '^QR:(.+)$'
+                """.write(toFile: config, atomically: true, encoding: .utf8)
+            reader = try FarEnd(pty.b)
+        }
+
+        func gateway() throws -> ChildProcess {
+            try ChildProcess(try TestEnvironment.gatewayBinary(), ["run", "--config", config, "--log-level", "debug"])
+        }
+
+        /// An observer on `gateway/#` (retained and live).
+        func observer() async throws -> Observer {
+            let c = MQTTClient(configuration: MQTTConfiguration(host: "127.0.0.1", port: broker.port, clientIdentifier: "ob-\(UUID().uuidString.prefix(6))"))
+            try await c.connect()
+            let o = Observer(client: c)
+            try await c.subscribe([Subscription("gateway/#", qos: .atLeastOnce)])
+            return o
+        }
+
+        func scans(_ range: ClosedRange<Int>) async {
+            for i in range { _ = await reader.send("QR:\(String(format: "%04d", i))\n") }
+        }
+
+        func shutdown() async {
+            _ = await sim.stop()
+            await pty.stop()
+            await broker.shutdown()
+            try? FileManager.default.removeItem(atPath: dir)
+        }
+    }
+
+    /// Waits for the debug line `outbox: N messages on disk` with N >= `count`.
+    static func onDisk(_ gw: ChildProcess, atLeast count: Int) async throws {
+        _ = try await gw.waitForLine(timeout: .seconds(30)) { line in
+            guard let r = line.range(of: "outbox: "), let n = Int(line[r.upperBound...].prefix { $0.isNumber }) else { return false }
+            return line.contains("messages on disk") && n >= count
+        }
+    }
+
+    /// What an observer received, with a wake-up at each arrival.
+    final class Observer: Sendable {
+        let client: MQTTClient
+        let seen = Mutex<[MQTTMessage]>([])
+        private let arrivals = Signal()
+
+        init(client: MQTTClient) {
+            self.client = client
+            let stream = client.messages
+            Task { [weak self] in
+                for await m in stream {
+                    self?.seen.withLock { $0.append(m) }
+                    self?.arrivals.push(())
+                }
+            }
+        }
+
+        var scans: [Int] { seen.withLock { $0.filter { $0.topic == "\(b)/qr/scan" }.compactMap { Int($0.payloadString) } } }
+
+        /// Waits (bounded) until `condition` holds, re-checking at every arrival.
+        func waitUntil(timeout: Duration = .seconds(30), _ what: String, _ condition: () -> Bool) async throws {
+            let deadline = ContinuousClock.now + timeout
+            while true {
+                let generation = arrivals.generation
+                if condition() { return }
+                guard ContinuousClock.now < deadline else { throw FixtureError("timed out waiting for \(what)") }
+                await arrivals.wait(after: generation, until: deadline)
+            }
+        }
+    }
+
+    static func rssKiB(_ pid: pid_t) -> Int {
+        let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        return status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") }.flatMap { Int($0.split(separator: " ")[1]) } ?? 0
+    }
+
+    @Test("broker away: 500 scans and value changes survive a SIGKILL and a restart; every scan arrives once the broker is back, in order, each with its ts, and the last value is the retained one")
+    func killAndRestart() async throws {
+        let site = try await Site()
+        let gw1 = try site.gateway()
+        _ = try await gw1.waitForLine(containing: "birth and statuses published")
+        _ = try await gw1.waitForLine(containing: "serial port")
+        let rssConnected = Self.rssKiB(gw1.pid)
+        await site.broker.stop()
+        _ = try await gw1.waitForLine(containing: "broker lost")
+        await site.scans(1...250)
+        try await site.sim.set("holding:0=2")
+        try await Self.onDisk(gw1, atLeast: 251)
+        let rssBacklog = Self.rssKiB(gw1.pid)
+        let files = { (try? FileManager.default.contentsOfDirectory(atPath: site.dir))?.filter { $0.hasPrefix("outbox") } ?? [] }
+        let bytes = files().reduce(0) { $0 + ((try? FileManager.default.attributesOfItem(atPath: site.dir + "/" + $1)[.size] as? Int) ?? 0) }
+        print("outbox: \(bytes) bytes on disk for 251 messages (\(bytes / 251) per message); RSS \(rssConnected) KiB connected, \(rssBacklog) KiB with the backlog")
+        gw1.signal(SIGKILL)
+        _ = try await gw1.waitForExit()
+
+        // Started again, the broker still away: more scans and a value behind the kept ones.
+        let gw2 = try site.gateway()
+        _ = try await gw2.waitForLine(containing: "an earlier run kept")
+        _ = try await gw2.waitForLine(containing: "serial port")
+        await site.scans(251...500)
+        try await site.sim.set("holding:0=3")
+        try await Self.onDisk(gw2, atLeast: 502)
+        gw2.signal(SIGTERM)
+        #expect(try await gw2.waitForExit(timeout: .seconds(20)) == 0)
+
+        try await site.broker.restart()
+        let observer = try await site.observer()
+        let gw3 = try site.gateway()
+        _ = try await gw3.waitForLine(timeout: .seconds(60)) { $0.contains("kept messages delivered") }
+        let delivered = try await gw3.waitForLine(containing: "kept messages delivered")
+        print("drain: \(delivered.split(separator: "outbox: ").last ?? "")")
+        // Every scan, once and in order, each with the time it was read.
+        try await observer.waitUntil("500 scans") { observer.scans.count >= 500 }
+        #expect(observer.scans == Array(1...500))
+        let stamps = observer.seen.withLock { $0.filter { $0.topic == "\(Self.b)/qr/scan" }.compactMap { m in m.properties.userProperties.first { $0.name == "ts" }.flatMap { Int64($0.value) } } }
+        #expect(stamps.count == 500)
+        #expect(zip(stamps, stamps.dropFirst()).allSatisfy { $0 <= $1 }, "ts out of order")
+        #expect((stamps.first ?? 0) < (stamps.last ?? 0))
+        // The last value is the retained one; the outbox file is gone once empty.
+        _ = try await gw3.waitForLine(containing: "outbox empty")
+        #expect(files().isEmpty, "\(files())")
+        let late = MQTTClient(configuration: MQTTConfiguration(host: "127.0.0.1", port: site.broker.port, clientIdentifier: "late"))
+        try await late.connect()
+        var messages = late.messages.makeAsyncIterator()
+        try await late.subscribe([Subscription("\(Self.b)/dev/v", qos: .atLeastOnce)])
+        let retained = await messages.next()
+        #expect(retained?.payloadString == "3" && retained?.retain == true)
+        await late.disconnect()
+        await observer.client.disconnect()
+        gw3.signal(SIGTERM)
+        _ = try await gw3.waitForExit(timeout: .seconds(20))
+        await site.shutdown()
+    }
+
+    @Test("outbox full: the oldest go, the count is logged, the newest are delivered in order")
+    func full() async throws {
+        let site = try await Site(gateway: "outbox_max_mb = 0.05")
+        let gw1 = try site.gateway()
+        _ = try await gw1.waitForLine(containing: "birth and statuses published")
+        _ = try await gw1.waitForLine(containing: "serial port")
+        await site.broker.stop()
+        _ = try await gw1.waitForLine(containing: "broker lost")
+        await site.scans(1...3000)
+        // A line no point matches, after the scans: once the gateway logged it, it has read them all.
+        _ = await site.reader.send("END\n")
+        _ = try await gw1.waitForLine(timeout: .seconds(60)) { $0.contains("frame matched no point") && $0.contains("END") }
+        _ = try await gw1.waitForLine(timeout: .seconds(30)) { $0.contains("outbox full") }
+        gw1.signal(SIGTERM)
+        #expect(try await gw1.waitForExit(timeout: .seconds(20)) == 0)
+        let count = try #require(gw1.lines.first { $0.contains("dropped since the broker went away") })
+        #expect(count.contains("messages"), "\(count)")
+
+        try await site.broker.restart()
+        let observer = try await site.observer()
+        let gw2 = try site.gateway()
+        _ = try await gw2.waitForLine(timeout: .seconds(60)) { $0.contains("outbox empty") }
+        try await observer.waitUntil("the newest scan") { observer.scans.last == 3000 }
+        let got = observer.scans
+        #expect(got.last == 3000, "the newest scan was not delivered")
+        #expect(got.first.map { $0 > 1 } == true, "the oldest should have gone")
+        #expect(got == got.sorted() && Set(got).count == got.count, "out of order or repeated")
+        #expect(got == Array((got.first ?? 1)...3000), "a gap among the newest")
+        await observer.client.disconnect()
+        gw2.signal(SIGTERM)
+        _ = try await gw2.waitForExit(timeout: .seconds(20))
+        await site.shutdown()
+    }
+
+    @Test("a torn last write (the outbox's WAL cut short after SIGKILL) is skipped and the rest delivered in order")
+    func tornWrite() async throws {
+        let site = try await Site(gateway: "outbox_sync_ms = 100")
+        let gw1 = try site.gateway()
+        _ = try await gw1.waitForLine(containing: "birth and statuses published")
+        _ = try await gw1.waitForLine(containing: "serial port")
+        await site.broker.stop()
+        _ = try await gw1.waitForLine(containing: "broker lost")
+        await site.scans(1...50)
+        try await Self.onDisk(gw1, atLeast: 50)
+        await site.scans(51...100)
+        try await Self.onDisk(gw1, atLeast: 100)
+        gw1.signal(SIGKILL)
+        _ = try await gw1.waitForExit()
+        let wal = site.dir + "/outbox-wal"
+        let size = try #require(try FileManager.default.attributesOfItem(atPath: wal)[.size] as? Int)
+        #expect(truncate(wal, off_t(size - 300)) == 0)
+
+        try await site.broker.restart()
+        let observer = try await site.observer()
+        let gw2 = try site.gateway()
+        _ = try await gw2.waitForLine(timeout: .seconds(60)) { $0.contains("outbox empty") }
+        let got = observer.scans
+        #expect(got.count >= 50 && got.count < 100, "\(got.count) delivered")
+        #expect(got == Array(1...max(1, got.count)), "not the first ones in order")
+        #expect(!gw2.lines.contains { $0.contains("moved to") || $0.contains("cannot") }, "\(gw2.tail)")
+        await observer.client.disconnect()
+        gw2.signal(SIGTERM)
+        _ = try await gw2.waitForExit(timeout: .seconds(20))
+        await site.shutdown()
+    }
+
+    @Test("connected and keeping up: nothing is written to disk (no outbox file), values and scans flow")
+    func noDiskWhileConnected() async throws {
+        let site = try await Site()
+        let observer = try await site.observer()
+        let gw = try site.gateway()
+        _ = try await gw.waitForLine(containing: "birth and statuses published")
+        _ = try await gw.waitForLine(containing: "serial port")
+        await site.scans(1...200)
+        for v in 10...30 { try await site.sim.set("holding:0=\(v)") }
+        try await observer.waitUntil("200 scans") { observer.scans.count >= 200 }
+        #expect(observer.scans == Array(1...200))
+        gw.signal(SIGTERM)
+        #expect(try await gw.waitForExit(timeout: .seconds(20)) == 0)
+        let files = (try FileManager.default.contentsOfDirectory(atPath: site.dir)).filter { $0.hasPrefix("outbox") }
+        #expect(files.isEmpty, "written while connected: \(files)")
+        #expect(!gw.lines.contains { $0.contains("messages on disk") })
+        await observer.client.disconnect()
+        await site.shutdown()
+    }
+}
