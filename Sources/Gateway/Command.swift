@@ -12,19 +12,9 @@ public struct CommandRefused: Error, Sendable, Equatable, CustomStringConvertibl
 /// `{"value": ..., "ts": <unix ms>, "id": "..."}`. Parsing checks the form only; whether the value
 /// fits the point is ``PointSettings/writePlan(for:)``'s job.
 public struct CommandRequest: Sendable, Equatable {
-    public enum Value: Sendable, Equatable, CustomStringConvertible {
-        case bool(Bool)
-        /// A number as written (JSON number, or plain text to be read as the point needs).
-        case number(String)
-        case text(String)
-
-        public var description: String {
-            switch self {
-            case .bool(let b): b ? "true" : "false"
-            case .number(let s), .text(let s): s
-            }
-        }
-    }
+    /// `true`/`false`; a number as written (JSON number, or plain text to be read as the point
+    /// needs); or text. The same kind of value a `failsafe` in `gateway.toml` holds.
+    public typealias Value = ConfigScalar
 
     public var value: Value
     /// JSON `ts`: when the sender made the command, unix milliseconds.

@@ -567,7 +567,7 @@ final class DeviceCommander: Sendable {
             var w = FailsafeWrite(device: device.name, point: point.name, index: index, value: value.description, outcome: .deviceOffline)
             if online {
                 do throws(CommandRefused) {
-                    let plan = try point.writePlan(for: value.commandValue)
+                    let plan = try point.writePlan(for: value)
                     do {
                         try await write(plan, point: point, deadline: .now + timeout)
                         w.outcome = .written(at: unixMilliseconds())

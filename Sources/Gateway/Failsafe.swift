@@ -30,17 +30,6 @@ struct FailsafeWrite: Sendable, Equatable {
     var outcome: Outcome
 }
 
-extension ConfigScalar {
-    /// As a command would carry it.
-    var commandValue: CommandRequest.Value {
-        switch self {
-        case .bool(let b): .bool(b)
-        case .number(let n): .number(n)
-        case .text(let t): .text(t)
-        }
-    }
-}
-
 /// Fail-safe states: a site decides what its barriers and turnstiles do when the broker is gone
 /// (a barrier `free` so people can leave, a turnstile `locked`). Per writable point
 /// `failsafe = <value>`, with `failsafe_after_s` in `[gateway]` or per device:

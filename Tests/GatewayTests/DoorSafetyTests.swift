@@ -291,8 +291,9 @@ struct DoorSafetyTests {
         failsafe = "free"
         """
 
-    @Test("fail-safe: a device offline when it is due gets the write when it comes back, while the broker is still away")
-    func failsafeDeviceBack() async throws {
+    /// A barrier with a fail-safe value, its device offline and the broker away when the
+    /// fail-safe is due.
+    static func deviceOfflineBrokerAway() async throws -> Rig {
         let rig = try await Rig.start(points: Self.barrier, simArgs: [], pollMs: 100, extraGateway: "failsafe_after_s = 1")
         try await rig.waitFor("\(Self.b)/dev/status", "online")
         _ = try await rig.gateway.waitForLine(containing: "birth and statuses published")
@@ -300,6 +301,12 @@ struct DoorSafetyTests {
         try await rig.waitFor("\(Self.b)/dev/status", "offline")
         await rig.broker.stop()
         _ = try await rig.gateway.waitForLine(containing: "fail-safe: device offline")
+        return rig
+    }
+
+    @Test("fail-safe: a device offline when it is due gets the write when it comes back, while the broker is still away")
+    func failsafeDeviceBack() async throws {
+        let rig = try await Self.deviceOfflineBrokerAway()
         let again = try await GatewaySimulator.start([], port: rig.simPort)
         let writes = try await again.waitForWrites(1, timeout: .seconds(20))
         #expect(writes.map { [$0.address, $0.values.first ?? -1] } == [[5, 1]])
@@ -312,13 +319,7 @@ struct DoorSafetyTests {
 
     @Test("fail-safe: a device still offline when the broker is back never gets the write")
     func failsafeNotAfterBrokerBack() async throws {
-        let rig = try await Rig.start(points: Self.barrier, simArgs: [], pollMs: 100, extraGateway: "failsafe_after_s = 1")
-        try await rig.waitFor("\(Self.b)/dev/status", "online")
-        _ = try await rig.gateway.waitForLine(containing: "birth and statuses published")
-        _ = await rig.sim.stop()
-        try await rig.waitFor("\(Self.b)/dev/status", "offline")
-        await rig.broker.stop()
-        _ = try await rig.gateway.waitForLine(containing: "fail-safe: device offline")
+        let rig = try await Self.deviceOfflineBrokerAway()
         try await rig.broker.restart()
         // The second end of a countdown (the first was at the first connect).
         let ends = Mutex(0)

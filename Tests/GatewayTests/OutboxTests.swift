@@ -84,6 +84,23 @@ struct OutboxTests {
             return o
         }
 
+        /// The broker back, an observer listening, then a gateway that drains what earlier ones
+        /// kept: returned once the outbox is empty (its file removed).
+        func drainAfterOutage() async throws -> (Observer, ChildProcess) {
+            try await broker.restart()
+            let observer = try await self.observer()
+            let gw = try gateway()
+            _ = try await gw.waitForLine(timeout: .seconds(60)) { $0.contains("outbox empty") }
+            return (observer, gw)
+        }
+
+        func finish(_ observer: Observer, _ gw: ChildProcess) async {
+            await observer.client.disconnect()
+            gw.signal(SIGTERM)
+            _ = try? await gw.waitForExit(timeout: .seconds(20))
+            await shutdown()
+        }
+
         func scans(_ range: ClosedRange<Int>) async {
             for i in range { _ = await reader.send("QR:\(String(format: "%04d", i))\n") }
         }
@@ -192,10 +209,7 @@ struct OutboxTests {
         let retained = await messages.next()
         #expect(retained?.payloadString == "3" && retained?.retain == true)
         await late.disconnect()
-        await observer.client.disconnect()
-        gw3.signal(SIGTERM)
-        _ = try await gw3.waitForExit(timeout: .seconds(20))
-        await site.shutdown()
+        await site.finish(observer, gw3)
     }
 
     @Test("outbox full: the oldest go, the count is logged, the newest are delivered in order")
@@ -216,20 +230,14 @@ struct OutboxTests {
         let count = try #require(gw1.lines.first { $0.contains("dropped since the broker went away") })
         #expect(count.contains("messages"), "\(count)")
 
-        try await site.broker.restart()
-        let observer = try await site.observer()
-        let gw2 = try site.gateway()
-        _ = try await gw2.waitForLine(timeout: .seconds(60)) { $0.contains("outbox empty") }
+        let (observer, gw2) = try await site.drainAfterOutage()
         try await observer.waitUntil("the newest scan") { observer.scans.last == 3000 }
         let got = observer.scans
         #expect(got.last == 3000, "the newest scan was not delivered")
         #expect(got.first.map { $0 > 1 } == true, "the oldest should have gone")
         #expect(got == got.sorted() && Set(got).count == got.count, "out of order or repeated")
         #expect(got == Array((got.first ?? 1)...3000), "a gap among the newest")
-        await observer.client.disconnect()
-        gw2.signal(SIGTERM)
-        _ = try await gw2.waitForExit(timeout: .seconds(20))
-        await site.shutdown()
+        await site.finish(observer, gw2)
     }
 
     @Test("a torn last write (the outbox's WAL cut short after SIGKILL) is skipped and the rest delivered in order")
@@ -250,18 +258,12 @@ struct OutboxTests {
         let size = try #require(try FileManager.default.attributesOfItem(atPath: wal)[.size] as? Int)
         #expect(truncate(wal, off_t(size - 300)) == 0)
 
-        try await site.broker.restart()
-        let observer = try await site.observer()
-        let gw2 = try site.gateway()
-        _ = try await gw2.waitForLine(timeout: .seconds(60)) { $0.contains("outbox empty") }
+        let (observer, gw2) = try await site.drainAfterOutage()
         let got = observer.scans
         #expect(got.count >= 50 && got.count < 100, "\(got.count) delivered")
         #expect(got == Array(1...max(1, got.count)), "not the first ones in order")
         #expect(!gw2.lines.contains { $0.contains("moved to") || $0.contains("cannot") }, "\(gw2.tail)")
-        await observer.client.disconnect()
-        gw2.signal(SIGTERM)
-        _ = try await gw2.waitForExit(timeout: .seconds(20))
-        await site.shutdown()
+        await site.finish(observer, gw2)
     }
 
     @Test("connected and keeping up: nothing is written to disk (no outbox file), values and scans flow")
