@@ -317,8 +317,8 @@ public enum ConfigLoader {
             p.bit = bit
         }
         if address + p.width > 65_536 { r.issue("address", "\(address) + \(p.width) registers passes 65535") }
-        if let w = r.enumeration("word_order", ByteSex.self) { p.wordOrderLittle = w == .little }
-        if let b = r.enumeration("byte_order", ByteSex.self) { p.byteOrderLittle = b == .little }
+        if let w = r.enumeration("word_order", Endianness.self) { p.wordOrderLittle = w == .little }
+        if let b = r.enumeration("byte_order", Endianness.self) { p.byteOrderLittle = b == .little }
         if let s = r.double("scale") {
             if s == 0 || !s.isFinite { r.issue("scale", "must be a non-zero number") }
             p.scale = s
@@ -425,7 +425,7 @@ public enum ConfigLoader {
         }
     }
 
-    enum ByteSex: String, CaseIterable { case big, little }
+    enum Endianness: String, CaseIterable { case big, little }
 
     /// Topic levels the gateway uses itself under a device.
     static let reservedNames: Set<String> = ["status", "set", "get", "raw"]
