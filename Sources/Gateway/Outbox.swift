@@ -34,7 +34,9 @@ final class Outbox: Sendable {
         var sync: Duration
         var keepUpQueue = 1000
         var batch = 200
-        var ratePerSecond = 2000
+        /// Mosquitto keeps 1000 messages per slow subscriber by default and drops the rest: a
+        /// backlog must not arrive faster than a modest subscriber reads.
+        var ratePerSecond = 500
     }
 
     /// The open file, touched only on `queue` (one block at a time, so never from two threads

@@ -219,8 +219,9 @@ struct SerialDeviceTests {
         await far.send("QR:2\n")
         try await rig.waitFor("\(Self.b)/qr/scan", "2")
         try await rig.waitUntil("online again") { rig.payloads("\(Self.b)/qr/status").last == "online" }
+        // (Idle again 300 ms later, it goes offline again: only the first three count here.)
         let transitions = rig.payloads("\(Self.b)/qr/status").reduce(into: [String]()) { if $0.last != $1 { $0.append($1) } }
-        #expect(transitions == ["online", "offline", "online"])
+        #expect(Array(transitions.prefix(3)) == ["online", "offline", "online"])
         await rig.shutdown()
         await qr.stop()
     }

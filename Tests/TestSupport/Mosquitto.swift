@@ -67,6 +67,9 @@ public final class Mosquitto: Sendable {
         log_type notice
         log_type information
         connection_messages true
+        # A test's observer may read slower than a gateway delivers a backlog (on a loaded CI
+        # machine): the default of 1000 queued messages per client would drop some for it.
+        max_queued_messages 100000
 
         listener \(port) 127.0.0.1
         allow_anonymous true
