@@ -13,7 +13,7 @@ import Glibc
 /// as a QR reader, and gateways killed with SIGKILL. To read what a gateway delivers after an
 /// outage deterministically, the last gateway of each test is started only once the broker is
 /// back and an observer listens (an earlier one is stopped: killed, or with SIGTERM).
-@Suite("Outbox end to end (Mosquitto, gateway simulate, socat, SIGKILL)", .timeLimit(.minutes(3)))
+@Suite("Outbox end to end (Mosquitto, gateway simulate, socat, SIGKILL)", .serialized, .timeLimit(.minutes(3)))
 struct OutboxTests {
     static let b = "gateway/ob"
 
@@ -54,7 +54,7 @@ struct OutboxTests {
                 name = "dev"
                 bus = "plc"
                 unit = 1
-                poll_ms = 50
+                poll_ms = 200
                   [[device.point]]
                   name = "v"
                   register = "holding"
@@ -222,13 +222,13 @@ struct OutboxTests {
 
     @Test("outbox full: the oldest go, the count is logged, the newest are delivered in order")
     func full() async throws {
-        let site = try await Site(gateway: "outbox_max_mb = 0.05")
+        let site = try await Site(gateway: "outbox_max_mb = 0.02")
         let gw1 = try site.gateway()
         _ = try await gw1.waitForLine(containing: "birth and statuses published")
         _ = try await gw1.waitForLine(containing: "serial port")
         await site.broker.stop()
         _ = try await gw1.waitForLine(containing: "broker lost")
-        await site.scans(1...3000)
+        await site.scans(1...1200)
         // A line no point matches, after the scans: once the gateway logged it, it has read them all.
         _ = await site.reader.send("END\n")
         _ = try await gw1.waitForLine(timeout: .seconds(60)) { $0.contains("frame matched no point") && $0.contains("END") }
@@ -239,12 +239,12 @@ struct OutboxTests {
         #expect(count.contains("messages"), "\(count)")
 
         let (observer, gw2) = try await site.drainAfterOutage()
-        try await observer.waitUntil("the newest scan") { observer.scans.last == 3000 }
+        try await observer.waitUntil("the newest scan") { observer.scans.last == 1200 }
         let got = observer.scans
-        #expect(got.last == 3000, "the newest scan was not delivered")
+        #expect(got.last == 1200, "the newest scan was not delivered")
         #expect(got.first.map { $0 > 1 } == true, "the oldest should have gone")
         #expect(got == got.sorted() && Set(got).count == got.count, "out of order or repeated")
-        #expect(got == Array((got.first ?? 1)...3000), "a gap among the newest; gateway: \(gw1.lines.filter { $0.contains("outbox") && !$0.contains("on disk") })")
+        #expect(got == Array((got.first ?? 1)...1200), "a gap among the newest; gateway: \(gw1.lines.filter { $0.contains("outbox") && !$0.contains("on disk") })")
         await site.finish(observer, gw2)
     }
 

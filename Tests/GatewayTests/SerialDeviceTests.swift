@@ -218,7 +218,12 @@ struct SerialDeviceTests {
         try await rig.waitFor("\(Self.b)/qr/status", "offline")
         await far.send("QR:2\n")
         try await rig.waitFor("\(Self.b)/qr/scan", "2")
-        try await rig.waitUntil("online again") { rig.payloads("\(Self.b)/qr/status").last == "online" }
+        // (Counted after the scan, not read from the last status: 300 ms later it is idle, and
+        // offline, again.)
+        try await rig.waitUntil("online again") {
+            let statuses = rig.payloads("\(Self.b)/qr/status")
+            return statuses.firstIndex(of: "offline").map { statuses[$0...].contains("online") } ?? false
+        }
         // (Idle again 300 ms later, it goes offline again: only the first three count here.)
         let transitions = rig.payloads("\(Self.b)/qr/status").reduce(into: [String]()) { if $0.last != $1 { $0.append($1) } }
         #expect(Array(transitions.prefix(3)) == ["online", "offline", "online"])
