@@ -218,7 +218,7 @@ struct SerialDeviceTests {
         try await rig.waitFor("\(Self.b)/qr/status", "offline")
         await far.send("QR:2\n")
         try await rig.waitFor("\(Self.b)/qr/scan", "2")
-        // (Counted after the scan, not read from the last status: 300 ms later it is idle, and
+        // (Online after the first offline, not the last status: 300 ms later it is idle, and
         // offline, again.)
         try await rig.waitUntil("online again") {
             let statuses = rig.payloads("\(Self.b)/qr/status")
