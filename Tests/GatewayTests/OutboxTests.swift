@@ -163,6 +163,8 @@ struct OutboxTests {
         let gw1 = try site.gateway()
         _ = try await gw1.waitForLine(containing: "birth and statuses published")
         _ = try await gw1.waitForLine(containing: "serial port")
+        // Resident memory as it runs for months: after the start-up pages are given back (5 s).
+        _ = try await gw1.waitForLine(containing: "start-up pages given back")
         let rssConnected = Self.rssKiB(gw1.pid)
         await site.broker.stop()
         _ = try await gw1.waitForLine(containing: "broker lost")
