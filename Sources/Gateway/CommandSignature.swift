@@ -59,6 +59,9 @@ public struct CommandSigner: Sendable {
         return "{\"value\":\(json),\"ts\":\(ts),\"id\":\(jsonString(id)),\"sig\":\"\(sign(topic: topic, value: value, ts: ts, id: id))\"}"
     }
 
+    /// A fresh command id: 16 random hex digits.
+    public static func newID() -> String { hex((0..<8).map { _ in UInt8.random(in: 0...255) }) }
+
     /// Now, in unix milliseconds (a signed command's `ts`).
     public static func now() -> Int64 { unixMilliseconds() }
 

@@ -110,9 +110,7 @@ public final class GatewayRuntime: Service, Sendable {
                                               outbox: outbox)
         var units = Units(plan: plan, password: password, commandKey: commandKey, context: context)
         for b in configuration.buses {
-            let unit = BusUnit(settings: b, logger: logger)
-            telemetry?.bus(b.name)?.attach(unit.bus)
-            units.buses[b.name] = unit
+            units.buses[b.name] = Self.makeBus(b, telemetry: telemetry, logger: logger)
         }
         for d in plan.devices {
             guard let bus = units.buses[d.bus.name] else { continue }
@@ -162,7 +160,7 @@ public final class GatewayRuntime: Service, Sendable {
     }
 
     /// A bus unit, its metrics attached.
-    func makeBus(_ settings: BusSettings) -> BusUnit {
+    static func makeBus(_ settings: BusSettings, telemetry: GatewayTelemetry?, logger: Logger) -> BusUnit {
         let unit = BusUnit(settings: settings, logger: logger)
         telemetry?.bus(settings.name)?.attach(unit.bus)
         return unit

@@ -58,8 +58,13 @@ final class Outbox: Sendable {
         var unusable = false
         var droppedTotal = 0
         var droppedThisOutage = 0
+        /// What the file holds: read from it at start and after a trim, kept up to date by
+        /// arithmetic otherwise (a full scan per batch would cost a 64 MiB backlog its square).
         var stored = (count: 0, bytes: 0, oldestTs: Int64?.none)
     }
+
+    /// Bytes a record counts for in ``OutboxFile/stats()``: its topic and payload.
+    private static func size(_ r: OutboxRecord) -> Int { r.topic.utf8.count + r.payload.count }
 
     let settings: Settings
     private let client: MQTTClient
@@ -81,18 +86,19 @@ final class Outbox: Sendable {
     /// At start: a file an earlier run left is opened, and its topics wait behind it.
     func start() async {
         guard access(settings.path, F_OK) == 0 else { return }
-        let found = await onQueue { box -> Result<[String: Int], OutboxError> in
-            Result { () throws(OutboxError) -> [String: Int] in
-                try self.openIfNeeded(box).countsByTopic()
+        let found = await onQueue { box -> Result<([String: Int], (count: Int, bytes: Int, oldestTs: Int64?)), OutboxError> in
+            Result { () throws(OutboxError) in
+                let file = try self.openIfNeeded(box)
+                return (try file.countsByTopic(), try file.stats())
             }
         }
         switch found {
-        case .success(let counts):
-            let total = counts.values.reduce(0, +)
+        case .success(let (counts, stats)):
+            let total = stats.count
             state.withLock { s in
                 s.onDisk = true
                 for (t, n) in counts { s.pending[t, default: 0] += n }
-                s.stored.count = total
+                s.stored = stats
             }
             logger.notice("outbox: \(total) messages an earlier run kept (\(settings.path)); delivered first, once the broker is reached")
         case .failure(let e):
@@ -163,27 +169,34 @@ final class Outbox: Sendable {
         }
         state.withLock { $0.onDisk = true }
         let maxBytes = settings.maxBytes
-        let result = await onQueue { box -> Result<(gone: [String: Int], stats: (count: Int, bytes: Int, oldestTs: Int64?)), OutboxError> in
+        let result = await onQueue { box -> Result<(gone: [String: Int], stats: (count: Int, bytes: Int, oldestTs: Int64?)?), OutboxError> in
             Result { () throws(OutboxError) in
                 let file = try self.openIfNeeded(box)
                 try file.append(records)
                 let gone = try file.trim(maxBytes: maxBytes)
-                return (gone, try file.stats())
+                // Counted again only when the trim removed something.
+                return (gone, gone.isEmpty ? nil : try file.stats())
             }
         }
         switch result {
-        case .success(let (gone, stats)):
+        case .success(let (gone, read)):
             let dropped = gone.values.reduce(0, +)
-            let firstDrop = state.withLock { s -> Bool in
+            let (firstDrop, stats) = state.withLock { s -> (Bool, (count: Int, bytes: Int, oldestTs: Int64?)) in
                 for (t, n) in gone {
                     s.pending[t, default: 0] -= n
                     if s.pending[t, default: 0] <= 0 { s.pending[t] = nil }
                 }
-                s.stored = stats
+                if let read {
+                    s.stored = read
+                } else {
+                    s.stored.count += records.count
+                    s.stored.bytes += records.reduce(0) { $0 + Self.size($1) }
+                    s.stored.oldestTs = s.stored.oldestTs ?? records.first?.ts
+                }
                 s.droppedTotal += dropped
                 let first = dropped > 0 && s.droppedThisOutage == 0
                 s.droppedThisOutage += dropped
-                return first
+                return (first, s.stored)
             }
             if firstDrop {
                 logger.warning("outbox full (\(settings.maxBytes / 1024) KiB): dropping the oldest messages (superseded values first); the count follows when the broker is back")
@@ -257,6 +270,7 @@ final class Outbox: Sendable {
             let batch = settings.batch
             let after = last
             let rows = await onQueue { box in (try? box.file?.read(after: after, limit: batch)) ?? [] }
+            if let first = rows.first { state.withLock { $0.stored.oldestTs = first.ts } }
             if rows.isEmpty {
                 if state.withLock({ $0.buffer.isEmpty }) {
                     await removeFileIfEmpty()
@@ -271,13 +285,15 @@ final class Outbox: Sendable {
             guard await deliver(rows) else { return }   // the broker went away again: the rows stay
             let seqs = rows.map(\.seq)
             _ = await onQueue { box in (try? box.file?.delete(seqs)) != nil }
-            let stats = await onQueue { box in try? box.file?.stats() }
             state.withLock { s in
                 for r in rows {
                     s.pending[r.topic, default: 0] -= 1
                     if s.pending[r.topic, default: 0] <= 0 { s.pending[r.topic] = nil }
                 }
-                if let stats { s.stored = stats }
+                s.stored.count = max(0, s.stored.count - rows.count)
+                s.stored.bytes = max(0, s.stored.bytes - rows.reduce(0) { $0 + Self.size($1) })
+                // The oldest left is the next batch's first (read below); none when empty.
+                s.stored.oldestTs = s.stored.count == 0 ? nil : s.stored.oldestTs
             }
             report()
             delivered += rows.count
@@ -294,6 +310,8 @@ final class Outbox: Sendable {
         let messages = rows.map { (topic: $0.topic, payload: $0.payload, retain: $0.retain, properties: Self.properties(ts: $0.ts)) }
         return await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
             let tally = Mutex((left: rows.count, ok: true))
+            // The client is an actor: the handing-over is a hop of its own; the continuation
+            // resumes from the last acknowledgement's callback.
             Task {
                 await client.enqueue(messages, qos: .atLeastOnce) { _, result in
                     let done = tally.withLock { t -> Bool? in

@@ -161,7 +161,7 @@ extension GatewayRuntime {
             next.buses.removeValue(forKey: name)?.bus.close()
         }
         for b in new.buses where next.buses[b.name] == nil {
-            next.buses[b.name] = makeBus(b)
+            next.buses[b.name] = Self.makeBus(b, telemetry: telemetry, logger: logger)
         }
         for name in leaving {
             next.commanders[name] = nil

@@ -25,10 +25,7 @@ struct Sign: ParsableCommand {
             emitError("\(error)")
             throw ExitCode(2)
         }
-        let id = self.id ?? (0..<8).map { _ in
-            let b = UInt8.random(in: 0...255)
-            return String(b >> 4, radix: 16) + String(b & 15, radix: 16)
-        }.joined()
+        let id = self.id ?? CommandSigner.newID()
         let signer = CommandSigner(key: key)
         emit(signer.payload(topic: topic, value: CommandSigner.value(argument: value), ts: CommandSigner.now(), id: id))
     }

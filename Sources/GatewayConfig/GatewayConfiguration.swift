@@ -21,13 +21,21 @@ public struct GatewayConfiguration: Sendable, Equatable {
 
     /// Things that work but deserve a word (`gateway check` prints them, `gateway run` logs them
     /// at start): a password file readable by other users; an HTTP listener open to the network
-    /// without authentication.
+    /// without authentication; a command key file that `gateway run` would refuse.
     public var warnings: [String] {
         var out: [String] = []
         for (key, file) in [("mqtt.password_file", mqtt.passwordFile), ("http.password_file", http.passwordFile)] {
             var st = stat()
             if let file, stat(file, &st) == 0, st.st_mode & 0o004 != 0 {
                 out.append("\(key): '\(file)' is readable by every user (chmod 600 or 640)")
+            }
+        }
+        if let file = gateway.commandKeyFile {
+            var st = stat()
+            if stat(file, &st) != 0 {
+                out.append("gateway.command_key_file: '\(file)' cannot be found (\(String(cString: strerror(errno)))): gateway run will refuse to start")
+            } else if st.st_mode & 0o007 != 0 {
+                out.append("gateway.command_key_file: '\(file)' is accessible to other users: gateway run will refuse to start (chmod 600 or 640)")
             }
         }
         if let address = http.address, !address.isLoopback, http.username == nil {

@@ -242,6 +242,10 @@ struct DoorSafetyTests {
         let p = try ChildProcess(try TestEnvironment.gatewayBinary(), ["run", "--config", dir + "/gateway.toml"])
         #expect(try await p.waitForExit() == 2)
         #expect(p.lines.contains { $0.contains("accessible to other users") }, "\(p.tail)")
+        // gateway check says so beforehand.
+        let check = try ChildProcess(try TestEnvironment.gatewayBinary(), ["check", "--config", dir + "/gateway.toml"])
+        #expect(try await check.waitForExit() == 0)
+        #expect(check.lines.contains { $0.contains("warning: gateway.command_key_file") && $0.contains("will refuse to start") }, "\(check.tail)")
     }
 
     @Test("fail-safe: broker stopped; after failsafe_after_s exactly one write of the fail-safe value; broker back: <base>/failsafe says so; nothing more written")

@@ -368,7 +368,7 @@ struct HomeAssistantTests {
             register = "coil"
             address = 5
             """
-        let sim = try await GatewaySimulator.start([], port: try TestEnvironment.freePort())
+        let sim = try await GatewaySimulator.start([])
         let rig = try await Rig.start(points: "", simArgs: [], devicePort: sim.port, body: two.replacingOccurrences(of: "PORT", with: "\(sim.port)"))
         let ha = try await Recorder(port: rig.broker.port, filter: "homeassistant/#")
         try await ha.waitUntil("both configs") {

@@ -38,7 +38,9 @@ final class Rig: Sendable {
                       environment: [String: String] = [:], gatewayArguments: [String] = [],
                       bodyWithPort: (@Sendable (Int) -> String)? = nil) async throws -> Rig {
         let broker = try await Mosquitto.start()
-        let sim = try await GatewaySimulator.start(simArgs, port: try TestEnvironment.freePort())
+        // Port 0: the simulator binds a free port itself (a port picked first could be taken by
+        // another test before the simulator binds it).
+        let sim = try await GatewaySimulator.start(simArgs)
         // The gateway polls the simulator, or another device (pymodbus) at `devicePort`.
         let simPort = devicePort ?? sim.port
         let dir = try TestEnvironment.makeTemporaryDirectory("gw-e2e")
