@@ -56,6 +56,9 @@ let package = Package(
         // SQLite through pkg-config (Debian: libsqlite3-dev): the outbox's storage.
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
 
+        // Parity and baud rates, shared by Modbus RTU, raw serial lines and the config. No dependencies.
+        .target(name: "LineSettings", swiftSettings: swiftSettings),
+
         // MQTT 3.1.1 / 5.0 client: codec (NIOCore only) + connection on NIOPosix/NIOSSL.
         .target(name: "MQTT", dependencies: [
             .product(name: "NIOCore", package: "swift-nio"),
@@ -67,16 +70,17 @@ let package = Package(
 
         // Swift face of libmodbus: buses on their own threads, codecs, read planning, simulator.
         .target(name: "Modbus", dependencies: [
-            "CModbus",
+            "CModbus", "LineSettings",
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: swiftSettings),
 
         // The Modbus device behind `gateway simulate` (and the Modbus benchmark): libmodbus's
         // server API, on a thread of its own. Not part of the running gateway.
-        .target(name: "ModbusSimulator", dependencies: ["CModbus", "Modbus"], swiftSettings: swiftSettings),
+        .target(name: "ModbusSimulator", dependencies: ["CModbus", "Modbus", "LineSettings"], swiftSettings: swiftSettings),
 
         // Raw serial lines: termios + framing on SwiftNIO.
         .target(name: "Serial", dependencies: [
+            "LineSettings",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
@@ -85,14 +89,14 @@ let package = Package(
         // gateway.toml -> plain values + validation. No NIO, no libmodbus.
         // Our own TOML 1.0 reader (the TOMLReader target): TOMLKit would bring full Foundation and ICU
         // into `gateway run` (about 6 MiB resident) for nothing else.
-        .target(name: "GatewayConfig", dependencies: ["TOMLReader"], swiftSettings: swiftSettings),
+        .target(name: "GatewayConfig", dependencies: ["TOMLReader", "LineSettings"], swiftSettings: swiftSettings),
 
         // A TOML 1.0 reader with line numbers on every value (no Foundation).
         .target(name: "TOMLReader", swiftSettings: swiftSettings),
 
         // The domain: devices, points, scheduling, uplink, downlink, availability.
         .target(name: "Gateway", dependencies: [
-            "GatewayConfig", "MQTT", "Modbus", "Serial", "CMalloc", "CSQLite", "Operations",
+            "GatewayConfig", "LineSettings", "MQTT", "Modbus", "Serial", "CMalloc", "CSQLite", "Operations",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -111,7 +115,7 @@ let package = Package(
 
         // The `gateway` executable: run, check, read, write, simulate.
         .executableTarget(name: "GatewayCLI", dependencies: [
-            "Gateway", "GatewayConfig", "Modbus", "ModbusSimulator", "MQTT", "Operations",
+            "Gateway", "GatewayConfig", "LineSettings", "Modbus", "ModbusSimulator", "MQTT", "Operations",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
@@ -136,8 +140,8 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
         ], swiftSettings: swiftSettings),
-        .testTarget(name: "ModbusTests", dependencies: ["Modbus", "TestSupport"], swiftSettings: swiftSettings),
-        .testTarget(name: "SerialTests", dependencies: ["Serial", "GatewayConfig", "TestSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "ModbusTests", dependencies: ["Modbus", "LineSettings", "TestSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "SerialTests", dependencies: ["Serial", "LineSettings", "GatewayConfig", "TestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "GatewayConfigTests", dependencies: ["GatewayConfig", "TOMLReader", "TestSupport"], exclude: ["Fixtures"], swiftSettings: swiftSettings),
         .testTarget(name: "GatewayTests", dependencies: ["Gateway", "GatewayConfig", "MQTT", "Modbus", "Operations", "TestSupport"], swiftSettings: swiftSettings),
     ]

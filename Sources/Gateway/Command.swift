@@ -153,8 +153,8 @@ extension PointSettings {
         guard let number = Self.number(value), let d = number.doubleValue else {
             throw CommandRefused("'\(value)' is not a number")
         }
-        if let min, d < min { throw CommandRefused("\(value) is below the minimum \(formatNumber(min))") }
-        if let max, d > max { throw CommandRefused("\(value) is above the maximum \(formatNumber(max))") }
+        if let min, d < min { throw CommandRefused("\(value) is below the minimum \(Scaling.format(min))") }
+        if let max, d > max { throw CommandRefused("\(value) is above the maximum \(Scaling.format(max))") }
         let raw: ModbusValue
         do { raw = try scaling.invert(number, for: dataType) } catch { throw CommandRefused("\(error)") }
         return try encode(raw: raw, asked: "\(value)")
@@ -248,10 +248,10 @@ public enum CommandAnswer: Sendable, Equatable {
     public func json(note: String? = nil) -> String {
         var s = switch self {
         case .ok(let value): "{\"ok\":true,\"value\":\(value.json)"
-        case .readBackFailed(let why): "{\"ok\":true,\"value\":null,\"readback_error\":\(jsonString(why))"
-        case .refused(let why): "{\"ok\":false,\"error\":\(jsonString(why))"
+        case .readBackFailed(let why): "{\"ok\":true,\"value\":null,\"readback_error\":\(JSONValue.quoted(why))"
+        case .refused(let why): "{\"ok\":false,\"error\":\(JSONValue.quoted(why))"
         }
-        if let note { s += ",\"note\":\(jsonString(note))" }
+        if let note { s += ",\"note\":\(JSONValue.quoted(note))" }
         return s + "}"
     }
 }

@@ -54,9 +54,9 @@ public struct CommandSigner: Sendable {
         let json = switch value {
         case .bool(let b): b ? "true" : "false"
         case .number(let n): n
-        case .text(let t): jsonString(t)
+        case .text(let t): JSONValue.quoted(t)
         }
-        return "{\"value\":\(json),\"ts\":\(ts),\"id\":\(jsonString(id)),\"sig\":\"\(sign(topic: topic, value: value, ts: ts, id: id))\"}"
+        return "{\"value\":\(json),\"ts\":\(ts),\"id\":\(JSONValue.quoted(id)),\"sig\":\"\(sign(topic: topic, value: value, ts: ts, id: id))\"}"
     }
 
     /// A fresh command id: 16 random hex digits.

@@ -645,6 +645,6 @@ final class DeviceCommander: Sendable {
     static func milliseconds(since start: ContinuousClock.Instant) -> String {
         let d = ContinuousClock.now - start
         let us = d.components.seconds * 1_000_000 + d.components.attoseconds / 1_000_000_000_000
-        return formatNumber(Double(us) / 1000)
+        return Scaling.format(Double(us) / 1000)
     }
 }

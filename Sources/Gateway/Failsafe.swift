@@ -197,7 +197,7 @@ final class Failsafe: Sendable {
         let items = written.map { w -> String in
             var ts = 0 as Int64
             if case .written(let at) = w.outcome { ts = at }
-            return "{\"device\":\(jsonString(w.device)),\"point\":\(jsonString(w.point)),\"value\":\(jsonString(w.value)),\"ts\":\(ts)}"
+            return "{\"device\":\(JSONValue.quoted(w.device)),\"point\":\(JSONValue.quoted(w.point)),\"value\":\(JSONValue.quoted(w.value)),\"ts\":\(ts)}"
         }
         var s = "{"
         if let away { s += "\"broker_away_ms\":\(away.components.seconds * 1000 + away.components.attoseconds / 1_000_000_000_000_000)," }

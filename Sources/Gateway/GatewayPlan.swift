@@ -43,7 +43,7 @@ extension BusSettings {
         case .tcp(let host, let port):
             transport = .tcp(host: host, port: port)
         case .rtu(let path, let baud, let parity, let dataBits, let stopBits):
-            transport = .rtu(RTUSettings(path: path, baud: baud, parity: Parity(rawValue: parity) ?? .none, dataBits: dataBits, stopBits: stopBits))
+            transport = .rtu(RTUSettings(path: path, baud: baud, parity: parity, dataBits: dataBits, stopBits: stopBits))
         }
         return BusConfiguration(name: name, transport: transport, responseTimeout: .milliseconds(timeoutMs))
     }
@@ -162,7 +162,7 @@ public struct GatewayPlan: Sendable {
         }
         if !events.isEmpty { out.append("events: \(events.joined(separator: ", "))") }
         if c.gateway.outboxMaxMB > 0 {
-            out.append("outbox: \(c.gateway.stateDirectory)/outbox, at most \(formatNumber(c.gateway.outboxMaxMB)) MiB, written every \(c.gateway.outboxSyncMs) ms while the broker is away (nothing on disk while it keeps up)")
+            out.append("outbox: \(c.gateway.stateDirectory)/outbox, at most \(Scaling.format(c.gateway.outboxMaxMB)) MiB, written every \(c.gateway.outboxSyncMs) ms while the broker is away (nothing on disk while it keeps up)")
         } else {
             out.append("outbox: off (while the broker is away, at most 10000 messages wait in memory)")
         }

@@ -39,8 +39,8 @@ public struct HomeAssistantDiscovery: Sendable {
         /// The retained payload, given the component ids to remove (published once with only
         /// their `platform`, Home Assistant's way of dropping one component of a device).
         public func payload(removing removed: [String: String] = [:]) -> String {
-            var cmps = entities.map { e in "\(jsonString(e.id)):{\"platform\":\(jsonString(e.platform)),\(e.options.joined(separator: ","))}" }
-            cmps += removed.sorted(by: { $0.key < $1.key }).map { "\(jsonString($0.key)):{\"platform\":\(jsonString($0.value))}" }
+            var cmps = entities.map { e in "\(JSONValue.quoted(e.id)):{\"platform\":\(JSONValue.quoted(e.platform)),\(e.options.joined(separator: ","))}" }
+            cmps += removed.sorted(by: { $0.key < $1.key }).map { "\(JSONValue.quoted($0.key)):{\"platform\":\(JSONValue.quoted($0.value))}" }
             return "{" + shared.joined(separator: ",") + ",\"components\":{" + cmps.joined(separator: ",") + "}}"
         }
         /// `device`, `origin`, `availability`, `qos` members.
@@ -56,27 +56,27 @@ public struct HomeAssistantDiscovery: Sendable {
     public init(configuration c: GatewayConfiguration, topics: TopicLayout, version: String) {
         prefix = c.homeAssistant.prefix
         let gw = c.gateway.id
-        let origin = "\"origin\":{\"name\":\(jsonString(Self.originName)),\"sw_version\":\(jsonString(version)),\"support_url\":\(jsonString(Self.supportURL))}"
+        let origin = "\"origin\":{\"name\":\(JSONValue.quoted(Self.originName)),\"sw_version\":\(JSONValue.quoted(version)),\"support_url\":\(JSONValue.quoted(Self.supportURL))}"
         let gatewayDeviceID = "\(gw)_gateway"
         var out: [Device] = []
         // The gateway itself: a connectivity sensor on its birth/will topic.
         let gatewayEntity = Entity(id: "\(gw)_gateway_status", platform: "binary_sensor", name: "Status", options: [
-            "\"unique_id\":\(jsonString("\(gw)_gateway_status"))",
-            "\"default_entity_id\":\(jsonString("binary_sensor.\(Self.entityID(gw))_gateway_status"))",
+            "\"unique_id\":\(JSONValue.quoted("\(gw)_gateway_status"))",
+            "\"default_entity_id\":\(JSONValue.quoted("binary_sensor.\(Self.entityID(gw))_gateway_status"))",
             "\"name\":\"Status\"", "\"device_class\":\"connectivity\"", "\"entity_category\":\"diagnostic\"",
-            "\"state_topic\":\(jsonString(topics.status))", "\"payload_on\":\"online\"", "\"payload_off\":\"offline\"",
+            "\"state_topic\":\(JSONValue.quoted(topics.status))", "\"payload_on\":\"online\"", "\"payload_off\":\"offline\"",
         ])
         out.append(Device(objectID: gatewayDeviceID, topic: "\(prefix)/device/\(gatewayDeviceID)/config", name: "Gateway \(gw)", entities: [gatewayEntity],
-                          shared: ["\"device\":{\"identifiers\":[\(jsonString(gatewayDeviceID))],\"name\":\(jsonString("Gateway \(gw)")),\"sw_version\":\(jsonString(version))}",
+                          shared: ["\"device\":{\"identifiers\":[\(JSONValue.quoted(gatewayDeviceID))],\"name\":\(JSONValue.quoted("Gateway \(gw)")),\"sw_version\":\(JSONValue.quoted(version))}",
                                    origin, "\"qos\":1"]))
         let availability = { (device: String) in
-            "\"availability\":[{\"topic\":\(jsonString(topics.status))},{\"topic\":\(jsonString(topics.status(device)))}],\"availability_mode\":\"all\""
+            "\"availability\":[{\"topic\":\(JSONValue.quoted(topics.status))},{\"topic\":\(JSONValue.quoted(topics.status(device)))}],\"availability_mode\":\"all\""
         }
         let deviceMember = { (name: String, manufacturer: String?, model: String?) -> String in
-            var d = "\"device\":{\"identifiers\":[\(jsonString("\(gw)_\(name)"))],\"name\":\(jsonString(name))"
-            if let manufacturer { d += ",\"manufacturer\":\(jsonString(manufacturer))" }
-            if let model { d += ",\"model\":\(jsonString(model))" }
-            return d + ",\"via_device\":\(jsonString(gatewayDeviceID))}"
+            var d = "\"device\":{\"identifiers\":[\(JSONValue.quoted("\(gw)_\(name)"))],\"name\":\(JSONValue.quoted(name))"
+            if let manufacturer { d += ",\"manufacturer\":\(JSONValue.quoted(manufacturer))" }
+            if let model { d += ",\"model\":\(JSONValue.quoted(model))" }
+            return d + ",\"via_device\":\(JSONValue.quoted(gatewayDeviceID))}"
         }
         for d in c.devices {
             // Home Assistant cannot sign: a point that needs signed commands is shown read-only.
@@ -93,8 +93,8 @@ public struct HomeAssistantDiscovery: Sendable {
             for p in d.points where p.counter || p.latch {
                 let id = "\(gw)_\(d.name)_\(p.name)_event"
                 var o = Self.common(id: id, platform: "event", name: "\(p.name) event", icon: nil)
-                o.append("\"state_topic\":\(jsonString(topics.event(device: d.name, point: p.name)))")
-                o.append("\"event_types\":[\(PointEvent.types(of: p).map(jsonString).joined(separator: ","))]")
+                o.append("\"state_topic\":\(JSONValue.quoted(topics.event(device: d.name, point: p.name)))")
+                o.append("\"event_types\":[\(PointEvent.types(of: p).map(JSONValue.quoted).joined(separator: ","))]")
                 entities.append(Entity(id: id, platform: "event", name: "\(p.name) event", options: o))
             }
             out.append(Device(objectID: "\(gw)_\(d.name)", topic: "\(prefix)/device/\(gw)_\(d.name)/config", name: d.name, entities: entities,
@@ -104,7 +104,7 @@ public struct HomeAssistantDiscovery: Sendable {
             var entities = d.points.map { p -> Entity in
                 let id = "\(gw)_\(d.name)_\(p.name)"
                 var o = Self.common(id: id, platform: "sensor", name: p.name, icon: nil)
-                o.append("\"state_topic\":\(jsonString(topics.value(device: d.name, point: p.name)))")
+                o.append("\"state_topic\":\(JSONValue.quoted(topics.value(device: d.name, point: p.name)))")
                 if (p.format ?? c.gateway.format) == .json { o.append("\"value_template\":\"{{ value_json.value }}\"") }
                 return Entity(id: id, platform: "sensor", name: p.name, options: o)
             }
@@ -113,14 +113,14 @@ public struct HomeAssistantDiscovery: Sendable {
                 let id = "\(gw)_\(d.name)_\(cmd.name)"
                 if !cmd.takesValue {
                     var o = Self.common(id: id, platform: "button", name: cmd.name, icon: nil)
-                    o.append("\"command_topic\":\(jsonString("\(topics.value(device: d.name, point: cmd.name))/set"))")
+                    o.append("\"command_topic\":\(JSONValue.quoted("\(topics.value(device: d.name, point: cmd.name))/set"))")
                     o.append("\"payload_press\":\"\"")
                     return Entity(id: id, platform: "button", name: cmd.name, options: o)
                 }
                 var o = Self.common(id: id, platform: "text", name: cmd.name, icon: nil)
-                o.append("\"command_topic\":\(jsonString("\(topics.value(device: d.name, point: cmd.name))/set"))")
+                o.append("\"command_topic\":\(JSONValue.quoted("\(topics.value(device: d.name, point: cmd.name))/set"))")
                 o.append("\"max\":\(cmd.maxLength)")
-                if let pattern = cmd.pattern { o.append("\"pattern\":\(jsonString(pattern))") }
+                if let pattern = cmd.pattern { o.append("\"pattern\":\(JSONValue.quoted(pattern))") }
                 return Entity(id: id, platform: "text", name: cmd.name, options: o)
             }
             out.append(Device(objectID: "\(gw)_\(d.name)", topic: "\(prefix)/device/\(gw)_\(d.name)/config", name: d.name, entities: entities,
@@ -138,8 +138,8 @@ public struct HomeAssistantDiscovery: Sendable {
     }
 
     static func common(id: String, platform: String, name: String, icon: String?) -> [String] {
-        var o = ["\"unique_id\":\(jsonString(id))", "\"default_entity_id\":\(jsonString("\(platform).\(entityID(id))"))", "\"name\":\(jsonString(name))"]
-        if let icon { o.append("\"icon\":\(jsonString(icon))") }
+        var o = ["\"unique_id\":\(JSONValue.quoted(id))", "\"default_entity_id\":\(JSONValue.quoted("\(platform).\(entityID(id))"))", "\"name\":\(JSONValue.quoted(name))"]
+        if let icon { o.append("\"icon\":\(JSONValue.quoted(icon))") }
         return o
     }
 
@@ -168,56 +168,56 @@ public struct HomeAssistantDiscovery: Sendable {
         // `{"value":...}` (a bool is rendered in lower case to match the plain words).
         let template = p.type == .bool && p.map.isEmpty ? "{{ value_json.value | lower }}" : "{{ value_json.value }}"
         func stateMembers() {
-            o.append("\"state_topic\":\(jsonString(state))")
-            if json { o.append("\"value_template\":\(jsonString(template))") }
+            o.append("\"state_topic\":\(JSONValue.quoted(state))")
+            if json { o.append("\"value_template\":\(JSONValue.quoted(template))") }
         }
         // The words for on and off: the map's names for 1 and 0 when it has them.
         let on = p.map[1] ?? "true", off = p.map[0] ?? "false"
-        if let dc = ha.deviceClass { o.append("\"device_class\":\(jsonString(dc))") }
+        if let dc = ha.deviceClass { o.append("\"device_class\":\(JSONValue.quoted(dc))") }
         switch platform {
         case "binary_sensor":
             stateMembers()
-            o += ["\"payload_on\":\(jsonString(on))", "\"payload_off\":\(jsonString(off))"]
+            o += ["\"payload_on\":\(JSONValue.quoted(on))", "\"payload_off\":\(JSONValue.quoted(off))"]
         case "switch":
             stateMembers()
-            o += ["\"command_topic\":\(jsonString(command))", "\"payload_on\":\(jsonString(on))", "\"payload_off\":\(jsonString(off))",
-                  "\"state_on\":\(jsonString(on))", "\"state_off\":\(jsonString(off))"]
+            o += ["\"command_topic\":\(JSONValue.quoted(command))", "\"payload_on\":\(JSONValue.quoted(on))", "\"payload_off\":\(JSONValue.quoted(off))",
+                  "\"state_on\":\(JSONValue.quoted(on))", "\"state_off\":\(JSONValue.quoted(off))"]
         case "button":
             // Pressing it sends the "on" command; a pulse point switches itself off after pulse_ms.
-            o += ["\"command_topic\":\(jsonString(command))", "\"payload_press\":\(jsonString(p.type == .bool ? on : "1"))"]
+            o += ["\"command_topic\":\(JSONValue.quoted(command))", "\"payload_press\":\(JSONValue.quoted(p.type == .bool ? on : "1"))"]
         case "lock":
             let sp = ha.statePoint.flatMap { n in d.points.first { $0.name == n } } ?? p
-            o += ["\"command_topic\":\(jsonString(command))", "\"payload_unlock\":\(jsonString(on))", "\"payload_lock\":\(jsonString(off))",
-                  "\"state_topic\":\(jsonString(topics.value(device: d.name, point: sp.name)))",
-                  "\"state_locked\":\(jsonString(ha.stateLocked ?? "false"))", "\"state_unlocked\":\(jsonString(ha.stateUnlocked ?? "true"))"]
+            o += ["\"command_topic\":\(JSONValue.quoted(command))", "\"payload_unlock\":\(JSONValue.quoted(on))", "\"payload_lock\":\(JSONValue.quoted(off))",
+                  "\"state_topic\":\(JSONValue.quoted(topics.value(device: d.name, point: sp.name)))",
+                  "\"state_locked\":\(JSONValue.quoted(ha.stateLocked ?? "false"))", "\"state_unlocked\":\(JSONValue.quoted(ha.stateUnlocked ?? "true"))"]
             if (sp.format ?? gateway.format) == .json {
-                o.append("\"value_template\":\(jsonString(sp.type == .bool && sp.map.isEmpty ? "{{ value_json.value | lower }}" : "{{ value_json.value }}"))")
+                o.append("\"value_template\":\(JSONValue.quoted(sp.type == .bool && sp.map.isEmpty ? "{{ value_json.value | lower }}" : "{{ value_json.value }}"))")
             }
             if ha.statePoint == nil && p.pulseMs != nil { o.append("\"optimistic\":false") }
         case "number":
             stateMembers()
-            o.append("\"command_topic\":\(jsonString(command))")
+            o.append("\"command_topic\":\(JSONValue.quoted(command))")
             let integer = p.type.isInteger && p.scale == p.scale.rounded()
-            o.append("\"min\":\(formatNumber(p.min ?? p.type.naturalMinimum(scale: p.scale, offset: p.offset)))")
-            o.append("\"max\":\(formatNumber(p.max ?? p.type.naturalMaximum(scale: p.scale, offset: p.offset)))")
-            o.append("\"step\":\(formatNumber(integer ? max(1, abs(p.scale)) : abs(p.scale) < 1 ? abs(p.scale) : 0.001))")
+            o.append("\"min\":\(Scaling.format(p.min ?? p.type.naturalMinimum(scale: p.scale, offset: p.offset)))")
+            o.append("\"max\":\(Scaling.format(p.max ?? p.type.naturalMaximum(scale: p.scale, offset: p.offset)))")
+            o.append("\"step\":\(Scaling.format(integer ? max(1, abs(p.scale)) : abs(p.scale) < 1 ? abs(p.scale) : 0.001))")
             o.append("\"mode\":\"box\"")
-            if let unit = p.unit { o.append("\"unit_of_measurement\":\(jsonString(unit))") }
+            if let unit = p.unit { o.append("\"unit_of_measurement\":\(JSONValue.quoted(unit))") }
         case "select":
             stateMembers()
-            o.append("\"command_topic\":\(jsonString(command))")
-            o.append("\"options\":[\(p.map.sorted { $0.key < $1.key }.map { jsonString($0.value) }.joined(separator: ","))]")
+            o.append("\"command_topic\":\(JSONValue.quoted(command))")
+            o.append("\"options\":[\(p.map.sorted { $0.key < $1.key }.map { JSONValue.quoted($0.value) }.joined(separator: ","))]")
         default:   // sensor
             stateMembers()
             if !p.map.isEmpty {
                 if ha.deviceClass == nil { o.append("\"device_class\":\"enum\"") }
-                o.append("\"options\":[\(p.map.sorted { $0.key < $1.key }.map { jsonString($0.value) }.joined(separator: ","))]")
+                o.append("\"options\":[\(p.map.sorted { $0.key < $1.key }.map { JSONValue.quoted($0.value) }.joined(separator: ","))]")
             } else if p.type != .string && p.type != .bool {
-                o.append("\"state_class\":\(jsonString(ha.stateClass ?? "measurement"))")
-                if let unit = p.unit { o.append("\"unit_of_measurement\":\(jsonString(unit))") }
+                o.append("\"state_class\":\(JSONValue.quoted(ha.stateClass ?? "measurement"))")
+                if let unit = p.unit { o.append("\"unit_of_measurement\":\(JSONValue.quoted(unit))") }
             }
         }
-        if ha.stateClass != nil, platform != "sensor" { o.append("\"state_class\":\(jsonString(ha.stateClass!))") }
+        if ha.stateClass != nil, platform != "sensor" { o.append("\"state_class\":\(JSONValue.quoted(ha.stateClass!))") }
         return Entity(id: id, platform: platform, name: p.name, options: o)
     }
 }

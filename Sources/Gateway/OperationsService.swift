@@ -69,7 +69,7 @@ public struct OperationsService: Service {
         case "/healthz":
             let problems = await runtime.healthProblems()
             if problems.isEmpty { return .text("ok\n") }
-            let body = "{\"status\":\"unhealthy\",\"reasons\":[\(problems.map(jsonString).joined(separator: ","))]}"
+            let body = "{\"status\":\"unhealthy\",\"reasons\":[\(problems.map(JSONValue.quoted).joined(separator: ","))]}"
             return HTTPResponse(status: .serviceUnavailable, contentType: "application/json", body: Array(body.utf8))
         case "/api/status":
             let body = telemetry.statusJSON(mqtt: await runtime.mqttSnapshot(), problems: await runtime.healthProblems())

@@ -14,7 +14,7 @@ public enum PointValue: Sendable, Equatable {
     public var plain: String {
         switch self {
         case .bool(let b): b ? "true" : "false"
-        case .number(let d, _): formatNumber(d)
+        case .number(let d, _): Scaling.format(d)
         case .text(let s): s
         }
     }
@@ -23,29 +23,12 @@ public enum PointValue: Sendable, Equatable {
     public var json: String {
         switch self {
         case .bool(let b): b ? "true" : "false"
-        case .number(let d, _): d.isFinite ? formatNumber(d) : "null"
-        case .text(let s): jsonString(s)
+        case .number(let d, _): d.isFinite ? Scaling.format(d) : "null"
+        case .text(let s): JSONValue.quoted(s)
         }
     }
 
     var number: Double? { if case .number(let d, _) = self { d } else { nil } }
-}
-
-/// Escapes a string as a JSON string literal.
-public func jsonString(_ s: String) -> String {
-    var out = "\""
-    for u in s.unicodeScalars {
-        switch u {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\r": out += "\\r"
-        case "\t": out += "\\t"
-        case _ where u.value < 0x20: out += "\\u" + String(repeating: "0", count: 4 - String(u.value, radix: 16).count) + String(u.value, radix: 16)
-        default: out.unicodeScalars.append(u)
-        }
-    }
-    return out + "\""
 }
 
 extension PointSettings {
@@ -146,6 +129,6 @@ func valuePayload(_ value: PointValue, point: PointSettings, gateway: GatewaySet
     let format = point.format ?? gateway.format
     if format == .plain { return Array(value.plain.utf8) }
     var s = "{\"value\":\(value.json)"
-    if let unit = point.unit { s += ",\"unit\":\(jsonString(unit))" }
+    if let unit = point.unit { s += ",\"unit\":\(JSONValue.quoted(unit))" }
     return Array((s + ",\"ts\":\(unixMilliseconds())}").utf8)
 }

@@ -6,7 +6,7 @@ import Synchronization
 
 extension SerialDeviceSettings {
     var serialSettings: SerialSettings {
-        SerialSettings(path: port, baud: baud, parity: SerialSettings.Parity(rawValue: parity) ?? .none,
+        SerialSettings(path: port, baud: baud, parity: parity,
                        dataBits: dataBits, stopBits: stopBits, hardwareFlowControl: rtscts)
     }
 

@@ -584,29 +584,29 @@ extension GatewayTelemetry {
     /// Unix seconds. Documented in README "Operations".
     public func statusJSON(mqtt: ScrapeSnapshot, problems: [String]) -> [UInt8] {
         let now = Self.wallClock()
-        func num(_ d: Double?) -> String { d.map { formatNumber(($0 * 1000).rounded() / 1000) } ?? "null" }
+        func num(_ d: Double?) -> String { d.map { Scaling.format(($0 * 1000).rounded() / 1000) } ?? "null" }
         func ageOf(_ t: Double?) -> String { num(t.map { max(0, now - $0) }) }
-        func str(_ s: String?) -> String { s.map(jsonString) ?? "null" }
+        func str(_ s: String?) -> String { s.map(JSONValue.quoted) ?? "null" }
         let broker = mqttState
-        var out = "{\"gateway\":{\"id\":\(jsonString(gatewayID)),\"version\":\(jsonString(version)),\"started_at\":\(num(startedWall)),\"uptime_s\":\(num(now - startedWall))}"
+        var out = "{\"gateway\":{\"id\":\(JSONValue.quoted(gatewayID)),\"version\":\(JSONValue.quoted(version)),\"started_at\":\(num(startedWall)),\"uptime_s\":\(num(now - startedWall))}"
         out += ",\"mqtt\":{\"connected\":\(mqtt.connected),\"since\":\(num(broker.since)),\"last_error\":\(str(broker.lastError)),\"queued\":\(mqtt.queued),\"in_flight\":\(mqtt.inFlight),\"dropped\":\(mqtt.dropped)}"
-        out += ",\"health\":{\"ok\":\(problems.isEmpty),\"reasons\":[\(problems.map(jsonString).joined(separator: ","))]}"
+        out += ",\"health\":{\"ok\":\(problems.isEmpty),\"reasons\":[\(problems.map(JSONValue.quoted).joined(separator: ","))]}"
         out += ",\"devices\":["
         for (i, d) in deviceOrder.enumerated() {
             let s = d.snapshot
             if i > 0 { out += "," }
-            out += "{\"name\":\(jsonString(d.name)),\"bus\":\(str(d.bus)),\"state\":\"\(s.state.rawValue)\",\"last_poll_age_s\":\(ageOf(s.lastPollWall))"
+            out += "{\"name\":\(JSONValue.quoted(d.name)),\"bus\":\(str(d.bus)),\"state\":\"\(s.state.rawValue)\",\"last_poll_age_s\":\(ageOf(s.lastPollWall))"
             out += ",\"last_success_age_s\":\(ageOf(s.lastSuccessWall)),\"last_error\":\(str(s.lastError)),\"points\":["
             for (j, name) in d.pointNames.enumerated() {
                 if j > 0 { out += "," }
-                out += "{\"name\":\(jsonString(name)),\"value\":\(s.values[j] ?? "null"),\"unit\":\(str(d.units[j])),\"age_s\":\(ageOf(s.valueWall[j]))}"
+                out += "{\"name\":\(JSONValue.quoted(name)),\"value\":\(s.values[j] ?? "null"),\"unit\":\(str(d.units[j])),\"age_s\":\(ageOf(s.valueWall[j]))}"
             }
             out += "]}"
         }
         out += "],\"commands\":["
         for (i, c) in recentCommands.enumerated() {
             if i > 0 { out += "," }
-            out += "{\"at\":\(num(c.at)),\"device\":\(jsonString(c.device)),\"point\":\(jsonString(c.point)),\"value\":\(jsonString(c.value)),\"answer\":\(c.answer),\"latency_ms\":\(num(c.latencyMs))}"
+            out += "{\"at\":\(num(c.at)),\"device\":\(JSONValue.quoted(c.device)),\"point\":\(JSONValue.quoted(c.point)),\"value\":\(JSONValue.quoted(c.value)),\"answer\":\(c.answer),\"latency_ms\":\(num(c.latencyMs))}"
         }
         out += "]}"
         return Array(out.utf8)

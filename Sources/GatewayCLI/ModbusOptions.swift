@@ -1,4 +1,5 @@
 import ArgumentParser
+import LineSettings
 import Modbus
 
 /// Where to reach a device by hand, like mbpoll: `--tcp host:port` or `--rtu /dev/ttyUSB0 --baud ...`.
@@ -27,7 +28,8 @@ struct ConnectionOptions: ParsableArguments {
     func validate() throws {
         guard (tcp == nil) != (rtu == nil) else { throw ValidationError("give exactly one of --tcp HOST:PORT or --rtu PATH") }
         if let tcp { _ = try parseHostPort(tcp) }
-        guard Parity(rawValue: parity.uppercased()) != nil else { throw ValidationError("--parity must be N, E or O") }
+        guard Parity(letter: parity) != nil else { throw ValidationError("--parity must be N, E or O") }
+        guard BaudRate.isSupported(baud) else { throw ValidationError("--baud \(baud) is not one of \(BaudRate.supportedList)") }
         guard (5...8).contains(dataBits) else { throw ValidationError("--data-bits must be 5 to 8") }
         guard (1...2).contains(stopBits) else { throw ValidationError("--stop-bits must be 1 or 2") }
         guard (1...60_000).contains(timeoutMs) else { throw ValidationError("--timeout-ms must be 1 to 60000") }
@@ -38,7 +40,7 @@ struct ConnectionOptions: ParsableArguments {
             let (h, p) = try parseHostPort(tcp)
             return .tcp(host: h, port: p)
         }
-        return .rtu(RTUSettings(path: rtu ?? "", baud: baud, parity: Parity(rawValue: parity.uppercased()) ?? .none,
+        return .rtu(RTUSettings(path: rtu ?? "", baud: baud, parity: Parity(letter: parity) ?? .none,
                                 dataBits: dataBits, stopBits: stopBits))
     }
 }

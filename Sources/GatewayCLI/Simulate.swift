@@ -1,5 +1,6 @@
 import ArgumentParser
 import Dispatch
+import LineSettings
 import Modbus
 import ModbusSimulator
 
@@ -40,7 +41,8 @@ struct Simulate: ParsableCommand {
     func validate() throws {
         guard (tcp == nil) || (rtu == nil) else { throw ValidationError("give --tcp or --rtu, not both") }
         if let tcp { _ = try parseHostPort(tcp) }
-        guard Parity(rawValue: parity.uppercased()) != nil else { throw ValidationError("--parity must be N, E or O") }
+        guard Parity(letter: parity) != nil else { throw ValidationError("--parity must be N, E or O") }
+        guard BaudRate.isSupported(baud) else { throw ValidationError("--baud \(baud) is not one of \(BaudRate.supportedList)") }
         guard (1...65536).contains(size) else { throw ValidationError("--size must be 1-65536") }
         for u in unit where !(0...255).contains(u) { throw ValidationError("--unit \(u) is outside 0-255") }
         if rtu != nil && unitIDs.count != 1 { throw ValidationError("an RTU simulator serves exactly one --unit") }
@@ -134,7 +136,7 @@ struct Simulate: ParsableCommand {
         }
         let endpoint: ModbusSimulator.Endpoint
         if let rtu {
-            endpoint = .rtu(RTUSettings(path: rtu, baud: baud, parity: Parity(rawValue: parity.uppercased()) ?? .none))
+            endpoint = .rtu(RTUSettings(path: rtu, baud: baud, parity: Parity(letter: parity) ?? .none))
         } else {
             let (h, p) = try parseHostPort(tcp ?? "127.0.0.1:1502")
             endpoint = .tcp(host: h, port: p)

@@ -1,3 +1,4 @@
+import LineSettings
 import TOMLReader
 
 #if canImport(Glibc)
@@ -250,9 +251,8 @@ public enum ConfigLoader {
             if let host, let name { bus = BusSettings(name: name, kind: .tcp(host: host, port: port)) }
         case "rtu":
             let path = r.string("port", required: true)
-            let baud = r.int("baud", 50...4_000_000) ?? 19_200
-            var parity = r.string("parity")?.uppercased() ?? "N"
-            if !["N", "E", "O"].contains(parity) { r.issue("parity", "must be N, E or O"); parity = "N" }
+            let baud = r.baud() ?? 19_200
+            let parity = r.parity() ?? .none
             let dataBits = r.int("data_bits", 5...8) ?? 8
             let stopBits = r.int("stop_bits", 1...2) ?? 1
             if let path, let name { bus = BusSettings(name: name, kind: .rtu(path: path, baud: baud, parity: parity, dataBits: dataBits, stopBits: stopBits)) }
@@ -442,15 +442,8 @@ public enum ConfigLoader {
         var d = SerialDeviceSettings(name: name ?? "", port: port ?? "")
         d.manufacturer = r.string("manufacturer")
         d.model = r.string("model")
-        if let b = r.int("baud") {
-            let allowed = [1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600]
-            if !allowed.contains(b) { r.issue("baud", "\(b) is not a supported baud rate (\(allowed.map(String.init).joined(separator: ", ")))") }
-            d.baud = b
-        }
-        if let p = r.string("parity") {
-            if !["N", "E", "O"].contains(p.uppercased()) { r.issue("parity", "'\(p)' is not N, E or O") }
-            d.parity = p.uppercased()
-        }
+        if let b = r.baud() { d.baud = b }
+        if let p = r.parity() { d.parity = p }
         if let v = r.int("data_bits", 5...8) { d.dataBits = v }
         if let v = r.int("stop_bits", 1...2) { d.stopBits = v }
         if let v = r.bool("rtscts") { d.rtscts = v }
@@ -543,10 +536,10 @@ public enum ConfigLoader {
         return c
     }
 
-    /// A string of bytes with escapes (see ``decodeEscapes(_:)``).
+    /// A string of bytes with escapes (see ``ByteEscapes.decode(_:)``).
     private static func bytes(_ r: Reader, _ k: String, required: Bool = false) -> [UInt8]? {
         guard let s = r.string(k, required: required) else { return nil }
-        switch decodeEscapes(s) {
+        switch ByteEscapes.decode(s) {
         case .success(let b): return b
         case .failure(let e): r.issue(k, "\(e)"); return nil
         }
@@ -607,6 +600,20 @@ final class Reader {
         guard let i64 = v.integer, let i = Int(exactly: i64) else { issue(k, "must be an integer, not \(v.typeNameWithArticle)"); return nil }
         if let range, !range.contains(i) { issue(k, "\(i) is outside \(range.lowerBound)...\(range.upperBound)"); return nil }
         return i
+    }
+
+    /// `baud`: one of ``BaudRate/supported`` (a Modbus bus or a serial device alike).
+    func baud() -> Int? {
+        guard let b = int("baud") else { return nil }
+        guard BaudRate.isSupported(b) else { issue("baud", "\(b) is not a supported baud rate (\(BaudRate.supportedList))"); return nil }
+        return b
+    }
+
+    /// `parity`: N, E or O, in either case.
+    func parity() -> Parity? {
+        guard let s = string("parity") else { return nil }
+        guard let p = Parity(letter: s) else { issue("parity", "'\(s)' is not N, E or O"); return nil }
+        return p
     }
 
     func double(_ k: String, required: Bool = false) -> Double? {

@@ -1,3 +1,5 @@
+import LineSettings
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -262,7 +264,7 @@ public struct BusSettings: Sendable, Equatable {
         /// `type = "tcp"`: `host` (required), `port` (default 502).
         case tcp(host: String, port: Int)
         /// `type = "rtu"`: `port` (serial path, required), `baud` (19200), `parity` (N|E|O), `data_bits` (8), `stop_bits` (1).
-        case rtu(path: String, baud: Int, parity: String, dataBits: Int, stopBits: Int)
+        case rtu(path: String, baud: Int, parity: Parity, dataBits: Int, stopBits: Int)
     }
     /// `name` (required, topic-safe, unique).
     public var name: String
@@ -400,7 +402,7 @@ public struct SerialDeviceSettings: Sendable, Equatable {
     /// `baud` (default 9600; 1200...921600), `parity` (N|E|O), `data_bits` (8), `stop_bits` (1),
     /// `rtscts` (default false: no flow control).
     public var baud = 9600
-    public var parity = "N"
+    public var parity = Parity.none
     public var dataBits = 8
     public var stopBits = 1
     public var rtscts = false

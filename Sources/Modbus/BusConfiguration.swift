@@ -1,7 +1,4 @@
-/// Serial parity of an RTU line.
-public enum Parity: String, Sendable, CaseIterable {
-    case none = "N", even = "E", odd = "O"
-}
+import LineSettings
 
 /// Settings of an RTU (RS-485 / RS-232) line.
 public struct RTUSettings: Sendable, Equatable {

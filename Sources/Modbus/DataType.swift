@@ -136,7 +136,7 @@ public enum ModbusValue: Sendable, Equatable, Hashable, CustomStringConvertible 
         case .bool(let b): b ? "true" : "false"
         case .int(let i): String(i)
         case .uint(let u): String(u)
-        case .double(let d): formatNumber(d)
+        case .double(let d): Scaling.format(d)
         case .string(let s): s
         }
     }
@@ -151,13 +151,4 @@ public enum ModbusValue: Sendable, Equatable, Hashable, CustomStringConvertible 
         case .string: nil
         }
     }
-}
-
-/// Formats a number the shortest way that reads back to the same Double: `21.5`, `3`, `-0.1`,
-/// never `21.500000001` from float noise already rounded away by the caller.
-public func formatNumber(_ d: Double) -> String {
-    if d.isNaN { return "NaN" }
-    if d.isInfinite { return d > 0 ? "Infinity" : "-Infinity" }
-    if d == d.rounded(), abs(d) < 1e15 { return String(Int64(d)) }
-    return "\(d)"   // Swift prints the shortest representation that round-trips
 }

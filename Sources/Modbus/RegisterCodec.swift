@@ -111,12 +111,12 @@ public enum RegisterCodec {
                     pattern = u
                 }
             case .double(let d):
-                guard d.isFinite, d == d.rounded() else { throw .valueOutOfRange("\(formatNumber(d)) is not a whole number for \(type)") }
+                guard d.isFinite, d == d.rounded() else { throw .valueOutOfRange("\(Scaling.format(d)) is not a whole number for \(type)") }
                 if d < 0 {
-                    guard d >= -9_223_372_036_854_775_808 else { throw .valueOutOfRange("\(formatNumber(d)) does not fit \(type)") }
+                    guard d >= -9_223_372_036_854_775_808 else { throw .valueOutOfRange("\(Scaling.format(d)) does not fit \(type)") }
                     pattern = try integerPattern(signed: Int64(d), type: type, bits: bits)
                 } else {
-                    guard d < 18_446_744_073_709_551_616 else { throw .valueOutOfRange("\(formatNumber(d)) does not fit \(type)") }
+                    guard d < 18_446_744_073_709_551_616 else { throw .valueOutOfRange("\(Scaling.format(d)) does not fit \(type)") }
                     return try encode(.uint(UInt64(d)), as: type, order: order)
                 }
             case .bool(let b):
@@ -155,6 +155,15 @@ public struct Scaling: Sendable, Equatable, Hashable {
 
     public var isIdentity: Bool { scale == 1 && offset == 0 }
 
+    /// Formats a number the shortest way that reads back to the same Double: `21.5`, `3`, `-0.1`,
+    /// never `21.500000001` from float noise already rounded away by the caller.
+    public static func format(_ d: Double) -> String {
+        if d.isNaN { return "NaN" }
+        if d.isInfinite { return d > 0 ? "Infinity" : "-Infinity" }
+        if d == d.rounded(), abs(d) < 1e15 { return String(Int64(d)) }
+        return "\(d)"   // Swift prints the shortest representation that round-trips
+    }
+
     /// Raw -> engineering value. Rounds away float noise (`215 * 0.1` is `21.5`, not `21.500000000000004`).
     public func apply(_ raw: ModbusValue) -> ModbusValue {
         switch raw {
@@ -175,9 +184,9 @@ public struct Scaling: Sendable, Equatable, Hashable {
         if type.isInteger || type == .bool {
             let r = raw.rounded()
             guard abs(raw - r) < 1e-6 * max(1, abs(r)) else {
-                throw .valueOutOfRange("\(formatNumber(d)) is not a multiple of the scale \(formatNumber(scale))")
+                throw .valueOutOfRange("\(Scaling.format(d)) is not a multiple of the scale \(Scaling.format(scale))")
             }
-            if let range = type.integerRange, !range.contains(r) { throw .valueOutOfRange("\(formatNumber(d)) does not fit \(type) after scaling") }
+            if let range = type.integerRange, !range.contains(r) { throw .valueOutOfRange("\(Scaling.format(d)) does not fit \(type) after scaling") }
             return .double(r)
         }
         return .double(raw)

@@ -1,3 +1,4 @@
+import LineSettings
 import Logging
 import NIOCore
 import NIOPosix
@@ -9,10 +10,6 @@ import Glibc
 
 /// Line settings of a serial port.
 public struct SerialSettings: Sendable, Equatable {
-    public enum Parity: String, Sendable, Equatable, CaseIterable {
-        case none = "N", even = "E", odd = "O"
-    }
-
     public var path: String
     public var baud: Int
     public var parity: Parity
@@ -29,9 +26,6 @@ public struct SerialSettings: Sendable, Equatable {
         self.stopBits = stopBits
         self.hardwareFlowControl = hardwareFlowControl
     }
-
-    /// Baud rates termios can set here.
-    public static let supportedBauds = [1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600]
 }
 
 public enum SerialError: Error, Sendable, Equatable, CustomStringConvertible {
@@ -82,7 +76,7 @@ public enum SerialPort {
         guard tcgetattr(fd, &t) == 0 else { throw .configure(path: s.path, "tcgetattr: \(String(cString: strerror(errno)))") }
         cfmakeraw(&t)
         guard let speed = speed(s.baud) else {
-            throw .configure(path: s.path, "baud \(s.baud) is not supported (\(SerialSettings.supportedBauds.map(String.init).joined(separator: ", ")))")
+            throw .configure(path: s.path, "baud \(s.baud) is not supported (\(BaudRate.supportedList))")
         }
         cfsetispeed(&t, speed)
         cfsetospeed(&t, speed)

@@ -87,6 +87,15 @@ struct ConfigLoaderTests {
 
     static let minimal = "[gateway]\nid = \"x\"\n[[bus]]\nname = \"b\"\ntype = \"tcp\"\nhost = \"h\"\n[[device]]\nname = \"d\"\nbus = \"b\"\n[[device.point]]\nname = \"p\"\nregister = \"coil\"\naddress = 0\n"
 
+    @Test("an RTU bus and a serial device take the same parity letters, in either case")
+    func lineSettings() throws {
+        let bus = "[gateway]\nid = \"x\"\n[[bus]]\nname = \"b\"\ntype = \"rtu\"\nport = \"/dev/ttyS0\"\nbaud = 115200\nparity = \"e\"\n[[device]]\nname = \"d\"\nbus = \"b\"\n[[device.point]]\nname = \"p\"\nregister = \"coil\"\naddress = 0\n"
+        #expect(try ConfigLoader.parse(bus).buses[0].kind == .rtu(path: "/dev/ttyS0", baud: 115200, parity: .even, dataBits: 8, stopBits: 1))
+        let serial = "[gateway]\nid = \"x\"\n[[device]]\nname = \"qr\"\ndriver = \"serial\"\nport = \"/dev/ttyS1\"\nbaud = 115200\nparity = \"e\"\n[[device.point]]\nname = \"scan\"\nmatch = \"^(?<value>.+)$\"\n"
+        let d = try ConfigLoader.parse(serial).serialDevices[0]
+        #expect(d.baud == 115200 && d.parity == .even)
+    }
+
     @Test("[http]: off with \"\", IPv6 in brackets, a LAN address without auth warned about; bad addresses and half credentials refused")
     func http() throws {
         #expect(try ConfigLoader.parse(Self.minimal + "[http]\nlisten = \"\"\n").http.address == nil)

@@ -81,8 +81,8 @@ struct RegisterCodecTests {
         #expect(o.apply(.uint(50)) == .double(60))
         #expect(try o.invert(.double(60), for: .uint16) == .double(50))
         #expect(Scaling().apply(.uint(7)) == .uint(7))
-        #expect(formatNumber(21.5) == "21.5")
-        #expect(formatNumber(3) == "3")
-        #expect(formatNumber(Scaling.clean(0.1 + 0.2)) == "0.3")
+        #expect(Scaling.format(21.5) == "21.5")
+        #expect(Scaling.format(3) == "3")
+        #expect(Scaling.format(Scaling.clean(0.1 + 0.2)) == "0.3")
     }
 }

@@ -50,9 +50,9 @@ struct FramingTests {
 
     @Test("escapes in settings")
     func escapes() throws {
-        #expect(try decodeEscapes(#"BEEP\x02{value}\r\n"#).get() == Array("BEEP".utf8) + [0x02] + Array("{value}\r\n".utf8))
-        #expect((try? decodeEscapes(#"\x2"#).get()) == nil)
-        #expect((try? decodeEscapes(#"\q"#).get()) == nil)
+        #expect(try ByteEscapes.decode(#"BEEP\x02{value}\r\n"#).get() == Array("BEEP".utf8) + [0x02] + Array("{value}\r\n".utf8))
+        #expect((try? ByteEscapes.decode(#"\x2"#).get()) == nil)
+        #expect((try? ByteEscapes.decode(#"\q"#).get()) == nil)
     }
 }
 
