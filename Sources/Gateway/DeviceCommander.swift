@@ -38,7 +38,7 @@ final class DeviceCommander: Sendable {
     enum Job: Sendable {
         case set(MQTTMessage, point: String, receivedAt: ContinuousClock.Instant)
         case get(MQTTMessage, point: String, receivedAt: ContinuousClock.Instant)
-        case pulseEnd(point: Int, generation: Int, why: PulseEnd)
+        case pulseEnd(point: Int, generation: Int, why: PulseStateMachine.End)
         /// A latch the poller saw set: write it clear (``PointEvents``).
         case latchClear(point: Int)
         /// Write the `failsafe` values of these points (``Failsafe``); `whileBrokerAway`: only if
@@ -47,13 +47,6 @@ final class DeviceCommander: Sendable {
 
         /// A `/set` or `/get` from MQTT (counted against the device's bound).
         var isCommand: Bool { if case .pulseEnd = self { false } else { true } }
-    }
-
-    /// Why a pulse is being switched off.
-    enum PulseEnd: Sendable {
-        case over              // its pulse_ms has passed
-        case leftOnEarlier     // in the journal at start: an earlier run did not end it
-        case retry             // an earlier off was not taken by the device
     }
 
     struct Context: Sendable {
@@ -97,45 +90,38 @@ final class DeviceCommander: Sendable {
             try? await client.enqueue(to: topics.status(device), payload: Array(state.rawValue.utf8), qos: .atLeastOnce, retain: true)
         }
 
-        /// The steps every `/set` takes, on Modbus and serial devices alike, then its audit line and
-        /// its answer: retained flag; `target` (unknown or not writable); payload form; repeated id
-        /// (the first answer again, nothing executed); freshness; then `execute`, which checks the
-        /// value and the device and returns the `ok` answer or throws the refusal.
+        /// A `/set` on Modbus and serial devices alike: the ``CommandPipeline`` checks, then
+        /// `execute` (which checks the value and the device and returns the `ok` answer or throws
+        /// the refusal), then its audit line and its answer.
         func runCommand<Target>(_ message: MQTTMessage, name: String, receivedAt: ContinuousClock.Instant,
-                                ids: inout CommandIDCache<CommandAnswer>, resultTopic: String, logger: Logger,
+                                pipeline: inout CommandPipeline, resultTopic: String, logger: Logger,
                                 target: () throws(CommandRefused) -> Target,
                                 mustBeSigned: (Target) -> Bool = { _ in false },
                                 execute: (Target, CommandRequest) async throws(CommandRefused) -> CommandAnswer) async {
             var request: CommandRequest?
             var repeated = false
-            var unsigned = false
             var executedAt: ContinuousClock.Instant?
             let answer: CommandAnswer
-            do throws(CommandRefused) {
-                // A retained command would fire again on every reconnect.
-                guard !message.retain else { throw CommandRefused("retained command refused (publish commands without the retain flag)") }
-                let t = try target()
-                let req = try CommandRequest.parse(message.payload)
+            switch pipeline.admit(message, name: name, receivedAt: receivedAt, now: .now, unixNow: unixMilliseconds(),
+                                  target: target, mustBeSigned: mustBeSigned) {
+            case .refuse(let refusal, let req, let why):
                 request = req
-                if let signing, mustBeSigned(t), let why = signing.check(req, topic: message.topic, now: unixMilliseconds()) {
-                    logger.warning("signed command refused: \(why.logSafe)", metadata: ["topic": "\(message.topic.logSafe)"])
-                    unsigned = true
-                    throw SignedCommands.refusal
-                }
-                if let id = req.id, let first = ids.answer(for: "\(name)\u{0}\(id)", now: .now) {
-                    repeated = true
-                    answer = first
-                } else {
-                    try DeviceCommander.checkFresh(req, message: message, receivedAt: receivedAt, maxAgeMs: gateway.commandMaxAgeMs)
+                if let why { logger.warning("signed command refused: \(why.logSafe)", metadata: ["topic": "\(message.topic.logSafe)"]) }
+                answer = .refused(refusal.reason)
+            case .repeated(let first, let req):
+                request = req
+                repeated = true
+                answer = first
+            case .execute(let t, let req):
+                request = req
+                do throws(CommandRefused) {
                     answer = try await execute(t, req)
                     executedAt = .now
+                } catch {
+                    answer = .refused(error.reason)
                 }
-            } catch {
-                answer = .refused(error.reason)
+                pipeline.finish(name, request: req, answer: answer, now: .now)
             }
-            // A command that failed the signature check leaves no trace in the id cache: anyone
-            // could otherwise block the id a genuine command will use.
-            if !repeated, !unsigned, let id = request?.id { ids.record(answer, for: "\(name)\u{0}\(id)", now: .now) }
             // Everything from the message is escaped: a command cannot forge a log line.
             var meta: Logger.Metadata = [
                 "point": "\(name.logSafe)",
@@ -211,9 +197,10 @@ final class DeviceCommander: Sendable {
     /// What jobs change: pending pulses and recent command ids. Owned by the command task while it
     /// runs, parked in ``queue`` before it starts and after it ends.
     private struct Work: Sendable {
-        var pulses: [Int: Pulse] = [:]
-        var generation = 0
-        var ids = CommandIDCache<CommandAnswer>()
+        var pulses = PulseStateMachine()
+        /// The timers of ``PulseStateMachine/Action/scheduleOff(point:generation:at:why:)``, by point.
+        var timers: [Int: Task<Void, Never>] = [:]
+        var pipeline: CommandPipeline
     }
 
     private struct Queue: Sendable {
@@ -225,7 +212,7 @@ final class DeviceCommander: Sendable {
         var parked: CheckedContinuation<Void, Never>?
         /// ``stop()`` was called: no more jobs are taken; the task ends once the queue is empty.
         var stopping = false
-        var work: Work? = Work()
+        var work: Work?
         /// ``stop()`` calls waiting for the task to end.
         var ended: [CheckedContinuation<Void, Never>] = []
         /// `/set` and `/get` jobs queued or running (bounded by ``CommandRequest/pendingPerDevice``;
@@ -237,13 +224,14 @@ final class DeviceCommander: Sendable {
     /// waits for more: devices that never get a command (sensors) hold no task (a task parked
     /// per device cost about 6 KiB, 0.6 MiB at 100 devices), and only a device's first command
     /// pays for starting one (a task per command cost about 0.1 ms on every command).
-    private let queue = Mutex(Queue())
+    private let queue: Mutex<Queue>
 
     init(device: DeviceSettings, bus: ModbusBus, timeoutMs: Int, context: Context, logger: Logger) {
         self.device = device
         self.bus = bus
         self.timeout = .milliseconds(timeoutMs)
         self.context = context
+        queue = Mutex(Queue(work: Work(pipeline: CommandPipeline(maxAgeMs: context.gateway.commandMaxAgeMs, signing: context.signing))))
         var l = logger
         l[metadataKey: "device"] = "\(device.name)"
         self.logger = l
@@ -289,17 +277,10 @@ final class DeviceCommander: Sendable {
     /// first, before any command: call before commands are dispatched.
     func start() {
         let leftOn = context.journal.current
-        var ends: [Job] = []
-        queue.withLock { q in
-            for (index, point) in device.points.enumerated() where point.pulseMs != nil
-                && leftOn.contains(PulseJournal.key(device: device.name, point: point.name)) {
-                q.work?.generation += 1
-                let g = q.work?.generation ?? 0
-                q.work?.pulses[index] = Pulse(generation: g, timer: nil)
-                ends.append(.pulseEnd(point: index, generation: g, why: .leftOnEarlier))
-            }
-        }
-        for job in ends { submit(job) }
+        let points = device.points.indices.filter { device.points[$0].pulseMs != nil
+            && leftOn.contains(PulseJournal.key(device: device.name, point: device.points[$0].name)) }
+        let actions = queue.withLock { $0.work?.pulses.leftOn(points) } ?? []
+        for case .offNow(let point, let g, let why) in actions { submit(.pulseEnd(point: point, generation: g, why: why)) }
     }
 
     /// Takes no more jobs, waits for the queued ones to be run, then switches off every pulse
@@ -319,20 +300,13 @@ final class DeviceCommander: Sendable {
             wake?.resume()
             if idle { c.resume() }
         }
-        guard let work = queue.withLock({ $0.work.take() }) else { return }
-        for p in work.pulses.values { p.timer?.cancel() }
-        let pending = work.pulses.keys.sorted()
+        guard var work = queue.withLock({ $0.work.take() }) else { return }
+        for t in work.timers.values { t.cancel() }
+        let pending = work.pulses.stop()
         guard !pending.isEmpty else { return }
         await Task {
             for index in pending { await self.endPulse(index, attempts: 3, why: "gateway stopping") }
         }.value
-    }
-
-    static let offRetry = Duration.seconds(5)
-
-    private struct Pulse: Sendable {
-        var generation: Int
-        var timer: Task<Void, Never>?
     }
 
     private enum Next: Sendable {
@@ -383,28 +357,26 @@ final class DeviceCommander: Sendable {
     private func run(_ job: Job, work: inout Work) async {
         switch job {
         case .set(let message, let pointName, let receivedAt):
-            await handleSet(message, pointName: pointName, receivedAt: receivedAt, ids: &work.ids) { index, period in
-                scheduleEnd(of: index, after: period, why: .over, pulses: &work.pulses, generation: &work.generation)
+            await handleSet(message, pointName: pointName, receivedAt: receivedAt, pipeline: &work.pipeline) { index, period in
+                perform(work.pulses.switchedOn(index, pulse: period, now: .now), timers: &work.timers)
             } endPulse: { index in
-                work.pulses.removeValue(forKey: index)?.timer?.cancel()
+                perform(work.pulses.switchedOff(index), timers: &work.timers)
                 context.journal.markOff(device: device.name, point: device.points[index].name)
             }
         case .get(let message, let pointName, let receivedAt):
             await handleGet(message, pointName: pointName, receivedAt: receivedAt)
         case .pulseEnd(let index, let g, let why):
-            guard let p = work.pulses[index], p.generation == g else { return }
-            work.pulses[index] = nil
+            guard case .writeOff(_, let attempts, _) = work.pulses.endDue(index, generation: g, why: why) else { return }
+            work.timers[index] = nil
             let text = switch why {
             case .over: "pulse of \(device.points[index].pulseMs ?? 0) ms over"
             case .leftOnEarlier: "left on by an earlier run that did not end it"
             case .retry: "retried after the device did not take the off"
             }
-            if await endPulse(index, attempts: why == .retry ? 1 : 5, why: text, quiet: why == .retry) {
+            if await endPulse(index, attempts: attempts, why: text, quiet: why == .retry) {
                 return
             }
-            // Still on (device unreachable): the off is the safe state, so keep trying while the
-            // gateway runs. A new "on" command replaces this retry with its own pulse.
-            scheduleEnd(of: index, after: Self.offRetry, why: .retry, pulses: &work.pulses, generation: &work.generation)
+            perform(work.pulses.offFailed(index, now: .now), timers: &work.timers)
         case .latchClear(let index):
             let point = device.points[index]
             do {
@@ -419,28 +391,32 @@ final class DeviceCommander: Sendable {
         }
     }
 
-    /// The pulse on `index` ends (a `pulseEnd` job) after `delay`, replacing any end scheduled
-    /// before: the new generation makes an older timer's job a no-op.
-    private func scheduleEnd(of index: Int, after delay: Duration, why: PulseEnd,
-                             pulses: inout [Int: Pulse], generation: inout Int) {
-        generation += 1
-        pulses[index]?.timer?.cancel()
-        let g = generation
-        let deadline = ContinuousClock.now + delay
-        let timer = Task {
-            try? await Task.sleep(until: deadline, clock: .continuous)
-            if !Task.isCancelled { self.submit(.pulseEnd(point: index, generation: g, why: why)) }
+    /// Does what the pulse state machine asked: an end job after a timer (replacing the point's
+    /// timer, whose job the new generation would make a no-op anyway), or no timer at all.
+    private func perform(_ action: PulseStateMachine.Action, timers: inout [Int: Task<Void, Never>]) {
+        switch action {
+        case .scheduleOff(let point, let g, let at, let why):
+            timers[point]?.cancel()
+            timers[point] = Task {
+                try? await Task.sleep(until: at, clock: .continuous)
+                if !Task.isCancelled { self.submit(.pulseEnd(point: point, generation: g, why: why)) }
+            }
+        case .offNow(let point, let g, let why):
+            submit(.pulseEnd(point: point, generation: g, why: why))
+        case .cancelTimer(let point):
+            timers.removeValue(forKey: point)?.cancel()
+        case .writeOff, .none:
+            break
         }
-        pulses[index] = Pulse(generation: g, timer: timer)
     }
 
     // MARK: /set
 
     /// Handles one `/set` and publishes its answer.
     private func handleSet(_ message: MQTTMessage, pointName: String, receivedAt: ContinuousClock.Instant,
-                           ids: inout CommandIDCache<CommandAnswer>,
+                           pipeline: inout CommandPipeline,
                            startPulse: (Int, Duration) -> Void, endPulse: (Int) -> Void) async {
-        await context.runCommand(message, name: pointName, receivedAt: receivedAt, ids: &ids,
+        await context.runCommand(message, name: pointName, receivedAt: receivedAt, pipeline: &pipeline,
                                  resultTopic: context.topics.setResult(device: device.name, point: pointName), logger: logger) { () throws(CommandRefused) -> Int in
             guard let index = device.points.firstIndex(where: { $0.name == pointName }) else {
                 throw CommandRefused("unknown point '\(pointName)' on device '\(device.name)'")
@@ -487,25 +463,6 @@ final class DeviceCommander: Sendable {
         switch back {
         case .success(let v): return .ok(v)
         case .failure(let e): return .readBackFailed("\(e)")
-        }
-    }
-
-    /// Stale: never open a door for a command that waited somewhere. `command_max_age_ms` against
-    /// the JSON `ts` (required when it is set), and an MQTT 5 message expiry that has passed.
-    static func checkFresh(_ req: CommandRequest, message: MQTTMessage, receivedAt: ContinuousClock.Instant,
-                           maxAgeMs: Int?) throws(CommandRefused) {
-        if let maxAge = maxAgeMs {
-            guard let ts = req.ts else {
-                throw CommandRefused("command_max_age_ms is set: send JSON {\"value\": ..., \"ts\": <unix ms>}")
-            }
-            let age = unixMilliseconds() - ts
-            if age > Int64(maxAge) { throw CommandRefused("stale command: sent \(age) ms ago (command_max_age_ms = \(maxAge))") }
-            if age < -Int64(maxAge) { throw CommandRefused("command ts is \(-age) ms ahead of the gateway's clock") }
-        }
-        if let expiry = message.properties.messageExpiryInterval {
-            if expiry == 0 || ContinuousClock.now >= receivedAt + .seconds(Int(expiry)) {
-                throw CommandRefused("stale command: its MQTT message expiry has passed")
-            }
         }
     }
 
@@ -606,7 +563,7 @@ final class DeviceCommander: Sendable {
                     if quiet {
                         log.debug("pulse end: write off failed again: \(error)")
                     } else {
-                        log.error("pulse end FAILED after \(attempts) attempts, the point may still be on; retrying every \(Self.offRetry) until it is off (and at the next start): \(error)")
+                        log.error("pulse end FAILED after \(attempts) attempts, the point may still be on; retrying every \(PulseStateMachine.offRetry) until it is off (and at the next start): \(error)")
                     }
                     return false
                 }

@@ -273,13 +273,13 @@ final class SerialDeviceRunner: Sendable {
     // MARK: commands
 
     private func commandLoop() async {
-        var ids = CommandIDCache<CommandAnswer>()
+        var pipeline = CommandPipeline(maxAgeMs: context.gateway.commandMaxAgeMs, signing: context.signing)
         // When a write last stalled (the line did not take it in time).
         var stalled: ContinuousClock.Instant?
         for await job in jobs {
             switch job {
             case .set(let message, let name, let receivedAt):
-                await handleSet(message, name: name, receivedAt: receivedAt, ids: &ids, stalled: &stalled)
+                await handleSet(message, name: name, receivedAt: receivedAt, pipeline: &pipeline, stalled: &stalled)
             case .get(let message, let name):
                 let answer = CommandAnswer.refused("'\(name)' of a serial device cannot be read on demand: its values come as the device sends them")
                 logger.notice("get \(message.topic.logSafe) -> \(answer.json().logSafe)")
@@ -289,9 +289,9 @@ final class SerialDeviceRunner: Sendable {
         }
     }
 
-    private func handleSet(_ message: MQTTMessage, name: String, receivedAt: ContinuousClock.Instant, ids: inout CommandIDCache<CommandAnswer>,
+    private func handleSet(_ message: MQTTMessage, name: String, receivedAt: ContinuousClock.Instant, pipeline: inout CommandPipeline,
                            stalled: inout ContinuousClock.Instant?) async {
-        await context.runCommand(message, name: name, receivedAt: receivedAt, ids: &ids,
+        await context.runCommand(message, name: name, receivedAt: receivedAt, pipeline: &pipeline,
                                  resultTopic: context.topics.setResult(device: settings.name, point: name), logger: logger) { () throws(CommandRefused) in
             guard let command = settings.commands.first(where: { $0.name == name }) else {
                 let names = settings.commands.map(\.name).joined(separator: ", ")

@@ -12,7 +12,8 @@ struct FreshnessTests {
 
     func refused(_ req: CommandRequest, expiry: UInt32? = nil, receivedAgo: Duration = .zero, maxAge: Int? = nil) -> String? {
         do {
-            try DeviceCommander.checkFresh(req, message: message(expiry: expiry), receivedAt: .now - receivedAgo, maxAgeMs: maxAge)
+            let now = ContinuousClock.now
+            try CommandPipeline.checkFresh(req, message: message(expiry: expiry), receivedAt: now - receivedAgo, maxAgeMs: maxAge, now: now, unixNow: unixMilliseconds())
             return nil
         } catch {
             return error.reason
