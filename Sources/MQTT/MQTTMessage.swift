@@ -1,4 +1,4 @@
-/// What the client hands to its user: received messages and connection events.
+/// What the client hands to its user: received messages (connection events: ``MQTTEvent``).
 
 /// A message received on a subscription.
 public struct MQTTMessage: Sendable, Hashable {
@@ -10,15 +10,4 @@ public struct MQTTMessage: Sendable, Hashable {
     public var properties: MQTTProperties
 
     public var payloadString: String { String(decoding: payload, as: UTF8.self) }
-}
-
-/// What happens to the connection, for logs and tests.
-public enum MQTTEvent: Sendable, Equatable {
-    case connected(sessionPresent: Bool, version: MQTTVersion)
-    case disconnected(reason: String)
-    case reconnecting(attempt: Int, delay: Duration)
-    /// The broker closed us because another client took our client id (5.0 reason, or repeated
-    /// drops right after connecting on 3.1.1). The client backs off to the maximum delay.
-    case sessionTakenOver
-    case messagesDropped(total: Int)
 }

@@ -1,0 +1,228 @@
+import NIOCore
+import NIOPosix
+import NIOSSL
+
+/// Connecting: the TCP/TLS channel, CONNECT and CONNACK (with the 5.0 -> 3.1.1 fallback),
+/// what a new session restores, and the keepalive timer.
+extension MQTTClient {
+    func establish() async throws -> ConnAckPacket {
+        do {
+            return try await establish(version: configuration.version)
+        } catch MQTTError.connectionRefused(.unsupportedProtocolVersion, _) where configuration.version == .v5 && configuration.fallbackToV3 {
+            logger.notice("broker refused MQTT 5.0; falling back to 3.1.1")
+            return try await establish(version: .v3_1_1)
+        }
+    }
+
+    func establish(version: MQTTVersion) async throws -> ConnAckPacket {
+        guard state != .shutdown else { throw MQTTError.shutdown }
+        state = .connecting
+        connectionID += 1
+        let id = connectionID
+        self.version = version
+        let (stream, sink) = AsyncStream.makeStream(of: ChannelEvent.self)
+        let config = configuration
+        connectionGeneration = configurationGeneration
+        let sslContext: NIOSSLContext?
+        if let tls = config.tls {
+            do {
+                sslContext = try Self.makeSSLContext(tls)
+            } catch {
+                state = .idle
+                throw MQTTError.tls("cannot load TLS settings: \(error)")
+            }
+        } else {
+            sslContext = nil
+        }
+        let host = config.host
+        let bootstrap = ClientBootstrap(group: group)
+            .connectTimeout(.milliseconds(config.connectTimeout.milliseconds))
+            .channelOption(.socketOption(.so_keepalive), value: 1)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    if let sslContext {
+                        let sni = Self.isIPAddress(host) ? nil : host
+                        try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: sslContext, serverHostname: sni))
+                    }
+                    try channel.pipeline.syncOperations.addHandler(
+                        MQTTChannelHandler(version: version, maximumPacketSize: config.maximumPacketSize, events: sink))
+                }
+            }
+        let ch: any Channel
+        do {
+            ch = try await bootstrap.connect(host: config.host, port: config.port).get()
+        } catch {
+            if state == .connecting { state = .idle }
+            throw MQTTError.connectFailed("\(config.host):\(config.port): \(error)")
+        }
+        guard state == .connecting, connectionID == id else {
+            try? await ch.close()
+            throw MQTTError.shutdown
+        }
+        channel = ch
+        inboundAliases = [:]
+        readerTask = Task { [weak self] in
+            for await event in stream {
+                await self?.handle(event, connection: id)
+            }
+        }
+        // CONNECT, then wait for CONNACK within the connect timeout.
+        var props = MQTTProperties()
+        if version == .v5 {
+            props.sessionExpiryInterval = config.sessionExpiry == 0 ? nil : config.sessionExpiry
+            props.receiveMaximum = config.receiveMaximum
+            props.maximumPacketSize = UInt32(config.maximumPacketSize)
+            props.topicAliasMaximum = config.topicAliasMaximum == 0 ? nil : config.topicAliasMaximum
+            props.userProperties = config.connectUserProperties
+        }
+        var will = config.will
+        if version == .v3_1_1 { will?.properties = MQTTProperties() }
+        let connect = ConnectPacket(clientIdentifier: config.clientIdentifier, cleanStart: config.cleanStart, keepAlive: config.keepAlive,
+                                    username: config.username, password: config.password, will: will, properties: props)
+        ch.writeAndFlush(MQTTPacket.connect(connect), promise: nil)
+        let timeout = Task { [weak self] in
+            try? await Task.sleep(for: config.connectTimeout)
+            await self?.connAckTimedOut(connection: id)
+        }
+        defer { timeout.cancel() }
+        let ack: ConnAckPacket
+        do {
+            ack = try await withCheckedThrowingContinuation { connAckWaiter = $0 }
+        } catch {
+            try? await ch.close()
+            if state == .connecting { state = .idle }
+            throw error
+        }
+        guard ack.reasonCode == .success else {
+            try? await ch.close()
+            if state == .connecting { state = .idle }
+            throw MQTTError.connectionRefused(ack.reasonCode, reasonString: ack.properties.reasonString)
+        }
+        // The connection may have closed between the CONNACK and now (a packet right after the
+        // CONNACK that we refused): it is not connected, and the supervisor tries again.
+        guard state == .connecting, connectionID == id, channel != nil else {
+            if state == .connecting { state = .idle }
+            throw MQTTError.connectFailed("the connection closed right after CONNACK")
+        }
+        connected(ack, connection: id)
+        return ack
+    }
+
+    func connAckTimedOut(connection id: Int) {
+        guard id == connectionID, let w = connAckWaiter else { return }
+        connAckWaiter = nil
+        w.resume(throwing: MQTTError.timeout("no CONNACK within \(configuration.connectTimeout)"))
+    }
+
+    func connected(_ ack: ConnAckPacket, connection id: Int) {
+        state = .connected
+        takenOverByReason = false
+        connectedAt = .now
+        let p = ack.properties
+        serverReceiveMaximum = Int(p.receiveMaximum ?? 65_535)
+        serverMaximumPacketSize = p.maximumPacketSize.map { Int($0) } ?? Int.max
+        serverMaximumQoS = p.maximumQoS.flatMap { QoS(rawValue: $0) } ?? .exactlyOnce
+        serverRetainAvailable = (p.retainAvailable ?? 1) == 1
+        if let assigned = p.assignedClientIdentifier { assignedClientIdentifier = assigned }
+        effectiveKeepAlive = p.serverKeepAlive ?? configuration.keepAlive
+        startKeepAlive(connection: id)
+
+        if ack.sessionPresent {
+            // Resend what the broker has not acknowledged, in order, with the same ids.
+            for pid in outboundOrder {
+                guard let o = outbound[pid] else { continue }
+                switch o.stage {
+                case .awaitingPubAck, .awaitingPubRec:
+                    var again = o.packet
+                    again.dup = true
+                    write(.publish(again))
+                case .awaitingPubComp:
+                    write(.pubrel(AckPacket(packetIdentifier: pid)))
+                }
+            }
+        } else {
+            // The broker has no session: messages past PUBREC were delivered; the others go again as new.
+            incomingQoS2.removeAll()
+            var again: [Pending] = []
+            for pid in outboundOrder {
+                guard let o = outbound[pid] else { continue }
+                if o.stage == .awaitingPubComp {
+                    o.continuation?.resume()
+                } else {
+                    var packet = o.packet
+                    packet.dup = false
+                    packet.packetIdentifier = nil
+                    again.append(Pending(packet: packet, continuation: o.continuation))
+                }
+            }
+            outbound.removeAll()
+            outboundOrder.removeAll()
+            queue.insert(contentsOf: again, at: aheadCount)
+            queuePeak = max(queuePeak, queue.count)
+            // Restore subscriptions.
+            let subs = subscriptionOrder.compactMap { subscriptions[$0] }
+            restoreIDs = []
+            if !subs.isEmpty {
+                for chunk in stride(from: 0, to: subs.count, by: 100).map({ Array(subs[$0..<min($0 + 100, subs.count)]) }) {
+                    guard let pid = allocatePacketID() else {
+                        logger.error("MQTT: every packet identifier is in use; subscriptions not restored")
+                        break
+                    }
+                    restoreIDs.insert(pid)
+                    write(.subscribe(SubscribePacket(packetIdentifier: pid, subscriptions: chunk)))
+                }
+            }
+        }
+        drainQueue()
+        channel?.flush()
+        logger.info("MQTT connected to \(configuration.host):\(configuration.port) (\(version), session present: \(ack.sessionPresent))")
+        let event = MQTTEvent.connected(sessionPresent: ack.sessionPresent, version: version)
+        if restoreIDs.isEmpty {
+            eventSink.yield(event)
+        } else {
+            pendingConnectedEvent = event   // announced when the restored subscriptions are acknowledged
+        }
+        if connectionGeneration != configurationGeneration {
+            // Settings changed while this connection was being made: replace it.
+            logger.info("MQTT settings changed while connecting: reconnecting with them")
+            replaceConnection()
+        }
+    }
+
+    func startKeepAlive(connection id: Int) {
+        keepAliveTask?.cancel()
+        guard effectiveKeepAlive > 0 else { keepAlive = nil; return }
+        keepAlive = KeepAliveStateMachine(interval: .seconds(Int(effectiveKeepAlive)), now: .now)
+        keepAliveTask = Task { [weak self] in
+            while !Task.isCancelled {
+                guard let action = await self?.keepAliveStep(connection: id) else { return }
+                switch action {
+                case .wait(let until):
+                    try? await Task.sleep(until: until, clock: .continuous)
+                case .sendPing, .closeDead:
+                    continue
+                }
+            }
+        }
+    }
+
+    func keepAliveStep(connection id: Int) -> KeepAliveStateMachine.Action? {
+        guard id == connectionID, state == .connected, var ka = keepAlive else { return nil }
+        let action = ka.next(now: .now)
+        keepAlive = ka
+        switch action {
+        case .sendPing:
+            channel?.writeAndFlush(MQTTPacket.pingreq, promise: nil)
+        case .closeDead:
+            logger.warning("MQTT broker did not answer PINGREQ in time: connection considered dead")
+            lastCloseReason = "keepalive timeout (no PINGRESP)"
+            closingOurselves = true
+            channel?.close(promise: nil)
+            return nil
+        case .wait:
+            break
+        }
+        return action
+    }
+}

@@ -1,0 +1,177 @@
+import NIOCore
+
+/// What arrives on the connection: channel events, packets, deliveries to ``MQTTClient/messages``.
+extension MQTTClient {
+    func handle(_ event: ChannelEvent, connection id: Int) {
+        guard id == connectionID else { return }
+        switch event {
+        case .packet(let packet):
+            handle(packet)
+        case .oversized(let head):
+            droppedIncomingCount += 1
+            logger.warning("MQTT: dropped an incoming message of \(head.size) bytes on \(head.topic.debugDescription)\(head.retain ? " (retained)" : ""): larger than the maximum packet size of \(configuration.maximumPacketSize) bytes (\(droppedIncomingCount) dropped so far)")
+            keepAlive?.pingResponseReceived()
+            switch head.qos {
+            case .atMostOnce: break
+            case .atLeastOnce: write(.puback(AckPacket(packetIdentifier: head.packetIdentifier ?? 0)), flush: true)
+            case .exactlyOnce:
+                // Acknowledged as received; its PUBREL is answered as for any QoS 2 message.
+                incomingQoS2.insert(head.packetIdentifier ?? 0)
+                write(.pubrec(AckPacket(packetIdentifier: head.packetIdentifier ?? 0)), flush: true)
+            }
+        case .malformed(let error):
+            logger.error("MQTT: malformed packet from the broker, closing: \(error)")
+            lastCloseReason = "malformed packet: \(error)"
+            closingOurselves = true
+            if let w = connAckWaiter {
+                connAckWaiter = nil
+                w.resume(throwing: MQTTError.protocolError("\(error)"))
+            }
+        case .closed(let reason, let tls):
+            if let w = connAckWaiter {
+                connAckWaiter = nil
+                let r = reason ?? "connection closed by the broker before CONNACK"
+                w.resume(throwing: tls ? MQTTError.tls(r) : MQTTError.connectFailed(r))
+            }
+            connectionClosed(id: id, reason: reason ?? (lastCloseReason.isEmpty ? "closed by the broker" : lastCloseReason))
+        }
+    }
+
+    func connectionClosed(id: Int, reason: String) {
+        guard id == connectionID, channel != nil || state == .connected || state == .shutdown else { return }
+        let wasConnected = state == .connected
+        channel = nil
+        keepAliveTask?.cancel()
+        keepAliveTask = nil
+        keepAlive = nil
+        if state != .shutdown { state = .idle }
+        for (_, r) in requests { r.resume(throwing: MQTTError.connectionLost(reason)) }
+        requests.removeAll()
+        restoreIDs.removeAll()
+        pendingConnectedEvent = nil
+        if wasConnected {
+            // Only the broker dropping us right after a connect hints at a twin with our client id.
+            if !closingOurselves, let at = connectedAt, ContinuousClock.now - at < .seconds(2) { quickDrops += 1 } else { quickDrops = 0 }
+            logger.warning("MQTT connection lost: \(reason)")
+            eventSink.yield(.disconnected(reason: reason))
+        }
+        lastCloseReason = ""
+        closingOurselves = false
+        let waiters = disconnectWaiters
+        disconnectWaiters.removeAll()
+        for w in waiters { w.resume() }
+        notifyIfDrained(force: true)
+    }
+
+    func handle(_ packet: MQTTPacket) {
+        keepAlive?.pingResponseReceived()   // any packet proves the link; PINGRESP clears the ping
+        switch packet {
+        case .connack(let ack):
+            guard let w = connAckWaiter else { return protocolError("unexpected CONNACK") }
+            connAckWaiter = nil
+            w.resume(returning: ack)
+        case .publish(var p):
+            if let alias = p.properties.topicAlias {
+                guard alias <= configuration.topicAliasMaximum else { return protocolError("topic alias \(alias) above our maximum", code: .topicAliasInvalid) }
+                if p.topic.isEmpty {
+                    guard let t = inboundAliases[alias] else { return protocolError("unknown topic alias \(alias)", code: .protocolError) }
+                    p.topic = t
+                } else {
+                    inboundAliases[alias] = p.topic
+                }
+            }
+            let message = MQTTMessage(topic: p.topic, payload: p.payload, qos: p.qos, retain: p.retain, properties: p.properties)
+            switch p.qos {
+            case .atMostOnce:
+                deliver(message)
+            case .atLeastOnce:
+                deliver(message)
+                write(.puback(AckPacket(packetIdentifier: p.packetIdentifier ?? 0)), flush: true)
+            case .exactlyOnce:
+                let pid = p.packetIdentifier ?? 0
+                if !incomingQoS2.contains(pid) {
+                    incomingQoS2.insert(pid)
+                    deliver(message)
+                }
+                write(.pubrec(AckPacket(packetIdentifier: pid)), flush: true)
+            }
+        case .pubrel(let a):
+            incomingQoS2.remove(a.packetIdentifier)
+            write(.pubcomp(AckPacket(packetIdentifier: a.packetIdentifier)), flush: true)
+        case .puback(let a):
+            guard let o = outbound[a.packetIdentifier], o.stage == .awaitingPubAck else {
+                logger.debug("MQTT: ignoring PUBACK for unknown packet id \(a.packetIdentifier)")
+                return
+            }
+            complete(a.packetIdentifier, a)
+        case .pubrec(let a):
+            guard var o = outbound[a.packetIdentifier], o.stage != .awaitingPubAck else {
+                logger.debug("MQTT: ignoring PUBREC for unknown packet id \(a.packetIdentifier)")
+                return
+            }
+            if a.reasonCode.isFailure { return complete(a.packetIdentifier, a) }
+            o.stage = .awaitingPubComp
+            outbound[a.packetIdentifier] = o
+            write(.pubrel(AckPacket(packetIdentifier: a.packetIdentifier)), flush: true)
+        case .pubcomp(let a):
+            guard let o = outbound[a.packetIdentifier], o.stage == .awaitingPubComp else {
+                logger.debug("MQTT: ignoring PUBCOMP for unknown packet id \(a.packetIdentifier)")
+                return
+            }
+            complete(a.packetIdentifier, a)
+        case .suback(let s), .unsuback(let s):
+            if restoreIDs.remove(s.packetIdentifier) != nil {
+                for code in s.reasonCodes where code.isFailure { logger.error("MQTT: restoring a subscription failed: \(code)") }
+                if restoreIDs.isEmpty, let e = pendingConnectedEvent {
+                    pendingConnectedEvent = nil
+                    eventSink.yield(e)
+                }
+                return
+            }
+            requests.removeValue(forKey: s.packetIdentifier)?.resume(returning: s)
+        case .pingresp:
+            break
+        case .disconnect(let d):
+            lastCloseReason = "broker sent DISCONNECT: \(d.reasonCode)\(d.properties.reasonString.map { " - \($0)" } ?? "")"
+            if d.reasonCode == .sessionTakenOver { takenOverByReason = true }
+            logger.warning("MQTT: \(lastCloseReason)")
+        case .auth:
+            protocolError("AUTH is not supported by this client")
+        case .connect, .subscribe, .unsubscribe, .pingreq:
+            protocolError("the broker sent a client packet (\(packet.name))")
+        }
+    }
+
+    /// Hands a message to the reader of ``messages``; when it is ``MQTTConfiguration/incomingLimit``
+    /// messages behind, the message is dropped and counted (logged at the first and every 1000th).
+    func deliver(_ message: MQTTMessage) {
+        if case .dropped = messageSink.yield(message) {
+            droppedIncomingCount += 1
+            if droppedIncomingCount == 1 || droppedIncomingCount % 1000 == 0 {
+                logger.warning("MQTT: the reader is \(configuration.incomingLimit) messages behind: dropped an incoming message on \(message.topic.debugDescription) (\(droppedIncomingCount) dropped so far)")
+            }
+        }
+    }
+
+    func complete(_ pid: UInt16, _ ack: AckPacket) {
+        guard let o = outbound.removeValue(forKey: pid) else { return }
+        if let i = outboundOrder.firstIndex(of: pid) { outboundOrder.remove(at: i) }
+        configuration.onAcknowledged?(.now - o.sentAt)
+        if ack.reasonCode.isFailure {
+            o.continuation?.resume(throwing: MQTTError.publishRefused(ack.reasonCode, reasonString: ack.properties.reasonString))
+        } else {
+            o.continuation?.resume()
+        }
+        drainQueue()
+        channel?.flush()
+        notifyIfDrained()
+    }
+
+    func protocolError(_ text: String, code: ReasonCode = .protocolError) {
+        logger.error("MQTT protocol error from the broker: \(text)")
+        lastCloseReason = "protocol error: \(text)"
+        closingOurselves = true
+        if version == .v5 { write(.disconnect(ReasonPacket(reasonCode: code)), flush: true) }
+        channel?.close(promise: nil)
+    }
+}
