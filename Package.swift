@@ -131,8 +131,9 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: swiftSettings),
 
-        // Shared by all test targets: private Mosquitto, simulators, socat pty pairs.
-        .target(name: "TestSupport", dependencies: [], path: "Tests/TestSupport", exclude: ["scripts"], swiftSettings: swiftSettings),
+        // Shared by all test targets: private Mosquitto, simulators, socat pty pairs, the MQTT observer
+        // and the end-to-end gateway rig.
+        .target(name: "TestSupport", dependencies: ["MQTT"], path: "Tests/TestSupport", exclude: ["scripts"], swiftSettings: swiftSettings),
 
         .testTarget(name: "TestSupportTests", dependencies: ["TestSupport", "Modbus"], swiftSettings: swiftSettings),
         .testTarget(name: "MQTTTests", dependencies: [

@@ -181,7 +181,7 @@ struct CommandTests {
         props.correlationData = [9, 8, 7]
         try await rig.observer.publish(to: "\(Self.b)/dev/light/set", payload: Array("true".utf8), qos: .exactlyOnce, properties: props)
         try await rig.waitFor("gateway/replies/r1", #"{"ok":true,"value":true}"#)
-        let reply = rig.messages.withLock { $0.first { $0.topic == "gateway/replies/r1" } }
+        let reply = rig.watcher.seen.withLock { $0.first { $0.topic == "gateway/replies/r1" } }
         #expect(reply?.properties.correlationData == [9, 8, 7])
         #expect(reply?.retain == false)
         #expect(rig.payloads("\(Self.b)/dev/light/set/result").isEmpty)
@@ -329,9 +329,9 @@ struct CommandTests {
         }
         let answersTopic = targets.map { "\(Self.b)/dev/\($0)/set/result" }
         try await rig.waitUntil(timeout: .seconds(60), "1,000 answers") {
-            rig.seen.withLock { $0.filter { answersTopic.contains($0.0) }.count } >= sent
+            rig.watcher.seen.withLock { $0.filter { answersTopic.contains($0.topic) }.count } >= sent
         }
-        let answers = rig.seen.withLock { $0.filter { answersTopic.contains($0.0) }.map(\.1) }
+        let answers = rig.watcher.seen.withLock { $0.filter { answersTopic.contains($0.topic) }.map(\.payloadString) }
         #expect(answers.count == 1000)
         #expect(answers.allSatisfy { $0.hasPrefix(#"{"ok":false,"error":"#) }, "\(answers.filter { !$0.hasPrefix(#"{"ok":false"#) })")
         #expect(try await Self.command(rig, "light", "true") == #"{"ok":true,"value":true}"#)

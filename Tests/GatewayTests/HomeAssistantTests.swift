@@ -269,48 +269,15 @@ struct HomeAssistantTests {
         address = 0
         """
 
-    /// A client that records everything under `filter`.
-    final class Recorder: Sendable {
-        let client: MQTTClient
-        let seen = Mutex<[(topic: String, payload: [UInt8], retain: Bool)]>([])
-        let arrivals = Signal()
-        init(port: Int, filter: String) async throws {
-            var c = MQTTConfiguration(host: "127.0.0.1", port: port, clientIdentifier: "ha-\(UUID().uuidString.prefix(6))")
-            c.reconnect = nil
-            client = MQTTClient(configuration: c)
-            try await client.connect()
-            let stream = client.messages
-            Task { [weak self] in
-                for await m in stream {
-                    self?.seen.withLock { $0.append((m.topic, m.payload, m.retain)) }
-                    self?.arrivals.push(())
-                }
-            }
-            _ = try await client.subscribe([Subscription(filter, qos: .atLeastOnce)])
-        }
-        func count(_ topic: String) -> Int { seen.withLock { $0.filter { $0.topic == topic }.count } }
-        func last(_ topic: String) -> [UInt8]? { seen.withLock { $0.last { $0.topic == topic }?.payload } }
-        func waitUntil(_ what: String, timeout: Duration = .seconds(20), _ condition: () -> Bool) async throws {
-            // Re-checked at every arrival (Rig's Signal: no wake-up is lost between check and wait).
-            let deadline = ContinuousClock.now + timeout
-            while true {
-                let generation = arrivals.generation
-                if condition() { return }
-                guard ContinuousClock.now < deadline else { throw FixtureError("timed out waiting for \(what); seen: \(seen.withLock { $0.map(\.topic) })") }
-                await arrivals.wait(after: generation, until: deadline)
-            }
-        }
-    }
-
     @Test("configs published retained; the button pulses the coil and is answered; HA's birth brings configs and values back")
     func publishPressRestart() async throws {
         let rig = try await Rig.start(points: Self.points, simArgs: ["--set", "holding:0=42"])
         try await rig.waitFor("gateway/e2e/dev/temp", "42")
-        let ha = try await Recorder(port: rig.broker.port, filter: "homeassistant/#")
+        let ha = try await MQTTObserver(port: rig.broker.port, filters: ["homeassistant/#"], name: "ha")
         let topic = "homeassistant/device/e2e_dev/config"
         try await ha.waitUntil("the device config") { ha.count(topic) >= 1 && ha.count("homeassistant/device/e2e_gateway/config") >= 1 }
         // Retained: a subscriber that comes later (Home Assistant after a restart) gets it at once.
-        let late = try await Recorder(port: rig.broker.port, filter: topic)
+        let late = try await MQTTObserver(port: rig.broker.port, filters: [topic], name: "ha")
         try await late.waitUntil("the retained config") { late.count(topic) == 1 }
         #expect(late.seen.withLock { $0.first?.retain } == true)
         await late.client.disconnect()
@@ -370,7 +337,7 @@ struct HomeAssistantTests {
             """
         let sim = try await GatewaySimulator.start([])
         let rig = try await Rig.start(points: "", simArgs: [], devicePort: sim.port, body: two.replacingOccurrences(of: "PORT", with: "\(sim.port)"))
-        let ha = try await Recorder(port: rig.broker.port, filter: "homeassistant/#")
+        let ha = try await MQTTObserver(port: rig.broker.port, filters: ["homeassistant/#"], name: "ha")
         try await ha.waitUntil("both configs") {
             ha.count("homeassistant/device/e2e_old/config") >= 1 && ha.count("homeassistant/device/e2e_dev/config") >= 1
         }
@@ -387,7 +354,7 @@ struct HomeAssistantTests {
         #expect(dev["components"]?["e2e_dev_temp"]?.keys == ["platform"], "removed point announced with its platform only")
         #expect(dev["components"]?["e2e_dev_unlock"]?["platform"]?.string == "button")
         // A new subscriber sees no retained config for the removed device.
-        let late = try await Recorder(port: rig.broker.port, filter: "homeassistant/device/+/config")
+        let late = try await MQTTObserver(port: rig.broker.port, filters: ["homeassistant/device/+/config"], name: "ha")
         try await late.waitUntil("dev's retained config") { late.count("homeassistant/device/e2e_dev/config") == 1 }
         #expect(late.count("homeassistant/device/e2e_old/config") == 0)
         await again.stop()
@@ -400,7 +367,7 @@ struct HomeAssistantTests {
     @Test("enabled = false: nothing under the prefix, and HA's birth is not listened to")
     func disabled() async throws {
         let rig = try await Rig.start(points: Self.points, simArgs: ["--set", "holding:0=7"], extraSections: "[homeassistant]\nenabled = false")
-        let ha = try await Recorder(port: rig.broker.port, filter: "homeassistant/#")
+        let ha = try await MQTTObserver(port: rig.broker.port, filters: ["homeassistant/#"], name: "ha")
         try await rig.waitFor("gateway/e2e/dev/temp", "7")
         try await rig.waitFor("gateway/e2e/dev/status", "online")
         try await ha.client.publish(to: "homeassistant/status", payload: Array("online".utf8), qos: .atLeastOnce)

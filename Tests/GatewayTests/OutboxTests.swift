@@ -76,17 +76,13 @@ struct OutboxTests {
         }
 
         /// An observer on `gateway/#` (retained and live).
-        func observer() async throws -> Observer {
-            let c = MQTTClient(configuration: MQTTConfiguration(host: "127.0.0.1", port: broker.port, clientIdentifier: "ob-\(UUID().uuidString.prefix(6))"))
-            try await c.connect()
-            let o = Observer(client: c)
-            try await c.subscribe([Subscription("gateway/#", qos: .atLeastOnce)])
-            return o
+        func observer() async throws -> MQTTObserver {
+            try await MQTTObserver(port: broker.port, filters: ["gateway/#"])
         }
 
         /// The broker back, an observer listening, then a gateway that drains what earlier ones
         /// kept: returned once the outbox is empty (its file removed).
-        func drainAfterOutage() async throws -> (Observer, ChildProcess) {
+        func drainAfterOutage() async throws -> (MQTTObserver, ChildProcess) {
             try await broker.restart()
             let observer = try await self.observer()
             let gw = try gateway()
@@ -94,7 +90,7 @@ struct OutboxTests {
             return (observer, gw)
         }
 
-        func finish(_ observer: Observer, _ gw: ChildProcess) async {
+        func finish(_ observer: MQTTObserver, _ gw: ChildProcess) async {
             await observer.client.disconnect()
             gw.signal(SIGTERM)
             _ = try? await gw.waitForExit(timeout: .seconds(20))
@@ -121,36 +117,8 @@ struct OutboxTests {
         }
     }
 
-    /// What an observer received, with a wake-up at each arrival.
-    final class Observer: Sendable {
-        let client: MQTTClient
-        let seen = Mutex<[MQTTMessage]>([])
-        private let arrivals = Signal()
-
-        init(client: MQTTClient) {
-            self.client = client
-            let stream = client.messages
-            Task { [weak self] in
-                for await m in stream {
-                    self?.seen.withLock { $0.append(m) }
-                    self?.arrivals.push(())
-                }
-            }
-        }
-
-        var scans: [Int] { seen.withLock { $0.filter { $0.topic == "\(b)/qr/scan" }.compactMap { Int($0.payloadString) } } }
-
-        /// Waits (bounded) until `condition` holds, re-checking at every arrival.
-        func waitUntil(timeout: Duration = .seconds(30), _ what: String, _ condition: () -> Bool) async throws {
-            let deadline = ContinuousClock.now + timeout
-            while true {
-                let generation = arrivals.generation
-                if condition() { return }
-                guard ContinuousClock.now < deadline else { throw FixtureError("timed out waiting for \(what)") }
-                await arrivals.wait(after: generation, until: deadline)
-            }
-        }
-    }
+    /// The scan numbers the observer saw, in order.
+    static func scans(_ o: MQTTObserver) -> [Int] { o.payloads("\(b)/qr/scan").compactMap { Int($0) } }
 
     static func rssKiB(_ pid: pid_t) -> Int {
         let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
@@ -203,8 +171,8 @@ struct OutboxTests {
         let delivered = try await gw3.waitForLine(containing: "kept messages delivered")
         print("drain: \(delivered.split(separator: "outbox: ").last ?? "")")
         // Every scan, once and in order, each with the time it was read.
-        try await observer.waitUntil("500 scans") { observer.scans.count >= 500 }
-        #expect(observer.scans == Array(1...500))
+        try await observer.waitUntil("500 scans") { Self.scans(observer).count >= 500 }
+        #expect(Self.scans(observer) == Array(1...500))
         let stamps = observer.seen.withLock { $0.filter { $0.topic == "\(Self.b)/qr/scan" }.compactMap { m in m.properties.userProperties.first { $0.name == "ts" }.flatMap { Int64($0.value) } } }
         #expect(stamps.count == 500)
         #expect(zip(stamps, stamps.dropFirst()).allSatisfy { $0 <= $1 }, "ts out of order")
@@ -241,8 +209,8 @@ struct OutboxTests {
         #expect(count.contains("messages"), "\(count)")
 
         let (observer, gw2) = try await site.drainAfterOutage()
-        try await observer.waitUntil("the newest scan") { observer.scans.last == 1200 }
-        let got = observer.scans
+        try await observer.waitUntil("the newest scan") { Self.scans(observer).last == 1200 }
+        let got = Self.scans(observer)
         #expect(got.last == 1200, "the newest scan was not delivered")
         #expect(got.first.map { $0 > 1 } == true, "the oldest should have gone")
         #expect(got == got.sorted() && Set(got).count == got.count, "out of order or repeated")
@@ -269,7 +237,7 @@ struct OutboxTests {
         #expect(truncate(wal, off_t(size - 300)) == 0)
 
         let (observer, gw2) = try await site.drainAfterOutage()
-        let got = observer.scans
+        let got = Self.scans(observer)
         #expect(got.count >= 50 && got.count < 100, "\(got.count) delivered")
         #expect(got == Array(1...max(1, got.count)), "not the first ones in order")
         #expect(!gw2.lines.contains { $0.contains("moved to") || $0.contains("cannot") }, "\(gw2.tail)")
@@ -285,8 +253,8 @@ struct OutboxTests {
         _ = try await gw.waitForLine(containing: "serial port")
         await site.scans(1...200)
         for v in 10...30 { try await site.sim.set("holding:0=\(v)") }
-        try await observer.waitUntil("200 scans") { observer.scans.count >= 200 }
-        #expect(observer.scans == Array(1...200))
+        try await observer.waitUntil("200 scans") { Self.scans(observer).count >= 200 }
+        #expect(Self.scans(observer) == Array(1...200))
         gw.signal(SIGTERM)
         #expect(try await gw.waitForExit(timeout: .seconds(20)) == 0)
         let files = (try FileManager.default.contentsOfDirectory(atPath: site.dir)).filter { $0.hasPrefix("outbox") }

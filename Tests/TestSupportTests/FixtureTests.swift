@@ -9,6 +9,26 @@ import Glibc
 
 @Suite("Test fixtures start, answer and stop", .timeLimit(.minutes(2)))
 struct FixtureTests {
+    @Test("a rig a failed test drops without shutdown kills its gateway and simulator and removes its directory")
+    func rigTeardownOnFailure() async throws {
+        var pids: [pid_t] = []
+        var directory = ""
+        do {
+            let rig = try await Rig.start(points: "[[device.point]]\nname = \"c\"\nregister = \"coil\"\naddress = 0\n", simArgs: [])
+            try await rig.waitFor("gateway/e2e/dev/status", "online")
+            pids = [rig.gateway.pid, rig.sim.process.pid]
+            directory = String(rig.configPath.dropLast("/gateway.toml".count))
+            #expect(access(directory, F_OK) == 0)
+        }   // the rig is released here, as when a test throws before its shutdown
+        for pid in pids {
+            // Gone once killed and reaped: kill(pid, 0) then fails with ESRCH.
+            let deadline = ContinuousClock.now + .seconds(10)
+            while kill(pid, 0) == 0 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+            #expect(kill(pid, 0) == -1 && errno == ESRCH, "process \(pid) still there")
+        }
+        #expect(access(directory, F_OK) == -1, "\(directory) still there")
+    }
+
     @Test("a child's exit is seen while other children are being started from other threads")
     func exitSeenDespiteConcurrentSpawns() async throws {
         // Long-lived children are started while short ones are. None may inherit a short one's
