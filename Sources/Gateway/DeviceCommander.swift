@@ -35,7 +35,7 @@ final class ReadBacks: Sendable {
 /// back, and the value published. Pulses end with a write of the released state, retried
 /// because that state is the safe one, also on shutdown and while the broker is away.
 final class DeviceCommander: Sendable {
-    enum Job: Sendable {
+    enum Job: DeviceJob {
         case set(MQTTMessage, point: String, receivedAt: ContinuousClock.Instant)
         case get(MQTTMessage, point: String, receivedAt: ContinuousClock.Instant)
         case pulseEnd(point: Int, generation: Int, why: PulseStateMachine.End)
@@ -45,8 +45,16 @@ final class DeviceCommander: Sendable {
         /// the broker is still unreachable when the job runs.
         case failsafe(points: [Int], whileBrokerAway: Bool, reply: @Sendable ([FailsafeWrite]) -> Void)
 
-        /// A `/set` or `/get` from MQTT (counted against the device's bound).
-        var isCommand: Bool { if case .pulseEnd = self { false } else { true } }
+        var isCommand: Bool {
+            switch self {
+            case .set, .get: true
+            case .pulseEnd, .latchClear, .failsafe: false
+            }
+        }
+
+        func isCovered(by waiting: Job) -> Bool {
+            if case .latchClear(let a) = self, case .latchClear(let b) = waiting { a == b } else { false }
+        }
     }
 
     struct Context: Sendable {
@@ -203,35 +211,15 @@ final class DeviceCommander: Sendable {
         var pipeline: CommandPipeline
     }
 
-    private struct Queue: Sendable {
-        var jobs: [Job] = []
-        var head = 0
-        /// The device's command task exists (its first job started it; it holds ``work``).
-        var running = false
-        /// The command task, waiting for a job.
-        var parked: CheckedContinuation<Void, Never>?
-        /// ``stop()`` was called: no more jobs are taken; the task ends once the queue is empty.
-        var stopping = false
-        var work: Work?
-        /// ``stop()`` calls waiting for the task to end.
-        var ended: [CheckedContinuation<Void, Never>] = []
-        /// `/set` and `/get` jobs queued or running (bounded by ``CommandRequest/pendingPerDevice``;
-        /// pulse ends are the gateway's own and always taken).
-        var commands = 0
-    }
-
-    /// Jobs wait here for the device's command task, which its first job starts and which then
-    /// waits for more: devices that never get a command (sensors) hold no task (a task parked
-    /// per device cost about 6 KiB, 0.6 MiB at 100 devices), and only a device's first command
-    /// pays for starting one (a task per command cost about 0.1 ms on every command).
-    private let queue: Mutex<Queue>
+    /// Its jobs, run one at a time by a task the first job starts.
+    private let jobs: DeviceJobQueue<Job, Work>
 
     init(device: DeviceSettings, bus: ModbusBus, timeoutMs: Int, context: Context, logger: Logger) {
         self.device = device
         self.bus = bus
         self.timeout = .milliseconds(timeoutMs)
         self.context = context
-        queue = Mutex(Queue(work: Work(pipeline: CommandPipeline(maxAgeMs: context.gateway.commandMaxAgeMs, signing: context.signing))))
+        jobs = DeviceJobQueue(Work(pipeline: CommandPipeline(maxAgeMs: context.gateway.commandMaxAgeMs, signing: context.signing)))
         var l = logger
         l[metadataKey: "device"] = "\(device.name)"
         self.logger = l
@@ -242,35 +230,13 @@ final class DeviceCommander: Sendable {
     /// ``CommandRequest/pendingPerDevice`` waiting: the caller answers "busy".
     @discardableResult
     func submit(_ job: Job) -> Bool {
-        var start = false
-        var taken = true
-        let wake = queue.withLock { q -> CheckedContinuation<Void, Never>? in
-            guard !q.stopping else {
-                taken = false
-                return nil
-            }
-            // A latch clear already waiting covers this one.
-            if case .latchClear(let point) = job, q.jobs[q.head...].contains(where: { if case .latchClear(point) = $0 { true } else { false } }) {
-                return nil
-            }
-            if job.isCommand {
-                guard q.commands < CommandRequest.pendingPerDevice else {
-                    taken = false
-                    return nil
-                }
-                q.commands += 1
-            }
-            q.jobs.append(job)
-            guard q.running else {
-                q.running = true
-                start = true
-                return nil
-            }
-            return q.parked.take()
+        switch jobs.submit(job) {
+        case .refused: return false
+        case .queued: return true
+        case .start:
+            Task { await self.jobs.serve { job, work in await self.run(job, work: &work) } }
+            return true
         }
-        if start { Task { await self.serve() } }
-        wake?.resume()
-        return taken
     }
 
     /// Pulses an earlier run switched on and never switched off (it crashed) are switched off
@@ -279,79 +245,20 @@ final class DeviceCommander: Sendable {
         let leftOn = context.journal.current
         let points = device.points.indices.filter { device.points[$0].pulseMs != nil
             && leftOn.contains(PulseJournal.key(device: device.name, point: device.points[$0].name)) }
-        let actions = queue.withLock { $0.work?.pulses.leftOn(points) } ?? []
+        let actions = jobs.withIdleState { $0.pulses.leftOn(points) } ?? []
         for case .offNow(let point, let g, let why) in actions { submit(.pulseEnd(point: point, generation: g, why: why)) }
     }
 
     /// Takes no more jobs, waits for the queued ones to be run, then switches off every pulse
     /// still on (in a task of its own, so a cancelled caller does not cancel the safety writes).
     func stop() async {
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            var idle = false
-            let wake = queue.withLock { q -> CheckedContinuation<Void, Never>? in
-                q.stopping = true
-                guard q.running else {
-                    idle = true
-                    return nil
-                }
-                q.ended.append(c)
-                return q.parked.take()
-            }
-            wake?.resume()
-            if idle { c.resume() }
-        }
-        guard var work = queue.withLock({ $0.work.take() }) else { return }
+        guard var work = await jobs.stop() else { return }
         for t in work.timers.values { t.cancel() }
         let pending = work.pulses.stop()
         guard !pending.isEmpty else { return }
         await Task {
             for index in pending { await self.endPulse(index, attempts: 3, why: "gateway stopping") }
         }.value
-    }
-
-    private enum Next: Sendable {
-        case job(Job)
-        case wait
-        case end([CheckedContinuation<Void, Never>])
-    }
-
-    /// The command task: runs queued jobs in arrival order, waits when there is none, and ends
-    /// once stopping and the queue is empty.
-    private func serve() async {
-        guard var work = queue.withLock({ $0.work.take() }) else { return }
-        while true {
-            let next = queue.withLock { q -> Next in
-                if q.head < q.jobs.count {
-                    let job = q.jobs[q.head]
-                    q.head += 1
-                    return .job(job)
-                }
-                q.jobs.removeAll()
-                q.head = 0
-                guard q.stopping else { return .wait }
-                q.work = work
-                q.running = false
-                defer { q.ended = [] }
-                return .end(q.ended)
-            }
-            switch next {
-            case .job(let job):
-                await run(job, work: &work)
-                if job.isCommand { queue.withLock { $0.commands -= 1 } }
-            case .wait:
-                await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                    let ready = queue.withLock { q -> Bool in
-                        if q.head < q.jobs.count || q.stopping { return true }
-                        q.parked = c
-                        return false
-                    }
-                    if ready { c.resume() }
-                }
-            case .end(let waiters):
-                for w in waiters { w.resume() }
-                return
-            }
-        }
     }
 
     private func run(_ job: Job, work: inout Work) async {

@@ -24,9 +24,19 @@ extension SerialDeviceSettings {
 /// templates. Online while the port is open (and, with `idle_timeout_ms`, frames keep arriving;
 /// with `poll`, replies keep coming).
 final class SerialDeviceRunner: Sendable {
-    enum Job: Sendable {
+    enum Job: DeviceJob {
         case set(MQTTMessage, command: String, receivedAt: ContinuousClock.Instant)
         case get(MQTTMessage, point: String)
+
+        var isCommand: Bool { true }
+        func isCovered(by waiting: Job) -> Bool { false }
+    }
+
+    /// What its commands change: the command checks' memory, and when a write last stalled (the
+    /// line did not take it in time).
+    private struct Work: Sendable {
+        var pipeline: CommandPipeline
+        var stalled: ContinuousClock.Instant?
     }
 
     let settings: SerialDeviceSettings
@@ -38,10 +48,8 @@ final class SerialDeviceRunner: Sendable {
     private let replies = FrameSignal()
     /// Its metrics and live status (operations listener on).
     private let meter: DeviceMeter?
-    private let jobs: AsyncStream<Job>
-    private let continuation: AsyncStream<Job>.Continuation
-    /// Jobs submitted and not yet finished (at most ``CommandRequest/pendingPerDevice``).
-    private let pending = Mutex(0)
+    /// Its commands, run one at a time by a task the first command starts.
+    private let jobs: DeviceJobQueue<Job, Work>
     /// A command must start within this, and the line must take it within this again
     /// (`response_timeout_ms`): a barrier command never goes out late.
     private var commandTimeout: Duration { .milliseconds(settings.responseTimeoutMs) }
@@ -57,19 +65,19 @@ final class SerialDeviceRunner: Sendable {
         l[metadataKey: "device"] = "\(settings.name)"
         self.logger = l
         self.health = Mutex(DeviceHealth(offlineAfter: settings.offlineAfter))
-        (jobs, continuation) = AsyncStream.makeStream(of: Job.self)
+        jobs = DeviceJobQueue(Work(pipeline: CommandPipeline(maxAgeMs: context.gateway.commandMaxAgeMs, signing: context.signing)))
     }
 
     /// Queues a job; false (nothing queued) when the device already has
     /// ``CommandRequest/pendingPerDevice`` jobs waiting: the caller answers "busy".
     func submit(_ job: Job) -> Bool {
-        let taken = pending.withLock { n in
-            guard n < CommandRequest.pendingPerDevice else { return false }
-            n += 1
+        switch jobs.submit(job) {
+        case .refused: return false
+        case .queued: return true
+        case .start:
+            Task { await self.jobs.serve { job, work in await self.run(job, work: &work) } }
             return true
         }
-        if taken { continuation.yield(job) }
-        return taken
     }
 
     /// Its task: unstructured for the same reason as a bus poller's (``BusUnit/start``).
@@ -83,21 +91,17 @@ final class SerialDeviceRunner: Sendable {
         }
     }
 
-    /// Closes the port and ends the device's tasks (a command under way may be cut short and
-    /// answered with the error).
+    /// Closes the port and ends the device's tasks; commands still queued are answered (the
+    /// device is offline by then).
     func stop() async {
         let t = task.withLock { $0.take() }
         t?.cancel()
         await t?.value
+        _ = await jobs.stop()
     }
 
     private func run() async {
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { await self.commandLoop() }
-            await self.connectionLoop()
-            continuation.finish()
-            group.cancelAll()
-        }
+        await connectionLoop()
         await line.withLock { $0 }?.close()
     }
 
@@ -272,20 +276,14 @@ final class SerialDeviceRunner: Sendable {
 
     // MARK: commands
 
-    private func commandLoop() async {
-        var pipeline = CommandPipeline(maxAgeMs: context.gateway.commandMaxAgeMs, signing: context.signing)
-        // When a write last stalled (the line did not take it in time).
-        var stalled: ContinuousClock.Instant?
-        for await job in jobs {
-            switch job {
-            case .set(let message, let name, let receivedAt):
-                await handleSet(message, name: name, receivedAt: receivedAt, pipeline: &pipeline, stalled: &stalled)
-            case .get(let message, let name):
-                let answer = CommandAnswer.refused("'\(name)' of a serial device cannot be read on demand: its values come as the device sends them")
-                logger.notice("get \(message.topic.logSafe) -> \(answer.json().logSafe)")
-                await context.answer(answer, to: message, fallback: nil, logger: logger)
-            }
-            pending.withLock { $0 -= 1 }
+    private func run(_ job: Job, work: inout Work) async {
+        switch job {
+        case .set(let message, let name, let receivedAt):
+            await handleSet(message, name: name, receivedAt: receivedAt, pipeline: &work.pipeline, stalled: &work.stalled)
+        case .get(let message, let name):
+            let answer = CommandAnswer.refused("'\(name)' of a serial device cannot be read on demand: its values come as the device sends them")
+            logger.notice("get \(message.topic.logSafe) -> \(answer.json().logSafe)")
+            await context.answer(answer, to: message, fallback: nil, logger: logger)
         }
     }
 

@@ -129,3 +129,31 @@ struct CommandPipelineTests {
         #expect(m.on.isEmpty)
     }
 }
+
+/// The one job queue of Modbus and serial devices, in-process.
+@Suite("Device job queue")
+struct DeviceJobQueueTests {
+    enum TestJob: DeviceJob, Equatable {
+        case command(Int)
+        case own(Int)
+        var isCommand: Bool { if case .command = self { true } else { false } }
+        func isCovered(by waiting: TestJob) -> Bool { if case .own = self { self == waiting } else { false } }
+    }
+
+    @Test("jobs run in arrival order with the state; commands are bounded, the gateway's own jobs are not; a covered job is not queued twice; stop runs what is queued and hands the state back")
+    func queue() async {
+        let q = DeviceJobQueue<TestJob, [TestJob]>([])
+        // Nothing runs until the first job says start; the rest queue behind it.
+        #expect(q.submit(.command(0)) == .start)
+        for i in 1..<CommandRequest.pendingPerDevice { #expect(q.submit(.command(i)) == .queued) }
+        #expect(q.submit(.command(99)) == .refused, "past the bound")
+        #expect(q.submit(.own(1)) == .queued)
+        #expect(q.submit(.own(1)) == .queued)   // covered: taken, not queued again
+        #expect(q.submit(.own(2)) == .queued)
+        let served = Task { await q.serve { job, seen in seen.append(job) } }
+        let state = await q.stop()
+        await served.value
+        #expect(state == (0..<CommandRequest.pendingPerDevice).map { TestJob.command($0) } + [.own(1), .own(2)])
+        #expect(q.submit(.own(3)) == .refused, "stopped")
+    }
+}
