@@ -4,12 +4,44 @@ import Modbus
 import MQTT
 import Synchronization
 
-/// Where a poll's results go: the broker and the status board. The pollers hold this, not the
-/// runtime, so nothing on the poll path reaches back into its owner.
-struct PollSink: Sendable {
-    let client: MQTTClient
+/// Where a poll's results go. The pollers hold this, not the runtime, so nothing on the poll
+/// path reaches back into its owner; a test records them instead (``DevicePoller`` is tested
+/// in-process with a scripted bus).
+protocol PollSink: Sendable {
+    /// Bumped when every value must be published again (see ``ValuesGeneration``).
+    var valuesGeneration: Int { get }
+    /// A device went online or offline.
+    func publishStatus(_ device: String, _ state: DeviceHealth.State) async
+    /// A value or an event.
+    func publishData(to topic: String, payload: [UInt8], retain: Bool, compactable: Bool, ts: Int64) async
+}
+
+/// The running gateway's sink: the status board and the broker (through the outbox).
+struct GatewayPollSink: PollSink {
     let context: DeviceCommander.Context
-    let valuesGeneration: ValuesGeneration
+    let generation: ValuesGeneration
+
+    var valuesGeneration: Int { generation.current }
+
+    func publishStatus(_ device: String, _ state: DeviceHealth.State) async {
+        await context.publishStatus(device, state)
+    }
+
+    func publishData(to topic: String, payload: [UInt8], retain: Bool, compactable: Bool, ts: Int64) async {
+        await context.publishData(to: topic, payload: payload, retain: retain, compactable: compactable, ts: ts)
+    }
+}
+
+/// What a poller reads its devices through: a ``ModbusBus``, or a scripted bus in tests.
+protocol PollingBus: Sendable {
+    /// Reads what `plan` asks of `unit`, started before `deadline` or not at all (`busBusy`).
+    func pollDevice(_ plan: inout ReadPlan, unit: Int, deadline: ContinuousClock.Instant) async -> [Int: ModbusBus.ItemResult]
+}
+
+extension ModbusBus: PollingBus {
+    func pollDevice(_ plan: inout ReadPlan, unit: Int, deadline: ContinuousClock.Instant) async -> [Int: ModbusBus.ItemResult] {
+        await poll(&plan, unit: unit, deadline: deadline)
+    }
 }
 
 /// One bus and its poller: the bus runs one request at a time anyway, so its devices are polled
@@ -45,7 +77,7 @@ final class BusUnit: Sendable {
     /// Polls `pollers` until stopped. An unstructured task, because units start and stop one by
     /// one at a reload while the rest keeps running (a task group cannot cancel one child); the
     /// runtime stops every unit, and awaits its task, before it ends.
-    func start(_ pollers: [DevicePoller], sink: PollSink, liveness: Liveness?, logger: Logger) {
+    func start(_ pollers: [DevicePoller], sink: GatewayPollSink, liveness: Liveness?, logger: Logger) {
         guard !pollers.isEmpty else { return }
         control.withLock { $0 = Control() }
         let task = Task { await self.pollLoop(pollers, sink: sink, liveness: liveness, logger: logger) }
@@ -85,7 +117,7 @@ final class BusUnit: Sendable {
 
     private var stopRequested: Bool { control.withLock { $0.stopRequested } }
 
-    private func pollLoop(_ initial: [DevicePoller], sink: PollSink, liveness: Liveness?, logger: Logger) async -> [DevicePoller] {
+    private func pollLoop(_ initial: [DevicePoller], sink: GatewayPollSink, liveness: Liveness?, logger: Logger) async -> [DevicePoller] {
         var pollers = initial
         // Liveness: one poll takes at most its start deadline (a period) plus a timeout per request.
         let loop = liveness?.register("poller of bus \(settings.name)")
@@ -211,13 +243,13 @@ struct DevicePoller {
 
     /// The poll due at `schedule.next`: read, update health, publish what changed, schedule
     /// the next one (an offline device is probed with backoff).
-    mutating func poll(_ bus: ModbusBus, sink: PollSink) async {
+    mutating func poll(_ bus: some PollingBus, sink: some PollSink) async {
         let gw = gateway
         let started = ContinuousClock.now
         lastStart = started
         // The poller runs one poll at a time, so only commands can hold it up: a poll that
         // cannot start within one period is dropped, not queued up.
-        let results = await bus.poll(&readPlan, unit: settings.unit, deadline: started + schedule.period)
+        let results = await bus.pollDevice(&readPlan, unit: settings.unit, deadline: started + schedule.period)
         if readPlan.requests.count != requestsPerPoll {
             requestsPerPoll = readPlan.requests.count
             log.notice("device refused a merged read (illegal data address): now \(requestsPerPoll) requests per poll")
@@ -233,19 +265,19 @@ struct DevicePoller {
             if health.pollSucceeded() != nil {
                 log.info("device online")
                 backoff.reset()
-                await sink.context.publishStatus(settings.name, .online)
+                await sink.publishStatus(settings.name, .online)
             }
         case .failed:
             if health.pollFailed() != nil {
                 let why = results.values.compactMap { if case .failure(let e) = $0 { "\(e)" } else { nil } }.first ?? "no answer"
                 log.warning("device offline after \(settings.offlineAfter) failed polls: \(why); probing it every \(backoff.cap) at most")
-                await sink.context.publishStatus(settings.name, .offline)
+                await sink.publishStatus(settings.name, .offline)
             }
         case .notStarted:
             log.debug("poll skipped: the bus was busy with commands for a whole period")
         }
         let now = ContinuousClock.now
-        let generation = sink.valuesGeneration.current
+        let generation = sink.valuesGeneration
         if generation != valuesGeneration {
             valuesGeneration = generation
             for i in filters.indices { filters[i].forget() }
@@ -264,8 +296,8 @@ struct DevicePoller {
                 }
                 guard filters[i].shouldPublish(value, now: now) else { continue }
                 meter?.value(point: i, value)
-                await sink.context.publishData(to: valueTopics[i], payload: valuePayload(value, point: point, gateway: gw),
-                                               retain: point.retain ?? gw.retain, compactable: true)
+                await sink.publishData(to: valueTopics[i], payload: valuePayload(value, point: point, gateway: gw),
+                                       retain: point.retain ?? gw.retain, compactable: true, ts: unixMilliseconds())
             case .failure(let error):
                 if outcome == .answered, error != .busBusy, failingPoints.insert(i).inserted {
                     var l = log
@@ -285,7 +317,7 @@ struct DevicePoller {
 
     /// An event seen by this poll: published (QoS 1, not retained); a latch seen set is cleared
     /// on the device unless `latch_clear = false`; a counter reset is said in the log.
-    private func publish(_ event: PointEvent, point i: Int, sink: PollSink) async {
+    private func publish(_ event: PointEvent, point i: Int, sink: some PollSink) async {
         let point = settings.points[i]
         switch event {
         case .reset(let count):
@@ -297,6 +329,6 @@ struct DevicePoller {
         }
         guard let topic = eventTopics[i] else { return }
         let ts = unixMilliseconds()
-        await sink.context.publishData(to: topic, payload: event.payload(ts: ts), retain: false, compactable: false, ts: ts)
+        await sink.publishData(to: topic, payload: event.payload(ts: ts), retain: false, compactable: false, ts: ts)
     }
 }

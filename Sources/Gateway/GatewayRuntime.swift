@@ -184,7 +184,7 @@ public final class GatewayRuntime: Service, Sendable {
         let pollers = u.plan.devices.filter { $0.bus.name == bus.settings.name }.map { d in
             kept[d.settings.name] ?? makePoller(d, gateway: u.plan.configuration.gateway, commander: u.commanders[d.settings.name], start: start)
         }
-        bus.start(pollers, sink: PollSink(client: client, context: u.context, valuesGeneration: valuesGeneration), liveness: liveness, logger: logger)
+        bus.start(pollers, sink: GatewayPollSink(context: u.context, generation: valuesGeneration), liveness: liveness, logger: logger)
     }
 
     public func run() async throws {

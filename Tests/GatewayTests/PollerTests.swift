@@ -1,0 +1,120 @@
+@testable import Gateway
+import GatewayConfig
+import Logging
+import Modbus
+import Synchronization
+import Testing
+
+/// A device's poll logic in-process: a scripted bus answers, a recording sink takes what would
+/// go to the broker. No broker, no simulator, no timing (the end-to-end suites cover the wire).
+@Suite("Device poller, in-process")
+struct PollerTests {
+    /// Answers each poll with the next scripted result set.
+    final class ScriptedBus: PollingBus {
+        private let script: Mutex<[[Int: ModbusBus.ItemResult]]>
+        init(_ script: [[Int: ModbusBus.ItemResult]]) { self.script = Mutex(script) }
+        func pollDevice(_ plan: inout ReadPlan, unit: Int, deadline: ContinuousClock.Instant) async -> [Int: ModbusBus.ItemResult] {
+            script.withLock { $0.isEmpty ? [:] : $0.removeFirst() }
+        }
+    }
+
+    final class RecordingSink: PollSink {
+        let statuses = Mutex<[DeviceHealth.State]>([])
+        let data = Mutex<[(topic: String, payload: String)]>([])
+        let generation = Mutex(0)
+        var valuesGeneration: Int { generation.withLock { $0 } }
+        func publishStatus(_ device: String, _ state: DeviceHealth.State) async { statuses.withLock { $0.append(state) } }
+        func publishData(to topic: String, payload: [UInt8], retain: Bool, compactable: Bool, ts: Int64) async {
+            data.withLock { $0.append((topic, String(decoding: payload, as: UTF8.self))) }
+        }
+        var values: [String] { data.withLock { $0.filter { $0.topic.hasSuffix("/dev/t") }.map(\.payload) } }
+    }
+
+    static let config = """
+        [gateway]
+        id = "x"
+        [[bus]]
+        name = "b"
+        type = "tcp"
+        host = "127.0.0.1"
+        [[device]]
+        name = "dev"
+        bus = "b"
+        offline_after = 2
+          [[device.point]]
+          name = "t"
+          register = "holding"
+          address = 0
+          [[device.point]]
+          name = "n"
+          register = "holding"
+          address = 1
+          counter = true
+        """
+
+    func poller(readBacks: ReadBacks? = nil) throws -> DevicePoller {
+        let plan = GatewayPlan(try ConfigLoader.parse(Self.config))
+        return DevicePoller(plan.devices[0], gateway: plan.configuration.gateway, topics: plan.topics, logger: Logger(label: "test"),
+                            start: .now, readBacks: readBacks, meter: nil)
+    }
+
+    static func answer(_ t: UInt16, _ n: UInt16) -> [Int: ModbusBus.ItemResult] {
+        [0: .success(.registers([t])), 1: .success(.registers([n]))]
+    }
+    static let noAnswer: [Int: ModbusBus.ItemResult] = [0: .failure(.timeout(function: "read")), 1: .failure(.timeout(function: "read"))]
+    static let busy: [Int: ModbusBus.ItemResult] = [0: .failure(.busBusy), 1: .failure(.busBusy)]
+
+    @Test("online at the first answer; a value is published when it changes; offline once after offline_after failures; online again")
+    func health() async throws {
+        var p = try poller()
+        let sink = RecordingSink()
+        let bus = ScriptedBus([Self.answer(5, 0), Self.answer(5, 0), Self.answer(6, 0), Self.noAnswer, Self.noAnswer, Self.noAnswer, Self.answer(6, 0)])
+        for _ in 0..<3 { await p.poll(bus, sink: sink) }
+        #expect(sink.statuses.withLock { $0 } == [.online])
+        #expect(sink.values == ["5", "6"])
+        await p.poll(bus, sink: sink)
+        #expect(sink.statuses.withLock { $0 } == [.online], "one failure is not offline yet")
+        await p.poll(bus, sink: sink)
+        await p.poll(bus, sink: sink)
+        #expect(sink.statuses.withLock { $0 } == [.online, .offline], "offline said once")
+        await p.poll(bus, sink: sink)
+        #expect(sink.statuses.withLock { $0 } == [.online, .offline, .online])
+        #expect(sink.values == ["5", "6"], "the same value is not published again after the outage")
+    }
+
+    @Test("a bus busy with commands for a whole period says nothing about the device")
+    func busyIsNotFailure() async throws {
+        var p = try poller()
+        let sink = RecordingSink()
+        let bus = ScriptedBus([Self.busy, Self.busy, Self.busy, Self.answer(1, 0), Self.busy, Self.busy, Self.busy])
+        for _ in 0..<7 { await p.poll(bus, sink: sink) }
+        #expect(sink.statuses.withLock { $0 } == [.online])
+    }
+
+    @Test("a value its commander read back is not published again by the next poll; a new values generation republishes")
+    func readBacksAndGeneration() async throws {
+        let readBacks = ReadBacks()
+        var p = try poller(readBacks: readBacks)
+        let sink = RecordingSink()
+        let bus = ScriptedBus([Self.answer(1, 0), Self.answer(7, 0), Self.answer(7, 0)])
+        await p.poll(bus, sink: sink)
+        readBacks.record(.number(7, integer: true), point: 0)
+        await p.poll(bus, sink: sink)
+        #expect(sink.values == ["1"])
+        sink.generation.withLock { $0 += 1 }   // as after a reconnect
+        await p.poll(bus, sink: sink)
+        #expect(sink.values == ["1", "7"])
+    }
+
+    @Test("a counter publishes its increments as events, across a wrap")
+    func counterEvents() async throws {
+        var p = try poller()
+        let sink = RecordingSink()
+        let bus = ScriptedBus([Self.answer(0, 10), Self.answer(0, 13), Self.answer(0, 65535), Self.answer(0, 2)])
+        for _ in 0..<4 { await p.poll(bus, sink: sink) }
+        let events = sink.data.withLock { $0.filter { $0.topic == "gateway/x/dev/n/event" }.map(\.payload) }
+        #expect(events.count == 3, "\(events)")
+        #expect(events.first?.hasPrefix("{\"event_type\":\"count\",\"count\":3,") == true, "\(events)")
+        #expect(events.last?.hasPrefix("{\"event_type\":\"count\",\"count\":3,") == true, "65535 -> 2 is a wrap of 3: \(events)")
+    }
+}
