@@ -35,7 +35,7 @@ extension MQTTClient {
             sslContext = nil
         }
         let host = config.host
-        let bootstrap = ClientBootstrap(group: group)
+        let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(.milliseconds(config.connectTimeout.milliseconds))
             .channelOption(.socketOption(.so_keepalive), value: 1)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
@@ -81,10 +81,7 @@ extension MQTTClient {
         let connect = ConnectPacket(clientIdentifier: config.clientIdentifier, cleanStart: config.cleanStart, keepAlive: config.keepAlive,
                                     username: config.username, password: config.password, will: will, properties: props)
         ch.writeAndFlush(MQTTPacket.connect(connect), promise: nil)
-        let timeout = Task { [weak self] in
-            try? await Task.sleep(for: config.connectTimeout)
-            await self?.connAckTimedOut(connection: id)
-        }
+        let timeout = after(config.connectTimeout) { $0.connAckTimedOut(connection: id) }
         defer { timeout.cancel() }
         let ack: ConnAckPacket
         do {
@@ -191,19 +188,19 @@ extension MQTTClient {
     }
 
     func startKeepAlive(connection id: Int) {
-        keepAliveTask?.cancel()
+        keepAliveTimer?.cancel()
+        keepAliveTimer = nil
         guard effectiveKeepAlive > 0 else { keepAlive = nil; return }
         keepAlive = KeepAliveStateMachine(interval: .seconds(Int(effectiveKeepAlive)), now: .now)
-        keepAliveTask = Task { [weak self] in
-            while !Task.isCancelled {
-                guard let action = await self?.keepAliveStep(connection: id) else { return }
-                switch action {
-                case .wait(let until):
-                    try? await Task.sleep(until: until, clock: .continuous)
-                case .sendPing, .closeDead:
-                    continue
-                }
-            }
+        keepAliveTick(connection: id)
+    }
+
+    /// Steps the keepalive state machine until it says wait, then comes back at that time.
+    func keepAliveTick(connection id: Int) {
+        while let action = keepAliveStep(connection: id) {
+            guard case .wait(let until) = action else { continue }
+            keepAliveTimer = after(max(.zero, until - .now)) { $0.keepAliveTick(connection: id) }
+            return
         }
     }
 

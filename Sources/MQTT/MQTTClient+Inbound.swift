@@ -41,8 +41,8 @@ extension MQTTClient {
         guard id == connectionID, channel != nil || state == .connected || state == .shutdown else { return }
         let wasConnected = state == .connected
         channel = nil
-        keepAliveTask?.cancel()
-        keepAliveTask = nil
+        keepAliveTimer?.cancel()
+        keepAliveTimer = nil
         keepAlive = nil
         if state != .shutdown { state = .idle }
         for (_, r) in requests { r.resume(throwing: MQTTError.connectionLost(reason)) }

@@ -400,7 +400,7 @@ struct CommandTests {
         let rssPeak = Mutex(0)
         try await rig.waitUntil(timeout: .seconds(120), "an answer to every command") {
             rssPeak.withLock { $0 = max($0, SerialDeviceTests.rssKiB(rig.gateway.pid)) }
-            return rig.payloads(resultTopic).count >= count
+            return rig.watcher.count(resultTopic) >= count
         }
         let answers = rig.payloads(resultTopic)
         let ok = answers.filter { $0.hasPrefix(#"{"ok":true"#) }.count

@@ -332,15 +332,17 @@ struct ClientQueueTests {
         cfg.queueLimit = 3
         cfg.reconnect = ReconnectPolicy(initialDelay: .milliseconds(20), maximumDelay: .milliseconds(50))
         let c = MQTTClient(configuration: cfg)
-        let sends = (0..<5).map { i in
-            Task { () -> Result<Void, MQTTError> in
+        // One at a time: each publish is offered to the (unconnected) client before the next
+        // starts (tasks started together reach the actor in no set order).
+        var sends: [Task<Result<Void, MQTTError>, Never>] = []
+        let deadline = ContinuousClock.now + .seconds(10)
+        for i in 0..<5 {
+            sends.append(Task { () -> Result<Void, MQTTError> in
                 do { try await c.publish(to: "q/\(i)", string: "\(i)", qos: .atLeastOnce); return .success(()) }
                 catch let e as MQTTError { return .failure(e) } catch { return .failure(.shutdown) }
-            }
+            })
+            while await c.droppedCount + c.queuedCount < i + 1 && ContinuousClock.now < deadline { await Task.yield() }
         }
-        // Bounded wait until all five were offered to the (unconnected) client.
-        let deadline = ContinuousClock.now + .seconds(10)
-        while await c.droppedCount + c.queuedCount < 5 && ContinuousClock.now < deadline { await Task.yield() }
         #expect(await c.droppedCount == 2)
         #expect(await c.queuedCount == 3)
         await c.start()
