@@ -141,16 +141,16 @@ public final class GatewayRuntime: Service, Sendable {
     /// The MQTT client's settings from `[mqtt]`: will `offline` on the gateway's status topic.
     static func mqttConfiguration(_ configuration: GatewayConfiguration, password: [UInt8]?, telemetry: GatewayTelemetry?) -> MQTTConfiguration {
         let broker = configuration.mqtt.broker
-        var mqtt = MQTTConfiguration(host: broker.host, port: broker.port, tls: broker.tls ? TLSOptions() : nil,
+        var mqtt = MQTTConfiguration(host: broker.host, port: broker.port, tls: broker.tls ? MQTTTLSOptions() : nil,
                                      clientIdentifier: configuration.mqtt.clientID ?? "gateway-\(configuration.gateway.id)")
         mqtt.version = configuration.mqtt.protocolVersion == 3 ? .v3_1_1 : .v5
         mqtt.keepAlive = UInt16(configuration.mqtt.keepAlive)
         mqtt.cleanStart = configuration.mqtt.cleanSession
         mqtt.username = configuration.mqtt.username
         mqtt.password = password
-        mqtt.will = Will(topic: TopicLayout(base: configuration.baseTopic).status, payload: Array("offline".utf8), qos: .atLeastOnce, retain: true)
+        mqtt.will = MQTTWill(topic: TopicLayout(base: configuration.baseTopic).status, payload: Array("offline".utf8), qos: .atLeastOnce, retain: true)
         if mqtt.tls != nil {   // mqtts:// (the config checker refuses TLS files with mqtt://)
-            mqtt.tls = TLSOptions(caFile: configuration.mqtt.caFile, certificateFile: configuration.mqtt.certFile, keyFile: configuration.mqtt.keyFile)
+            mqtt.tls = MQTTTLSOptions(caFile: configuration.mqtt.caFile, certificateFile: configuration.mqtt.certFile, keyFile: configuration.mqtt.keyFile)
         }
         if let telemetry {
             let histogram = telemetry.mqttAckRoundTrip
@@ -358,8 +358,8 @@ public final class GatewayRuntime: Service, Sendable {
 
     /// Command subscriptions at QoS 2; with MQTT 5 no retained commands at subscribe (retain
     /// handling 2) and retain-as-published, so a live retained command is seen and refused.
-    private var commandSubscriptions: [Subscription] {
-        topics.commandFilters.map { Subscription($0, qos: .exactlyOnce, retainAsPublished: true, retainHandling: .doNotSend) }
+    private var commandSubscriptions: [MQTTSubscription] {
+        topics.commandFilters.map { MQTTSubscription($0, qos: .exactlyOnce, retainAsPublished: true, retainHandling: .doNotSend) }
     }
 
     /// Birth and statuses after every (re)connect; broker loss logged once per episode.

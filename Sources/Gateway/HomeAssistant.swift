@@ -107,7 +107,7 @@ final class HomeAssistantPublisher: Sendable {
                     let removed = await scanEarlierConfigs()
                     await publishConfigs(removing: removed)
                     do {
-                        _ = try await client.subscribe([Subscription(statusTopic, qos: .atLeastOnce)])
+                        _ = try await client.subscribe([MQTTSubscription(statusTopic, qos: .atLeastOnce)])
                     } catch {
                         logger.warning("cannot subscribe to \(statusTopic): \(error); Home Assistant restarts will not bring the configs back until the next connect")
                     }
@@ -159,7 +159,7 @@ final class HomeAssistantPublisher: Sendable {
     private func scanEarlierConfigs() async -> [String: [String: String]] {
         scan.withLock { $0 = ([:], .now) }
         do {
-            _ = try await client.subscribe([Subscription(configFilter, qos: .atLeastOnce)])
+            _ = try await client.subscribe([MQTTSubscription(configFilter, qos: .atLeastOnce)])
         } catch {
             scan.withLock { $0.seen = nil }
             logger.warning("cannot read earlier discovery configs (\(error)): stale ones are not cleared")

@@ -140,7 +140,7 @@ final class Outbox: Sendable {
 
     static func properties(ts: Int64) -> MQTTProperties {
         var p = MQTTProperties()
-        p.userProperties = [UserProperty("ts", String(ts))]
+        p.userProperties = [MQTTUserProperty("ts", String(ts))]
         return p
     }
 

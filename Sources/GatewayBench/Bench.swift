@@ -86,7 +86,7 @@ struct MQTTBench: AsyncParsableCommand {
     func run() async throws {
         let payload = [UInt8](repeating: 0x41, count: size)
         for q in qos {
-            guard let level = QoS(rawValue: UInt8(q)) else { continue }
+            guard let level = MQTTQoS(rawValue: UInt8(q)) else { continue }
             var cfg = MQTTConfiguration(host: "127.0.0.1", port: port, version: protocolVersion == 3 ? .v3_1_1 : .v5,
                                         clientIdentifier: "bench-\(q)")
             cfg.maximumInFlight = window

@@ -41,10 +41,10 @@ struct KeepAliveStateMachine {
 
 /// Reconnect delays: exponential with jitter, capped; `random` in [0, 1) is injected for tests.
 struct Backoff {
-    let policy: ReconnectPolicy
+    let policy: MQTTReconnectPolicy
     private(set) var attempt = 0
 
-    init(policy: ReconnectPolicy) { self.policy = policy }
+    init(policy: MQTTReconnectPolicy) { self.policy = policy }
 
     mutating func reset() { attempt = 0 }
 

@@ -72,7 +72,7 @@ final class MQTTChannelHandler: ChannelDuplexHandler {
             events.yield(.malformed(error))
             closeReason = ("malformed packet from the broker: \(error)", false)
             if version == .v5 {
-                let code: ReasonCode = if case .packetTooLarge = error { .packetTooLarge } else { .malformedPacket }
+                let code: MQTTReasonCode = if case .packetTooLarge = error { .packetTooLarge } else { .malformedPacket }
                 var out = context.channel.allocator.buffer(capacity: 4)
                 MQTTPacketCodec.encode(.disconnect(ReasonPacket(reasonCode: code)), version: version, into: &out)
                 context.writeAndFlush(wrapOutboundOut(out), promise: nil)

@@ -35,7 +35,7 @@ extension MQTTClient {
             sslContext = nil
         }
         let host = config.host
-        let bootstrap = ClientBootstrap(group: eventLoop)
+        let bootstrap = ClientBootstrap(group: group)
             .connectTimeout(.milliseconds(config.connectTimeout.milliseconds))
             .channelOption(.socketOption(.so_keepalive), value: 1)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
@@ -81,7 +81,10 @@ extension MQTTClient {
         let connect = ConnectPacket(clientIdentifier: config.clientIdentifier, cleanStart: config.cleanStart, keepAlive: config.keepAlive,
                                     username: config.username, password: config.password, will: will, properties: props)
         ch.writeAndFlush(MQTTPacket.connect(connect), promise: nil)
-        let timeout = after(config.connectTimeout) { $0.connAckTimedOut(connection: id) }
+        let timeout = Task { [weak self] in
+            try? await Task.sleep(for: config.connectTimeout)
+            await self?.connAckTimedOut(connection: id)
+        }
         defer { timeout.cancel() }
         let ack: ConnAckPacket
         do {
@@ -119,7 +122,7 @@ extension MQTTClient {
         let p = ack.properties
         serverReceiveMaximum = Int(p.receiveMaximum ?? 65_535)
         serverMaximumPacketSize = p.maximumPacketSize.map { Int($0) } ?? Int.max
-        serverMaximumQoS = p.maximumQoS.flatMap { QoS(rawValue: $0) } ?? .exactlyOnce
+        serverMaximumQoS = p.maximumQoS.flatMap { MQTTQoS(rawValue: $0) } ?? .exactlyOnce
         serverRetainAvailable = (p.retainAvailable ?? 1) == 1
         if let assigned = p.assignedClientIdentifier { assignedClientIdentifier = assigned }
         effectiveKeepAlive = p.serverKeepAlive ?? configuration.keepAlive
@@ -188,19 +191,19 @@ extension MQTTClient {
     }
 
     func startKeepAlive(connection id: Int) {
-        keepAliveTimer?.cancel()
-        keepAliveTimer = nil
+        keepAliveTask?.cancel()
         guard effectiveKeepAlive > 0 else { keepAlive = nil; return }
         keepAlive = KeepAliveStateMachine(interval: .seconds(Int(effectiveKeepAlive)), now: .now)
-        keepAliveTick(connection: id)
-    }
-
-    /// Steps the keepalive state machine until it says wait, then comes back at that time.
-    func keepAliveTick(connection id: Int) {
-        while let action = keepAliveStep(connection: id) {
-            guard case .wait(let until) = action else { continue }
-            keepAliveTimer = after(max(.zero, until - .now)) { $0.keepAliveTick(connection: id) }
-            return
+        keepAliveTask = Task { [weak self] in
+            while !Task.isCancelled {
+                guard let action = await self?.keepAliveStep(connection: id) else { return }
+                switch action {
+                case .wait(let until):
+                    try? await Task.sleep(until: until, clock: .continuous)
+                case .sendPing, .closeDead:
+                    continue
+                }
+            }
         }
     }
 

@@ -41,8 +41,8 @@ extension MQTTClient {
         guard id == connectionID, channel != nil || state == .connected || state == .shutdown else { return }
         let wasConnected = state == .connected
         channel = nil
-        keepAliveTimer?.cancel()
-        keepAliveTimer = nil
+        keepAliveTask?.cancel()
+        keepAliveTask = nil
         keepAlive = nil
         if state != .shutdown { state = .idle }
         for (_, r) in requests { r.resume(throwing: MQTTError.connectionLost(reason)) }
@@ -167,7 +167,7 @@ extension MQTTClient {
         notifyIfDrained()
     }
 
-    func protocolError(_ text: String, code: ReasonCode = .protocolError) {
+    func protocolError(_ text: String, code: MQTTReasonCode = .protocolError) {
         logger.error("MQTT protocol error from the broker: \(text)")
         lastCloseReason = "protocol error: \(text)"
         closingOurselves = true

@@ -67,7 +67,7 @@ extension MQTTClient {
     /// While disconnected the message waits in the bounded queue. `ahead`: it goes before every
     /// message already queued (after earlier `ahead` ones), and is never the one dropped from a
     /// full queue: a last word (`offline` at stop) does not wait behind a telemetry backlog.
-    public func publish(to topic: String, payload: [UInt8], qos: QoS = .atMostOnce, retain: Bool = false,
+    public func publish(to topic: String, payload: [UInt8], qos: MQTTQoS = .atMostOnce, retain: Bool = false,
                         properties: MQTTProperties = .init(), ahead: Bool = false) async throws {
         let packet = try makePublish(topic: topic, payload: payload, qos: qos, retain: retain, properties: properties)
         try await withCheckedThrowingContinuation { (cont: CheckedContinuation<Void, any Error>) in
@@ -76,7 +76,7 @@ extension MQTTClient {
     }
 
     /// Publishes without waiting for the acknowledgement (fire and forget, still queued and resent).
-    public func enqueue(to topic: String, payload: [UInt8], qos: QoS = .atMostOnce, retain: Bool = false,
+    public func enqueue(to topic: String, payload: [UInt8], qos: MQTTQoS = .atMostOnce, retain: Bool = false,
                         properties: MQTTProperties = .init()) throws {
         let packet = try makePublish(topic: topic, payload: payload, qos: qos, retain: retain, properties: properties)
         enqueue(Pending(packet: packet, continuation: nil))
@@ -85,7 +85,7 @@ extension MQTTClient {
     /// Publishes each message in order without waiting; `completed` is called once per message
     /// with its outcome (acknowledged, or why not), in no set order. For a sender that keeps its
     /// own copy until the broker has it (the outbox).
-    public func enqueue(_ messages: [(topic: String, payload: [UInt8], retain: Bool, properties: MQTTProperties)], qos: QoS,
+    public func enqueue(_ messages: [(topic: String, payload: [UInt8], retain: Bool, properties: MQTTProperties)], qos: MQTTQoS,
                         completed: @escaping @Sendable (Int, Result<Void, any Error>) -> Void) {
         for (i, m) in messages.enumerated() {
             do {
@@ -99,7 +99,7 @@ extension MQTTClient {
 
     /// Publishes without waiting when connected and the queue is short (fewer than `maximumQueued`
     /// waiting); false, and nothing queued, otherwise.
-    public func enqueueIfKeepingUp(to topic: String, payload: [UInt8], qos: QoS, retain: Bool, properties: MQTTProperties = .init(),
+    public func enqueueIfKeepingUp(to topic: String, payload: [UInt8], qos: MQTTQoS, retain: Bool, properties: MQTTProperties = .init(),
                                    maximumQueued: Int) -> Bool {
         guard state == .connected, queue.count < maximumQueued,
               let packet = try? makePublish(topic: topic, payload: payload, qos: qos, retain: retain, properties: properties) else { return false }
@@ -107,18 +107,18 @@ extension MQTTClient {
         return true
     }
 
-    public func publish(to topic: String, string: String, qos: QoS = .atMostOnce, retain: Bool = false,
+    public func publish(to topic: String, string: String, qos: MQTTQoS = .atMostOnce, retain: Bool = false,
                         properties: MQTTProperties = .init()) async throws {
         try await publish(to: topic, payload: Array(string.utf8), qos: qos, retain: retain, properties: properties)
     }
 
-    func makePublish(topic: String, payload: [UInt8], qos: QoS, retain: Bool, properties: MQTTProperties) throws -> PublishPacket {
+    func makePublish(topic: String, payload: [UInt8], qos: MQTTQoS, retain: Bool, properties: MQTTProperties) throws -> PublishPacket {
         guard state != .shutdown else { throw MQTTError.shutdown }
-        guard Topic.isValidName(topic) else { throw MQTTError.invalidArgument("topic '\(topic)' is not a valid topic name") }
+        guard MQTTTopic.isValidName(topic) else { throw MQTTError.invalidArgument("topic '\(topic)' is not a valid topic name") }
         guard properties.topicAlias == nil, properties.subscriptionIdentifiers.isEmpty else {
             throw MQTTError.invalidArgument("topic alias and subscription identifiers are not for the client to send")
         }
-        if let rt = properties.responseTopic, !Topic.isValidName(rt) { throw MQTTError.invalidArgument("response topic '\(rt)' is not valid") }
+        if let rt = properties.responseTopic, !MQTTTopic.isValidName(rt) { throw MQTTError.invalidArgument("response topic '\(rt)' is not valid") }
         if retain && !serverRetainAvailable { throw MQTTError.invalidArgument("the broker does not support retained messages") }
         let packet = PublishPacket(topic: topic, payload: payload, qos: qos, retain: retain,
                                    properties: version == .v5 ? properties : MQTTProperties())
@@ -160,9 +160,9 @@ extension MQTTClient {
     /// Subscribes; returns one reason code per filter (granted QoS or a failure such as
     /// `notAuthorized`). Granted subscriptions are restored after a reconnect without a session.
     @discardableResult
-    public func subscribe(_ subscriptions: [Subscription], timeout: Duration = .seconds(10)) async throws -> [ReasonCode] {
+    public func subscribe(_ subscriptions: [MQTTSubscription], timeout: Duration = .seconds(10)) async throws -> [MQTTReasonCode] {
         guard !subscriptions.isEmpty else { throw MQTTError.invalidArgument("nothing to subscribe to") }
-        for s in subscriptions where !Topic.isValidFilter(s.filter) {
+        for s in subscriptions where !MQTTTopic.isValidFilter(s.filter) {
             throw MQTTError.invalidArgument("topic filter '\(s.filter)' is not valid")
         }
         guard state == .connected else { throw MQTTError.notConnected }
@@ -180,9 +180,9 @@ extension MQTTClient {
 
     /// Unsubscribes; returns the 5.0 reason codes (empty on 3.1.1).
     @discardableResult
-    public func unsubscribe(_ filters: [String], timeout: Duration = .seconds(10)) async throws -> [ReasonCode] {
+    public func unsubscribe(_ filters: [String], timeout: Duration = .seconds(10)) async throws -> [MQTTReasonCode] {
         guard !filters.isEmpty else { throw MQTTError.invalidArgument("nothing to unsubscribe from") }
-        for f in filters where !Topic.isValidFilter(f) { throw MQTTError.invalidArgument("topic filter '\(f)' is not valid") }
+        for f in filters where !MQTTTopic.isValidFilter(f) { throw MQTTError.invalidArgument("topic filter '\(f)' is not valid") }
         for f in filters { subscriptions[f] = nil }
         subscriptionOrder.removeAll { filters.contains($0) }
         guard state == .connected else { throw MQTTError.notConnected }
@@ -191,7 +191,10 @@ extension MQTTClient {
     }
 
     func request(_ pid: UInt16, _ packet: MQTTPacket, timeout: Duration) async throws -> SubAckPacket {
-        let timer = after(timeout) { $0.requestTimedOut(pid) }
+        let timer = Task { [weak self] in
+            try? await Task.sleep(for: timeout)
+            await self?.requestTimedOut(pid)
+        }
         defer { timer.cancel() }
         return try await withCheckedThrowingContinuation { cont in
             requests[pid] = cont

@@ -2,7 +2,7 @@ import NIOSSL
 
 /// TLS settings for an `mqtts://` broker.
 extension MQTTClient {
-    static func makeSSLContext(_ tls: TLSOptions) throws -> NIOSSLContext {
+    static func makeSSLContext(_ tls: MQTTTLSOptions) throws -> NIOSSLContext {
         var c = TLSConfiguration.makeClientConfiguration()
         c.minimumTLSVersion = .tlsv12
         if let ca = tls.caFile { c.trustRoots = .file(ca) }

@@ -28,10 +28,7 @@ public actor MQTTClient {
     public nonisolated let events: AsyncStream<MQTTEvent>
     let messageSink: AsyncStream<MQTTMessage>.Continuation
     let eventSink: AsyncStream<MQTTEvent>.Continuation
-    /// The loop the client's connections live on, and its executor: the actor runs its code on
-    /// this loop (``unownedExecutor``), so a packet written or received needs no hop between the
-    /// cooperative pool and the loop, and its timers are the loop's scheduled tasks.
-    let eventLoop: any EventLoop
+    let group: any EventLoopGroup
     var logger: Logger
 
     enum State: Equatable { case idle, connecting, connected, shutdown }
@@ -41,7 +38,7 @@ public actor MQTTClient {
     var channel: (any Channel)?
     var connectionID = 0
     var readerTask: Task<Void, Never>?
-    var keepAliveTimer: Scheduled<Void>?
+    var keepAliveTask: Task<Void, Never>?
     var keepAlive: KeepAliveStateMachine?
     var connAckWaiter: CheckedContinuation<ConnAckPacket, any Error>?
     var disconnectWaiters: [CheckedContinuation<Void, Never>] = []
@@ -63,7 +60,7 @@ public actor MQTTClient {
     public internal(set) var effectiveKeepAlive: UInt16
     var serverReceiveMaximum = 65_535
     var serverMaximumPacketSize = Int.max
-    var serverMaximumQoS: QoS = .exactlyOnce
+    var serverMaximumQoS: MQTTQoS = .exactlyOnce
     var serverRetainAvailable = true
     var inboundAliases: [UInt16: String] = [:]
 
@@ -89,7 +86,7 @@ public actor MQTTClient {
     var queuePeak = 0
     var incomingQoS2: Set<UInt16> = []
     var nextPacketID: UInt16 = 1
-    var subscriptions: [String: Subscription] = [:]
+    var subscriptions: [String: MQTTSubscription] = [:]
     var subscriptionOrder: [String] = []
     var requests: [UInt16: CheckedContinuation<SubAckPacket, any Error>] = [:]
     /// SUBSCRIBEs sent to restore subscriptions; `.connected` is announced once they are all answered.
@@ -112,24 +109,12 @@ public actor MQTTClient {
     public init(configuration: MQTTConfiguration, eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                 logger: Logger = Logger(label: "gateway.mqtt")) {
         self.configuration = configuration
-        self.eventLoop = eventLoopGroup.next()
+        self.group = eventLoopGroup
         self.logger = logger
         self.version = configuration.version
         self.effectiveKeepAlive = configuration.keepAlive
         (messages, messageSink) = AsyncStream.makeStream(of: MQTTMessage.self, bufferingPolicy: .bufferingOldest(max(1, configuration.incomingLimit)))
         (events, eventSink) = AsyncStream.makeStream(of: MQTTEvent.self, bufferingPolicy: .bufferingNewest(1000))
-    }
-
-    public nonisolated var unownedExecutor: UnownedSerialExecutor { eventLoop.executor.asUnownedSerialExecutor() }
-
-    /// Runs `body` on the actor after `delay`: a task scheduled on its loop (no task, no
-    /// sleep). Cancel the returned handle when it is no longer wanted.
-    @discardableResult
-    func after(_ delay: Duration, _ body: @escaping @Sendable (isolated MQTTClient) -> Void) -> Scheduled<Void> {
-        eventLoop.scheduleTask(in: delay.timeAmount) { [weak self] in
-            // Scheduled tasks run on the loop, which is this actor's executor.
-            self?.assumeIsolated { body($0) }
-        }
     }
 
     deinit {
@@ -165,7 +150,10 @@ public actor MQTTClient {
     /// sends DISCONNECT (the broker discards the will) and closes. No reconnect afterwards.
     public func disconnect(timeout: Duration = .seconds(2)) async {
         if state == .connected && (!outbound.isEmpty || !queue.isEmpty) {
-            let timer = after(timeout) { $0.notifyIfDrained(force: true) }
+            let timer = Task { [weak self] in
+                try? await Task.sleep(for: timeout)
+                await self?.notifyIfDrained(force: true)
+            }
             await withCheckedContinuation { drainWaiters.append($0) }
             timer.cancel()
         }
@@ -250,13 +238,5 @@ enum PublishCompletion: Sendable {
         case .waiter(let c): c.resume(throwing: error)
         case .callback(let f): f(.failure(error))
         }
-    }
-}
-
-extension Duration {
-    /// The same span as NIO's `TimeAmount` (nanosecond resolution, saturated).
-    var timeAmount: TimeAmount {
-        let (s, overflow) = components.seconds.multipliedReportingOverflow(by: 1_000_000_000)
-        return .nanoseconds(overflow ? .max : s + components.attoseconds / 1_000_000_000)
     }
 }

@@ -1,5 +1,5 @@
 /// TLS settings for `mqtts://`.
-public struct TLSOptions: Sendable, Hashable {
+public struct MQTTTLSOptions: Sendable, Hashable {
     /// PEM file of the CA(s) to trust; nil trusts the system's CAs.
     public var caFile: String?
     /// PEM client certificate (mutual TLS).
@@ -18,7 +18,7 @@ public struct TLSOptions: Sendable, Hashable {
 }
 
 /// Exponential backoff with jitter and a cap, for reconnects.
-public struct ReconnectPolicy: Sendable, Hashable {
+public struct MQTTReconnectPolicy: Sendable, Hashable {
     /// First delay (default 0.5 s).
     public var initialDelay: Duration
     /// Longest delay (default 30 s).
@@ -35,7 +35,7 @@ public struct ReconnectPolicy: Sendable, Hashable {
         self.jitter = jitter
     }
 
-    public static let `default` = ReconnectPolicy()
+    public static let `default` = MQTTReconnectPolicy()
 }
 
 /// Everything the client needs to connect. Defaults suit a gateway: clean session, keepalive 30 s,
@@ -44,7 +44,7 @@ public struct MQTTConfiguration: Sendable {
     public var host: String
     public var port: Int
     /// Non-nil for TLS (`mqtts://`).
-    public var tls: TLSOptions?
+    public var tls: MQTTTLSOptions?
     public var version: MQTTVersion
     /// With `version == .v5`, retry with 3.1.1 when the broker refuses 5.0.
     public var fallbackToV3: Bool
@@ -57,11 +57,11 @@ public struct MQTTConfiguration: Sendable {
     public var keepAlive: UInt16
     public var username: String?
     public var password: [UInt8]?
-    public var will: Will?
+    public var will: MQTTWill?
     /// Time allowed for TCP + TLS + CONNACK (default 10 s).
     public var connectTimeout: Duration
     /// nil: no automatic reconnect.
-    public var reconnect: ReconnectPolicy?
+    public var reconnect: MQTTReconnectPolicy?
     /// Messages kept while disconnected or waiting for an in-flight slot (default 10,000; oldest dropped).
     public var queueLimit: Int
     /// Received messages waiting for the reader of ``MQTTClient/messages`` (default 10,000); past
@@ -79,9 +79,9 @@ public struct MQTTConfiguration: Sendable {
     /// How many QoS 1/2 messages the broker may send us unacknowledged (5.0 receive maximum; default 64).
     public var receiveMaximum: UInt16
     /// User properties sent in CONNECT (5.0).
-    public var connectUserProperties: [UserProperty]
+    public var connectUserProperties: [MQTTUserProperty]
 
-    public init(host: String = "127.0.0.1", port: Int = 1883, tls: TLSOptions? = nil, version: MQTTVersion = .v5,
+    public init(host: String = "127.0.0.1", port: Int = 1883, tls: MQTTTLSOptions? = nil, version: MQTTVersion = .v5,
                 clientIdentifier: String) {
         self.host = host
         self.port = port
@@ -130,6 +130,6 @@ public struct MQTTConfiguration: Sendable {
             host = rest
         }
         guard !host.isEmpty else { throw .invalidArgument("URL '\(url)' has no host") }
-        self.init(host: String(host), port: port, tls: tls ? TLSOptions() : nil, clientIdentifier: clientIdentifier)
+        self.init(host: String(host), port: port, tls: tls ? MQTTTLSOptions() : nil, clientIdentifier: clientIdentifier)
     }
 }

@@ -5,7 +5,7 @@ public enum MQTTError: Error, Sendable, Equatable, CustomStringConvertible {
     /// A bad topic, filter, property or setting from the caller; nothing was sent.
     case invalidArgument(String)
     /// The broker refused the CONNECT (e.g. bad user name or password, not authorized).
-    case connectionRefused(ReasonCode, reasonString: String?)
+    case connectionRefused(MQTTReasonCode, reasonString: String?)
     /// TCP/TLS connect failed or timed out.
     case connectFailed(String)
     /// The connection closed while the operation was pending.
@@ -13,7 +13,7 @@ public enum MQTTError: Error, Sendable, Equatable, CustomStringConvertible {
     /// Not connected and the operation cannot wait (subscribe, unsubscribe).
     case notConnected
     /// The broker answered a QoS 1/2 publish with a failure reason code (5.0).
-    case publishRefused(ReasonCode, reasonString: String?)
+    case publishRefused(MQTTReasonCode, reasonString: String?)
     /// The message was dropped from the full offline queue (oldest first).
     case droppedFromQueue
     /// The message is larger than the broker's maximum packet size.

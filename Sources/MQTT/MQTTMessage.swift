@@ -4,7 +4,7 @@
 public struct MQTTMessage: Sendable, Hashable {
     public var topic: String
     public var payload: [UInt8]
-    public var qos: QoS
+    public var qos: MQTTQoS
     public var retain: Bool
     /// 5.0 properties as received (message expiry, response topic, correlation data, user properties...).
     public var properties: MQTTProperties

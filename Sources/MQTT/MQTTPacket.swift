@@ -8,22 +8,22 @@ public enum MQTTVersion: UInt8, Sendable, CustomStringConvertible {
 }
 
 /// Quality of service.
-public enum QoS: UInt8, Sendable, Comparable, CustomStringConvertible {
+public enum MQTTQoS: UInt8, Sendable, Comparable, CustomStringConvertible {
     case atMostOnce = 0, atLeastOnce = 1, exactlyOnce = 2
     public static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
     public var description: String { "QoS \(rawValue)" }
 }
 
 /// The last will, published by the broker when the connection drops without DISCONNECT.
-public struct Will: Sendable, Hashable {
+public struct MQTTWill: Sendable, Hashable {
     public var topic: String
     public var payload: [UInt8]
-    public var qos: QoS
+    public var qos: MQTTQoS
     public var retain: Bool
     /// 5.0 will properties (delay, expiry, content type, ...).
     public var properties: MQTTProperties
 
-    public init(topic: String, payload: [UInt8], qos: QoS = .atLeastOnce, retain: Bool = true, properties: MQTTProperties = .init()) {
+    public init(topic: String, payload: [UInt8], qos: MQTTQoS = .atLeastOnce, retain: Bool = true, properties: MQTTProperties = .init()) {
         self.topic = topic
         self.payload = payload
         self.qos = qos
@@ -40,11 +40,11 @@ public struct ConnectPacket: Sendable, Hashable {
     public var keepAlive: UInt16
     public var username: String?
     public var password: [UInt8]?
-    public var will: Will?
+    public var will: MQTTWill?
     public var properties: MQTTProperties
 
     public init(clientIdentifier: String, cleanStart: Bool = true, keepAlive: UInt16 = 30, username: String? = nil,
-                password: [UInt8]? = nil, will: Will? = nil, properties: MQTTProperties = .init()) {
+                password: [UInt8]? = nil, will: MQTTWill? = nil, properties: MQTTProperties = .init()) {
         self.clientIdentifier = clientIdentifier
         self.cleanStart = cleanStart
         self.keepAlive = keepAlive
@@ -57,10 +57,10 @@ public struct ConnectPacket: Sendable, Hashable {
 
 public struct ConnAckPacket: Sendable, Hashable {
     public var sessionPresent: Bool
-    /// 5.0 reason code; 3.1.1 return codes are mapped (see ``ReasonCode``).
-    public var reasonCode: ReasonCode
+    /// 5.0 reason code; 3.1.1 return codes are mapped (see ``MQTTReasonCode``).
+    public var reasonCode: MQTTReasonCode
     public var properties: MQTTProperties
-    public init(sessionPresent: Bool = false, reasonCode: ReasonCode = .success, properties: MQTTProperties = .init()) {
+    public init(sessionPresent: Bool = false, reasonCode: MQTTReasonCode = .success, properties: MQTTProperties = .init()) {
         self.sessionPresent = sessionPresent
         self.reasonCode = reasonCode
         self.properties = properties
@@ -70,14 +70,14 @@ public struct ConnAckPacket: Sendable, Hashable {
 public struct PublishPacket: Sendable, Hashable {
     public var topic: String
     public var payload: [UInt8]
-    public var qos: QoS
+    public var qos: MQTTQoS
     public var retain: Bool
     public var dup: Bool
     /// Present exactly when qos > 0.
     public var packetIdentifier: UInt16?
     public var properties: MQTTProperties
 
-    public init(topic: String, payload: [UInt8], qos: QoS = .atMostOnce, retain: Bool = false, dup: Bool = false,
+    public init(topic: String, payload: [UInt8], qos: MQTTQoS = .atMostOnce, retain: Bool = false, dup: Bool = false,
                 packetIdentifier: UInt16? = nil, properties: MQTTProperties = .init()) {
         self.topic = topic
         self.payload = payload
@@ -92,9 +92,9 @@ public struct PublishPacket: Sendable, Hashable {
 /// PUBACK, PUBREC, PUBREL, PUBCOMP.
 public struct AckPacket: Sendable, Hashable {
     public var packetIdentifier: UInt16
-    public var reasonCode: ReasonCode
+    public var reasonCode: MQTTReasonCode
     public var properties: MQTTProperties
-    public init(packetIdentifier: UInt16, reasonCode: ReasonCode = .success, properties: MQTTProperties = .init()) {
+    public init(packetIdentifier: UInt16, reasonCode: MQTTReasonCode = .success, properties: MQTTProperties = .init()) {
         self.packetIdentifier = packetIdentifier
         self.reasonCode = reasonCode
         self.properties = properties
@@ -102,20 +102,20 @@ public struct AckPacket: Sendable, Hashable {
 }
 
 /// What to do with retained messages when subscribing (5.0).
-public enum RetainHandling: UInt8, Sendable, Hashable {
+public enum MQTTRetainHandling: UInt8, Sendable, Hashable {
     case sendOnSubscribe = 0, sendIfNewSubscription = 1, doNotSend = 2
 }
 
 /// One topic filter of a SUBSCRIBE with its options.
-public struct Subscription: Sendable, Hashable {
+public struct MQTTSubscription: Sendable, Hashable {
     public var filter: String
-    public var qos: QoS
+    public var qos: MQTTQoS
     public var noLocal: Bool
     public var retainAsPublished: Bool
-    public var retainHandling: RetainHandling
+    public var retainHandling: MQTTRetainHandling
 
-    public init(_ filter: String, qos: QoS = .atLeastOnce, noLocal: Bool = false, retainAsPublished: Bool = false,
-                retainHandling: RetainHandling = .sendOnSubscribe) {
+    public init(_ filter: String, qos: MQTTQoS = .atLeastOnce, noLocal: Bool = false, retainAsPublished: Bool = false,
+                retainHandling: MQTTRetainHandling = .sendOnSubscribe) {
         self.filter = filter
         self.qos = qos
         self.noLocal = noLocal
@@ -126,9 +126,9 @@ public struct Subscription: Sendable, Hashable {
 
 public struct SubscribePacket: Sendable, Hashable {
     public var packetIdentifier: UInt16
-    public var subscriptions: [Subscription]
+    public var subscriptions: [MQTTSubscription]
     public var properties: MQTTProperties
-    public init(packetIdentifier: UInt16, subscriptions: [Subscription], properties: MQTTProperties = .init()) {
+    public init(packetIdentifier: UInt16, subscriptions: [MQTTSubscription], properties: MQTTProperties = .init()) {
         self.packetIdentifier = packetIdentifier
         self.subscriptions = subscriptions
         self.properties = properties
@@ -138,9 +138,9 @@ public struct SubscribePacket: Sendable, Hashable {
 /// SUBACK and UNSUBACK: one reason code per filter (UNSUBACK on 3.1.1 has none).
 public struct SubAckPacket: Sendable, Hashable {
     public var packetIdentifier: UInt16
-    public var reasonCodes: [ReasonCode]
+    public var reasonCodes: [MQTTReasonCode]
     public var properties: MQTTProperties
-    public init(packetIdentifier: UInt16, reasonCodes: [ReasonCode], properties: MQTTProperties = .init()) {
+    public init(packetIdentifier: UInt16, reasonCodes: [MQTTReasonCode], properties: MQTTProperties = .init()) {
         self.packetIdentifier = packetIdentifier
         self.reasonCodes = reasonCodes
         self.properties = properties
@@ -160,9 +160,9 @@ public struct UnsubscribePacket: Sendable, Hashable {
 
 /// DISCONNECT and AUTH.
 public struct ReasonPacket: Sendable, Hashable {
-    public var reasonCode: ReasonCode
+    public var reasonCode: MQTTReasonCode
     public var properties: MQTTProperties
-    public init(reasonCode: ReasonCode = .success, properties: MQTTProperties = .init()) {
+    public init(reasonCode: MQTTReasonCode = .success, properties: MQTTProperties = .init()) {
         self.reasonCode = reasonCode
         self.properties = properties
     }
@@ -211,7 +211,7 @@ public enum MQTTPacket: Sendable, Hashable {
 /// ``MQTTPacketCodec/decodePublishHead(from:)``): its body is read past and dropped.
 public struct PublishHead: Sendable, Equatable {
     public var topic: String
-    public var qos: QoS
+    public var qos: MQTTQoS
     public var retain: Bool
     public var packetIdentifier: UInt16?
     /// The whole packet, in bytes.

@@ -116,7 +116,7 @@ public enum MQTTPacketCodec {
         if !a.properties.isEmpty { a.properties.write(to: &body) }
     }
 
-    private static func v3ReturnCode(_ r: ReasonCode) -> UInt8 {
+    private static func v3ReturnCode(_ r: MQTTReasonCode) -> UInt8 {
         switch r {
         case .success: 0
         case .unsupportedProtocolVersion: 1
@@ -156,7 +156,7 @@ public enum MQTTPacketCodec {
         var peek = buffer
         guard let first: UInt8 = peek.readInteger(), first >> 4 == 3 else { return nil }
         guard let length = try peek.readMQTTVariableIntIfComplete() else { return nil }
-        let qos = QoS(rawValue: (first >> 1) & 0x03) ?? .atMostOnce
+        let qos = MQTTQoS(rawValue: (first >> 1) & 0x03) ?? .atMostOnce
         guard let topicLength: UInt16 = peek.getInteger(at: peek.readerIndex),
               peek.readableBytes >= 2 + Int(topicLength) + (qos == .atMostOnce ? 0 : 2) else { return nil }
         let topic = try peek.readMQTTString("topic")
@@ -198,8 +198,8 @@ public enum MQTTPacketCodec {
             if v5 {
                 // A 3.1.1-only broker answers a 5.0 CONNECT with a 2-byte CONNACK (code 1).
                 let props = body.readableBytes > 0 ? try MQTTProperties.read(from: &body, context: .connack) : MQTTProperties()
-                let reason = body.readableBytes == 0 && code == 1 ? ReasonCode.unsupportedProtocolVersion : ReasonCode(rawValue: code)
-                guard ReasonCode.allowedConnAck.contains(reason.rawValue) else { throw .invalidReasonCode(code: code, packet: "CONNACK") }
+                let reason = body.readableBytes == 0 && code == 1 ? MQTTReasonCode.unsupportedProtocolVersion : MQTTReasonCode(rawValue: code)
+                guard MQTTReasonCode.allowedConnAck.contains(reason.rawValue) else { throw .invalidReasonCode(code: code, packet: "CONNACK") }
                 guard !(ackFlags & 1 == 1 && reason.isFailure) else { throw .protocolViolation("CONNACK: session present with a failure code") }
                 return .connack(ConnAckPacket(sessionPresent: ackFlags & 1 == 1, reasonCode: reason, properties: props))
             }
@@ -208,7 +208,7 @@ public enum MQTTPacketCodec {
             return .connack(ConnAckPacket(sessionPresent: ackFlags & 1 == 1, reasonCode: .fromV3ConnectReturnCode(code)))
         case 3:
             let qosRaw = (flags >> 1) & 0x03
-            guard let qos = QoS(rawValue: qosRaw) else { throw .invalidQoS(qosRaw) }
+            guard let qos = MQTTQoS(rawValue: qosRaw) else { throw .invalidQoS(qosRaw) }
             let topic = try body.readMQTTString("PUBLISH topic")
             var id: UInt16?
             if qos != .atMostOnce {
@@ -220,33 +220,33 @@ public enum MQTTPacketCodec {
             if topic.isEmpty {
                 guard props.topicAlias != nil else { throw .invalidTopicName(topic) }
             } else {
-                guard Topic.isValidName(topic) else { throw .invalidTopicName(topic) }
+                guard MQTTTopic.isValidName(topic) else { throw .invalidTopicName(topic) }
             }
             let payload = body.readBytes(length: body.readableBytes) ?? []
             return .publish(PublishPacket(topic: topic, payload: payload, qos: qos, retain: flags & 1 == 1, dup: flags & 0x08 != 0,
                                           packetIdentifier: id, properties: props))
-        case 4: return .puback(try decodeAck(&body, v5: v5, context: .puback, allowed: ReasonCode.allowedPubAckRec))
-        case 5: return .pubrec(try decodeAck(&body, v5: v5, context: .pubrec, allowed: ReasonCode.allowedPubAckRec))
-        case 6: return .pubrel(try decodeAck(&body, v5: v5, context: .pubrel, allowed: ReasonCode.allowedPubRelComp))
-        case 7: return .pubcomp(try decodeAck(&body, v5: v5, context: .pubcomp, allowed: ReasonCode.allowedPubRelComp))
+        case 4: return .puback(try decodeAck(&body, v5: v5, context: .puback, allowed: MQTTReasonCode.allowedPubAckRec))
+        case 5: return .pubrec(try decodeAck(&body, v5: v5, context: .pubrec, allowed: MQTTReasonCode.allowedPubAckRec))
+        case 6: return .pubrel(try decodeAck(&body, v5: v5, context: .pubrel, allowed: MQTTReasonCode.allowedPubRelComp))
+        case 7: return .pubcomp(try decodeAck(&body, v5: v5, context: .pubcomp, allowed: MQTTReasonCode.allowedPubRelComp))
         case 8:
             let id = try body.readMQTTUInt16("SUBSCRIBE packet identifier")
             guard id != 0 else { throw .packetIdentifierZero(packet: "SUBSCRIBE") }
             let props = v5 ? try MQTTProperties.read(from: &body, context: .subscribe) : MQTTProperties()
-            var subs: [Subscription] = []
+            var subs: [MQTTSubscription] = []
             while body.readableBytes > 0 {
                 let filter = try body.readMQTTString("SUBSCRIBE topic filter")
-                guard Topic.isValidFilter(filter) else { throw .invalidTopicFilter(filter) }
+                guard MQTTTopic.isValidFilter(filter) else { throw .invalidTopicFilter(filter) }
                 let o = try body.readMQTTByte("SUBSCRIBE options")
-                guard let qos = QoS(rawValue: o & 0x03) else { throw .invalidQoS(o & 0x03) }
+                guard let qos = MQTTQoS(rawValue: o & 0x03) else { throw .invalidQoS(o & 0x03) }
                 if v5 {
-                    guard o & 0xC0 == 0, let rh = RetainHandling(rawValue: (o >> 4) & 0x03) else {
+                    guard o & 0xC0 == 0, let rh = MQTTRetainHandling(rawValue: (o >> 4) & 0x03) else {
                         throw .protocolViolation("SUBSCRIBE: reserved option bits 0x\(String(o, radix: 16))")
                     }
-                    subs.append(Subscription(filter, qos: qos, noLocal: o & 0x04 != 0, retainAsPublished: o & 0x08 != 0, retainHandling: rh))
+                    subs.append(MQTTSubscription(filter, qos: qos, noLocal: o & 0x04 != 0, retainAsPublished: o & 0x08 != 0, retainHandling: rh))
                 } else {
                     guard o & 0xFC == 0 else { throw .protocolViolation("SUBSCRIBE: reserved option bits 0x\(String(o, radix: 16))") }
-                    subs.append(Subscription(filter, qos: qos))
+                    subs.append(MQTTSubscription(filter, qos: qos))
                 }
             }
             guard !subs.isEmpty else { throw .protocolViolation("SUBSCRIBE without a topic filter") }
@@ -255,15 +255,15 @@ public enum MQTTPacketCodec {
             let id = try body.readMQTTUInt16("SUBACK packet identifier")
             guard id != 0 else { throw .packetIdentifierZero(packet: "SUBACK") }
             let props = v5 ? try MQTTProperties.read(from: &body, context: .suback) : MQTTProperties()
-            var codes: [ReasonCode] = []
+            var codes: [MQTTReasonCode] = []
             while body.readableBytes > 0 {
                 let c = try body.readMQTTByte("SUBACK reason code")
                 if v5 {
-                    guard ReasonCode.allowedSubAck.contains(c) else { throw .invalidReasonCode(code: c, packet: "SUBACK") }
+                    guard MQTTReasonCode.allowedSubAck.contains(c) else { throw .invalidReasonCode(code: c, packet: "SUBACK") }
                 } else {
                     guard c <= 2 || c == 0x80 else { throw .invalidReasonCode(code: c, packet: "SUBACK") }
                 }
-                codes.append(ReasonCode(rawValue: c))
+                codes.append(MQTTReasonCode(rawValue: c))
             }
             guard !codes.isEmpty else { throw .protocolViolation("SUBACK without a reason code") }
             return .suback(SubAckPacket(packetIdentifier: id, reasonCodes: codes, properties: props))
@@ -274,7 +274,7 @@ public enum MQTTPacketCodec {
             var filters: [String] = []
             while body.readableBytes > 0 {
                 let f = try body.readMQTTString("UNSUBSCRIBE topic filter")
-                guard Topic.isValidFilter(f) else { throw .invalidTopicFilter(f) }
+                guard MQTTTopic.isValidFilter(f) else { throw .invalidTopicFilter(f) }
                 filters.append(f)
             }
             guard !filters.isEmpty else { throw .protocolViolation("UNSUBSCRIBE without a topic filter") }
@@ -284,11 +284,11 @@ public enum MQTTPacketCodec {
             guard id != 0 else { throw .packetIdentifierZero(packet: "UNSUBACK") }
             guard v5 else { return .unsuback(SubAckPacket(packetIdentifier: id, reasonCodes: [])) }
             let props = try MQTTProperties.read(from: &body, context: .unsuback)
-            var codes: [ReasonCode] = []
+            var codes: [MQTTReasonCode] = []
             while body.readableBytes > 0 {
                 let c = try body.readMQTTByte("UNSUBACK reason code")
-                guard ReasonCode.allowedUnsubAck.contains(c) else { throw .invalidReasonCode(code: c, packet: "UNSUBACK") }
-                codes.append(ReasonCode(rawValue: c))
+                guard MQTTReasonCode.allowedUnsubAck.contains(c) else { throw .invalidReasonCode(code: c, packet: "UNSUBACK") }
+                codes.append(MQTTReasonCode(rawValue: c))
             }
             guard !codes.isEmpty else { throw .protocolViolation("UNSUBACK without a reason code") }
             return .unsuback(SubAckPacket(packetIdentifier: id, reasonCodes: codes, properties: props))
@@ -297,15 +297,15 @@ public enum MQTTPacketCodec {
         case 14:
             guard v5, body.readableBytes > 0 else { return .disconnect(ReasonPacket()) }
             let c = try body.readMQTTByte("DISCONNECT reason code")
-            guard ReasonCode.allowedDisconnect.contains(c) else { throw .invalidReasonCode(code: c, packet: "DISCONNECT") }
+            guard MQTTReasonCode.allowedDisconnect.contains(c) else { throw .invalidReasonCode(code: c, packet: "DISCONNECT") }
             let props = body.readableBytes > 0 ? try MQTTProperties.read(from: &body, context: .disconnect) : MQTTProperties()
-            return .disconnect(ReasonPacket(reasonCode: ReasonCode(rawValue: c), properties: props))
+            return .disconnect(ReasonPacket(reasonCode: MQTTReasonCode(rawValue: c), properties: props))
         case 15:
             guard body.readableBytes > 0 else { return .auth(ReasonPacket()) }
             let c = try body.readMQTTByte("AUTH reason code")
-            guard ReasonCode.allowedAuth.contains(c) else { throw .invalidReasonCode(code: c, packet: "AUTH") }
+            guard MQTTReasonCode.allowedAuth.contains(c) else { throw .invalidReasonCode(code: c, packet: "AUTH") }
             let props = body.readableBytes > 0 ? try MQTTProperties.read(from: &body, context: .auth) : MQTTProperties()
-            return .auth(ReasonPacket(reasonCode: ReasonCode(rawValue: c), properties: props))
+            return .auth(ReasonPacket(reasonCode: MQTTReasonCode(rawValue: c), properties: props))
         default:
             throw .invalidPacketType(type)
         }
@@ -318,7 +318,7 @@ public enum MQTTPacketCodec {
         let c = try body.readMQTTByte("\(context.rawValue) reason code")
         guard allowed.contains(c) else { throw .invalidReasonCode(code: c, packet: context.rawValue) }
         let props = body.readableBytes > 0 ? try MQTTProperties.read(from: &body, context: context) : MQTTProperties()
-        return AckPacket(packetIdentifier: id, reasonCode: ReasonCode(rawValue: c), properties: props)
+        return AckPacket(packetIdentifier: id, reasonCode: MQTTReasonCode(rawValue: c), properties: props)
     }
 
     private static func decodeConnect(_ body: inout ByteBuffer) throws(MQTTPacketError) -> ConnectPacket {
@@ -331,19 +331,19 @@ public enum MQTTPacketCodec {
         guard flags & 0x01 == 0 else { throw .invalidFlags(packet: "CONNECT", flags: flags) }
         let willFlag = flags & 0x04 != 0
         let willQoSRaw = (flags >> 3) & 0x03
-        guard let willQoS = QoS(rawValue: willQoSRaw) else { throw .invalidQoS(willQoSRaw) }
+        guard let willQoS = MQTTQoS(rawValue: willQoSRaw) else { throw .invalidQoS(willQoSRaw) }
         if !willFlag && (willQoSRaw != 0 || flags & 0x20 != 0) { throw .protocolViolation("CONNECT: will QoS/retain without a will") }
         if !v5 && flags & 0x40 != 0 && flags & 0x80 == 0 { throw .protocolViolation("CONNECT: password without user name") }
         let keepAlive = try body.readMQTTUInt16("CONNECT keep alive")
         let props = v5 ? try MQTTProperties.read(from: &body, context: .connect) : MQTTProperties()
         let clientID = try body.readMQTTString("CONNECT client identifier")
-        var will: Will?
+        var will: MQTTWill?
         if willFlag {
             let wp = v5 ? try MQTTProperties.read(from: &body, context: .will) : MQTTProperties()
             let topic = try body.readMQTTString("will topic")
-            guard Topic.isValidName(topic) else { throw .invalidTopicName(topic) }
+            guard MQTTTopic.isValidName(topic) else { throw .invalidTopicName(topic) }
             let payload = try body.readMQTTBinary("will payload")
-            will = Will(topic: topic, payload: payload, qos: willQoS, retain: flags & 0x20 != 0, properties: wp)
+            will = MQTTWill(topic: topic, payload: payload, qos: willQoS, retain: flags & 0x20 != 0, properties: wp)
         }
         let username = flags & 0x80 != 0 ? try body.readMQTTString("user name") : nil
         let password = flags & 0x40 != 0 ? try body.readMQTTBinary("password") : nil

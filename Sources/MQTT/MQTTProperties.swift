@@ -1,7 +1,7 @@
 import NIOCore
 
 /// A user property (5.0): a name/value pair; order and duplicates are kept.
-public struct UserProperty: Sendable, Hashable {
+public struct MQTTUserProperty: Sendable, Hashable {
     public var name: String
     public var value: String
     public init(_ name: String, _ value: String) {
@@ -42,7 +42,7 @@ public struct MQTTProperties: Sendable, Hashable {
     public var topicAlias: UInt16?                   // 0x23
     public var maximumQoS: UInt8?                    // 0x24
     public var retainAvailable: UInt8?               // 0x25
-    public var userProperties: [UserProperty] = []   // 0x26
+    public var userProperties: [MQTTUserProperty] = []   // 0x26
     public var maximumPacketSize: UInt32?            // 0x27
     public var wildcardSubscriptionAvailable: UInt8? // 0x28
     public var subscriptionIdentifierAvailable: UInt8? // 0x29
@@ -146,7 +146,7 @@ public struct MQTTProperties: Sendable, Hashable {
             case 0x03: p.contentType = try slice.readMQTTString(what)
             case 0x08:
                 let t = try slice.readMQTTString(what)
-                guard Topic.isValidName(t) else { throw .invalidTopicName(t) }
+                guard MQTTTopic.isValidName(t) else { throw .invalidTopicName(t) }
                 p.responseTopic = t
             case 0x09: p.correlationData = try slice.readMQTTBinary(what)
             case 0x0B:
@@ -177,7 +177,7 @@ public struct MQTTProperties: Sendable, Hashable {
             case 0x25: p.retainAvailable = try flag()
             case 0x26:
                 let k = try slice.readMQTTString(what), v = try slice.readMQTTString(what)
-                p.userProperties.append(UserProperty(k, v))
+                p.userProperties.append(MQTTUserProperty(k, v))
             case 0x27:
                 let v = try slice.readMQTTUInt32(what)
                 guard v > 0 else { throw .invalidPropertyValue(property: id, detail: "maximum packet size 0") }

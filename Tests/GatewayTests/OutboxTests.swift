@@ -183,7 +183,7 @@ struct OutboxTests {
         let late = MQTTClient(configuration: MQTTConfiguration(host: "127.0.0.1", port: site.broker.port, clientIdentifier: "late"))
         try await late.connect()
         var messages = late.messages.makeAsyncIterator()
-        try await late.subscribe([Subscription("\(Self.b)/dev/v", qos: .atLeastOnce)])
+        try await late.subscribe([MQTTSubscription("\(Self.b)/dev/v", qos: .atLeastOnce)])
         let retained = await messages.next()
         #expect(retained?.payloadString == "3" && retained?.retain == true)
         await late.disconnect()

@@ -200,7 +200,7 @@ struct ReloadTests {
             try await rig.waitFor("\(Self.b)/\(device)/status", "online")
         }
         _ = try await rig.gateway.waitForLine(containing: "subscribed to commands")
-        try await rig.observer.subscribe([Subscription("homeassistant/device/+/config", qos: .atLeastOnce)])
+        try await rig.observer.subscribe([MQTTSubscription("homeassistant/device/+/config", qos: .atLeastOnce)])
         try await rig.waitUntil("the discovery config of 'gone'") { rig.payloads("homeassistant/device/e2e_gone/config").contains { !$0.isEmpty } }
         // A long pulse on the device the reload removes.
         #expect(try await Self.command(rig, "gone", "unlock", "true") == #"{"ok":true,"value":true}"#)

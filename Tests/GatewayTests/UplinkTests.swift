@@ -282,7 +282,7 @@ struct UplinkTests {
         oc.reconnect = nil
         let reader = MQTTClient(configuration: oc)
         try await reader.connect()
-        try await reader.subscribe([Subscription("gateway/e2e/status", qos: .atLeastOnce)])
+        try await reader.subscribe([MQTTSubscription("gateway/e2e/status", qos: .atLeastOnce)])
         // The broker sends the retained message at once; bounded all the same.
         let retained = try await withThrowingTaskGroup(of: String?.self) { group in
             group.addTask { for await m in reader.messages where m.retain { return m.payloadString }; return nil }

@@ -17,7 +17,7 @@ struct FakeBrokerTests {
         var c = MQTTConfiguration(host: "127.0.0.1", port: broker.port, version: version, clientIdentifier: "fake-client")
         c.keepAlive = keepAlive
         c.cleanStart = cleanStart
-        c.reconnect = ReconnectPolicy(initialDelay: .milliseconds(20), maximumDelay: .milliseconds(100))
+        c.reconnect = MQTTReconnectPolicy(initialDelay: .milliseconds(20), maximumDelay: .milliseconds(100))
         return MQTTClient(configuration: c)
     }
 
@@ -290,7 +290,7 @@ struct FakeBrokerTests {
         let broker = try await FakeBroker.start()
         var config = MQTTConfiguration(host: "127.0.0.1", port: broker.port, clientIdentifier: "fake-client")
         config.maximumPacketSize = 1000
-        config.reconnect = ReconnectPolicy(initialDelay: .milliseconds(20), maximumDelay: .milliseconds(100))
+        config.reconnect = MQTTReconnectPolicy(initialDelay: .milliseconds(20), maximumDelay: .milliseconds(100))
         let c = MQTTClient(configuration: config)
         let events = c.events
         // Until the client shuts down (which finishes the stream).
@@ -330,7 +330,7 @@ struct ClientQueueTests {
         let broker = try await FakeBroker.start()
         var cfg = MQTTConfiguration(host: "127.0.0.1", port: broker.port, clientIdentifier: "queue")
         cfg.queueLimit = 3
-        cfg.reconnect = ReconnectPolicy(initialDelay: .milliseconds(20), maximumDelay: .milliseconds(50))
+        cfg.reconnect = MQTTReconnectPolicy(initialDelay: .milliseconds(20), maximumDelay: .milliseconds(50))
         let c = MQTTClient(configuration: cfg)
         // One at a time: each publish is offered to the (unconnected) client before the next
         // starts (tasks started together reach the actor in no set order).
@@ -367,13 +367,13 @@ struct ClientQueueTests {
     func subackFailures() async throws {
         let broker = try await FakeBroker.start()
         var cfg = MQTTConfiguration(host: "127.0.0.1", port: broker.port, clientIdentifier: "subs")
-        cfg.reconnect = ReconnectPolicy(initialDelay: .milliseconds(20), maximumDelay: .milliseconds(50))
+        cfg.reconnect = MQTTReconnectPolicy(initialDelay: .milliseconds(20), maximumDelay: .milliseconds(50))
         let c = MQTTClient(configuration: cfg)
         let connect = Task { try await c.connect() }
         let conn = try await broker.nextConnection()
         try await conn.accept()
         _ = try await connect.value
-        let sub = Task { try await c.subscribe([Subscription("ok/#", qos: .exactlyOnce), Subscription("secret/#")]) }
+        let sub = Task { try await c.subscribe([MQTTSubscription("ok/#", qos: .exactlyOnce), MQTTSubscription("secret/#")]) }
         guard case .subscribe(let s) = try await conn.expect() else { Issue.record("expected SUBSCRIBE"); return }
         conn.send(.suback(SubAckPacket(packetIdentifier: s.packetIdentifier, reasonCodes: [.grantedQoS2, .notAuthorized])))
         #expect(try await sub.value == [.grantedQoS2, .notAuthorized])

@@ -19,7 +19,7 @@ func uniqueID(_ prefix: String = "c") -> String { "\(prefix)-\(UUID().uuidString
 
 func config(_ broker: Mosquitto, _ version: MQTTVersion = .v5, id: String = uniqueID(), fastReconnect: Bool = true) -> MQTTConfiguration {
     var c = MQTTConfiguration(host: "127.0.0.1", port: broker.port, version: version, clientIdentifier: id)
-    if fastReconnect { c.reconnect = ReconnectPolicy(initialDelay: .milliseconds(50), maximumDelay: .milliseconds(500)) }
+    if fastReconnect { c.reconnect = MQTTReconnectPolicy(initialDelay: .milliseconds(50), maximumDelay: .milliseconds(500)) }
     c.connectTimeout = .seconds(5)
     return c
 }

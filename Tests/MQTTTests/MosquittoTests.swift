@@ -15,9 +15,9 @@ struct MosquittoTests {
             try await pub.connect()
             let inbox = Inbox(sub)
             let base = uniqueID("rt")
-            let codes = try await sub.subscribe([Subscription("\(base)/#", qos: .exactlyOnce)])
+            let codes = try await sub.subscribe([MQTTSubscription("\(base)/#", qos: .exactlyOnce)])
             #expect(codes == [.grantedQoS2])
-            for qos in [QoS.atMostOnce, .atLeastOnce, .exactlyOnce] {
+            for qos in [MQTTQoS.atMostOnce, .atLeastOnce, .exactlyOnce] {
                 try await pub.publish(to: "\(base)/q\(qos.rawValue)", string: "hello \(qos.rawValue)", qos: qos)
                 let m = try await inbox.next()
                 #expect(m.topic == "\(base)/q\(qos.rawValue)")
@@ -40,7 +40,7 @@ struct MosquittoTests {
             let late = MQTTClient(configuration: config(broker))
             try await late.connect()
             let inbox = Inbox(late)
-            try await late.subscribe([Subscription(topic)])
+            try await late.subscribe([MQTTSubscription(topic)])
             let m = try await inbox.next()
             #expect(m.payloadString == "open")
             #expect(m.retain)
@@ -49,7 +49,7 @@ struct MosquittoTests {
             let later = MQTTClient(configuration: config(broker))
             try await later.connect()
             let inbox2 = Inbox(later)
-            try await later.subscribe([Subscription(topic), Subscription(topic + "/marker")])
+            try await later.subscribe([MQTTSubscription(topic), MQTTSubscription(topic + "/marker")])
             try await pub.publish(to: topic + "/marker", string: "m", qos: .atLeastOnce)
             let first = try await inbox2.next()
             #expect(first.topic == topic + "/marker", "no retained message is left on \(topic)")
@@ -64,10 +64,10 @@ struct MosquittoTests {
             let observer = MQTTClient(configuration: config(broker))
             try await observer.connect()
             let inbox = Inbox(observer)
-            try await observer.subscribe([Subscription(willTopic, qos: .atLeastOnce)])
+            try await observer.subscribe([MQTTSubscription(willTopic, qos: .atLeastOnce)])
 
             var clean = config(broker, version)
-            clean.will = Will(topic: willTopic, payload: Array("offline-clean".utf8), qos: .atLeastOnce, retain: false)
+            clean.will = MQTTWill(topic: willTopic, payload: Array("offline-clean".utf8), qos: .atLeastOnce, retain: false)
             let a = MQTTClient(configuration: clean)
             try await a.connect()
             await a.disconnect()
@@ -77,7 +77,7 @@ struct MosquittoTests {
             #expect(try await inbox.next().payloadString == "marker", "no will after a clean DISCONNECT")
 
             var dirty = config(broker, version)
-            dirty.will = Will(topic: willTopic, payload: Array("offline".utf8), qos: .atLeastOnce, retain: false)
+            dirty.will = MQTTWill(topic: willTopic, payload: Array("offline".utf8), qos: .atLeastOnce, retain: false)
             let b = MQTTClient(configuration: dirty)
             try await b.connect()
             await b.closeAbruptly()
@@ -95,15 +95,15 @@ struct MosquittoTests {
                 let watcher = MQTTClient(configuration: config(first))
                 try await watcher.connect()
                 let firstInbox = Inbox(watcher)
-                try await watcher.subscribe([Subscription(willTopic, qos: .atLeastOnce)])
+                try await watcher.subscribe([MQTTSubscription(willTopic, qos: .atLeastOnce)])
 
                 var settings = config(first)
-                settings.will = Will(topic: willTopic, payload: Array("offline".utf8), qos: .atLeastOnce, retain: false)
+                settings.will = MQTTWill(topic: willTopic, payload: Array("offline".utf8), qos: .atLeastOnce, retain: false)
                 let client = MQTTClient(configuration: settings)
                 try await client.connect()
                 let inbox = Inbox(client)
                 let topic = uniqueID("moved") + "/t"
-                try await client.subscribe([Subscription(topic, qos: .atLeastOnce)])
+                try await client.subscribe([MQTTSubscription(topic, qos: .atLeastOnce)])
                 var moved = settings
                 moved.port = second.port
                 await client.reconfigure(moved)
@@ -138,7 +138,7 @@ struct MosquittoTests {
             c.sessionExpiry = 300
             let first = MQTTClient(configuration: c)
             try await first.connect()
-            try await first.subscribe([Subscription(topic, qos: .atLeastOnce)])
+            try await first.subscribe([MQTTSubscription(topic, qos: .atLeastOnce)])
             await first.closeAbruptly()
 
             let pub = MQTTClient(configuration: config(broker))
@@ -162,7 +162,7 @@ struct MosquittoTests {
             let inbox = Inbox(client)
             try await client.connect()
             let topic = uniqueID("restart") + "/x"
-            try await client.subscribe([Subscription(topic, qos: .atLeastOnce)])
+            try await client.subscribe([MQTTSubscription(topic, qos: .atLeastOnce)])
             try await broker.restart()
             try await waitForEvent(client) { if case .disconnected = $0 { true } else { false } }
             try await waitForEvent(client) { if case .connected = $0 { true } else { false } }
@@ -226,7 +226,7 @@ struct MosquittoTests {
             var c = MQTTConfiguration(host: "127.0.0.1", port: broker.authPort, clientIdentifier: uniqueID())
             c.username = broker.username
             c.password = Array("wrong".utf8)
-            c.reconnect = ReconnectPolicy(initialDelay: .milliseconds(10), maximumDelay: .seconds(20), jitter: 0.5)
+            c.reconnect = MQTTReconnectPolicy(initialDelay: .milliseconds(10), maximumDelay: .seconds(20), jitter: 0.5)
             let client = MQTTClient(configuration: c)
             let events = client.events
             await client.start()
@@ -241,18 +241,18 @@ struct MosquittoTests {
     @Test("TLS with the test CA connects; an unrelated CA is refused")
     func tls() async throws {
         try await withBroker { broker in
-            var c = MQTTConfiguration(host: "localhost", port: broker.tlsPort, tls: TLSOptions(caFile: broker.certificates.caCertificate),
+            var c = MQTTConfiguration(host: "localhost", port: broker.tlsPort, tls: MQTTTLSOptions(caFile: broker.certificates.caCertificate),
                                       clientIdentifier: uniqueID())
             c.reconnect = nil
             let good = MQTTClient(configuration: c)
             try await good.connect()
             let inbox = Inbox(good)
-            try await good.subscribe([Subscription("tls/x")])
+            try await good.subscribe([MQTTSubscription("tls/x")])
             try await good.publish(to: "tls/x", string: "secret", qos: .atLeastOnce)
             #expect(try await inbox.next().payloadString == "secret")
             await good.disconnect()
 
-            c.tls = TLSOptions(caFile: broker.certificates.otherCACertificate)
+            c.tls = MQTTTLSOptions(caFile: broker.certificates.otherCACertificate)
             do {
                 try await MQTTClient(configuration: c).connect()
                 Issue.record("a wrong CA must be refused")
@@ -272,11 +272,11 @@ struct MosquittoTests {
             try await pub.connect()
             let inbox = Inbox(sub)
             let topic = uniqueID("props") + "/set"
-            try await sub.subscribe([Subscription(topic, qos: .atLeastOnce)])
+            try await sub.subscribe([MQTTSubscription(topic, qos: .atLeastOnce)])
             var p = MQTTProperties()
             p.responseTopic = topic + "/reply"
             p.correlationData = [0xDE, 0xAD, 0xBE, 0xEF]
-            p.userProperties = [UserProperty("site", "lobby"), UserProperty("site", "b")]
+            p.userProperties = [MQTTUserProperty("site", "lobby"), MQTTUserProperty("site", "b")]
             p.contentType = "application/json"
             p.payloadFormatIndicator = 1
             p.messageExpiryInterval = 60

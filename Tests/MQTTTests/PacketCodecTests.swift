@@ -11,7 +11,7 @@ struct PacketCodecTests {
         p.contentType = "application/json"
         p.responseTopic = "reply/here"
         p.correlationData = [1, 2, 3]
-        p.userProperties = [UserProperty("a", "1"), UserProperty("a", "2"), UserProperty("ü", "✓")]
+        p.userProperties = [MQTTUserProperty("a", "1"), MQTTUserProperty("a", "2"), MQTTUserProperty("ü", "✓")]
         return p
     }
 
@@ -23,7 +23,7 @@ struct PacketCodecTests {
         connectProps.topicAliasMaximum = 5
         connectProps.requestProblemInformation = 1
         connectProps.requestResponseInformation = 0
-        connectProps.userProperties = [UserProperty("k", "v")]
+        connectProps.userProperties = [MQTTUserProperty("k", "v")]
         var willProps = MQTTProperties()
         willProps.willDelayInterval = 5
         willProps.messageExpiryInterval = 100
@@ -48,7 +48,7 @@ struct PacketCodecTests {
         pubProps.subscriptionIdentifiers = [7, 300]
         var reason = MQTTProperties()
         reason.reasonString = "why"
-        reason.userProperties = [UserProperty("x", "y")]
+        reason.userProperties = [MQTTUserProperty("x", "y")]
         var subProps = MQTTProperties()
         subProps.subscriptionIdentifiers = [42]
         var authProps = MQTTProperties()
@@ -56,7 +56,7 @@ struct PacketCodecTests {
         authProps.authenticationData = [9, 9]
         return [
             .connect(ConnectPacket(clientIdentifier: "gw-1", cleanStart: false, keepAlive: 30, username: "u", password: [0, 1, 2],
-                                   will: Will(topic: "gateway/x/status", payload: Array("offline".utf8), qos: .atLeastOnce, retain: true, properties: willProps),
+                                   will: MQTTWill(topic: "gateway/x/status", payload: Array("offline".utf8), qos: .atLeastOnce, retain: true, properties: willProps),
                                    properties: connectProps)),
             .connect(ConnectPacket(clientIdentifier: "", cleanStart: true, keepAlive: 0)),
             .connack(ConnAckPacket(sessionPresent: true, reasonCode: .success, properties: ackProps)),
@@ -73,8 +73,8 @@ struct PacketCodecTests {
             .pubrel(AckPacket(packetIdentifier: 5, reasonCode: .packetIdentifierNotFound)),
             .pubcomp(AckPacket(packetIdentifier: 6)),
             .subscribe(SubscribePacket(packetIdentifier: 8, subscriptions: [
-                Subscription("gateway/+/+/set", qos: .exactlyOnce, noLocal: true, retainAsPublished: true, retainHandling: .doNotSend),
-                Subscription("$share/g/a/#", qos: .atMostOnce),
+                MQTTSubscription("gateway/+/+/set", qos: .exactlyOnce, noLocal: true, retainAsPublished: true, retainHandling: .doNotSend),
+                MQTTSubscription("$share/g/a/#", qos: .atMostOnce),
             ], properties: subProps)),
             .suback(SubAckPacket(packetIdentifier: 8, reasonCodes: [.grantedQoS2, .notAuthorized], properties: reason)),
             .unsubscribe(UnsubscribePacket(packetIdentifier: 9, filters: ["a/#", "b/+"], properties: MQTTProperties())),
@@ -89,7 +89,7 @@ struct PacketCodecTests {
     static var v3Packets: [MQTTPacket] {
         [
             .connect(ConnectPacket(clientIdentifier: "gw-1", cleanStart: true, keepAlive: 60, username: "u", password: Array("p".utf8),
-                                   will: Will(topic: "s", payload: Array("offline".utf8), qos: .exactlyOnce, retain: false))),
+                                   will: MQTTWill(topic: "s", payload: Array("offline".utf8), qos: .exactlyOnce, retain: false))),
             .connect(ConnectPacket(clientIdentifier: "c", cleanStart: false, keepAlive: 5)),
             .connack(ConnAckPacket(sessionPresent: true)),
             .connack(ConnAckPacket(reasonCode: .badUserNameOrPassword)),
@@ -97,8 +97,8 @@ struct PacketCodecTests {
             .publish(PublishPacket(topic: "t/1", payload: [0, 255], qos: .exactlyOnce, retain: true, dup: true, packetIdentifier: 300)),
             .puback(AckPacket(packetIdentifier: 1)), .pubrec(AckPacket(packetIdentifier: 2)),
             .pubrel(AckPacket(packetIdentifier: 3)), .pubcomp(AckPacket(packetIdentifier: 4)),
-            .subscribe(SubscribePacket(packetIdentifier: 5, subscriptions: [Subscription("a/+", qos: .atLeastOnce), Subscription("#", qos: .exactlyOnce)])),
-            .suback(SubAckPacket(packetIdentifier: 5, reasonCodes: [.grantedQoS1, ReasonCode(rawValue: 0x80)])),
+            .subscribe(SubscribePacket(packetIdentifier: 5, subscriptions: [MQTTSubscription("a/+", qos: .atLeastOnce), MQTTSubscription("#", qos: .exactlyOnce)])),
+            .suback(SubAckPacket(packetIdentifier: 5, reasonCodes: [.grantedQoS1, MQTTReasonCode(rawValue: 0x80)])),
             .unsubscribe(UnsubscribePacket(packetIdentifier: 6, filters: ["a/+"])),
             .unsuback(SubAckPacket(packetIdentifier: 6, reasonCodes: [])),
             .pingreq, .pingresp, .disconnect(ReasonPacket()),

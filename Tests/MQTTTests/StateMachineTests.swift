@@ -20,7 +20,7 @@ struct StateMachineTests {
 
     @Test("backoff grows exponentially, with jitter, up to the cap, and resets")
     func backoff() {
-        var b = Backoff(policy: ReconnectPolicy(initialDelay: .milliseconds(500), maximumDelay: .seconds(8), multiplier: 2, jitter: 0.5))
+        var b = Backoff(policy: MQTTReconnectPolicy(initialDelay: .milliseconds(500), maximumDelay: .seconds(8), multiplier: 2, jitter: 0.5))
         #expect(b.nextDelay(random: 1) == .milliseconds(500))
         #expect(b.nextDelay(random: 1) == .milliseconds(1000))
         #expect(b.nextDelay(random: 0) == .milliseconds(1000), "jitter 0.5 halves the delay at random 0")

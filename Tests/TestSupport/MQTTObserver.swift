@@ -18,7 +18,7 @@ public final class MQTTObserver: Sendable {
     /// `reconnect`: the client comes back by itself when the broker restarts.
     public init(port: Int, filters: [String], reconnect: Bool = false, name: String = "observer") async throws {
         var c = MQTTConfiguration(host: "127.0.0.1", port: port, clientIdentifier: "\(name)-\(UUID().uuidString.prefix(6))")
-        c.reconnect = reconnect ? ReconnectPolicy(initialDelay: .milliseconds(50), maximumDelay: .milliseconds(300)) : nil
+        c.reconnect = reconnect ? MQTTReconnectPolicy(initialDelay: .milliseconds(50), maximumDelay: .milliseconds(300)) : nil
         client = MQTTClient(configuration: c)
         try await client.connect()
         let stream = client.messages
@@ -29,7 +29,7 @@ public final class MQTTObserver: Sendable {
                 self?.arrivals.push()
             }
         }
-        _ = try await client.subscribe(filters.map { Subscription($0, qos: .atLeastOnce) })
+        _ = try await client.subscribe(filters.map { MQTTSubscription($0, qos: .atLeastOnce) })
     }
 
     /// Waits until `condition` holds, re-checking at every arrival, for at most `timeout`; the

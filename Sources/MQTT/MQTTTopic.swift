@@ -1,5 +1,5 @@
 /// Topic name and topic filter rules (MQTT 4.7).
-public enum Topic {
+public enum MQTTTopic {
     /// A topic name for PUBLISH: non-empty, no wildcards, valid MQTT string.
     public static func isValidName(_ topic: String) -> Bool {
         !topic.isEmpty && MQTTString.isValid(topic) && !topic.utf8.contains(UInt8(ascii: "+")) && !topic.utf8.contains(UInt8(ascii: "#"))
