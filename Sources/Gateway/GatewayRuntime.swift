@@ -9,6 +9,31 @@ import Synchronization
 import Glibc
 #endif
 
+// The Gateway module: the domain. It turns a `GatewayConfiguration` into a running gateway
+// (``GatewayRuntime``, this file): ``GatewayPlan`` works out buses, read plans and topics
+// (``TopicLayout``, the one place topics are named); a ``BusUnit`` per bus polls its devices
+// (``DevicePoller``, `BusPoller.swift`) and hands values and statuses to a ``PollSink``; a
+// ``DeviceCommander`` (Modbus) or ``SerialDeviceRunner`` (serial) per device runs its commands on
+// one ``DeviceJobQueue``, each `/set` through the ``CommandPipeline`` checks, pulses through the
+// ``PulseStateMachine``; data messages go through the ``Outbox`` when the broker is away. Beside
+// them, each in its own file: reload (`Reload.swift`, `ConfigurationChange.swift`), Home Assistant
+// discovery, signed commands, fail-safe values, point events, metrics (`Telemetry.swift`).
+//
+// Concurrency, and why each idiom is where it is:
+// - Structured tasks where lifetimes nest: the runtime's service `run`, its stop (a task group
+//   per kind of unit), the serial device's connection loop.
+// - Unstructured tasks where units start and stop one by one while the rest runs (a bus poller,
+//   a serial device, a device's job task: ``BusUnit/start(_:sink:liveness:logger:)``,
+//   ``DeviceJobQueue``) and for pulse timers (each cancellable on its own). The runtime stops
+//   every unit, and awaits it, before it ends.
+// - A `Mutex` with parked continuations where a waiter must be woken without a task per item
+//   (``DeviceJobQueue``, ``FrameSignal``, ``OneShot``).
+// - Actors for state several tasks read and write (``StatusBoard``; `MQTTClient`; `ModbusBus`,
+//   on a custom executor: one thread per bus, because libmodbus blocks).
+// - A serial `DispatchQueue` for blocking file work off the cooperative pool (``Outbox``'s
+//   SQLite, ``PulseJournal``'s fsync).
+// - `AsyncStream` only where a library hands out a stream (`MQTTClient.messages`).
+
 /// Device statuses as last published (republished after every reconnect).
 actor StatusBoard {
     private var states: [String: DeviceHealth.State] = [:]
@@ -25,7 +50,7 @@ actor StatusBoard {
 ///   to which ``dispatchCommands()`` routes `<base>/<device>/<point>/set` and `/get`;
 /// - Home Assistant discovery, when on.
 ///
-/// What runs is kept in ``Units``; start, a reload (``reload(to:password:)``, in
+/// What runs is kept in ``Units``; start, a reload (``reload(to:password:commandKey:)``, in
 /// `Reload.swift`) and stop change it one at a time. A `Service`: on graceful shutdown it stops
 /// polling and taking commands, ends pending pulses (the off is written), publishes `offline` for
 /// every device and itself, then disconnects.

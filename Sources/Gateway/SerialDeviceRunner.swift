@@ -349,7 +349,9 @@ final class SerialDeviceRunner: Sendable {
     }
 }
 
-/// Wakes a waiter when a frame arrives; a generation counter avoids lost wake-ups.
+/// Wakes a waiter when a frame arrives; a generation counter avoids lost wake-ups. A Mutex with
+/// parked continuations: a poll waits for the reply with a deadline, and no task or stream is
+/// kept per device for it.
 final class FrameSignal: Sendable {
     private let state = Mutex<(count: Int, waiters: [CheckedContinuation<Void, Never>])>((0, []))
 

@@ -1,5 +1,10 @@
 import ArgumentParser
 
+// The `gateway` executable: the edge where the process meets the world. It reads the config,
+// the password and key files and the environment, builds the service group (the runtime, the
+// operations listener, reload on SIGHUP, start-up page release) and maps failures to exit codes.
+// `check`, `read`, `write`, `sign` and `simulate` are tools for the integrator.
+
 @main
 struct GatewayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

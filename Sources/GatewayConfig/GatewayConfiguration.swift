@@ -4,6 +4,11 @@ import LineSettings
 import Glibc
 #endif
 
+// The GatewayConfig module: `gateway.toml` as plain values (this file documents every key, its
+// default and its range), read through our TOML reader by ``ConfigLoader``: each settings type
+// reads its own table (`Settings+Reading.swift`) through a ``Reader`` that reports every problem
+// with its key path and line, and the loader fails once with all of them. No NIO, no libmodbus.
+
 /// `gateway.toml` as plain values. Every key, its default and its range is documented here;
 /// ``ConfigLoader`` fills these from the file and validates them.
 public struct GatewayConfiguration: Sendable, Equatable {

@@ -4,6 +4,11 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 
+// The MQTT module: our MQTT 3.1.1 and 5.0 client on SwiftNIO. ``MQTTPacketCodec`` encodes and
+// decodes every packet of both versions (NIOCore only, tested byte by byte); ``MQTTClient`` keeps
+// one session up: reconnect with backoff, a bounded offline queue, QoS 1/2 with resends, restored
+// subscriptions, keepalive (``KeepAliveStateMachine``), TLS.
+
 /// An MQTT 3.1.1 / 5.0 client on SwiftNIO.
 ///
 /// - `connect()` connects once (and keeps reconnecting afterwards when ``MQTTConfiguration/reconnect``

@@ -1,6 +1,13 @@
 import CModbus
 import Logging
 
+// The Modbus module: the Swift face of libmodbus. A ``ModbusBus`` is one TCP connection or RTU
+// line with its own thread (libmodbus blocks and a context is not thread-safe), taking requests
+// by priority (commands before polls) with deadlines, reconnecting by itself, and never retrying
+// a write whose outcome is unknown. ``ReadPlanner`` merges a device's points into few reads and
+// splits them again where the device refuses; ``RegisterCodec`` turns registers into typed,
+// scaled values and back (floats decoded in Swift: libmodbus's helpers are wrong here).
+
 /// The four Modbus data tables.
 public enum RegisterKind: String, Sendable, CaseIterable, Hashable, Comparable {
     case coil, discrete, holding, input

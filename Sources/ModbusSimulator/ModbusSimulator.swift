@@ -5,6 +5,10 @@ import Modbus
 import Glibc
 #endif
 
+// The ModbusSimulator module: the Modbus device behind `gateway simulate`, the tests and the
+// benchmarks (TCP or RTU, several units, drifting values, counters, holes, a request log with
+// monotonic stamps). libmodbus's server API on a thread of its own; not part of `gateway run`.
+
 /// The tables of one simulated unit. Addresses `0..<size` exist; anything past is answered with
 /// ILLEGAL DATA ADDRESS, so tests can create holes by sizing tables.
 public struct SimulatedUnit: Sendable, Equatable {

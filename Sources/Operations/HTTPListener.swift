@@ -4,6 +4,11 @@ import NIOHTTP1
 import NIOPosix
 import Synchronization
 
+// The Operations module: what operators and systemd talk to, knowing nothing of devices. A small
+// HTTP/1.1 listener (``HTTPListener``) on the gateway's event loop, bounded in connections and
+// request size, that answers GET and HEAD through a responder the gateway gives it (metrics,
+// health, the status page); ``SystemdNotifier`` for `READY=1`, `WATCHDOG=1` and `STOPPING=1`.
+
 /// A request as the listener's responder sees it: read-only endpoints, so a method, a path and
 /// the query; no body.
 public struct HTTPRequest: Sendable {

@@ -8,6 +8,11 @@ import Synchronization
 import Glibc
 #endif
 
+// The Serial module: raw serial lines (barcode and card readers, displays, ASCII protocols).
+// ``SerialLine`` opens a tty with termios (exclusive, `O_NOCTTY`) as a SwiftNIO pipe channel and
+// cuts what arrives into frames (``Framing``: lines, delimiters with an optional start, fixed length), each
+// bounded; writes have a deadline, so a line nobody reads cannot hold a command.
+
 /// Line settings of a serial port.
 public struct SerialSettings: Sendable, Equatable {
     public var path: String
