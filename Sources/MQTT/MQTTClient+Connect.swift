@@ -130,36 +130,11 @@ extension MQTTClient {
 
         if ack.sessionPresent {
             // Resend what the broker has not acknowledged, in order, with the same ids.
-            for pid in outboundOrder {
-                guard let o = outbound[pid] else { continue }
-                switch o.stage {
-                case .awaitingPubAck, .awaitingPubRec:
-                    var again = o.packet
-                    again.dup = true
-                    write(.publish(again))
-                case .awaitingPubComp:
-                    write(.pubrel(AckPacket(packetIdentifier: pid)))
-                }
-            }
+            for packet in session.resend() { write(packet) }
         } else {
             // The broker has no session: messages past PUBREC were delivered; the others go again as new.
             incomingQoS2.removeAll()
-            var again: [Pending] = []
-            for pid in outboundOrder {
-                guard let o = outbound[pid] else { continue }
-                if o.stage == .awaitingPubComp {
-                    o.continuation?.resume()
-                } else {
-                    var packet = o.packet
-                    packet.dup = false
-                    packet.packetIdentifier = nil
-                    again.append(Pending(packet: packet, continuation: o.continuation))
-                }
-            }
-            outbound.removeAll()
-            outboundOrder.removeAll()
-            queue.insert(contentsOf: again, at: aheadCount)
-            queuePeak = max(queuePeak, queue.count)
+            for c in session.restartWithoutSession() { c.resume() }
             // Restore subscriptions.
             let subs = subscriptionOrder.compactMap { subscriptions[$0] }
             restoreIDs = []

@@ -99,26 +99,26 @@ extension MQTTClient {
             incomingQoS2.remove(a.packetIdentifier)
             write(.pubcomp(AckPacket(packetIdentifier: a.packetIdentifier)), flush: true)
         case .puback(let a):
-            guard let o = outbound[a.packetIdentifier], o.stage == .awaitingPubAck else {
+            guard let o = session.pubAck(a.packetIdentifier) else {
                 logger.debug("MQTT: ignoring PUBACK for unknown packet id \(a.packetIdentifier)")
                 return
             }
-            complete(a.packetIdentifier, a)
+            complete(o, a)
         case .pubrec(let a):
-            guard var o = outbound[a.packetIdentifier], o.stage != .awaitingPubAck else {
+            switch session.pubRec(a.packetIdentifier, refused: a.reasonCode.isFailure) {
+            case .unknown:
                 logger.debug("MQTT: ignoring PUBREC for unknown packet id \(a.packetIdentifier)")
-                return
+            case .refused(let o):
+                complete(o, a)
+            case .release:
+                write(.pubrel(AckPacket(packetIdentifier: a.packetIdentifier)), flush: true)
             }
-            if a.reasonCode.isFailure { return complete(a.packetIdentifier, a) }
-            o.stage = .awaitingPubComp
-            outbound[a.packetIdentifier] = o
-            write(.pubrel(AckPacket(packetIdentifier: a.packetIdentifier)), flush: true)
         case .pubcomp(let a):
-            guard let o = outbound[a.packetIdentifier], o.stage == .awaitingPubComp else {
+            guard let o = session.pubComp(a.packetIdentifier) else {
                 logger.debug("MQTT: ignoring PUBCOMP for unknown packet id \(a.packetIdentifier)")
                 return
             }
-            complete(a.packetIdentifier, a)
+            complete(o, a)
         case .suback(let s), .unsuback(let s):
             if restoreIDs.remove(s.packetIdentifier) != nil {
                 for code in s.reasonCodes where code.isFailure { logger.error("MQTT: restoring a subscription failed: \(code)") }
@@ -153,14 +153,13 @@ extension MQTTClient {
         }
     }
 
-    func complete(_ pid: UInt16, _ ack: AckPacket) {
-        guard let o = outbound.removeValue(forKey: pid) else { return }
-        if let i = outboundOrder.firstIndex(of: pid) { outboundOrder.remove(at: i) }
+    /// A message the broker acknowledged (or refused): its sender is told, and the window has room.
+    func complete(_ o: MQTTPublishSession.InFlight, _ ack: AckPacket) {
         configuration.onAcknowledged?(.now - o.sentAt)
         if ack.reasonCode.isFailure {
-            o.continuation?.resume(throwing: MQTTError.publishRefused(ack.reasonCode, reasonString: ack.properties.reasonString))
+            o.completion?.resume(throwing: MQTTError.publishRefused(ack.reasonCode, reasonString: ack.properties.reasonString))
         } else {
-            o.continuation?.resume()
+            o.completion?.resume()
         }
         drainQueue()
         channel?.flush()

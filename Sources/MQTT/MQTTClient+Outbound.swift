@@ -13,54 +13,24 @@ extension MQTTClient {
         }
     }
 
-    /// A packet identifier not in use (1...65535, round robin), or nil when every one is: an id
-    /// in use is never handed out twice.
+    /// A packet identifier not in use by a publish in flight, a request or a subscription being
+    /// restored, or nil when every one is (``MQTTPublishSession/allocateID(alsoInUse:)``).
     func allocatePacketID() -> UInt16? {
-        for _ in 0..<65_535 {
-            let id = nextPacketID
-            nextPacketID = nextPacketID == 65_535 ? 1 : nextPacketID + 1
-            if outbound[id] == nil && requests[id] == nil && !restoreIDs.contains(id) { return id }
-        }
-        return nil
+        session.allocateID { requests[$0] != nil || restoreIDs.contains($0) }
     }
 
     var inFlightWindow: Int { max(1, min(serverReceiveMaximum, configuration.maximumInFlight, 65_000)) }
 
     /// Sends queued messages while connected and the in-flight window has room.
     func drainQueue() {
-        while state == .connected, let first = queue.first {
-            var pid: UInt16?
-            if first.packet.qos != .atMostOnce && serverMaximumQoS != .atMostOnce {
-                guard outbound.count < inFlightWindow, let free = allocatePacketID() else { break }
-                pid = free
-            }
-            queue.removeFirst()
-            if aheadCount > 0 { aheadCount -= 1 }
-            send(first, packetIdentifier: pid)
+        while state == .connected,
+              let out = session.next(window: inFlightWindow, maximumQoS: serverMaximumQoS, now: .now,
+                                     alsoInUse: { requests[$0] != nil || restoreIDs.contains($0) }) {
+            publishedCount[Int(out.packet.qos.rawValue)] += 1
+            write(.publish(out.packet))
+            out.completeOnWrite?.resume()
         }
-        if queue.isEmpty && queuePeak > 64 {
-            queue = []
-            queuePeak = 0
-        }
-    }
-
-    /// `packetIdentifier`: a free id for a QoS 1/2 message (nil for QoS 0).
-    func send(_ pending: Pending, packetIdentifier: UInt16?) {
-        var packet = pending.packet
-        if packet.qos > serverMaximumQoS { packet.qos = serverMaximumQoS }
-        guard packet.qos != .atMostOnce, let pid = packetIdentifier else {
-            packet.qos = .atMostOnce
-            publishedCount[0] += 1
-            write(.publish(packet))
-            pending.continuation?.resume()
-            return
-        }
-        packet.packetIdentifier = pid
-        outbound[pid] = Outbound(packet: packet, stage: packet.qos == .atLeastOnce ? .awaitingPubAck : .awaitingPubRec,
-                                 continuation: pending.continuation, sentAt: .now)
-        outboundOrder.append(pid)
-        publishedCount[Int(packet.qos.rawValue)] += 1
-        write(.publish(packet))
+        session.shrinkIfDrained()
     }
 
     /// Publishes a message. Returns when acknowledged (QoS 1/2) or written (QoS 0).
@@ -71,7 +41,7 @@ extension MQTTClient {
                         properties: MQTTProperties = .init(), ahead: Bool = false) async throws {
         let packet = try makePublish(topic: topic, payload: payload, qos: qos, retain: retain, properties: properties)
         try await withCheckedThrowingContinuation { (cont: CheckedContinuation<Void, any Error>) in
-            enqueue(Pending(packet: packet, continuation: .waiter(cont)), ahead: ahead)
+            enqueue(MQTTPublishSession.Waiting(packet: packet, completion: .waiter(cont)), ahead: ahead)
         }
     }
 
@@ -79,7 +49,7 @@ extension MQTTClient {
     public func enqueue(to topic: String, payload: [UInt8], qos: MQTTQoS = .atMostOnce, retain: Bool = false,
                         properties: MQTTProperties = .init()) throws {
         let packet = try makePublish(topic: topic, payload: payload, qos: qos, retain: retain, properties: properties)
-        enqueue(Pending(packet: packet, continuation: nil))
+        enqueue(MQTTPublishSession.Waiting(packet: packet, completion: nil))
     }
 
     /// Publishes each message in order without waiting; `completed` is called once per message
@@ -90,7 +60,7 @@ extension MQTTClient {
         for (i, m) in messages.enumerated() {
             do {
                 let packet = try makePublish(topic: m.topic, payload: m.payload, qos: qos, retain: m.retain, properties: m.properties)
-                enqueue(Pending(packet: packet, continuation: .callback { completed(i, $0) }))
+                enqueue(MQTTPublishSession.Waiting(packet: packet, completion: .callback { completed(i, $0) }))
             } catch {
                 completed(i, .failure(error))
             }
@@ -101,9 +71,9 @@ extension MQTTClient {
     /// waiting); false, and nothing queued, otherwise.
     public func enqueueIfKeepingUp(to topic: String, payload: [UInt8], qos: MQTTQoS, retain: Bool, properties: MQTTProperties = .init(),
                                    maximumQueued: Int) -> Bool {
-        guard state == .connected, queue.count < maximumQueued,
+        guard state == .connected, session.queue.count < maximumQueued,
               let packet = try? makePublish(topic: topic, payload: payload, qos: qos, retain: retain, properties: properties) else { return false }
-        enqueue(Pending(packet: packet, continuation: nil))
+        enqueue(MQTTPublishSession.Waiting(packet: packet, completion: nil))
         return true
     }
 
@@ -131,23 +101,15 @@ extension MQTTClient {
         return packet
     }
 
-    func enqueue(_ pending: Pending, ahead: Bool = false) {
-        if queue.count >= configuration.queueLimit, aheadCount < queue.count {
-            let oldest = queue.remove(at: aheadCount)
+    func enqueue(_ message: MQTTPublishSession.Waiting, ahead: Bool = false) {
+        if let oldest = session.add(message, ahead: ahead) {
             droppedCount += 1
-            oldest.continuation?.resume(throwing: MQTTError.droppedFromQueue)
+            oldest.completion?.resume(throwing: MQTTError.droppedFromQueue)
             if droppedCount == 1 || droppedCount % 1000 == 0 {
                 logger.warning("MQTT queue full (\(configuration.queueLimit)): dropped \(droppedCount) oldest messages so far")
                 eventSink.yield(.messagesDropped(total: droppedCount))
             }
         }
-        if ahead {
-            queue.insert(pending, at: aheadCount)
-            aheadCount += 1
-        } else {
-            queue.append(pending)
-        }
-        queuePeak = max(queuePeak, queue.count)
         if state == .connected {
             drainQueue()
             channel?.flush()

@@ -70,27 +70,9 @@ public actor MQTTClient {
     var inboundAliases: [UInt16: String] = [:]
 
     // Session state (kept across reconnects).
-    struct Outbound {
-        enum Stage { case awaitingPubAck, awaitingPubRec, awaitingPubComp }
-        var packet: PublishPacket
-        var stage: Stage
-        var continuation: PublishCompletion?
-        var sentAt: ContinuousClock.Instant
-    }
-    struct Pending {
-        var packet: PublishPacket
-        var continuation: PublishCompletion?
-    }
-    var outbound: [UInt16: Outbound] = [:]
-    var outboundOrder: Deque<UInt16> = []
-    var queue: Deque<Pending> = []
-    /// The first `aheadCount` messages of `queue` were put ahead of the rest (``publish(to:payload:qos:retain:properties:ahead:)``).
-    var aheadCount = 0
-    /// The most messages `queue` held since it was last empty: a burst (every value at start,
-    /// a backlog after a reconnect) leaves its storage behind, given back once drained.
-    var queuePeak = 0
+    /// Messages waiting and in flight, and the packet ids (``MQTTPublishSession``).
+    var session: MQTTPublishSession
     var incomingQoS2: Set<UInt16> = []
-    var nextPacketID: UInt16 = 1
     var subscriptions: [String: MQTTSubscription] = [:]
     var subscriptionOrder: [String] = []
     var requests: [UInt16: CheckedContinuation<SubAckPacket, any Error>] = [:]
@@ -118,6 +100,7 @@ public actor MQTTClient {
         self.logger = logger
         self.version = configuration.version
         self.effectiveKeepAlive = configuration.keepAlive
+        self.session = MQTTPublishSession(queueLimit: configuration.queueLimit)
         (messages, messageSink) = AsyncStream.makeStream(of: MQTTMessage.self, bufferingPolicy: .bufferingOldest(max(1, configuration.incomingLimit)))
         (events, eventSink) = AsyncStream.makeStream(of: MQTTEvent.self, bufferingPolicy: .bufferingNewest(1000))
     }
@@ -129,9 +112,9 @@ public actor MQTTClient {
 
     public var isConnected: Bool { state == .connected }
     /// QoS 1/2 publishes sent and not yet acknowledged.
-    public var inFlightCount: Int { outbound.count }
+    public var inFlightCount: Int { session.inFlight.count }
     /// Messages waiting to be sent.
-    public var queuedCount: Int { queue.count }
+    public var queuedCount: Int { session.queue.count }
 
     // MARK: - Lifecycle
 
@@ -154,7 +137,7 @@ public actor MQTTClient {
     /// Graceful: waits (at most `timeout`) for queued and in-flight messages to be acknowledged,
     /// sends DISCONNECT (the broker discards the will) and closes. No reconnect afterwards.
     public func disconnect(timeout: Duration = .seconds(2)) async {
-        if state == .connected && (!outbound.isEmpty || !queue.isEmpty) {
+        if state == .connected && !session.isIdle {
             let timer = Task { [weak self] in
                 try? await Task.sleep(for: timeout)
                 await self?.notifyIfDrained(force: true)
@@ -177,6 +160,7 @@ public actor MQTTClient {
     /// sizes (`incomingLimit`) stay as they were made.
     public func reconfigure(_ new: MQTTConfiguration) {
         configuration = new   // version and keepalive follow at the next connect
+        session.queueLimit = new.queueLimit
         configurationGeneration += 1
         guard state == .connected else { return }   // a connect under way is replaced once it is up
         replaceConnection()
@@ -195,7 +179,7 @@ public actor MQTTClient {
     /// Resumes graceful-disconnect waiters once nothing is queued or in flight (or on `force`:
     /// timeout, connection lost).
     func notifyIfDrained(force: Bool = false) {
-        guard !drainWaiters.isEmpty, force || (outbound.isEmpty && queue.isEmpty) else { return }
+        guard !drainWaiters.isEmpty, force || session.isIdle else { return }
         let waiters = drainWaiters
         drainWaiters.removeAll()
         for w in waiters { w.resume() }
@@ -214,12 +198,7 @@ public actor MQTTClient {
             try? await ch.close()
         }
         connectionClosed(id: connectionID, reason: "client shut down")
-        for p in queue { p.continuation?.resume(throwing: MQTTError.shutdown) }
-        queue.removeAll()
-        aheadCount = 0
-        for id in outboundOrder { outbound[id]?.continuation?.resume(throwing: MQTTError.shutdown) }
-        outbound.removeAll()
-        outboundOrder.removeAll()
+        for c in session.removeAll() { c.resume(throwing: MQTTError.shutdown) }
         messageSink.finish()
         eventSink.finish()
     }
