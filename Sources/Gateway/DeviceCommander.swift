@@ -230,13 +230,7 @@ final class DeviceCommander: Sendable {
     /// ``CommandRequest/pendingPerDevice`` waiting: the caller answers "busy".
     @discardableResult
     func submit(_ job: Job) -> Bool {
-        switch jobs.submit(job) {
-        case .refused: return false
-        case .queued: return true
-        case .start:
-            Task { await self.jobs.serve { job, work in await self.run(job, work: &work) } }
-            return true
-        }
+        jobs.submit(job) { job, work in await self.run(job, work: &work) }
     }
 
     /// Pulses an earlier run switched on and never switched off (it crashed) are switched off

@@ -14,7 +14,7 @@ protocol DeviceJob: Sendable {
 /// change (the command pipeline, the pulses): handed to each job in turn, parked here while no
 /// job runs.
 ///
-/// The task that runs them is started by the first job (``submit(_:)`` says when) and then waits
+/// The task that runs them is started by the first job (``submit(_:run:)``) and then waits
 /// for more: a device that never gets a command (a sensor) holds no task (a parked task cost
 /// about 6 KiB, 0.6 MiB at 100 devices), and only its first command pays for starting one (a
 /// task per command cost about 0.1 ms on every command). Idiom: a Mutex with one parked
@@ -26,7 +26,7 @@ final class DeviceJobQueue<Job: DeviceJob, State: Sendable>: Sendable {
         /// (the caller answers "busy").
         case refused
         case queued
-        /// Queued, and no task runs the jobs yet: the caller starts one with ``serve(_:)``.
+        /// Queued, and no task runs the jobs yet: start one with ``serve(_:)``.
         case start
     }
 
@@ -52,9 +52,22 @@ final class DeviceJobQueue<Job: DeviceJob, State: Sendable>: Sendable {
         queue = Mutex(Queue(state: state))
     }
 
+    /// Queues `job`; the first one starts the task that runs them all with `run`. False (nothing
+    /// queued) when stopping or when ``CommandRequest/pendingPerDevice`` commands already wait:
+    /// the caller answers "busy".
+    func submit(_ job: Job, run: @escaping @Sendable (Job, inout State) async -> Void) -> Bool {
+        switch enqueue(job) {
+        case .refused: return false
+        case .queued: return true
+        case .start:
+            Task { await self.serve(run) }
+            return true
+        }
+    }
+
     /// Queues `job` unless stopping, full of commands, or covered by a job already waiting (then
     /// `.queued`: its work will be done).
-    func submit(_ job: Job) -> Submitted {
+    func enqueue(_ job: Job) -> Submitted {
         let (submitted, wake) = queue.withLock { q -> (Submitted, CheckedContinuation<Void, Never>?) in
             guard !q.stopping else { return (.refused, nil) }
             if q.jobs[q.head...].contains(where: { job.isCovered(by: $0) }) { return (.queued, nil) }

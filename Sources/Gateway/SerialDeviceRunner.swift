@@ -71,13 +71,7 @@ final class SerialDeviceRunner: Sendable {
     /// Queues a job; false (nothing queued) when the device already has
     /// ``CommandRequest/pendingPerDevice`` jobs waiting: the caller answers "busy".
     func submit(_ job: Job) -> Bool {
-        switch jobs.submit(job) {
-        case .refused: return false
-        case .queued: return true
-        case .start:
-            Task { await self.jobs.serve { job, work in await self.run(job, work: &work) } }
-            return true
-        }
+        jobs.submit(job) { job, work in await self.run(job, work: &work) }
     }
 
     /// Its task: unstructured for the same reason as a bus poller's (``BusUnit/start``).

@@ -144,16 +144,16 @@ struct DeviceJobQueueTests {
     func queue() async {
         let q = DeviceJobQueue<TestJob, [TestJob]>([])
         // Nothing runs until the first job says start; the rest queue behind it.
-        #expect(q.submit(.command(0)) == .start)
-        for i in 1..<CommandRequest.pendingPerDevice { #expect(q.submit(.command(i)) == .queued) }
-        #expect(q.submit(.command(99)) == .refused, "past the bound")
-        #expect(q.submit(.own(1)) == .queued)
-        #expect(q.submit(.own(1)) == .queued)   // covered: taken, not queued again
-        #expect(q.submit(.own(2)) == .queued)
+        #expect(q.enqueue(.command(0)) == .start)
+        for i in 1..<CommandRequest.pendingPerDevice { #expect(q.enqueue(.command(i)) == .queued) }
+        #expect(q.enqueue(.command(99)) == .refused, "past the bound")
+        #expect(q.enqueue(.own(1)) == .queued)
+        #expect(q.enqueue(.own(1)) == .queued)   // covered: taken, not queued again
+        #expect(q.enqueue(.own(2)) == .queued)
         let served = Task { await q.serve { job, seen in seen.append(job) } }
         let state = await q.stop()
         await served.value
         #expect(state == (0..<CommandRequest.pendingPerDevice).map { TestJob.command($0) } + [.own(1), .own(2)])
-        #expect(q.submit(.own(3)) == .refused, "stopped")
+        #expect(q.enqueue(.own(3)) == .refused, "stopped")
     }
 }
