@@ -242,10 +242,10 @@ struct DevicePoller {
     }
 
     /// The poll due at `schedule.next`: read, update health, publish what changed, schedule
-    /// the next one (an offline device is probed with backoff).
-    mutating func poll(_ bus: some PollingBus, sink: some PollSink) async {
+    /// the next one (an offline device is probed with backoff). `clock`: the time (a test's own).
+    mutating func poll(_ bus: some PollingBus, sink: some PollSink, clock: () -> ContinuousClock.Instant = { .now }) async {
         let gw = gateway
-        let started = ContinuousClock.now
+        let started = clock()
         lastStart = started
         // The poller runs one poll at a time, so only commands can hold it up: a poll that
         // cannot start within one period is dropped, not queued up.
@@ -257,7 +257,7 @@ struct DevicePoller {
         let outcome = GatewayRuntime.PollOutcome(results)
         if let meter {
             let (result, error) = DeviceMeter.pollResult(outcome, results)
-            meter.poll(result: result, error: error, started: started, duration: .now - started, previousStart: previousStart)
+            meter.poll(result: result, error: error, started: started, duration: clock() - started, previousStart: previousStart)
             previousStart = started
         }
         switch outcome {
@@ -276,7 +276,7 @@ struct DevicePoller {
         case .notStarted:
             log.debug("poll skipped: the bus was busy with commands for a whole period")
         }
-        let now = ContinuousClock.now
+        let now = clock()
         let generation = sink.valuesGeneration
         if generation != valuesGeneration {
             valuesGeneration = generation

@@ -82,6 +82,25 @@ struct PollerTests {
         #expect(sink.values == ["5", "6"], "the same value is not published again after the outage")
     }
 
+    @Test("on a test clock: polls keep their period; an offline device is probed after 1, 2, 4... periods up to offline_poll_ms, and on period again once it answers")
+    func schedule() async throws {
+        let config = Self.config.replacingOccurrences(of: "offline_after = 2", with: "offline_after = 1\npoll_ms = 1000\noffline_poll_ms = 3000")
+        let plan = GatewayPlan(try ConfigLoader.parse(config))
+        let t0 = ContinuousClock.now
+        var p = DevicePoller(plan.devices[0], gateway: plan.configuration.gateway, topics: plan.topics, logger: Logger(label: "test"),
+                             start: t0, readBacks: nil, meter: nil)
+        let sink = RecordingSink()
+        let bus = ScriptedBus([Self.answer(1, 0)] + Array(repeating: Self.noAnswer, count: 4) + [Self.answer(1, 0)])
+        var gaps: [Duration] = []
+        for _ in 0..<6 {
+            let at = p.schedule.next   // each poll runs when it is due, on the test's clock
+            await p.poll(bus, sink: sink, clock: { at })
+            gaps.append(p.schedule.next - at)
+        }
+        #expect(gaps == [.seconds(1), .seconds(1), .seconds(2), .seconds(3), .seconds(3), .seconds(1)], "\(gaps)")
+        #expect(sink.statuses.withLock { $0 } == [.online, .offline, .online])
+    }
+
     @Test("a bus busy with commands for a whole period says nothing about the device")
     func busyIsNotFailure() async throws {
         var p = try poller()
