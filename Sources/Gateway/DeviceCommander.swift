@@ -28,9 +28,9 @@ final class ReadBacks: Sendable {
 /// Runs one device's commands: `/set`, `/get` and the ends of pulses, one at a time in arrival
 /// order, so that a pulse's end can never overtake the command that extended it.
 ///
-/// Every `/set` is answered. Checks, in order: retained flag, unknown point, not writable,
-/// payload form, repeated id (answered with the first result), age (`command_max_age_ms` against
-/// `ts`, MQTT 5 message expiry), value (type, `map`, `min`/`max`), device offline. Then one write
+/// Every `/set` is answered. Checks, in order: those of the ``CommandPipeline`` (retained flag,
+/// unknown point, not writable, payload form, signature, repeated id, age), then value (type,
+/// `map`, `min`/`max`), device offline, start deadline. Then one write
 /// at high priority with a deadline (never retried: a lost answer is `outcome unknown`), a read
 /// back, and the value published. Pulses end with a write of the released state, retried
 /// because that state is the safe one, also on shutdown and while the broker is away.
@@ -202,8 +202,8 @@ final class DeviceCommander: Sendable {
     /// Read-backs this commander published, for the device's poller.
     let readBacks = ReadBacks()
 
-    /// What jobs change: pending pulses and recent command ids. Owned by the command task while it
-    /// runs, parked in ``queue`` before it starts and after it ends.
+    /// What jobs change: the pulses, their timers, and the command checks (recent ids). Owned by
+    /// the job task while it runs, parked in ``jobs`` before it starts and after it ends.
     private struct Work: Sendable {
         var pulses = PulseStateMachine()
         /// The timers of ``PulseStateMachine/Action/scheduleOff(point:generation:at:why:)``, by point.
