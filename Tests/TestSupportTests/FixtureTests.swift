@@ -1,5 +1,6 @@
 import Foundation
 import Modbus
+import Synchronization
 import Testing
 import TestSupport
 
@@ -31,22 +32,35 @@ struct FixtureTests {
 
     @Test("a child's exit is seen while other children are being started from other threads")
     func exitSeenDespiteConcurrentSpawns() async throws {
-        // Long-lived children are started while short ones are. None may inherit a short one's
-        // output pipe: that would hold its output open, and its exit unseen, until the long one ends.
-        let longLived = try await withThrowingTaskGroup(of: ChildProcess?.self) { group in
-            for i in 0..<200 {
-                group.addTask {
-                    if i.isMultiple(of: 2) { return try ChildProcess("/bin/sleep", ["60"]) }
-                    let short = try ChildProcess("/bin/true", [])
-                    #expect(try await short.waitForExit(timeout: .seconds(10)) == 0)
-                    return nil
+        // Long-lived children are started while short ones are, from 8 threads. None may inherit
+        // a short one's output pipe: that would hold its output open, and its exit unseen, until
+        // the long one ends. Threads of their own, not tasks: a spawn blocks (under the spawn
+        // lock), and 200 of them on the cooperative pool held both its threads for seconds, which
+        // stalled every other test in the process meanwhile.
+        let spawned = Mutex<[(child: ChildProcess, longLived: Bool)]>([])
+        let failure = Mutex<String?>(nil)
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+            let left = Mutex(8)
+            for t in 0..<8 {
+                Thread.detachNewThread {
+                    for i in stride(from: t, to: 200, by: 8) {
+                        let long = i.isMultiple(of: 2)
+                        do {
+                            let child = try ChildProcess(long ? "/bin/sleep" : "/bin/true", long ? ["60"] : [])
+                            spawned.withLock { $0.append((child, long)) }
+                        } catch {
+                            failure.withLock { $0 = "\(error)" }
+                        }
+                    }
+                    if left.withLock({ $0 -= 1; return $0 == 0 }) { done.resume() }
                 }
             }
-            var started: [ChildProcess] = []
-            for try await child in group { if let child { started.append(child) } }
-            return started
         }
-        for child in longLived { await child.stop() }
+        #expect(failure.withLock { $0 } == nil)
+        let children = spawned.withLock { $0 }
+        #expect(children.count == 200)
+        for (child, long) in children where !long { #expect(try await child.waitForExit(timeout: .seconds(10)) == 0) }
+        for (child, long) in children where long { await child.stop() }
     }
 
     @Test("Mosquitto: plain, TLS and password listeners answer; stop and restart on the same ports")
