@@ -16,16 +16,18 @@ extension MQTTClient {
     /// A packet identifier not in use by a publish in flight, a request or a subscription being
     /// restored, or nil when every one is (``MQTTPublishSession/allocateID(alsoInUse:)``).
     func allocatePacketID() -> UInt16? {
-        session.allocateID { requests[$0] != nil || restoreIDs.contains($0) }
+        session.allocateID(alsoInUse: idHeldByRequest)
     }
+
+    /// An id a SUBSCRIBE/UNSUBSCRIBE waits on (the session knows only its publishes).
+    func idHeldByRequest(_ id: UInt16) -> Bool { requests[id] != nil || restoreIDs.contains(id) }
 
     var inFlightWindow: Int { max(1, min(serverReceiveMaximum, configuration.maximumInFlight, 65_000)) }
 
     /// Sends queued messages while connected and the in-flight window has room.
     func drainQueue() {
         while state == .connected,
-              let out = session.next(window: inFlightWindow, maximumQoS: serverMaximumQoS, now: .now,
-                                     alsoInUse: { requests[$0] != nil || restoreIDs.contains($0) }) {
+              let out = session.next(window: inFlightWindow, maximumQoS: serverMaximumQoS, now: .now, alsoInUse: idHeldByRequest) {
             publishedCount[Int(out.packet.qos.rawValue)] += 1
             write(.publish(out.packet))
             out.completeOnWrite?.resume()

@@ -30,7 +30,11 @@ public final class ChildProcess: Sendable {
     private struct State {
         var lines: [String] = []
         var waiters: [Waiter] = []
-        var exitWaiters: [CheckedContinuation<Int32, Never>] = []
+        /// ``waitForExit(timeout:)`` calls parked, by id; resumed with nil when their time is up.
+        var exitWaiters: [Int: CheckedContinuation<Int32?, Never>] = [:]
+        /// Of the exit waits not answered yet, the ones whose time ran out before they parked.
+        var expiredExitWaits: Set<Int> = []
+        var liveExitWaits: Set<Int> = []
         var exitStatus: Int32?
         var nextID = 0
         var openStreams = 2
@@ -146,31 +150,41 @@ public final class ChildProcess: Sendable {
         w?.continuation.resume(throwing: FixtureError("\(command): \(reason) waiting for a line; output so far:\n\(tail)"))
     }
 
-    /// Waits for the process to exit (bounded); returns its status.
+    /// Waits for the process to exit (bounded); returns its status. On timeout it throws at once
+    /// (its wait is withdrawn), also when the process never exits.
     public func waitForExit(timeout: Duration = .seconds(10)) async throws -> Int32 {
-        let exited = Task {
-            await withCheckedContinuation { (cont: CheckedContinuation<Int32, Never>) in
-                let done = state.withLock { s -> Int32? in
-                    if let e = s.exitStatus, s.openStreams <= 0 { return e }
-                    s.exitWaiters.append(cont)
-                    return nil
-                }
-                if let done { cont.resume(returning: done) }
-            }
+        let id = state.withLock { s -> Int in
+            s.nextID += 1
+            s.liveExitWaits.insert(s.nextID)
+            return s.nextID
         }
-        let timer = Task {
+        let timer = Task { [weak self] in
             try await Task.sleep(for: timeout)
+            self?.expireExitWait(id)
         }
-        // Race the exit against the timer without leaving either running.
-        return try await withThrowingTaskGroup(of: Int32?.self) { group in
-            group.addTask { await exited.value }
-            group.addTask { try? await timer.value; return nil }
-            defer { group.cancelAll(); timer.cancel() }
-            guard let first = try await group.next(), let status = first else {
-                throw FixtureError("\(command) did not exit within \(timeout); output:\n\(tail)")
+        defer { timer.cancel() }
+        let status: Int32? = await withCheckedContinuation { cont in
+            let done = state.withLock { s -> Int32?? in
+                if let e = s.exitStatus, s.openStreams <= 0 { s.liveExitWaits.remove(id); return .some(e) }
+                if s.expiredExitWaits.remove(id) != nil { return .some(nil) }
+                s.exitWaiters[id] = cont
+                return nil
             }
-            return status
+            if let done { cont.resume(returning: done) }
         }
+        guard let status else { throw FixtureError("\(command) did not exit within \(timeout); output:\n\(tail)") }
+        return status
+    }
+
+    /// The time of exit wait `id` is up: resumed with nil if parked, else marked for when it parks.
+    private func expireExitWait(_ id: Int) {
+        let parked = state.withLock { s -> CheckedContinuation<Int32?, Never>? in
+            guard s.liveExitWaits.remove(id) != nil else { return nil }   // answered already
+            if let c = s.exitWaiters.removeValue(forKey: id) { return c }
+            s.expiredExitWaits.insert(id)
+            return nil
+        }
+        parked?.resume(returning: nil)
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within `grace`. Returns the exit status.
@@ -237,7 +251,7 @@ public final class ChildProcess: Sendable {
     }
 
     private func streamClosed() {
-        let ready = state.withLock { s -> (Int32, [CheckedContinuation<Int32, Never>], [Waiter])? in
+        let ready = state.withLock { s -> (Int32, [CheckedContinuation<Int32?, Never>], [Waiter])? in
             s.openStreams -= 1
             return Self.takeFinished(&s)
         }
@@ -245,7 +259,7 @@ public final class ChildProcess: Sendable {
     }
 
     private func exited(_ code: Int32) {
-        let ready = state.withLock { s -> (Int32, [CheckedContinuation<Int32, Never>], [Waiter])? in
+        let ready = state.withLock { s -> (Int32, [CheckedContinuation<Int32?, Never>], [Waiter])? in
             s.exitStatus = code
             return Self.takeFinished(&s)
         }
@@ -253,13 +267,14 @@ public final class ChildProcess: Sendable {
     }
 
     /// Once the process has exited and its output is fully read, hands out the waiters to resume.
-    private static func takeFinished(_ s: inout State) -> (Int32, [CheckedContinuation<Int32, Never>], [Waiter])? {
+    private static func takeFinished(_ s: inout State) -> (Int32, [CheckedContinuation<Int32?, Never>], [Waiter])? {
         guard let code = s.exitStatus, s.openStreams <= 0 else { return nil }
         defer { s.waiters.removeAll(); s.exitWaiters.removeAll() }
-        return (code, s.exitWaiters, s.waiters)
+        for id in s.exitWaiters.keys { s.liveExitWaits.remove(id) }
+        return (code, Array(s.exitWaiters.values), s.waiters)
     }
 
-    private func finish(_ ready: (Int32, [CheckedContinuation<Int32, Never>], [Waiter])?) {
+    private func finish(_ ready: (Int32, [CheckedContinuation<Int32?, Never>], [Waiter])?) {
         guard let (code, exitWaiters, waiters) = ready else { return }
         for w in waiters { w.continuation.resume(throwing: FixtureError("\(command) exited (\(code)) before printing the expected line; output:\n\(tail)")) }
         for w in exitWaiters { w.resume(returning: code) }

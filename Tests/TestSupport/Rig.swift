@@ -9,8 +9,8 @@ import Glibc
 /// `gateway run` process under test with its `gateway.toml`, and an observer on `gateway/#`.
 ///
 /// ``shutdown()`` stops them in order. A test that fails before reaching it still cleans up: when
-/// the rig goes away, its processes are killed (``ChildProcess``'s deinit), its observer closed
-/// and its directory removed.
+/// the rig goes away, its gateway and simulator are killed (even if a test still holds them), its
+/// observer closed and its directory removed; its broker stops with its own last reference.
 public final class Rig: Sendable {
     public let broker: Mosquitto
     public let sim: GatewaySimulator
@@ -34,6 +34,8 @@ public final class Rig: Sendable {
     }
 
     deinit {
+        gateway.signal(SIGKILL)
+        sim.process.signal(SIGKILL)
         let client = watcher.client
         Task { await client.closeAbruptly() }
         try? FileManager.default.removeItem(atPath: directory)
