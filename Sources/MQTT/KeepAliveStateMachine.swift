@@ -41,7 +41,7 @@ struct KeepAliveStateMachine {
 
 /// Reconnect delays: exponential with jitter, capped; `random` in [0, 1) is injected for tests.
 struct Backoff {
-    let policy: MQTTReconnectPolicy
+    var policy: MQTTReconnectPolicy
     private(set) var attempt = 0
 
     init(policy: MQTTReconnectPolicy) { self.policy = policy }

@@ -15,20 +15,16 @@ extension MQTTClient {
     }
 
     func establish(version: MQTTVersion) async throws -> ConnAckPacket {
-        guard state != .shutdown else { throw MQTTError.shutdown }
-        state = .connecting
-        connectionID += 1
-        let id = connectionID
+        guard let id = lifecycle.beginAttempt() else { throw MQTTError.shutdown }
         self.version = version
         let (stream, sink) = AsyncStream.makeStream(of: ChannelEvent.self)
         let config = configuration
-        connectionGeneration = configurationGeneration
         let sslContext: NIOSSLContext?
         if let tls = config.tls {
             do {
                 sslContext = try Self.makeSSLContext(tls)
             } catch {
-                state = .idle
+                lifecycle.attemptFailed()
                 throw MQTTError.tls("cannot load TLS settings: \(error)")
             }
         } else {
@@ -53,10 +49,10 @@ extension MQTTClient {
         do {
             ch = try await bootstrap.connect(host: config.host, port: config.port).get()
         } catch {
-            if state == .connecting { state = .idle }
+            lifecycle.attemptFailed()
             throw MQTTError.connectFailed("\(config.host):\(config.port): \(error)")
         }
-        guard state == .connecting, connectionID == id else {
+        guard state == .connecting, lifecycle.isCurrent(id) else {
             try? await ch.close()
             throw MQTTError.shutdown
         }
@@ -91,18 +87,18 @@ extension MQTTClient {
             ack = try await withCheckedThrowingContinuation { connAckWaiter = $0 }
         } catch {
             try? await ch.close()
-            if state == .connecting { state = .idle }
+            lifecycle.attemptFailed()
             throw error
         }
         guard ack.reasonCode == .success else {
             try? await ch.close()
-            if state == .connecting { state = .idle }
+            lifecycle.attemptFailed()
             throw MQTTError.connectionRefused(ack.reasonCode, reasonString: ack.properties.reasonString)
         }
         // The connection may have closed between the CONNACK and now (a packet right after the
         // CONNACK that we refused): it is not connected, and the supervisor tries again.
-        guard state == .connecting, connectionID == id, channel != nil else {
-            if state == .connecting { state = .idle }
+        guard state == .connecting, lifecycle.isCurrent(id), channel != nil else {
+            lifecycle.attemptFailed()
             throw MQTTError.connectFailed("the connection closed right after CONNACK")
         }
         connected(ack, connection: id)
@@ -110,15 +106,13 @@ extension MQTTClient {
     }
 
     func connAckTimedOut(connection id: Int) {
-        guard id == connectionID, let w = connAckWaiter else { return }
+        guard lifecycle.isCurrent(id), let w = connAckWaiter else { return }
         connAckWaiter = nil
         w.resume(throwing: MQTTError.timeout("no CONNACK within \(configuration.connectTimeout)"))
     }
 
     func connected(_ ack: ConnAckPacket, connection id: Int) {
-        state = .connected
-        takenOverByReason = false
-        connectedAt = .now
+        let afterConnect = lifecycle.connected(now: .now)
         let p = ack.properties
         serverReceiveMaximum = Int(p.receiveMaximum ?? 65_535)
         serverMaximumPacketSize = p.maximumPacketSize.map { Int($0) } ?? Int.max
@@ -158,7 +152,7 @@ extension MQTTClient {
         } else {
             pendingConnectedEvent = event   // announced when the restored subscriptions are acknowledged
         }
-        if connectionGeneration != configurationGeneration {
+        if afterConnect == .replace {
             // Settings changed while this connection was being made: replace it.
             logger.info("MQTT settings changed while connecting: reconnecting with them")
             replaceConnection()
@@ -183,7 +177,7 @@ extension MQTTClient {
     }
 
     func keepAliveStep(connection id: Int) -> KeepAliveStateMachine.Action? {
-        guard id == connectionID, state == .connected, var ka = keepAlive else { return nil }
+        guard lifecycle.isCurrent(id), state == .connected, var ka = keepAlive else { return nil }
         let action = ka.next(now: .now)
         keepAlive = ka
         switch action {
@@ -191,8 +185,7 @@ extension MQTTClient {
             channel?.writeAndFlush(MQTTPacket.pingreq, promise: nil)
         case .closeDead:
             logger.warning("MQTT broker did not answer PINGREQ in time: connection considered dead")
-            lastCloseReason = "keepalive timeout (no PINGRESP)"
-            closingOurselves = true
+            lifecycle.closingOurselves("keepalive timeout (no PINGRESP)")
             channel?.close(promise: nil)
             return nil
         case .wait:

@@ -3,7 +3,7 @@ import NIOCore
 /// What arrives on the connection: channel events, packets, deliveries to ``MQTTClient/messages``.
 extension MQTTClient {
     func handle(_ event: ChannelEvent, connection id: Int) {
-        guard id == connectionID else { return }
+        guard lifecycle.isCurrent(id) else { return }
         switch event {
         case .packet(let packet):
             handle(packet)
@@ -21,8 +21,7 @@ extension MQTTClient {
             }
         case .malformed(let error):
             logger.error("MQTT: malformed packet from the broker, closing: \(error)")
-            lastCloseReason = "malformed packet: \(error)"
-            closingOurselves = true
+            lifecycle.closingOurselves("malformed packet: \(error)")
             if let w = connAckWaiter {
                 connAckWaiter = nil
                 w.resume(throwing: MQTTError.protocolError("\(error)"))
@@ -33,30 +32,26 @@ extension MQTTClient {
                 let r = reason ?? "connection closed by the broker before CONNACK"
                 w.resume(throwing: tls ? MQTTError.tls(r) : MQTTError.connectFailed(r))
             }
-            connectionClosed(id: id, reason: reason ?? (lastCloseReason.isEmpty ? "closed by the broker" : lastCloseReason))
+            connectionClosed(id: id, reason: reason)
         }
     }
 
-    func connectionClosed(id: Int, reason: String) {
-        guard id == connectionID, channel != nil || state == .connected || state == .shutdown else { return }
-        let wasConnected = state == .connected
+    /// Connection `id` closed; `reason` nil: the reason given when it was closed, or a plain close by the broker.
+    func connectionClosed(id: Int, reason: String?) {
+        guard lifecycle.isCurrent(id), channel != nil || state == .connected || state == .shutdown,
+              let closed = lifecycle.closed(id, reason: reason, now: .now) else { return }
         channel = nil
         keepAliveTask?.cancel()
         keepAliveTask = nil
         keepAlive = nil
-        if state != .shutdown { state = .idle }
-        for (_, r) in requests { r.resume(throwing: MQTTError.connectionLost(reason)) }
+        for (_, r) in requests { r.resume(throwing: MQTTError.connectionLost(closed.reason)) }
         requests.removeAll()
         restoreIDs.removeAll()
         pendingConnectedEvent = nil
-        if wasConnected {
-            // Only the broker dropping us right after a connect hints at a twin with our client id.
-            if !closingOurselves, let at = connectedAt, ContinuousClock.now - at < .seconds(2) { quickDrops += 1 } else { quickDrops = 0 }
-            logger.warning("MQTT connection lost: \(reason)")
-            eventSink.yield(.disconnected(reason: reason))
+        if closed.wasConnected {
+            logger.warning("MQTT connection lost: \(closed.reason)")
+            eventSink.yield(.disconnected(reason: closed.reason))
         }
-        lastCloseReason = ""
-        closingOurselves = false
         let waiters = disconnectWaiters
         disconnectWaiters.removeAll()
         for w in waiters { w.resume() }
@@ -132,9 +127,9 @@ extension MQTTClient {
         case .pingresp:
             break
         case .disconnect(let d):
-            lastCloseReason = "broker sent DISCONNECT: \(d.reasonCode)\(d.properties.reasonString.map { " - \($0)" } ?? "")"
-            if d.reasonCode == .sessionTakenOver { takenOverByReason = true }
-            logger.warning("MQTT: \(lastCloseReason)")
+            let reason = "broker sent DISCONNECT: \(d.reasonCode)\(d.properties.reasonString.map { " - \($0)" } ?? "")"
+            lifecycle.brokerDisconnected(reason, sessionTakenOver: d.reasonCode == .sessionTakenOver)
+            logger.warning("MQTT: \(reason)")
         case .auth:
             protocolError("AUTH is not supported by this client")
         case .connect, .subscribe, .unsubscribe, .pingreq:
@@ -168,8 +163,7 @@ extension MQTTClient {
 
     func protocolError(_ text: String, code: MQTTReasonCode = .protocolError) {
         logger.error("MQTT protocol error from the broker: \(text)")
-        lastCloseReason = "protocol error: \(text)"
-        closingOurselves = true
+        lifecycle.closingOurselves("protocol error: \(text)")
         if version == .v5 { write(.disconnect(ReasonPacket(reasonCode: code)), flush: true) }
         channel?.close(promise: nil)
     }

@@ -36,12 +36,12 @@ public actor MQTTClient {
     let group: any EventLoopGroup
     var logger: Logger
 
-    enum State: Equatable { case idle, connecting, connected, shutdown }
-    var state: State = .idle
+    /// Phase, current connection id, close reasons, twin detection, backoff (``MQTTConnectionLifecycle``).
+    var lifecycle: MQTTConnectionLifecycle
+    var state: MQTTConnectionLifecycle.Phase { lifecycle.phase }
 
     // Current connection.
     var channel: (any Channel)?
-    var connectionID = 0
     var readerTask: Task<Void, Never>?
     var keepAliveTask: Task<Void, Never>?
     var keepAlive: KeepAliveStateMachine?
@@ -49,13 +49,6 @@ public actor MQTTClient {
     var disconnectWaiters: [CheckedContinuation<Void, Never>] = []
     /// Waiters for "nothing queued or in flight" (graceful disconnect), resumed by `notifyIfDrained`.
     var drainWaiters: [CheckedContinuation<Void, Never>] = []
-    var lastCloseReason = ""
-    var takenOverByReason = false
-    var connectedAt: ContinuousClock.Instant?
-    var quickDrops = 0
-    /// The current connection is being closed by us (malformed packet, protocol error, dead
-    /// keepalive): not a drop by the broker, so not a sign of a twin with our client id.
-    var closingOurselves = false
 
     /// The protocol version in use (after a 5.0 -> 3.1.1 fallback, 3.1.1).
     public internal(set) var version: MQTTVersion
@@ -87,11 +80,6 @@ public actor MQTTClient {
     /// ``messages`` too far behind.
     public internal(set) var droppedIncomingCount = 0
     var supervisor: Task<Void, Never>?
-    /// The connection was closed to connect with new settings: the next attempt goes at once.
-    var reconnectAtOnce = false
-    /// Counts ``reconfigure(_:)`` calls; a connection made with an older count is replaced.
-    var configurationGeneration = 0
-    var connectionGeneration = 0
 
     public init(configuration: MQTTConfiguration, eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                 logger: Logger = Logger(label: "gateway.mqtt")) {
@@ -101,6 +89,7 @@ public actor MQTTClient {
         self.version = configuration.version
         self.effectiveKeepAlive = configuration.keepAlive
         self.session = MQTTPublishSession(queueLimit: configuration.queueLimit)
+        self.lifecycle = MQTTConnectionLifecycle(policy: configuration.reconnect ?? .default)
         (messages, messageSink) = AsyncStream.makeStream(of: MQTTMessage.self, bufferingPolicy: .bufferingOldest(max(1, configuration.incomingLimit)))
         (events, eventSink) = AsyncStream.makeStream(of: MQTTEvent.self, bufferingPolicy: .bufferingNewest(1000))
     }
@@ -161,17 +150,13 @@ public actor MQTTClient {
     public func reconfigure(_ new: MQTTConfiguration) {
         configuration = new   // version and keepalive follow at the next connect
         session.queueLimit = new.queueLimit
-        configurationGeneration += 1
-        guard state == .connected else { return }   // a connect under way is replaced once it is up
-        replaceConnection()
+        if lifecycle.settingsChanged(policy: new.reconnect ?? .default) { replaceConnection() }
     }
 
     /// Ends the session cleanly and connects again at once (with the current settings).
     func replaceConnection() {
         guard state == .connected, let channel else { return }
-        reconnectAtOnce = true
-        lastCloseReason = "reconnecting with a new configuration"
-        closingOurselves = true
+        lifecycle.closingOurselves("reconnecting with a new configuration", reconnectAtOnce: true)
         write(.disconnect(ReasonPacket()), flush: true)
         channel.close(promise: nil)
     }
@@ -186,9 +171,7 @@ public actor MQTTClient {
     }
 
     func shutdown(sendDisconnect: Bool) async {
-        guard state != .shutdown else { return }
-        let wasConnected = state == .connected
-        state = .shutdown
+        guard let wasConnected = lifecycle.shutdown() else { return }
         supervisor?.cancel()
         supervisor = nil
         if let ch = channel {
@@ -197,7 +180,7 @@ public actor MQTTClient {
             }
             try? await ch.close()
         }
-        connectionClosed(id: connectionID, reason: "client shut down")
+        connectionClosed(id: lifecycle.connectionID, reason: "client shut down")
         for c in session.removeAll() { c.resume(throwing: MQTTError.shutdown) }
         messageSink.finish()
         eventSink.finish()

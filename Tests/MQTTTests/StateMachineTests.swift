@@ -108,3 +108,85 @@ struct PublishSessionTests {
         #expect(s.removeAll().isEmpty && s.isIdle)
     }
 }
+
+/// The connection lifecycle in-process: events in with the time, decisions out.
+@Suite("Connection lifecycle")
+struct ConnectionLifecycleTests {
+    let t0 = ContinuousClock.now
+    let policy = MQTTReconnectPolicy(initialDelay: .milliseconds(500), maximumDelay: .seconds(30), multiplier: 2, jitter: 0)
+
+    /// Connects, then the broker closes the connection `after` the CONNACK.
+    func connectAndDrop(_ l: inout MQTTConnectionLifecycle, at t: ContinuousClock.Instant, after: Duration) -> MQTTConnectionLifecycle.Closed? {
+        guard let id = l.beginAttempt() else { return nil }
+        #expect(l.connected(now: t) == .keep)
+        return l.closed(id, reason: nil, now: t + after)
+    }
+
+    @Test("three quick drops by the broker in a row mean a twin: the longest delay; a drop we caused or a later one does not count")
+    func twin() {
+        var l = MQTTConnectionLifecycle(policy: policy)
+        #expect(connectAndDrop(&l, at: t0, after: .seconds(1)) == .init(wasConnected: true, reason: "closed by the broker"))
+        #expect(l.nextAttempt(random: 0) == .after(.milliseconds(500), attempt: 1, twin: false))
+        _ = connectAndDrop(&l, at: t0, after: .seconds(1))
+        // A close of our own right after connecting is no sign of a twin and resets the count.
+        let id = l.beginAttempt()!
+        _ = l.connected(now: t0)
+        l.closingOurselves("protocol error: x")
+        #expect(l.closed(id, reason: nil, now: t0 + .milliseconds(10))?.reason == "protocol error: x")
+        #expect(l.quickDrops == 0)
+        for _ in 0..<2 { _ = connectAndDrop(&l, at: t0, after: .seconds(1)) }
+        #expect(l.nextAttempt(random: 0) == .after(.milliseconds(500), attempt: 1, twin: false), "two quick drops are not yet a twin")
+        _ = connectAndDrop(&l, at: t0, after: .seconds(1))
+        #expect(l.nextAttempt(random: 0) == .after(.seconds(30), attempt: 1, twin: true))
+        _ = connectAndDrop(&l, at: t0, after: .seconds(3))
+        #expect(l.quickDrops == 0)
+        #expect(l.nextAttempt(random: 0) == .after(.milliseconds(500), attempt: 1, twin: false), "a connection that lasted resets it")
+    }
+
+    @Test("DISCONNECT 'session taken over' means a twin at once, until the next connect")
+    func takenOver() {
+        var l = MQTTConnectionLifecycle(policy: policy)
+        let id = l.beginAttempt()!
+        _ = l.connected(now: t0)
+        l.brokerDisconnected("broker sent DISCONNECT: sessionTakenOver", sessionTakenOver: true)
+        #expect(l.closed(id, reason: nil, now: t0 + .seconds(60)) == .init(wasConnected: true, reason: "broker sent DISCONNECT: sessionTakenOver"))
+        #expect(l.nextAttempt(random: 0) == .after(.seconds(30), attempt: 1, twin: true))
+        _ = connectAndDrop(&l, at: t0, after: .seconds(60))
+        #expect(l.nextAttempt(random: 0) == .after(.milliseconds(500), attempt: 1, twin: false))
+    }
+
+    @Test("new settings: replace a connection now, a connect under way once it is up; the next attempt goes at once")
+    func settings() {
+        var l = MQTTConnectionLifecycle(policy: policy)
+        #expect(l.settingsChanged(policy: policy) == false, "nothing to replace while idle")
+        let first = l.beginAttempt()!
+        #expect(l.settingsChanged(policy: policy) == false, "not connected yet")
+        #expect(l.connected(now: t0) == .replace, "made with the old settings")
+        #expect(l.settingsChanged(policy: policy) == true)
+        l.closingOurselves("reconnecting with a new configuration", reconnectAtOnce: true)
+        #expect(l.closed(first, reason: nil, now: t0)?.reason == "reconnecting with a new configuration")
+        #expect(l.nextAttempt(random: 0) == .now)
+        let second = l.beginAttempt()!
+        #expect(l.connected(now: t0) == .keep)
+        #expect(l.closed(first, reason: "late", now: t0) == nil, "an older connection's close is ignored")
+        #expect(l.isConnected && l.isCurrent(second))
+    }
+
+    @Test("refused for good: the longest delays; failed attempts grow the backoff; shut down stops everything")
+    func refusalAndShutdown() {
+        var l = MQTTConnectionLifecycle(policy: policy)
+        _ = l.beginAttempt()
+        l.attemptFailed()
+        #expect(l.phase == .idle)
+        #expect(l.nextAttempt(random: 0) == .after(.milliseconds(500), attempt: 1, twin: false))
+        #expect(l.nextAttempt(random: 0) == .after(.milliseconds(1000), attempt: 2, twin: false))
+        l.refusedForGood()
+        #expect(l.nextAttempt(random: 0) == .after(.seconds(30), attempt: 65, twin: false))
+        let id = l.beginAttempt()!
+        _ = l.connected(now: t0)
+        #expect(l.shutdown() == true)
+        #expect(l.shutdown() == nil, "only once")
+        #expect(l.closed(id, reason: "client shut down", now: t0) == .init(wasConnected: false, reason: "client shut down"))
+        #expect(l.isShutDown && l.beginAttempt() == nil && l.nextAttempt(random: 0) == .stop)
+    }
+}
