@@ -33,7 +33,10 @@ public actor MQTTClient {
     public nonisolated let events: AsyncStream<MQTTEvent>
     let messageSink: AsyncStream<MQTTMessage>.Continuation
     let eventSink: AsyncStream<MQTTEvent>.Continuation
-    let group: any EventLoopGroup
+    /// The loop the client's connections live on, and its executor: the actor runs its code on
+    /// this loop (``unownedExecutor``), so a packet written or received needs no hop between the
+    /// cooperative pool and the loop, and its timers are the loop's scheduled tasks.
+    let eventLoop: any EventLoop
     var logger: Logger
 
     /// Phase, current connection id, close reasons, twin detection, backoff (``MQTTConnectionLifecycle``).
@@ -42,10 +45,11 @@ public actor MQTTClient {
 
     // Current connection.
     var channel: (any Channel)?
-    var readerTask: Task<Void, Never>?
-    var keepAliveTask: Task<Void, Never>?
+    var keepAliveTimer: Scheduled<Void>?
     var keepAlive: KeepAliveStateMachine?
     var connAckWaiter: CheckedContinuation<ConnAckPacket, any Error>?
+    /// Events of the connection being made that came before `connect` returned its channel.
+    var earlyEvents: [ChannelEvent] = []
     var disconnectWaiters: [CheckedContinuation<Void, Never>] = []
     /// Waiters for "nothing queued or in flight" (graceful disconnect), resumed by `notifyIfDrained`.
     var drainWaiters: [CheckedContinuation<Void, Never>] = []
@@ -84,7 +88,7 @@ public actor MQTTClient {
     public init(configuration: MQTTConfiguration, eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                 logger: Logger = Logger(label: "gateway.mqtt")) {
         self.configuration = configuration
-        self.group = eventLoopGroup
+        self.eventLoop = eventLoopGroup.next()
         self.logger = logger
         self.version = configuration.version
         self.effectiveKeepAlive = configuration.keepAlive
@@ -92,6 +96,18 @@ public actor MQTTClient {
         self.lifecycle = MQTTConnectionLifecycle(policy: configuration.reconnect ?? .default)
         (messages, messageSink) = AsyncStream.makeStream(of: MQTTMessage.self, bufferingPolicy: .bufferingOldest(max(1, configuration.incomingLimit)))
         (events, eventSink) = AsyncStream.makeStream(of: MQTTEvent.self, bufferingPolicy: .bufferingNewest(1000))
+    }
+
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { eventLoop.executor.asUnownedSerialExecutor() }
+
+    /// Runs `body` on the actor after `delay`: a task scheduled on its loop (no task, no sleep).
+    /// Cancel the returned handle when it is no longer wanted.
+    @discardableResult
+    func after(_ delay: Duration, _ body: @escaping @Sendable (isolated MQTTClient) -> Void) -> Scheduled<Void> {
+        eventLoop.scheduleTask(in: delay.timeAmount) { [weak self] in
+            // Scheduled tasks run on the loop, which is this actor's executor.
+            self?.assumeIsolated { body($0) }
+        }
     }
 
     deinit {
@@ -127,10 +143,7 @@ public actor MQTTClient {
     /// sends DISCONNECT (the broker discards the will) and closes. No reconnect afterwards.
     public func disconnect(timeout: Duration = .seconds(2)) async {
         if state == .connected && !session.isIdle {
-            let timer = Task { [weak self] in
-                try? await Task.sleep(for: timeout)
-                await self?.notifyIfDrained(force: true)
-            }
+            let timer = after(timeout) { $0.notifyIfDrained(force: true) }
             await withCheckedContinuation { drainWaiters.append($0) }
             timer.cancel()
         }
@@ -205,5 +218,13 @@ enum PublishCompletion: Sendable {
         case .waiter(let c): c.resume(throwing: error)
         case .callback(let f): f(.failure(error))
         }
+    }
+}
+
+extension Duration {
+    /// The same span as NIO's `TimeAmount` (nanosecond resolution, saturated).
+    var timeAmount: TimeAmount {
+        let (s, overflow) = components.seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        return .nanoseconds(overflow ? .max : s + components.attoseconds / 1_000_000_000)
     }
 }
