@@ -73,6 +73,8 @@ def scenario(devices, points, poll_ms, seconds, counters):
             ts = [t for t, topic, _ in obs.msgs if topic == f"gateway/bench/d{d}/p0" and t >= w0]
             periods += [b - a for a, b in zip(ts, ts[1:])]
     stop.set()
+    if os.environ.get("SMAPS"):  # where the resident set is, for comparing two builds
+        with open(f"/proc/{gw.pid}/smaps") as src, open(f'{os.environ["SMAPS"]}-{devices}', "w") as dst: dst.write(src.read())
     gw.terminate(); gw.wait(10); sim.terminate(); sim.wait(10); obs.stop(); broker.terminate(); broker.wait(10)
     return {"first_ms": (first - t0) * 1000 if first else None, "cpu_pct": 100 * (c1 - c0) / (w1 - w0),
             "rss_mib": max(rss_samples), "startup_rss_mib": startup_rss, "period_ms": statistics.mean(periods) * 1000 if periods else None,

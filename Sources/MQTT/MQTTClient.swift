@@ -19,11 +19,15 @@ import NIOSSL
 /// - Incoming messages arrive on ``messages``; connection changes on ``events``.
 ///
 /// The actor's code is split by concern: this file holds its state and lifecycle (connect,
-/// start, disconnect, reconfigure); `+Reconnect` the supervisor task and its backoff;
-/// `+Connect` the channel, CONNECT/CONNACK and the keepalive timer; `+Inbound` packets from the
-/// broker; `+Outbound` the queue, the in-flight window, PUBLISH and subscriptions; `+TLS` the
-/// `mqtts://` settings. The keepalive decisions are a value-type state machine
-/// (``KeepAliveStateMachine``) the actor feeds with the time.
+/// start, disconnect, reconfigure); `+Reconnect` the supervisor task; `+Connect` the channel,
+/// CONNECT/CONNACK and the keepalive timer; `+Inbound` packets from the broker; `+Outbound` the
+/// queue, the in-flight window, PUBLISH and subscriptions; `+TLS` the `mqtts://` settings. The
+/// decisions are value-type state machines the actor feeds with the time and whose answers it
+/// carries out: ``KeepAliveStateMachine``, ``MQTTPublishSession`` (outgoing messages) and
+/// ``MQTTConnectionLifecycle`` (phase, close reasons, twin detection, backoff).
+///
+/// The actor runs on its connections' event loop (``unownedExecutor``): channel events reach it
+/// as tasks on that loop, in order, and its timers are the loop's scheduled tasks.
 public actor MQTTClient {
     /// The settings of the next connect (``reconfigure(_:)`` replaces them).
     public internal(set) var configuration: MQTTConfiguration
