@@ -28,9 +28,8 @@ import Glibc
 //   every unit, and awaits it, before it ends.
 // - A `Mutex` with parked continuations where a waiter must be woken without a task per item
 //   (``DeviceJobQueue``, ``FrameSignal``, ``OneShot``).
-// - Actors for state several tasks read and write (``StatusBoard``; `MQTTClient`, on its
-//   connection's event loop; `ModbusBus`, on a custom executor: one thread per bus, because
-//   libmodbus blocks).
+// - Actors for state several tasks read and write (``StatusBoard``; `MQTTClient`; `ModbusBus`,
+//   on a custom executor: one thread per bus, because libmodbus blocks).
 // - A serial `DispatchQueue` for blocking file work off the cooperative pool (``Outbox``'s
 //   SQLite, ``PulseJournal``'s fsync).
 // - `AsyncStream` only where a library hands out a stream (`MQTTClient.messages`).

@@ -25,9 +25,7 @@ import NIOSSL
 /// decisions are value-type state machines the actor feeds with the time and whose answers it
 /// carries out: ``KeepAliveStateMachine``, ``MQTTPublishSession`` (outgoing messages) and
 /// ``MQTTConnectionLifecycle`` (phase, close reasons, twin detection, backoff).
-///
-/// The actor runs on its connections' event loop (``unownedExecutor``): channel events reach it
-/// as tasks on that loop, in order, and its timers are the loop's scheduled tasks.
+
 public actor MQTTClient {
     /// The settings of the next connect (``reconfigure(_:)`` replaces them).
     public internal(set) var configuration: MQTTConfiguration
@@ -37,10 +35,7 @@ public actor MQTTClient {
     public nonisolated let events: AsyncStream<MQTTEvent>
     let messageSink: AsyncStream<MQTTMessage>.Continuation
     let eventSink: AsyncStream<MQTTEvent>.Continuation
-    /// The loop the client's connections live on, and its executor: the actor runs its code on
-    /// this loop (``unownedExecutor``), so a packet written or received needs no hop between the
-    /// cooperative pool and the loop, and its timers are the loop's scheduled tasks.
-    let eventLoop: any EventLoop
+    let group: any EventLoopGroup
     var logger: Logger
 
     /// Phase, current connection id, close reasons, twin detection, backoff (``MQTTConnectionLifecycle``).
@@ -49,11 +44,10 @@ public actor MQTTClient {
 
     // Current connection.
     var channel: (any Channel)?
-    var keepAliveTimer: Scheduled<Void>?
+    var readerTask: Task<Void, Never>?
+    var keepAliveTask: Task<Void, Never>?
     var keepAlive: KeepAliveStateMachine?
     var connAckWaiter: CheckedContinuation<ConnAckPacket, any Error>?
-    /// Events of the connection being made that came before `connect` returned its channel.
-    var earlyEvents: [ChannelEvent] = []
     var disconnectWaiters: [CheckedContinuation<Void, Never>] = []
     /// Waiters for "nothing queued or in flight" (graceful disconnect), resumed by `notifyIfDrained`.
     var drainWaiters: [CheckedContinuation<Void, Never>] = []
@@ -92,7 +86,7 @@ public actor MQTTClient {
     public init(configuration: MQTTConfiguration, eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                 logger: Logger = Logger(label: "gateway.mqtt")) {
         self.configuration = configuration
-        self.eventLoop = eventLoopGroup.next()
+        self.group = eventLoopGroup
         self.logger = logger
         self.version = configuration.version
         self.effectiveKeepAlive = configuration.keepAlive
@@ -100,18 +94,6 @@ public actor MQTTClient {
         self.lifecycle = MQTTConnectionLifecycle(policy: configuration.reconnect ?? .default)
         (messages, messageSink) = AsyncStream.makeStream(of: MQTTMessage.self, bufferingPolicy: .bufferingOldest(max(1, configuration.incomingLimit)))
         (events, eventSink) = AsyncStream.makeStream(of: MQTTEvent.self, bufferingPolicy: .bufferingNewest(1000))
-    }
-
-    public nonisolated var unownedExecutor: UnownedSerialExecutor { eventLoop.executor.asUnownedSerialExecutor() }
-
-    /// Runs `body` on the actor after `delay`: a task scheduled on its loop (no task, no sleep).
-    /// Cancel the returned handle when it is no longer wanted.
-    @discardableResult
-    func after(_ delay: Duration, _ body: @escaping @Sendable (isolated MQTTClient) -> Void) -> Scheduled<Void> {
-        eventLoop.scheduleTask(in: delay.timeAmount) { [weak self] in
-            // Scheduled tasks run on the loop, which is this actor's executor.
-            self?.assumeIsolated { body($0) }
-        }
     }
 
     deinit {
@@ -147,7 +129,10 @@ public actor MQTTClient {
     /// sends DISCONNECT (the broker discards the will) and closes. No reconnect afterwards.
     public func disconnect(timeout: Duration = .seconds(2)) async {
         if state == .connected && !session.isIdle {
-            let timer = after(timeout) { $0.notifyIfDrained(force: true) }
+            let timer = Task { [weak self] in
+                try? await Task.sleep(for: timeout)
+                await self?.notifyIfDrained(force: true)
+            }
             await withCheckedContinuation { drainWaiters.append($0) }
             timer.cancel()
         }
@@ -222,13 +207,5 @@ enum PublishCompletion: Sendable {
         case .waiter(let c): c.resume(throwing: error)
         case .callback(let f): f(.failure(error))
         }
-    }
-}
-
-extension Duration {
-    /// The same span as NIO's `TimeAmount` (nanosecond resolution, saturated).
-    var timeAmount: TimeAmount {
-        let (s, overflow) = components.seconds.multipliedReportingOverflow(by: 1_000_000_000)
-        return .nanoseconds(overflow ? .max : s + components.attoseconds / 1_000_000_000)
     }
 }
