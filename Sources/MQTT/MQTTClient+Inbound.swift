@@ -38,7 +38,7 @@ extension MQTTClient {
 
     /// Connection `id` closed; `reason` nil: the reason given when it was closed, or a plain close by the broker.
     func connectionClosed(id: Int, reason: String?) {
-        guard lifecycle.isCurrent(id), channel != nil || state == .connected || state == .shutdown,
+        guard channel != nil || state == .connected || state == .shutdown,
               let closed = lifecycle.closed(id, reason: reason, now: .now) else { return }
         channel = nil
         keepAliveTask?.cancel()

@@ -25,7 +25,6 @@ import NIOSSL
 /// decisions are value-type state machines the actor feeds with the time and whose answers it
 /// carries out: ``KeepAliveStateMachine``, ``MQTTPublishSession`` (outgoing messages) and
 /// ``MQTTConnectionLifecycle`` (phase, close reasons, twin detection, backoff).
-
 public actor MQTTClient {
     /// The settings of the next connect (``reconfigure(_:)`` replaces them).
     public internal(set) var configuration: MQTTConfiguration
