@@ -133,7 +133,9 @@ let package = Package(
 
         // Shared by all test targets: private Mosquitto, simulators, socat pty pairs, the MQTT observer
         // and the end-to-end gateway rig.
-        .target(name: "TestSupport", dependencies: ["MQTT"], path: "Tests/TestSupport", exclude: ["scripts"], swiftSettings: swiftSettings),
+        .target(name: "TestSupport", dependencies: ["MQTT", "CTestSupport"], path: "Tests/TestSupport", exclude: ["scripts"], swiftSettings: swiftSettings),
+        // glibc's pipe2 and posix_spawn_file_actions_addclosefrom_np (declared only with _GNU_SOURCE).
+        .target(name: "CTestSupport", path: "Tests/CTestSupport"),
 
         .testTarget(name: "TestSupportTests", dependencies: ["TestSupport", "Modbus"], swiftSettings: swiftSettings),
         .testTarget(name: "MQTTTests", dependencies: [

@@ -1,4 +1,5 @@
 import Foundation
+import CTestSupport
 import Synchronization
 
 #if canImport(Glibc)
@@ -19,7 +20,6 @@ public final class ChildProcess: Sendable {
     public let command: String
     private let state: Mutex<State>
     private let stdinFD: Int32
-    private static let spawnLock = NSLock()
 
     private struct Waiter {
         let id: Int
@@ -44,22 +44,22 @@ public final class ChildProcess: Sendable {
     public init(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws {
         self.command = ([executable] + arguments).joined(separator: " ")
         var inPipe: [Int32] = [0, 0], outPipe: [Int32] = [0, 0], errPipe: [Int32] = [0, 0]
-        // Every spawn of the test process goes through here, under one lock, and the parent's pipe
-        // ends are close-on-exec: tests start children from many threads at once, and a child
-        // spawned by another thread while these pipes are open would otherwise inherit their write
-        // ends and hold this child's output open after it exits (its exit then looks like a hang).
-        // The dup2 below gives the child its own 0/1/2 without the flag.
-        Self.spawnLock.lock()
-        defer { Self.spawnLock.unlock() }
-        guard pipe(&inPipe) == 0, pipe(&outPipe) == 0, pipe(&errPipe) == 0 else { throw FixtureError("pipe failed") }
-        for fd in inPipe + outPipe + errPipe { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        // The child gets its own 0/1/2 and nothing else. Every socket and pipe of the test process
+        // would otherwise live on in it: NIO opens its sockets without close-on-exec, so an MQTT
+        // client that closes its connection in one test would keep it open in a gateway started by
+        // another test, and the peer would see the close only when that gateway exits (a FakeBroker
+        // test then waited ~15 s for a close that had happened). Our pipe ends are close-on-exec
+        // from the start (pipe2), and the child closes every descriptor from 3 up before it runs.
+        guard cts_pipe_cloexec(&inPipe) == 0, cts_pipe_cloexec(&outPipe) == 0, cts_pipe_cloexec(&errPipe) == 0 else {
+            throw FixtureError("pipe failed")
+        }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_adddup2(&actions, inPipe[0], 0)
         posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
         posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2)
-        for fd in inPipe + outPipe + errPipe { posix_spawn_file_actions_addclose(&actions, fd) }
+        guard cts_spawn_close_from(&actions, 3) == 0 else { throw FixtureError("posix_spawn_file_actions_addclosefrom_np failed") }
 
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)

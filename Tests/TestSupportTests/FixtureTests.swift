@@ -32,9 +32,9 @@ struct FixtureTests {
     func exitSeenDespiteConcurrentSpawns() async throws {
         // Long-lived children are started while short ones are, from 8 threads. None may inherit
         // a short one's output pipe: that would hold its output open, and its exit unseen, until
-        // the long one ends. Threads of their own, not tasks: a spawn blocks (under the spawn
-        // lock), and 200 of them on the cooperative pool held both its threads for seconds, which
-        // stalled every other test in the process meanwhile.
+        // the long one ends. Threads of their own, not tasks: a spawn blocks, and 200 of them on
+        // the cooperative pool held both its threads for seconds, which stalled every other test
+        // in the process meanwhile.
         let spawned = Mutex<[(child: ChildProcess, longLived: Bool)]>([])
         let failure = Mutex<String?>(nil)
         await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
@@ -59,6 +59,25 @@ struct FixtureTests {
         #expect(children.count == 200)
         for (child, long) in children where !long { #expect(try await child.waitForExit(timeout: .seconds(10)) == 0) }
         for (child, long) in children where long { await child.stop() }
+    }
+
+    @Test("a child started while a socket is open does not hold it: our close reaches the peer at once")
+    func childDoesNotInheritSockets() async throws {
+        // As NIO opens its sockets: without close-on-exec. A child that inherited `ours` would keep
+        // the connection open after we close it, until the child exits.
+        var fds: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        let (ours, peer) = (fds[0], fds[1])
+        defer { close(peer) }
+        let child = try ChildProcess("/bin/sleep", ["60"])
+        close(ours)
+        // The peer sees end of stream within 10 s (at once, unless the child holds our end).
+        var p = pollfd(fd: peer, events: Int16(POLLIN), revents: 0)
+        let ready = poll(&p, 1, 10_000)
+        #expect(ready == 1, "the close did not reach the peer: the child holds the socket")
+        var byte: UInt8 = 0
+        if ready == 1 { #expect(read(peer, &byte, 1) == 0, "end of stream") }
+        await child.stop()
     }
 
     @Test("Mosquitto: plain, TLS and password listeners answer; stop and restart on the same ports")
