@@ -72,6 +72,17 @@ class Observer:
                 self.cond.wait(left)
     def stop(self): self.c.loop_stop(); self.c.disconnect()
 
+def context_switches(pid):
+    """Voluntary and involuntary context switches of all the process's threads so far."""
+    n = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            for l in open(f"/proc/{pid}/task/{t}/status"):
+                if "ctxt_switches" in l: n += int(l.split()[1])
+        except FileNotFoundError:
+            pass  # a thread that ended meanwhile
+    return n
+
 def proc_cpu_rss(pid):
     st = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     ticks = int(st[11]) + int(st[12])

@@ -3,7 +3,7 @@
 (release build) on loopback and measures: RSS and CPU of the gateway, the actual poll period at
 100 devices, change -> publish latency, start -> first value. Usage: uplink_bench.py GATEWAY_BIN"""
 import os, random, statistics, subprocess, threading, time, urllib.request
-from benchlib import BIN, TMP, STARTED, free_port, start_broker, start_sim, Observer, proc_cpu_rss
+from benchlib import BIN, TMP, STARTED, free_port, start_broker, start_sim, Observer, proc_cpu_rss, context_switches
 
 # HTTP=on: the operations listener on a free loopback port, /metrics and /api/status fetched
 # every 5 s (a Prometheus scrape and a status page left open); HTTP=off: `listen = ""`; unset:
@@ -62,11 +62,11 @@ def scenario(devices, points, poll_ms, seconds, counters):
     startup_rss = proc_cpu_rss(gw.pid)[1]
     # Steady state: after the gateway gave its start-up pages back (5 s after start).
     time.sleep(max(0.0, t0 + 7 - time.monotonic()))
-    c0, _ = proc_cpu_rss(gw.pid); w0 = time.monotonic()
+    c0, _ = proc_cpu_rss(gw.pid); w0 = time.monotonic(); x0 = context_switches(gw.pid)
     rss_samples = []
     for _ in range(seconds):
         time.sleep(1); rss_samples.append(proc_cpu_rss(gw.pid)[1])
-    c1, _ = proc_cpu_rss(gw.pid); w1 = time.monotonic()
+    c1, _ = proc_cpu_rss(gw.pid); w1 = time.monotonic(); x1 = context_switches(gw.pid)
     periods = []
     if counters:
         for d in range(devices):
@@ -76,7 +76,7 @@ def scenario(devices, points, poll_ms, seconds, counters):
     if os.environ.get("SMAPS"):  # where the resident set is, for comparing two builds
         with open(f"/proc/{gw.pid}/smaps") as src, open(f'{os.environ["SMAPS"]}-{devices}', "w") as dst: dst.write(src.read())
     gw.terminate(); gw.wait(10); sim.terminate(); sim.wait(10); obs.stop(); broker.terminate(); broker.wait(10)
-    return {"first_ms": (first - t0) * 1000 if first else None, "cpu_pct": 100 * (c1 - c0) / (w1 - w0),
+    return {"first_ms": (first - t0) * 1000 if first else None, "cpu_pct": 100 * (c1 - c0) / (w1 - w0), "switches": (x1 - x0) / (w1 - w0),
             "rss_mib": max(rss_samples), "startup_rss_mib": startup_rss, "period_ms": statistics.mean(periods) * 1000 if periods else None,
             "period_n": len(periods)}
 
@@ -109,10 +109,10 @@ if ONLY not in ("latency", "load100"):
   # One register of each device changes every poll (published), and the 40 s window takes in
   # an MQTT keepalive (30 s): the steady state runs every path it has.
   a = scenario(1, 26, 1000, 40, counters=True)
-  print(f"1 device x 26 points @1s: RSS {a['rss_mib']:.1f} MiB (1 s after start {a['startup_rss_mib']:.1f}), CPU {a['cpu_pct']:.2f} %, start -> first value {a['first_ms']:.0f} ms")
+  print(f"1 device x 26 points @1s: RSS {a['rss_mib']:.1f} MiB (1 s after start {a['startup_rss_mib']:.1f}), CPU {a['cpu_pct']:.2f} %, {a['switches']:.0f} context switches/s, start -> first value {a['first_ms']:.0f} ms")
 if ONLY in ("", "load", "load100"):
   b = scenario(100, 10, 1000, 40, counters=True)
-  print(f"100 devices x 10 registers @1s: RSS {b['rss_mib']:.1f} MiB (1 s after start {b['startup_rss_mib']:.1f}), CPU {b['cpu_pct']:.2f} %, actual period {b['period_ms']:.1f} ms "
+  print(f"100 devices x 10 registers @1s: RSS {b['rss_mib']:.1f} MiB (1 s after start {b['startup_rss_mib']:.1f}), CPU {b['cpu_pct']:.2f} %, {b['switches']:.0f} context switches/s, actual period {b['period_ms']:.1f} ms "
         f"over {b['period_n']} intervals, start -> first value {b['first_ms']:.0f} ms")
 if ONLY in ("", "latency"):
   p50, p95, mx, n = latency(samples=int(os.environ.get("SAMPLES", "100")))
