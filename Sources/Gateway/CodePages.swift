@@ -258,6 +258,8 @@ public final class OccasionalWorkPages: Sendable {
             return s.active == 0 ? s.generation : nil
         }
         guard let generation else { return }
+        // A timer, not awaited: the HTTP listener calls this synchronously after a request; a
+        // request that begins meanwhile makes it a no-op through the generation.
         Task {
             try? await Task.sleep(for: Self.settle)
             self.giveBack(ifStill: generation)

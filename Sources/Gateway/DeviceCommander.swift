@@ -298,6 +298,7 @@ final class DeviceCommander: Sendable {
         switch action {
         case .scheduleOff(let point, let g, let at, let why):
             timers[point]?.cancel()
+            // A timer per pulsing point, outliving the job that set it: it submits the end job.
             timers[point] = Task {
                 try? await Task.sleep(until: at, clock: .continuous)
                 if !Task.isCancelled { self.submit(.pulseEnd(point: point, generation: g, why: why)) }

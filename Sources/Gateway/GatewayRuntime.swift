@@ -466,6 +466,7 @@ public final class OneShot: Sendable {
     /// waiting task is cancelled.
     public func wait(atMost timeout: Duration) async -> Bool {
         let id = state.withLock { s -> Int in s.nextID += 1; return s.nextID }
+        // The timeout as a timer task that resumes the parked continuation; cancelled on return.
         let timer = Task { [weak self] in
             guard (try? await Task.sleep(for: timeout)) != nil else { return }   // cancelled: the wait is over
             self?.give(up: id)

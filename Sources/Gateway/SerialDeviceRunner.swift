@@ -81,6 +81,8 @@ final class SerialDeviceRunner: Sendable {
     func start() {
         task.withLock { t in
             guard t == nil else { return }
+            // Unstructured, as a bus poller's: units start and stop one by one at a reload;
+            // ``stop()`` cancels this task and awaits it.
             t = Task { await self.run() }
         }
     }
@@ -362,6 +364,7 @@ final class FrameSignal: Sendable {
 
     /// True when something arrived after `generation` before `deadline`.
     func wait(after generation: Int, until deadline: ContinuousClock.Instant) async -> Bool {
+        // The deadline as a timer task that wakes the parked continuation; cancelled on return.
         let timer = Task {
             try? await Task.sleep(until: deadline, clock: .continuous)
             self.wakeAll()

@@ -25,6 +25,12 @@ import NIOSSL
 /// decisions are value-type state machines the actor feeds with the time and whose answers it
 /// carries out: ``KeepAliveStateMachine``, ``MQTTPublishSession`` (outgoing messages) and
 /// ``MQTTConnectionLifecycle`` (phase, close reasons, twin detection, backoff).
+///
+/// The actor runs on the cooperative pool, not pinned to its channel's event loop: the gateway's
+/// publishers (pollers, the outbox) run on the pool, and a pinned actor costs each publish a hop
+/// to the loop and one back (8 alternating runs at 100 devices: 684-718 context switches/s
+/// pinned, 636-662 not; the pinned build is commit a7b7fac). Channel events come in order
+/// through one AsyncStream read by one task.
 public actor MQTTClient {
     /// The settings of the next connect (``reconfigure(_:)`` replaces them).
     public internal(set) var configuration: MQTTConfiguration
