@@ -28,6 +28,17 @@ final class Reader {
 
     func rename(_ p: String) { path = p }
 
+    /// The table's required `name`: the path calls the table `<table>[name]` from here on, and
+    /// the name must match [A-Za-z0-9_-]+ (`inTopics`: it is used in topics, and then none of
+    /// ``ConfigLoader/reservedNames`` when `reserved`).
+    func name(table: String, inTopics: Bool = true, reserved: Bool = false) -> String? {
+        guard let name = string("name", required: true) else { return nil }
+        rename("\(table)[\(name)]")
+        if !ConfigLoader.isTopicSafe(name) { issue("name", "'\(name)' must match [A-Za-z0-9_-]+\(inTopics ? " (it is used in topics)" : "")") }
+        if reserved && ConfigLoader.reservedNames.contains(name) { issue("name", "'\(name)' is reserved in topics") }
+        return name
+    }
+
     func key(_ k: String) -> String { path.isEmpty ? k : "\(path).\(k)" }
 
     /// An issue about key `k`, with the line it was written on (or the table's line).

@@ -125,11 +125,7 @@ extension HTTPSettings {
 extension BusSettings {
     /// A `[[bus]]` table, the `index`th.
     init?(reader r: Reader, index: Int) {
-        let name = r.string("name", required: true)
-        if let name {
-            r.rename("bus[\(name)]")
-            if !ConfigLoader.isTopicSafe(name) { r.issue("name", "'\(name)' must match [A-Za-z0-9_-]+") }
-        }
+        let name = r.name(table: "bus", inTopics: false)
         guard let type = r.string("type", required: true) else { return nil }
         var bus: BusSettings?
         switch type {
@@ -156,11 +152,7 @@ extension BusSettings {
 extension DeviceSettings {
     /// A Modbus `[[device]]` table, the `index`th, on one of `buses`.
     init?(reader r: Reader, index: Int, buses: [BusSettings]) {
-        let name = r.string("name", required: true)
-        if let name {
-            r.rename("device[\(name)]")
-            if !ConfigLoader.isTopicSafe(name) { r.issue("name", "'\(name)' must match [A-Za-z0-9_-]+ (it is used in topics)") }
-        }
+        let name = r.name(table: "device")
         let busName = r.string("bus", required: true)
         let bus = busName.flatMap { b in buses.first { $0.name == b } }
         if let busName, bus == nil { r.issue("bus", "no [[bus]] named '\(busName)'") }
@@ -191,12 +183,7 @@ extension DeviceSettings {
 extension PointSettings {
     /// A Modbus device's `[[device.point]]`, the `index`th.
     init?(reader r: Reader, index: Int) {
-        let name = r.string("name", required: true)
-        if let name {
-            r.rename("\(r.parentPath).point[\(name)]")
-            if !ConfigLoader.isTopicSafe(name) { r.issue("name", "'\(name)' must match [A-Za-z0-9_-]+ (it is used in topics)") }
-            if ConfigLoader.reservedNames.contains(name) { r.issue("name", "'\(name)' is reserved in topics") }
-        }
+        let name = r.name(table: "\(r.parentPath).point", reserved: true)
         let table = r.enumeration("register", RegisterTable.self, required: true)
         let address = r.int("address", 0...65_535, required: true)
         let typeName = r.has("type") ? r.enumeration("type", PointType.self) : nil
@@ -306,11 +293,7 @@ extension PointSettings {
 extension SerialDeviceSettings {
     /// A `[[device]]` with `driver = "serial"`.
     init?(reader r: Reader) {
-        let name = r.string("name", required: true)
-        if let name {
-            r.rename("device[\(name)]")
-            if !ConfigLoader.isTopicSafe(name) { r.issue("name", "'\(name)' must match [A-Za-z0-9_-]+ (it is used in topics)") }
-        }
+        let name = r.name(table: "device")
         let port = r.string("port", required: true)
         var d = SerialDeviceSettings(name: name ?? "", port: port ?? "")
         d.manufacturer = r.string("manufacturer")
@@ -374,12 +357,7 @@ extension SerialDeviceSettings {
 extension SerialPointSettings {
     /// A serial device's `[[device.point]]`.
     init?(reader r: Reader) {
-        let name = r.string("name", required: true)
-        if let name {
-            r.rename("\(r.parentPath).point[\(name)]")
-            if !ConfigLoader.isTopicSafe(name) { r.issue("name", "'\(name)' must match [A-Za-z0-9_-]+ (it is used in topics)") }
-            if ConfigLoader.reservedNames.contains(name) { r.issue("name", "'\(name)' is reserved in topics") }
-        }
+        let name = r.name(table: "\(r.parentPath).point", reserved: true)
         guard let match = r.string("match", required: true), let name else { return nil }
         var p = SerialPointSettings(name: name, match: match)
         if let g = r.string("group") { p.group = g }
@@ -398,12 +376,7 @@ extension SerialPointSettings {
 extension SerialCommandSettings {
     /// A serial device's `[[device.command]]`.
     init?(reader r: Reader) {
-        let name = r.string("name", required: true)
-        if let name {
-            r.rename("\(r.parentPath).command[\(name)]")
-            if !ConfigLoader.isTopicSafe(name) { r.issue("name", "'\(name)' must match [A-Za-z0-9_-]+ (it is used in topics)") }
-            if ConfigLoader.reservedNames.contains(name) { r.issue("name", "'\(name)' is reserved in topics") }
-        }
+        let name = r.name(table: "\(r.parentPath).command", reserved: true)
         guard let send = r.bytes("send", required: true), let name else { return nil }
         if send.isEmpty { r.issue("send", "must not be empty") }
         var c = SerialCommandSettings(name: name, send: send)

@@ -490,11 +490,27 @@ struct CommandTests {
 
     @Test("priority: with a slow poll round queued on the bus, a command's write goes out next, ahead of the polls")
     func writeAheadOfPolls() async throws {
-        // Eight more devices on the same bus (units 2...9), every answer delayed: each poll round
-        // queues 9 reads that take well over a second.
-        var more = ""
+        // Eight more devices on the same bus (units 2...9), every answer delayed by a second: each
+        // poll round queues 9 reads that take 9 s. A second a read (under the bus's 2.5 s
+        // timeout) leaves the command, published when a round starts, a second or more to reach
+        // the gateway before the read in progress ends, however loaded the machine (with 150 ms
+        // a read, a command delayed by the full suite's load found 4 reads ahead of it).
+        var body = """
+            [[bus]]
+            name = "plc"
+            type = "tcp"
+            host = "127.0.0.1"
+            port = PORT
+            timeout_ms = 2500
+            [[device]]
+            name = "dev"
+            bus = "plc"
+            unit = 1
+            poll_ms = 5000
+            \(Self.points())
+            """
         for u in 2...9 {
-            more += """
+            body += """
 
                 [[device]]
                 name = "slow\(u)"
@@ -507,19 +523,16 @@ struct CommandTests {
                   address = 0
                 """
         }
-        // 150 ms a read (under the bus's 300 ms timeout): a command that takes up to ~150 ms more
-        // to reach the gateway on a loaded machine still finds at most the read in progress and
-        // one more ahead of it.
-        var sim = ["--latency-ms", "150", "--log-requests"]
+        var sim = ["--latency-ms", "1000", "--log-requests"]
         for u in 1...9 { sim += ["--unit", "\(u)"] }
-        let rig = try await Rig.start(points: Self.points() + more, simArgs: sim, pollMs: 5000)
+        let rig = try await Rig.start(points: "", simArgs: sim, bodyWithPort: { [body] port in body.replacingOccurrences(of: "PORT", with: "\(port)") })
         try await rig.waitFor("\(Self.b)/dev/status", "online")
         _ = try await rig.gateway.waitForLine(containing: "subscribed to commands")
         @Sendable func isRequest(_ l: String) -> Bool { l.hasPrefix("{\"request\":") }
         // Wait for the start of a fresh round (a read from unit 2), then send the command at once.
         let seenBefore = rig.sim.process.lines.filter(isRequest).count
         let counter = Mutex(0)
-        let trigger = try await rig.sim.process.waitForLine { line in
+        let trigger = try await rig.sim.process.waitForLine(timeout: .seconds(30)) { line in
             guard isRequest(line) else { return false }
             return counter.withLock { $0 += 1; return $0 > seenBefore } && line.contains("\"unit\":2,") && line.contains("\"fc\":3,")
         }
