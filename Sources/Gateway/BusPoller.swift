@@ -77,10 +77,12 @@ final class BusUnit: Sendable {
     /// Polls `pollers` until stopped. An unstructured task, because units start and stop one by
     /// one at a reload while the rest keeps running (a task group cannot cancel one child); the
     /// runtime stops every unit, and awaits its task, before it ends.
-    func start(_ pollers: [DevicePoller], sink: GatewayPollSink, liveness: Liveness?, logger: Logger) {
+    /// `executor`: where the loop's own code runs (the MQTT client's loop, which takes what it
+    /// publishes); the bus requests run on the bus's thread either way.
+    func start(_ pollers: [DevicePoller], sink: GatewayPollSink, executor: (any TaskExecutor)?, liveness: Liveness?, logger: Logger) {
         guard !pollers.isEmpty else { return }
         control.withLock { $0 = Control() }
-        let task = Task { await self.pollLoop(pollers, sink: sink, liveness: liveness, logger: logger) }
+        let task = Task(executorPreference: executor) { await self.pollLoop(pollers, sink: sink, liveness: liveness, logger: logger) }
         control.withLock { $0.task = task }
     }
 

@@ -23,13 +23,16 @@ import Glibc
 // - Structured tasks where lifetimes nest: the runtime's service `run`, its stop (a task group
 //   per kind of unit), the serial device's connection loop.
 // - Unstructured tasks where units start and stop one by one while the rest runs (a bus poller,
-//   a serial device, a device's job task: ``BusUnit/start(_:sink:liveness:logger:)``,
+//   a serial device, a device's job task: ``BusUnit/start(_:sink:executor:liveness:logger:)``,
 //   ``DeviceJobQueue``) and for pulse timers (each cancellable on its own). The runtime stops
-//   every unit, and awaits it, before it ends.
+//   every unit, and awaits it, before it ends. A bus poller's task prefers the MQTT client's
+//   loop as its executor (`MQTTClient.taskExecutor`): what it publishes reaches the client
+//   without a thread switch.
 // - A `Mutex` with parked continuations where a waiter must be woken without a task per item
 //   (``DeviceJobQueue``, ``FrameSignal``, ``OneShot``).
-// - Actors for state several tasks read and write (``StatusBoard``; `MQTTClient`; `ModbusBus`,
-//   on a custom executor: one thread per bus, because libmodbus blocks).
+// - Actors for state several tasks read and write (``StatusBoard``; `MQTTClient`, on its
+//   connection's event loop; `ModbusBus`, on a custom executor: one thread per bus, because
+//   libmodbus blocks).
 // - A serial `DispatchQueue` for blocking file work off the cooperative pool (``Outbox``'s
 //   SQLite, ``PulseJournal``'s fsync).
 // - `AsyncStream` only where a library hands out a stream (`MQTTClient.messages`).
@@ -209,7 +212,8 @@ public final class GatewayRuntime: Service, Sendable {
         let pollers = u.plan.devices.filter { $0.bus.name == bus.settings.name }.map { d in
             kept[d.settings.name] ?? makePoller(d, gateway: u.plan.configuration.gateway, commander: u.commanders[d.settings.name], start: start)
         }
-        bus.start(pollers, sink: GatewayPollSink(context: u.context, generation: valuesGeneration), liveness: liveness, logger: logger)
+        bus.start(pollers, sink: GatewayPollSink(context: u.context, generation: valuesGeneration), executor: u.context.client.taskExecutor,
+                  liveness: liveness, logger: logger)
     }
 
     public func run() async throws {

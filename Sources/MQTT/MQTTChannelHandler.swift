@@ -14,7 +14,7 @@ enum ChannelEvent: Sendable {
 }
 
 /// Frames bytes into packets (single-step decoder on a cumulation buffer) and encodes outgoing
-/// packets. Inbound packets go, in order, to an AsyncStream read by the client.
+/// packets. Inbound packets go, in order, to `events`, called on the channel's loop.
 final class MQTTChannelHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = MQTTPacket
@@ -22,14 +22,14 @@ final class MQTTChannelHandler: ChannelDuplexHandler {
 
     private let version: MQTTVersion
     private let maximumPacketSize: Int
-    private let events: AsyncStream<ChannelEvent>.Continuation
+    private let events: @Sendable (ChannelEvent) -> Void
     private var cumulation = ByteBuffer()
     private var failed = false
     /// Bytes of an oversized PUBLISH still to be read past.
     private var skipping = 0
     private var closeReason: (String, Bool)?
 
-    init(version: MQTTVersion, maximumPacketSize: Int, events: AsyncStream<ChannelEvent>.Continuation) {
+    init(version: MQTTVersion, maximumPacketSize: Int, events: @escaping @Sendable (ChannelEvent) -> Void) {
         self.version = version
         self.maximumPacketSize = maximumPacketSize
         self.events = events
@@ -55,12 +55,12 @@ final class MQTTChannelHandler: ChannelDuplexHandler {
                     guard case .packetTooLarge = error, version == .v3_1_1,
                           cumulation.getInteger(at: cumulation.readerIndex, as: UInt8.self).map({ $0 >> 4 }) == 3 else { throw error }
                     guard let head = try MQTTPacketCodec.decodePublishHead(from: cumulation) else { break }   // head not complete yet
-                    events.yield(.oversized(head))
+                    events(.oversized(head))
                     skipping = head.size
                     continue
                 }
                 guard let packet else { break }
-                events.yield(.packet(packet))
+                events(.packet(packet))
             }
             if cumulation.readableBytes == 0 {
                 cumulation.clear()
@@ -69,7 +69,7 @@ final class MQTTChannelHandler: ChannelDuplexHandler {
             }
         } catch {
             failed = true
-            events.yield(.malformed(error))
+            events(.malformed(error))
             closeReason = ("malformed packet from the broker: \(error)", false)
             if version == .v5 {
                 let code: MQTTReasonCode = if case .packetTooLarge = error { .packetTooLarge } else { .malformedPacket }
@@ -96,8 +96,7 @@ final class MQTTChannelHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        events.yield(.closed(reason: closeReason?.0, tls: closeReason?.1 ?? false))
-        events.finish()
+        events(.closed(reason: closeReason?.0, tls: closeReason?.1 ?? false))
         context.fireChannelInactive()
     }
 }

@@ -17,7 +17,14 @@ extension MQTTClient {
     func establish(version: MQTTVersion) async throws -> ConnAckPacket {
         guard let id = lifecycle.beginAttempt() else { throw MQTTError.shutdown }
         self.version = version
-        let (stream, sink) = AsyncStream.makeStream(of: ChannelEvent.self)
+        let loop = eventLoop
+        // The channel lives on this actor's loop: each event is a task on the loop that runs on
+        // the actor, in order, and never inside the handler's own call (no re-entry).
+        let sink: @Sendable (ChannelEvent) -> Void = { [weak self] event in
+            let client = self
+            loop.execute { client?.assumeIsolated { $0.handle(event, connection: id) } }
+        }
+        earlyEvents = []
         let config = configuration
         let sslContext: NIOSSLContext?
         if let tls = config.tls {
@@ -31,7 +38,7 @@ extension MQTTClient {
             sslContext = nil
         }
         let host = config.host
-        let bootstrap = ClientBootstrap(group: group)
+        let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(.milliseconds(config.connectTimeout.milliseconds))
             .channelOption(.socketOption(.so_keepalive), value: 1)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
@@ -58,11 +65,6 @@ extension MQTTClient {
         }
         channel = ch
         inboundAliases = [:]
-        readerTask = Task { [weak self] in
-            for await event in stream {
-                await self?.handle(event, connection: id)
-            }
-        }
         // CONNECT, then wait for CONNACK within the connect timeout.
         var props = MQTTProperties()
         if version == .v5 {
@@ -77,14 +79,17 @@ extension MQTTClient {
         let connect = ConnectPacket(clientIdentifier: config.clientIdentifier, cleanStart: config.cleanStart, keepAlive: config.keepAlive,
                                     username: config.username, password: config.password, will: will, properties: props)
         ch.writeAndFlush(MQTTPacket.connect(connect), promise: nil)
-        let timeout = Task { [weak self] in
-            try? await Task.sleep(for: config.connectTimeout)
-            await self?.connAckTimedOut(connection: id)
-        }
+        let timeout = after(config.connectTimeout) { $0.connAckTimedOut(connection: id) }
         defer { timeout.cancel() }
         let ack: ConnAckPacket
         do {
-            ack = try await withCheckedThrowingContinuation { connAckWaiter = $0 }
+            ack = try await withCheckedThrowingContinuation {
+                connAckWaiter = $0
+                // What came before the channel was ours (a failed TLS handshake): handled now.
+                let early = earlyEvents
+                earlyEvents = []
+                for event in early { handle(event, connection: id) }
+            }
         } catch {
             try? await ch.close()
             lifecycle.attemptFailed()
@@ -160,19 +165,19 @@ extension MQTTClient {
     }
 
     func startKeepAlive(connection id: Int) {
-        keepAliveTask?.cancel()
+        keepAliveTimer?.cancel()
+        keepAliveTimer = nil
         guard effectiveKeepAlive > 0 else { keepAlive = nil; return }
         keepAlive = KeepAliveStateMachine(interval: .seconds(Int(effectiveKeepAlive)), now: .now)
-        keepAliveTask = Task { [weak self] in
-            while !Task.isCancelled {
-                guard let action = await self?.keepAliveStep(connection: id) else { return }
-                switch action {
-                case .wait(let until):
-                    try? await Task.sleep(until: until, clock: .continuous)
-                case .sendPing, .closeDead:
-                    continue
-                }
-            }
+        keepAliveTick(connection: id)
+    }
+
+    /// Steps the keepalive state machine until it says wait, then comes back at that time.
+    func keepAliveTick(connection id: Int) {
+        while let action = keepAliveStep(connection: id) {
+            guard case .wait(let until) = action else { continue }
+            keepAliveTimer = after(max(.zero, until - .now)) { $0.keepAliveTick(connection: id) }
+            return
         }
     }
 

@@ -4,6 +4,7 @@ import NIOCore
 extension MQTTClient {
     func handle(_ event: ChannelEvent, connection id: Int) {
         guard lifecycle.isCurrent(id) else { return }
+        if channel == nil && state == .connecting { return earlyEvents.append(event) }
         switch event {
         case .packet(let packet):
             handle(packet)
@@ -41,8 +42,8 @@ extension MQTTClient {
         guard channel != nil || state == .connected || state == .shutdown,
               let closed = lifecycle.closed(id, reason: reason, now: .now) else { return }
         channel = nil
-        keepAliveTask?.cancel()
-        keepAliveTask = nil
+        keepAliveTimer?.cancel()
+        keepAliveTimer = nil
         keepAlive = nil
         for (_, r) in requests { r.resume(throwing: MQTTError.connectionLost(closed.reason)) }
         requests.removeAll()

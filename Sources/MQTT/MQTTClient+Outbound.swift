@@ -155,10 +155,7 @@ extension MQTTClient {
     }
 
     func request(_ pid: UInt16, _ packet: MQTTPacket, timeout: Duration) async throws -> SubAckPacket {
-        let timer = Task { [weak self] in
-            try? await Task.sleep(for: timeout)
-            await self?.requestTimedOut(pid)
-        }
+        let timer = after(timeout) { $0.requestTimedOut(pid) }
         defer { timer.cancel() }
         return try await withCheckedThrowingContinuation { cont in
             requests[pid] = cont

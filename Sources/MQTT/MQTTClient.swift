@@ -26,11 +26,10 @@ import NIOSSL
 /// carries out: ``KeepAliveStateMachine``, ``MQTTPublishSession`` (outgoing messages) and
 /// ``MQTTConnectionLifecycle`` (phase, close reasons, twin detection, backoff).
 ///
-/// The actor runs on the cooperative pool, not pinned to its channel's event loop: the gateway's
-/// publishers (pollers, the outbox) run on the pool, and a pinned actor costs each publish a hop
-/// to the loop and one back (8 alternating runs at 100 devices: 684-718 context switches/s
-/// pinned, 636-662 not; the pinned build is commit a7b7fac). Channel events come in order
-/// through one AsyncStream read by one task.
+/// The actor runs on its connections' event loop (``unownedExecutor``): channel events reach it
+/// as tasks on that loop, in order, and its timers are the loop's scheduled tasks. Callers that
+/// publish often run their own code on that loop (``taskExecutor``); from the cooperative pool,
+/// each call would wake the loop and then the pool again.
 public actor MQTTClient {
     /// The settings of the next connect (``reconfigure(_:)`` replaces them).
     public internal(set) var configuration: MQTTConfiguration
@@ -40,7 +39,11 @@ public actor MQTTClient {
     public nonisolated let events: AsyncStream<MQTTEvent>
     let messageSink: AsyncStream<MQTTMessage>.Continuation
     let eventSink: AsyncStream<MQTTEvent>.Continuation
-    let group: any EventLoopGroup
+    /// The loop the client's connections live on, and its executor: the actor runs its code on
+    /// this loop (``unownedExecutor``), so a packet written or received needs no hop between the
+    /// cooperative pool and the loop, and its timers are the loop's scheduled tasks.
+    nonisolated let eventLoop: any EventLoop
+    nonisolated let loopTaskExecutor: EventLoopTaskExecutor
     var logger: Logger
 
     /// Phase, current connection id, close reasons, twin detection, backoff (``MQTTConnectionLifecycle``).
@@ -49,10 +52,11 @@ public actor MQTTClient {
 
     // Current connection.
     var channel: (any Channel)?
-    var readerTask: Task<Void, Never>?
-    var keepAliveTask: Task<Void, Never>?
+    var keepAliveTimer: Scheduled<Void>?
     var keepAlive: KeepAliveStateMachine?
     var connAckWaiter: CheckedContinuation<ConnAckPacket, any Error>?
+    /// Events of the connection being made that came before `connect` returned its channel.
+    var earlyEvents: [ChannelEvent] = []
     var disconnectWaiters: [CheckedContinuation<Void, Never>] = []
     /// Waiters for "nothing queued or in flight" (graceful disconnect), resumed by `notifyIfDrained`.
     var drainWaiters: [CheckedContinuation<Void, Never>] = []
@@ -91,7 +95,8 @@ public actor MQTTClient {
     public init(configuration: MQTTConfiguration, eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                 logger: Logger = Logger(label: "gateway.mqtt")) {
         self.configuration = configuration
-        self.group = eventLoopGroup
+        self.eventLoop = eventLoopGroup.next()
+        self.loopTaskExecutor = EventLoopTaskExecutor(loop: eventLoop)
         self.logger = logger
         self.version = configuration.version
         self.effectiveKeepAlive = configuration.keepAlive
@@ -99,6 +104,24 @@ public actor MQTTClient {
         self.lifecycle = MQTTConnectionLifecycle(policy: configuration.reconnect ?? .default)
         (messages, messageSink) = AsyncStream.makeStream(of: MQTTMessage.self, bufferingPolicy: .bufferingOldest(max(1, configuration.incomingLimit)))
         (events, eventSink) = AsyncStream.makeStream(of: MQTTEvent.self, bufferingPolicy: .bufferingNewest(1000))
+    }
+
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { eventLoop.executor.asUnownedSerialExecutor() }
+
+    /// The client's loop as a task executor: a task that mostly feeds the client (a poller) and
+    /// is started with it (`Task(executorPreference:)`) runs its own code on that loop too, so a
+    /// publish moves no work between threads (from the cooperative pool, it would wake the loop
+    /// and then the pool again).
+    public nonisolated var taskExecutor: any TaskExecutor { loopTaskExecutor }
+
+    /// Runs `body` on the actor after `delay`: a task scheduled on its loop (no task, no sleep).
+    /// Cancel the returned handle when it is no longer wanted.
+    @discardableResult
+    func after(_ delay: Duration, _ body: @escaping @Sendable (isolated MQTTClient) -> Void) -> Scheduled<Void> {
+        eventLoop.scheduleTask(in: delay.timeAmount) { [weak self] in
+            // Scheduled tasks run on the loop, which is this actor's executor.
+            self?.assumeIsolated { body($0) }
+        }
     }
 
     deinit {
@@ -134,10 +157,7 @@ public actor MQTTClient {
     /// sends DISCONNECT (the broker discards the will) and closes. No reconnect afterwards.
     public func disconnect(timeout: Duration = .seconds(2)) async {
         if state == .connected && !session.isIdle {
-            let timer = Task { [weak self] in
-                try? await Task.sleep(for: timeout)
-                await self?.notifyIfDrained(force: true)
-            }
+            let timer = after(timeout) { $0.notifyIfDrained(force: true) }
             await withCheckedContinuation { drainWaiters.append($0) }
             timer.cancel()
         }
@@ -212,5 +232,26 @@ enum PublishCompletion: Sendable {
         case .waiter(let c): c.resume(throwing: error)
         case .callback(let f): f(.failure(error))
         }
+    }
+}
+
+extension Duration {
+    /// The same span as NIO's `TimeAmount` (nanosecond resolution, saturated).
+    var timeAmount: TimeAmount {
+        let (s, overflow) = components.seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        return .nanoseconds(overflow ? .max : s + components.attoseconds / 1_000_000_000)
+    }
+}
+
+/// Runs a task's nonisolated code on an event loop (see ``MQTTClient/taskExecutor``).
+final class EventLoopTaskExecutor: TaskExecutor {
+    let loop: any EventLoop
+
+    init(loop: any EventLoop) { self.loop = loop }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        let executor = asUnownedTaskExecutor()
+        loop.execute { job.runSynchronously(on: executor) }
     }
 }
