@@ -239,7 +239,8 @@ extension Duration {
     /// The same span as NIO's `TimeAmount` (nanosecond resolution, saturated).
     var timeAmount: TimeAmount {
         let (s, overflow) = components.seconds.multipliedReportingOverflow(by: 1_000_000_000)
-        return .nanoseconds(overflow ? .max : s + components.attoseconds / 1_000_000_000)
+        let (ns, overflowAgain) = s.addingReportingOverflow(components.attoseconds / 1_000_000_000)
+        return .nanoseconds(overflow || overflowAgain ? (components.seconds < 0 ? .min : .max) : ns)
     }
 }
 

@@ -25,6 +25,19 @@ struct ExecutorTests {
     }
 }
 
+@Suite("Durations as NIO time amounts")
+struct TimeAmountTests {
+    @Test("the same nanoseconds; saturated at both ends instead of trapping")
+    func timeAmounts() {
+        #expect(Duration.milliseconds(1500).timeAmount == .milliseconds(1500))
+        #expect(Duration.nanoseconds(-7).timeAmount == .nanoseconds(-7))
+        #expect(Duration.seconds(Int64.max).timeAmount == .nanoseconds(.max))
+        #expect(Duration.seconds(Int64.min).timeAmount == .nanoseconds(.min))
+        // Whole seconds that still fit, plus a fraction that does not.
+        #expect(Duration(secondsComponent: 9_223_372_036, attosecondsComponent: 999_999_999_000_000_000).timeAmount == .nanoseconds(.max))
+    }
+}
+
 extension MQTTClient {
     func isOnItsLoop() -> Bool { eventLoop.inEventLoop }
 }
