@@ -429,7 +429,7 @@ struct CommandTests {
         _ = try await rig.sim.process.waitForLine(timeout: .seconds(20)) { line in
             isCoilRead(line) && reads.withLock { $0 += 1; return $0 >= target }
         }
-        #expect(rig.payloads("\(Self.b)/dev/light") == ["false", "true"])
+        #expect(rig.payloads("\(Self.b)/dev/light") == ["false", "true"], "gateway log:\n\(rig.gateway.tail)")
         await rig.shutdown()
     }
 
