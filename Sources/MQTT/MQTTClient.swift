@@ -43,7 +43,6 @@ public actor MQTTClient {
     /// this loop (``unownedExecutor``), so a packet written or received needs no hop between the
     /// cooperative pool and the loop, and its timers are the loop's scheduled tasks.
     nonisolated let eventLoop: any EventLoop
-    nonisolated let loopTaskExecutor: EventLoopTaskExecutor
     var logger: Logger
 
     /// Phase, current connection id, close reasons, twin detection, backoff (``MQTTConnectionLifecycle``).
@@ -96,7 +95,7 @@ public actor MQTTClient {
                 logger: Logger = Logger(label: "gateway.mqtt")) {
         self.configuration = configuration
         self.eventLoop = eventLoopGroup.next()
-        self.loopTaskExecutor = EventLoopTaskExecutor(loop: eventLoop)
+        self.taskExecutor = EventLoopTaskExecutor(loop: eventLoop)
         self.logger = logger
         self.version = configuration.version
         self.effectiveKeepAlive = configuration.keepAlive
@@ -112,13 +111,13 @@ public actor MQTTClient {
     /// is started with it (`Task(executorPreference:)`) runs its own code on that loop too, so a
     /// publish moves no work between threads (from the cooperative pool, it would wake the loop
     /// and then the pool again).
-    public nonisolated var taskExecutor: any TaskExecutor { loopTaskExecutor }
+    public nonisolated let taskExecutor: any TaskExecutor
 
     /// Runs `body` on the actor after `delay`: a task scheduled on its loop (no task, no sleep).
     /// Cancel the returned handle when it is no longer wanted.
     @discardableResult
     func after(_ delay: Duration, _ body: @escaping @Sendable (isolated MQTTClient) -> Void) -> Scheduled<Void> {
-        eventLoop.scheduleTask(in: delay.timeAmount) { [weak self] in
+        eventLoop.scheduleTask(in: TimeAmount(delay)) { [weak self] in
             // Scheduled tasks run on the loop, which is this actor's executor.
             self?.assumeIsolated { body($0) }
         }
@@ -232,15 +231,6 @@ enum PublishCompletion: Sendable {
         case .waiter(let c): c.resume(throwing: error)
         case .callback(let f): f(.failure(error))
         }
-    }
-}
-
-extension Duration {
-    /// The same span as NIO's `TimeAmount` (nanosecond resolution, saturated).
-    var timeAmount: TimeAmount {
-        let (s, overflow) = components.seconds.multipliedReportingOverflow(by: 1_000_000_000)
-        let (ns, overflowAgain) = s.addingReportingOverflow(components.attoseconds / 1_000_000_000)
-        return .nanoseconds(overflow || overflowAgain ? (components.seconds < 0 ? .min : .max) : ns)
     }
 }
 
