@@ -502,8 +502,6 @@ final class DeviceCommander: Sendable {
     // MARK: answers and audit
 
     static func milliseconds(since start: ContinuousClock.Instant) -> String {
-        let d = ContinuousClock.now - start
-        let us = d.components.seconds * 1_000_000 + d.components.attoseconds / 1_000_000_000_000
-        return Scaling.format(Double(us) / 1000)
+        Scaling.format(Double((ContinuousClock.now - start).nanoseconds / 1000) / 1000)
     }
 }

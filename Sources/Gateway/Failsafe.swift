@@ -200,7 +200,7 @@ final class Failsafe: Sendable {
             return "{\"device\":\(JSONValue.quoted(w.device)),\"point\":\(JSONValue.quoted(w.point)),\"value\":\(JSONValue.quoted(w.value)),\"ts\":\(ts)}"
         }
         var s = "{"
-        if let away { s += "\"broker_away_ms\":\(away.components.seconds * 1000 + away.components.attoseconds / 1_000_000_000_000_000)," }
+        if let away { s += "\"broker_away_ms\":\(away.nanoseconds / 1_000_000)," }
         else { s += "\"reason\":\"gateway stopping\"," }
         return Array((s + "\"written\":[" + items.joined(separator: ",") + "]}").utf8)
     }

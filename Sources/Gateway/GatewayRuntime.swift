@@ -29,7 +29,7 @@ import Glibc
 //   loop as its executor (`MQTTClient.taskExecutor`): what it publishes reaches the client
 //   without a thread switch.
 // - A `Mutex` with parked continuations where a waiter must be woken without a task per item
-//   (``DeviceJobQueue``, ``FrameSignal``, ``OneShot``).
+//   (``DeviceJobQueue``, ``WakeSignal``).
 // - Actors for state several tasks read and write (``StatusBoard``; `MQTTClient`, on its
 //   connection's event loop; `ModbusBus`, on a custom executor: one thread per bus, because
 //   libmodbus blocks).
@@ -73,8 +73,8 @@ public final class GatewayRuntime: Service, Sendable {
     let homeAssistant: HomeAssistantPublisher?
     /// Moved on when every poller must publish its current values again (Home Assistant's birth).
     let valuesGeneration = ValuesGeneration()
-    /// Fires at the first connect to the broker (systemd's `READY=1`).
-    public let firstConnect = OneShot()
+    /// Moves on at every connect to the broker (systemd's `READY=1` waits for the first).
+    let firstConnect = WakeSignal()
     /// Fail-safe values while the broker is away (a timer task only during an outage).
     let failsafe: Failsafe
     /// Data kept for the broker while it is away (nil: `outbox_max_mb = 0`).
@@ -415,7 +415,7 @@ public final class GatewayRuntime: Service, Sendable {
                 logger.info("broker connected: birth and statuses published")
                 await failsafe.brokerBack()
                 outbox?.connected()
-                firstConnect.fire()
+                firstConnect.push()
                 homeAssistant?.connected()
                 telemetry?.mqttConnected(true)
             case .disconnected(let reason):
@@ -441,63 +441,4 @@ final class ValuesGeneration: Sendable {
     private let value = Atomic<Int>(0)
     var current: Int { value.load(ordering: .relaxed) }
     func advance() { value.add(1, ordering: .relaxed) }
-}
-
-/// An event that happens once; waiters before it wait (bounded), waiters after it return at once.
-public final class OneShot: Sendable {
-    private struct State {
-        var fired = false
-        var nextID = 0
-        var waiters: [Int: CheckedContinuation<Bool, Never>] = [:]
-        /// Waiters that gave up before they were parked (a timer or cancellation got there first).
-        var abandoned: Set<Int> = []
-    }
-    private let state = Mutex(State())
-
-    public init() {}
-
-    public func fire() {
-        let waiters = state.withLock { s -> [CheckedContinuation<Bool, Never>] in
-            guard !s.fired else { return [] }
-            s.fired = true
-            defer { s.waiters = [:] }
-            return Array(s.waiters.values)
-        }
-        for w in waiters { w.resume(returning: true) }
-    }
-
-    /// True when the event came (at once if it already had); false after `timeout` or when the
-    /// waiting task is cancelled.
-    public func wait(atMost timeout: Duration) async -> Bool {
-        let id = state.withLock { s -> Int in s.nextID += 1; return s.nextID }
-        // The timeout as a timer task that resumes the parked continuation; cancelled on return.
-        let timer = Task { [weak self] in
-            guard (try? await Task.sleep(for: timeout)) != nil else { return }   // cancelled: the wait is over
-            self?.give(up: id)
-        }
-        defer { timer.cancel() }
-        return await withTaskCancellationHandler {
-            await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
-                let now = state.withLock { s -> Bool? in
-                    if s.fired { return true }
-                    if s.abandoned.remove(id) != nil || Task.isCancelled { return false }
-                    s.waiters[id] = c
-                    return nil
-                }
-                if let now { c.resume(returning: now) }
-            }
-        } onCancel: {
-            give(up: id)
-        }
-    }
-
-    /// Waiter `id` stops waiting (timed out or cancelled): resumed with false if still parked.
-    private func give(up id: Int) {
-        let parked = state.withLock { s -> CheckedContinuation<Bool, Never>? in
-            if let c = s.waiters.removeValue(forKey: id) { return c }
-            if !s.fired { s.abandoned.insert(id) }
-            return nil
-        }
-        parked?.resume(returning: false)
-    }
 }

@@ -102,7 +102,7 @@ public struct SystemdService: Service {
 
     public func run() async throws {
         // Graceful shutdown cancels the waits below at once.
-        let connected = await cancelWhenGracefulShutdown { await runtime.firstConnect.wait(atMost: Self.readyAtMost) }
+        let connected = await cancelWhenGracefulShutdown { await runtime.firstConnect.wait(after: 0, until: .now + Self.readyAtMost) }
         notifier.notify("READY=1\nSTATUS=\(connected ? "connected to the broker" : "broker not reachable yet")")
         if let interval = notifier.watchdogInterval {
             await cancelWhenGracefulShutdown { await feedWatchdog(every: interval) }

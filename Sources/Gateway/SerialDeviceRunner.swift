@@ -45,7 +45,7 @@ final class SerialDeviceRunner: Sendable {
     private let line = Mutex<SerialLine?>(nil)
     private let health: Mutex<DeviceHealth>
     private let lastFrame = Mutex<ContinuousClock.Instant?>(nil)
-    private let replies = FrameSignal()
+    private let replies = WakeSignal()
     /// Its metrics and live status (operations listener on).
     private let meter: DeviceMeter?
     /// Its commands, run one at a time by a task the first command starts.
@@ -342,50 +342,5 @@ final class SerialDeviceRunner: Sendable {
             rest = rest[r.upperBound...]
         }
         return out + rest
-    }
-}
-
-/// Wakes a waiter when a frame arrives; a generation counter avoids lost wake-ups. A Mutex with
-/// parked continuations: a poll waits for the reply with a deadline, and no task or stream is
-/// kept per device for it.
-final class FrameSignal: Sendable {
-    private let state = Mutex<(count: Int, waiters: [CheckedContinuation<Void, Never>])>((0, []))
-
-    var generation: Int { state.withLock { $0.count } }
-
-    func push() {
-        let ws = state.withLock { s -> [CheckedContinuation<Void, Never>] in
-            s.count += 1
-            defer { s.waiters.removeAll() }
-            return s.waiters
-        }
-        ws.forEach { $0.resume() }
-    }
-
-    /// True when something arrived after `generation` before `deadline`.
-    func wait(after generation: Int, until deadline: ContinuousClock.Instant) async -> Bool {
-        // The deadline as a timer task that wakes the parked continuation; cancelled on return.
-        let timer = Task {
-            try? await Task.sleep(until: deadline, clock: .continuous)
-            self.wakeAll()
-        }
-        defer { timer.cancel() }
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let now = state.withLock { s -> Bool in
-                if s.count != generation { return true }
-                s.waiters.append(c)
-                return false
-            }
-            if now { c.resume() }
-        }
-        return self.generation != generation
-    }
-
-    private func wakeAll() {
-        let ws = state.withLock { s -> [CheckedContinuation<Void, Never>] in
-            defer { s.waiters.removeAll() }
-            return s.waiters
-        }
-        ws.forEach { $0.resume() }
     }
 }

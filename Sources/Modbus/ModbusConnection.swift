@@ -123,7 +123,7 @@ final class ModbusConnection {
     }
 
     private static func split(_ d: Duration) -> (UInt32, UInt32) {
-        let us = max(Int64(1000), d.components.seconds * 1_000_000 + d.components.attoseconds / 1_000_000_000_000)
+        let us = max(Int64(1000), d.nanoseconds / 1000)
         return (UInt32(us / 1_000_000), UInt32(us % 1_000_000))
     }
 }

@@ -157,7 +157,7 @@ public final class ModbusSimulator: Sendable {
     }
 
     static func microseconds(_ d: Duration) -> UInt32 {
-        UInt32(clamping: max(0, d.components.seconds * 1_000_000 + d.components.attoseconds / 1_000_000_000_000))
+        UInt32(clamping: max(0, d.nanoseconds / 1000))
     }
 
     /// Stops serving and closes every connection. Returns once the thread has finished.
@@ -305,7 +305,7 @@ public final class ModbusSimulator: Sendable {
                 var timeoutMs: Int32 = -1
                 if let soonest = nextRun.min() {
                     let d = soonest - clock.now
-                    timeoutMs = Int32(max(0, min(60_000, d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000)))
+                    timeoutMs = Int32(max(0, min(60_000, d.nanoseconds / 1_000_000)))
                 }
                 var fds = [pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0),
                            pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0)]

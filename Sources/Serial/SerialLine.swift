@@ -182,8 +182,7 @@ public final class SerialLine: Sendable {
         let promise = channel.eventLoop.makePromise(of: Void.self)
         channel.writeAndFlush(channel.allocator.buffer(bytes: bytes), promise: promise)
         let written = promise.futureResult
-        let timer = channel.eventLoop.scheduleTask(in: .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000
-                                                                     + timeout.components.attoseconds / 1_000_000_000)) {
+        let timer = channel.eventLoop.scheduleTask(in: TimeAmount(timeout)) {
             guard channel.isActive else { return }
             timedOut.set()
             self.handler.state.withLock { if $0.closeReason == nil { $0.closeReason = "\(SerialError.writeTimedOut(timeout))" } }
