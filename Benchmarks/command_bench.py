@@ -7,7 +7,7 @@ answer received. Usage: command_bench.py GATEWAY_BIN [COMMANDS] [POLL_MS]
 PULSE_MS=N in the environment makes the commanded coil a pulse point (every `true` is then
 journalled before its write: the pulse journal's cost is in the figures)."""
 import json, os, random, subprocess, sys, threading, time
-from benchlib import BIN, TMP, STARTED, start_broker, start_sim, Observer, proc_cpu_rss
+from benchlib import BIN, TMP, STARTED, start_broker, start_sim, Observer, proc_cpu_rss, context_switches
 
 N = int(sys.argv[2]) if len(sys.argv) > 2 else 300
 POLL_MS = int(sys.argv[3]) if len(sys.argv) > 3 else 1000
@@ -42,6 +42,7 @@ obs.wait(lambda t, p: t == "gateway/bench/d0/status" and p == "online")
 if not subscribed.wait(10): sys.exit("the gateway did not subscribe to commands within 10 s")
 
 to_write, to_answer = [], []
+cpu0, _ = proc_cpu_rss(gw.pid); x0 = context_switches(gw.pid)
 RESULT = "gateway/bench/d0/light/set/result"
 def answer_times(): return [t for t, topic, _ in obs.msgs if topic == RESULT]
 def wait_answer(k, timeout=5):
@@ -66,10 +67,12 @@ for i in range(N):
     if ta and tw:
         to_write.append((tw - t0) * 1000); to_answer.append((ta - t0) * 1000)
     time.sleep(random.uniform(0.005, 0.03))   # random phase against the poll grid
-_, rss = proc_cpu_rss(gw.pid)
+cpu1, rss = proc_cpu_rss(gw.pid); x1 = context_switches(gw.pid)
 gw.terminate(); gw.wait(10); sim.terminate(); sim.wait(10); obs.stop(); broker.terminate(); broker.wait(10)
 
 def pct(xs, q): xs = sorted(xs); return xs[min(len(xs) - 1, int(len(xs) * q))]
 for name, xs in (("command -> device write", to_write), ("command -> answer received", to_answer)):
     print(f"{name}: p50 {pct(xs, .5):.2f} ms, p95 {pct(xs, .95):.2f} ms, p99 {pct(xs, .99):.2f} ms, max {max(xs):.2f} ms ({len(xs)} of {N} commands, poll_ms {POLL_MS})")
 print(f"gateway RSS after the run: {rss:.1f} MiB")
+# Per command, with the polls (one a second) in the same span: thread wake-ups and CPU time.
+print(f"gateway per command: {(x1 - x0) / N:.1f} context switches, {(cpu1 - cpu0) / N * 1000:.3f} ms CPU")

@@ -219,7 +219,7 @@ final class DeviceCommander: Sendable {
         self.bus = bus
         self.timeout = .milliseconds(timeoutMs)
         self.context = context
-        jobs = DeviceJobQueue(Work(pipeline: CommandPipeline(maxAgeMs: context.gateway.commandMaxAgeMs, signing: context.signing)))
+        jobs = DeviceJobQueue(Work(pipeline: CommandPipeline(maxAgeMs: context.gateway.commandMaxAgeMs, signing: context.signing)), executor: context.client.taskExecutor)
         var l = logger
         l[metadataKey: "device"] = "\(device.name)"
         self.logger = l
@@ -472,9 +472,7 @@ final class DeviceCommander: Sendable {
                 log.log(level: quiet ? .debug : .warning, "pulse end: write off failed (attempt \(attempt) of \(attempts)), retrying: \(error)")
                 // Not a cancellable sleep: this write must be tried again even while stopping.
                 let pause = Duration.milliseconds(min(2000, 250 << (attempt - 1)))
-                await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                    Task.detached { try? await Task.sleep(for: pause); c.resume() }
-                }
+                await Task.detached { try? await Task.sleep(for: pause) }.value
             }
         }
         return false

@@ -47,9 +47,13 @@ final class DeviceJobQueue<Job: DeviceJob, State: Sendable>: Sendable {
     }
 
     private let queue: Mutex<Queue>
+    /// Where the job task runs its own code: the MQTT client's loop (``MQTTClient/taskExecutor``),
+    /// so a command arrives, is checked and is answered without a hop through the cooperative pool.
+    private let executor: any TaskExecutor
 
-    init(_ state: State) {
+    init(_ state: State, executor: any TaskExecutor) {
         queue = Mutex(Queue(state: state))
+        self.executor = executor
     }
 
     /// Queues `job`; the first one starts the task that runs them all with `run`. False (nothing
@@ -60,7 +64,7 @@ final class DeviceJobQueue<Job: DeviceJob, State: Sendable>: Sendable {
         case .refused: return false
         case .queued: return true
         case .start:
-            Task { await self.serve(run) }
+            Task(executorPreference: executor) { await self.serve(run) }
             return true
         }
     }

@@ -25,9 +25,9 @@ import Glibc
 // - Unstructured tasks where units start and stop one by one while the rest runs (a bus poller,
 //   a serial device, a device's job task: ``BusUnit/start(_:sink:executor:liveness:logger:)``,
 //   ``DeviceJobQueue``) and for pulse timers (each cancellable on its own). The runtime stops
-//   every unit, and awaits it, before it ends. A bus poller's task prefers the MQTT client's
-//   loop as its executor (`MQTTClient.taskExecutor`): what it publishes reaches the client
-//   without a thread switch.
+//   every unit, and awaits it, before it ends. These tasks and the command dispatcher prefer
+//   the MQTT client's loop as their executor (`MQTTClient.taskExecutor`): what they publish,
+//   and the commands they take, cross no thread but to the bus.
 // - A `Mutex` with parked continuations where a waiter must be woken without a task per item
 //   (``DeviceJobQueue``, ``WakeSignal``).
 // - Actors for state several tasks read and write (``StatusBoard``; `MQTTClient`, on its
@@ -232,7 +232,7 @@ public final class GatewayRuntime: Service, Sendable {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.watchConnection() }
             if let homeAssistant { group.addTask { await homeAssistant.run() } }
-            group.addTask { await self.dispatchCommands() }
+            group.addTask(executorPreference: client.taskExecutor) { await self.dispatchCommands() }
             // Until SIGTERM/SIGINT (or cancellation).
             try? await gracefulShutdown()
             homeAssistant?.finish()

@@ -65,7 +65,7 @@ final class SerialDeviceRunner: Sendable {
         l[metadataKey: "device"] = "\(settings.name)"
         self.logger = l
         self.health = Mutex(DeviceHealth(offlineAfter: settings.offlineAfter))
-        jobs = DeviceJobQueue(Work(pipeline: CommandPipeline(maxAgeMs: context.gateway.commandMaxAgeMs, signing: context.signing)))
+        jobs = DeviceJobQueue(Work(pipeline: CommandPipeline(maxAgeMs: context.gateway.commandMaxAgeMs, signing: context.signing)), executor: context.client.taskExecutor)
     }
 
     /// Queues a job; false (nothing queued) when the device already has
@@ -82,8 +82,9 @@ final class SerialDeviceRunner: Sendable {
         task.withLock { t in
             guard t == nil else { return }
             // Unstructured, as a bus poller's: units start and stop one by one at a reload;
-            // ``stop()`` cancels this task and awaits it.
-            t = Task { await self.run() }
+            // ``stop()`` cancels this task and awaits it. On the MQTT client's loop, as a bus
+            // poller's: what it publishes reaches the client without a thread switch.
+            t = Task(executorPreference: context.client.taskExecutor) { await self.run() }
         }
     }
 

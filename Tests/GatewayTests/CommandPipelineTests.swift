@@ -142,7 +142,7 @@ struct DeviceJobQueueTests {
 
     @Test("jobs run in arrival order with the state; commands are bounded, the gateway's own jobs are not; a covered job is not queued twice; stop runs what is queued and hands the state back")
     func queue() async {
-        let q = DeviceJobQueue<TestJob, [TestJob]>([])
+        let q = DeviceJobQueue<TestJob, [TestJob]>([], executor: globalConcurrentExecutor)
         // Nothing runs until the first job says start; the rest queue behind it.
         #expect(q.enqueue(.command(0)) == .start)
         for i in 1..<CommandRequest.pendingPerDevice { #expect(q.enqueue(.command(i)) == .queued) }

@@ -156,6 +156,7 @@ struct DoorSafetyTests {
     @Test("signed commands: a signed one pulses the door; replayed, tampered (value or topic), stale and unsigned ones are refused without a write; a point with signed = false takes plain commands")
     func signed() async throws {
         let key = try Self.keyFile()
+        defer { try? FileManager.default.removeItem(atPath: (key as NSString).deletingLastPathComponent) }
         let points = CommandTests.points().replacingOccurrences(of: "name = \"light\"\nregister = \"coil\"\naddress = 1\nwritable = true",
                                                                 with: "name = \"light\"\nregister = \"coil\"\naddress = 1\nwritable = true\nsigned = false")
         #expect(points.contains("signed = false"))
@@ -216,8 +217,10 @@ struct DoorSafetyTests {
     @Test("a command key file other users can read: gateway run refuses to start (exit 2)")
     func keyFileMode() async throws {
         let key = try Self.keyFile()
+        defer { try? FileManager.default.removeItem(atPath: (key as NSString).deletingLastPathComponent) }
         chmod(key, 0o644)
         let dir = try TestEnvironment.makeTemporaryDirectory("gw-keymode")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
         let config = """
             [gateway]
             id = "k"
