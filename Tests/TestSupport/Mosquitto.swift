@@ -15,6 +15,8 @@ public final class Mosquitto: Sendable {
     public let password = "s3cret-pass"
     public let certificates: Certificates
     private let current: ProcessSlot
+    /// Set on the broker ``start()`` returns: its files go with it (a failed attempt shares them).
+    private let ownsDirectory = Atomic(false)
 
     final class ProcessSlot: Sendable {
         let process: Mutex<ChildProcess?> = Mutex(nil)
@@ -30,6 +32,12 @@ public final class Mosquitto: Sendable {
         self.current = ProcessSlot()
     }
 
+    /// A test that ended without ``shutdown()`` (it failed, or its rig went away): the process
+    /// is killed with its ``ChildProcess``; the files are removed here.
+    deinit {
+        if ownsDirectory.load(ordering: .relaxed) { try? FileManager.default.removeItem(atPath: directory) }
+    }
+
     /// Generates certificates and a config, then starts the broker and waits until it serves.
     public static func start() async throws -> Mosquitto {
         let mosquitto = try TestEnvironment.require("mosquitto")
@@ -43,6 +51,7 @@ public final class Mosquitto: Sendable {
             do {
                 try await broker.writeConfig()
                 try await broker.startProcess()
+                broker.ownsDirectory.store(true, ordering: .relaxed)
                 return broker
             } catch {
                 lastError = error
