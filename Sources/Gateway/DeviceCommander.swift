@@ -262,7 +262,7 @@ final class DeviceCommander: Sendable {
                 perform(work.pulses.switchedOn(index, pulse: period, now: .now), timers: &work.timers)
             } endPulse: { index in
                 perform(work.pulses.switchedOff(index), timers: &work.timers)
-                context.journal.markOff(device: device.name, point: device.points[index].name)
+                await context.journal.markOff(device: device.name, point: device.points[index].name)
             }
         case .get(let message, let pointName, let receivedAt):
             await handleGet(message, pointName: pointName, receivedAt: receivedAt)
@@ -317,7 +317,7 @@ final class DeviceCommander: Sendable {
     /// Handles one `/set` and publishes its answer.
     private func handleSet(_ message: MQTTMessage, pointName: String, receivedAt: ContinuousClock.Instant,
                            pipeline: inout CommandPipeline,
-                           startPulse: (Int, Duration) -> Void, endPulse: (Int) -> Void) async {
+                           startPulse: (Int, Duration) -> Void, endPulse: (Int) async -> Void) async {
         await context.runCommand(message, name: pointName, receivedAt: receivedAt, pipeline: &pipeline,
                                  resultTopic: context.topics.setResult(device: device.name, point: pointName), logger: logger) { () throws(CommandRefused) -> Int in
             guard let index = device.points.firstIndex(where: { $0.name == pointName }) else {
@@ -333,7 +333,7 @@ final class DeviceCommander: Sendable {
     }
 
     private func execute(_ req: CommandRequest, index: Int, receivedAt: ContinuousClock.Instant, startPulse: (Int, Duration) -> Void,
-                         endPulse: (Int) -> Void) async throws(CommandRefused) -> CommandAnswer {
+                         endPulse: (Int) async -> Void) async throws(CommandRefused) -> CommandAnswer {
         let point = device.points[index]
         let plan = try point.writePlan(for: req.value)
         switch await context.board.state(device.name) {
@@ -345,7 +345,7 @@ final class DeviceCommander: Sendable {
         let deadline = receivedAt + timeout
         guard ContinuousClock.now < deadline else { throw CommandRefused("bus busy: the command could not start within \(timeout)") }
         // Journal first: if the gateway dies after this write, the next start switches it off.
-        let journalled = point.pulseMs != nil && !plan.isOff && context.journal.markOn(device: device.name, point: point.name)
+        let journalled = point.pulseMs != nil && !plan.isOff ? await context.journal.markOn(device: device.name, point: point.name) : false
         do {
             try await write(plan, point: point, deadline: deadline)
         } catch let e as ModbusError where e.isOutcomeUnknown {
@@ -355,11 +355,11 @@ final class DeviceCommander: Sendable {
         } catch {
             // Refused by the device, not sent, or not started in time: nothing changed, and a
             // pulse already running keeps its end (and its journal entry).
-            if journalled { context.journal.markOff(device: device.name, point: point.name) }
+            if journalled { await context.journal.markOff(device: device.name, point: point.name) }
             throw CommandRefused("\(error)")
         }
         if let ms = point.pulseMs {
-            if plan.isOff { endPulse(index) } else { startPulse(index, .milliseconds(ms)) }
+            if plan.isOff { await endPulse(index) } else { startPulse(index, .milliseconds(ms)) }
         }
         let back = await readBack(index)
         switch back {
@@ -456,7 +456,7 @@ final class DeviceCommander: Sendable {
         for attempt in 1...attempts {
             do {
                 try await write(point.offWrite, point: point, deadline: .now + timeout)
-                context.journal.markOff(device: device.name, point: point.name)
+                await context.journal.markOff(device: device.name, point: point.name)
                 log.info("pulse ended: switched off (\(why))")
                 _ = await readBack(index)
                 return true

@@ -21,6 +21,7 @@ final class PulseJournal: Sendable {
     let path: String?
     private let entries: Mutex<Set<String>>
     private let logger: Logger
+    /// Where the file is written and flushed.
     private let flushQueue = DispatchQueue(label: "gateway.pulse-journal")
     private let failing = Atomic<Bool>(false)
 
@@ -66,26 +67,33 @@ final class PulseJournal: Sendable {
 
     static func key(device: String, point: String) -> String { "\(device)/\(point)" }
 
-    /// Records a pulse as on. Returns true when it was not recorded before (no pulse running).
+    /// Records a pulse as on; returns once the file says so. True when it was not recorded
+    /// before (no pulse running).
     @discardableResult
-    func markOn(device: String, point: String) -> Bool {
-        update { $0.insert(Self.key(device: device, point: point)).inserted }
+    func markOn(device: String, point: String) async -> Bool {
+        await update { $0.insert(Self.key(device: device, point: point)).inserted }
     }
 
-    /// Records a pulse as off.
-    func markOff(device: String, point: String) {
-        _ = update { $0.remove(Self.key(device: device, point: point)) != nil }
+    /// Records a pulse as off; returns once the file says so.
+    func markOff(device: String, point: String) async {
+        _ = await update { $0.remove(Self.key(device: device, point: point)) != nil }
     }
 
     var current: Set<String> { entries.withLock { $0 } }
 
-    /// Changes the set and, when it changed, rewrites the file (under the lock, so files are
-    /// written in the order of the changes).
-    private func update(_ change: (inout Set<String>) -> Bool) -> Bool {
-        entries.withLock { set in
-            let changed = change(&set)
-            if changed, let path { write(set, to: path) }
-            return changed
+    /// Changes the set and, when it changed, rewrites the file, on the journal's queue: the
+    /// `fdatasync` (milliseconds on an SD card) blocks that queue, never the caller's thread (a
+    /// command runs on the MQTT client's loop). One queue: files are written in the order of the
+    /// changes.
+    private func update(_ change: @escaping @Sendable (inout Set<String>) -> Bool) async -> Bool {
+        await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+            flushQueue.async {
+                c.resume(returning: self.entries.withLock { set in
+                    let changed = change(&set)
+                    if changed, let path = self.path { self.write(set, to: path) }
+                    return changed
+                })
+            }
         }
     }
 
