@@ -33,8 +33,8 @@ import Glibc
 // - Actors for state several tasks read and write (``StatusBoard``; `MQTTClient`, on its
 //   connection's event loop; `ModbusBus`, on a custom executor: one thread per bus, because
 //   libmodbus blocks).
-// - A serial `DispatchQueue` for blocking file work off the cooperative pool (``Outbox``'s
-//   SQLite, ``PulseJournal``'s fsync).
+// - A serial `DispatchQueue` for blocking file work off the cooperative pool and the client's
+//   loop (``Outbox``'s SQLite, ``PulseJournal``'s fdatasync), awaited with `DispatchQueue.run`.
 // - `AsyncStream` only where a library hands out a stream (`MQTTClient.messages`).
 
 /// Device statuses as last published (republished after every reconnect).

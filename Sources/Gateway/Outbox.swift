@@ -373,9 +373,7 @@ final class Outbox: Sendable {
 
     private func onQueue<T: Sendable>(_ body: @escaping @Sendable (FileBox) -> T) async -> T {
         let box = self.box
-        return await withCheckedContinuation { c in
-            queue.async { c.resume(returning: body(box)) }
-        }
+        return await queue.run { body(box) }
     }
 
     private func report() {

@@ -86,13 +86,11 @@ final class PulseJournal: Sendable {
     /// command runs on the MQTT client's loop). One queue: files are written in the order of the
     /// changes.
     private func update(_ change: @escaping @Sendable (inout Set<String>) -> Bool) async -> Bool {
-        await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
-            flushQueue.async {
-                c.resume(returning: self.entries.withLock { set in
-                    let changed = change(&set)
-                    if changed, let path = self.path { self.write(set, to: path) }
-                    return changed
-                })
+        await flushQueue.run {
+            self.entries.withLock { set in
+                let changed = change(&set)
+                if changed, let path = self.path { self.write(set, to: path) }
+                return changed
             }
         }
     }
