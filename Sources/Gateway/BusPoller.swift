@@ -284,8 +284,14 @@ struct DevicePoller {
             valuesGeneration = generation
             for i in filters.indices { filters[i].forget() }
         }
+        // A point read back after this poll began: this poll may have read it before the write
+        // (the command overtook the poll on the bus); its value waits for the next poll.
+        var readBackDuringPoll: Set<Int> = []
         if let learned = readBacks?.take() {
-            for (i, value) in learned where i < filters.count { filters[i].learn(value, now: now) }
+            for (i, r) in learned where i < filters.count {
+                filters[i].learn(r.value, now: now)
+                if r.at > started { readBackDuringPoll.insert(i) }
+            }
         }
         for (i, point) in settings.points.enumerated() {
             guard let result = results[i] else { continue }
@@ -296,7 +302,7 @@ struct DevicePoller {
                 if events[i] != nil, let event = events[i]?.observe(value) {
                     await publish(event, point: i, sink: sink)
                 }
-                guard filters[i].shouldPublish(value, now: now) else { continue }
+                guard !readBackDuringPoll.contains(i), filters[i].shouldPublish(value, now: now) else { continue }
                 meter?.value(point: i, value)
                 await sink.publishData(to: valueTopics[i], payload: valuePayload(value, point: point, gateway: gw),
                                        retain: point.retain ?? gw.retain, compactable: true, ts: unixMilliseconds())

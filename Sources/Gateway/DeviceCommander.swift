@@ -9,14 +9,15 @@ import Glibc
 #endif
 
 /// Values a device's commander published after a write (its read-back), handed to the device's
-/// poller: its change filter learns them, so the next poll does not publish the same value again.
+/// poller: its change filter learns them, so the next poll does not publish the same value again,
+/// and a poll that began before the read-back does not publish its older value of the point.
 final class ReadBacks: Sendable {
-    private let values = Mutex<[Int: PointValue]>([:])
+    private let values = Mutex<[Int: (value: PointValue, at: ContinuousClock.Instant)]>([:])
 
-    func record(_ value: PointValue, point: Int) { values.withLock { $0[point] = value } }
+    func record(_ value: PointValue, point: Int, at: ContinuousClock.Instant = .now) { values.withLock { $0[point] = (value, at) } }
 
-    /// The values recorded since the last call, by point index.
-    func take() -> [Int: PointValue] {
+    /// The values recorded since the last call, with when they were read, by point index.
+    func take() -> [Int: (value: PointValue, at: ContinuousClock.Instant)] {
         values.withLock { v in
             guard !v.isEmpty else { return [:] }
             defer { v = [:] }

@@ -125,6 +125,35 @@ struct PollerTests {
         #expect(sink.values == ["1", "7"])
     }
 
+    /// Answers with the scripted results; while answering the second poll, a command's read-back
+    /// is recorded (the command overtook the poll on the bus).
+    final class OvertakenBus: PollingBus {
+        let inner: ScriptedBus
+        let readBacks: ReadBacks
+        let calls = Mutex(0)
+        init(_ script: [[Int: ModbusBus.ItemResult]], readBacks: ReadBacks) {
+            inner = ScriptedBus(script)
+            self.readBacks = readBacks
+        }
+        func pollDevice(_ plan: inout ReadPlan, unit: Int, deadline: ContinuousClock.Instant) async -> [Int: ModbusBus.ItemResult] {
+            if calls.withLock({ $0 += 1; return $0 }) == 2 { readBacks.record(.number(7, integer: true), point: 0) }
+            return await inner.pollDevice(&plan, unit: unit, deadline: deadline)
+        }
+    }
+
+    @Test("a poll the command's read-back overtook does not publish its older value; the next poll publishes nothing new")
+    func readBackDuringPoll() async throws {
+        let readBacks = ReadBacks()
+        var p = try poller(readBacks: readBacks)
+        let sink = RecordingSink()
+        // Poll 2 read 1 before the write of 7; the commander published 7 meanwhile.
+        let bus = OvertakenBus([Self.answer(1, 0), Self.answer(1, 0), Self.answer(7, 0), Self.answer(8, 0)], readBacks: readBacks)
+        for _ in 0..<3 { await p.poll(bus, sink: sink) }
+        #expect(sink.values == ["1"], "the stale 1 must not follow the read-back 7")
+        await p.poll(bus, sink: sink)
+        #expect(sink.values == ["1", "8"])
+    }
+
     @Test("a counter publishes its increments as events, across a wrap")
     func counterEvents() async throws {
         var p = try poller()
