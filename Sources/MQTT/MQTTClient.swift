@@ -39,9 +39,7 @@ public actor MQTTClient {
     public nonisolated let events: AsyncStream<MQTTEvent>
     let messageSink: AsyncStream<MQTTMessage>.Continuation
     let eventSink: AsyncStream<MQTTEvent>.Continuation
-    /// The loop the client's connections live on, and its executor: the actor runs its code on
-    /// this loop (``unownedExecutor``), so a packet written or received needs no hop between the
-    /// cooperative pool and the loop, and its timers are the loop's scheduled tasks.
+    /// The loop the client's connections live on, and the actor's executor (see the overview).
     nonisolated let eventLoop: any EventLoop
     var logger: Logger
 
@@ -107,10 +105,7 @@ public actor MQTTClient {
 
     public nonisolated var unownedExecutor: UnownedSerialExecutor { eventLoop.executor.asUnownedSerialExecutor() }
 
-    /// The client's loop as a task executor: a task that mostly feeds the client (a poller) and
-    /// is started with it (`Task(executorPreference:)`) runs its own code on that loop too, so a
-    /// publish moves no work between threads (from the cooperative pool, it would wake the loop
-    /// and then the pool again).
+    /// The client's loop as a task executor, for tasks that mostly feed the client (see the overview).
     public nonisolated let taskExecutor: any TaskExecutor
 
     /// Runs `body` on the actor after `delay`: a task scheduled on its loop (no task, no sleep).
