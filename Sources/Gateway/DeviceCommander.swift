@@ -14,7 +14,7 @@ import Glibc
 final class ReadBacks: Sendable {
     private let values = Mutex<[Int: (value: PointValue, at: ContinuousClock.Instant)]>([:])
 
-    func record(_ value: PointValue, point: Int, at: ContinuousClock.Instant = .now) { values.withLock { $0[point] = (value, at) } }
+    func record(_ value: PointValue, point: Int) { values.withLock { $0[point] = (value, .now) } }
 
     /// The values recorded since the last call, with when they were read, by point index.
     func take() -> [Int: (value: PointValue, at: ContinuousClock.Instant)] {
@@ -346,7 +346,7 @@ final class DeviceCommander: Sendable {
         let deadline = receivedAt + timeout
         guard ContinuousClock.now < deadline else { throw CommandRefused("bus busy: the command could not start within \(timeout)") }
         // Journal first: if the gateway dies after this write, the next start switches it off.
-        let journalled = point.pulseMs != nil && !plan.isOff ? await context.journal.markOn(device: device.name, point: point.name) : false
+        let journalled = (point.pulseMs != nil && !plan.isOff) ? await context.journal.markOn(device: device.name, point: point.name) : false
         do {
             try await write(plan, point: point, deadline: deadline)
         } catch let e as ModbusError where e.isOutcomeUnknown {

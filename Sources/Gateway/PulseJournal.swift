@@ -14,7 +14,8 @@ import Glibc
 /// is written *before* the write that switches a pulse on and removed after the write that
 /// switches it off. The file is replaced atomically: a temporary file is written and flushed to
 /// the storage device (`fdatasync`), then renamed over the journal; the directory is flushed
-/// afterwards on a queue of its own. A power cut within that last flush (milliseconds) leaves the
+/// afterwards. All of it runs on the journal's queue; the command awaits the file's flush, not
+/// the directory's. A power cut within that last flush (milliseconds) leaves the
 /// previous journal, whole: the one case not covered.
 final class PulseJournal: Sendable {
     /// nil: no journal (the state directory is missing or not writable; said once at start).
