@@ -51,11 +51,7 @@ public enum CodePages {
     /// Drops what it can; nil where there is no /proc (not Linux).
     public static func trim() -> Outcome? {
         #if canImport(Glibc)
-        var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let n = readlink("/proc/self/exe", &buf, buf.count - 1)
-        guard n > 0 else { return nil }
-        let exe = String(decoding: buf[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        guard let smaps = ConfigLoader.readFile("/proc/self/smaps").map({ String(decoding: $0, as: UTF8.self) }) else { return nil }
+        guard let exe = PageMap.executable(), let smaps = ConfigLoader.readFile("/proc/self/smaps").map({ String(decoding: $0, as: UTF8.self) }) else { return nil }
         var out = Outcome()
         out.residentBefore = residentKiB() ?? 0
         var mappings: [Mapping] = []
@@ -115,7 +111,7 @@ public enum CodePages {
     /// keeps them apart. Returns the number of pieces.
     private static func split(_ m: Mapping) -> Int {
         #if canImport(Glibc)
-        let piece = faultWindowPages * UInt(sysconf(Int32(_SC_PAGESIZE)))
+        let piece = faultWindowPages * PageMap.pageSize
         var at = m.start + piece, pieces = 1
         while at < m.end, madvise(UnsafeMutableRawPointer(bitPattern: at), Int(min(piece, m.end - at)), MADV_DONTDUMP) == 0 {
             pieces += at + piece < m.end ? 2 : 1
@@ -136,31 +132,12 @@ public enum CodePages {
     private static func dropReadOnlyData(exe: String) -> Int {
         #if canImport(Glibc)
         guard let (start, end) = readOnlyDataRange(exe: exe) else { return 0 }
-        let page = UInt(sysconf(Int32(_SC_PAGESIZE)))
+        let page = PageMap.pageSize
         let first = (start + page - 1) / page, last = end / page   // whole pages only
-        guard last > first, last - first < 1 << 20 else { return 0 }
-        let fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return 0 }
-        defer { close(fd) }
-        var entries = [UInt64](repeating: 0, count: Int(last - first))
-        let want = entries.count * 8
-        let got = entries.withUnsafeMutableBytes { pread(fd, $0.baseAddress, want, off_t(first * 8)) }
-        guard got == want else { return 0 }
-        let present: UInt64 = 1 << 63, filePage: UInt64 = 1 << 61
+        guard last > first, last - first < 1 << 20, let entries = PageMap.entries([(first, Int(last - first))])?.first else { return 0 }
         // A page present but not the file's has been written: then this is not constant data.
-        guard !entries.contains(where: { $0 & present != 0 && $0 & filePage == 0 }) else { return 0 }
-        var dropped = 0
-        var i = 0
-        while i < entries.count {
-            guard entries[i] & present != 0 else { i += 1; continue }
-            var j = i
-            while j < entries.count, entries[j] & present != 0 { j += 1 }
-            if madvise(UnsafeMutableRawPointer(bitPattern: (first + UInt(i)) * page), Int(UInt(j - i) * page), MADV_DONTNEED) == 0 {
-                dropped += (j - i) * Int(page / 1024)
-            }
-            i = j
-        }
-        return dropped
+        guard !entries.contains(where: { $0 & PageMap.present != 0 && $0 & PageMap.filePage == 0 }) else { return 0 }
+        return PageMap.unmap(from: first, count: entries.count) { entries[$0] & PageMap.present != 0 } * Int(page / 1024)
         #else
         return 0
         #endif
@@ -244,18 +221,15 @@ public final class OccasionalWorkPages: Sendable {
     public static let rebaseline: Duration = .milliseconds(2_500)
 
     private let ranges: [(first: UInt, count: Int)]
-    private let page: UInt
     /// Work in progress, a count of begins (a give-back runs only if none came since it was
     /// scheduled), and the pages present when the current burst began.
     private let state = Mutex<(active: Int, generation: Int, baseline: [[UInt64]]?)>((0, 0, nil))
 
     public init?() {
         #if canImport(Glibc)
-        var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let n = readlink("/proc/self/exe", &buf, buf.count - 1)
-        guard n > 0, let maps = ConfigLoader.readFile("/proc/self/maps").map({ String(decoding: $0, as: UTF8.self) }) else { return nil }
-        let exe = String(decoding: buf[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        page = UInt(sysconf(Int32(_SC_PAGESIZE)))
+        guard let exe = PageMap.executable(),
+              let maps = ConfigLoader.readFile("/proc/self/maps").map({ String(decoding: $0, as: UTF8.self) }) else { return nil }
+        let page = PageMap.pageSize
         var ranges: [(UInt, Int)] = []
         for line in maps.split(separator: "\n") {
             let f = line.split(separator: " ", omittingEmptySubsequences: true)
@@ -308,17 +282,10 @@ public final class OccasionalWorkPages: Sendable {
             let before = s.baseline ?? after.map { [UInt64](repeating: 0, count: $0.count) }
             guard before.count == after.count else { return }
             #if canImport(Glibc)
-            let present: UInt64 = 1 << 63, filePage: UInt64 = 1 << 61
             for (r, range) in ranges.enumerated() {
                 let was = before[r], now = after[r]
-                let new = { (k: Int) in now[k] & present != 0 && now[k] & filePage != 0 && was[k] & present == 0 }
-                var i = 0
-                while i < now.count {
-                    guard new(i) else { i += 1; continue }
-                    var j = i
-                    while j < now.count, new(j) { j += 1 }
-                    _ = madvise(UnsafeMutableRawPointer(bitPattern: (range.first + UInt(i)) * page), Int(UInt(j - i) * page), MADV_DONTNEED)
-                    i = j
+                PageMap.unmap(from: range.first, count: now.count) { k in
+                    now[k] & PageMap.present != 0 && now[k] & PageMap.filePage != 0 && was[k] & PageMap.present == 0
                 }
             }
             #endif
@@ -336,6 +303,28 @@ public final class OccasionalWorkPages: Sendable {
     /// The pagemap entries of every range.
     private func presentPages() -> [[UInt64]]? {
         #if canImport(Glibc)
+        PageMap.entries(ranges)
+        #else
+        nil
+        #endif
+    }
+}
+
+#if canImport(Glibc)
+/// What both give-backs read and do: the executable's path, `/proc/self/pagemap` (one 8-byte
+/// entry per page), and `MADV_DONTNEED` on runs of pages.
+enum PageMap {
+    static let present: UInt64 = 1 << 63, filePage: UInt64 = 1 << 61
+    static let pageSize = UInt(sysconf(Int32(_SC_PAGESIZE)))
+
+    static func executable() -> String? {
+        var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = readlink("/proc/self/exe", &buf, buf.count - 1)
+        return n > 0 ? String(decoding: buf[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : nil
+    }
+
+    /// The entries of each range of pages (first page number, count); nil if one cannot be read.
+    static func entries(_ ranges: [(first: UInt, count: Int)]) -> [[UInt64]]? {
         let fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
@@ -343,16 +332,30 @@ public final class OccasionalWorkPages: Sendable {
         for r in ranges {
             var entries = [UInt64](repeating: 0, count: r.count)
             let want = r.count * 8
-            let got = entries.withUnsafeMutableBytes { pread(fd, $0.baseAddress, want, off_t(r.first * 8)) }
-            guard got == want else { return nil }
+            guard entries.withUnsafeMutableBytes({ pread(fd, $0.baseAddress, want, off_t(r.first * 8)) }) == want else { return nil }
             out.append(entries)
         }
         return out
-        #else
-        return nil
-        #endif
+    }
+
+    /// Unmaps the runs of the `count` pages from page number `first` on where `drop` holds (its
+    /// argument counts from `first`). Returns the number of pages unmapped.
+    @discardableResult
+    static func unmap(from first: UInt, count: Int, where drop: (Int) -> Bool) -> Int {
+        var unmapped = 0, i = 0
+        while i < count {
+            guard drop(i) else { i += 1; continue }
+            var j = i
+            while j < count, drop(j) { j += 1 }
+            if madvise(UnsafeMutableRawPointer(bitPattern: (first + UInt(i)) * pageSize), Int(UInt(j - i) * pageSize), MADV_DONTNEED) == 0 {
+                unmapped += j - i
+            }
+            i = j
+        }
+        return unmapped
     }
 }
+#endif
 
 /// Gives the start-up pages back once start-up is over (first connect, first polls: well within
 /// 5 s); the steady state maps back what it runs. A service of its own that the CLI adds to the
