@@ -23,8 +23,9 @@ import Glibc
 /// evicted). Writable mappings (`.data`, the relocated `.data.rel.ro`) are left alone. These
 /// mappings get `MADV_RANDOM`, so touching a page again does not read its neighbours; but since
 /// Linux 6.16 a fault in code reads ahead all the same (up to the device's `read_ahead_kb`, 8 MiB
-/// here), and fault-around then maps 64 KiB around every later fault. So the code mappings are
-/// first split into pieces of ``faultWindowPages``: both stop at a mapping's edge. Only the
+/// here), and fault-around then maps 64 KiB around every later fault. So these mappings (and the
+/// writable ones) are first split into pieces of ``faultWindowPages``: both stop at a mapping's
+/// edge. Only the
 /// executable's own pages are evicted from the page cache; the libraries' stay cached for other
 /// processes. Finally glibc's free heap pages (start-up's parsing and planning) go back
 /// (`malloc_trim`).
@@ -37,16 +38,16 @@ public enum CodePages {
         public var mappings = 0, dropped = 0
         /// Resident pages of the executable's `.rodata` unmapped (KiB); see ``dropReadOnlyData(exe:)``.
         public var readOnlyDataKiB = 0
-        /// Pieces the code mappings were split into (``faultWindowPages``).
-        public var codePieces = 0
+        /// Pieces the mappings were split into (``faultWindowPages``).
+        public var pieces = 0
         /// VmRSS before and after, KiB.
         public var residentBefore = 0, residentAfter = 0
         public var description: String {
-            "\(mappings) mappings of the executable and libraries, \(dropped) dropped, \(codePieces) code pieces, \(readOnlyDataKiB) KiB of .rodata; resident \(residentBefore) -> \(residentAfter) KiB"
+            "\(mappings) mappings of the executable and libraries, \(dropped) dropped, \(pieces) pieces, \(readOnlyDataKiB) KiB of .rodata; resident \(residentBefore) -> \(residentAfter) KiB"
         }
     }
 
-    private struct Mapping { var start: UInt; var end: UInt; var droppable: Bool; var executable: Bool; var anonymousKiB: Int? = nil }
+    private struct Mapping { var start: UInt; var end: UInt; var droppable: Bool; var anonymousKiB: Int? = nil }
 
     /// Drops what it can; nil where there is no /proc (not Linux).
     public static func trim() -> Outcome? {
@@ -66,7 +67,7 @@ public enum CodePages {
                 // The executable and shared libraries (`/usr/lib/.../libc.so.6`); private, not writable.
                 let perms = fields[1]
                 let ours = path == exe || (path.hasPrefix("/") && path.contains(".so"))
-                current = ours ? Mapping(start: a, end: b, droppable: !perms.contains("w") && perms.hasSuffix("p"), executable: perms.contains("x")) : nil
+                current = ours ? Mapping(start: a, end: b, droppable: !perms.contains("w") && perms.hasSuffix("p")) : nil
             } else if fields.first == "Anonymous:", fields.count >= 2, current != nil {
                 current!.anonymousKiB = Int(fields[1])
             }
@@ -77,8 +78,8 @@ public enum CodePages {
             let length = Int(m.end - m.start)
             out.mappings += 1
             _ = madvise(p, length, MADV_RANDOM)           // no read-around when touched again
-            // Split before the drop: a fault right after it maps and reads no more than a piece.
-            if m.executable { out.codePieces += split(m) }
+            // Split before the drop: a fault right after it maps no more than a piece.
+            out.pieces += split(m)
             if m.droppable && m.anonymousKiB == 0 {   // only file content: nothing to lose
                 if madvise(p, length, MADV_DONTNEED) == 0 { out.dropped += 1 }
             }
@@ -100,20 +101,22 @@ public enum CodePages {
         #endif
     }
 
-    /// The pages a fault in code maps at most, once its mapping is split. Measured at 100
-    /// devices (README "Footprint"): the binary's resident code went from 6.2-7.1 MiB unsplit to
-    /// 2.6-2.9 MiB in pieces of 4 pages and less in pieces of 2; each piece is a mapping the kernel
-    /// keeps (about 250 bytes: some 2,700 of them, 0.7 MiB, outside the resident set).
+    /// The pages a fault maps at most, once a mapping is split. Measured with `uplink_bench.py`
+    /// (README "Footprint"): at 100 devices the binary's resident code went from 6.2-7.1 MiB
+    /// unsplit to 2.6-2.9 MiB in pieces of 4 pages and 2.1-2.2 MiB in pieces of 2; splitting the
+    /// read-only data and writable mappings too took another 0.4-0.6 MiB off. Each piece is a
+    /// mapping the kernel keeps, outside the resident set (about 250 bytes; README "Footprint").
     static let faultWindowPages: UInt = 2
 
-    /// Splits a code mapping into pieces of ``faultWindowPages``: every other piece is marked
-    /// `MADV_DONTDUMP` (code is not in a core dump anyway), so neighbours differ and the kernel
-    /// keeps them apart. Returns the number of pieces.
+    /// Splits a mapping into pieces of ``faultWindowPages``: every other piece is marked
+    /// `MADV_NOHUGEPAGE` (a piece of two pages never holds a huge page anyway), so neighbours
+    /// differ and the kernel keeps them apart. Returns the number of pieces (1 where the kernel
+    /// has no transparent huge pages and refuses the flag).
     private static func split(_ m: Mapping) -> Int {
         #if canImport(Glibc)
         let piece = faultWindowPages * PageMap.pageSize
         var at = m.start + piece, pieces = 1
-        while at < m.end, madvise(UnsafeMutableRawPointer(bitPattern: at), Int(min(piece, m.end - at)), MADV_DONTDUMP) == 0 {
+        while at < m.end, madvise(UnsafeMutableRawPointer(bitPattern: at), Int(min(piece, m.end - at)), MADV_NOHUGEPAGE) == 0 {
             pieces += at + piece < m.end ? 2 : 1
             at += 2 * piece
         }
@@ -371,6 +374,6 @@ public struct StartupPagesService: Service {
         guard let outcome = CodePages.trim() else { return }
         logger.info("start-up pages given back: resident \(outcome.residentBefore) -> \(outcome.residentAfter) KiB",
                     metadata: ["mappings": "\(outcome.mappings)", "dropped": "\(outcome.dropped)",
-                              "rodata_kib": "\(outcome.readOnlyDataKiB)", "code_pieces": "\(outcome.codePieces)"])
+                              "rodata_kib": "\(outcome.readOnlyDataKiB)", "pieces": "\(outcome.pieces)"])
     }
 }
