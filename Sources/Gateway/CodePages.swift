@@ -104,7 +104,7 @@ public enum CodePages {
     /// The pages a fault maps at most, once a mapping is split. Measured with `uplink_bench.py`
     /// (README "Footprint"): at 100 devices the binary's resident code went from 6.2-7.1 MiB
     /// unsplit to 2.6-2.9 MiB in pieces of 4 pages and 2.1-2.2 MiB in pieces of 2; splitting the
-    /// read-only data and writable mappings too took another 0.4-0.6 MiB off. Each piece is a
+    /// read-only data and writable mappings too took another 0.4-0.9 MiB off. Each piece is a
     /// mapping the kernel keeps, outside the resident set (about 250 bytes; README "Footprint").
     static let faultWindowPages: UInt = 2
 

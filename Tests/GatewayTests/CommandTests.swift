@@ -162,9 +162,13 @@ struct CommandTests {
             let range = line.prefix { $0 != " " }.split(separator: "-").compactMap { UInt($0, radix: 16) }
             return range.count == 2 ? range[1] - range[0] : .max
         }
-        #expect(pieces.count > 100 && pieces.allSatisfy { $0 <= 8192 }, "mappings of \(exe): \(pieces.count), largest \(pieces.max() ?? 0) bytes")
         let logged = words.first { $0.hasPrefix("pieces=") }.flatMap { Int($0.dropFirst("pieces=".count)) }
         #expect((logged ?? 0) >= pieces.count, "\(line)")
+        // The pieces are told apart by MADV_NOHUGEPAGE, which a kernel without transparent huge
+        // pages refuses: there the mappings stay whole (README "Footprint").
+        if FileManager.default.fileExists(atPath: "/sys/kernel/mm/transparent_hugepage") {
+            #expect(pieces.count > 100 && pieces.allSatisfy { $0 <= 8192 }, "mappings of \(exe): \(pieces.count), largest \(pieces.max() ?? 0) bytes")
+        }
         // The code it runs from now on is mapped back in as it is touched.
         #expect(try await Self.command(rig, "setpoint", "21.5") == #"{"ok":true,"value":21.5}"#)
         #expect(try await Self.command(rig, "light", "true") == #"{"ok":true,"value":true}"#)
