@@ -14,7 +14,8 @@ import Glibc
 /// and reads ahead around misses, so of the release binary's 14 MiB of code, of which about
 /// 3.7 MiB of pages ever run, 8 MiB showed in the resident set; libc's code likewise. Unmapping
 /// the code once start-up is over leaves the steady state to map back only what it runs (plus
-/// the kernel's rounding around it, which the split below keeps to a piece). Measured with `Benchmarks/uplink_bench.py`: README "Footprint".
+/// the kernel's rounding around it, which the split below keeps to a piece). Measured with
+/// `Benchmarks/uplink_bench.py`: README "Footprint".
 ///
 /// Only file content is ever dropped: a private file mapping is unmapped (`MADV_DONTNEED`) only
 /// if it is not writable and holds no anonymous (copied-on-write) page, so each of its pages
@@ -236,7 +237,7 @@ public final class OccasionalWorkPages: Sendable {
                   let b = UInt(f[0][f[0].index(after: dash)...], radix: 16), b > a else { continue }
             // Every private mapping of the executable: only pages that are still the file's are
             // ever dropped (`.rodata` sits in a writable segment, see above). Adjacent ones (the
-            // code's pieces, see ``CodePages/faultWindowPages``) are one range.
+            // pieces of one mapping, see ``CodePages/faultWindowPages``) are one range.
             if let last = ranges.last, last.0 + UInt(last.1) == a / page {
                 ranges[ranges.count - 1].1 += Int((b - a) / page)
             } else {
