@@ -20,7 +20,6 @@ public final class GatewayTelemetry: Sendable {
     public let registry = PrometheusCollectorRegistry()
     public let gatewayID: String
     public let version: String
-    let startedAt = ContinuousClock.now
     let startedWall: Double
     /// Device and bus meters; a reload adds and removes some (``reconfigure(_:)``).
     private struct Meters: Sendable {

@@ -1,6 +1,10 @@
 import LineSettings
 import TOMLReader
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 // The reader gateway.toml is read through: typed getters that check ranges and report each
 // problem with its key path and line, and a list of keys nobody read (unknown keys).
 
@@ -62,6 +66,19 @@ final class Reader {
         guard let v = value(k, required: required) else { return nil }
         guard let s = v.string else { issue(k, "must be a string, not \(v.typeNameWithArticle)"); return nil }
         return s
+    }
+
+    /// The path of a file the gateway reads at start (a password or TLS file): an issue unless
+    /// it can be read and is not a directory, so that `gateway check` refuses what `run` would.
+    func readableFile(_ k: String, what: String) -> String? {
+        guard let p = string(k) else { return nil }
+        var st = stat()
+        if access(p, R_OK) != 0 {
+            issue(k, "cannot read '\(p)'")
+        } else if stat(p, &st) == 0, st.st_mode & S_IFMT == S_IFDIR {
+            issue(k, "'\(p)' is a directory, not \(what)")
+        }
+        return p
     }
 
     func int(_ k: String, _ range: ClosedRange<Int>? = nil, required: Bool = false) -> Int? {

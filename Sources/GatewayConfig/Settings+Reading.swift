@@ -1,10 +1,6 @@
 import LineSettings
 import TOMLReader
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
 // Each settings type reads its own table of gateway.toml: `init(reader:)` takes the values,
 // checks them, and reports every problem to the reader with its key path (``ConfigLoader``
 // collects them and fails once at the end).
@@ -70,24 +66,13 @@ extension MQTTSettings {
             m.keepAlive = v
         }
         m.username = r.string("username")
-        if let p = r.string("password_file") {
-            var st = stat()
-            if access(p, R_OK) != 0 {
-                r.issue("password_file", "cannot read '\(p)'")
-            } else if stat(p, &st) == 0, st.st_mode & S_IFMT == S_IFDIR {
-                r.issue("password_file", "'\(p)' is a directory, not a password file")
-            }
-            m.passwordFile = p
-        }
+        m.passwordFile = r.readableFile("password_file", what: "a password file")
         if r.has("password") { r.issue("password", "passwords do not belong in the file: use password_file or env GATEWAY_MQTT_PASSWORD") }
         if let v = r.bool("clean_session") { m.cleanSession = v }
         if let tls = r.table("tls") {
-            m.caFile = tls.string("ca_file")
-            m.certFile = tls.string("cert_file")
-            m.keyFile = tls.string("key_file")
-            for (key, file) in [("ca_file", m.caFile), ("cert_file", m.certFile), ("key_file", m.keyFile)] {
-                if let file, access(file, R_OK) != 0 { tls.issue(key, "cannot read '\(file)'") }
-            }
+            m.caFile = tls.readableFile("ca_file", what: "a certificate file")
+            m.certFile = tls.readableFile("cert_file", what: "a certificate file")
+            m.keyFile = tls.readableFile("key_file", what: "a key file")
             if (m.certFile == nil) != (m.keyFile == nil) { tls.issue("cert_file", "cert_file and key_file go together") }
             if !m.url.hasPrefix("mqtts://") { tls.issue("ca_file", "[mqtt.tls] needs url = \"mqtts://...\" (the url is \(m.url))") }
             tls.finish()
@@ -112,10 +97,7 @@ extension HTTPSettings {
             }
         }
         h.username = r.string("username")
-        if let p = r.string("password_file") {
-            if access(p, R_OK) != 0 { r.issue("password_file", "cannot read '\(p)'") }
-            h.passwordFile = p
-        }
+        h.passwordFile = r.readableFile("password_file", what: "a password file")
         if r.has("password") { r.issue("password", "passwords do not belong in the file: use password_file") }
         if (h.username == nil) != (h.passwordFile == nil) { r.issue(h.username == nil ? "password_file" : "username", "username and password_file go together") }
         self = h

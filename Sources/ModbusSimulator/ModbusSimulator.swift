@@ -173,11 +173,6 @@ public final class ModbusSimulator: Sendable {
         _ = shared.wait { $0.finished ? true : nil }
     }
 
-    /// Blocks the calling thread until the simulator stops.
-    public func waitUntilStopped() {
-        _ = shared.wait { $0.finished ? true : nil }
-    }
-
     // MARK: - Server (simulator thread only)
 
     /// Moves a non-Sendable value to another thread exactly once.

@@ -205,10 +205,8 @@ public final class SerialLine: Sendable {
     /// Why the port closed (nil while open).
     public var closeReason: String? { handler.state.withLock { $0.closeReason } }
     /// Frames dropped because they grew past `maxFrame`, and bytes dropped outside frames.
-    public var oversizedFrames: Int { handler.state.withLock { $0.oversized } }
-    public var droppedBytes: Int { handler.state.withLock { $0.dropped } }
-    /// Bytes held for the frame in progress (bounded by `maxFrame`).
-    public var bufferedBytes: Int { handler.state.withLock { $0.buffered } }
+    public var oversizedFrames: Int { handler.state.withLock { $0.splitter.oversized } }
+    public var droppedBytes: Int { handler.state.withLock { $0.splitter.droppedBytes } }
 
     public func close() async {
         try? await channel.close()
@@ -221,9 +219,6 @@ final class FrameHandler: ChannelInboundHandler, Sendable {
     struct State {
         var splitter: FrameSplitter
         var closeReason: String?
-        var oversized = 0
-        var dropped = 0
-        var buffered = 0
     }
 
     let state: Mutex<State>
@@ -237,11 +232,7 @@ final class FrameHandler: ChannelInboundHandler, Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let bytes = unwrapInboundIn(data).readableBytesView
         let frames = state.withLock { s -> [[UInt8]] in
-            let f = s.splitter.feed(bytes)
-            s.oversized = s.splitter.oversized
-            s.dropped = s.splitter.droppedBytes
-            s.buffered = s.splitter.buffered
-            return f
+            s.splitter.feed(bytes)
         }
         for f in frames { continuation.yield(f) }
     }
