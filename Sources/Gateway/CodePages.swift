@@ -144,7 +144,7 @@ public enum CodePages {
 
     /// Where `.rodata` is mapped: its address from the executable's section headers (64-bit ELF)
     /// plus the load bias (the program headers' run-time address minus their `PT_PHDR` address).
-    private static func readOnlyDataRange(exe: String) -> (UInt, UInt)? {
+    static func readOnlyDataRange(exe: String) -> (UInt, UInt)? {
         #if canImport(Glibc)
         let fd = open(exe, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
@@ -204,8 +204,9 @@ public enum CodePages {
 
 /// Code and constant data that occasional work maps in (an HTTP request every few seconds:
 /// accept, parse, render, answer, close), given back once that work has been over for
-/// ``settle``, so that it does not stay resident between two scrapes. The executable's pages that
-/// are present then and were not at the baseline are unmapped; the baseline is what is present
+/// ``settle``, so that it does not stay resident between two scrapes. The pages of the
+/// executable's code and constant data (never its writable data) that are present then and
+/// were not at the baseline are unmapped; the baseline is what is present
 /// ``rebaseline`` after a give-back (the rest of the gateway has mapped back what it runs by
 /// then), and nothing before the first one (which so takes every file page, as at start-up). Pages
 /// go with `MADV_DONTNEED` (read from `/proc/self/pagemap`, one 8-byte entry per page); a page that was
@@ -219,7 +220,8 @@ public final class OccasionalWorkPages: Sendable {
     /// When the pages present count as the steady state again after a give-back.
     public static let rebaseline: Duration = .milliseconds(2_500)
 
-    private let ranges: [(first: UInt, count: Int)]
+    /// Page runs (first page number, count) it may unmap pages in.
+    let ranges: [(first: UInt, count: Int)]
     /// Work in progress, a count of begins (a give-back runs only if none came since it was
     /// scheduled), and the pages present when the current burst began.
     private let state = Mutex<(active: Int, generation: Int, baseline: [[UInt64]]?)>((0, 0, nil))
@@ -232,17 +234,21 @@ public final class OccasionalWorkPages: Sendable {
         var ranges: [(UInt, Int)] = []
         for line in maps.split(separator: "\n") {
             let f = line.split(separator: " ", omittingEmptySubsequences: true)
-            guard f.count >= 6, f[5...].joined(separator: " ") == exe, f[1].hasSuffix("p"),
+            guard f.count >= 6, f[5...].joined(separator: " ") == exe, f[1].hasSuffix("p"), !f[1].contains("w"),
                   let dash = f[0].firstIndex(of: "-"), let a = UInt(f[0][..<dash], radix: 16),
                   let b = UInt(f[0][f[0].index(after: dash)...], radix: 16), b > a else { continue }
-            // Every private mapping of the executable: only pages that are still the file's are
-            // ever dropped (`.rodata` sits in a writable segment, see above). Adjacent ones (the
-            // pieces of one mapping, see ``CodePages/faultWindowPages``) are one range.
-            if let last = ranges.last, last.0 + UInt(last.1) == a / page {
-                ranges[ranges.count - 1].1 += Int((b - a) / page)
-            } else {
-                ranges.append((a / page, Int((b - a) / page)))
-            }
+            ranges.append((a / page, Int((b - a) / page)))
+        }
+        // The read-only mappings of the executable, and its `.rodata` (whole pages), which sits in
+        // a writable segment. Not the rest of that segment: a page of `.data` that is still the
+        // file's when pagemap is read may be written by another thread before the unmap, and the
+        // unmap would throw that write away. Nothing writes `.rodata` or a read-only mapping.
+        if let (start, end) = CodePages.readOnlyDataRange(exe: exe), end / page > (start + page - 1) / page {
+            ranges.append(((start + page - 1) / page, Int(end / page - (start + page - 1) / page)))
+        }
+        // Adjacent ones (the pieces of one mapping, see ``CodePages/faultWindowPages``) are one range.
+        ranges = ranges.sorted { $0.0 < $1.0 }.reduce(into: []) { merged, r in
+            if let last = merged.last, last.0 + UInt(last.1) == r.0 { merged[merged.count - 1].1 += r.1 } else { merged.append(r) }
         }
         guard !ranges.isEmpty, ranges.reduce(0, { $0 + $1.1 }) < 1 << 20 else { return nil }
         self.ranges = ranges
