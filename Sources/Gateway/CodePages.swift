@@ -130,21 +130,29 @@ public enum CodePages {
     /// written (copied on write), nothing is dropped. Returns the KiB unmapped.
     private static func dropReadOnlyData(exe: String) -> Int {
         #if canImport(Glibc)
-        guard let (start, end) = readOnlyDataRange(exe: exe) else { return 0 }
-        let page = PageMap.pageSize
-        let first = (start + page - 1) / page, last = end / page   // whole pages only
-        guard last > first, last - first < 1 << 20, let entries = PageMap.entries([(first, Int(last - first))])?.first else { return 0 }
+        guard let pages = readOnlyDataPages(exe: exe), pages.count < 1 << 20, let entries = PageMap.entries([pages])?.first else { return 0 }
         // A page present but not the file's has been written: then this is not constant data.
         guard !entries.contains(where: { $0 & PageMap.present != 0 && $0 & PageMap.filePage == 0 }) else { return 0 }
-        return PageMap.unmap(from: first, count: entries.count) { entries[$0] & PageMap.present != 0 } * Int(page / 1024)
+        return PageMap.unmap(from: pages.first, count: entries.count) { entries[$0] & PageMap.present != 0 } * Int(PageMap.pageSize / 1024)
         #else
         return 0
         #endif
     }
 
+    /// The whole pages of `.rodata` (first page number, count); nil when there is none.
+    static func readOnlyDataPages(exe: String) -> (first: UInt, count: Int)? {
+        #if canImport(Glibc)
+        guard let (start, end) = readOnlyDataRange(exe: exe) else { return nil }
+        let first = (start + PageMap.pageSize - 1) / PageMap.pageSize, last = end / PageMap.pageSize
+        return last > first ? (first, Int(last - first)) : nil
+        #else
+        return nil
+        #endif
+    }
+
     /// Where `.rodata` is mapped: its address from the executable's section headers (64-bit ELF)
     /// plus the load bias (the program headers' run-time address minus their `PT_PHDR` address).
-    static func readOnlyDataRange(exe: String) -> (UInt, UInt)? {
+    private static func readOnlyDataRange(exe: String) -> (UInt, UInt)? {
         #if canImport(Glibc)
         let fd = open(exe, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
@@ -228,24 +236,15 @@ public final class OccasionalWorkPages: Sendable {
 
     public init?() {
         #if canImport(Glibc)
-        guard let exe = PageMap.executable(),
-              let maps = ConfigLoader.readFile("/proc/self/maps").map({ String(decoding: $0, as: UTF8.self) }) else { return nil }
-        let page = PageMap.pageSize
-        var ranges: [(UInt, Int)] = []
-        for line in maps.split(separator: "\n") {
-            let f = line.split(separator: " ", omittingEmptySubsequences: true)
-            guard f.count >= 6, f[5...].joined(separator: " ") == exe, f[1].hasSuffix("p"), !f[1].contains("w"),
-                  let dash = f[0].firstIndex(of: "-"), let a = UInt(f[0][..<dash], radix: 16),
-                  let b = UInt(f[0][f[0].index(after: dash)...], radix: 16), b > a else { continue }
-            ranges.append((a / page, Int((b - a) / page)))
+        guard let exe = PageMap.executable(), let mappings = PageMap.mappings(of: exe) else { return nil }
+        // The read-only private mappings of the executable, and its `.rodata` (whole pages), which
+        // sits in a writable segment. Not the rest of that segment: a page of `.data` that is still
+        // the file's when pagemap is read may be written by another thread before the unmap, and
+        // the unmap would throw that write away. Nothing writes `.rodata` or a read-only mapping.
+        var ranges = mappings.filter { $0.isPrivate && !$0.writable }.map { m in
+            (m.start / PageMap.pageSize, Int((m.end - m.start) / PageMap.pageSize))
         }
-        // The read-only mappings of the executable, and its `.rodata` (whole pages), which sits in
-        // a writable segment. Not the rest of that segment: a page of `.data` that is still the
-        // file's when pagemap is read may be written by another thread before the unmap, and the
-        // unmap would throw that write away. Nothing writes `.rodata` or a read-only mapping.
-        if let (start, end) = CodePages.readOnlyDataRange(exe: exe), end / page > (start + page - 1) / page {
-            ranges.append(((start + page - 1) / page, Int(end / page - (start + page - 1) / page)))
-        }
+        if let rodata = CodePages.readOnlyDataPages(exe: exe) { ranges.append(rodata) }
         // Adjacent ones (the pieces of one mapping, see ``CodePages/faultWindowPages``) are one range.
         ranges = ranges.sorted { $0.0 < $1.0 }.reduce(into: []) { merged, r in
             if let last = merged.last, last.0 + UInt(last.1) == r.0 { merged[merged.count - 1].1 += r.1 } else { merged.append(r) }
@@ -321,6 +320,17 @@ public final class OccasionalWorkPages: Sendable {
 enum PageMap {
     static let present: UInt64 = 1 << 63, filePage: UInt64 = 1 << 61
     static let pageSize = UInt(sysconf(Int32(_SC_PAGESIZE)))
+
+    /// The mappings of `file` in `/proc/self/maps`, in address order; nil if it cannot be read.
+    static func mappings(of file: String) -> [(start: UInt, end: UInt, writable: Bool, isPrivate: Bool)]? {
+        guard let maps = ConfigLoader.readFile("/proc/self/maps").map({ String(decoding: $0, as: UTF8.self) }) else { return nil }
+        return maps.split(separator: "\n").compactMap { line in
+            let f = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard f.count >= 6, f[5...].joined(separator: " ") == file, let dash = f[0].firstIndex(of: "-"),
+                  let a = UInt(f[0][..<dash], radix: 16), let b = UInt(f[0][f[0].index(after: dash)...], radix: 16), b > a else { return nil }
+            return (a, b, f[1].contains("w"), f[1].hasSuffix("p"))
+        }
+    }
 
     static func executable() -> String? {
         var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
