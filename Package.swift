@@ -50,9 +50,6 @@ let package = Package(
         // libmodbus through pkg-config (Debian: libmodbus-dev).
         .systemLibrary(name: "CModbus", pkgConfig: "libmodbus", providers: [.apt(["libmodbus-dev"])]),
 
-        // glibc's malloc.h (malloc_trim), not part of the Glibc module.
-        .systemLibrary(name: "CMalloc"),
-
         // SQLite through pkg-config (Debian: libsqlite3-dev): the outbox's storage.
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
 
@@ -96,7 +93,7 @@ let package = Package(
 
         // The domain: devices, points, scheduling, uplink, downlink, availability.
         .target(name: "Gateway", dependencies: [
-            "GatewayConfig", "LineSettings", "MQTT", "Modbus", "Serial", "CMalloc", "CSQLite", "Operations",
+            "GatewayConfig", "LineSettings", "MQTT", "Modbus", "Serial", "CSQLite", "Operations",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -7,8 +7,7 @@ BIN = sys.argv[1]
 TMP = tempfile.mkdtemp(prefix="gw-bench-")
 atexit.register(shutil.rmtree, TMP, True)
 # The simulator runs from a copy of the binary: on a site the gateway is the only process running
-# its binary, and a second process mapping the same file would keep pages of it cached and
-# mapped that the gateway gives back after start-up (drop_startup_pages), inflating its RSS.
+# its binary, so no other process shares its pages (PSS is then the gateway's alone).
 SIM_BIN = os.path.join(TMP, "gateway-simulator")
 shutil.copy2(BIN, SIM_BIN)
 CLK = os.sysconf("SC_CLK_TCK")
@@ -89,3 +88,19 @@ def proc_cpu_rss(pid):
     rss = [l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")][0].split()[1]
     return ticks / CLK, int(rss) / 1024
 
+
+def proc_memory(pid):
+    """From /proc/PID/smaps_rollup, MiB: own memory (Private_Dirty: heap, stacks, written data,
+    which the kernel cannot take back), PSS (shared pages split among their users) and RSS (which
+    also counts clean file pages of the executable and libc that the kernel drops by itself)."""
+    out = {}
+    for l in open(f"/proc/{pid}/smaps_rollup"):
+        f = l.split()
+        if f and f[0] in ("Rss:", "Pss:", "Private_Dirty:"): out[f[0][:-1]] = int(f[1]) / 1024
+    return {"own": out["Private_Dirty"], "pss": out["Pss"], "rss": out["Rss"]}
+
+def stripped_size(binary):
+    """Size in MiB of the executable stripped of symbols and debug info (what a site installs)."""
+    dst = os.path.join(TMP, "gateway-stripped")
+    subprocess.run(["strip", "-o", dst, binary], check=True)
+    return os.path.getsize(dst) / 1048576

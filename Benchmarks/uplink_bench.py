@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Uplink benchmark (not a test). Starts a private Mosquitto, `gateway simulate` and `gateway run`
-(release build) on loopback and measures: RSS and CPU of the gateway, the actual poll period at
-100 devices, change -> publish latency, start -> first value. Usage: uplink_bench.py GATEWAY_BIN"""
-import os, random, statistics, subprocess, threading, time, urllib.request
-from benchlib import BIN, TMP, STARTED, free_port, start_broker, start_sim, Observer, proc_cpu_rss, context_switches
+(release build) on loopback and measures: the gateway's own memory (Private_Dirty), PSS and RSS,
+its CPU, the actual poll period, change -> publish latency, start -> first value, and the memory
+while a 64 MiB outbox backlog drains. Usage: uplink_bench.py GATEWAY_BIN
+Environment: ONLY=load|latency|backlog (one part), SIZES=1,100,240 (device counts of the load
+part), HTTP=on|off, DOOR=on, HA=off, SMAPS=prefix (keep /proc/PID/smaps of each load run)."""
+import os, random, sqlite3, statistics, subprocess, threading, time, urllib.request
+from benchlib import BIN, TMP, STARTED, free_port, start_broker, start_sim, Observer, proc_cpu_rss, proc_memory, context_switches, stripped_size
 
 # HTTP=on: the operations listener on a free loopback port, /metrics and /api/status fetched
 # every 5 s (a Prometheus scrape and a status page left open); HTTP=off: `listen = ""`; unset:
@@ -31,9 +34,13 @@ def door_settings():
     os.chmod(key, 0o600)
     return f'command_key_file = "{key}"\nfailsafe_after_s = 60\n'
 
-def config(mqtt_port, sim_port, devices, points_per_device, poll_ms):
-    out = [f'[gateway]\nid = "bench"\nstate_dir = "{TMP}"\n{door_settings()}{os.environ.get("GATEWAY_EXTRA", "")}\n[mqtt]\nurl = "mqtt://127.0.0.1:{mqtt_port}"\n',
+# HA=off: `[homeassistant] enabled = false` (discovery is on by default).
+HA_OFF = os.environ.get("HA", "") == "off"
+
+def config(mqtt_port, sim_port, devices, points_per_device, poll_ms, state_dir=TMP):
+    out = [f'[gateway]\nid = "bench"\nstate_dir = "{state_dir}"\n{door_settings()}{os.environ.get("GATEWAY_EXTRA", "")}\n[mqtt]\nurl = "mqtt://127.0.0.1:{mqtt_port}"\n',
            {"on": f'[http]\nlisten = "127.0.0.1:{HTTP_PORT}"\n', "off": '[http]\nlisten = ""\n'}.get(HTTP, ""),
+           '[homeassistant]\nenabled = false\n' if HA_OFF else "",
            f'[[bus]]\nname = "plc"\ntype = "tcp"\nhost = "127.0.0.1"\nport = {sim_port}\n']
     for d in range(devices):
         out.append(f'[[device]]\nname = "d{d}"\nbus = "plc"\nunit = {d + 1}\npoll_ms = {poll_ms}\n')
@@ -59,13 +66,14 @@ def scenario(devices, points, poll_ms, seconds, counters):
     if HTTP == "on": threading.Thread(target=scraper, args=(stop,), daemon=True).start()
     first = obs.wait(lambda t, p: t.startswith("gateway/bench/d0/p"))
     time.sleep(1)
-    startup_rss = proc_cpu_rss(gw.pid)[1]
-    # Steady state: after the gateway gave its start-up pages back (5 s after start).
+    startup = proc_memory(gw.pid)
+    # Steady state: 7 s after start (start-up's discovery burst and first polls are over; binaries
+    # before 2026-12-06 gave their start-up pages back 5 s after start).
     time.sleep(max(0.0, t0 + 7 - time.monotonic()))
     c0, _ = proc_cpu_rss(gw.pid); w0 = time.monotonic(); x0 = context_switches(gw.pid)
-    rss_samples = []
+    samples = []
     for _ in range(seconds):
-        time.sleep(1); rss_samples.append(proc_cpu_rss(gw.pid)[1])
+        time.sleep(1); samples.append(proc_memory(gw.pid))
     c1, _ = proc_cpu_rss(gw.pid); w1 = time.monotonic(); x1 = context_switches(gw.pid)
     periods = []
     if counters:
@@ -77,7 +85,8 @@ def scenario(devices, points, poll_ms, seconds, counters):
         with open(f"/proc/{gw.pid}/smaps") as src, open(f'{os.environ["SMAPS"]}-{devices}', "w") as dst: dst.write(src.read())
     gw.terminate(); gw.wait(10); sim.terminate(); sim.wait(10); obs.stop(); broker.terminate(); broker.wait(10)
     return {"first_ms": (first - t0) * 1000 if first else None, "cpu_pct": 100 * (c1 - c0) / (w1 - w0), "switches": (x1 - x0) / (w1 - w0),
-            "rss_mib": max(rss_samples), "startup_rss_mib": startup_rss, "period_ms": statistics.mean(periods) * 1000 if periods else None,
+            "own": max(m["own"] for m in samples), "pss": max(m["pss"] for m in samples), "rss": max(m["rss"] for m in samples),
+            "startup_own": startup["own"], "period_ms": statistics.mean(periods) * 1000 if periods else None,
             "period_n": len(periods)}
 
 def latency(poll_ms=100, samples=100):
@@ -104,16 +113,59 @@ def latency(poll_ms=100, samples=100):
     lat.sort()
     return lat[len(lat) // 2], lat[int(len(lat) * 0.95)], lat[-1], len(lat)
 
-ONLY = os.environ.get("ONLY", "")  # "latency", "load" or "load100": one part only
-if ONLY not in ("latency", "load100"):
+def backlog(target_mib=64, payload_bytes=1000):
+    """A 64 MiB outbox backlog (written beforehand, as a long outage leaves it) drained at start:
+    the gateway's memory sampled every 100 ms from start until the broker has the last row."""
+    state = os.path.join(TMP, "backlog"); os.makedirs(state, exist_ok=True)
+    db = sqlite3.connect(os.path.join(state, "outbox"))
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL, "
+               "retain INTEGER NOT NULL, compactable INTEGER NOT NULL, ts INTEGER NOT NULL)")
+    now, rows = int(time.time() * 1000), 0
+    # Events (not compactable, as scans and counter events are), spread over 100 devices' topics,
+    # until the file is just under the default bound (outbox_max_mb = 64).
+    while db.execute("PRAGMA page_count").fetchone()[0] * db.execute("PRAGMA page_size").fetchone()[0] < (target_mib - 1) * 1048576:
+        db.executemany("INSERT INTO outbox (topic, payload, retain, compactable, ts) VALUES (?, ?, 0, 0, ?)",
+                       ((f"backlog/d{i % 100}/scan", os.urandom(payload_bytes // 2).hex().encode(), now - 10**6 + i) for i in range(rows, rows + 2000)))
+        db.commit(); rows += 2000
+    db.execute("INSERT INTO outbox (topic, payload, retain, compactable, ts) VALUES ('gateway/bench/backlog-end', X'31', 0, 0, ?)", (now,))
+    db.commit(); db.execute("PRAGMA wal_checkpoint(TRUNCATE)"); db.close()
+    size = os.path.getsize(os.path.join(state, "outbox")) / 1048576
+    broker, mport = start_broker()
+    sim, sport = start_sim(["--unit", "1"])
+    obs = Observer(mport)
+    cfg = config(mport, sport, 1, 26, 1000, state_dir=state)
+    t0 = time.monotonic()
+    gw = subprocess.Popen([BIN, "run", "--config", cfg, "--log-level", "warning"], stderr=subprocess.DEVNULL)
+    STARTED.append(gw)
+    samples, done = [], None
+    while time.monotonic() - t0 < 300:
+        samples.append(proc_memory(gw.pid))
+        done = obs.wait(lambda t, p: t == "gateway/bench/backlog-end", timeout=0.1)
+        if done: break
+    after = proc_memory(gw.pid)
+    gw.terminate(); gw.wait(10); sim.terminate(); sim.wait(10); obs.stop(); broker.terminate(); broker.wait(10)
+    return {"rows": rows + 1, "file_mib": size, "drain_s": (done - t0) if done else None,
+            "own": max(m["own"] for m in samples), "pss": max(m["pss"] for m in samples), "rss": max(m["rss"] for m in samples), "own_after": after["own"]}
+
+def report(n, points, r):
+    print(f"{n} device{'s' if n > 1 else ''} x {points} registers @1s: own memory {r['own']:.1f} MiB (1 s after start {r['startup_own']:.1f}), "
+          f"PSS {r['pss']:.1f} MiB, RSS {r['rss']:.1f} MiB, CPU {r['cpu_pct']:.2f} %, {r['switches']:.0f} context switches/s, "
+          + (f"actual period {r['period_ms']:.1f} ms over {r['period_n']} intervals, " if r['period_ms'] else "")
+          + f"start -> first value {r['first_ms']:.0f} ms")
+
+ONLY = os.environ.get("ONLY", "")  # "latency", "load" or "backlog": one part only
+print(f"stripped executable: {stripped_size(BIN):.1f} MiB; HTTP={HTTP or 'default'} DOOR={'on' if DOOR else 'off'} HA={'off' if HA_OFF else 'on'}")
+if ONLY in ("", "load"):
   # One register of each device changes every poll (published), and the 40 s window takes in
   # an MQTT keepalive (30 s): the steady state runs every path it has.
-  a = scenario(1, 26, 1000, 40, counters=True)
-  print(f"1 device x 26 points @1s: RSS {a['rss_mib']:.1f} MiB (1 s after start {a['startup_rss_mib']:.1f}), CPU {a['cpu_pct']:.2f} %, {a['switches']:.0f} context switches/s, start -> first value {a['first_ms']:.0f} ms")
-if ONLY in ("", "load", "load100"):
-  b = scenario(100, 10, 1000, 40, counters=True)
-  print(f"100 devices x 10 registers @1s: RSS {b['rss_mib']:.1f} MiB (1 s after start {b['startup_rss_mib']:.1f}), CPU {b['cpu_pct']:.2f} %, {b['switches']:.0f} context switches/s, actual period {b['period_ms']:.1f} ms "
-        f"over {b['period_n']} intervals, start -> first value {b['first_ms']:.0f} ms")
+  for n in (int(x) for x in os.environ.get("SIZES", "1,100").split(",")):
+    points = 26 if n == 1 else 10
+    report(n, points, scenario(n, points, 1000, 40, counters=True))
+if ONLY in ("", "backlog"):
+  r = backlog()
+  print(f"outbox backlog of {r['rows']} messages ({r['file_mib']:.1f} MiB file) drained in {r['drain_s'] or float('nan'):.1f} s: own memory peak {r['own']:.1f} MiB "
+        f"({r['own_after']:.1f} after), PSS {r['pss']:.1f} MiB, RSS {r['rss']:.1f} MiB")
 if ONLY in ("", "latency"):
   p50, p95, mx, n = latency(samples=int(os.environ.get("SAMPLES", "100")))
   print(f"change -> publish at poll_ms=100: p50 {p50:.1f} ms, p95 {p95:.1f} ms, max {mx:.1f} ms ({n} samples)")

@@ -40,9 +40,6 @@ public struct ConfigurationChange: Sendable, Equatable {
         if old.homeAssistant != new.homeAssistant {
             refusals.append("[homeassistant] changed: restart to change discovery")
         }
-        if old.gateway.dropStartupPages != new.gateway.dropStartupPages {
-            notes.append("[gateway] drop_startup_pages takes effect at the next start")
-        }
         if old.gateway.outboxMaxMB != new.gateway.outboxMaxMB || old.gateway.outboxSyncMs != new.gateway.outboxSyncMs {
             notes.append("[gateway] outbox_max_mb and outbox_sync_ms take effect at the next start")
         }
@@ -56,7 +53,6 @@ public struct ConfigurationChange: Sendable, Equatable {
 
         // What a device runs with: its own settings, its bus's, and the gateway-wide ones.
         var shared = new.gateway
-        shared.dropStartupPages = old.gateway.dropStartupPages
         shared.outboxMaxMB = old.gateway.outboxMaxMB
         shared.outboxSyncMs = old.gateway.outboxSyncMs
         let everyDeviceChanged = shared != old.gateway

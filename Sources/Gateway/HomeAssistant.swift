@@ -2,9 +2,6 @@ import GatewayConfig
 import Logging
 import MQTT
 import Synchronization
-#if canImport(Glibc)
-import CMalloc
-#endif
 
 /// Home Assistant discovery at run time (`[homeassistant] enabled`, the default). One task:
 /// - at the first connect it reads the device configs already retained under
@@ -198,9 +195,6 @@ final class HomeAssistantPublisher: Sendable {
             try? await client.enqueue(to: device.topic, payload: Array(payload.utf8), qos: .atLeastOnce, retain: true)
         }
         logger.info("discovery published: \(discovery.devices.count) devices, \(discovery.devices.reduce(0) { $0 + $1.entities.count }) entities under \(discovery.prefix)/device/")
-        #if canImport(Glibc)
-        _ = malloc_trim(0)   // the payloads' heap back to the kernel (a rare event)
-        #endif
     }
 
     /// The components (id -> platform) of a retained config this gateway published (its origin

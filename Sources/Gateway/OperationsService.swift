@@ -1,8 +1,5 @@
 import GatewayConfig
 import Logging
-#if canImport(Glibc)
-import CMalloc
-#endif
 import Operations
 import ServiceLifecycle
 
@@ -16,13 +13,9 @@ public struct OperationsService: Service {
     let address: ListenAddress
     let credentials: HTTPListener.Credentials?
     let logger: Logger
-    let dropPagesBetweenRequests: Bool
 
-    /// `dropPagesBetweenRequests`: with `[gateway] drop_startup_pages`, the code a request maps
-    /// in is given back when it is answered (``OccasionalWorkPages``).
     public init(runtime: GatewayRuntime, telemetry: GatewayTelemetry, address: ListenAddress, username: String?, password: [UInt8]?,
-                dropPagesBetweenRequests: Bool = false, logger: Logger) {
-        self.dropPagesBetweenRequests = dropPagesBetweenRequests
+                logger: Logger) {
         self.runtime = runtime
         self.telemetry = telemetry
         self.address = address
@@ -33,25 +26,9 @@ public struct OperationsService: Service {
     public func run() async throws {
         let listener: HTTPListener
         do {
-            // What serving maps in (accept, HTTP, rendering) goes back between requests.
-            let pages = dropPagesBetweenRequests ? OccasionalWorkPages() : nil
-            var activity: HTTPListener.Activity?
-            if let pages {
-                activity = { @Sendable busy in
-                    if busy { pages.begin() } else { pages.end() }
-                }
-            }
-            listener = try await HTTPListener.start(host: address.host, port: address.port, credentials: credentials, logger: logger,
-                                                    activity: activity) {
+            listener = try await HTTPListener.start(host: address.host, port: address.port, credentials: credentials, logger: logger) {
                 [runtime, telemetry] request in
-                let response = await Self.respond(to: request, runtime: runtime, telemetry: telemetry)
-                // A scrape renders a few hundred KiB of text at 100 devices; give the freed heap
-                // back at once rather than let it sit in the allocator between scrapes (about
-                // 0.1 ms, off the poll and command paths).
-                #if canImport(Glibc)
-                _ = malloc_trim(0)
-                #endif
-                return response
+                await Self.respond(to: request, runtime: runtime, telemetry: telemetry)
             }
         } catch {
             logger.error("http: cannot listen on \(address.host):\(address.port): \(error); running without metrics, health check and status page")

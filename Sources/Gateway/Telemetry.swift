@@ -47,6 +47,7 @@ public final class GatewayTelemetry: Sendable {
 
     // Process (read at scrape time).
     private let residentBytes: Gauge
+    private let privateBytes: Gauge
     private let cpuSeconds: ScrapedCounter
     private let openFDs: Gauge
     private let startTime: Gauge
@@ -90,6 +91,8 @@ public final class GatewayTelemetry: Sendable {
         r.gauge(name: "gateway_info", labels: [("version", version), ("id", gatewayID)],
                     help: "The gateway's version and id (always 1)").set(1.0)
         residentBytes = r.gauge(name: "process_resident_memory_bytes", help: "Resident memory size in bytes")
+        privateBytes = r.gauge(name: "gateway_process_private_bytes",
+                               help: "The gateway's own memory in bytes (Private_Dirty of /proc/self/smaps_rollup: heap, stacks, written data; what the kernel cannot take back)")
         cpuSeconds = ScrapedCounter(r.counter(name: "process_cpu_seconds_total", help: "User and system CPU time spent in seconds"))
         openFDs = r.gauge(name: "process_open_fds", help: "Open file descriptors")
         startTime = r.gauge(name: "process_start_time_seconds", help: "Start time of the process since the Unix epoch, in seconds")
@@ -270,12 +273,24 @@ public final class GatewayTelemetry: Sendable {
             let fields = text.split(separator: " ")
             if fields.count > 1, let pages = Double(fields[1]) { residentBytes.set(pages * Double(sysconf(Int32(_SC_PAGESIZE)))) }
         }
+        if let bytes = Self.privateDirtyBytes() { privateBytes.set(Double(bytes)) }
         if let dir = opendir("/proc/self/fd") {
             var n = 0
             while readdir(dir) != nil { n += 1 }
             closedir(dir)
             openFDs.set(Double(max(0, n - 3)))   // ".", ".." and the directory's own fd
         }
+    }
+
+    /// `Private_Dirty` of `/proc/self/smaps_rollup`, in bytes: memory only this process holds and
+    /// has written (heap, stacks, written data), which the kernel can neither drop nor share.
+    static func privateDirtyBytes() -> Int? {
+        guard let bytes = ConfigLoader.readFile("/proc/self/smaps_rollup") else { return nil }
+        for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") where line.hasPrefix("Private_Dirty:") {
+            let fields = line.split(separator: " ")
+            return fields.count >= 2 ? Int(fields[1]).map { $0 * 1024 } : nil   // "Private_Dirty:  1234 kB"
+        }
+        return nil
     }
 
     /// Unix time in seconds (ms resolution is plenty for ages on a status page).

@@ -75,14 +75,11 @@ struct Run: AsyncParsableCommand {
         ]
         if let telemetry, let address = loaded.http.address {
             services.append(.init(service: OperationsService(runtime: runtime, telemetry: telemetry, address: address, username: loaded.http.username,
-                                                             password: listenerPassword, dropPagesBetweenRequests: loaded.gateway.dropStartupPages, logger: logger),
+                                                             password: listenerPassword, logger: logger),
                                   successTerminationBehavior: .ignore))
         }
         if let notifier {
             services.append(.init(service: SystemdService(runtime: runtime, notifier: notifier, logger: logger), successTerminationBehavior: .ignore))
-        }
-        if loaded.gateway.dropStartupPages {
-            services.append(.init(service: StartupPagesService(logger: logger), successTerminationBehavior: .ignore))
         }
         let group = ServiceGroup(configuration: .init(services: services,
                                                       gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

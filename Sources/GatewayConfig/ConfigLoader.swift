@@ -31,8 +31,9 @@ public enum ConfigLoader {
         }
         let sink = IssueSink()
         let top = Reader(root, path: "", sink: sink)
-        let config = readConfiguration(top)
+        var config = readConfiguration(top)
         top.finish()
+        config?.retiredKeys = sink.retiredKeys
         if let config, sink.issues.isEmpty { return config }
         throw ConfigError(file: file, issues: sink.issues.isEmpty ? [ConfigIssue(path: "", message: "invalid configuration")] : sink.issues)
     }

@@ -8,9 +8,10 @@ import Glibc
 // The reader gateway.toml is read through: typed getters that check ranges and report each
 // problem with its key path and line, and a list of keys nobody read (unknown keys).
 
-/// Collects issues from every reader.
+/// Collects issues from every reader, and notes on keys that are accepted but retired.
 final class IssueSink {
     var issues: [ConfigIssue] = []
+    var retiredKeys: [String] = []
 }
 
 /// Reads one TOML table, remembering which keys were used so that the rest can be reported.
@@ -52,6 +53,15 @@ final class Reader {
     }
 
     func has(_ k: String) -> Bool { table.keys.contains(k) }
+
+    /// A key an earlier release read and this one ignores: accepted (whatever its value), with a
+    /// warning that `gateway check` prints and `gateway run` logs, so an old config still starts.
+    func retired(_ k: String, _ message: String) {
+        guard has(k) else { return }
+        used.insert(k)
+        let line = table.line(of: k).map { " (line \($0))" } ?? ""
+        sink.retiredKeys.append("\(key(k))\(line): \(message)")
+    }
 
     private func value(_ k: String, required: Bool) -> TOMLValue? {
         used.insert(k)

@@ -23,6 +23,10 @@ public struct GatewayConfiguration: Sendable, Equatable {
     /// `[homeassistant]`: MQTT discovery for Home Assistant.
     public var homeAssistant = HomeAssistantSettings()
 
+    /// Keys an earlier release read and this one accepts and ignores, each with its line and
+    /// what to do (part of ``warnings``).
+    public var retiredKeys: [String] = []
+
     /// `<base>`: `gateway.base_topic`, else `gateway/<id>`.
     public var baseTopic: String { gateway.baseTopic ?? "gateway/\(gateway.id)" }
 
@@ -30,7 +34,7 @@ public struct GatewayConfiguration: Sendable, Equatable {
     /// at start): a password file readable by other users; an HTTP listener open to the network
     /// without authentication; a command key file that `gateway run` would refuse.
     public var warnings: [String] {
-        var out: [String] = []
+        var out = retiredKeys
         for (key, file) in [("mqtt.password_file", mqtt.passwordFile), ("http.password_file", http.passwordFile)] {
             var st = stat()
             if let file, stat(file, &st) == 0, st.st_mode & 0o004 != 0 {
@@ -183,10 +187,6 @@ public struct GatewaySettings: Sendable, Equatable {
     /// that a pulse cut short by a crash is switched off at the next start. Not created by the
     /// gateway; when it is missing or not writable the gateway says so once and runs without.
     public var stateDirectory = "/var/lib/gateway"
-    /// `drop_startup_pages` (default true): 5 s after start, give back the pages of the
-    /// executable and its shared libraries that start-up touched (see `CodePages` in the
-    /// Gateway module).
-    public var dropStartupPages = true
 }
 
 /// Where the broker is: `mqtt://host[:port]` (1883) or `mqtts://host[:port]` (8883, TLS); an

@@ -25,7 +25,7 @@ extension GatewaySettings {
             if !v.hasPrefix("/") { r.issue("state_dir", "'\(v)' must be an absolute path") }
             g.stateDirectory = v
         }
-        if let v = r.bool("drop_startup_pages") { g.dropStartupPages = v }
+        r.retired("drop_startup_pages", "no longer does anything (the gateway no longer gives its start-up pages back; its own memory is measured instead): remove it")
         if let v = r.string("command_key_file") {
             if !v.hasPrefix("/") { r.issue("command_key_file", "'\(v)' must be an absolute path") }
             g.commandKeyFile = v

@@ -43,9 +43,6 @@ public struct HTTPResponse: Sendable {
 /// never on the poll or command paths.
 public final class HTTPListener: Sendable {
     public typealias Responder = @Sendable (HTTPRequest) async -> HTTPResponse
-    /// Told when a connection starts being busy (accepted, or a new request on it) and when it is
-    /// idle again (its answer written, or closed); calls pair up.
-    public typealias Activity = @Sendable (_ busy: Bool) -> Void
 
     /// `user:password` for HTTP basic authentication, or nil (no authentication).
     public struct Credentials: Sendable {
@@ -66,7 +63,7 @@ public final class HTTPListener: Sendable {
     /// Binds `host:port` and starts serving. Throws when the address cannot be bound.
     public static func start(host: String, port: Int, credentials: Credentials?, maxConnections: Int = 16,
                              idleTimeout: TimeAmount = .seconds(30), group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-                             logger: Logger, activity: Activity? = nil, responder: @escaping Responder) async throws -> HTTPListener {
+                             logger: Logger, responder: @escaping Responder) async throws -> HTTPListener {
         let open = OpenConnections()
         let expected = credentials?.expectedHeader
         let channel = try await ServerBootstrap(group: group)
@@ -86,7 +83,7 @@ public final class HTTPListener: Sendable {
                     let ops = channel.pipeline.syncOperations
                     try ops.addHandler(IdleStateHandler(allTimeout: idleTimeout))
                     try ops.configureHTTPServerPipeline(withErrorHandling: true)
-                    try ops.addHandler(RequestHandler(responder: responder, expectedAuthorization: expected, logger: logger, activity: activity))
+                    try ops.addHandler(RequestHandler(responder: responder, expectedAuthorization: expected, logger: logger))
                 }
             }
             .bind(host: host, port: port)
@@ -138,33 +135,16 @@ private final class RequestHandler: ChannelInboundHandler {
     private let logger: Logger
     private var head: HTTPRequestHead?
     private var refused: HTTPResponseStatus?
-    private let activity: HTTPListener.Activity?
-    private var busy = false
 
-    init(responder: @escaping HTTPListener.Responder, expectedAuthorization: [UInt8]?, logger: Logger, activity: HTTPListener.Activity?) {
+    init(responder: @escaping HTTPListener.Responder, expectedAuthorization: [UInt8]?, logger: Logger) {
         self.responder = responder
         self.expectedAuthorization = expectedAuthorization
         self.logger = logger
-        self.activity = activity
-    }
-
-    private func setBusy(_ b: Bool) {
-        guard b != busy else { return }
-        busy = b
-        activity?(b)
-    }
-
-    func handlerAdded(context: ChannelHandlerContext) { setBusy(true) }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        setBusy(false)
-        context.fireChannelInactive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let h):
-            setBusy(true)
             head = h
             refused = nil
             if h.method != .GET && h.method != .HEAD {
@@ -211,12 +191,11 @@ private final class RequestHandler: ChannelInboundHandler {
         if head.method != .HEAD, !response.body.isEmpty {
             context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: response.body)))), promise: nil)
         }
-        let done = context.eventLoop.makePromise(of: Void.self)
-        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: done)
-        let channel = context.channel
-        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        done.futureResult.whenComplete { _ in
-            if keepAlive { bound.value.setBusy(false) } else { channel.close(promise: nil) }
+        if keepAlive {
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        } else {
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
         }
     }
 

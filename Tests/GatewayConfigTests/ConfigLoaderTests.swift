@@ -77,7 +77,6 @@ struct ConfigLoaderTests {
               address = 3
             """)
         #expect(c.gateway.format == .plain && c.gateway.retain && c.gateway.refreshSeconds == 300 && c.gateway.commandMaxAgeMs == nil)
-        #expect(c.gateway.dropStartupPages)
         #expect(c.mqtt.url == "mqtt://127.0.0.1:1883" && c.mqtt.keepAlive == 30 && c.mqtt.cleanSession)
         #expect(c.buses[0].kind == .tcp(host: "::1", port: 502) && c.buses[0].timeoutMs == 1000)
         #expect(c.devices[0].unit == 1 && c.devices[0].pollMs == 1000 && c.devices[0].offlineAfter == 3)
@@ -86,6 +85,18 @@ struct ConfigLoaderTests {
     }
 
     static let minimal = "[gateway]\nid = \"x\"\n[[bus]]\nname = \"b\"\ntype = \"tcp\"\nhost = \"h\"\n[[device]]\nname = \"d\"\nbus = \"b\"\n[[device.point]]\nname = \"p\"\nregister = \"coil\"\naddress = 0\n"
+
+    @Test("drop_startup_pages is retired: accepted whatever its value, with a warning that it does nothing, and nothing else changes")
+    func retiredDropStartupPages() throws {
+        for value in ["false", "true", "\"yes\""] {
+            let text = Self.minimal.replacingOccurrences(of: "id = \"x\"\n", with: "id = \"x\"\ndrop_startup_pages = \(value)\n")
+            let c = try ConfigLoader.parse(text)
+            #expect(c.warnings == ["gateway.drop_startup_pages (line 3): no longer does anything (the gateway no longer gives its start-up pages back; its own memory is measured instead): remove it"])
+            var without = try ConfigLoader.parse(Self.minimal)
+            without.retiredKeys = c.retiredKeys
+            #expect(c == without, "the key changes nothing else")
+        }
+    }
 
     @Test("an RTU bus and a serial device take the same parity letters, in either case")
     func lineSettings() throws {

@@ -138,59 +138,6 @@ struct CommandTests {
         await rig.shutdown()
     }
 
-    @Test("start-up pages given back after start (drop_startup_pages): the resident set shrinks, then values and commands still work")
-    func startupPagesDropped() async throws {
-        let rig = try await Self.startRig()
-        // "start-up pages given back: resident A -> B KiB", logged once, CodePages.startupGrace after start.
-        let line = try await rig.gateway.waitForLine(containing: "start-up pages given back", timeout: .seconds(30))
-        let words = line.split(separator: " ")
-        let figures = words.compactMap { Int($0) }
-        let dropped = words.first { $0.hasPrefix("dropped=") }.flatMap { Int($0.dropFirst("dropped=".count)) }
-        #expect((dropped ?? 0) >= 1, "no mapping of the executable was dropped: \(line)")
-        // .rodata sits in a writable segment; its resident pages that are still the file's go too.
-        let rodata = words.first { $0.hasPrefix("rodata_kib=") }.flatMap { Int($0.dropFirst("rodata_kib=".count)) }
-        #expect((rodata ?? 0) >= 4, "no page of .rodata was dropped: \(line)")
-        #expect(figures.count == 2)
-        if figures.count == 2 { #expect(figures[1] < figures[0], "resident set did not shrink: \(line)") }
-        // Every mapping of the executable is in pieces of at most two pages (a fault maps no more
-        // than a piece). Read to the end (a /proc file has no size: `String(contentsOfFile:)` stops at 4 KiB).
-        let handle = try #require(FileHandle(forReadingAtPath: "/proc/\(rig.gateway.pid)/maps"))
-        let maps = String(decoding: try handle.readToEnd() ?? Data(), as: UTF8.self)
-        try handle.close()
-        let exe = try #require(maps.split(separator: "\n").first { $0.contains("r-xp") }.flatMap { $0.split(separator: " ").last })
-        let pieces = maps.split(separator: "\n").filter { $0.hasSuffix(exe) }.map { line -> UInt in
-            let range = line.prefix { $0 != " " }.split(separator: "-").compactMap { UInt($0, radix: 16) }
-            return range.count == 2 ? range[1] - range[0] : .max
-        }
-        let logged = words.first { $0.hasPrefix("pieces=") }.flatMap { Int($0.dropFirst("pieces=".count)) }
-        #expect((logged ?? 0) >= pieces.count, "\(line)")
-        // The pieces are told apart by MADV_NOHUGEPAGE, which a kernel without transparent huge
-        // pages refuses: there the mappings stay whole (README "Footprint").
-        if FileManager.default.fileExists(atPath: "/sys/kernel/mm/transparent_hugepage") {
-            let twoPages = 2 * UInt(sysconf(Int32(_SC_PAGESIZE)))   // 8 KiB here; 32 KiB with 16 KiB pages
-            #expect(pieces.count > 100 && pieces.allSatisfy { $0 <= twoPages }, "mappings of \(exe): \(pieces.count), largest \(pieces.max() ?? 0) bytes")
-        }
-        // The code it runs from now on is mapped back in as it is touched.
-        #expect(try await Self.command(rig, "setpoint", "21.5") == #"{"ok":true,"value":21.5}"#)
-        #expect(try await Self.command(rig, "light", "true") == #"{"ok":true,"value":true}"#)
-        let writes = try await rig.sim.waitForWrites(2)
-        #expect(writes.map(\.values) == [[215], [1]])
-        try await rig.sim.set("holding:40=77")
-        try await rig.waitFor("\(Self.b)/dev/count", "77")
-        await rig.shutdown()
-    }
-
-    @Test("drop_startup_pages = false: nothing is given back")
-    func startupPagesKept() async throws {
-        let rig = try await Self.startRig(extraGateway: "drop_startup_pages = false")
-        // The runtime logs the line CodePages.startupGrace after start when enabled; wait past that.
-        await #expect(throws: (any Error).self) {
-            _ = try await rig.gateway.waitForLine(containing: "start-up pages given back", timeout: CodePages.startupGrace + .seconds(3))
-        }
-        #expect(try await Self.command(rig, "light", "true") == #"{"ok":true,"value":true}"#)
-        await rig.shutdown()
-    }
-
     @Test("MQTT 5: the answer goes to the response topic with the correlation data; /get answers too")
     func responseTopic() async throws {
         let rig = try await Self.startRig()

@@ -95,6 +95,9 @@ struct OperationsTests {
         #expect((Self.sample(text, "gateway_mqtt_published_total{qos=\"1\"}") ?? 0) >= 3)
         #expect((Self.sample(text, "gateway_command_answer_seconds_count") ?? 0) == 3)
         #expect((Self.sample(text, "process_resident_memory_bytes") ?? 0) > 1_000_000)
+        // Own memory: a part of the resident set (its dirty private pages), never zero in a running process.
+        let own = Self.sample(text, "gateway_process_private_bytes") ?? 0
+        #expect(own > 0 && own < (Self.sample(text, "process_resident_memory_bytes") ?? 0), "\(own)")
         #expect(text.contains("gateway_info{version=\""))
 
         // The device stops answering: its online gauge drops and its timeouts are counted.
