@@ -212,6 +212,9 @@ struct DevicePoller {
     let eventTopics: [Int: String]
     /// Clears a latch on the device (through its commander, in line with commands).
     let clearLatch: (@Sendable (Int) -> Void)?
+    /// Latches cleared on the device (read back clear by the commander) after the poll that read
+    /// them began: the next poll's reading is the device's state after the clear.
+    var latchClearedAt: [Int: ContinuousClock.Instant] = [:]
     var previousStart: ContinuousClock.Instant?
     /// The runtime's ``GatewayRuntime/valuesGeneration`` this poller last acted on.
     var valuesGeneration = 0
@@ -291,6 +294,7 @@ struct DevicePoller {
             for (i, r) in learned where i < filters.count {
                 filters[i].learn(r.value, now: now)
                 if r.at > started { readBackDuringPoll.insert(i) }
+                if case .latch? = events[i], r.value == .bool(false) { latchClearedAt[i] = r.at }
             }
         }
         for (i, point) in settings.points.enumerated() {
@@ -299,8 +303,17 @@ struct DevicePoller {
             case .success(let read):
                 failingPoints.remove(i)
                 guard let value = try? point.value(from: read) else { continue }
+                if let cleared = latchClearedAt[i], cleared <= started {
+                    // Cleared before this poll began: a latch read set now was set again since.
+                    events[i]?.latchCleared()
+                    latchClearedAt[i] = nil
+                }
                 if events[i] != nil, let event = events[i]?.observe(value) {
                     await publish(event, point: i, sink: sink)
+                } else if point.latch, point.latchClear, value == .bool(true), latchClearedAt[i] == nil {
+                    // Still set, and no clear has landed since it was seen: the clear failed
+                    // (device busy, a timeout). Asked again, without a second event.
+                    clearLatch?(i)
                 }
                 guard !readBackDuringPoll.contains(i), filters[i].shouldPublish(value, now: now) else { continue }
                 meter?.value(point: i, value)

@@ -6,6 +6,9 @@ public struct CommandRefused: Error, Sendable, Equatable, CustomStringConvertibl
     public let reason: String
     public init(_ reason: String) { self.reason = reason }
     public var description: String { reason }
+
+    /// A signed or timed command while the system clock is not yet set (``ClockSync``).
+    static let clockNotSynchronised = CommandRefused("gateway clock not synchronised")
 }
 
 /// What a `/set` payload asks for: plain (`true`, `ON`, `21.5`, `locked`) or JSON

@@ -32,11 +32,12 @@ struct CommandPipeline: Sendable {
     }
 
     /// Decides on `message`, a command for `name` (a point or serial command), received at
-    /// `receivedAt`; `now` and `unixNow` are the time it is looked at. A refusal of a command
+    /// `receivedAt`; `now` and `unixNow` are the time it is looked at; `clockTrusted`: whether
+    /// a `ts` may be judged by `unixNow` (``ClockSync``; asked only of timed commands). A refusal of a command
     /// with an id is remembered, so its repeat gets the same answer; a refused signature is not
     /// (anyone could otherwise block the id a genuine command will use).
     mutating func admit<Target>(_ message: MQTTMessage, name: String, receivedAt: ContinuousClock.Instant,
-                                now: ContinuousClock.Instant, unixNow: Int64,
+                                now: ContinuousClock.Instant, unixNow: Int64, clockTrusted: () -> Bool = { true },
                                 target: () throws(CommandRefused) -> Target,
                                 mustBeSigned: (Target) -> Bool) -> Admission<Target> {
         var request: CommandRequest?
@@ -46,7 +47,11 @@ struct CommandPipeline: Sendable {
             let t = try target()
             let req = try CommandRequest.parse(message.payload)
             request = req
-            if let signing, mustBeSigned(t), let why = signing.check(req, topic: message.topic, now: unixNow) {
+            // Signed commands and `command_max_age_ms` judge `ts` by the system clock: not
+            // before it has been set (a Pi boots with the time of its last shutdown).
+            let signed = signing != nil && mustBeSigned(t)
+            if (signed || maxAgeMs != nil) && !clockTrusted() { throw CommandRefused.clockNotSynchronised }
+            if let signing, signed, let why = signing.check(req, topic: message.topic, now: unixNow, monotonic: now) {
                 return .refuse(SignedCommands.refusal, request: req, why: why)
             }
             if let id = req.id, let first = ids.answer(for: Self.key(name, id), now: now) {
@@ -56,6 +61,8 @@ struct CommandPipeline: Sendable {
             return .execute(t, req)
         } catch {
             if let id = request?.id { ids.record(.refused(error.reason), for: Self.key(name, id), now: now) }
+            // A signed command refused for another reason spends its id all the same.
+            signing?.spend(message.payload, topic: message.topic, now: now)
             return .refuse(error, request: request)
         }
     }

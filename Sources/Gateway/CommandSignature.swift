@@ -1,4 +1,5 @@
 import Crypto
+import Logging
 import Synchronization
 
 /// Signed commands (`[gateway] command_key_file`): a command must carry an HMAC-SHA256 of what it
@@ -142,26 +143,59 @@ public struct CommandSigner: Sendable {
 /// The checks a signed command passes before anything else happens to it: signature, age, and
 /// an id not seen before. One per gateway (ids are remembered gateway-wide); the key can be
 /// replaced by a reload.
+///
+/// - An id is remembered from its arrival until `command_max_age_ms` later by the monotonic
+///   clock, never by the wall clock, which may step at any time (NTP, a Pi without a clock).
+/// - When an id is forgotten, its `ts` becomes the floor: no `ts` at or before it is accepted
+///   again, so a wall clock stepped back cannot make a forgotten command fresh again.
+/// - Ids and the floor are kept in `state_dir` (``CommandIDFile``) and read at start; what an
+///   earlier run left is remembered for a whole window from this start.
+/// - A command refused for any other reason (unknown device, device restarting, queue full,
+///   stale, not writable) whose signature is right spends its id too (``spend(_:topic:now:)``):
+///   a refused command cannot be replayed later, when it would be accepted.
 final class SignedCommands: Sendable {
+    private struct Seen: Sendable {
+        var ts: Int64
+        /// When it arrived (or when this run started, for ids an earlier run left).
+        var arrived: ContinuousClock.Instant
+    }
     private struct State: Sendable {
         var signer: CommandSigner
         var maxAgeMs: Int64
-        /// Ids seen, with the `ts` they came with; forgotten once outside the window.
-        var seen: [String: Int64] = [:]
-        /// No `ts` before this is accepted: after the window grew, ids forgotten under the
-        /// shorter window must not become acceptable again.
+        var seen: [String: Seen] = [:]
+        /// No `ts` at or before this is accepted: the newest `ts` of an id forgotten, and after
+        /// the window grew, the start of the old window.
         var floor: Int64 = .min
     }
     private let state: Mutex<State>
+    /// Where ids are kept across restarts; nil: in memory only.
+    private let file: CommandIDFile?
 
-    /// At most this many ids are remembered; past it (several hundred commands a second for a
-    /// whole window) new commands are refused rather than an id forgotten early.
+    /// At most this many ids are remembered; past it (more than 33 signed commands a second for
+    /// a whole window of 5 minutes) new commands are refused rather than an id forgotten early.
     static let capacity = 10_000
     /// The one answer to every refused signed command.
     static let refusal = CommandRefused("not accepted: a valid signed command is required (value, ts, id, sig)")
 
-    init(key: [UInt8], maxAgeMs: Int) {
-        state = Mutex(State(signer: CommandSigner(key: key), maxAgeMs: Int64(maxAgeMs)))
+    /// `stateDirectory`: where the ids are kept (nil: in memory only, for tests).
+    init(key: [UInt8], maxAgeMs: Int, stateDirectory: String?, logger: Logger = Logger(label: "gateway"),
+         now: ContinuousClock.Instant = .now) {
+        var s = State(signer: CommandSigner(key: key), maxAgeMs: Int64(maxAgeMs))
+        if let stateDirectory {
+            let (file, contents) = CommandIDFile.open(directory: stateDirectory, logger: logger)
+            self.file = file
+            s.floor = contents.floor
+            // Bounded: the newest ids by ts; the rest only raise the floor.
+            let kept = contents.ids.sorted { $0.value > $1.value }
+            for (id, ts) in kept.prefix(Self.capacity) { s.seen[id] = Seen(ts: ts, arrived: now) }
+            if let dropped = kept.dropFirst(Self.capacity).first { s.floor = max(s.floor, dropped.value) }
+            if !contents.ids.isEmpty || contents.floor != .min {
+                logger.info("signed commands: \(s.seen.count) ids an earlier run saw are remembered for \(maxAgeMs) ms")
+            }
+        } else {
+            file = nil
+        }
+        state = Mutex(s)
     }
 
     /// A reload's key and window. The ids seen are kept, so a reload never opens a replay: a
@@ -177,19 +211,61 @@ final class SignedCommands: Sendable {
     }
 
     /// Why `request` on `topic` is not accepted (for the log), or nil when it is; an accepted
-    /// id is remembered.
-    func check(_ request: CommandRequest, topic: String, now: Int64) -> String? {
+    /// id is remembered (and handed to the file: await ``flushed()`` before acting on it).
+    /// `now`: the wall clock (unix ms), against `ts`; `monotonic`: when ids are forgotten.
+    func check(_ request: CommandRequest, topic: String, now: Int64, monotonic: ContinuousClock.Instant = .now) -> String? {
         guard let sig = request.sig, let ts = request.ts, let id = request.id else {
             return "unsigned (a signed command has value, ts, id and sig)"
         }
         return state.withLock { s -> String? in
             guard s.signer.verify(topic: topic, value: request.value, ts: ts, id: id, signature: sig) else { return "wrong signature" }
-            guard abs(now - ts) <= s.maxAgeMs, ts >= s.floor else { return "ts \(ts) is \(now - ts) ms from now (window \(s.maxAgeMs) ms)" }
-            s.seen = s.seen.filter { abs(now - $0.value) <= s.maxAgeMs }
+            forget(&s, monotonic: monotonic)
             guard s.seen[id] == nil else { return "id '\(id)' already used (a replay)" }
+            guard abs(now - ts) <= s.maxAgeMs else { return "ts \(ts) is \(now - ts) ms from now (window \(s.maxAgeMs) ms)" }
+            guard ts > s.floor else { return "ts \(ts) is not after \(s.floor), the ts of a command already forgotten (the clock stepped back?)" }
             guard s.seen.count < Self.capacity else { return "too many signed commands in the window to remember their ids" }
-            s.seen[id] = ts
+            remember(&s, id: id, ts: ts, monotonic: monotonic)
             return nil
         }
+    }
+
+    /// A command refused before or after the checks (unknown device or point, restarting, busy,
+    /// stale...): when `payload` is a command signed with the key for `topic`, its id is spent,
+    /// so it cannot be replayed later when it would be accepted. Whatever its `ts`.
+    func spend(_ payload: [UInt8], topic: String, now monotonic: ContinuousClock.Instant = .now) {
+        guard let request = try? CommandRequest.parse(payload), let sig = request.sig, let ts = request.ts, let id = request.id else { return }
+        state.withLock { s in
+            guard s.signer.verify(topic: topic, value: request.value, ts: ts, id: id, signature: sig) else { return }
+            forget(&s, monotonic: monotonic)
+            guard s.seen[id] == nil, s.seen.count < Self.capacity else { return }
+            remember(&s, id: id, ts: ts, monotonic: monotonic)
+        }
+    }
+
+    /// Returns once every id remembered so far is on storage (at once without a file).
+    func flushed() async {
+        if let file { _ = await file.flushed() }
+    }
+
+    /// Ids arrived more than a window ago are forgotten; their newest `ts` becomes the floor.
+    private func forget(_ s: inout State, monotonic: ContinuousClock.Instant) {
+        let window = Duration.milliseconds(s.maxAgeMs)
+        var floor = s.floor
+        s.seen = s.seen.filter { _, seen in
+            if monotonic - seen.arrived <= window { return true }
+            floor = max(floor, seen.ts)
+            return false
+        }
+        if floor != s.floor {
+            s.floor = floor
+            file?.append("floor \(floor)")
+        }
+    }
+
+    private func remember(_ s: inout State, id: String, ts: Int64, monotonic: ContinuousClock.Instant) {
+        s.seen[id] = Seen(ts: ts, arrived: monotonic)
+        guard let file else { return }
+        file.append("\(ts) \(id)")
+        if file.wantsRewrite(live: s.seen.count) { file.rewrite(.init(ids: s.seen.mapValues(\.ts), floor: s.floor)) }
     }
 }

@@ -18,5 +18,10 @@ enum DebugHooks {
         guard let text = getenv("GATEWAY_DEBUG_LIVENESS_GRACE_MS").map({ String(cString: $0) }), let ms = Int(text) else { return nil }
         return .milliseconds(ms)
     }()
+
+    /// `GATEWAY_DEBUG_CLOCK_SYNCED_FILE=path`: the system clock counts as synchronised while
+    /// that file exists (the kernel of the build and CI machines says it never is), so a test
+    /// can switch it on and off under a running gateway.
+    static let clockSyncedFile: String? = getenv("GATEWAY_DEBUG_CLOCK_SYNCED_FILE").map { String(cString: $0) }
 }
 #endif

@@ -69,6 +69,8 @@ final class DeviceCommander: Sendable {
         var signing: SignedCommands?
         /// Where data messages go when the broker is away (nil: `outbox_max_mb = 0`).
         var outbox: Outbox?
+        /// Whether the system clock is set (`[gateway] require_synced_clock`).
+        var clock: ClockSync
 
         /// A data message (a value, a frame, an event): through the outbox, which sends it at
         /// once while the broker keeps up. `compactable`: a retained value an newer one of its
@@ -111,7 +113,9 @@ final class DeviceCommander: Sendable {
             var repeated = false
             var executedAt: ContinuousClock.Instant?
             let answer: CommandAnswer
+            let requireSync = gateway.requireSyncedClock
             switch pipeline.admit(message, name: name, receivedAt: receivedAt, now: .now, unixNow: unixMilliseconds(),
+                                  clockTrusted: { !requireSync || clock.isSynchronised },
                                   target: target, mustBeSigned: mustBeSigned) {
             case .refuse(let refusal, let req, let why):
                 request = req
@@ -123,6 +127,8 @@ final class DeviceCommander: Sendable {
                 answer = first
             case .execute(let t, let req):
                 request = req
+                // A signed command's id is on storage before its write reaches the device.
+                if req.sig != nil, let signing { await signing.flushed() }
                 do throws(CommandRefused) {
                     answer = try await execute(t, req)
                     executedAt = .now
@@ -283,9 +289,11 @@ final class DeviceCommander: Sendable {
             let point = device.points[index]
             do {
                 try await write(point.offWrite, point: point, deadline: .now + timeout)
+                // The poller takes its next reading as the device's state after the clear.
+                readBacks.record(.bool(false), point: index)
                 logger.info("latch cleared", metadata: ["point": "\(point.name)"])
             } catch {
-                // The next poll that sees it still set asks again.
+                // The next poll that sees it still set asks again (``DevicePoller``).
                 logger.warning("latch clear failed: \(error)", metadata: ["point": "\(point.name)"])
             }
         case .failsafe(let points, let whileBrokerAway, let reply):

@@ -134,8 +134,8 @@ public final class GatewayRuntime: Service, Sendable {
         telemetry?.journalWritable.set(journal.path != nil ? 1.0 : 0.0)
         let context = DeviceCommander.Context(topics: plan.topics, gateway: configuration.gateway, client: client, board: board, journal: journal,
                                               telemetry: telemetry,
-                                              signing: commandKey.map { SignedCommands(key: $0, maxAgeMs: Self.signedMaxAgeMs(configuration.gateway)) },
-                                              outbox: outbox)
+                                              signing: commandKey.map { SignedCommands(key: $0, maxAgeMs: Self.signedMaxAgeMs(configuration.gateway), stateDirectory: g.stateDirectory, logger: logger) },
+                                              outbox: outbox, clock: ClockSync(logger: logger))
         var units = Units(plan: plan, password: password, commandKey: commandKey, context: context)
         for b in configuration.buses {
             units.buses[b.name] = Self.makeBus(b, telemetry: telemetry, logger: logger)
@@ -376,6 +376,9 @@ public final class GatewayRuntime: Service, Sendable {
     /// Answers a command that goes no further than the dispatcher (`/get`: only to an MQTT 5
     /// response topic, as its other answers).
     private func refuse(_ message: MQTTMessage, isSet: Bool, receivedAt: ContinuousClock.Instant, why: String) async {
+        // A signed command refused here (unknown device, restarting, busy) spends its id: else a
+        // copy of it would be accepted once the device is back.
+        if isSet { context.signing?.spend(message.payload, topic: message.topic) }
         if let telemetry, let command = topics.parse(message.topic) {
             telemetry.commandAnswered(device: command.device, point: command.point,
                                       value: String(decoding: message.payload.prefix(64), as: UTF8.self),

@@ -120,7 +120,8 @@ extension GatewayRuntime {
         let c = client
         return ScrapeSnapshot(connected: await c.isConnected, published: await c.publishedCount, pulsesActive: context.journal.current.count,
                             queued: await c.queuedCount, inFlight: await c.inFlightCount,
-                            dropped: await c.droppedCount, droppedIncoming: await c.droppedIncomingCount)
+                            dropped: await c.droppedCount, droppedIncoming: await c.droppedIncomingCount,
+                            clockSynchronised: context.clock.isSynchronised, clockRequired: context.gateway.requireSyncedClock)
     }
 
     /// Why the gateway is not healthy (empty: healthy): the broker away, or a loop that stopped.

@@ -69,6 +69,9 @@ struct LatchTracker: Sendable, Equatable {
         defer { seenSet = set }
         return set && !seenSet ? .set : nil
     }
+
+    /// The gateway cleared it on the device: the next time it is seen set is a new event.
+    mutating func cleared() { seenSet = false }
 }
 
 extension PointSettings {
@@ -83,6 +86,11 @@ extension PointSettings {
 enum EventKind: Sendable, Equatable {
     case counter(CounterTracker)
     case latch(LatchTracker)
+
+    /// A latch the gateway cleared on the device (no-op for a counter).
+    mutating func latchCleared() {
+        if case .latch(var l) = self { l.cleared(); self = .latch(l) }
+    }
 
     /// The event for a new reading of the point.
     mutating func observe(_ value: PointValue) -> PointEvent? {

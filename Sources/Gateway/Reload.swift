@@ -155,7 +155,7 @@ extension GatewayRuntime {
         if commandKey == nil {
             next.context.signing = nil
         } else if next.context.signing == nil {
-            next.context.signing = commandKey.map { SignedCommands(key: $0, maxAgeMs: Self.signedMaxAgeMs(new.gateway)) }
+            next.context.signing = commandKey.map { SignedCommands(key: $0, maxAgeMs: Self.signedMaxAgeMs(new.gateway), stateDirectory: new.gateway.stateDirectory, logger: logger) }
         }
         for name in change.removedBuses + change.changedBuses {
             next.buses.removeValue(forKey: name)?.bus.close()

@@ -316,6 +316,9 @@ public struct ScrapeSnapshot: Sendable {
     public var inFlight: Int
     public var dropped: Int
     public var droppedIncoming: Int
+    /// Whether the system clock is synchronised (``ClockSync``), and whether timed commands wait for it.
+    public var clockSynchronised = true
+    public var clockRequired = true
 }
 
 /// The last 50 commands, newest last.
@@ -602,7 +605,8 @@ extension GatewayTelemetry {
         func ageOf(_ t: Double?) -> String { num(t.map { max(0, now - $0) }) }
         func str(_ s: String?) -> String { s.map(JSONValue.quoted) ?? "null" }
         let broker = mqttState
-        var out = "{\"gateway\":{\"id\":\(JSONValue.quoted(gatewayID)),\"version\":\(JSONValue.quoted(version)),\"started_at\":\(num(startedWall)),\"uptime_s\":\(num(now - startedWall))}"
+        var out = "{\"gateway\":{\"id\":\(JSONValue.quoted(gatewayID)),\"version\":\(JSONValue.quoted(version)),\"started_at\":\(num(startedWall)),\"uptime_s\":\(num(now - startedWall))"
+        out += ",\"clock\":{\"synchronised\":\(mqtt.clockSynchronised),\"required\":\(mqtt.clockRequired)}}"
         out += ",\"mqtt\":{\"connected\":\(mqtt.connected),\"since\":\(num(broker.since)),\"last_error\":\(str(broker.lastError)),\"queued\":\(mqtt.queued),\"in_flight\":\(mqtt.inFlight),\"dropped\":\(mqtt.dropped)}"
         out += ",\"health\":{\"ok\":\(problems.isEmpty),\"reasons\":[\(problems.map(JSONValue.quoted).joined(separator: ","))]}"
         out += ",\"devices\":["

@@ -183,6 +183,14 @@ public struct GatewaySettings: Sendable, Equatable {
     /// `outbox_sync_ms` (default 1000, 10...60000): messages waiting for the broker are written to
     /// the outbox this often; a crash or power cut loses at most this interval.
     public var outboxSyncMs = 1000
+    /// `require_synced_clock` (default true): refuse signed commands, and JSON commands judged
+    /// by `command_max_age_ms`, until the system clock is synchronised (NTP). A site without
+    /// any time source sets it to false and accepts that a restarted gateway judges `ts` by
+    /// whatever clock it booted with.
+    public var requireSyncedClock = true
+    /// The longest `command_max_age_ms` with `command_key_file`: the window in which the ids of
+    /// signed commands are remembered (10,000 of them: 33 commands a second for 5 minutes).
+    public static let maxSignedWindowMs = 300_000
     /// `state_dir` (default `/var/lib/gateway`): where the pulse journal (`pulses`) is kept, so
     /// that a pulse cut short by a crash is switched off at the next start. Not created by the
     /// gateway; when it is missing or not writable the gateway says so once and runs without.

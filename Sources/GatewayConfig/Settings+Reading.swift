@@ -37,6 +37,10 @@ extension GatewaySettings {
             g.outboxMaxMB = v
         }
         if let v = r.int("outbox_sync_ms", 10...60_000) { g.outboxSyncMs = v }
+        if let v = r.bool("require_synced_clock") { g.requireSyncedClock = v }
+        if g.commandKeyFile != nil, let v = g.commandMaxAgeMs, v > GatewaySettings.maxSignedWindowMs {
+            r.issue("command_max_age_ms", "\(v) is longer than signed commands can take (\(GatewaySettings.maxSignedWindowMs) ms): their ids could not all be remembered for so long")
+        }
         self = g
     }
 }

@@ -42,6 +42,7 @@ td.age { text-align:right; color:var(--mute); font-size:12px; width:4.5em; }
   <h1 id="title">Gateway</h1>
   <span>MQTT <span id="mqtt" class="pill">…</span></span>
   <span>Health <span id="health" class="pill">…</span></span>
+  <span id="clock" class="pill bad" style="display:none" title="signed commands and commands judged by command_max_age_ms are refused until the system clock is synchronised (NTP)">clock not synchronised</span>
   <span class="meta" id="uptime"></span>
 </header>
 <main id="devices"></main>
@@ -77,6 +78,7 @@ function render(st) {
   document.getElementById("title").textContent = "Gateway " + st.gateway.id;
   const m = document.getElementById("mqtt"); m.textContent = st.mqtt.connected ? "connected" : "disconnected"; m.className = "pill " + (st.mqtt.connected ? "ok" : "bad");
   const h = document.getElementById("health"); h.textContent = st.health.ok ? "ok" : "problem"; h.className = "pill " + (st.health.ok ? "ok" : "bad"); h.title = st.health.reasons.join("\n");
+  document.getElementById("clock").style.display = st.gateway.clock && st.gateway.clock.required && !st.gateway.clock.synchronised ? "" : "none";
   document.getElementById("uptime").textContent = "v" + st.gateway.version + " · up " + age(st.gateway.uptime_s);
   document.getElementById("devices").replaceChildren(...st.devices.map(deviceCard));
   const rows = st.commands.map(c => {

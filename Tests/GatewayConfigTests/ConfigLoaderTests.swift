@@ -77,6 +77,7 @@ struct ConfigLoaderTests {
               address = 3
             """)
         #expect(c.gateway.format == .plain && c.gateway.retain && c.gateway.refreshSeconds == 300 && c.gateway.commandMaxAgeMs == nil)
+        #expect(c.gateway.requireSyncedClock)
         #expect(c.mqtt.url == "mqtt://127.0.0.1:1883" && c.mqtt.keepAlive == 30 && c.mqtt.cleanSession)
         #expect(c.buses[0].kind == .tcp(host: "::1", port: 502) && c.buses[0].timeoutMs == 1000)
         #expect(c.devices[0].unit == 1 && c.devices[0].pollMs == 1000 && c.devices[0].offlineAfter == 3)

@@ -16,9 +16,10 @@ struct CommandPipelineTests {
 
     /// A target that is point 3 for "lock", unknown for anything else.
     func admit(_ pipeline: inout CommandPipeline, _ m: MQTTMessage, name: String = "lock", at: Duration = .zero,
-               receivedAgo: Duration = .zero, signed: Bool = false) -> CommandPipeline.Admission<Int> {
+               receivedAgo: Duration = .zero, signed: Bool = false, clockSynced: Bool = true) -> CommandPipeline.Admission<Int> {
         let now = Self.t0 + at
-        return pipeline.admit(m, name: name, receivedAt: now - receivedAgo, now: now, unixNow: Self.unix0 + Int64(at.components.seconds * 1000)) { () throws(CommandRefused) -> Int in
+        return pipeline.admit(m, name: name, receivedAt: now - receivedAgo, now: now, unixNow: Self.unix0 + Int64(at.components.seconds * 1000),
+                              clockTrusted: { clockSynced }) { () throws(CommandRefused) -> Int in
             guard name == "lock" else { throw CommandRefused("unknown point '\(name)'") }
             return 3
         } mustBeSigned: { _ in signed }
@@ -77,7 +78,7 @@ struct CommandPipelineTests {
     @Test("a refused signature leaves no trace: the genuine command with that id goes through afterwards")
     func signatureRefusalLeavesNoID() throws {
         let key = Array("k3y-for-tests".utf8)
-        let signing = SignedCommands(key: key, maxAgeMs: 30_000)
+        let signing = SignedCommands(key: key, maxAgeMs: 30_000, stateDirectory: nil)
         var p = CommandPipeline(maxAgeMs: nil, signing: signing)
         let topic = "gateway/x/door/lock/set"
         let forged = "{\"value\":true,\"ts\":\(Self.unix0),\"id\":\"s1\",\"sig\":\"00\"}"
@@ -91,6 +92,22 @@ struct CommandPipelineTests {
         #expect(replay?.contains("already used") == true)
         // A point that need not be signed takes a plain command.
         guard case .execute = admit(&p, message("true", topic: topic), signed: false) else { Issue.record("unsigned point refused"); return }
+    }
+
+    @Test("clock not synchronised: signed and timed commands refused with that answer (the signed one's id spent), plain ones taken")
+    func clockNotSynchronised() throws {
+        let key = Array("k3y-for-tests".utf8)
+        let topic = "gateway/x/door/lock/set"
+        let signed = CommandSigner(key: key).payload(topic: topic, value: .bool(true), ts: Self.unix0, id: "c1")
+        var p = CommandPipeline(maxAgeMs: nil, signing: SignedCommands(key: key, maxAgeMs: 30_000, stateDirectory: nil))
+        #expect(refusal(admit(&p, message(signed, topic: topic), signed: true, clockSynced: false)) == "gateway clock not synchronised")
+        guard case .execute = admit(&p, message("true", topic: topic), signed: false, clockSynced: false) else { Issue.record("plain refused"); return }
+        // Synchronised now: the refused command's copy is a replay (its id was spent).
+        guard case .refuse(_, _, let why) = admit(&p, message(signed, topic: topic), name: "lock", signed: true) else { Issue.record("copy taken"); return }
+        #expect(why?.contains("already used") == true, "\(why ?? "")")
+        var timed = CommandPipeline(maxAgeMs: 5000, signing: nil)
+        #expect(refusal(admit(&timed, message("{\"value\":true,\"ts\":\(Self.unix0)}"), clockSynced: false)) == "gateway clock not synchronised")
+        guard case .execute = admit(&timed, message("{\"value\":true,\"ts\":\(Self.unix0)}")) else { Issue.record("timed refused when synced"); return }
     }
 
     @Test("pulses: an end fires once; a new on replaces it; an off by command cancels it; a failed off retries")

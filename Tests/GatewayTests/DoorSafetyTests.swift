@@ -44,29 +44,88 @@ struct DoorSafetyLogicTests {
 
     @Test("signed-command gate: accepted once; replayed, stale, future, unsigned and wrongly signed are refused")
     func gate() throws {
-        let gate = SignedCommands(key: Self.key, maxAgeMs: 30_000)
-        let signer = CommandSigner(key: Self.key)
+        let gate = SignedCommands(key: Self.key, maxAgeMs: 30_000, stateDirectory: nil)
         let now: Int64 = 1_800_000_000_000
-        func request(_ value: CommandRequest.Value, ts: Int64, id: String, topic: String = "gw/d/p/set") -> CommandRequest {
-            CommandRequest(value: value, ts: ts, id: id, sig: signer.sign(topic: topic, value: value, ts: ts, id: id))
+        let t0 = ContinuousClock.now
+        func check(_ r: CommandRequest, topic: String = "gw/d/p/set", now: Int64, after: Duration = .zero) -> String? {
+            gate.check(r, topic: topic, now: now, monotonic: t0 + after)
         }
-        #expect(gate.check(request(.bool(true), ts: now - 1000, id: "x1"), topic: "gw/d/p/set", now: now) == nil)
-        #expect(gate.check(request(.bool(true), ts: now - 1000, id: "x1"), topic: "gw/d/p/set", now: now)?.contains("replay") == true)
-        #expect(gate.check(request(.bool(true), ts: now - 31_000, id: "x2"), topic: "gw/d/p/set", now: now)?.contains("from now") == true)
-        #expect(gate.check(request(.bool(true), ts: now + 31_000, id: "x3"), topic: "gw/d/p/set", now: now)?.contains("from now") == true)
-        #expect(gate.check(CommandRequest(value: .bool(true)), topic: "gw/d/p/set", now: now)?.contains("unsigned") == true)
-        #expect(gate.check(request(.bool(true), ts: now, id: "x4", topic: "gw/d/other/set"), topic: "gw/d/p/set", now: now) == "wrong signature")
-        // An id is forgotten once its window has passed.
-        #expect(gate.check(request(.bool(true), ts: now + 40_000, id: "x1"), topic: "gw/d/p/set", now: now + 40_000) == nil)
+        #expect(check(Self.request(.bool(true), ts: now - 1000, id: "x1"), now: now) == nil)
+        #expect(check(Self.request(.bool(true), ts: now - 1000, id: "x1"), now: now)?.contains("replay") == true)
+        #expect(check(Self.request(.bool(true), ts: now - 31_000, id: "x2"), now: now)?.contains("from now") == true)
+        #expect(check(Self.request(.bool(true), ts: now + 31_000, id: "x3"), now: now)?.contains("from now") == true)
+        #expect(check(CommandRequest(value: .bool(true)), now: now)?.contains("unsigned") == true)
+        #expect(check(Self.request(.bool(true), ts: now, id: "x4", topic: "gw/d/other/set"), now: now) == "wrong signature")
+        // An id is forgotten once its window has passed on the monotonic clock.
+        #expect(check(Self.request(.bool(true), ts: now + 40_000, id: "x1"), now: now + 40_000, after: .seconds(40)) == nil)
         // A reload that lengthens the window does not make forgotten ids acceptable again: at
         // now + 40 s the 30 s window has forgotten every id with a ts before now + 10 s, so no
         // ts before that is taken, although the new 60 s window would reach back to now - 20 s.
         gate.update(key: Self.key, maxAgeMs: 60_000, now: now + 40_000)
-        #expect(gate.check(request(.bool(true), ts: now - 1000, id: "forgotten"), topic: "gw/d/p/set", now: now + 40_000)?.contains("from now") == true)
-        #expect(gate.check(request(.bool(true), ts: now + 39_000, id: "x9"), topic: "gw/d/p/set", now: now + 40_000) == nil)
+        #expect(check(Self.request(.bool(true), ts: now - 1000, id: "forgotten"), now: now + 40_000, after: .seconds(40))?.contains("not after") == true)
+        #expect(check(Self.request(.bool(true), ts: now + 39_000, id: "x9"), now: now + 40_000, after: .seconds(40)) == nil)
         // A new key: commands signed with the old one are refused.
         gate.update(key: Array("a-completely-new-key!".utf8), maxAgeMs: 60_000, now: now + 40_000)
-        #expect(gate.check(request(.bool(true), ts: now + 40_000, id: "x10"), topic: "gw/d/p/set", now: now + 40_000) == "wrong signature")
+        #expect(check(Self.request(.bool(true), ts: now + 40_000, id: "x10"), now: now + 40_000, after: .seconds(40)) == "wrong signature")
+    }
+
+    static func request(_ value: CommandRequest.Value, ts: Int64, id: String, topic: String = "gw/d/p/set") -> CommandRequest {
+        CommandRequest(value: value, ts: ts, id: id, sig: CommandSigner(key: key).sign(topic: topic, value: value, ts: ts, id: id))
+    }
+
+    @Test("ids are forgotten by the monotonic clock: a wall clock stepped forward forgets nothing, one stepped back revives no forgotten command")
+    func gateClockSteps() {
+        let gate = SignedCommands(key: Self.key, maxAgeMs: 30_000, stateDirectory: nil)
+        let now: Int64 = 1_800_000_000_000
+        let t0 = ContinuousClock.now
+        #expect(gate.check(Self.request(.bool(true), ts: now, id: "a"), topic: "gw/d/p/set", now: now, monotonic: t0) == nil)
+        // The wall clock jumps 1 h ahead and back within a second (NTP's first sync after boot):
+        // the id is still remembered, and its copy refused.
+        #expect(gate.check(Self.request(.bool(true), ts: now, id: "a"), topic: "gw/d/p/set", now: now + 1000, monotonic: t0 + .seconds(1))?.contains("replay") == true)
+        // 40 s later by the monotonic clock the id is forgotten; the wall clock has stepped back
+        // 40 s, so the copy's ts looks fresh again: the floor refuses it.
+        let why = gate.check(Self.request(.bool(true), ts: now, id: "a"), topic: "gw/d/p/set", now: now, monotonic: t0 + .seconds(40))
+        #expect(why?.contains("not after") == true, "\(why ?? "accepted")")
+        #expect(gate.check(Self.request(.bool(true), ts: now + 1, id: "b"), topic: "gw/d/p/set", now: now, monotonic: t0 + .seconds(40)) == nil)
+    }
+
+    @Test("ids and the floor survive a restart (a new gate on the same state_dir); a refused command's id is spent; the file stays bounded")
+    func gatePersisted() async throws {
+        let dir = try TestEnvironment.makeTemporaryDirectory("gw-ids")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let now: Int64 = 1_800_000_000_000
+        let t0 = ContinuousClock.now
+        let first = SignedCommands(key: Self.key, maxAgeMs: 30_000, stateDirectory: dir, now: t0)
+        #expect(first.check(Self.request(.bool(true), ts: now, id: "a"), topic: "gw/d/p/set", now: now, monotonic: t0) == nil)
+        // Refused elsewhere (unknown device): spent all the same; a wrong signature spends nothing.
+        let spent = CommandSigner(key: Self.key).payload(topic: "gw/new/p/set", value: .bool(true), ts: now, id: "b")
+        first.spend(Array(spent.utf8), topic: "gw/new/p/set", now: t0)
+        first.spend(Array(spent.utf8), topic: "gw/other/p/set", now: t0)
+        await first.flushed()
+        #expect(try String(contentsOfFile: dir + "/command-ids", encoding: .utf8).split(separator: "\n").sorted() == ["\(now) a", "\(now) b"])
+        // The restart: both are remembered for a whole window from the new start.
+        let t1 = t0 + .seconds(5)
+        let second = SignedCommands(key: Self.key, maxAgeMs: 30_000, stateDirectory: dir, now: t1)
+        #expect(second.check(Self.request(.bool(true), ts: now, id: "a"), topic: "gw/d/p/set", now: now + 5000, monotonic: t1)?.contains("replay") == true)
+        #expect(second.check(Self.request(.bool(true), ts: now, id: "b", topic: "gw/new/p/set"), topic: "gw/new/p/set", now: now + 5000, monotonic: t1)?.contains("replay") == true)
+        #expect(second.check(Self.request(.bool(true), ts: now, id: "c", topic: "gw/other/p/set"), topic: "gw/other/p/set", now: now + 5000, monotonic: t1) == nil)
+        // Forgotten a window later: the floor is written, and a third start still refuses them
+        // although the wall clock stepped back.
+        #expect(second.check(Self.request(.bool(true), ts: now + 40_000, id: "d"), topic: "gw/d/p/set", now: now + 40_000, monotonic: t1 + .seconds(31)) == nil)
+        await second.flushed()
+        let third = SignedCommands(key: Self.key, maxAgeMs: 30_000, stateDirectory: dir, now: t1 + .seconds(40))
+        #expect(third.check(Self.request(.bool(true), ts: now, id: "a"), topic: "gw/d/p/set", now: now, monotonic: t1 + .seconds(40))?.contains("not after") == true)
+        // Bounded: 3000 commands, each forgotten before the next, leave a file of at most
+        // about twice the ids remembered (1000 lines at least before a rewrite).
+        var t = t1 + .seconds(40)
+        for i in 0..<3000 {
+            t += .seconds(31)
+            let ts = now + 100_000 + Int64(i) * 31_000
+            #expect(third.check(Self.request(.bool(true), ts: ts, id: "n\(i)"), topic: "gw/d/p/set", now: ts, monotonic: t) == nil)
+        }
+        await third.flushed()
+        let lines = try String(contentsOfFile: dir + "/command-ids", encoding: .utf8).split(separator: "\n").count
+        #expect(lines <= 2002, "\(lines) lines")
     }
 
     @Test("counters: increments, one wrap-around, a reset said as such (never a negative count)")
@@ -121,6 +180,11 @@ struct DoorSafetyLogicTests {
         }
         #expect(issues("", "register = \"coil\"\naddress = 0\nwritable = true\nsigned = true").contains { $0.contains("needs [gateway] command_key_file") })
         #expect(issues("command_key_file = \"/k\"", "register = \"coil\"\naddress = 0\nwritable = true\nsigned = true").isEmpty)
+        // The ids of signed commands are remembered for 5 minutes at most: a longer window is refused.
+        #expect(issues("command_key_file = \"/k\"\ncommand_max_age_ms = 300001", "register = \"coil\"\naddress = 0\nwritable = true")
+            .contains { $0.contains("command_max_age_ms") && $0.contains("longer than signed commands can take (300000 ms)") })
+        #expect(issues("command_key_file = \"/k\"\ncommand_max_age_ms = 300000", "register = \"coil\"\naddress = 0\nwritable = true").isEmpty)
+        #expect(issues("command_max_age_ms = 3600000", "register = \"coil\"\naddress = 0\nwritable = true").isEmpty, "unsigned: any window")
         #expect(issues("", "register = \"coil\"\naddress = 0\nwritable = true\nfailsafe = true").contains { $0.contains("needs failsafe_after_s") })
         #expect(issues("failsafe_after_s = 30", "register = \"coil\"\naddress = 0\nwritable = true\nfailsafe = true").isEmpty)
         #expect(issues("failsafe_after_s = 30", "register = \"coil\"\naddress = 0\nfailsafe = true").contains { $0.contains("only for writable points") })
@@ -211,6 +275,107 @@ struct DoorSafetyTests {
         // signed = false: plain commands.
         #expect(try await CommandTests.command(rig, "light", "true") == #"{"ok":true,"value":true}"#)
         #expect(rig.gateway.lines.contains { $0.contains("signed command refused: id") && $0.contains("replay") })
+        await rig.shutdown()
+    }
+
+    @Test("a signed unlock recorded off the broker is refused after a kill -9 and a restart within its window, with no write; the id file is in state_dir")
+    func replayAfterRestart() async throws {
+        let key = try Self.keyFile()
+        defer { try? FileManager.default.removeItem(atPath: (key as NSString).deletingLastPathComponent) }
+        let rig = try await Rig.start(points: CommandTests.points(), simArgs: [], pollMs: 100, extraGateway: "command_key_file = \"\(key)\"")
+        try await rig.waitFor("\(Self.b)/dev/status", "online")
+        _ = try await rig.gateway.waitForLine(containing: "subscribed to commands")
+        let refusal = #"{"ok":false,"error":"not accepted: a valid signed command is required (value, ts, id, sig)"}"#
+        let recorded = try await Self.sign(keyFile: key, topic: "\(Self.b)/dev/unlock/set", value: "true")
+        #expect(try await CommandTests.command(rig, "unlock", recorded) == #"{"ok":true,"value":true}"#)
+        _ = try await rig.sim.waitForWrites(2)   // on, then the pulse's off
+        let ids = try String(contentsOfFile: (rig.configPath as NSString).deletingLastPathComponent + "/command-ids", encoding: .utf8)
+        #expect(ids.contains("\"") == false && ids.split(separator: "\n").count == 1, "one id line: \(ids)")
+        rig.gateway.signal(SIGKILL)
+        _ = try await rig.gateway.waitForExit(timeout: .seconds(10))
+        // Restarted at once (systemd's RestartSec=5 is well within the 30 s window): the copy is refused.
+        let next = try ChildProcess(try TestEnvironment.gatewayBinary(), ["run", "--config", rig.configPath])
+        _ = try await next.waitForLine(containing: "subscribed to commands")
+        #expect(next.lines.contains { $0.contains("1 ids an earlier run saw are remembered") }, "\(next.tail)")
+        #expect(try await CommandTests.command(rig, "unlock", recorded) == refusal, "replayed after a restart")
+        _ = try await next.waitForLine(containing: "already used (a replay)")
+        #expect(rig.sim.writes.count == 2, "the replay wrote: \(rig.sim.writes)")
+        await next.stop()
+        await rig.shutdown()
+    }
+
+    @Test("a signed command refused before the pipeline (unknown device) or by it (unknown point) spends its id: after a reload adds them, its copy is refused")
+    func refusedSpendsID() async throws {
+        let key = try Self.keyFile()
+        defer { try? FileManager.default.removeItem(atPath: (key as NSString).deletingLastPathComponent) }
+        let rig = try await Rig.start(points: CommandTests.points(), simArgs: ["--unit", "1", "--unit", "2"], pollMs: 100, extraGateway: "command_key_file = \"\(key)\"")
+        try await rig.waitFor("\(Self.b)/dev/status", "online")
+        _ = try await rig.gateway.waitForLine(containing: "subscribed to commands")
+        let refusal = #"{"ok":false,"error":"not accepted: a valid signed command is required (value, ts, id, sig)"}"#
+        // Signed for a device and a point this configuration does not have yet.
+        let forDevice = try await Self.sign(keyFile: key, topic: "\(Self.b)/door2/unlock/set", value: "true")
+        let forPoint = try await Self.sign(keyFile: key, topic: "\(Self.b)/dev/unlock2/set", value: "true")
+        #expect(try await CommandTests.command(rig, "unlock", forDevice, device: "door2") == #"{"ok":false,"error":"unknown device 'door2'"}"#)
+        #expect(try await CommandTests.command(rig, "unlock2", forPoint)?.contains("unknown point") == true)
+        // The reload adds both (door2 on unit 2 of the same simulator, unlock2 at coil 9).
+        let config = try String(contentsOfFile: rig.configPath, encoding: .utf8)
+        let added = config + """
+
+            [[device.point]]
+            name = "unlock2"
+            register = "coil"
+            address = 9
+            writable = true
+            [[device]]
+            name = "door2"
+            bus = "plc"
+            unit = 2
+            poll_ms = 100
+            [[device.point]]
+            name = "unlock"
+            register = "coil"
+            address = 0
+            writable = true
+
+            """
+        try added.write(toFile: rig.configPath, atomically: true, encoding: .utf8)
+        rig.gateway.signal(SIGHUP)
+        _ = try await rig.gateway.waitForLine(containing: "reload: +1 device")
+        try await rig.waitFor("\(Self.b)/door2/status", "online")
+        #expect(try await CommandTests.command(rig, "unlock", forDevice, device: "door2") == refusal, "the copy for the new device")
+        #expect(try await CommandTests.command(rig, "unlock2", forPoint) == refusal, "the copy for the new point")
+        #expect(rig.sim.writes.isEmpty, "a spent command wrote: \(rig.sim.writes)")
+        #expect(rig.gateway.lines.filter { $0.contains("already used (a replay)") }.count == 2)
+        await rig.shutdown()
+    }
+
+    @Test("clock not synchronised: a signed unlock is answered \"gateway clock not synchronised\" without a write, logged once, shown on /api/status; once synchronised it works")
+    func clockNotSynchronised() async throws {
+        let key = try Self.keyFile()
+        let flag = (key as NSString).deletingLastPathComponent + "/clock-synced"
+        defer { try? FileManager.default.removeItem(atPath: (key as NSString).deletingLastPathComponent) }
+        let port = try TestEnvironment.freePort()
+        let rig = try await Rig.start(points: CommandTests.points(), simArgs: [], pollMs: 100,
+                                      extraGateway: "command_key_file = \"\(key)\"\nrequire_synced_clock = true", httpListen: "127.0.0.1:\(port)",
+                                      environment: ["GATEWAY_DEBUG_CLOCK_SYNCED_FILE": flag])
+        try await rig.waitFor("\(Self.b)/dev/status", "online")
+        _ = try await rig.gateway.waitForLine(containing: "subscribed to commands")
+        let unsynced = #"{"ok":false,"error":"gateway clock not synchronised"}"#
+        for _ in 0..<2 {
+            let cmd = try await Self.sign(keyFile: key, topic: "\(Self.b)/dev/unlock/set", value: "true")
+            #expect(try await CommandTests.command(rig, "unlock", cmd) == unsynced)
+        }
+        #expect(rig.gateway.lines.filter { $0.contains("system clock not synchronised") }.count == 1, "once per episode")
+        let status = try await OperationsTests.get("http://127.0.0.1:\(port)/api/status")
+        #expect(status.body.contains(#""clock":{"synchronised":false,"required":true}"#), "\(status.body.prefix(300))")
+        // NTP sets the clock.
+        FileManager.default.createFile(atPath: flag, contents: nil)
+        let cmd = try await Self.sign(keyFile: key, topic: "\(Self.b)/dev/unlock/set", value: "true")
+        #expect(try await CommandTests.command(rig, "unlock", cmd) == #"{"ok":true,"value":true}"#)
+        _ = try await rig.gateway.waitForLine(containing: "system clock synchronised")
+        #expect(try await rig.sim.waitForWrites(2).map(\.values) == [[1], [0]], "only the command after the sync wrote")
+        let after = try await OperationsTests.get("http://127.0.0.1:\(port)/api/status")
+        #expect(after.body.contains(#""clock":{"synchronised":true,"required":true}"#))
         await rig.shutdown()
     }
 

@@ -110,6 +110,34 @@ struct PollerTests {
         #expect(sink.statuses.withLock { $0 } == [.online])
     }
 
+    @Test("a latch whose clear failed is asked again at every poll that reads it set, without a second event; once cleared, the next set is a new event")
+    func latchClearRetried() async throws {
+        let config = Self.config + "\n  [[device.point]]\n  name = \"forced\"\n  register = \"coil\"\n  address = 2\n  latch = true\n"
+        let plan = GatewayPlan(try ConfigLoader.parse(config))
+        let readBacks = ReadBacks()
+        let clears = Mutex<[Int]>([])
+        var p = DevicePoller(plan.devices[0], gateway: plan.configuration.gateway, topics: plan.topics, logger: Logger(label: "test"),
+                             start: .now, readBacks: readBacks, meter: nil, clearLatch: { i in clears.withLock { $0.append(i) } })
+        let sink = RecordingSink()
+        func reading(_ set: Bool) -> [Int: ModbusBus.ItemResult] { [0: .success(.registers([1])), 1: .success(.registers([0])), 2: .success(.bits([set]))] }
+        let bus = ScriptedBus([reading(true), reading(true), reading(true), reading(true), reading(false), reading(true)])
+        var events: Int { sink.data.withLock { $0.filter { $0.topic.hasSuffix("/forced/event") }.count } }
+        await p.poll(bus, sink: sink)
+        #expect(events == 1 && clears.withLock { $0 } == [2], "seen set: one event, one clear")
+        // The clear failed (the commander records nothing): asked again, no second event.
+        await p.poll(bus, sink: sink)
+        await p.poll(bus, sink: sink)
+        #expect(events == 1 && clears.withLock { $0 } == [2, 2, 2])
+        // The clear landed; the device set it again before the next poll: a new event.
+        readBacks.record(.bool(false), point: 2)
+        await p.poll(bus, sink: sink)
+        #expect(events == 2 && clears.withLock { $0.count } == 4)
+        // Read clear, then set: a third event.
+        await p.poll(bus, sink: sink)
+        await p.poll(bus, sink: sink)
+        #expect(events == 3)
+    }
+
     @Test("a value its commander read back is not published again by the next poll; a new values generation republishes")
     func readBacksAndGeneration() async throws {
         let readBacks = ReadBacks()

@@ -58,6 +58,7 @@ public final class Rig: Sendable {
             [gateway]
             id = "e2e"
             state_dir = "\(dir)"
+            \(extraGateway.contains("require_synced_clock") ? "" : "require_synced_clock = false")
             \(extraGateway)
             [mqtt]
             url = "mqtt://127.0.0.1:\(broker.port)"
