@@ -290,12 +290,12 @@ struct DevicePoller {
         // A point read back after this poll began: this poll may have read it before the write
         // (the command overtook the poll on the bus); its value waits for the next poll.
         var readBackDuringPoll: Set<Int> = []
-        if let learned = readBacks?.take() {
-            for (i, r) in learned where i < filters.count {
+        if let readBacks {
+            for (i, r) in readBacks.take() where i < filters.count {
                 filters[i].learn(r.value, now: now)
                 if r.at > started { readBackDuringPoll.insert(i) }
-                if case .latch? = events[i], r.value == .bool(false) { latchClearedAt[i] = r.at }
             }
+            for (i, at) in readBacks.takeLatchClears() { latchClearedAt[i] = at }
         }
         for (i, point) in settings.points.enumerated() {
             guard let result = results[i] else { continue }

@@ -2,6 +2,7 @@ import Logging
 import Synchronization
 
 #if canImport(Glibc)
+import CTimex
 import Glibc
 #endif
 

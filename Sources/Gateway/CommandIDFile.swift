@@ -76,10 +76,9 @@ final class CommandIDFile: Sendable {
     /// Appends a line (`<ts> <id>` or `floor <ts>`), flushed to storage, on the file's queue
     /// (in order with every other write).
     func append(_ line: String) {
-        queue.async {
-            let ok = self.write(Array((line + "\n").utf8), append: true)
-            if ok { self.lines.add(1, ordering: .relaxed) }
-        }
+        lines.add(1, ordering: .relaxed)
+        let bytes = Array((line + "\n").utf8)
+        queue.async { _ = self.write(bytes, append: true) }
     }
 
     /// True when the file has so many lines that it should be rewritten with `live` ids only.
@@ -93,8 +92,9 @@ final class CommandIDFile: Sendable {
         for (id, ts) in contents.ids { text += "\(ts) \(id)\n" }
         let count = contents.ids.count + (contents.floor == .min ? 0 : 1)
         lines.store(count, ordering: .relaxed)   // not rewritten again until it has grown anew
+        let bytes = Array(text.utf8)
         queue.async {
-            _ = self.write(Array(text.utf8), append: false)
+            _ = self.write(bytes, append: false)
         }
     }
 

@@ -258,7 +258,9 @@ final class SignedCommands: Sendable {
         }
         if floor != s.floor {
             s.floor = floor
-            file?.append("floor \(floor)")
+            guard let file else { return }
+            file.append("floor \(floor)")
+            if file.wantsRewrite(live: s.seen.count) { file.rewrite(.init(ids: s.seen.mapValues(\.ts), floor: floor)) }
         }
     }
 

@@ -24,6 +24,20 @@ final class ReadBacks: Sendable {
             return v
         }
     }
+
+    /// Latches the commander cleared on the device (not published: the poller reads them).
+    private let latches = Mutex<[Int: ContinuousClock.Instant]>([:])
+
+    func recordLatchCleared(point: Int) { latches.withLock { $0[point] = .now } }
+
+    /// The latches cleared since the last call, with when the clear was acknowledged.
+    func takeLatchClears() -> [Int: ContinuousClock.Instant] {
+        latches.withLock { v in
+            guard !v.isEmpty else { return [:] }
+            defer { v = [:] }
+            return v
+        }
+    }
 }
 
 /// Runs one device's commands: `/set`, `/get` and the ends of pulses, one at a time in arrival
@@ -290,7 +304,7 @@ final class DeviceCommander: Sendable {
             do {
                 try await write(point.offWrite, point: point, deadline: .now + timeout)
                 // The poller takes its next reading as the device's state after the clear.
-                readBacks.record(.bool(false), point: index)
+                readBacks.recordLatchCleared(point: index)
                 logger.info("latch cleared", metadata: ["point": "\(point.name)"])
             } catch {
                 // The next poll that sees it still set asks again (``DevicePoller``).

@@ -114,7 +114,9 @@ struct DoorSafetyLogicTests {
         #expect(second.check(Self.request(.bool(true), ts: now + 40_000, id: "d"), topic: "gw/d/p/set", now: now + 40_000, monotonic: t1 + .seconds(31)) == nil)
         await second.flushed()
         let third = SignedCommands(key: Self.key, maxAgeMs: 30_000, stateDirectory: dir, now: t1 + .seconds(40))
-        #expect(third.check(Self.request(.bool(true), ts: now, id: "a"), topic: "gw/d/p/set", now: now, monotonic: t1 + .seconds(40))?.contains("not after") == true)
+        #expect(third.check(Self.request(.bool(true), ts: now, id: "a"), topic: "gw/d/p/set", now: now, monotonic: t1 + .seconds(40))?.contains("replay") == true)
+        #expect(third.check(Self.request(.bool(true), ts: now, id: "z"), topic: "gw/d/p/set", now: now, monotonic: t1 + .seconds(40))?.contains("not after") == true,
+                "the floor is read back: an id never seen, with a ts at the floor")
         // Bounded: 3000 commands, each forgotten before the next, leave a file of at most
         // about twice the ids remembered (1000 lines at least before a rewrite).
         var t = t1 + .seconds(40)
@@ -299,7 +301,9 @@ struct DoorSafetyTests {
         #expect(next.lines.contains { $0.contains("1 ids an earlier run saw are remembered") }, "\(next.tail)")
         #expect(try await CommandTests.command(rig, "unlock", recorded) == refusal, "replayed after a restart")
         _ = try await next.waitForLine(containing: "already used (a replay)")
-        #expect(rig.sim.writes.count == 2, "the replay wrote: \(rig.sim.writes)")
+        // The new run may switch the pulse off once more (its journal entry outlived the kill),
+        // but never on.
+        #expect(rig.sim.writes.filter { $0.values == [1] }.count == 1, "the replay wrote: \(rig.sim.writes)")
         await next.stop()
         await rig.shutdown()
     }
@@ -316,7 +320,7 @@ struct DoorSafetyTests {
         let forDevice = try await Self.sign(keyFile: key, topic: "\(Self.b)/door2/unlock/set", value: "true")
         let forPoint = try await Self.sign(keyFile: key, topic: "\(Self.b)/dev/unlock2/set", value: "true")
         #expect(try await CommandTests.command(rig, "unlock", forDevice, device: "door2") == #"{"ok":false,"error":"unknown device 'door2'"}"#)
-        #expect(try await CommandTests.command(rig, "unlock2", forPoint)?.contains("unknown point") == true)
+        #expect(try await CommandTests.command(rig, "unlock2", forPoint).contains("unknown point"))
         // The reload adds both (door2 on unit 2 of the same simulator, unlock2 at coil 9).
         let config = try String(contentsOfFile: rig.configPath, encoding: .utf8)
         let added = config + """

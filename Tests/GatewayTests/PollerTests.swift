@@ -129,7 +129,7 @@ struct PollerTests {
         await p.poll(bus, sink: sink)
         #expect(events == 1 && clears.withLock { $0 } == [2, 2, 2])
         // The clear landed; the device set it again before the next poll: a new event.
-        readBacks.record(.bool(false), point: 2)
+        readBacks.recordLatchCleared(point: 2)
         await p.poll(bus, sink: sink)
         #expect(events == 2 && clears.withLock { $0.count } == 4)
         // Read clear, then set: a third event.

@@ -167,6 +167,7 @@ struct ReloadTests {
             [gateway]
             id = "e2e"
             state_dir = "\(dir)"
+            \(gateway.contains("require_synced_clock") ? "" : "require_synced_clock = false")
             \(gateway)
             [mqtt]
             url = "mqtt://127.0.0.1:\(rig.broker.port)"
