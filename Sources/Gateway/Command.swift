@@ -248,6 +248,19 @@ public enum CommandAnswer: Sendable, Equatable {
     case readBackFailed(String)
     case refused(String)
 
+    /// The answer as logged and shown for a `secret = true` point: the value read back masked,
+    /// and `sent` (what the command asked, as the refusal may quote it) wherever a reason holds it.
+    func secretMasked(sent: [String]) -> CommandAnswer {
+        func mask(_ why: String) -> String {
+            sent.filter { !$0.isEmpty }.reduce(why) { $0.replacing($1, with: "(secret)") }
+        }
+        return switch self {
+        case .ok: .ok(.text("(secret)"))
+        case .readBackFailed(let why): .readBackFailed(mask(why))
+        case .refused(let why): .refused(mask(why))
+        }
+    }
+
     public func json(note: String? = nil) -> String {
         var s = switch self {
         case .ok(let value): "{\"ok\":true,\"value\":\(value.json)"

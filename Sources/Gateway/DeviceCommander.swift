@@ -117,9 +117,10 @@ final class DeviceCommander: Sendable {
 
         /// A `/set` on Modbus and serial devices alike: the ``CommandPipeline`` checks, then
         /// `execute` (which checks the value and the device and returns the `ok` answer or throws
-        /// the refusal), then its audit line and its answer.
+        /// the refusal), then its audit line and its answer. `secret`: the value is never logged
+        /// or shown (`secret = true`); a refused command's value is never shown either.
         func runCommand<Target>(_ message: MQTTMessage, name: String, receivedAt: ContinuousClock.Instant,
-                                pipeline: inout CommandPipeline, resultTopic: String, logger: Logger,
+                                pipeline: inout CommandPipeline, resultTopic: String, secret: Bool = false, logger: Logger,
                                 target: () throws(CommandRefused) -> Target,
                                 mustBeSigned: (Target) -> Bool = { _ in false },
                                 execute: (Target, CommandRequest) async throws(CommandRefused) -> CommandAnswer) async {
@@ -152,19 +153,22 @@ final class DeviceCommander: Sendable {
                 pipeline.finish(name, request: req, answer: answer, now: .now)
             }
             // Everything from the message is escaped: a command cannot forge a log line.
+            let value = secret ? "(secret)" : request.map { "\($0.value)" } ?? String(decoding: message.payload.prefix(64), as: UTF8.self)
             var meta: Logger.Metadata = [
                 "point": "\(name.logSafe)",
                 "topic": "\(message.topic.logSafe)",
-                "value": "\((request.map { "\($0.value)" } ?? String(decoding: message.payload.prefix(64), as: UTF8.self)).logSafe)",
+                "value": "\(value.logSafe)",
                 "latency_ms": "\(DeviceCommander.milliseconds(since: receivedAt))",
             ]
             if let id = request?.id { meta["id"] = "\(id.logSafe)" }
             if repeated { meta["note"] = "repeated id: not executed again" }
-            logger.notice("command \(message.topic.logSafe) -> \(answer.json().logSafe)", metadata: meta)
+            let shown = secret
+                ? answer.secretMasked(sent: [String(decoding: message.payload, as: UTF8.self)] + (request.map { ["\($0.value)"] } ?? []))
+                : answer
+            logger.notice("command \(message.topic.logSafe) -> \(shown.json().logSafe)", metadata: meta)
             if let telemetry, let command = topics.parse(message.topic) {
-                telemetry.commandAnswered(device: command.device, point: command.point,
-                                          value: request.map { "\($0.value)" } ?? String(decoding: message.payload.prefix(64), as: UTF8.self),
-                                          answer: answer, receivedAt: receivedAt, wroteAt: executedAt)
+                telemetry.commandAnswered(device: command.device, point: command.point, value: value,
+                                          answer: shown, receivedAt: receivedAt, wroteAt: executedAt)
             }
             await self.answer(answer, to: message, fallback: resultTopic, logger: logger)
         }
@@ -342,7 +346,8 @@ final class DeviceCommander: Sendable {
                            pipeline: inout CommandPipeline,
                            startPulse: (Int, Duration) -> Void, endPulse: (Int) async -> Void) async {
         await context.runCommand(message, name: pointName, receivedAt: receivedAt, pipeline: &pipeline,
-                                 resultTopic: context.topics.setResult(device: device.name, point: pointName), logger: logger) { () throws(CommandRefused) -> Int in
+                                 resultTopic: context.topics.setResult(device: device.name, point: pointName),
+                                 secret: device.points.first { $0.name == pointName }?.secret ?? false, logger: logger) { () throws(CommandRefused) -> Int in
             guard let index = device.points.firstIndex(where: { $0.name == pointName }) else {
                 throw CommandRefused("unknown point '\(pointName)' on device '\(device.name)'")
             }

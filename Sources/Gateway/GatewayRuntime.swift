@@ -380,8 +380,7 @@ public final class GatewayRuntime: Service, Sendable {
         // copy of it would be accepted once the device is back.
         if isSet { context.signing?.spend(message.payload, topic: message.topic) }
         if let telemetry, let command = topics.parse(message.topic) {
-            telemetry.commandAnswered(device: command.device, point: command.point,
-                                      value: String(decoding: message.payload.prefix(64), as: UTF8.self),
+            telemetry.commandAnswered(device: command.device, point: command.point, value: "",
                                       answer: .refused(why), receivedAt: receivedAt, wroteAt: nil)
         }
         logger.notice("command \(message.topic.logSafe) -> refused: \(why.logSafe)", metadata: ["topic": "\(message.topic.logSafe)"])

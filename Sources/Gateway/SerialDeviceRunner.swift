@@ -287,7 +287,8 @@ final class SerialDeviceRunner: Sendable {
     private func handleSet(_ message: MQTTMessage, name: String, receivedAt: ContinuousClock.Instant, pipeline: inout CommandPipeline,
                            stalled: inout ContinuousClock.Instant?) async {
         await context.runCommand(message, name: name, receivedAt: receivedAt, pipeline: &pipeline,
-                                 resultTopic: context.topics.setResult(device: settings.name, point: name), logger: logger) { () throws(CommandRefused) in
+                                 resultTopic: context.topics.setResult(device: settings.name, point: name),
+                                 secret: settings.commands.first { $0.name == name }?.secret ?? false, logger: logger) { () throws(CommandRefused) in
             guard let command = settings.commands.first(where: { $0.name == name }) else {
                 let names = settings.commands.map(\.name).joined(separator: ", ")
                 throw CommandRefused("unknown command '\(name)' on device '\(settings.name)'\(names.isEmpty ? "" : " (commands: \(names))")")

@@ -76,10 +76,13 @@ public final class GatewayTelemetry: Sendable {
         public var name: String
         public var bus: String?
         public var points: [(name: String, unit: String?)]
-        public init(name: String, bus: String?, points: [(name: String, unit: String?)]) {
+        /// Points whose value is never shown (`secret = true`), by index.
+        public var secret: Set<Int>
+        public init(name: String, bus: String?, points: [(name: String, unit: String?)], secret: Set<Int> = []) {
             self.name = name
             self.bus = bus
             self.points = points
+            self.secret = secret
         }
     }
 
@@ -144,7 +147,10 @@ public final class GatewayTelemetry: Sendable {
     }
 
     static func devices(of c: GatewayConfiguration) -> [DeviceDescription] {
-        let modbus = c.devices.map { d in DeviceDescription(name: d.name, bus: d.bus, points: d.points.map { ($0.name, $0.unit) }) }
+        let modbus = c.devices.map { d in
+            DeviceDescription(name: d.name, bus: d.bus, points: d.points.map { ($0.name, $0.unit) },
+                              secret: Set(d.points.indices.filter { d.points[$0].secret }))
+        }
         let serial = c.serialDevices.map { d in DeviceDescription(name: d.name, bus: nil, points: d.points.map { ($0.name, nil) }) }
         return modbus + serial
     }
@@ -234,7 +240,9 @@ public final class GatewayTelemetry: Sendable {
         }
         answerSeconds.recordNanoseconds((now - receivedAt).nanoseconds)
         if let wroteAt { writeSeconds.recordNanoseconds((wroteAt - receivedAt).nanoseconds) }
-        let entry = RecentCommands.Entry(at: Self.wallClock(), device: device, point: point, value: String(value.prefix(64)),
+        // A refused command's value is not shown: it may be anything (a mistyped PIN, garbage).
+        let shown = if case .refused = answer { "" } else { String(value.prefix(64)) }
+        let entry = RecentCommands.Entry(at: Self.wallClock(), device: device, point: point, value: shown,
                                          answer: answer.json(), latencyMs: Double((now - receivedAt).nanoseconds) / 1e6)
         commands.withLock { $0.append(entry) }
     }
@@ -352,6 +360,8 @@ final class DeviceMeter: Sendable {
     let bus: String?
     let pointNames: [String]
     let units: [String?]
+    /// Points whose value the status page shows as "(secret)".
+    let secret: Set<Int>
     let online: Gauge
     /// Poll counters by result, made when a result first happens (most devices only ever see
     /// `ok`: 100 devices would otherwise hold 500 counters that stay at zero).
@@ -382,6 +392,7 @@ final class DeviceMeter: Sendable {
         bus = d.bus
         pointNames = d.points.map(\.name)
         units = d.points.map(\.unit)
+        secret = d.secret
         registry = r
         let l = [("device", d.name)]
         online = r.gauge(name: "gateway_device_online", labels: l, help: "1 while the device answers (0: offline or not yet seen)")
@@ -408,7 +419,7 @@ final class DeviceMeter: Sendable {
 
     /// Made for the same device: same name, bus and points (a reload keeps such a meter).
     func describes(_ d: GatewayTelemetry.DeviceDescription) -> Bool {
-        name == d.name && bus == d.bus && pointNames == d.points.map(\.name) && units == d.points.map(\.unit)
+        name == d.name && bus == d.bus && pointNames == d.points.map(\.name) && units == d.points.map(\.unit) && secret == d.secret
     }
 
     /// The device is gone (a reload): its series leave the exposition.
@@ -468,7 +479,7 @@ final class DeviceMeter: Sendable {
         let now = GatewayTelemetry.wallClock()
         status.withLock { s in
             guard point < s.values.count else { return }
-            s.values[point] = value.json
+            s.values[point] = secret.contains(point) ? "\"(secret)\"" : value.json
             s.valueWall[point] = now
         }
     }

@@ -375,6 +375,9 @@ public struct PointSettings: Sendable, Equatable {
     /// `signed` (default: true when `[gateway] command_key_file` is set): commands to this point
     /// must be signed. `signed = true` needs the key file; `signed = false` exempts the point.
     public var signed: Bool?
+    /// `secret` (default false; writable points): its commands' values (a keypad PIN) are never
+    /// shown on the status page or in the log.
+    public var secret = false
     /// `failsafe` (default none; writable points): the value written once when the broker has been
     /// away `failsafe_after_s` (and on a graceful stop with `failsafe_on_stop`).
     public var failsafe: ConfigScalar?
@@ -481,6 +484,8 @@ public struct SerialCommandSettings: Sendable, Equatable {
     public var maxLength = 64
     /// `signed` (default: true when `[gateway] command_key_file` is set): see ``PointSettings/signed``.
     public var signed: Bool?
+    /// `secret` (default false): see ``PointSettings/secret``.
+    public var secret = false
 
     public init(name: String, send: [UInt8]) {
         self.name = name

@@ -227,6 +227,10 @@ extension PointSettings {
         p.retain = r.bool("retain")
         p.signed = r.bool("signed")
         if p.signed == true && !p.writable { r.issue("signed", "only for writable points") }
+        if let v = r.bool("secret") {
+            if v && !p.writable { r.issue("secret", "only for writable points") }
+            p.secret = v
+        }
         if let v = r.scalar("failsafe") {
             if !p.writable { r.issue("failsafe", "only for writable points") }
             if p.pulseMs != nil { r.issue("failsafe", "not for a pulse point (its safe state is its off)") }
@@ -372,6 +376,7 @@ extension SerialCommandSettings {
         }
         if let v = r.int("max_length", 1...1024) { c.maxLength = v }
         c.signed = r.bool("signed")
+        if let v = r.bool("secret") { c.secret = v }
         self = c
     }
 }

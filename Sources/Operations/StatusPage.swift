@@ -85,7 +85,7 @@ function render(st) {
     const r = el("tr", "command");
     const when = new Date(c.at * 1000).toLocaleTimeString([], { hour12: false });
     const ok = c.answer && c.answer.ok;
-    r.append(el("td", "meta when", when), el("td", "", c.device + " / " + c.point + " = " + c.value),
+    r.append(el("td", "meta when", when), el("td", "", c.device + " / " + c.point + (c.value ? " = " + c.value : "")),
              el("td", ok ? "" : "err", ok ? "ok" : (c.answer && c.answer.error) || "refused"), el("td", "age", Math.round(c.latency_ms) + " ms"));
     return r;
   });

@@ -145,6 +145,36 @@ struct OperationsTests {
         await rig.shutdown()
     }
 
+    @Test("/api/status never shows a secret = true command's value, nor a refused command's payload: the reason only; the log does not hold the secret either")
+    func secretsNotShown() async throws {
+        let port = try TestEnvironment.freePort()
+        let points = Self.points + "\n[[device.point]]\nname = \"pin\"\nregister = \"holding\"\naddress = 40\nwritable = true\nsecret = true\n"
+        let rig = try await Rig.start(points: points, simArgs: [], httpListen: "127.0.0.1:\(port)")
+        try await rig.waitFor("gateway/e2e/dev/status", "online")
+        try await rig.gateway.waitForLine(containing: "subscribed to commands")
+        try await rig.observer.publish(to: "gateway/e2e/dev/pin/set", payload: Array("4711".utf8), qos: .atLeastOnce)
+        try await rig.waitUntil("the PIN answered") { rig.payloads("gateway/e2e/dev/pin/set/result").count == 1 }
+        // A mistyped PIN: refused, and neither its value nor the refusal's quote of it is shown.
+        try await rig.observer.publish(to: "gateway/e2e/dev/pin/set", payload: Array("47x1".utf8), qos: .atLeastOnce)
+        try await rig.waitUntil("the bad PIN answered") { rig.payloads("gateway/e2e/dev/pin/set/result").count == 2 }
+        try await rig.observer.publish(to: "gateway/e2e/dev/unlock/set", payload: Array("hunter2".utf8), qos: .atLeastOnce)
+        try await rig.waitUntil("the refusal answered") { rig.payloads("gateway/e2e/dev/unlock/set/result").count == 1 }
+        try await rig.observer.publish(to: "gateway/e2e/nodev/x/set", payload: Array("swordfish".utf8), qos: .atLeastOnce)
+        try await rig.waitUntil("the unknown device answered") { rig.payloads("gateway/e2e/nodev/x/set/result").count == 1 }
+        #expect(try await rig.sim.waitForWrites(1).map(\.values) == [[4711]], "the PIN was written")
+        let status = try await Self.get("http://127.0.0.1:\(port)/api/status").body
+        #expect(status.contains(#""point":"pin","value":"(secret)""#), "\(status)")
+        // Refused: the value column is empty; the reason is shown (for a point that is not
+        // secret it may quote what was sent: "'hunter2' is not a bool").
+        #expect(status.contains(#""point":"unlock","value":"""#) && status.contains(#""point":"x","value":"""#), "\(status)")
+        #expect(!status.contains("swordfish"))
+        for leaked in ["4711", "47x1"] {
+            #expect(!status.contains(leaked), "\(leaked) on /api/status")
+            #expect(!rig.gateway.lines.contains { $0.contains(leaked) }, "\(leaked) in the log")
+        }
+        await rig.shutdown()
+    }
+
     @Test("/healthz: 200 ok while the MQTT session is up, 503 with the reason when the broker is gone")
     func healthz() async throws {
         let port = try TestEnvironment.freePort()
