@@ -50,8 +50,9 @@ let package = Package(
         // libmodbus through pkg-config (Debian: libmodbus-dev).
         .systemLibrary(name: "CModbus", pkgConfig: "libmodbus", providers: [.apt(["libmodbus-dev"])]),
 
-        // glibc's sys/timex.h (adjtimex): whether the system clock is synchronised.
-        .systemLibrary(name: "CTimex"),
+        // glibc's sys/timex.h (adjtimex: whether the system clock is synchronised) and malloc.h
+        // (malloc_trim, once after start-up).
+        .systemLibrary(name: "CLinux"),
 
         // SQLite through pkg-config (Debian: libsqlite3-dev): the outbox's storage.
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
@@ -96,7 +97,7 @@ let package = Package(
 
         // The domain: devices, points, scheduling, uplink, downlink, availability.
         .target(name: "Gateway", dependencies: [
-            "GatewayConfig", "LineSettings", "MQTT", "Modbus", "Serial", "CTimex", "CSQLite", "Operations",
+            "GatewayConfig", "LineSettings", "MQTT", "Modbus", "Serial", "CLinux", "CSQLite", "Operations",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

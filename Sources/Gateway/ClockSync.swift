@@ -2,7 +2,7 @@ import Logging
 import Synchronization
 
 #if canImport(Glibc)
-import CTimex
+import CLinux
 import Glibc
 #endif
 

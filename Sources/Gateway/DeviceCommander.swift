@@ -260,10 +260,12 @@ final class DeviceCommander: Sendable {
 
     /// Pulses an earlier run switched on and never switched off (it crashed) are switched off
     /// first, before any command: call before commands are dispatched.
+    /// A journal line of an earlier release (the name only) is taken as this point's; a line
+    /// whose target differs (the point was moved) is the ``PulseReaper``'s.
     func start() {
         let leftOn = context.journal.current
         let points = device.points.indices.filter { device.points[$0].pulseMs != nil
-            && leftOn.contains(PulseJournal.key(device: device.name, point: device.points[$0].name)) }
+            && (leftOn.contains(pulseLine(of: $0)) || leftOn.contains(PulseJournal.key(device: device.name, point: device.points[$0].name))) }
         let actions = jobs.withIdleState { $0.pulses.leftOn(points) } ?? []
         for case .offNow(let point, let g, let why) in actions { submit(.pulseEnd(point: point, generation: g, why: why)) }
     }
@@ -287,7 +289,7 @@ final class DeviceCommander: Sendable {
                 perform(work.pulses.switchedOn(index, pulse: period, now: .now), timers: &work.timers)
             } endPulse: { index in
                 perform(work.pulses.switchedOff(index), timers: &work.timers)
-                await context.journal.markOff(device: device.name, point: device.points[index].name)
+                await markOff(index)
             }
         case .get(let message, let pointName, let receivedAt):
             await handleGet(message, pointName: pointName, receivedAt: receivedAt)
@@ -373,7 +375,7 @@ final class DeviceCommander: Sendable {
         let deadline = receivedAt + timeout
         guard ContinuousClock.now < deadline else { throw CommandRefused("bus busy: the command could not start within \(timeout)") }
         // Journal first: if the gateway dies after this write, the next start switches it off.
-        let journalled = (point.pulseMs != nil && !plan.isOff) ? await context.journal.markOn(device: device.name, point: point.name) : false
+        let journalled = (point.pulseMs != nil && !plan.isOff) ? await context.journal.markOn(pulseLine(of: index)) : false
         do {
             try await write(plan, point: point, deadline: deadline)
         } catch let e as ModbusError where e.isOutcomeUnknown {
@@ -383,7 +385,7 @@ final class DeviceCommander: Sendable {
         } catch {
             // Refused by the device, not sent, or not started in time: nothing changed, and a
             // pulse already running keeps its end (and its journal entry).
-            if journalled { await context.journal.markOff(device: device.name, point: point.name) }
+            if journalled { await markOff(index) }
             throw CommandRefused("\(error)")
         }
         if let ms = point.pulseMs {
@@ -394,6 +396,16 @@ final class DeviceCommander: Sendable {
         case .success(let v): return .ok(v)
         case .failure(let e): return .readBackFailed("\(e)")
         }
+    }
+
+    /// Point `index`'s pulse journal line: where its off goes (``PulseTarget``).
+    private func pulseLine(of index: Int) -> String {
+        PulseTarget(device: device, point: device.points[index]).line(device: device.name, point: device.points[index].name)
+    }
+
+    /// Its pulse is off: its journal line goes (and an earlier release's line for it).
+    private func markOff(_ index: Int) async {
+        await context.journal.markOff(pulseLine(of: index), legacy: PulseJournal.key(device: device.name, point: device.points[index].name))
     }
 
     private func write(_ plan: WritePlan, point: PointSettings, deadline: ContinuousClock.Instant) async throws {
@@ -484,7 +496,7 @@ final class DeviceCommander: Sendable {
         for attempt in 1...attempts {
             do {
                 try await write(point.offWrite, point: point, deadline: .now + timeout)
-                await context.journal.markOff(device: device.name, point: point.name)
+                await markOff(index)
                 log.info("pulse ended: switched off (\(why))")
                 _ = await readBack(index)
                 return true

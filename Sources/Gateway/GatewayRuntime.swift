@@ -63,6 +63,8 @@ public final class GatewayRuntime: Service, Sendable {
     let logger: Logger
     let board = StatusBoard()
     let journal: PulseJournal
+    /// Switches off pulses whose point a reload moved or removed (``PulseReaper``).
+    let reaper: PulseReaper
     let version: String
     /// Metrics and live status for the operations listener; nil when it is off.
     public let telemetry: GatewayTelemetry?
@@ -126,11 +128,12 @@ public final class GatewayRuntime: Service, Sendable {
                      client: client, telemetry: telemetry, logger: logger)
             : nil
         self.outbox = outbox
-        let (journal, leftOn) = PulseJournal.open(directory: configuration.gateway.stateDirectory, pulses: Set(plan.pulsePoints), logger: logger)
+        let (journal, leftOn) = PulseJournal.open(directory: configuration.gateway.stateDirectory, hasPulses: !plan.pulsePoints.isEmpty, logger: logger)
         if !leftOn.isEmpty {
             logger.warning("pulses left on by an earlier run that did not end them, switching them off: \(leftOn.sorted().joined(separator: ", "))")
         }
         self.journal = journal
+        self.reaper = PulseReaper(journal: journal, logger: logger)
         telemetry?.journalWritable.set(journal.path != nil ? 1.0 : 0.0)
         let context = DeviceCommander.Context(topics: plan.topics, gateway: configuration.gateway, client: client, board: board, journal: journal,
                                               telemetry: telemetry,
@@ -223,6 +226,7 @@ public final class GatewayRuntime: Service, Sendable {
         await outbox?.start()
         await client.start()
         for c in starting.commanders.values { c.start() }
+        await reaper.adoptOrphans(of: starting.plan, bus: busNamed)
         for bus in starting.buses.values { startPoller(bus, units: starting) }
         for runner in starting.serial.values { runner.start() }
         units.withLock { $0.phase = .running }
@@ -255,6 +259,7 @@ public final class GatewayRuntime: Service, Sendable {
         await withTaskGroup(of: Void.self) { group in
             for c in running.commanders.values { group.addTask { await c.stop() } }
         }
+        reaper.stop()
         // What waits for the broker goes to disk (nothing is lost by a stop).
         await outbox?.close()
         // Polling has stopped: say so, then leave.
@@ -265,6 +270,11 @@ public final class GatewayRuntime: Service, Sendable {
         for bus in running.buses.values { bus.bus.close() }
         await changes.unlock()
         logger.info("gateway stopped")
+    }
+
+    /// The bus of that name running now (the ``PulseReaper`` asks at every attempt).
+    var busNamed: @Sendable (String) -> ModbusBus? {
+        { [weak self] name in self?.units.withLock { $0.buses[name]?.bus } }
     }
 
     /// The fail-safe points of the devices running now.
@@ -396,6 +406,7 @@ public final class GatewayRuntime: Service, Sendable {
     /// Birth and statuses after every (re)connect; broker loss logged once per episode.
     private func watchConnection() async {
         var subscribed = false
+        var takeovers = 0
         for await event in client.events {
             guard !Task.isCancelled else { return }
             switch event {
@@ -430,6 +441,12 @@ public final class GatewayRuntime: Service, Sendable {
                     let limit = await client.configuration.queueLimit
                     logger.warning("broker lost: \(reason); buffering up to \(limit) messages")
                 }
+            case .sessionTakenOver:
+                // The broker said so (MQTT 5), or it keeps switching between us and a twin. Control
+                // is lost as surely as with the broker gone: the fail-safe counts on, by design.
+                takeovers += 1
+                let id = await client.configuration.clientIdentifier
+                logger.error("session taken over by another client with client id '\(id)' (\(takeovers) since start): no commands reach the gateway while it waits to take the session back, and the fail-safe counts this as the broker lost")
             default:
                 break
             }

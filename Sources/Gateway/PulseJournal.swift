@@ -10,10 +10,14 @@ import Glibc
 /// pulse cut short by a crash of the gateway (kill -9, out of memory, a power cut) is switched
 /// off at the next start instead of leaving a door unlocked.
 ///
-/// One line per pulse, `<device>/<point>` (names are topic-safe, so never contain `/`). An entry
-/// is written *before* the write that switches a pulse on and removed after the write that
-/// switches it off. The file is replaced atomically: a temporary file is written and flushed to
-/// the storage device (`fdatasync`), then renamed over the journal; the directory is flushed
+/// One line per pulse: `<device>/<point>` (names are topic-safe, so never contain `/` or a
+/// space) and where its off goes, as the pulse started: `bus=plc unit=1 coil=0 width=1
+/// multiple=0` (or `holding=<address>`; ``PulseTarget``). So the off is written where the on
+/// went even after a reload moved or removed the point (``PulseReaper``). A line of an earlier
+/// release has the name only; it is switched off where the point is now. An entry is written
+/// *before* the write that switches a pulse on and removed after the write that switches it
+/// off. The file is replaced atomically: a temporary file is written and flushed to the
+/// storage device (`fdatasync`), then renamed over the journal; the directory is flushed
 /// afterwards. All of it runs on the journal's queue; the command awaits the file's flush, not
 /// the directory's. A power cut within that last flush (milliseconds) leaves the
 /// previous journal, whole: the one case not covered.
@@ -26,10 +30,10 @@ final class PulseJournal: Sendable {
     private let flushQueue = DispatchQueue(label: "gateway.pulse-journal")
     private let failing = Atomic<Bool>(false)
 
-    /// Opens the journal in `directory` and returns it with the pulses an earlier run left on.
-    /// `pulses`: the `<device>/<point>` keys of every pulse point in the configuration (none: the
-    /// journal is only read, for what an earlier configuration left on).
-    static func open(directory: String, pulses: Set<String>, logger: Logger) -> (journal: PulseJournal, leftOn: Set<String>) {
+    /// Opens the journal in `directory` and returns it with the pulses an earlier run left on
+    /// (every line it holds). `pulses`: true when the configuration has pulse points (without
+    /// them and without lines left, a directory that is not writable is not worth a warning).
+    static func open(directory: String, hasPulses: Bool, logger: Logger) -> (journal: PulseJournal, leftOn: Set<String>) {
         let path = directory + "/pulses"
         var leftOn: Set<String> = []
         if let f = fopen(path, "r") {
@@ -43,13 +47,9 @@ final class PulseJournal: Sendable {
         } else if case let e = errno, e != ENOENT {
             logger.warning("pulse journal \(path) cannot be read (\(PulseJournal.describe(e))): pulses an earlier run left on are not known")
         }
-        for stray in leftOn.subtracting(pulses).sorted() {
-            logger.error("pulse journal: \(stray) was left on by an earlier run but is no longer a pulse point of this configuration: not switched off")
-        }
-        leftOn.formIntersection(pulses)
         // Probe: the directory must take a new file, or there is no journal. Without pulse
         // points it is kept quietly (a reload may add some; nothing is written until then).
-        guard !pulses.isEmpty || access(directory, W_OK | X_OK) == 0 else {
+        guard hasPulses || !leftOn.isEmpty || access(directory, W_OK | X_OK) == 0 else {
             return (PulseJournal(path: nil, entries: [], logger: logger), leftOn)
         }
         guard access(directory, W_OK | X_OK) == 0 else {
@@ -68,16 +68,21 @@ final class PulseJournal: Sendable {
 
     static func key(device: String, point: String) -> String { "\(device)/\(point)" }
 
-    /// Records a pulse as on; returns once the file says so. True when it was not recorded
-    /// before (no pulse running).
+    /// Records a pulse (its journal line, ``PulseTarget/line(device:point:)``) as on; returns
+    /// once the file says so. True when it was not recorded before (no pulse running).
     @discardableResult
-    func markOn(device: String, point: String) async -> Bool {
-        await update { $0.insert(Self.key(device: device, point: point)).inserted }
+    func markOn(_ line: String) async -> Bool {
+        await update { $0.insert(line).inserted }
     }
 
-    /// Records a pulse as off; returns once the file says so.
-    func markOff(device: String, point: String) async {
-        _ = await update { $0.remove(Self.key(device: device, point: point)) != nil }
+    /// Records a pulse as off (and an earlier release's line for the same point, `legacy`);
+    /// returns once the file says so.
+    func markOff(_ line: String, legacy: String? = nil) async {
+        _ = await update { set in
+            let removed = set.remove(line) != nil
+            let old = legacy.map { set.remove($0) != nil } ?? false
+            return removed || old
+        }
     }
 
     var current: Set<String> { entries.withLock { $0 } }

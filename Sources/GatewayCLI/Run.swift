@@ -81,6 +81,7 @@ struct Run: AsyncParsableCommand {
         if let notifier {
             services.append(.init(service: SystemdService(runtime: runtime, notifier: notifier, logger: logger), successTerminationBehavior: .ignore))
         }
+        services.append(.init(service: StartupHeapTrim(logger: logger), successTerminationBehavior: .ignore))
         let group = ServiceGroup(configuration: .init(services: services,
                                                       gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()

@@ -1,4 +1,5 @@
 @testable import Gateway
+import GatewayConfig
 @testable import MQTT
 import Testing
 
@@ -108,6 +109,41 @@ struct CommandPipelineTests {
         var timed = CommandPipeline(maxAgeMs: 5000, signing: nil)
         #expect(refusal(admit(&timed, message("{\"value\":true,\"ts\":\(Self.unix0)}"), clockSynced: false)) == "gateway clock not synchronised")
         guard case .execute = admit(&timed, message("{\"value\":true,\"ts\":\(Self.unix0)}")) else { Issue.record("timed refused when synced"); return }
+    }
+
+    @Test("pulse journal lines: where the off goes, read back as written; the reaper takes the lines no pulse point owns now")
+    func pulseJournalLines() throws {
+        let t = PulseTarget(bus: "plc", unit: 3, coil: false, address: 40, width: 2, multiple: true)
+        let line = t.line(device: "door", point: "unlock")
+        #expect(line == "door/unlock bus=plc unit=3 holding=40 width=2 multiple=1")
+        #expect(PulseTarget.parse(line).key == "door/unlock" && PulseTarget.parse(line).target == t)
+        #expect(PulseTarget.parse("door/unlock").target == nil, "an earlier release's line: the name only")
+        #expect(PulseTarget.parse("door/unlock bus=plc unit=x coil=0 width=1 multiple=0").target == nil)
+        #expect(PulseTarget.parse("door/unlock bus=plc unit=1 coil=0 holding=0 width=1 multiple=0").target == nil)
+        let plan = GatewayPlan(try ConfigLoader.parse("""
+            [gateway]
+            id = "x"
+            [[bus]]
+            name = "plc"
+            type = "tcp"
+            host = "127.0.0.1"
+            [[device]]
+            name = "door"
+            bus = "plc"
+            unit = 1
+            [[device.point]]
+            name = "unlock"
+            register = "coil"
+            address = 0
+            writable = true
+            pulse_ms = 500
+            """))
+        let current = "door/unlock bus=plc unit=1 coil=0 width=1 multiple=0"
+        let moved = "door/unlock bus=plc unit=1 coil=5 width=1 multiple=0"
+        let gone = "old/latch bus=plc unit=2 coil=1 width=1 multiple=0"
+        let orphans = PulseReaper.orphans([current, moved, gone, "door/unlock", "old/other"], plan: plan)
+        #expect(orphans.adopt == [moved, gone], "the point's own line and its legacy line are its commander's")
+        #expect(orphans.unknown == ["old/other"])
     }
 
     @Test("pulses: an end fires once; a new on replaces it; an off by command cancels it; a failed off retries")

@@ -416,7 +416,7 @@ struct CommandTests {
         let journal = (rig.configPath as NSString).deletingLastPathComponent + "/pulses"
         #expect(!FileManager.default.fileExists(atPath: journal), "no pulse yet, no journal file")
         try await Self.command(rig, "unlock", "true")
-        #expect(try String(contentsOfFile: journal, encoding: .utf8) == "dev/unlock\n")
+        #expect(try String(contentsOfFile: journal, encoding: .utf8) == "dev/unlock bus=plc unit=1 coil=0 width=1 multiple=0\n")
         rig.gateway.signal(SIGKILL)
         _ = try await rig.gateway.waitForExit(timeout: .seconds(10))
         #expect(rig.sim.writes.map(\.values) == [[1]], "the door is open and nobody will close it")
@@ -430,6 +430,57 @@ struct CommandTests {
         try await rig.waitUntil("the new run's birth") { rig.payloads("\(Self.b)/status").filter { $0 == "online" }.count >= 2 }
         _ = try await next.waitForLine(containing: "subscribed to commands")
         #expect(next.lines.filter { $0.contains("left on by an earlier run") }.count >= 1)
+        await next.stop()
+        await rig.shutdown()
+    }
+
+    /// The rig's config with the unlock pulse point moved to coil 7 (`to: nil`: removed).
+    static func moveUnlock(_ rig: Rig, to address: Int?) throws {
+        let text = try String(contentsOfFile: rig.configPath, encoding: .utf8)
+        let old = "name = \"unlock\"\nregister = \"coil\"\naddress = 0\n"
+        #expect(text.contains(old))
+        let new = address.map { "name = \"unlock\"\nregister = \"coil\"\naddress = \($0)\n" } ?? "name = \"unlocked_gone\"\nregister = \"coil\"\naddress = 9\n"
+        try text.replacingOccurrences(of: old, with: new).write(toFile: rig.configPath, atomically: true, encoding: .utf8)
+    }
+
+    @Test("a reload moves a pulse point while its device is silent: the off is written where the on went, retried until taken, never to the new address")
+    func reloadMovesPulseDeviceSilent() async throws {
+        let rig = try await Self.startRig(pulseMs: 600_000)
+        try await Self.command(rig, "unlock", "true")
+        #expect(try await rig.sim.waitForWrites(1).map { [$0.address] + $0.values } == [[0, 1]])
+        _ = await rig.sim.stop()   // the device goes silent
+        try Self.moveUnlock(rig, to: 7)
+        rig.gateway.signal(SIGHUP)
+        _ = try await rig.gateway.waitForLine(containing: "reload: ", timeout: .seconds(30))
+        _ = try await rig.gateway.waitForLine(containing: "pulse end FAILED where it was switched on", timeout: .seconds(20))
+        // The device answers again (same port): the off goes to coil 0, where the on went.
+        let again = try await GatewaySimulator.start([], port: rig.simPort)
+        let writes = try await again.waitForWrites(1, timeout: .seconds(20))
+        #expect(writes.map { [$0.address] + $0.values } == [[0, 0]], "\(writes)")
+        _ = try await rig.gateway.waitForLine(containing: "pulse ended: switched off where it was switched on")
+        let journal = try String(contentsOfFile: (rig.configPath as NSString).deletingLastPathComponent + "/pulses", encoding: .utf8)
+        #expect(journal == "", "\(journal)")
+        // The moved point works at its new address, and nothing was written there unasked.
+        #expect(!again.writes.contains { $0.address == 7 })
+        try await rig.waitFor("\(Self.b)/dev/status", "online")
+        _ = await again.stop()
+        await rig.shutdown()
+    }
+
+    @Test("killed during a pulse, then started with a configuration that no longer has the point: the off is written where the journal says the on went")
+    func crashPulsePointRemoved() async throws {
+        let rig = try await Self.startRig(pulseMs: 600_000)
+        try await Self.command(rig, "unlock", "true")
+        rig.gateway.signal(SIGKILL)
+        _ = try await rig.gateway.waitForExit(timeout: .seconds(10))
+        let journalPath = (rig.configPath as NSString).deletingLastPathComponent + "/pulses"
+        #expect(try String(contentsOfFile: journalPath, encoding: .utf8) == "dev/unlock bus=plc unit=1 coil=0 width=1 multiple=0\n")
+        try Self.moveUnlock(rig, to: nil)
+        let next = try ChildProcess(try TestEnvironment.gatewayBinary(), ["run", "--config", rig.configPath])
+        let writes = try await rig.sim.waitForWrites(2)
+        #expect(writes.map { [$0.address] + $0.values } == [[0, 1], [0, 0]], "\(writes)")
+        _ = try await next.waitForLine(containing: "pulse ended: switched off where it was switched on")
+        #expect(try String(contentsOfFile: journalPath, encoding: .utf8) == "")
         await next.stop()
         await rig.shutdown()
     }

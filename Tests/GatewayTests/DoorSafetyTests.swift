@@ -480,6 +480,34 @@ struct DoorSafetyTests {
         return rig
     }
 
+    @Test("fail-safe on a session taken over by a client with the gateway's id that keeps reconnecting: logged as an error with the count, and the fail-safe value written once")
+    func failsafeOnTakeover() async throws {
+        let points = """
+            [[device.point]]
+            name = "barrier"
+            register = "holding"
+            address = 5
+            writable = true
+            failsafe = 1
+            """
+        let rig = try await Rig.start(points: points, simArgs: [], pollMs: 100, extraGateway: "failsafe_after_s = 1", extraMQTT: "protocol = 5")
+        try await rig.waitFor("\(Self.b)/dev/status", "online")
+        _ = try await rig.gateway.waitForLine(containing: "birth and statuses published")
+        // Someone connects with the gateway's client id and keeps reconnecting (a copy of the
+        // gateway elsewhere): the broker hands the session to each in turn, closing the other.
+        var c = MQTTConfiguration(host: "127.0.0.1", port: rig.broker.port, clientIdentifier: "gateway-e2e")
+        c.reconnect = MQTTReconnectPolicy(initialDelay: .milliseconds(50), maximumDelay: .milliseconds(200))
+        let twin = MQTTClient(configuration: c)
+        try await twin.connect()
+        _ = try await rig.gateway.waitForLine(containing: "session taken over by another client with client id 'gateway-e2e' (1 since start)")
+        #expect(rig.gateway.lines.contains { $0.contains("error") && $0.contains("session taken over") }, "\(rig.gateway.tail)")
+        // Control is lost as surely as with the broker gone: the fail-safe value after failsafe_after_s.
+        let writes = try await rig.sim.waitForWrites(1, timeout: .seconds(15))
+        #expect(writes.map(\.address) == [5] && writes.map(\.values) == [[1]])
+        await twin.disconnect()
+        await rig.shutdown()
+    }
+
     @Test("fail-safe: a device offline when it is due gets the write when it comes back, while the broker is still away")
     func failsafeDeviceBack() async throws {
         let rig = try await Self.deviceOfflineBrokerAway()
