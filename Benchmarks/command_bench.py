@@ -8,12 +8,21 @@ PULSE_MS=N in the environment makes the commanded coil a pulse point (every `tru
 journalled before its write: the pulse journal's cost is in the figures). STEADY=1 sends the
 first command 7 s after start (binaries before 2026-12-06 gave their start-up pages back 5 s
 after start, and the first commands after that mapped their code back in)."""
-import json, os, random, subprocess, sys, threading, time
+import hashlib, hmac, json, os, random, subprocess, sys, threading, time
 from benchlib import BIN, TMP, STARTED, start_broker, start_sim, Observer, proc_cpu_rss, context_switches
 
 N = int(sys.argv[2]) if len(sys.argv) > 2 else 300
 POLL_MS = int(sys.argv[3]) if len(sys.argv) > 3 else 1000
 PULSE_MS = int(os.environ.get("PULSE_MS", "0"))
+# SIGNED=1: every command signed (a key file; since 2026-12-06 each id is flushed to
+# state_dir/command-ids before the write: its cost is in the figures).
+SIGNED = os.environ.get("SIGNED", "") == "1"
+KEY = b"bench-key-0123456789abcdef"
+def payload(topic, value, i):
+    if not SIGNED: return value
+    ts, cid = int(time.time() * 1000), f"c{i}-{random.getrandbits(32):08x}"
+    sig = hmac.new(KEY, f"{topic}\n{value}\n{ts}\n{cid}".encode(), hashlib.sha256).hexdigest()
+    return f'{{"value":{value},"ts":{ts},"id":"{cid}","sig":"{sig}"}}'
 
 writes, cond = [], threading.Condition()
 def on_line(line):
@@ -24,9 +33,18 @@ def on_line(line):
 broker, mport = start_broker()
 sim, sport = start_sim(["--unit", "1"], on_line)
 cfg = os.path.join(TMP, "cmd.toml")
+signing = ""
+if SIGNED:
+    keyfile = os.path.join(TMP, "command.key")
+    with open(keyfile, "wb") as f: f.write(KEY + b"\n")
+    os.chmod(keyfile, 0o600)
+    # The clock of a build machine may not count as synchronised; binaries before 2026-12-06
+    # do not know the key (GATEWAY_EXTRA can add it for the newer one).
+    signing = f'command_key_file = "{keyfile}"\n'
+
 points = "".join(f'  [[device.point]]\n  name = "r{i}"\n  register = "holding"\n  address = {i}\n' for i in range(10))
 pulse = f'  pulse_ms = {PULSE_MS}\n' if PULSE_MS else ""
-open(cfg, "w").write(f'[gateway]\nid = "bench"\nstate_dir = "{TMP}"\n{os.environ.get("GATEWAY_EXTRA", "")}[mqtt]\nurl = "mqtt://127.0.0.1:{mport}"\n'
+open(cfg, "w").write(f'[gateway]\nid = "bench"\nstate_dir = "{TMP}"\n{signing}{os.environ.get("GATEWAY_EXTRA", "")}[mqtt]\nurl = "mqtt://127.0.0.1:{mport}"\n'
                      f'[[bus]]\nname = "plc"\ntype = "tcp"\nhost = "127.0.0.1"\nport = {sport}\n'
                      f'[[device]]\nname = "d0"\nbus = "plc"\nunit = 1\npoll_ms = {POLL_MS}\n'
                      f'  [[device.point]]\n  name = "light"\n  register = "coil"\n  address = 1\n  writable = true\n' + pulse + points)
@@ -66,7 +84,7 @@ for i in range(N):
     with cond: nw = len(writes)
     value = "true" if i % 2 == 0 else "false"
     t0 = time.monotonic()
-    obs.c.publish("gateway/bench/d0/light/set", value, qos=1)
+    obs.c.publish("gateway/bench/d0/light/set", payload("gateway/bench/d0/light/set", value, i), qos=1)
     ta = wait_answer(before)
     with cond:
         cond.wait_for(lambda: len(writes) > nw, timeout=5)

@@ -409,20 +409,7 @@ final class DeviceCommander: Sendable {
     }
 
     private func write(_ plan: WritePlan, point: PointSettings, deadline: ContinuousClock.Instant) async throws {
-        switch plan.data {
-        case .coil(let on):
-            if device.writeMultiple {
-                try await bus.writeCoils(unit: device.unit, address: point.address, values: [on], priority: .high, deadline: deadline)
-            } else {
-                try await bus.writeCoil(unit: device.unit, address: point.address, value: on, priority: .high, deadline: deadline)
-            }
-        case .registers(let regs):
-            if regs.count == 1 && !device.writeMultiple {
-                try await bus.writeRegister(unit: device.unit, address: point.address, value: regs[0], priority: .high, deadline: deadline)
-            } else {
-                try await bus.writeRegisters(unit: device.unit, address: point.address, values: regs, priority: .high, deadline: deadline)
-            }
-        }
+        try await bus.write(plan.data, unit: device.unit, address: point.address, multiple: device.writeMultiple, deadline: deadline)
     }
 
     /// Reads point `index` now (high priority) and publishes it on its value topic; the device's

@@ -55,16 +55,28 @@ struct PulseTarget: Hashable, Sendable {
 
     /// Writes the off (coil false, registers zero) through `bus`.
     func writeOff(on bus: ModbusBus, deadline: ContinuousClock.Instant) async throws {
-        if coil {
+        try await bus.write(coil ? .coil(false) : .registers(Array(repeating: 0, count: width)), unit: unit, address: address,
+                            multiple: multiple, deadline: deadline)
+    }
+}
+
+extension ModbusBus {
+    /// One write at high priority: a coil (FC 5, or 15 with `multiple`, the device's
+    /// `write_multiple`), one register (FC 6, or 16 with `multiple`) or several (FC 16).
+    func write(_ data: WritePlan.Data, unit: Int, address: Int, multiple: Bool, deadline: ContinuousClock.Instant) async throws {
+        switch data {
+        case .coil(let on):
             if multiple {
-                try await bus.writeCoils(unit: unit, address: address, values: [false], priority: .high, deadline: deadline)
+                try await writeCoils(unit: unit, address: address, values: [on], priority: .high, deadline: deadline)
             } else {
-                try await bus.writeCoil(unit: unit, address: address, value: false, priority: .high, deadline: deadline)
+                try await writeCoil(unit: unit, address: address, value: on, priority: .high, deadline: deadline)
             }
-        } else if width == 1 && !multiple {
-            try await bus.writeRegister(unit: unit, address: address, value: 0, priority: .high, deadline: deadline)
-        } else {
-            try await bus.writeRegisters(unit: unit, address: address, values: Array(repeating: 0, count: width), priority: .high, deadline: deadline)
+        case .registers(let regs):
+            if regs.count == 1 && !multiple {
+                try await writeRegister(unit: unit, address: address, value: regs[0], priority: .high, deadline: deadline)
+            } else {
+                try await writeRegisters(unit: unit, address: address, values: regs, priority: .high, deadline: deadline)
+            }
         }
     }
 }

@@ -1,9 +1,11 @@
 /// Keepalive timing as a pure state machine (driven by the connection with real time, by tests
 /// with instants they choose).
 ///
-/// A PINGREQ goes out when nothing was sent for `interval`; if its PINGRESP has not arrived
-/// `interval / 2` later, the connection is dead. A silently dropped link is so noticed within
-/// 1.5 x keepalive.
+/// A PINGREQ goes out when nothing was sent, or nothing was received, for `interval`; if no
+/// packet has arrived `interval / 2` later, the connection is dead. So a broker that goes silent
+/// (its host lost power, a cable, a NAT timeout: the link is half-open) is noticed within 1.5 x
+/// keepalive of the last packet it sent, however busy the client is publishing: a client that
+/// only counted what it sent would never ping while it publishes more often than `interval`.
 struct KeepAliveStateMachine {
     enum Action: Equatable {
         case wait(until: ContinuousClock.Instant)
@@ -14,28 +16,35 @@ struct KeepAliveStateMachine {
     let interval: Duration
     let responseTimeout: Duration
     private(set) var lastSent: ContinuousClock.Instant
+    private(set) var lastReceived: ContinuousClock.Instant
     private(set) var pingSentAt: ContinuousClock.Instant?
 
     init(interval: Duration, now: ContinuousClock.Instant) {
         self.interval = interval
         self.responseTimeout = interval / 2
         self.lastSent = now
+        self.lastReceived = now
     }
 
     mutating func packetSent(at now: ContinuousClock.Instant) { lastSent = now }
 
-    mutating func pingResponseReceived() { pingSentAt = nil }
+    /// Any packet from the broker proves the link (and answers a ping).
+    mutating func packetReceived(at now: ContinuousClock.Instant) {
+        lastReceived = now
+        pingSentAt = nil
+    }
 
     mutating func next(now: ContinuousClock.Instant) -> Action {
         if let p = pingSentAt {
             return now >= p + responseTimeout ? .closeDead : .wait(until: p + responseTimeout)
         }
-        if now >= lastSent + interval {
+        let due = min(lastSent, lastReceived) + interval
+        if now >= due {
             pingSentAt = now
             lastSent = now
             return .sendPing
         }
-        return .wait(until: lastSent + interval)
+        return .wait(until: due)
     }
 }
 

@@ -38,7 +38,7 @@ extension MQTTClient {
             sslContext = nil
         }
         let host = config.host
-        let bootstrap = ClientBootstrap(group: eventLoop)
+        var bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(.milliseconds(config.connectTimeout.milliseconds))
             .channelOption(.socketOption(.so_keepalive), value: 1)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
@@ -52,6 +52,9 @@ extension MQTTClient {
                         MQTTChannelHandler(version: version, maximumPacketSize: config.maximumPacketSize, events: sink))
                 }
             }
+        #if os(Linux)
+        bootstrap = bootstrap.channelOption(.tcpOption(Self.tcpUserTimeout), value: Self.userTimeoutMilliseconds(keepAlive: config.keepAlive))
+        #endif
         let ch: any Channel
         do {
             ch = try await bootstrap.connect(host: config.host, port: config.port).get()
@@ -164,11 +167,21 @@ extension MQTTClient {
         }
     }
 
+    /// `TCP_USER_TIMEOUT`: data the broker's TCP has not acknowledged for this long closes the
+    /// connection, as the keepalive would (1.5 x keepalive; 0, the system's default, without
+    /// one).
+    static let tcpUserTimeout = NIOBSDSocket.Option(rawValue: 18)   // TCP_USER_TIMEOUT (Linux's netinet/tcp.h)
+    static func userTimeoutMilliseconds(keepAlive: UInt16) -> Int { Int(keepAlive) * 1500 }
+
+    /// A broker's Server Keep Alive of 0 relieves us of sending within an interval, not of
+    /// noticing a dead link: then our own keepalive times the pings (MQTT 5 lets a client ping
+    /// at any time).
     func startKeepAlive(connection id: Int) {
         keepAliveTimer?.cancel()
         keepAliveTimer = nil
-        guard effectiveKeepAlive > 0 else { keepAlive = nil; return }
-        keepAlive = KeepAliveStateMachine(interval: .seconds(Int(effectiveKeepAlive)), now: .now)
+        let seconds = effectiveKeepAlive > 0 ? effectiveKeepAlive : configuration.keepAlive
+        guard seconds > 0 else { keepAlive = nil; return }
+        keepAlive = KeepAliveStateMachine(interval: .seconds(Int(seconds)), now: .now)
         keepAliveTick(connection: id)
     }
 

@@ -11,7 +11,7 @@ extension MQTTClient {
         case .oversized(let head):
             droppedIncomingCount += 1
             logger.warning("MQTT: dropped an incoming message of \(head.size) bytes on \(head.topic.debugDescription)\(head.retain ? " (retained)" : ""): larger than the maximum packet size of \(configuration.maximumPacketSize) bytes (\(droppedIncomingCount) dropped so far)")
-            keepAlive?.pingResponseReceived()
+            keepAlive?.packetReceived(at: .now)
             switch head.qos {
             case .atMostOnce: break
             case .atLeastOnce: write(.puback(AckPacket(packetIdentifier: head.packetIdentifier ?? 0)), flush: true)
@@ -60,7 +60,7 @@ extension MQTTClient {
     }
 
     func handle(_ packet: MQTTPacket) {
-        keepAlive?.pingResponseReceived()   // any packet proves the link; PINGRESP clears the ping
+        keepAlive?.packetReceived(at: .now)   // any packet proves the link; PINGRESP clears the ping
         switch packet {
         case .connack(let ack):
             guard let w = connAckWaiter else { return protocolError("unexpected CONNACK") }

@@ -3,19 +3,40 @@ import Testing
 
 @Suite("Keepalive and backoff state machines")
 struct StateMachineTests {
-    @Test("PINGREQ after an idle interval; dead if no PINGRESP within half of it (1.5 x keepalive in all)")
+    @Test("PINGREQ after an idle interval; dead if no packet arrives within half of it (1.5 x keepalive in all)")
     func keepAlive() {
         let t0 = ContinuousClock.now
         var ka = KeepAliveStateMachine(interval: .seconds(10), now: t0)
         #expect(ka.next(now: t0 + .seconds(5)) == .wait(until: t0 + .seconds(10)))
         ka.packetSent(at: t0 + .seconds(6))
+        ka.packetReceived(at: t0 + .seconds(6))
         #expect(ka.next(now: t0 + .seconds(10)) == .wait(until: t0 + .seconds(16)))
         #expect(ka.next(now: t0 + .seconds(16)) == .sendPing)
         #expect(ka.next(now: t0 + .seconds(18)) == .wait(until: t0 + .seconds(21)))
-        ka.pingResponseReceived()
+        ka.packetReceived(at: t0 + .seconds(18))   // PINGRESP
         #expect(ka.next(now: t0 + .seconds(18)) == .wait(until: t0 + .seconds(26)))
         #expect(ka.next(now: t0 + .seconds(26)) == .sendPing)
         #expect(ka.next(now: t0 + .seconds(31)) == .closeDead)
+    }
+
+    @Test("a client publishing every 100 ms to a broker gone silent still pings after keepalive and gives up at 1.5 x keepalive")
+    func keepAliveWhileBusy() {
+        let t0 = ContinuousClock.now
+        var ka = KeepAliveStateMachine(interval: .seconds(10), now: t0)
+        ka.packetReceived(at: t0 + .seconds(1))   // the last PUBACK before the link froze
+        var at = t0 + .seconds(1)
+        var ping: ContinuousClock.Instant?, dead: ContinuousClock.Instant?
+        while at < t0 + .seconds(30), dead == nil {
+            at += .milliseconds(100)
+            ka.packetSent(at: at)   // a PUBLISH, never acknowledged
+            switch ka.next(now: at) {
+            case .sendPing: ping = ping ?? at
+            case .closeDead: dead = at
+            case .wait: break
+            }
+        }
+        #expect(ping == t0 + .seconds(11), "pinged 10 s after the last packet received")
+        #expect(dead == t0 + .seconds(16), "dead 1.5 x keepalive after the last packet received")
     }
 
     @Test("backoff grows exponentially, with jitter, up to the cap, and resets")

@@ -46,8 +46,11 @@ public final class Rig: Sendable {
     public static func start(points: String, simArgs: [String], pollMs: Int = 50, offlineAfter: Int = 2, extraGateway: String = "",
                              devicePort: Int? = nil, body: String? = nil, extraMQTT: String = "", httpListen: String = "", extraHTTP: String = "",
                              extraSections: String = "", environment: [String: String] = [:], gatewayArguments: [String] = [],
-                             bodyWithPort: (@Sendable (Int) -> String)? = nil) async throws -> Rig {
+                             bodyWithPort: (@Sendable (Int) -> String)? = nil,
+                             mqttPort: (@Sendable (Int) async throws -> Int)? = nil) async throws -> Rig {
         let broker = try await Mosquitto.start()
+        // The port the gateway connects to: the broker's, or a proxy's in front of it.
+        let gatewayMQTTPort = try await mqttPort?(broker.port) ?? broker.port
         // Port 0: the simulator binds a free port itself (a port picked first could be taken by
         // another test before the simulator binds it).
         let sim = try await GatewaySimulator.start(simArgs)
@@ -61,7 +64,7 @@ public final class Rig: Sendable {
             \(extraGateway.contains("require_synced_clock") ? "" : "require_synced_clock = false")
             \(extraGateway)
             [mqtt]
-            url = "mqtt://127.0.0.1:\(broker.port)"
+            url = "mqtt://127.0.0.1:\(gatewayMQTTPort)"
             keepalive = 5
             \(extraMQTT)
             [http]
