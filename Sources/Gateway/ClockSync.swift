@@ -37,8 +37,12 @@ final class ClockSync: Sendable {
     }
 
     /// The system's state now (logged when it changes).
-    var isSynchronised: Bool {
+    var isSynchronised: Bool { synchronised(logging: true) }
+
+    /// The system's state now; `logging`: say when it changes (not for a site that opted out).
+    func synchronised(logging: Bool) -> Bool {
         let synced = probe()
+        guard logging else { return synced }
         let state = synced ? 1 : 2
         let before = last.exchange(state, ordering: .relaxed)
         if before != state {

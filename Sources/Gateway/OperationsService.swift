@@ -121,7 +121,8 @@ extension GatewayRuntime {
         return ScrapeSnapshot(connected: await c.isConnected, published: await c.publishedCount, pulsesActive: context.journal.current.count,
                             queued: await c.queuedCount, inFlight: await c.inFlightCount,
                             dropped: await c.droppedCount, droppedIncoming: await c.droppedIncomingCount,
-                            clockSynchronised: context.clock.isSynchronised, clockRequired: context.gateway.requireSyncedClock)
+                            clockSynchronised: context.clock.synchronised(logging: context.gateway.requireSyncedClock),
+                            clockRequired: context.gateway.requireSyncedClock)
     }
 
     /// Why the gateway is not healthy (empty: healthy): the broker away, or a loop that stopped.
