@@ -210,6 +210,10 @@ struct DevicePoller {
     /// Counter and latch points (``PointEvents``): their trackers and event topics.
     var events: [Int: EventKind] = [:]
     let eventTopics: [Int: String]
+    /// Where counters' readings are kept across restarts (nil: not kept).
+    let counters: CounterStore?
+    /// Counters whose first reading counts from an earlier run's (its event has `"gap":true`).
+    var counterGaps: Set<Int> = []
     /// Clears a latch on the device (through its commander, in line with commands).
     let clearLatch: (@Sendable (Int) -> Void)?
     /// Latches cleared on the device (read back clear by the commander) after the poll that read
@@ -220,7 +224,8 @@ struct DevicePoller {
     var valuesGeneration = 0
 
     init(_ device: GatewayPlan.Device, gateway: GatewaySettings, topics: TopicLayout, logger: Logger, start: ContinuousClock.Instant,
-         readBacks: ReadBacks?, meter: DeviceMeter?, clearLatch: (@Sendable (Int) -> Void)? = nil) {
+         readBacks: ReadBacks?, meter: DeviceMeter?, clearLatch: (@Sendable (Int) -> Void)? = nil, counters: CounterStore? = nil) {
+        self.counters = counters
         self.readBacks = readBacks
         self.meter = meter
         valueTopics = device.settings.points.map { topics.value(device: device.settings.name, point: $0.name) }
@@ -238,7 +243,11 @@ struct DevicePoller {
         lastStart = start
         var topicsByPoint: [Int: String] = [:]
         for (i, p) in device.settings.points.enumerated() {
-            guard let kind = p.eventKind else { continue }
+            guard var kind = p.eventKind else { continue }
+            if case .counter(let c) = kind, let kept = counters?.take(CounterStore.key(device: device.settings.name, point: p.name)) {
+                kind = .counter(CounterTracker(bits: c.bits, last: kept.count))
+                if kept.spansGap { counterGaps.insert(i) }
+            }
             events[i] = kind
             topicsByPoint[i] = topics.event(device: device.settings.name, point: p.name)
         }
@@ -308,9 +317,16 @@ struct DevicePoller {
                     events[i]?.latchCleared()
                     latchClearedAt[i] = nil
                 }
+                var published = false
                 if events[i] != nil, let event = events[i]?.observe(value) {
-                    await publish(event, point: i, sink: sink)
-                } else if point.latch, point.latchClear, value == .bool(true), latchClearedAt[i] == nil {
+                    await publish(event, point: i, sink: sink, gap: counterGaps.contains(i))
+                    published = true
+                }
+                if point.counter {
+                    // Kept for the next start (``CounterStore``): what it counts while down is published then.
+                    counterGaps.remove(i)
+                    if let n = events[i]?.lastCount { counters?.record(CounterStore.key(device: settings.name, point: point.name), n) }
+                } else if !published, point.latch, point.latchClear, value == .bool(true), latchClearedAt[i] == nil {
                     // Still set, and no clear has landed since it was seen: the clear failed
                     // (device busy, a timeout). Asked again, without a second event.
                     clearLatch?(i)
@@ -338,7 +354,7 @@ struct DevicePoller {
 
     /// An event seen by this poll: published (QoS 1, not retained); a latch seen set is cleared
     /// on the device unless `latch_clear = false`; a counter reset is said in the log.
-    private func publish(_ event: PointEvent, point i: Int, sink: some PollSink) async {
+    private func publish(_ event: PointEvent, point i: Int, sink: some PollSink, gap: Bool = false) async {
         let point = settings.points[i]
         switch event {
         case .reset(let count):
@@ -350,6 +366,6 @@ struct DevicePoller {
         }
         guard let topic = eventTopics[i] else { return }
         let ts = unixMilliseconds()
-        await sink.publishData(to: topic, payload: event.payload(ts: ts), retain: false, compactable: false, ts: ts)
+        await sink.publishData(to: topic, payload: event.payload(ts: ts, gap: gap), retain: false, compactable: false, ts: ts)
     }
 }

@@ -65,6 +65,8 @@ public final class GatewayRuntime: Service, Sendable {
     let journal: PulseJournal
     /// Switches off pulses whose point a reload moved or removed (``PulseReaper``).
     let reaper: PulseReaper
+    /// Counters' last readings across restarts (``CounterStore``).
+    let counters: CounterStore
     let version: String
     /// Metrics and live status for the operations listener; nil when it is off.
     public let telemetry: GatewayTelemetry?
@@ -134,6 +136,7 @@ public final class GatewayRuntime: Service, Sendable {
         }
         self.journal = journal
         self.reaper = PulseReaper(journal: journal, logger: logger)
+        self.counters = CounterStore(directory: g.stateDirectory, logger: logger)
         telemetry?.journalWritable.set(journal.path != nil ? 1.0 : 0.0)
         let context = DeviceCommander.Context(topics: plan.topics, gateway: configuration.gateway, client: client, board: board, journal: journal,
                                               telemetry: telemetry,
@@ -204,7 +207,7 @@ public final class GatewayRuntime: Service, Sendable {
             clear = { point in commander.submit(.latchClear(point: point)) }
         }
         return DevicePoller(device, gateway: gateway, topics: topics, logger: logger, start: start, readBacks: commander?.readBacks,
-                            meter: telemetry?.device(device.settings.name), clearLatch: clear)
+                            meter: telemetry?.device(device.settings.name), clearLatch: clear, counters: counters)
     }
 
     /// Starts the poller of `bus` with the plan's devices on it: the poll states in `kept` go on
@@ -260,6 +263,7 @@ public final class GatewayRuntime: Service, Sendable {
             for c in running.commanders.values { group.addTask { await c.stop() } }
         }
         reaper.stop()
+        await counters.flush()
         // What waits for the broker goes to disk (nothing is lost by a stop).
         await outbox?.close()
         // Polling has stopped: say so, then leave.

@@ -9,6 +9,9 @@ import GatewayConfig
 ///     {"event_type":"reset","count":2,"ts":...}     it went down (a device reset): counting from 0 again
 ///     {"event_type":"set","ts":...}                 the latch was seen set
 ///
+/// A count published at the first reading after a start, from the last reading an earlier run
+/// kept (``CounterStore``), spans the time the gateway was down: it carries `"gap":true`.
+///
 /// The trackers here are pure (unit-tested); the device's poller holds one per such point.
 enum PointEvent: Sendable, Equatable {
     case count(UInt64)
@@ -23,10 +26,11 @@ enum PointEvent: Sendable, Equatable {
         }
     }
 
-    func payload(ts: Int64) -> [UInt8] {
+    func payload(ts: Int64, gap: Bool = false) -> [UInt8] {
+        let g = gap ? ",\"gap\":true" : ""
         let s = switch self {
-        case .count(let n): "{\"event_type\":\"count\",\"count\":\(n),\"ts\":\(ts)}"
-        case .reset(let n): "{\"event_type\":\"reset\",\"count\":\(n),\"ts\":\(ts)}"
+        case .count(let n): "{\"event_type\":\"count\",\"count\":\(n)\(g),\"ts\":\(ts)}"
+        case .reset(let n): "{\"event_type\":\"reset\",\"count\":\(n)\(g),\"ts\":\(ts)}"
         case .set: "{\"event_type\":\"set\",\"ts\":\(ts)}"
         }
         return Array(s.utf8)
@@ -47,7 +51,11 @@ struct CounterTracker: Sendable, Equatable {
     let bits: Int
     private(set) var last: UInt64?
 
-    init(bits: Int) { self.bits = bits }
+    /// `last`: the reading to count from (an earlier run's, or nil: the first reading is the baseline).
+    init(bits: Int, last: UInt64? = nil) {
+        self.bits = bits
+        self.last = last
+    }
 
     /// The event for `value` (nil: the first reading, or no change).
     mutating func observe(_ value: UInt64) -> PointEvent? {
@@ -90,6 +98,11 @@ enum EventKind: Sendable, Equatable {
     /// A latch the gateway cleared on the device (no-op for a counter).
     mutating func latchCleared() {
         if case .latch(var l) = self { l.cleared(); self = .latch(l) }
+    }
+
+    /// A counter's last reading (nil for a latch, or before the first).
+    var lastCount: UInt64? {
+        if case .counter(let c) = self { c.last } else { nil }
     }
 
     /// The event for a new reading of the point.

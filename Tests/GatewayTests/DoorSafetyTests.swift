@@ -561,6 +561,32 @@ struct DoorSafetyTests {
         await rig.shutdown()
     }
 
+    @Test("a counter's passages while the gateway is down (kill -9, then a restart) are published once after the start, flagged as spanning a gap")
+    func counterAcrossRestart() async throws {
+        let points = "[[device.point]]\nname = \"passages\"\nregister = \"holding\"\naddress = 10\ncounter = true\n"
+        let rig = try await Rig.start(points: points, simArgs: ["--set", "holding:10=7"], pollMs: 100)
+        let event = "\(Self.b)/dev/passages/event"
+        try await rig.waitFor("\(Self.b)/dev/passages", "7")
+        try await rig.sim.set("holding:10=10")
+        try await rig.waitUntil("the first event") { rig.payloads(event).count == 1 }
+        try await rig.waitFor("\(Self.b)/dev/passages", "10")
+        // The file is written soon after the reading (not flushed: kill -9 loses nothing of it).
+        let file = (rig.configPath as NSString).deletingLastPathComponent + "/counters"
+        let kept: ()? = try? await rig.waitUntil(timeout: .seconds(10), "the reading kept") { (try? String(contentsOfFile: file, encoding: .utf8)) == "dev/passages 10\n" }
+        #expect(kept != nil, "the counter's reading is in \(file)")
+        rig.gateway.signal(SIGKILL)
+        _ = try await rig.gateway.waitForExit(timeout: .seconds(10))
+        try await rig.sim.set("holding:10=15")   // five passages while nobody looks
+        let next = try ChildProcess(try TestEnvironment.gatewayBinary(), ["run", "--config", rig.configPath])
+        try await rig.waitUntil("the gap's event") { rig.payloads(event).count == 2 }
+        #expect(rig.payloads(event)[1].hasPrefix(#"{"event_type":"count","count":5,"gap":true,"ts":"#), "\(rig.payloads(event))")
+        try await rig.sim.set("holding:10=16")
+        try await rig.waitUntil("the next event") { rig.payloads(event).count == 3 }
+        #expect(rig.payloads(event)[2].hasPrefix(#"{"event_type":"count","count":1,"ts":"#), "\(rig.payloads(event))")
+        await next.stop()
+        await rig.shutdown()
+    }
+
     @Test("events: a counter's increments (3 at once, a wrap 65535 -> 2, a reset said once), a latch seen set twice (two events, each cleared on the device)")
     func events() async throws {
         let points = """

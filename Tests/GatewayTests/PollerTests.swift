@@ -1,9 +1,11 @@
+import Foundation
 @testable import Gateway
 import GatewayConfig
 import Logging
 import Modbus
 import Synchronization
 import Testing
+import TestSupport
 
 /// A device's poll logic in-process: a scripted bus answers, a recording sink takes what would
 /// go to the broker. No broker, no simulator, no timing (the end-to-end suites cover the wire).
@@ -136,6 +138,28 @@ struct PollerTests {
         await p.poll(bus, sink: sink)
         await p.poll(bus, sink: sink)
         #expect(events == 3)
+    }
+
+    @Test("a counter counts from the reading an earlier run kept: the first event after the start spans the gap, once; readings are kept for the next start")
+    func counterAcrossRestart() async throws {
+        let dir = try TestEnvironment.makeTemporaryDirectory("gw-counters")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try "dev/n 5\n".write(toFile: dir + "/counters", atomically: true, encoding: .utf8)
+        let plan = GatewayPlan(try ConfigLoader.parse(Self.config))
+        let store = CounterStore(directory: dir, logger: Logger(label: "test"))
+        var p = DevicePoller(plan.devices[0], gateway: plan.configuration.gateway, topics: plan.topics, logger: Logger(label: "test"),
+                             start: .now, readBacks: nil, meter: nil, counters: store)
+        let sink = RecordingSink()
+        let bus = ScriptedBus([Self.answer(1, 8), Self.answer(1, 9), Self.answer(1, 9)])
+        for _ in 0..<3 { await p.poll(bus, sink: sink) }
+        let events = sink.data.withLock { $0.filter { $0.topic.hasSuffix("/dev/n/event") }.map(\.payload) }
+        #expect(events.count == 2, "\(events)")
+        #expect(events.first?.hasPrefix(#"{"event_type":"count","count":3,"gap":true,"ts":"#) == true, "\(events)")
+        #expect(events.last?.hasPrefix(#"{"event_type":"count","count":1,"ts":"#) == true, "\(events)")
+        await store.flush()
+        #expect(try String(contentsOfFile: dir + "/counters", encoding: .utf8) == "dev/n 9\n")
+        // A second poller for the same point (a reload) counts on from there, without a gap flag.
+        #expect(store.take("dev/n")?.spansGap == false)
     }
 
     @Test("a value its commander read back is not published again by the next poll; a new values generation republishes")

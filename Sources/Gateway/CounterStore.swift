@@ -1,0 +1,93 @@
+import Dispatch
+import GatewayConfig
+import Logging
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The last reading of every counter point (`counter = true`), kept in `state_dir/counters`, so
+/// that the passages counted while the gateway was down (a restart, a crash, a power cut) are
+/// published once after the start, as one event flagged `"gap":true`, instead of being lost
+/// when the first reading becomes the new baseline.
+///
+/// One line per counter, `<device>/<point> <count>`. Each new reading replaces the file (a
+/// temporary file renamed over it) on the store's queue, coalesced: a burst of readings is one
+/// write. Not flushed to storage per reading (at 100 devices that would be hundreds of SD card
+/// writes a minute): a process crash (`kill -9`) loses nothing, a power cut may lose the last few
+/// seconds, whose increments are then published a second time after the start. A graceful stop
+/// flushes it (``flush()``).
+final class CounterStore: Sendable {
+    /// nil: `state_dir` is not writable (counts start again from the first reading, as before).
+    let path: String?
+    private struct State: Sendable {
+        var counts: [String: UInt64]
+        /// Read from the file at start and not yet taken by a poller: those readings span a gap.
+        var fromEarlierRun: Set<String>
+        var writePending = false
+    }
+    private let state: Mutex<State>
+    private let queue = DispatchQueue(label: "gateway.counters")
+
+    /// Reads what an earlier run left in `directory`.
+    init(directory: String, logger: Logger) {
+        let path = directory + "/counters"
+        var counts: [String: UInt64] = [:]
+        if let bytes = ConfigLoader.readFile(path) {
+            for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
+                let f = line.split(separator: " ")
+                if f.count == 2, let n = UInt64(f[1]) { counts[String(f[0])] = n }
+            }
+        }
+        self.path = access(directory, W_OK | X_OK) == 0 ? path : nil
+        state = Mutex(State(counts: counts, fromEarlierRun: Set(counts.keys)))
+    }
+
+    static func key(device: String, point: String) -> String { "\(device)/\(point)" }
+
+    /// The last reading known for `key`, and whether it is an earlier run's (asked once per
+    /// start: a second poller for the same point, after a reload, gets `false`).
+    func take(_ key: String) -> (count: UInt64, spansGap: Bool)? {
+        state.withLock { s in
+            guard let n = s.counts[key] else { return nil }
+            return (n, s.fromEarlierRun.remove(key) != nil)
+        }
+    }
+
+    /// A new reading of a counter; written to the file soon (coalesced).
+    func record(_ key: String, _ count: UInt64) {
+        guard path != nil else { return }
+        let schedule = state.withLock { s -> Bool in
+            guard s.counts[key] != count else { return false }
+            s.counts[key] = count
+            s.fromEarlierRun.remove(key)
+            defer { s.writePending = true }
+            return !s.writePending
+        }
+        if schedule { queue.async { self.write(sync: false) } }
+    }
+
+    /// Writes the file now and flushes it to storage (a graceful stop).
+    func flush() async {
+        guard path != nil else { return }
+        await queue.run { self.write(sync: true) }
+    }
+
+    private func write(sync: Bool) {
+        guard let path else { return }
+        let counts = state.withLock { s -> [String: UInt64] in
+            s.writePending = false
+            return s.counts
+        }
+        let text = counts.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)\n" }.joined()
+        let tmp = path + ".tmp"
+        let fd = Glibc.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { return }
+        let bytes = Array(text.utf8)
+        let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        if sync { _ = fdatasync(fd) }
+        close(fd)
+        if n == bytes.count { _ = rename(tmp, path) }
+    }
+}
