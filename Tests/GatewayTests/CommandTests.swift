@@ -434,6 +434,15 @@ struct CommandTests {
         await rig.shutdown()
     }
 
+    /// A rig whose gateway was killed (SIGKILL) with the unlock pulse on (the device took the on).
+    static func killedDuringPulse() async throws -> Rig {
+        let rig = try await Self.startRig(pulseMs: 600_000)
+        try await Self.command(rig, "unlock", "true")
+        rig.gateway.signal(SIGKILL)
+        _ = try await rig.gateway.waitForExit(timeout: .seconds(10))
+        return rig
+    }
+
     /// The rig's config with the unlock pulse point moved to coil 7 (`to: nil`: removed).
     static func moveUnlock(_ rig: Rig, to address: Int?) throws {
         let text = try String(contentsOfFile: rig.configPath, encoding: .utf8)
@@ -469,10 +478,7 @@ struct CommandTests {
 
     @Test("killed during a pulse, then started with a configuration that no longer has the point: the off is written where the journal says the on went")
     func crashPulsePointRemoved() async throws {
-        let rig = try await Self.startRig(pulseMs: 600_000)
-        try await Self.command(rig, "unlock", "true")
-        rig.gateway.signal(SIGKILL)
-        _ = try await rig.gateway.waitForExit(timeout: .seconds(10))
+        let rig = try await Self.killedDuringPulse()
         let journalPath = (rig.configPath as NSString).deletingLastPathComponent + "/pulses"
         #expect(try String(contentsOfFile: journalPath, encoding: .utf8) == "dev/unlock bus=plc unit=1 coil=0 width=1 multiple=0\n")
         try Self.moveUnlock(rig, to: nil)
@@ -487,10 +493,7 @@ struct CommandTests {
 
     @Test("killed during a pulse, device unreachable at the next start: the off is retried until the device takes it")
     func crashDuringPulseDeviceAway() async throws {
-        let rig = try await Self.startRig(pulseMs: 600_000)
-        try await Self.command(rig, "unlock", "true")
-        rig.gateway.signal(SIGKILL)
-        _ = try await rig.gateway.waitForExit(timeout: .seconds(10))
+        let rig = try await Self.killedDuringPulse()
         _ = await rig.sim.stop()
         let next = try ChildProcess(try TestEnvironment.gatewayBinary(), ["run", "--config", rig.configPath])
         _ = try await next.waitForLine(containing: "pulse end FAILED", timeout: .seconds(20))

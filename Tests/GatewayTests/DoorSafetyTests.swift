@@ -482,14 +482,7 @@ struct DoorSafetyTests {
 
     @Test("fail-safe on a session taken over by a client with the gateway's id that keeps reconnecting: logged as an error with the count, and the fail-safe value written once")
     func failsafeOnTakeover() async throws {
-        let points = """
-            [[device.point]]
-            name = "barrier"
-            register = "holding"
-            address = 5
-            writable = true
-            failsafe = 1
-            """
+        let points = "[[device.point]]\nname = \"barrier\"\nregister = \"holding\"\naddress = 5\nwritable = true\nfailsafe = 1\n"
         let rig = try await Rig.start(points: points, simArgs: [], pollMs: 100, extraGateway: "failsafe_after_s = 1", extraMQTT: "protocol = 5")
         try await rig.waitFor("\(Self.b)/dev/status", "online")
         _ = try await rig.gateway.waitForLine(containing: "birth and statuses published")
