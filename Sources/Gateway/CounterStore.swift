@@ -12,12 +12,13 @@ import Glibc
 /// published once after the start, as one event flagged `"gap":true`, instead of being lost
 /// when the first reading becomes the new baseline.
 ///
-/// One line per counter, `<device>/<point> <count>`. Each new reading replaces the file (a
-/// temporary file renamed over it) on the store's queue, coalesced: a burst of readings is one
-/// write. Not flushed to storage per reading (at 100 devices that would be hundreds of SD card
-/// writes a minute): a process crash (`kill -9`) loses nothing, a power cut may lose the last few
-/// seconds, whose increments are then published a second time after the start. A graceful stop
-/// flushes it (``flush()``).
+/// One line per counter, `<device>/<point> <count>`. New readings are written at most once per
+/// ``interval``: the file is replaced (a temporary file renamed over it) on the store's queue
+/// with every counter's last reading; nothing is written while no counter moves. Not flushed to
+/// storage then (SD card wear): a crash (`kill -9`) loses the readings of the last interval at
+/// most, a power cut those of the last few seconds; their passages are then published a second
+/// time after the start. A graceful stop writes and flushes it (``flush()``). Writing at every
+/// reading cost 1 percentage point of CPU and 150 context switches a second at 100 devices.
 final class CounterStore: Sendable {
     /// nil: `state_dir` is not writable (counts start again from the first reading, as before).
     let path: String?
@@ -29,6 +30,8 @@ final class CounterStore: Sendable {
     }
     private let state: Mutex<State>
     private let queue = DispatchQueue(label: "gateway.counters")
+    /// The longest a new reading waits to be written.
+    static let interval: DispatchTimeInterval = .seconds(1)
 
     /// Reads what an earlier run left in `directory`.
     init(directory: String, logger: Logger) {
@@ -65,7 +68,7 @@ final class CounterStore: Sendable {
             defer { s.writePending = true }
             return !s.writePending
         }
-        if schedule { queue.async { self.write(sync: false) } }
+        if schedule { queue.asyncAfter(deadline: .now() + Self.interval) { self.write(sync: false) } }
     }
 
     /// Writes the file now and flushes it to storage (a graceful stop).

@@ -563,7 +563,7 @@ struct DoorSafetyTests {
         try await rig.sim.set("holding:10=10")
         try await rig.waitUntil("the first event") { rig.payloads(event).count == 1 }
         try await rig.waitFor("\(Self.b)/dev/passages", "10")
-        // The file is written soon after the reading (not flushed: kill -9 loses nothing of it).
+        // The file is written within a second of the reading (not flushed; we wait for it before the kill).
         let file = (rig.configPath as NSString).deletingLastPathComponent + "/counters"
         let kept: ()? = try? await rig.waitUntil(timeout: .seconds(10), "the reading kept") { (try? String(contentsOfFile: file, encoding: .utf8)) == "dev/passages 10\n" }
         #expect(kept != nil, "the counter's reading is in \(file)")
