@@ -6,8 +6,8 @@ the write request, same clock as Python's time.monotonic on Linux), and command 
 answer received. Usage: command_bench.py GATEWAY_BIN [COMMANDS] [POLL_MS]
 PULSE_MS=N in the environment makes the commanded coil a pulse point (every `true` is then
 journalled before its write: the pulse journal's cost is in the figures). STEADY=1 sends the
-first command 7 s after start (binaries before 2026-12-06 gave their start-up pages back 5 s
-after start, and the first commands after that mapped their code back in)."""
+first command once the gateway has logged its start-up give-back (`start-up heap given back`,
+10 s after start; binaries before 2026-12-06: `start-up pages given back`, after 5 s)."""
 import hashlib, hmac, json, os, random, subprocess, sys, threading, time
 from benchlib import BIN, TMP, STARTED, start_broker, start_sim, Observer, proc_cpu_rss, context_switches
 
@@ -49,19 +49,19 @@ open(cfg, "w").write(f'[gateway]\nid = "bench"\nstate_dir = "{TMP}"\n{signing}{o
                      f'[[device]]\nname = "d0"\nbus = "plc"\nunit = 1\npoll_ms = {POLL_MS}\n'
                      f'  [[device.point]]\n  name = "light"\n  register = "coil"\n  address = 1\n  writable = true\n' + pulse + points)
 log = open(os.path.join(TMP, "gateway.log"), "w")
-started = time.monotonic()
 gw = subprocess.Popen([BIN, "run", "--config", cfg], stderr=subprocess.PIPE, text=True)
-subscribed = threading.Event()
+subscribed, gave_back = threading.Event(), threading.Event()
 def pump_log():   # keep the gateway's log, and notice when it has subscribed to commands
     for l in gw.stderr:
         log.write(l)
         if "subscribed to commands" in l: subscribed.set()
+        if "start-up heap given back" in l or "start-up pages given back" in l: gave_back.set()
 threading.Thread(target=pump_log, daemon=True).start()
 STARTED.append(gw)
 obs = Observer(mport)
 obs.wait(lambda t, p: t == "gateway/bench/d0/status" and p == "online")
 if not subscribed.wait(10): sys.exit("the gateway did not subscribe to commands within 10 s")
-if os.environ.get("STEADY"): time.sleep(max(0.0, started + 7 - time.monotonic()))
+if os.environ.get("STEADY") and not gave_back.wait(20): sys.exit("the gateway did not log its start-up give-back within 20 s")
 
 to_write, to_answer = [], []
 def faults(pid):   # minor and major page faults so far (/proc/PID/stat fields 10 and 12)

@@ -26,7 +26,7 @@ final class CommandIDFile: Sendable {
     let path: String
     private let queue = DispatchQueue(label: "gateway.command-ids")
     private let logger: Logger
-    /// Whether the last write failed (logged once per episode); read by ``flushed()``.
+    /// Whether the last write failed (logged once per episode).
     private let failing = Atomic<Bool>(false)
     /// Lines in the file now (ids and floor lines), for the rewrite rule.
     private let lines = Atomic<Int>(0)
@@ -56,11 +56,11 @@ final class CommandIDFile: Sendable {
                 count += 1
             }
         } else if case let e = errno, e != ENOENT {
-            logger.error("signed commands: \(path) cannot be read (\(PulseJournal.describe(e))): ids seen before this start are not known")
+            logger.error("signed commands: \(path) cannot be read (\(StateFile.describe(e))): ids seen before this start are not known")
         }
         guard access(directory, W_OK | X_OK) == 0 else {
             let e = errno
-            logger.error("signed commands: \(directory) is not a writable directory (\(PulseJournal.describe(e))); the ids of signed commands are not kept across a restart, so a command recorded off the broker could be replayed within command_max_age_ms of a restart (set [gateway] state_dir)")
+            logger.error("signed commands: \(directory) is not a writable directory (\(StateFile.describe(e))); the ids of signed commands are not kept across a restart, so a command recorded off the broker could be replayed within command_max_age_ms of a restart (set [gateway] state_dir)")
             return (nil, contents)
         }
         let file = CommandIDFile(path: path, logger: logger)
@@ -78,7 +78,7 @@ final class CommandIDFile: Sendable {
     func append(_ line: String) {
         lines.add(1, ordering: .relaxed)
         let bytes = Array((line + "\n").utf8)
-        queue.async { _ = self.write(bytes, append: true) }
+        queue.async { self.write(bytes, append: true) }
     }
 
     /// True when the file has so many lines that it should be rewritten with `live` ids only.
@@ -93,46 +93,24 @@ final class CommandIDFile: Sendable {
         let count = contents.ids.count + (contents.floor == .min ? 0 : 1)
         lines.store(count, ordering: .relaxed)   // not rewritten again until it has grown anew
         let bytes = Array(text.utf8)
-        queue.async {
-            _ = self.write(bytes, append: false)
-        }
+        queue.async { self.write(bytes, append: false) }
     }
 
-    /// Returns once everything handed over so far is on storage (or failed: false).
-    func flushed() async -> Bool {
-        await queue.run { !self.failing.load(ordering: .relaxed) }
+    /// Returns once everything handed over so far is on storage (or failed, which is logged).
+    func flushed() async {
+        await queue.run {}
     }
 
-    /// Appends to the file, or replaces it (temporary file, `fdatasync`, rename, directory
-    /// flushed); on the queue only.
-    private func write(_ bytes: [UInt8], append: Bool) -> Bool {
-        let target = append ? path : path + ".tmp"
-        let fd = Glibc.open(target, O_WRONLY | O_CREAT | O_CLOEXEC | (append ? O_APPEND : O_TRUNC), 0o600)
-        var err: Int32 = fd >= 0 ? 0 : errno
-        if fd >= 0 {
-            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-            if n != bytes.count {
-                err = n < 0 ? errno : ENOSPC
-                // A torn append leaves a partial last line; the reader skips a line it cannot
-                // read, and the next append starts on a line of its own.
-                if append && n > 0 { _ = Glibc.write(fd, "\n", 1) }
-            }
-            if err == 0 && fdatasync(fd) != 0 { err = errno }
-            close(fd)
-        }
-        if err == 0 && !append {
-            if rename(target, path) != 0 { err = errno }
-            let dir = String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
-            let d = Glibc.open(dir.isEmpty ? "/" : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-            if d >= 0 { _ = fsync(d); close(d) }
-        }
+    /// Appends to the file, or replaces it (then the directory is flushed too); on the queue only.
+    private func write(_ bytes: [UInt8], append: Bool) {
+        let err = StateFile.write(bytes, to: path, append: append)
+        if err == 0 && !append { StateFile.syncDirectory(of: path) }
         if err != 0 {
             if !failing.exchange(true, ordering: .relaxed) {
-                logger.error("signed commands: \(path) cannot be written (\(PulseJournal.describe(err))): the ids of signed commands are not kept across a restart until it can")
+                logger.error("signed commands: \(path) cannot be written (\(StateFile.describe(err))): the ids of signed commands are not kept across a restart until it can")
             }
-            return false
+        } else if failing.exchange(false, ordering: .relaxed) {
+            logger.notice("signed commands: \(path) writable again")
         }
-        if failing.exchange(false, ordering: .relaxed) { logger.notice("signed commands: \(path) writable again") }
-        return true
     }
 }

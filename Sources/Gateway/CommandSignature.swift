@@ -244,7 +244,7 @@ final class SignedCommands: Sendable {
 
     /// Returns once every id remembered so far is on storage (at once without a file).
     func flushed() async {
-        if let file { _ = await file.flushed() }
+        await file?.flushed()
     }
 
     /// Ids arrived more than a window ago are forgotten; their newest `ts` becomes the floor.

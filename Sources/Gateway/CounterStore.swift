@@ -83,14 +83,6 @@ final class CounterStore: Sendable {
             s.writePending = false
             return s.counts
         }
-        let text = counts.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)\n" }.joined()
-        let tmp = path + ".tmp"
-        let fd = Glibc.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { return }
-        let bytes = Array(text.utf8)
-        let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-        if sync { _ = fdatasync(fd) }
-        close(fd)
-        if n == bytes.count { _ = rename(tmp, path) }
+        _ = StateFile.write(Array(counts.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)\n" }.joined().utf8), to: path, sync: sync)
     }
 }

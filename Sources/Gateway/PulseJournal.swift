@@ -45,7 +45,7 @@ final class PulseJournal: Sendable {
             }
             fclose(f)
         } else if case let e = errno, e != ENOENT {
-            logger.warning("pulse journal \(path) cannot be read (\(PulseJournal.describe(e))): pulses an earlier run left on are not known")
+            logger.warning("pulse journal \(path) cannot be read (\(StateFile.describe(e))): pulses an earlier run left on are not known")
         }
         // Probe: the directory must take a new file, or there is no journal. Without pulse
         // points it is kept quietly (a reload may add some; nothing is written until then).
@@ -54,7 +54,7 @@ final class PulseJournal: Sendable {
         }
         guard access(directory, W_OK | X_OK) == 0 else {
             let e = errno
-            logger.warning("no pulse journal: \(directory) is not a writable directory (\(PulseJournal.describe(e))); a pulse cut short by a crash will not be switched off at the next start (set [gateway] state_dir)")
+            logger.warning("no pulse journal: \(directory) is not a writable directory (\(StateFile.describe(e))); a pulse cut short by a crash will not be switched off at the next start (set [gateway] state_dir)")
             return (PulseJournal(path: nil, entries: leftOn, logger: logger), leftOn)
         }
         return (PulseJournal(path: path, entries: leftOn, logger: logger), leftOn)
@@ -102,40 +102,22 @@ final class PulseJournal: Sendable {
     }
 
     private func write(_ set: Set<String>, to path: String) {
-        let text = set.sorted().map { $0 + "\n" }.joined()
-        let tmp = path + ".tmp"
-        let fd = Glibc.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        var ok = fd >= 0
-        var err: Int32 = ok ? 0 : errno
-        if ok {
-            let bytes = Array(text.utf8)
-            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-            if n != bytes.count { ok = false; err = n < 0 ? errno : ENOSPC }
-            // The new file's bytes reach the storage before it replaces the old one: a power cut
-            // can leave the old journal or the new one, never a renamed file without its content.
-            if ok && fdatasync(fd) != 0 { ok = false; err = errno }
-            close(fd)
-        }
-        if ok && rename(tmp, path) != 0 { ok = false; err = errno }
-        if !ok {
+        // Replaced whole and flushed before the rename: a power cut leaves the old journal or
+        // the new one, never a renamed file without its content.
+        let err = StateFile.write(Array(set.sorted().map { $0 + "\n" }.joined().utf8), to: path)
+        if err != 0 {
             // Said once per episode; the command goes ahead (refusing unlocks because the SD card
             // is full would be worse), only crash recovery is lost.
             if !failing.exchange(true, ordering: .relaxed) {
-                logger.error("pulse journal \(path) cannot be written (\(Self.describe(err))): a pulse cut short by a crash will not be switched off at the next start")
+                logger.error("pulse journal \(path) cannot be written (\(StateFile.describe(err))): a pulse cut short by a crash will not be switched off at the next start")
             }
             return
         }
         if failing.exchange(false, ordering: .relaxed) { logger.notice("pulse journal \(path) writable again") }
         // The rename reaches the storage with the directory's flush, in the background (until
         // then a power cut leaves the previous journal, whole).
-        flushQueue.async {
-            let dir = String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
-            let d = Glibc.open(dir.isEmpty ? "/" : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-            if d >= 0 { _ = fsync(d); close(d) }
-        }
+        flushQueue.async { StateFile.syncDirectory(of: path) }
     }
-
-    static func describe(_ e: Int32) -> String { String(cString: strerror(e)) + " (errno \(e))" }
 }
 
 extension StringProtocol {
