@@ -18,15 +18,32 @@ struct OutboxRecord: Sendable, Equatable {
 }
 
 struct OutboxError: Error, CustomStringConvertible {
+    enum Kind: Sendable {
+        /// No space left (`SQLITE_FULL`: the disk, or the file system's quota).
+        case full
+        /// Not a usable database: SQLite says it is corrupt, or its integrity check failed. The
+        /// only case in which the file is moved aside.
+        case corrupt
+        /// Anything else: I/O errors, permissions, a missing directory. Tried again later.
+        case other
+    }
+    var kind: Kind = .other
     let description: String
+
+    init(_ kind: Kind = .other, description: String) {
+        self.kind = kind
+        self.description = description
+    }
+
+    init(description: String) { self.init(.other, description: description) }
 }
 
 /// The outbox on disk: one SQLite database (`<state_dir>/outbox`) in WAL mode with
-/// `synchronous = NORMAL`: a commit survives a crash of the process at once and a power cut
-/// once the WAL is synced (SQLite's own guarantee), and a torn last write is a WAL frame whose
-/// checksum fails, which SQLite leaves out when it opens the file: the transactions before it
-/// are read as they were. A file that is not a usable database is moved aside and a new one
-/// started (logged by the caller).
+/// `synchronous = FULL`: every commit syncs the WAL before it returns, so a commit survives a
+/// power cut, not only a crash of the process (with `NORMAL` the WAL is synced only at
+/// checkpoints). A torn last write is a WAL frame whose checksum fails, which SQLite leaves out
+/// when it opens the file: the transactions before it are read as they were. The WAL is bounded
+/// (`journal_size_limit`). A file that fails its integrity check is moved aside by the caller.
 ///
 /// Not thread-safe: it is used from the outbox's one queue only (``Outbox``).
 final class OutboxFile {
@@ -41,14 +58,16 @@ final class OutboxFile {
         guard rc == SQLITE_OK, let handle else {
             let why = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
             sqlite3_close(handle)
-            throw OutboxError(description: "cannot open \(path): \(why)")
+            throw OutboxError(Self.kind(rc), description: "cannot open \(path): \(why)")
         }
         db = handle
         do throws(OutboxError) {
             try exec("PRAGMA journal_mode = WAL")
-            try exec("PRAGMA synchronous = NORMAL")
+            try exec("PRAGMA synchronous = FULL")
             try exec("PRAGMA cache_size = -\(pageCacheKiB)")
+            // A checkpoint every 256 pages (1 MiB), and the WAL cut back to 1 MiB after one.
             try exec("PRAGMA wal_autocheckpoint = 256")
+            try exec("PRAGMA journal_size_limit = 1048576")
             try exec("""
                 CREATE TABLE IF NOT EXISTS outbox (
                     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -58,7 +77,7 @@ final class OutboxFile {
                     compactable INTEGER NOT NULL,
                     ts INTEGER NOT NULL)
                 """)
-            guard try scalarText("PRAGMA quick_check") == "ok" else { throw OutboxError(description: "\(path) failed its integrity check") }
+            guard try scalarText("PRAGMA quick_check") == "ok" else { throw OutboxError(.corrupt, description: "\(path) failed its integrity check") }
         } catch {
             sqlite3_close(db)
             db = nil
@@ -75,22 +94,31 @@ final class OutboxFile {
 
     // MARK: records
 
-    /// Appends `records` in one transaction.
-    func append(_ records: [OutboxRecord]) throws(OutboxError) {
-        guard !records.isEmpty else { return }
+    /// Appends `records` in one transaction, after `ahead`, which go before every record already
+    /// kept (messages the client handed back: older than every kept one of their topics).
+    func append(_ records: [OutboxRecord], ahead: [OutboxRecord] = []) throws(OutboxError) {
+        guard !records.isEmpty || !ahead.isEmpty else { return }
         try exec("BEGIN IMMEDIATE")
         do throws(OutboxError) {
-            let stmt = try prepare("INSERT INTO outbox (topic, payload, retain, compactable, ts) VALUES (?, ?, ?, ?, ?)")
+            // Sequence numbers below the smallest kept (negative ones are fine for SQLite).
+            var first = ahead.isEmpty ? 0 : Int64(try scalarInt("SELECT COALESCE(MIN(seq), 1) FROM outbox")) - Int64(ahead.count)
+            let stmt = try prepare("INSERT INTO outbox (seq, topic, payload, retain, compactable, ts) VALUES (?, ?, ?, ?, ?, ?)")
             defer { sqlite3_finalize(stmt) }
-            for r in records {
+            func insert(_ r: OutboxRecord, seq: Int64?) throws(OutboxError) {
                 sqlite3_reset(stmt)
-                sqlite3_bind_text(stmt, 1, r.topic, -1, csqlite_transient())
-                _ = r.payload.withUnsafeBytes { sqlite3_bind_blob(stmt, 2, $0.baseAddress, Int32($0.count), csqlite_transient()) }
-                sqlite3_bind_int(stmt, 3, r.retain ? 1 : 0)
-                sqlite3_bind_int(stmt, 4, r.compactable ? 1 : 0)
-                sqlite3_bind_int64(stmt, 5, r.ts)
+                if let seq { sqlite3_bind_int64(stmt, 1, seq) } else { sqlite3_bind_null(stmt, 1) }
+                sqlite3_bind_text(stmt, 2, r.topic, -1, csqlite_transient())
+                _ = r.payload.withUnsafeBytes { sqlite3_bind_blob(stmt, 3, $0.baseAddress, Int32($0.count), csqlite_transient()) }
+                sqlite3_bind_int(stmt, 4, r.retain ? 1 : 0)
+                sqlite3_bind_int(stmt, 5, r.compactable ? 1 : 0)
+                sqlite3_bind_int64(stmt, 6, r.ts)
                 guard sqlite3_step(stmt) == SQLITE_DONE else { throw failure("insert") }
             }
+            for r in ahead {
+                try insert(r, seq: first)
+                first += 1
+            }
+            for r in records { try insert(r, seq: nil) }
             try exec("COMMIT")
         } catch {
             try? exec("ROLLBACK")
@@ -157,6 +185,16 @@ final class OutboxFile {
         return (Int(sqlite3_column_int64(stmt, 0)), Int(sqlite3_column_int64(stmt, 1)), oldest)
     }
 
+    /// After a write failed for want of space: older values of topics that have a newer one go
+    /// (the first step of the size bound; what is left to deliver is never dropped for a full
+    /// disk here), and the WAL is checkpointed, so that the next write can reuse pages instead of
+    /// growing the files. Returns what went.
+    func makeRoom() throws(OutboxError) -> [String: Int] {
+        let gone = try deleteCounting(Self.superseded)
+        try exec("PRAGMA wal_checkpoint(RESTART)")
+        return gone
+    }
+
     /// Bytes the database uses (its pages in use; the file does not shrink).
     func usedBytes() throws(OutboxError) -> Int {
         let pages = try scalarInt("PRAGMA page_count") - (try scalarInt("PRAGMA freelist_count"))
@@ -169,8 +207,7 @@ final class OutboxFile {
         var gone: [String: Int] = [:]
         guard try usedBytes() > maxBytes else { return gone }
         // Superseded values (the newest of each topic stays).
-        gone.merge(try deleteCounting("compactable = 1 AND seq NOT IN (SELECT MAX(seq) FROM outbox WHERE compactable = 1 GROUP BY topic)"),
-                   uniquingKeysWith: +)
+        gone.merge(try deleteCounting(Self.superseded), uniquingKeysWith: +)
         var rounds = 0
         while try usedBytes() > maxBytes, rounds < 1000 {
             rounds += 1
@@ -181,6 +218,9 @@ final class OutboxFile {
         }
         return gone
     }
+
+    /// Older values of topics that have a newer one.
+    private static let superseded = "compactable = 1 AND seq NOT IN (SELECT MAX(seq) FROM outbox WHERE compactable = 1 GROUP BY topic)"
 
     private func deleteCounting(_ condition: String) throws(OutboxError) -> [String: Int] {
         try exec("BEGIN IMMEDIATE")
@@ -207,7 +247,7 @@ final class OutboxFile {
         guard sqlite3_exec(db, sql, nil, nil, &err) == SQLITE_OK else {
             let why = err.map { String(cString: $0) } ?? "error"
             sqlite3_free(err)
-            throw OutboxError(description: "\(path): \(why)")
+            throw OutboxError(Self.kind(sqlite3_errcode(db)), description: "\(path): \(why)")
         }
     }
 
@@ -232,6 +272,15 @@ final class OutboxFile {
     }
 
     private func failure(_ what: String) -> OutboxError {
-        OutboxError(description: "\(path): \(what): \(db.map { String(cString: sqlite3_errmsg($0)) } ?? "closed")")
+        OutboxError(db.map { Self.kind(sqlite3_errcode($0)) } ?? .other,
+                    description: "\(path): \(what): \(db.map { String(cString: sqlite3_errmsg($0)) } ?? "closed")")
+    }
+
+    private static func kind(_ code: Int32) -> OutboxError.Kind {
+        switch code & 0xff {
+        case SQLITE_FULL: .full
+        case SQLITE_CORRUPT, SQLITE_NOTADB: .corrupt
+        default: .other
+        }
     }
 }

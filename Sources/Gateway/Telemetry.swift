@@ -62,6 +62,7 @@ public final class GatewayTelemetry: Sendable {
     private let outboxMessages: Gauge
     private let outboxBytes: Gauge
     private let outboxDropped: ScrapedCounter
+    private let outboxWriteErrors: ScrapedCounter
     private let outboxOldest = Mutex<Int64?>(nil)
     private let outboxOldestAge: Gauge
 
@@ -128,6 +129,8 @@ public final class GatewayTelemetry: Sendable {
         outboxMessages = r.gauge(name: "gateway_outbox_messages", help: "Messages kept in the outbox for the broker")
         outboxBytes = r.gauge(name: "gateway_outbox_bytes", help: "Bytes of topics and payloads kept in the outbox")
         outboxDropped = ScrapedCounter(r.counter(name: "gateway_outbox_dropped_total", help: "Messages dropped from the full outbox (oldest first)"))
+        outboxWriteErrors = ScrapedCounter(r.counter(name: "gateway_outbox_write_errors_total",
+                                                     help: "Times the outbox could not be written (a full disk, an I/O error), once per episode"))
         outboxOldestAge = r.gauge(name: "gateway_outbox_oldest_age_seconds", help: "Age of the oldest message in the outbox (0 when empty)")
         var reloads: [String: Counter] = [:]
         for result in Self.reloadResults {
@@ -179,10 +182,11 @@ public final class GatewayTelemetry: Sendable {
     }
 
     /// The outbox after a write or a delivered batch.
-    func outbox(count: Int, bytes: Int, dropped: Int, oldestTs: Int64?) {
+    func outbox(count: Int, bytes: Int, dropped: Int, oldestTs: Int64?, writeErrors: Int) {
         outboxMessages.set(Double(count))
         outboxBytes.set(Double(bytes))
         outboxDropped.update(Double(dropped))
+        outboxWriteErrors.update(Double(writeErrors))
         outboxOldest.withLock { $0 = oldestTs }
     }
 

@@ -49,6 +49,10 @@ extension MQTTClient {
         requests.removeAll()
         restoreIDs.removeAll()
         pendingConnectedEvent = nil
+        if let handBack {
+            let back = takeBack()
+            if !back.isEmpty { handBack(back) }
+        }
         if closed.wasConnected {
             logger.warning("MQTT connection lost: \(closed.reason)")
             eventSink.yield(.disconnected(reason: closed.reason))

@@ -54,29 +54,61 @@ extension MQTTClient {
         enqueue(MQTTPublishSession.Waiting(packet: packet, completion: nil))
     }
 
-    /// Publishes each message in order without waiting; `completed` is called once per message
-    /// with its outcome (acknowledged, or why not), in no set order. For a sender that keeps its
-    /// own copy until the broker has it (the outbox).
+    /// Publishes each message in order without waiting; `completed`, when given, is called once
+    /// per message with its outcome (acknowledged, or why not), in no set order: for a sender that
+    /// keeps its own copy until the broker has it (the outbox's backlog). `returnable`: see
+    /// ``takeBack()``.
     public func enqueue(_ messages: [(topic: String, payload: [UInt8], retain: Bool, properties: MQTTProperties)], qos: MQTTQoS,
-                        completed: @escaping @Sendable (Int, Result<Void, any Error>) -> Void) {
+                        returnable: Bool = false, completed: (@Sendable (Int, Result<Void, any Error>) -> Void)? = nil) {
         for (i, m) in messages.enumerated() {
             do {
                 let packet = try makePublish(topic: m.topic, payload: m.payload, qos: qos, retain: m.retain, properties: m.properties)
-                enqueue(MQTTPublishSession.Waiting(packet: packet, completion: .callback { completed(i, $0) }))
+                enqueue(MQTTPublishSession.Waiting(packet: packet, completion: completed.map { f in .callback { f(i, $0) } }, returnable: returnable))
             } catch {
-                completed(i, .failure(error))
+                completed?(i, .failure(error))
             }
         }
     }
 
-    /// Publishes without waiting when connected and the queue is short (fewer than `maximumQueued`
-    /// waiting); false, and nothing queued, otherwise.
+    /// Publishes without waiting when connected, the queue is short (fewer than `maximumQueued`
+    /// waiting) and `accept` says yes (asked on the client's executor, so that nothing the client
+    /// does in between, such as handing messages back, can come between the answer and the
+    /// queueing); false, and nothing queued, otherwise. `returnable`: see ``takeBack()``.
     public func enqueueIfKeepingUp(to topic: String, payload: [UInt8], qos: MQTTQoS, retain: Bool, properties: MQTTProperties = .init(),
-                                   maximumQueued: Int) -> Bool {
-        guard state == .connected, session.queue.count < maximumQueued,
+                                   maximumQueued: Int, returnable: Bool = false, accept: @Sendable () -> Bool = { true }) -> Bool {
+        guard state == .connected, session.queue.count < maximumQueued, accept(),
               let packet = try? makePublish(topic: topic, payload: payload, qos: qos, retain: retain, properties: properties) else { return false }
-        enqueue(MQTTPublishSession.Waiting(packet: packet, completion: nil))
+        enqueue(MQTTPublishSession.Waiting(packet: packet, completion: nil, returnable: returnable))
         return true
+    }
+
+    /// Takes back every message published as `returnable` that the broker has not acknowledged:
+    /// in flight (in the order sent) and queued, oldest first. Returned are those published
+    /// without a completion, for the caller to keep (they are no longer the client's); the
+    /// senders of the others are told ``MQTTError/takenBack``. A message in flight may still have
+    /// reached the broker: kept and sent again, it can arrive twice (at least once).
+    ///
+    /// Called by the client itself when a connection is lost, for the handler given to
+    /// ``onConnectionLost(handBack:)``, before the `disconnected` event and before any reconnect.
+    public func takeBack() -> [MQTTMessage] {
+        let (packets, senders) = session.takeBack()
+        for s in senders { s.resume(throwing: MQTTError.takenBack) }
+        notifyIfDrained()
+        return packets.map { MQTTMessage(topic: $0.topic, payload: $0.payload, qos: $0.qos, retain: $0.retain, properties: $0.properties) }
+    }
+
+    /// `handBack` receives the returnable messages (``takeBack()``) whenever a connection closes
+    /// with some held, on the client's executor, before anything else happens to the session.
+    public func onConnectionLost(handBack: @escaping @Sendable ([MQTTMessage]) -> Void) {
+        self.handBack = handBack
+    }
+
+    /// Waits (at most `timeout`) until nothing is queued or in flight, while connected.
+    public func settle(timeout: Duration) async {
+        guard state == .connected && !session.isIdle else { return }
+        let timer = after(timeout) { $0.notifyIfDrained(force: true) }
+        await withCheckedContinuation { drainWaiters.append($0) }
+        timer.cancel()
     }
 
     public func publish(to topic: String, string: String, qos: MQTTQoS = .atMostOnce, retain: Bool = false,

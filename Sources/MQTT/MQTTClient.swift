@@ -88,6 +88,8 @@ public actor MQTTClient {
     /// ``messages`` too far behind.
     public internal(set) var droppedIncomingCount = 0
     var supervisor: Task<Void, Never>?
+    /// Where returnable messages go when a connection closes (``onConnectionLost(handBack:)``).
+    var handBack: (@Sendable ([MQTTMessage]) -> Void)?
 
     public init(configuration: MQTTConfiguration, eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                 logger: Logger = Logger(label: "gateway.mqtt")) {

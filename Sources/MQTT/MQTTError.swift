@@ -22,6 +22,8 @@ public enum MQTTError: Error, Sendable, Equatable, CustomStringConvertible {
     case timeout(String)
     /// The client was shut down.
     case shutdown
+    /// The sender took the message back unacknowledged (``MQTTClient/takeBack()``).
+    case takenBack
     /// TLS set-up or handshake failed (bad certificate, unknown CA, ...).
     case tls(String)
     /// The broker sent something the protocol forbids.
@@ -39,6 +41,7 @@ public enum MQTTError: Error, Sendable, Equatable, CustomStringConvertible {
         case .packetTooLarge(let s, let m): "packet of \(s) bytes exceeds the broker's maximum \(m)"
         case .timeout(let s): "timeout: \(s)"
         case .shutdown: "client shut down"
+        case .takenBack: "taken back by its sender before the broker acknowledged it"
         case .tls(let s): "TLS: \(s)"
         case .protocolError(let s): "protocol error: \(s)"
         }

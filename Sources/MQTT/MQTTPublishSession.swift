@@ -13,11 +13,15 @@ struct MQTTPublishSession {
         var stage: Stage
         var completion: PublishCompletion?
         var sentAt: ContinuousClock.Instant
+        var returnable = false
     }
 
     struct Waiting {
         var packet: PublishPacket
         var completion: PublishCompletion?
+        /// The sender takes it back when the connection is lost or the client stops
+        /// (``takeBack()``), to keep it somewhere safer than memory (the gateway's outbox).
+        var returnable = false
     }
 
     /// A PUBLISH to write now; `completeOnWrite`: a QoS 0 message's sender, done once it is written.
@@ -98,7 +102,7 @@ struct MQTTPublishSession {
         }
         packet.packetIdentifier = pid
         inFlight[pid] = InFlight(packet: packet, stage: packet.qos == .atLeastOnce ? .awaitingPubAck : .awaitingPubRec,
-                                 completion: first.completion, sentAt: now)
+                                 completion: first.completion, sentAt: now, returnable: first.returnable)
         order.append(pid)
         return Outgoing(packet: packet, completeOnWrite: nil)
     }
@@ -165,7 +169,7 @@ struct MQTTPublishSession {
                 var packet = o.packet
                 packet.dup = false
                 packet.packetIdentifier = nil
-                again.append(Waiting(packet: packet, completion: o.completion))
+                again.append(Waiting(packet: packet, completion: o.completion, returnable: o.returnable))
             }
         }
         inFlight.removeAll()
@@ -173,6 +177,44 @@ struct MQTTPublishSession {
         queue.insert(contentsOf: again, at: aheadCount)
         queuePeak = max(queuePeak, queue.count)
         return delivered
+    }
+
+    /// Removes every returnable message not yet acknowledged, oldest first (in flight in the order
+    /// sent, then queued; a QoS 2 message past PUBREC was delivered and stays). Those without a
+    /// completion are returned, ready to publish again; the senders of the others, which keep
+    /// their own copy, are returned to be told.
+    mutating func takeBack() -> (messages: [PublishPacket], senders: [PublishCompletion]) {
+        var messages: [PublishPacket] = []
+        var senders: [PublishCompletion] = []
+        func take(_ packet: PublishPacket, _ completion: PublishCompletion?) {
+            if let completion {
+                senders.append(completion)
+            } else {
+                var p = packet
+                p.dup = false
+                p.packetIdentifier = nil
+                messages.append(p)
+            }
+        }
+        for pid in order {
+            guard let o = inFlight[pid], o.returnable, o.stage != .awaitingPubComp else { continue }
+            take(o.packet, o.completion)
+            _ = remove(pid)
+        }
+        guard queue.contains(where: \.returnable) else { return (messages, senders) }
+        var kept: Deque<Waiting> = []
+        var keptAhead = 0
+        for (i, w) in queue.enumerated() {
+            if w.returnable {
+                take(w.packet, w.completion)
+            } else {
+                kept.append(w)
+                if i < aheadCount { keptAhead += 1 }
+            }
+        }
+        queue = kept
+        aheadCount = keptAhead
+        return (messages, senders)
     }
 
     /// The client shuts down: every sender still waiting, queued or in flight; the session is empty after.

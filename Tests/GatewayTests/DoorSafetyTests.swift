@@ -373,7 +373,7 @@ struct DoorSafetyTests {
         let status = try await OperationsTests.get("http://127.0.0.1:\(port)/api/status")
         #expect(status.body.contains(#""clock":{"synchronised":false,"required":true}"#), "\(status.body.prefix(300))")
         // NTP sets the clock.
-        FileManager.default.createFile(atPath: flag, contents: nil)
+        _ = FileManager.default.createFile(atPath: flag, contents: nil)
         let cmd = try await Self.sign(keyFile: key, topic: "\(Self.b)/dev/unlock/set", value: "true")
         #expect(try await CommandTests.command(rig, "unlock", cmd) == #"{"ok":true,"value":true}"#)
         _ = try await rig.gateway.waitForLine(containing: "system clock synchronised")
