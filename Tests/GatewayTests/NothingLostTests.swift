@@ -173,12 +173,17 @@ struct NothingLostTests {
         let path: String
         /// The tmpfs as the test process sees it (through the holder's root).
         var outside: String { "/proc/\(holder.pid)/root\(path)" }
-        var enter: [String] { ["/usr/bin/nsenter", "-t", "\(holder.pid)", "-m", "--"] }
+        /// Root makes a mount namespace; anyone else a user namespace with one (mapped to root).
+        static let asRoot = getuid() == 0
+        var enter: [String] {
+            Self.asRoot ? ["/usr/bin/nsenter", "-t", "\(holder.pid)", "-m", "--"]
+                : ["/usr/bin/nsenter", "-t", "\(holder.pid)", "-U", "-m", "--preserve-credentials", "--"]
+        }
 
         init(at path: String, kib: Int) async throws {
             self.path = path
             try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-            holder = try ChildProcess("/usr/bin/unshare", ["-m", "--propagation", "private", "/bin/sh", "-c",
+            holder = try ChildProcess("/usr/bin/unshare", (Self.asRoot ? ["-m"] : ["-r", "-m"]) + ["--propagation", "private", "/bin/sh", "-c",
                                                            "mount -t tmpfs -o size=\(kib)k gw-test \(path) && echo mounted && exec sleep 600"])
             _ = try await holder.waitForLine(containing: "mounted")
         }
