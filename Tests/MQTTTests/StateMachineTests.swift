@@ -128,6 +128,32 @@ struct PublishSessionTests {
         if case .refused(let o) = s.pubRec(2, refused: true) { #expect(o.packet.topic == "y") } else { Issue.record("refusal not reported") }
         #expect(s.removeAll().isEmpty && s.isIdle)
     }
+
+    @Test("take back: returnable messages leave in order (in flight as sent, then queued), as new; a QoS 2 one past PUBREC stays; others stay where they were")
+    func takeBack() {
+        var s = MQTTPublishSession(queueLimit: 10)
+        func returnable(_ t: String, _ qos: MQTTQoS = .atLeastOnce) -> MQTTPublishSession.Waiting {
+            .init(packet: PublishPacket(topic: t, payload: [], qos: qos), completion: nil, returnable: true)
+        }
+        _ = s.add(returnable("r1"), ahead: false)
+        _ = s.add(message("status"), ahead: false)
+        _ = s.add(returnable("r2", .exactlyOnce), ahead: false)
+        _ = s.add(returnable("r3"), ahead: false)
+        for _ in 0..<3 { _ = s.next(window: 10, maximumQoS: .exactlyOnce, now: t0, alsoInUse: { _ in false }) }
+        _ = s.add(returnable("r4"), ahead: false)
+        _ = s.add(message("answer"), ahead: false)
+        _ = s.add(message("offline"), ahead: true)
+        // In flight: r1 (1), status (2), r2 (3); queued: offline (ahead), r3, r4, answer.
+        var past = s
+        guard case .release = past.pubRec(3, refused: false) else { Issue.record("no PUBREL"); return }
+        let (back, senders) = s.takeBack()
+        #expect(back.map(\.topic) == ["r1", "r2", "r3", "r4"])
+        #expect(back.allSatisfy { $0.packetIdentifier == nil && !$0.dup })
+        #expect(senders.isEmpty)
+        #expect(s.inFlight.keys.sorted() == [2] && topics(s) == ["offline", "answer"])
+        #expect(s.add(message("x"), ahead: true) == nil && topics(s) == ["offline", "x", "answer"], "the ahead mark kept")
+        #expect(past.takeBack().messages.map(\.topic) == ["r1", "r3", "r4"], "r2 was delivered (PUBREC): it stays for PUBCOMP")
+    }
 }
 
 /// The connection lifecycle in-process: events in with the time, decisions out.
