@@ -3,7 +3,8 @@
 (release build) on loopback and measures: the gateway's own memory (Private_Dirty), PSS and RSS,
 its CPU, the actual poll period, change -> publish latency, start -> first value, and the memory
 while a 64 MiB outbox backlog drains. Usage: uplink_bench.py GATEWAY_BIN
-Environment: ONLY=load|latency|backlog (one part), SIZES=1,100,240 (device counts of the load
+Environment: ONLY=load|latency|backlog|outage (one part; outage: 100 devices with the broker
+away, what the outbox writes and syncs), SIZES=1,100,240 (device counts of the load
 part), HTTP=on|off, DOOR=on, HA=off, SMAPS=prefix (keep /proc/PID/smaps of each load run)."""
 import os, random, sqlite3, statistics, subprocess, threading, time, urllib.request
 from benchlib import BIN, TMP, STARTED, free_port, start_broker, start_sim, Observer, proc_cpu_rss, proc_memory, context_switches, stripped_size
@@ -156,7 +157,37 @@ def report(n, points, r):
           + (f"actual period {r['period_ms']:.1f} ms over {r['period_n']} intervals, " if r['period_ms'] else "")
           + f"start -> first value {r['first_ms']:.0f} ms")
 
-ONLY = os.environ.get("ONLY", "")  # "latency", "load" or "backlog": one part only
+def outage(devices=100, points=10, seconds=60):
+    """The broker away (nothing listens on its port) while every device's counter changes each
+    poll: the outbox's writes and syncs, measured by /proc/PID/io and `strace -c` over a window."""
+    units = sum([["--unit", str(u + 1)] for u in range(devices)], [])
+    counter_args = sum([["--counter", f"{u + 1}/holding:0@10"] for u in range(devices)], [])
+    sim, sport = start_sim(units + counter_args + ["--size", "200"])
+    state = os.path.join(TMP, "outage-state"); os.makedirs(state, exist_ok=True)
+    cfg = config(free_port(), sport, devices, points, 1000, state_dir=state)
+    gw = subprocess.Popen([BIN, "run", "--config", cfg, "--log-level", "warning"], stderr=subprocess.DEVNULL)
+    STARTED.append(gw)
+    time.sleep(12)
+    def io():
+        return {k: int(v) for k, v in (l.split(": ") for l in open(f"/proc/{gw.pid}/io").read().splitlines())}
+    trace = os.path.join(TMP, "outage-strace")
+    st = subprocess.Popen(["strace", "-f", "-c", "-e", "trace=fsync,fdatasync", "-o", trace, "-p", str(gw.pid)], stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    a = io(); t0 = time.monotonic()
+    time.sleep(seconds)
+    b = io(); t1 = time.monotonic()
+    st.send_signal(2); st.wait(10)
+    syncs = 0
+    for line in open(trace):
+        f = line.split()
+        if f and f[-1] in ("fsync", "fdatasync"): syncs += int(f[3])
+    size = sum(os.path.getsize(os.path.join(state, n)) for n in os.listdir(state) if n.startswith("outbox"))
+    gw.terminate(); gw.wait(10); sim.terminate(); sim.wait(10)
+    w = t1 - t0
+    return {"syncs_s": syncs / w, "wchar_h": (b["wchar"] - a["wchar"]) / w * 3600, "disk_h": (b["write_bytes"] - a["write_bytes"]) / w * 3600,
+            "files": size, "seconds": w}
+
+ONLY = os.environ.get("ONLY", "")  # "latency", "load", "backlog" or "outage": one part only
 print(f"stripped executable: {stripped_size(BIN):.1f} MiB; HTTP={HTTP or 'default'} DOOR={'on' if DOOR else 'off'} HA={'off' if HA_OFF else 'on'}")
 if ONLY in ("", "load"):
   # One register of each device changes every poll (published), and the 40 s window takes in
@@ -168,6 +199,10 @@ if ONLY in ("", "backlog"):
   r = backlog()
   print(f"outbox backlog of {r['rows']} messages ({r['file_mib']:.1f} MiB file) drained in {r['drain_s'] or float('nan'):.1f} s: own memory peak {r['own']:.1f} MiB "
         f"({r['own_after']:.1f} after), PSS {r['pss']:.1f} MiB, RSS {r['rss']:.1f} MiB")
+if ONLY in ("", "outage"):
+  r = outage()
+  print(f"outage, 100 devices (100 values/s into the outbox): {r['syncs_s']:.2f} syncs/s, written {r['wchar_h'] / 2**20:.0f} MiB/hour "
+        f"(write(2) bytes; {r['disk_h'] / 2**20:.0f} MiB/hour reached the block layer), outbox files {r['files'] / 2**20:.1f} MiB after {r['seconds'] + 12:.0f} s")
 if ONLY in ("", "latency"):
   p50, p95, mx, n = latency(samples=int(os.environ.get("SAMPLES", "100")))
   print(f"change -> publish at poll_ms=100: p50 {p50:.1f} ms, p95 {p95:.1f} ms, max {mx:.1f} ms ({n} samples)")

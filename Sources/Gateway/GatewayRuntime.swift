@@ -177,6 +177,7 @@ public final class GatewayRuntime: Service, Sendable {
         let broker = configuration.mqtt.broker
         var mqtt = MQTTConfiguration(host: broker.host, port: broker.port, tls: broker.tls ? MQTTTLSOptions() : nil,
                                      clientIdentifier: configuration.mqtt.clientID ?? "gateway-\(configuration.gateway.id)")
+        mqtt.alternates = configuration.mqtt.alternates.map { MQTTServer(host: $0.host, port: $0.port) }
         mqtt.version = configuration.mqtt.protocolVersion == 3 ? .v3_1_1 : .v5
         mqtt.keepAlive = UInt16(configuration.mqtt.keepAlive)
         mqtt.cleanStart = configuration.mqtt.cleanSession
@@ -429,7 +430,8 @@ public final class GatewayRuntime: Service, Sendable {
                     }
                 }
                 await context.publishStatuses()
-                logger.info("broker connected: birth and statuses published")
+                let node = await client.server
+                logger.info("broker connected (\(node)): birth and statuses published")
                 await failsafe.brokerBack()
                 outbox?.connected()
                 firstConnect.push()

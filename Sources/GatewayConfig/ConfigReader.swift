@@ -78,6 +78,17 @@ final class Reader {
         return s
     }
 
+    /// A string, or a non-empty array of strings (`url = [...]`).
+    func strings(_ k: String) -> [String]? {
+        guard let v = value(k, required: false) else { return nil }
+        if let s = v.string { return [s] }
+        guard let a = v.array, !a.isEmpty, a.allSatisfy({ $0.string != nil }) else {
+            issue(k, "must be a string or a non-empty array of strings, not \(v.typeNameWithArticle)")
+            return nil
+        }
+        return a.compactMap(\.string)
+    }
+
     /// The path of a file the gateway reads at start (a password or TLS file): an issue unless
     /// it can be read and is not a directory, so that `gateway check` refuses what `run` would.
     func readableFile(_ k: String, what: String) -> String? {

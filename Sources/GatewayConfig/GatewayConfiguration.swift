@@ -249,10 +249,13 @@ public struct BrokerAddressError: Error, Sendable, Equatable, CustomStringConver
 
 /// `[mqtt]`
 public struct MQTTSettings: Sendable, Equatable {
-    /// `url` (default `mqtt://127.0.0.1:1883`; `mqtts://` for TLS), as written.
+    /// `url` (default `mqtt://127.0.0.1:1883`; `mqtts://` for TLS), as written; a list (the
+    /// nodes of a broker cluster, tried in turn) is kept joined by ", ".
     public var url = "mqtt://127.0.0.1:1883"
-    /// `url`, parsed.
+    /// `url`, parsed (the first of a list).
     public var broker = BrokerAddress(host: "127.0.0.1", port: 1883, tls: false)
+    /// The other nodes of a `url` list, in order (all with the first one's scheme).
+    public var alternates: [BrokerAddress] = []
     /// `client_id` (default `gateway-<id>`).
     public var clientID: String?
     /// `protocol` (default 5): 5, or 3 for 3.1.1. 5 falls back to 3.1.1 when refused.

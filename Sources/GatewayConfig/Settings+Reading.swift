@@ -49,12 +49,23 @@ extension MQTTSettings {
     /// `[mqtt]`.
     init(reader r: Reader) {
         var m = MQTTSettings()
-        if let u = r.string("url") {
-            switch BrokerAddress.parse(u) {
-            case .success(let address): m.broker = address
-            case .failure(let why): r.issue("url", why.description)
+        if let urls = r.strings("url") {
+            var addresses: [BrokerAddress] = []
+            for u in urls {
+                switch BrokerAddress.parse(u) {
+                case .success(let address): addresses.append(address)
+                case .failure(let why): r.issue("url", why.description)
+                }
             }
-            m.url = u
+            if let first = addresses.first {
+                if addresses.contains(where: { $0.tls != first.tls }) {
+                    r.issue("url", "the nodes of one broker are all mqtt:// or all mqtts:// (one set of TLS settings)")
+                }
+                if Set(addresses.map { "\($0.host):\($0.port)" }).count < addresses.count { r.issue("url", "a node is listed twice") }
+                m.broker = first
+                m.alternates = Array(addresses.dropFirst())
+            }
+            m.url = urls.joined(separator: ", ")
         }
         if let v = r.string("client_id") {
             if v.isEmpty || v.utf8.count > 65_535 { r.issue("client_id", "must be a non-empty string") }

@@ -37,7 +37,8 @@ extension MQTTClient {
         } else {
             sslContext = nil
         }
-        let host = config.host
+        let node = server
+        let host = node.host
         var bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(.milliseconds(config.connectTimeout.milliseconds))
             .channelOption(.socketOption(.so_keepalive), value: 1)
@@ -57,10 +58,10 @@ extension MQTTClient {
         #endif
         let ch: any Channel
         do {
-            ch = try await bootstrap.connect(host: config.host, port: config.port).get()
+            ch = try await bootstrap.connect(host: node.host, port: node.port).get()
         } catch {
             lifecycle.attemptFailed()
-            throw MQTTError.connectFailed("\(config.host):\(config.port): \(error)")
+            throw MQTTError.connectFailed("\(node): \(error)")
         }
         guard state == .connecting, lifecycle.isCurrent(id) else {
             try? await ch.close()
@@ -153,7 +154,7 @@ extension MQTTClient {
         }
         drainQueue()
         channel?.flush()
-        logger.info("MQTT connected to \(configuration.host):\(configuration.port) (\(version), session present: \(ack.sessionPresent))")
+        logger.info("MQTT connected to \(server) (\(version), session present: \(ack.sessionPresent))")
         let event = MQTTEvent.connected(sessionPresent: ack.sessionPresent, version: version)
         if restoreIDs.isEmpty {
             eventSink.yield(event)

@@ -16,6 +16,7 @@ extension MQTTClient {
                 await waitUntilDisconnected()
                 connected = false
                 if configuration.reconnect == nil { break }
+                nextServer()   // that node is lost: the next one (when there are several)
             }
             switch firstAttempt ? .now : lifecycle.nextAttempt(random: Double.random(in: 0..<1)) {
             case .stop:
@@ -38,15 +39,23 @@ extension MQTTClient {
             } catch let error as MQTTError where error.isPermanent {
                 // Bad credentials, banned, id refused: retrying at once cannot help and would
                 // hammer the broker. Said plainly each time; then the longest backoff.
-                logger.error("MQTT connect to \(configuration.host):\(configuration.port) refused: \(error); this needs a configuration change (retrying every \(configuration.reconnect?.maximumDelay ?? .seconds(30)))")
+                logger.error("MQTT connect to \(server) refused: \(error); this needs a configuration change (retrying every \(configuration.reconnect?.maximumDelay ?? .seconds(30)))")
                 lifecycle.refusedForGood()
+                nextServer()
             } catch {
                 if state == .shutdown { return }
-                if lifecycle.attempt <= 1 || lifecycle.attempt % 20 == 0 {
-                    logger.warning("MQTT connect to \(configuration.host):\(configuration.port) failed: \(error); retrying")
+                if lifecycle.attempt <= 1 || lifecycle.attempt % 20 == 0 || !configuration.alternates.isEmpty {
+                    logger.warning("MQTT connect to \(server) failed: \(error); retrying\(configuration.alternates.isEmpty ? "" : " with the next node")")
                 }
+                nextServer()
             }
         }
+    }
+
+    /// The next node of a cluster, round the list.
+    func nextServer() {
+        guard !configuration.alternates.isEmpty else { return }
+        serverIndex = (serverIndex + 1) % servers.count
     }
 
     func waitUntilDisconnected() async {

@@ -88,6 +88,12 @@ public actor MQTTClient {
     /// ``messages`` too far behind.
     public internal(set) var droppedIncomingCount = 0
     var supervisor: Task<Void, Never>?
+    /// Which node of ``servers`` the next attempt goes to.
+    var serverIndex = 0
+    /// The broker's nodes: the configured host first, then the alternates.
+    var servers: [MQTTServer] { [MQTTServer(host: configuration.host, port: configuration.port)] + configuration.alternates }
+    /// The node of the current (or next) connection.
+    public var server: MQTTServer { let all = servers; return all[serverIndex % all.count] }
     /// Where returnable messages go when a connection closes (``onConnectionLost(handBack:)``).
     var handBack: (@Sendable ([MQTTMessage]) -> Void)?
 
@@ -172,6 +178,7 @@ public actor MQTTClient {
     /// sizes (`incomingLimit`) stay as they were made.
     public func reconfigure(_ new: MQTTConfiguration) {
         configuration = new   // version and keepalive follow at the next connect
+        serverIndex = 0
         session.queueLimit = new.queueLimit
         if lifecycle.settingsChanged(policy: new.reconnect ?? .default) { replaceConnection() }
     }

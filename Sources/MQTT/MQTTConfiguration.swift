@@ -38,11 +38,27 @@ public struct MQTTReconnectPolicy: Sendable, Hashable {
     public static let `default` = MQTTReconnectPolicy()
 }
 
+/// One node of a broker (cluster): where ``MQTTConfiguration/alternates`` point.
+public struct MQTTServer: Sendable, Equatable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
+
 /// Everything the client needs to connect. Defaults suit a gateway: clean session, keepalive 30 s,
 /// MQTT 5 with fallback to 3.1.1, reconnect forever.
 public struct MQTTConfiguration: Sendable {
     public var host: String
     public var port: Int
+    /// Further nodes of the same broker cluster, tried in turn after `host`/`port`: a connection
+    /// lost, or an attempt failed, moves the client on to the next (the same TLS settings).
+    public var alternates: [MQTTServer] = []
     /// Non-nil for TLS (`mqtts://`).
     public var tls: MQTTTLSOptions?
     public var version: MQTTVersion

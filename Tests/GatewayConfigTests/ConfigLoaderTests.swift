@@ -99,6 +99,22 @@ struct ConfigLoaderTests {
         }
     }
 
+    @Test("[mqtt] url takes a list of a cluster's nodes (one scheme, none twice, not empty); a single url has no alternates")
+    func brokerList() throws {
+        func with(_ url: String) throws -> MQTTSettings { try ConfigLoader.parse(Self.minimal + "[mqtt]\nurl = \(url)\n").mqtt }
+        let list = try with("[\"mqtt://a:1884\", \"mqtt://[::1]\", \"mqtt://c\"]")
+        #expect(list.broker == BrokerAddress(host: "a", port: 1884, tls: false))
+        #expect(list.alternates == [BrokerAddress(host: "::1", port: 1883, tls: false), BrokerAddress(host: "c", port: 1883, tls: false)])
+        #expect(list.url == "mqtt://a:1884, mqtt://[::1], mqtt://c")
+        #expect(try with("\"mqtts://a\"").alternates.isEmpty)
+        for (bad, why) in [("[\"mqtt://a\", \"mqtts://b\"]", "all mqtt:// or all mqtts://"), ("[\"mqtt://a\", \"mqtt://a:1883\"]", "listed twice"),
+                           ("[]", "a non-empty array of strings"), ("[\"mqtt://a\", 3]", "a non-empty array of strings"),
+                           ("[\"mqtt://a\", \"http://b\"]", "must look like mqtt://")] {
+            #expect(throws: (any Error).self, "\(bad)") { try with(bad) }
+            do { _ = try with(bad) } catch { #expect("\(error)".contains(why), "\(bad): \(error)") }
+        }
+    }
+
     @Test("an RTU bus and a serial device take the same parity letters, in either case")
     func lineSettings() throws {
         let bus = "[gateway]\nid = \"x\"\n[[bus]]\nname = \"b\"\ntype = \"rtu\"\nport = \"/dev/ttyS0\"\nbaud = 115200\nparity = \"e\"\n[[device]]\nname = \"d\"\nbus = \"b\"\n[[device.point]]\nname = \"p\"\nregister = \"coil\"\naddress = 0\n"
