@@ -79,6 +79,11 @@ final class OutboxFile {
                 """)
             guard try scalarText("PRAGMA quick_check") == "ok" else { throw OutboxError(.corrupt, description: "\(path) failed its integrity check") }
         } catch {
+            if error.kind == .corrupt {
+                // Closing the last connection deletes the WAL: it is kept, to go aside with the file.
+                var keep: Int32 = 1
+                sqlite3_file_control(db, "main", SQLITE_FCNTL_PERSIST_WAL, &keep)
+            }
             sqlite3_close(db)
             db = nil
             throw error

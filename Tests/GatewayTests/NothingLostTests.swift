@@ -43,7 +43,7 @@ struct NothingLostTests {
         }
 
         /// A config reaching the broker at `port` (default: through the proxy when there is one).
-        func config(_ name: String, port: Int? = nil, keepalive: Int = 60, stateDir: String? = nil, extra: String = "") throws -> String {
+        func config(_ name: String, port: Int? = nil, keepalive: Int = 60, stateDir: String? = nil, extra: String = "", http: String = "") throws -> String {
             let path = dir + "/\(name).toml"
             try """
                 [gateway]
@@ -55,7 +55,7 @@ struct NothingLostTests {
                 url = "mqtt://127.0.0.1:\(port ?? frontPort)"
                 keepalive = \(keepalive)
                 [http]
-                listen = ""
+                listen = "\(http)"
                 [homeassistant]
                 enabled = false
                 [[device]]
@@ -205,7 +205,8 @@ struct NothingLostTests {
     func diskFillsDuringOutage() async throws {
         let site = try await Site()
         let disk = try await SmallDisk(at: site.dir + "/state", kib: 192)
-        let gw = try site.gateway(try site.config("one", keepalive: 5, extra: "outbox_sync_ms = 100"), wrap: disk.enter)
+        let httpPort = try TestEnvironment.freePort()
+        let gw = try site.gateway(try site.config("one", keepalive: 5, extra: "outbox_sync_ms = 100", http: "127.0.0.1:\(httpPort)"), wrap: disk.enter)
         _ = try await gw.waitForLine(containing: "birth and statuses published")
         _ = try await gw.waitForLine(containing: "serial port")
         await site.broker.stop()
@@ -230,6 +231,10 @@ struct NothingLostTests {
         let got = Array(Self.scans(observer).dropLast())
         #expect(got == Array(1...1500), "got \(got.count); first out of order at \(zip(got, got.dropFirst()).first { $0.0 >= $0.1 }.map { "\($0)" } ?? "-")")
         #expect(gw.lines.filter { $0.contains("cannot write") }.count == 1, "logged once per episode")
+        let (_, metrics) = try await OperationsTests.get("http://127.0.0.1:\(httpPort)/metrics")
+        #expect(metrics.contains("gateway_outbox_write_errors_total 1"), "\(metrics.split(separator: "\n").filter { $0.contains("outbox") })")
+        // A delivered batch whose delete failed on the full disk was not sent again (checked above).
+        print("disk full: \(gw.lines.filter { $0.contains("could not be removed") }.count) failed deletes, \(gw.lines.filter { $0.contains("writing again") }.count) recoveries")
         await observer.client.disconnect()
         _ = await gw.stop()
         await disk.stop()
@@ -268,6 +273,26 @@ struct NothingLostTests {
         await observer.client.disconnect()
         _ = await gw2.stop()
         await disk.stop()
+        await site.shutdown()
+    }
+
+    @Test("a file that is not a database is moved aside with its WAL (kept for a post-mortem), and a new outbox takes what comes")
+    func corruptMovedAsideWithWAL() async throws {
+        let site = try await Site()
+        await site.broker.stop()
+        let state = site.dir + "/state"
+        try Array(repeating: "not a database ", count: 400).joined().write(toFile: state + "/outbox", atomically: true, encoding: .utf8)
+        try "not a WAL either".write(toFile: state + "/outbox-wal", atomically: true, encoding: .utf8)
+        let gw = try site.gateway(try site.config("one", keepalive: 5, extra: "outbox_sync_ms = 100"))
+        _ = try await gw.waitForLine(containing: "serial port")
+        _ = try await gw.waitForLine(containing: "moved to")
+        try await site.scans(1...20, readBy: gw)
+        try await Self.onDisk(gw, atLeast: 20)
+        let files = try FileManager.default.contentsOfDirectory(atPath: state)
+        let aside = try #require(files.first { $0.hasPrefix("outbox.unreadable-") && !$0.hasSuffix("-wal") && !$0.hasSuffix("-shm") }, "\(files)")
+        #expect(files.contains(aside + "-wal"), "the WAL went with it: \(files)")
+        #expect(try String(contentsOfFile: state + "/" + aside + "-wal", encoding: .utf8) == "not a WAL either")
+        _ = await gw.stop()
         await site.shutdown()
     }
 
