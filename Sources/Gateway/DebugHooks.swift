@@ -2,6 +2,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Synchronization
 
 /// Faults a test can switch on in a debug build (never compiled into a release build).
 enum DebugHooks {
@@ -23,5 +24,8 @@ enum DebugHooks {
     /// that file exists (the kernel of the build and CI machines says it never is), so a test
     /// can switch it on and off under a running gateway.
     static let clockSyncedFile: String? = getenv("GATEWAY_DEBUG_CLOCK_SYNCED_FILE").map { String(cString: $0) }
+
+    /// In-process tests: this many reads of the outbox fail (an I/O error) before they work again.
+    static let outboxReadFailures = Atomic<Int>(0)
 }
 #endif

@@ -49,6 +49,8 @@ final class Outbox: Sendable {
         /// How long a stop waits for the broker to acknowledge what the client holds, before
         /// the rest is taken back and kept.
         var settleOnStop: Duration = .seconds(2)
+        /// The first pause after a failed read or write while delivering; it doubles, to 30 s.
+        var retryPause: Duration = .seconds(1)
     }
 
     /// The open file, touched only on `queue` (one block at a time, so never from two threads
@@ -456,9 +458,9 @@ final class Outbox: Sendable {
         }
     }
 
-    /// A pause after the `n`th failure in a row: 1 s, doubling, at most 30 s.
+    /// A pause after the `n`th failure in a row: `retryPause`, doubling, at most 30 s.
     private func backOff(_ n: Int) async {
-        try? await Task.sleep(for: .seconds(min(30, 1 << min(n - 1, 5))))
+        try? await Task.sleep(for: min(.seconds(30), settings.retryPause * (1 << min(n - 1, 5))))
     }
 
     /// Hands `rows` to the client in order and waits until the broker acknowledged every one
@@ -500,6 +502,10 @@ final class Outbox: Sendable {
                 s.stored = (0, 0, nil)
                 s.onDisk = false
                 s.undeleted = []
+                // Nothing is kept but what waits in memory: no topic waits behind the file any
+                // more, even if it was counted wrong (the file cut short under us).
+                s.pending = [:]
+                for r in s.returned + s.buffer { s.pending[r.topic, default: 0] += 1 }
             }
             report()
             logger.info("outbox empty: \(path) removed")

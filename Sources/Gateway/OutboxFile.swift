@@ -133,6 +133,12 @@ final class OutboxFile {
 
     /// Up to `limit` records after `seq`, oldest first.
     func read(after seq: Int64, limit: Int) throws(OutboxError) -> [OutboxRecord] {
+        #if DEBUG
+        if DebugHooks.outboxReadFailures.load(ordering: .relaxed) > 0 {
+            DebugHooks.outboxReadFailures.subtract(1, ordering: .relaxed)
+            throw OutboxError(description: "\(path): read: injected I/O error")
+        }
+        #endif
         let stmt = try prepare("SELECT seq, topic, payload, retain, compactable, ts FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?")
         defer { sqlite3_finalize(stmt) }
         sqlite3_bind_int64(stmt, 1, seq)

@@ -1,5 +1,9 @@
+import Foundation
 @testable import Gateway
+import Logging
+import MQTT
 import Testing
+import TestSupport
 
 /// The outbox's decisions in-process.
 @Suite("Outbox in memory")
@@ -19,5 +23,36 @@ struct OutboxLogicTests {
         gone = Outbox.thin(&records, to: 2)
         #expect(gone == ["scan": 1, "w": 1], "then the oldest, whatever they are")
         #expect(records.map { String(decoding: $0.payload, as: UTF8.self) } == ["5", "6"])
+    }
+}
+
+/// The outbox in-process against a real Mosquitto, with a fault only a test can inject.
+@Suite("Outbox in-process (Mosquitto, injected read errors)", .serialized, .timeLimit(.minutes(2)))
+struct OutboxInProcessTests {
+    @Test("reads of the kept messages fail while delivering: tried again, and the backlog arrives in order with nothing new published to wake it")
+    func readErrorRetried() async throws {
+        let broker = try await Mosquitto.start()
+        let dir = try TestEnvironment.makeTemporaryDirectory("gw-outbox-ip")
+        let client = MQTTClient(configuration: MQTTConfiguration(host: "127.0.0.1", port: broker.port, clientIdentifier: "outbox-ip"))
+        var settings = Outbox.Settings(path: dir + "/outbox", maxBytes: 1 << 20, sync: .milliseconds(20))
+        settings.retryPause = .milliseconds(10)
+        let outbox = Outbox(settings: settings, client: client, telemetry: nil, logger: Logger(label: "test"))
+        await outbox.start()
+        // The broker not connected yet: kept on disk.
+        for i in 1...50 { await outbox.publish(to: "ip/t", payload: Array("\(i)".utf8), retain: false, compactable: false, ts: Int64(i)) }
+        #expect(await outbox.flush())
+        #expect(FileManager.default.fileExists(atPath: dir + "/outbox"))
+        let observer = try await MQTTObserver(port: broker.port, filters: ["ip/#"])
+        DebugHooks.outboxReadFailures.store(3, ordering: .relaxed)
+        try await client.connect()
+        outbox.connected()
+        try await observer.waitUntil("the 50 kept messages") { observer.payloads("ip/t").count >= 50 }
+        #expect(observer.payloads("ip/t") == (1...50).map { "\($0)" })
+        #expect(DebugHooks.outboxReadFailures.load(ordering: .relaxed) == 0, "the injected errors were met")
+        await observer.client.disconnect()
+        await outbox.close()
+        await client.disconnect()
+        await broker.shutdown()
+        try? FileManager.default.removeItem(atPath: dir)
     }
 }
