@@ -36,14 +36,7 @@ struct BrokerClusterTests {
             listen = ""
             [homeassistant]
             enabled = false
-            [[device]]
-            name = "qr"
-            driver = "serial"
-            port = "\(pty.a)"
-            framing = "line"
-              [[device.point]]
-              name = "scan"
-              match = '^QR:(.+)$'
+            \(qrReaderDevice(port: pty.a))
             """.write(toFile: config, atomically: true, encoding: .utf8)
         let onFirst = try await MQTTObserver(port: first.port, filters: ["gateway/#"])
         let onSecond = try await MQTTObserver(port: second.port, filters: ["gateway/#"], name: "observer-2")

@@ -58,14 +58,7 @@ struct NothingLostTests {
                 listen = "\(http)"
                 [homeassistant]
                 enabled = false
-                [[device]]
-                name = "qr"
-                driver = "serial"
-                port = "\(pty.a)"
-                framing = "line"
-                  [[device.point]]
-                  name = "scan"
-                  match = '^QR:(.+)$'
+                \(qrReaderDevice(port: pty.a))
                 """.write(toFile: path, atomically: true, encoding: .utf8)
             return path
         }

@@ -59,14 +59,7 @@ struct OutboxTests {
                   name = "v"
                   register = "holding"
                   address = 0
-                [[device]]
-                name = "qr"
-                driver = "serial"
-                port = "\(pty.a)"
-                framing = "line"
-                  [[device.point]]
-                  name = "scan"
-                  match = '^QR:(.+)$'
+                \(qrReaderDevice(port: pty.a))
                 """.write(toFile: config, atomically: true, encoding: .utf8)
             reader = try FarEnd(pty.b)
         }

@@ -157,3 +157,18 @@ public final class PtyPair: Sendable {
         if removeDirectory { try? FileManager.default.removeItem(atPath: directory) }
     }
 }
+
+/// A QR reader's `[[device]]` table: a line-framed serial device `qr` on `port` whose point
+/// `scan` takes every line `QR:<text>` (the outbox and cluster tests' numbered messages).
+public func qrReaderDevice(port: String) -> String {
+    """
+    [[device]]
+    name = "qr"
+    driver = "serial"
+    port = "\(port)"
+    framing = "line"
+      [[device.point]]
+      name = "scan"
+      match = '^QR:(.+)$'
+    """
+}
