@@ -5,14 +5,19 @@ import Synchronization
 
 /// Home Assistant discovery at run time (`[homeassistant] enabled`, the default). One task:
 /// - at the first connect it reads the device configs already retained under
-///   `<prefix>/device/+/config` (for at most ``scanWindow``; retained messages come right after
-///   the SUBACK), clears those an earlier run of this gateway published for devices no longer
-///   configured (empty retained payload), and publishes every config, marking components that
-///   were removed from a device with their platform only;
+///   `<prefix>/device/+/config` (for at most ``scanWindow``, ``scanLimit`` configs and
+///   ``scanBytes`` bytes; retained messages come right after the SUBACK), clears those an
+///   earlier run of this gateway published for devices no longer configured (empty retained
+///   payload), and publishes every config, marking components that were removed from a device
+///   with their platform only. A config is this gateway's only if its device, or the device it
+///   is reached through (`via_device`), is exactly this gateway's device;
 /// - at every later connect it publishes every config again (QoS 1, retained);
-/// - when Home Assistant says `online` on `<prefix>/status` (its birth, after a restart), it
-///   publishes every config again after a random 1-4 s (Home Assistant is not ready the instant
-///   it says so), then the statuses, and makes every poller publish its current values.
+/// - when Home Assistant says `online` on its birth topic (`homeassistant/status`, after a
+///   restart), it publishes every config again after a random 1-4 s (Home Assistant is not ready
+///   the instant it says so), then the statuses, and makes every poller publish its current
+///   values: the first birth after each connect always, later ones at most once per
+///   ``birthInterval`` (anyone who can publish there could otherwise make it republish
+///   everything every few seconds).
 /// - after a reload (``reload(from:to:)``) it publishes the configs of added and changed devices
 ///   (components a changed device lost are marked removed) and clears those of removed devices.
 /// None of it runs on the poll or command paths.
@@ -36,13 +41,26 @@ final class HomeAssistantPublisher: Sendable {
     private let configFilter: String
     private let triggers: AsyncStream<Trigger>
     private let continuation: AsyncStream<Trigger>.Continuation
-    /// Retained configs seen while scanning (nil when not scanning), and when the last one came.
-    private let scan = Mutex<(seen: [String: [UInt8]]?, last: ContinuousClock.Instant)>((nil, .now))
+    /// While scanning: the components of each retained config of ours (nil when not scanning),
+    /// when the last config came, and how many configs and bytes came (bounded).
+    private let scan = Mutex<Scan>(Scan())
+    private struct Scan {
+        var ours: [String: [String: String]]?
+        var last = ContinuousClock.now
+        var count = 0
+        var bytes = 0
+        var cut = false
+    }
     /// After Home Assistant's birth: statuses and values again (the runtime's part).
     private let republish: @Sendable () async -> Void
 
     static let scanWindow: Duration = .seconds(3)
     static let scanQuiet: Duration = .milliseconds(500)
+    /// At most this many retained configs, and bytes of them, are read at start.
+    static let scanLimit = 5_000
+    static let scanBytes = 16 << 20
+    /// Home Assistant's births answered at most once in this time (but the first after a connect always).
+    static let birthInterval: Duration = .seconds(30)
 
     init(configuration: GatewayConfiguration, topics: TopicLayout, version: String, client: MQTTClient, logger: Logger,
          republish: @escaping @Sendable () async -> Void) {
@@ -56,7 +74,7 @@ final class HomeAssistantPublisher: Sendable {
         var l = logger
         l[metadataKey: "component"] = "homeassistant"
         self.logger = l
-        self.statusTopic = "\(prefix)/status"
+        self.statusTopic = configuration.homeAssistant.birthTopic
         self.configFilter = "\(prefix)/device/+/config"
         self.republish = republish
         (triggers, continuation) = AsyncStream.makeStream(of: Trigger.self, bufferingPolicy: .bufferingNewest(4))
@@ -73,10 +91,22 @@ final class HomeAssistantPublisher: Sendable {
             if message.payload == Array("online".utf8) { continuation.yield(.homeAssistantOnline) }
             return
         }
-        scan.withLock { s in
-            guard s.seen != nil, message.retain else { return }
-            s.seen?[message.topic] = message.payload
+        let gatewayID = self.gatewayID
+        let cut = scan.withLock { s -> Bool in
+            guard s.ours != nil, message.retain, !s.cut else { return false }
+            s.count += 1
+            s.bytes += message.payload.count
+            guard s.count <= Self.scanLimit, s.bytes <= Self.scanBytes else {
+                s.cut = true
+                return true
+            }
             s.last = .now
+            // Only this gateway's are kept (their components), not whole payloads.
+            if let components = Self.components(ofOurs: message.payload, gatewayID: gatewayID) { s.ours?[message.topic] = components }
+            return false
+        }
+        if cut {
+            logger.warning("start-up scan of \(configFilter) cut at \(Self.scanLimit) configs or \(Self.scanBytes >> 20) MiB: configs of this gateway beyond it are not checked for removal")
         }
     }
 
@@ -96,9 +126,11 @@ final class HomeAssistantPublisher: Sendable {
 
     func run() async {
         var first = true
+        var birthAnswered: ContinuousClock.Instant?   // nil: not yet since the last connect
         for await trigger in triggers {
             switch trigger {
             case .connected:
+                birthAnswered = nil
                 if first {
                     first = false
                     let removed = await scanEarlierConfigs()
@@ -112,6 +144,11 @@ final class HomeAssistantPublisher: Sendable {
                     await publishConfigs(removing: [:])
                 }
             case .homeAssistantOnline:
+                if let last = birthAnswered, ContinuousClock.now - last < Self.birthInterval {
+                    logger.info("Home Assistant is online again within \(Self.birthInterval) of the last answer: not republishing")
+                    continue
+                }
+                birthAnswered = .now
                 let delay = Duration.milliseconds(Int.random(in: 1_000...4_000))
                 logger.info("Home Assistant is online: publishing discovery again in \(delay)")
                 do { try await Task.sleep(for: delay) } catch { return }
@@ -154,11 +191,11 @@ final class HomeAssistantPublisher: Sendable {
     /// for devices it no longer has, and returns, per current device, the components its earlier
     /// config had and this one does not (id -> platform).
     private func scanEarlierConfigs() async -> [String: [String: String]] {
-        scan.withLock { $0 = ([:], .now) }
+        scan.withLock { $0 = Scan(ours: [:]) }
         do {
             _ = try await client.subscribe([MQTTSubscription(configFilter, qos: .atLeastOnce)])
         } catch {
-            scan.withLock { $0.seen = nil }
+            scan.withLock { $0.ours = nil }
             logger.warning("cannot read earlier discovery configs (\(error)): stale ones are not cleared")
             return [:]
         }
@@ -169,14 +206,13 @@ final class HomeAssistantPublisher: Sendable {
             do { try await Task.sleep(for: .milliseconds(100)) } catch { break }
         }
         _ = try? await client.unsubscribe([configFilter])
-        let seen = scan.withLock { s -> [String: [UInt8]] in
-            defer { s.seen = nil }
-            return s.seen ?? [:]
+        let seen = scan.withLock { s -> [String: [String: String]] in
+            defer { s = Scan() }
+            return s.ours ?? [:]
         }
         let current = Dictionary(uniqueKeysWithValues: makeDiscovery().devices.map { ($0.topic, Set($0.entities.map(\.id))) })
         var removed: [String: [String: String]] = [:]
-        for (topic, payload) in seen.sorted(by: { $0.key < $1.key }) where !payload.isEmpty {
-            guard let earlier = Self.components(ofOurs: payload, gatewayID: gatewayID) else { continue }
+        for (topic, earlier) in seen.sorted(by: { $0.key < $1.key }) {
             if let kept = current[topic] {
                 let gone = earlier.filter { !kept.contains($0.key) && $0.value.count > 0 }
                 if !gone.isEmpty { removed[topic] = gone }
@@ -197,18 +233,25 @@ final class HomeAssistantPublisher: Sendable {
         logger.info("discovery published: \(discovery.devices.count) devices, \(discovery.devices.reduce(0) { $0 + $1.entities.count }) entities under \(discovery.prefix)/device/")
     }
 
-    /// The components (id -> platform) of a retained config this gateway published (its origin
-    /// and a device identifier of ours), or nil when it is someone else's. A component already
-    /// marked removed (only its platform) is reported with an empty platform.
+    /// The components (id -> platform) of a retained config this gateway published (its origin,
+    /// and its device or `via_device` exactly this gateway's device), or nil when it is someone
+    /// else's: gateway `lobby` never takes gateway `lobby_east`'s. A component already marked
+    /// removed (only its platform) is reported with an empty platform.
     static func components(ofOurs payload: [UInt8], gatewayID: String) -> [String: String]? {
-        guard case .object(let root)? = try? JSONValue.parse(payload) else { return nil }
+        guard !payload.isEmpty, case .object(let root)? = try? JSONValue.parse(payload) else { return nil }
         func member(_ o: [(String, JSONValue)], _ k: String) -> JSONValue? { o.first { $0.0 == k }?.1 }
+        // This release's id of the gateway's device, and the one before it (the same unless the
+        // gateway id has a `_`), so that an upgrade still clears what the earlier one left.
+        let mine: Set<String> = [HomeAssistantDiscovery.gatewayDeviceID(gatewayID), "\(gatewayID)_gateway"]
         guard case .object(let origin)? = member(root, "origin") ?? member(root, "o"),
               case .string(HomeAssistantDiscovery.originName)? = member(origin, "name"),
               case .object(let device)? = member(root, "device") ?? member(root, "dev"),
-              case .array(let ids)? = member(device, "identifiers") ?? member(device, "ids"),
-              ids.contains(where: { if case .string(let s) = $0 { s.hasPrefix("\(gatewayID)_") } else { false } }),
               case .object(let cmps)? = member(root, "components") ?? member(root, "cmps") else { return nil }
+        let via: String? = if case .string(let v)? = member(device, "via_device") ?? member(device, "via_dev") { v } else { nil }
+        let ids: [String] = if case .array(let a)? = member(device, "identifiers") ?? member(device, "ids") {
+            a.compactMap { if case .string(let s) = $0 { s } else { nil } }
+        } else { [] }
+        guard via.map(mine.contains) == true || ids.contains(where: mine.contains) else { return nil }
         var out: [String: String] = [:]
         for (id, value) in cmps {
             guard case .object(let c) = value, case .string(let platform)? = member(c, "platform") ?? member(c, "p") else { continue }

@@ -48,7 +48,8 @@ public struct HomeAssistantDiscovery: Sendable {
     }
 
     public static let originName = "mqtt-gateway"
-    public static let supportURL = "https://github.com/mqtt-gateway/gateway"
+    // No `support_url`: the project has no published home yet, and a made-up one would send
+    // people nowhere.
 
     public let prefix: String
     public let devices: [Device]
@@ -56,24 +57,25 @@ public struct HomeAssistantDiscovery: Sendable {
     public init(configuration c: GatewayConfiguration, topics: TopicLayout, version: String) {
         prefix = c.homeAssistant.prefix
         let gw = c.gateway.id
-        let origin = "\"origin\":{\"name\":\(JSONValue.quoted(Self.originName)),\"sw_version\":\(JSONValue.quoted(version)),\"support_url\":\(JSONValue.quoted(Self.supportURL))}"
-        let gatewayDeviceID = "\(gw)_gateway"
+        let origin = "\"origin\":{\"name\":\(JSONValue.quoted(Self.originName)),\"sw_version\":\(JSONValue.quoted(version))}"
+        let gatewayDeviceID = Self.gatewayDeviceID(gw)
         var out: [Device] = []
         // The gateway itself: a connectivity sensor on its birth/will topic.
-        let gatewayEntity = Entity(id: "\(gw)_gateway_status", platform: "binary_sensor", name: "Status", options: [
-            "\"unique_id\":\(JSONValue.quoted("\(gw)_gateway_status"))",
-            "\"default_entity_id\":\(JSONValue.quoted("binary_sensor.\(Self.entityID(gw))_gateway_status"))",
+        let statusID = Self.id(gw, "gateway", "status")
+        let gatewayEntity = Entity(id: statusID, platform: "binary_sensor", name: "Status", options: [
+            "\"unique_id\":\(JSONValue.quoted(statusID))",
+            "\"default_entity_id\":\(JSONValue.quoted("binary_sensor.\(Self.entityID(gw))_gateway_status"))", Self.qos,
             "\"name\":\"Status\"", "\"device_class\":\"connectivity\"", "\"entity_category\":\"diagnostic\"",
             "\"state_topic\":\(JSONValue.quoted(topics.status))", "\"payload_on\":\"online\"", "\"payload_off\":\"offline\"",
         ])
         out.append(Device(objectID: gatewayDeviceID, topic: "\(prefix)/device/\(gatewayDeviceID)/config", name: "Gateway \(gw)", entities: [gatewayEntity],
                           shared: ["\"device\":{\"identifiers\":[\(JSONValue.quoted(gatewayDeviceID))],\"name\":\(JSONValue.quoted("Gateway \(gw)")),\"sw_version\":\(JSONValue.quoted(version))}",
-                                   origin, "\"qos\":1"]))
+                                   origin, Self.qos]))
         let availability = { (device: String) in
             "\"availability\":[{\"topic\":\(JSONValue.quoted(topics.status))},{\"topic\":\(JSONValue.quoted(topics.status(device)))}],\"availability_mode\":\"all\""
         }
         let deviceMember = { (name: String, manufacturer: String?, model: String?) -> String in
-            var d = "\"device\":{\"identifiers\":[\(JSONValue.quoted("\(gw)_\(name)"))],\"name\":\(JSONValue.quoted(name))"
+            var d = "\"device\":{\"identifiers\":[\(JSONValue.quoted(Self.id(gw, name)))],\"name\":\(JSONValue.quoted(name))"
             if let manufacturer { d += ",\"manufacturer\":\(JSONValue.quoted(manufacturer))" }
             if let model { d += ",\"model\":\(JSONValue.quoted(model))" }
             return d + ",\"via_device\":\(JSONValue.quoted(gatewayDeviceID))}"
@@ -83,26 +85,23 @@ public struct HomeAssistantDiscovery: Sendable {
             let signing = c.gateway.commandKeyFile != nil
             var entities = d.points.map { p -> Entity in
                 var shown = p
-                if signing && (p.signed ?? true) && p.writable {
-                    shown.writable = false
-                    if let component = p.ha?.component, Self.commandComponents.contains(component) { shown.ha?.component = nil }
-                }
-                return Self.entity(for: shown, device: d, gateway: c.gateway, topics: topics)
+                if signing && (p.signed ?? true) && p.writable { shown.writable = false }
+                return Self.entity(for: shown, platform: HomeAssistantPoint.platform(of: p, signing: signing), device: d, gateway: c.gateway, topics: topics)
             }
             // Counters and latches also announce their events (an `event` entity each).
             for p in d.points where p.counter || p.latch {
-                let id = "\(gw)_\(d.name)_\(p.name)_event"
+                let id = Self.id(gw, d.name, p.name, "event")
                 var o = Self.common(id: id, platform: "event", name: "\(p.name) event", icon: nil)
                 o.append("\"state_topic\":\(JSONValue.quoted(topics.event(device: d.name, point: p.name)))")
                 o.append("\"event_types\":[\(PointEvent.types(of: p).map(JSONValue.quoted).joined(separator: ","))]")
                 entities.append(Entity(id: id, platform: "event", name: "\(p.name) event", options: o))
             }
-            out.append(Device(objectID: "\(gw)_\(d.name)", topic: "\(prefix)/device/\(gw)_\(d.name)/config", name: d.name, entities: entities,
-                              shared: [deviceMember(d.name, d.manufacturer, d.model), origin, availability(d.name), "\"qos\":1"]))
+            out.append(Device(objectID: Self.id(gw, d.name), topic: "\(prefix)/device/\(Self.id(gw, d.name))/config", name: d.name, entities: entities,
+                              shared: [deviceMember(d.name, d.manufacturer, d.model), origin, availability(d.name), Self.qos]))
         }
         for d in c.serialDevices {
             var entities = d.points.map { p -> Entity in
-                let id = "\(gw)_\(d.name)_\(p.name)"
+                let id = Self.id(gw, d.name, p.name)
                 var o = Self.common(id: id, platform: "sensor", name: p.name, icon: nil)
                 o.append("\"state_topic\":\(JSONValue.quoted(topics.value(device: d.name, point: p.name)))")
                 if (p.format ?? c.gateway.format) == .json { o.append("\"value_template\":\"{{ value_json.value }}\"") }
@@ -110,27 +109,42 @@ public struct HomeAssistantDiscovery: Sendable {
             }
             // Signed serial commands are left out (Home Assistant cannot sign).
             entities += d.commands.filter { c.gateway.commandKeyFile == nil || $0.signed == false }.map { cmd -> Entity in
-                let id = "\(gw)_\(d.name)_\(cmd.name)"
+                let id = Self.id(gw, d.name, cmd.name)
                 if !cmd.takesValue {
+                    // Home Assistant's default press payload (`PRESS`): any payload sends the
+                    // fixed command, and an empty one would be refused.
                     var o = Self.common(id: id, platform: "button", name: cmd.name, icon: nil)
                     o.append("\"command_topic\":\(JSONValue.quoted("\(topics.value(device: d.name, point: cmd.name))/set"))")
-                    o.append("\"payload_press\":\"\"")
                     return Entity(id: id, platform: "button", name: cmd.name, options: o)
                 }
+                // What the gateway takes: 1...max_length bytes (Home Assistant's text holds at most
+                // 255) matching the whole pattern (the gateway matches the whole value).
                 var o = Self.common(id: id, platform: "text", name: cmd.name, icon: nil)
                 o.append("\"command_topic\":\(JSONValue.quoted("\(topics.value(device: d.name, point: cmd.name))/set"))")
-                o.append("\"max\":\(cmd.maxLength)")
-                if let pattern = cmd.pattern { o.append("\"pattern\":\(JSONValue.quoted(pattern))") }
+                o.append("\"min\":1")
+                o.append("\"max\":\(min(cmd.maxLength, HomeAssistantRules.maxTextLength))")
+                if let pattern = cmd.pattern { o.append("\"pattern\":\(JSONValue.quoted("^(?:\(pattern))$"))") }
                 return Entity(id: id, platform: "text", name: cmd.name, options: o)
             }
-            out.append(Device(objectID: "\(gw)_\(d.name)", topic: "\(prefix)/device/\(gw)_\(d.name)/config", name: d.name, entities: entities,
-                              shared: [deviceMember(d.name, d.manufacturer, d.model), origin, availability(d.name), "\"qos\":1"]))
+            out.append(Device(objectID: Self.id(gw, d.name), topic: "\(prefix)/device/\(Self.id(gw, d.name))/config", name: d.name, entities: entities,
+                              shared: [deviceMember(d.name, d.manufacturer, d.model), origin, availability(d.name), Self.qos]))
         }
         devices = out
     }
 
-    /// Components that send commands.
-    static let commandComponents: Set<String> = ["switch", "button", "number", "select", "lock"]
+    /// QoS 1, at the root and in every component: the root's reaches the components only from
+    /// Home Assistant 2026.6 (earlier ones would send commands at QoS 0).
+    static let qos = "\"qos\":1"
+
+    /// An id of names: joined with `_`, a name's own `_` doubled (names do not begin or end with
+    /// one), so that no two lists of names give the same id: `door_1` + `temp` is `door__1_temp`,
+    /// `door` + `1_temp` is `door_1__temp`. Names without `_` keep the ids of earlier releases.
+    public static func id(_ names: String...) -> String {
+        names.map { String($0.split(separator: "_", omittingEmptySubsequences: false).joined(separator: "__")) }.joined(separator: "_")
+    }
+
+    /// The gateway's own device in Home Assistant (the `via_device` of all its devices).
+    public static func gatewayDeviceID(_ gatewayID: String) -> String { id(gatewayID, "gateway") }
 
     /// Home Assistant entity ids are lower case letters, digits and `_`.
     static func entityID(_ s: String) -> String {
@@ -138,38 +152,32 @@ public struct HomeAssistantDiscovery: Sendable {
     }
 
     static func common(id: String, platform: String, name: String, icon: String?) -> [String] {
-        var o = ["\"unique_id\":\(JSONValue.quoted(id))", "\"default_entity_id\":\(JSONValue.quoted("\(platform).\(entityID(id))"))", "\"name\":\(JSONValue.quoted(name))"]
+        var o = ["\"unique_id\":\(JSONValue.quoted(id))", "\"default_entity_id\":\(JSONValue.quoted("\(platform).\(entityID(id))"))", "\"name\":\(JSONValue.quoted(name))", qos]
         if let icon { o.append("\"icon\":\(JSONValue.quoted(icon))") }
         return o
     }
 
-    /// The component a point gets when `ha.component` does not say.
-    public static func defaultPlatform(_ p: PointSettings) -> String {
-        if p.writable {
-            if p.pulseMs != nil { return "button" }
-            if !p.map.isEmpty { return "select" }
-            if p.type == .bool { return "switch" }
-            if p.type == .string { return "sensor" }
-            return "number"
-        }
-        if p.type == .bool { return "binary_sensor" }   // a map names its two states
-        return "sensor"
-    }
-
-    static func entity(for p: PointSettings, device d: DeviceSettings, gateway: GatewaySettings, topics: TopicLayout) -> Entity {
+    static func entity(for p: PointSettings, platform: String, device d: DeviceSettings, gateway: GatewaySettings, topics: TopicLayout) -> Entity {
         let ha = p.ha ?? HomeAssistantPoint()
-        let platform = ha.component ?? defaultPlatform(p)
-        let id = "\(gateway.id)_\(d.name)_\(p.name)"
+        let id = Self.id(gateway.id, d.name, p.name)
         var o = common(id: id, platform: platform, name: p.name, icon: ha.icon)
         let state = topics.value(device: d.name, point: p.name)
         let command = state + "/set"
         let json = (p.format ?? gateway.format) == .json
         // Values as the gateway publishes them: plain `true`/`false`, numbers, map names; JSON
         // `{"value":...}` (a bool is rendered in lower case to match the plain words).
-        let template = p.type == .bool && p.map.isEmpty ? "{{ value_json.value | lower }}" : "{{ value_json.value }}"
+        var template = p.type == .bool && p.map.isEmpty ? "{{ value_json.value | lower }}" : "{{ value_json.value }}"
+        if !p.map.isEmpty {
+            // A raw value the map does not name is published as the number: Home Assistant
+            // shows it as unknown (`None`) instead of refusing the state.
+            let names = p.map.values.sorted().map { name in
+                "'" + name.flatMap { $0 == "'" || $0 == "\\" ? ["\\", $0] : [$0] } + "'"   // a Jinja string literal
+            }.joined(separator: ",")
+            template = "{% set v = \(json ? "value_json.value | string" : "value") %}{{ v if v in [\(names)] else 'None' }}"
+        }
         func stateMembers() {
             o.append("\"state_topic\":\(JSONValue.quoted(state))")
-            if json { o.append("\"value_template\":\(JSONValue.quoted(template))") }
+            if json || !p.map.isEmpty { o.append("\"value_template\":\(JSONValue.quoted(template))") }
         }
         // The words for on and off: the map's names for 1 and 0 when it has them.
         let on = p.map[1] ?? "true", off = p.map[0] ?? "false"
@@ -200,7 +208,8 @@ public struct HomeAssistantDiscovery: Sendable {
             let integer = p.type.isInteger && p.scale == p.scale.rounded()
             o.append("\"min\":\(Scaling.format(p.min ?? p.type.naturalMinimum(scale: p.scale, offset: p.offset)))")
             o.append("\"max\":\(Scaling.format(p.max ?? p.type.naturalMaximum(scale: p.scale, offset: p.offset)))")
-            o.append("\"step\":\(Scaling.format(integer ? max(1, abs(p.scale)) : abs(p.scale) < 1 ? abs(p.scale) : 0.001))")
+            // Home Assistant's smallest step is 0.001.
+            o.append("\"step\":\(Scaling.format(integer ? max(1, abs(p.scale)) : abs(p.scale) < 1 ? max(HomeAssistantRules.minimumNumberStep, abs(p.scale)) : 0.001))")
             o.append("\"mode\":\"box\"")
             if let unit = p.unit { o.append("\"unit_of_measurement\":\(JSONValue.quoted(unit))") }
         case "select":
@@ -217,7 +226,6 @@ public struct HomeAssistantDiscovery: Sendable {
                 if let unit = p.unit { o.append("\"unit_of_measurement\":\(JSONValue.quoted(unit))") }
             }
         }
-        if ha.stateClass != nil, platform != "sensor" { o.append("\"state_class\":\(JSONValue.quoted(ha.stateClass!))") }
         return Entity(id: id, platform: platform, name: p.name, options: o)
     }
 }

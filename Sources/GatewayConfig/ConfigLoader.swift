@@ -83,6 +83,12 @@ public enum ConfigLoader {
                 }
                 homeAssistant.prefix = v
             }
+            if let v = r.string("birth_topic") {
+                if v.isEmpty || !v.split(separator: "/", omittingEmptySubsequences: false).allSatisfy({ isTopicSafe(String($0)) }) {
+                    r.issue("birth_topic", "'\(v)' must be words of [A-Za-z0-9_-] separated by '/'")
+                }
+                homeAssistant.birthTopic = v
+            }
             r.finish()
         }
 
@@ -117,7 +123,10 @@ public enum ConfigLoader {
         c.serialDevices = serialDevices
         c.http = http
         c.homeAssistant = homeAssistant
-        if homeAssistant.enabled { checkLockStates(c, top) }
+        if homeAssistant.enabled {
+            checkLockStates(c, top)
+            checkHomeAssistant(c, top)
+        }
         checkDoorSafety(c, top)
         return c
     }

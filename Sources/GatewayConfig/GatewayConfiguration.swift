@@ -75,8 +75,11 @@ public struct HomeAssistantSettings: Sendable, Equatable {
     /// `enabled` (default true): false publishes nothing under the prefix.
     public var enabled = true
     /// `prefix` (default `homeassistant`, topic-safe words separated by `/`): the discovery
-    /// prefix; Home Assistant's birth is heard on `<prefix>/status`.
+    /// prefix.
     public var prefix = "homeassistant"
+    /// `birth_topic` (default `homeassistant/status`, whatever the prefix): where Home Assistant
+    /// says `online` after a restart (its MQTT integration's birth message).
+    public var birthTopic = "homeassistant/status"
     public init() {}
 }
 

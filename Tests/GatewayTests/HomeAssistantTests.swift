@@ -10,31 +10,32 @@ import TestSupport
 import Glibc
 #endif
 
-/// The options Home Assistant's MQTT documentation lists for each platform we announce
-/// (home-assistant.io/integrations/<platform>.mqtt), beside the ones every entity has. A payload
-/// with any other key, or without a required one, would be refused or ignored by Home Assistant.
+/// A discovery payload checked as Home Assistant's release checks it (``HomeAssistantRules``,
+/// generated from its wheel): the keys each platform takes and requires, and the value rules of
+/// its MQTT platforms (device classes, units per device class, state classes, icons, limits).
 enum HomeAssistantSchema {
-    static let everyEntity: Set<String> = ["platform", "name", "unique_id", "default_entity_id", "icon", "device_class", "entity_category",
-                                           "enabled_by_default", "qos", "json_attributes_topic", "availability", "availability_mode"]
-    static let options: [String: Set<String>] = [
-        "binary_sensor": ["state_topic", "value_template", "payload_on", "payload_off", "expire_after", "force_update", "off_delay"],
-        "sensor": ["state_topic", "value_template", "unit_of_measurement", "state_class", "options", "suggested_display_precision",
-                   "expire_after", "force_update"],
-        "switch": ["command_topic", "state_topic", "payload_on", "payload_off", "state_on", "state_off", "value_template", "optimistic", "retain"],
-        "button": ["command_topic", "payload_press", "command_template", "retain"],
-        "number": ["command_topic", "state_topic", "min", "max", "step", "mode", "unit_of_measurement", "value_template",
-                   "command_template", "optimistic", "retain", "payload_reset"],
-        "select": ["command_topic", "state_topic", "options", "value_template", "command_template", "optimistic", "retain"],
-        "lock": ["command_topic", "state_topic", "payload_lock", "payload_unlock", "payload_open", "state_locked", "state_unlocked",
-                 "value_template", "optimistic", "retain", "code_format"],
-        "text": ["command_topic", "state_topic", "min", "max", "mode", "pattern", "value_template", "command_template", "retain"],
-    ]
-    static let required: [String: Set<String>] = [
-        "binary_sensor": ["state_topic"], "sensor": ["state_topic"], "switch": ["command_topic"], "button": ["command_topic"],
-        "number": ["command_topic"], "select": ["command_topic", "options"], "lock": ["command_topic"], "text": ["command_topic"],
-    ]
     /// Shared options at the root of a device-based payload.
     static let root: Set<String> = ["device", "origin", "components", "availability", "availability_mode", "qos", "state_topic", "command_topic", "encoding"]
+
+    /// Why Home Assistant would refuse or misread component `c` (empty: it would take it).
+    static func problems(_ c: JSONValue) -> [String] {
+        guard let platform = c["platform"]?.string, let keys = HomeAssistantRules.discoveryKeys[platform] else { return ["unknown platform"] }
+        var out: [String] = []
+        for key in c.keys where !keys.allowed.contains(key) { out.append("\(key) is not an option of a \(platform)") }
+        for key in keys.required where c[key] == nil { out.append("\(key) missing") }
+        let dc = c["device_class"]?.string
+        if let dc, !(HomeAssistantRules.deviceClasses[platform]?.contains(dc) ?? false) { out.append("device class \(dc)") }
+        let unit = c["unit_of_measurement"]?.string
+        let units = platform == "sensor" ? HomeAssistantRules.sensorUnits : platform == "number" ? HomeAssistantRules.numberUnits : [:]
+        if let dc, let allowed = units[dc], !allowed.contains(unit) { out.append("unit \(unit ?? "none") for \(dc)") }
+        if let sc = c["state_class"]?.string, !HomeAssistantRules.stateClasses.contains(sc) { out.append("state class \(sc)") }
+        if c["options"] != nil, platform == "sensor", dc != "enum" || c["state_class"] != nil || unit != nil { out.append("options without enum") }
+        if let icon = c["icon"]?.string, !icon.contains(":") { out.append("icon \(icon)") }
+        if c["qos"] != .number("1") { out.append("qos not 1 in the component") }
+        if platform == "text", case .number(let max)? = c["max"], (Int(max) ?? 0) > HomeAssistantRules.maxTextLength { out.append("text max \(max)") }
+        if platform == "number", case .number(let step)? = c["step"], (Double(step) ?? 0) < HomeAssistantRules.minimumNumberStep { out.append("step \(step)") }
+        return out
+    }
 }
 
 extension JSONValue {
@@ -148,15 +149,13 @@ struct HomeAssistantPayloadTests {
             let root = try JSONValue.parse(Array(device.payload().utf8))
             for key in root.keys { #expect(HomeAssistantSchema.root.contains(key), "\(device.topic): root key \(key)") }
             #expect(root["origin"]?["name"]?.string == "mqtt-gateway" && root["origin"]?["sw_version"]?.string == "9.9.9")
-            #expect(root["origin"]?["support_url"]?.string?.hasPrefix("https://") == true)
+            #expect(root["origin"]?["support_url"] == nil, "no made-up home")
             #expect(root["qos"] == .number("1"))
             guard case .object(let components)? = root["components"] else { Issue.record("no components"); continue }
             for (id, c) in components {
                 let platform = try #require(c["platform"]?.string)
                 platforms[id] = platform
-                let allowed = HomeAssistantSchema.everyEntity.union(HomeAssistantSchema.options[platform] ?? [])
-                for key in c.keys { #expect(allowed.contains(key), "\(id) (\(platform)): \(key) is not a documented option") }
-                for key in HomeAssistantSchema.required[platform] ?? [] { #expect(c[key] != nil, "\(id) (\(platform)): \(key) missing") }
+                #expect(HomeAssistantSchema.problems(c).isEmpty, "\(id) (\(platform)): \(HomeAssistantSchema.problems(c))")
                 #expect(c["unique_id"]?.string == id)
                 #expect(c["default_entity_id"]?.string == "\(platform).\(id.replacingOccurrences(of: "-", with: "_"))")
             }
@@ -190,6 +189,11 @@ struct HomeAssistantPayloadTests {
         #expect(event.options.contains(#""state_topic":"gateway/site/door/passages/event""#))
         let reader = try #require(d.devices.first { $0.name == "reader" })
         #expect(!reader.entities.contains { $0.platform == "button" || $0.platform == "text" })
+        for device in d.devices {
+            let root = try JSONValue.parse(Array(device.payload().utf8))
+            guard case .object(let components)? = root["components"] else { Issue.record("no components"); continue }
+            for (id, c) in components { #expect(HomeAssistantSchema.problems(c).isEmpty, "\(id): \(HomeAssistantSchema.problems(c))") }
+        }
     }
 
     @Test("device, availability (gateway AND device), and the values each component reads and sends")
@@ -224,9 +228,58 @@ struct HomeAssistantPayloadTests {
         #expect(c("bolt")?["payload_unlock"]?.string == "true" && c("bolt")?["payload_lock"]?.string == "false")
 
         let reader = try JSONValue.parse(Array(d.devices[2].payload().utf8))
-        #expect(reader["components"]?["site_reader_beep"]?["pattern"]?.string == "[0-9]")
+        #expect(reader["components"]?["site_reader_beep"]?["pattern"]?.string == "^(?:[0-9])$", "anchored as the gateway matches")
+        #expect(reader["components"]?["site_reader_beep"]?["min"] == .number("1"))
+        #expect(reader["components"]?["site_reader_reset"]?["payload_press"] == nil, "Home Assistant sends PRESS, which the command takes")
         #expect(reader["components"]?["site_reader_beep"]?["max"] == .number("1"))
         #expect(reader["components"]?["site_reader_beep"]?["command_topic"]?.string == "gateway/site/reader/beep/set")
+    }
+
+    @Test("every ha override Home Assistant would refuse is refused by gateway check with its key path and the allowed values; names that would make ids collide too")
+    func refusedOverrides() throws {
+        let base = "[gateway]\nid = \"x\"\n[[bus]]\nname = \"b\"\ntype = \"tcp\"\nhost = \"h\"\n[[device]]\nname = \"d\"\nbus = \"b\"\n"
+        func refusal(_ point: String, device: String = "") -> String {
+            do {
+                _ = try ConfigLoader.parse(base + device + "[[device.point]]\nname = \"p\"\n" + point + "\n")
+                return "accepted"
+            } catch { return "\(error)" }
+        }
+        let cases: [(String, String)] = [
+            ("register = \"coil\"\naddress = 0\nwritable = true\nha = { device_class = \"door\" }", "device[d].point[p].ha.device_class: 'door' is not a device class of a switch (Home Assistant 2026.11.0): one of outlet, switch"),
+            ("register = \"coil\"\naddress = 0\nwritable = true\npulse_ms = 500\nha = { device_class = \"doorbell\" }", "one of identify, restart, update"),
+            ("register = \"holding\"\naddress = 0\nmap = { \"0\" = \"a\", \"1\" = \"b\" }\nha = { device_class = \"door\" }", "device[d].point[p].ha.device_class: a point with a map is an enum sensor"),
+            ("register = \"holding\"\naddress = 0\nunit = \"C\"\nha = { device_class = \"temperature\" }", "device[d].point[p].unit: 'C' does not fit a temperature sensor (Home Assistant 2026.11.0): K, °C, °F"),
+            ("register = \"holding\"\naddress = 0\nha = { state_class = \"sum\" }", "device[d].point[p].ha.state_class: 'sum' is not a state class (Home Assistant 2026.11.0): one of measurement, measurement_angle, total, total_increasing"),
+            ("register = \"holding\"\naddress = 0\nwritable = true\nha = { state_class = \"measurement\" }", "device[d].point[p].ha.state_class: only a sensor has a state class; this point is a number"),
+            ("register = \"holding\"\naddress = 0\nha = { icon = \"door\" }", "device[d].point[p].ha.icon: 'door' is not an icon"),
+            ("register = \"holding\"\naddress = 0\nha = { component = \"select\", device_class = \"door\" }", "a select"),
+        ]
+        for (point, expected) in cases { #expect(refusal(point).contains(expected), "\(point)\n-> \(refusal(point))") }
+        // Fine as they are: a valid class with a fitting unit, a mapped sensor left to enum.
+        #expect(refusal("register = \"holding\"\naddress = 0\nunit = \"°C\"\nha = { device_class = \"temperature\", state_class = \"measurement\" }") == "accepted")
+        #expect(refusal("register = \"discrete\"\naddress = 0\nha = { device_class = \"door\" }") == "accepted")
+        // Names: the gateway's own device, and a leading or trailing '_'.
+        let gatewayNamed = base.replacingOccurrences(of: "name = \"d\"", with: "name = \"gateway\"") + "[[device.point]]\nname = \"p\"\nregister = \"coil\"\naddress = 0\n"
+        #expect(throws: (any Error).self) { try ConfigLoader.parse(gatewayNamed) }
+        do { _ = try ConfigLoader.parse(gatewayNamed) } catch { #expect("\(error)".contains("device[gateway].name: 'gateway' is the name of the gateway's own device")) }
+        #expect(refusal("register = \"coil\"\naddress = 0").contains("accepted"))
+        do { _ = try ConfigLoader.parse(base + "[[device.point]]\nname = \"p_\"\nregister = \"coil\"\naddress = 0\n") } catch {
+            #expect("\(error)".contains("device[d].point[p_].name: 'p_' must not begin or end with '_'"))
+        }
+        // A serial command pattern Python's re cannot compile.
+        let serial = "[gateway]\nid = \"x\"\n[[device]]\nname = \"r\"\ndriver = \"serial\"\nport = \"/dev/null\"\n[[device.point]]\nname = \"s\"\nmatch = \"^(.*)$\"\n[[device.command]]\nname = \"c\"\nsend = \"{value}\"\npattern = '(?<n>[0-9]+)'\n"
+        do { _ = try ConfigLoader.parse(serial); Issue.record("accepted") } catch { #expect("\(error)".contains("device[r].command[c].pattern: Home Assistant checks text with Python's re, which names groups (?P<name>...)"), "\(error)") }
+        // With discovery off, none of it applies.
+        #expect((try? ConfigLoader.parse(serial + "[homeassistant]\nenabled = false\n")) != nil)
+    }
+
+    @Test("ids are unambiguous: names joined with '_', a name's own '_' doubled; names without '_' keep their ids")
+    func ids() {
+        #expect(HomeAssistantDiscovery.id("site", "door", "temp") == "site_door_temp")
+        #expect(HomeAssistantDiscovery.id("gw", "door_1", "temp") != HomeAssistantDiscovery.id("gw", "door", "1_temp"))
+        #expect(HomeAssistantDiscovery.id("gw", "d", "x_event") != HomeAssistantDiscovery.id("gw", "d", "x", "event"))
+        #expect(HomeAssistantDiscovery.gatewayDeviceID("lobby") != HomeAssistantDiscovery.id("lobby", "east_gateway"))
+        #expect(HomeAssistantDiscovery.id("lobby_east", "door") == "lobby__east_door")
     }
 
     @Test("a removed component is announced once with only its platform; an earlier payload of someone else is not ours")
