@@ -431,4 +431,131 @@ struct HomeAssistantTests {
         await ha.client.disconnect()
         await rig.shutdown()
     }
+
+    @Test("every command entity pressed exactly as Home Assistant would publish it (button, switch, lock, number, select, text, serial button): the device acts and answers ok")
+    func pressEverything() async throws {
+        let pty = try await PtyPair.start()
+        let points = """
+            [[device.point]]
+            name = "unlock"
+            register = "coil"
+            address = 0
+            writable = true
+            pulse_ms = 200
+            [[device.point]]
+            name = "light"
+            register = "coil"
+            address = 1
+            writable = true
+            [[device.point]]
+            name = "bolt"
+            register = "coil"
+            address = 2
+            writable = true
+            ha = { component = "lock" }
+            [[device.point]]
+            name = "setpoint"
+            register = "holding"
+            address = 1
+            writable = true
+            min = 5
+            max = 30
+            [[device.point]]
+            name = "mode"
+            register = "holding"
+            address = 2
+            writable = true
+            map = { "0" = "normal", "1" = "free", "2" = "locked" }
+            [[device]]
+            name = "reader"
+            driver = "serial"
+            port = "\(pty.a)"
+            framing = "line"
+              [[device.point]]
+              name = "scan"
+              match = '^QR:(.+)$'
+              [[device.command]]
+              name = "beep"
+              send = "BEEP {value}\\n"
+              pattern = "[0-9]"
+              max_length = 1
+              [[device.command]]
+              name = "reset"
+              send = "RESET\\n"
+            """
+        let rig = try await Rig.start(points: points, simArgs: [])
+        let far = try FarEnd(pty.b)
+        let ha = try await MQTTObserver(port: rig.broker.port, filters: ["homeassistant/#"], name: "ha")
+        try await ha.waitUntil("both device configs") { ha.count("homeassistant/device/e2e_dev/config") >= 1 && ha.count("homeassistant/device/e2e_reader/config") >= 1 }
+        try await rig.waitFor("gateway/e2e/reader/status", "online")
+        var pressed = 0
+        for topic in ["homeassistant/device/e2e_dev/config", "homeassistant/device/e2e_reader/config"] {
+            let config = try JSONValue.parse(try #require(ha.last(topic)))
+            guard case .object(let components)? = config["components"] else { Issue.record("no components"); continue }
+            for (id, c) in components.sorted(by: { $0.0 < $1.0 }) {
+                guard let command = c["command_topic"]?.string, let platform = c["platform"]?.string else { continue }
+                // What Home Assistant publishes for each action of this platform (its defaults where the config says nothing).
+                let payloads: [String] = switch platform {
+                case "button": [c["payload_press"]?.string ?? "PRESS"]
+                case "switch": [c["payload_on"]?.string ?? "ON", c["payload_off"]?.string ?? "OFF"]
+                case "lock": [c["payload_unlock"]?.string ?? "UNLOCK", c["payload_lock"]?.string ?? "LOCK"]
+                case "number": ["7"]
+                case "select": [c["options"]?.array.last?.string ?? "?"]
+                case "text": ["5"]
+                default: []
+                }
+                #expect(!payloads.isEmpty, "\(id): \(platform) not pressed")
+                for payload in payloads {
+                    let before = rig.payloads(command + "/result").count
+                    try await rig.observer.publish(to: command, payload: Array(payload.utf8), qos: c["qos"] == .number("1") ? .atLeastOnce : .atMostOnce)
+                    try await rig.waitUntil("\(id) answered for \(payload)") { rig.payloads(command + "/result").count > before }
+                    let answer = rig.payloads(command + "/result").last ?? ""
+                    #expect(answer.hasPrefix("{\"ok\":true"), "\(id) (\(platform)) refused \(payload): \(answer)")
+                    pressed += 1
+                }
+            }
+        }
+        #expect(pressed == 9, "button, switch x2, lock x2, number, select, text, serial button")
+        // The serial device got both commands as written.
+        let written = String(decoding: await far.receive("BEEP 5\nRESET\n".utf8.count), as: UTF8.self)
+        #expect(Set(written.split(separator: "\n").map(String.init)) == ["BEEP 5", "RESET"], "\(written)")
+        await ha.client.disconnect()
+        await rig.shutdown()
+        await pty.stop()
+    }
+
+    @Test("two gateways, lobby and lobby_east, on one broker: restarting lobby leaves lobby_east's configs retained")
+    func neighbours() async throws {
+        let rig = try await Rig.start(points: Self.points, simArgs: [])
+        let dir = try TestEnvironment.makeTemporaryDirectory("gw-east")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let text = try String(contentsOfFile: rig.configPath, encoding: .utf8)
+        let eastConfig = dir + "/gateway.toml"
+        try text.replacingOccurrences(of: "id = \"e2e\"", with: "id = \"e2e_east\"")
+            .replacingOccurrences(of: "state_dir = ", with: "state_dir = \"\(dir)\"\n# ")
+            .write(toFile: eastConfig, atomically: true, encoding: .utf8)
+        let ha = try await MQTTObserver(port: rig.broker.port, filters: ["homeassistant/device/+/config"], name: "ha")
+        let east = try ChildProcess(try TestEnvironment.gatewayBinary(), ["run", "--config", eastConfig])
+        _ = try await east.waitForLine(containing: "discovery published")
+        _ = try await rig.gateway.waitForLine(containing: "discovery published")
+        // East's configs: the ones not lobby's (lobby's are e2e_dev and e2e_gateway).
+        try await ha.waitUntil("four configs") { Set(ha.seen.withLock { $0.map(\.topic) }).count >= 4 }
+        let eastTopics = Set(ha.seen.withLock { $0.map(\.topic) }).subtracting(["homeassistant/device/e2e_dev/config", "homeassistant/device/e2e_gateway/config"])
+        #expect(eastTopics.count == 2, "\(eastTopics)")
+        await ha.client.disconnect()
+        // lobby restarts: its start-up scan reads every retained config, east's among them.
+        _ = await rig.gateway.stop()
+        let again = try ChildProcess(try TestEnvironment.gatewayBinary(), ["run", "--config", rig.configPath])
+        _ = try await again.waitForLine(containing: "discovery published", timeout: .seconds(20))
+        let late = try await MQTTObserver(port: rig.broker.port, filters: ["homeassistant/device/+/config"], name: "ha")
+        try await late.waitUntil("lobby's retained config") { late.count("homeassistant/device/e2e_dev/config") >= 1 }
+        for topic in eastTopics {
+            #expect(late.last(topic).map { !$0.isEmpty } == true, "lobby cleared lobby_east's \(topic)")
+        }
+        #expect(!again.lines.contains { $0.contains("clearing") }, "\(again.tail)")
+        await late.client.disconnect()
+        _ = await again.stop()
+        _ = await east.stop()
+        await rig.shutdown()
+    }
 }
