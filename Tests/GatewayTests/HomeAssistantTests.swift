@@ -352,6 +352,12 @@ struct HomeAssistantTests {
         try await ha.waitUntil("the configs again", timeout: .seconds(15)) { ha.count(topic) > configsBefore }
         try await rig.waitUntil("the unchanged value again") { rig.payloads("gateway/e2e/dev/temp").count > valuesBefore }
         #expect(rig.payloads("gateway/e2e/dev/temp").last == "42")
+        // A second birth right after: not answered (at most one republish per 30 s after the
+        // first birth of a connect); the gateway says so.
+        let answered = ha.count(topic)
+        try await ha.client.publish(to: "homeassistant/status", payload: Array("online".utf8), qos: .atLeastOnce)
+        _ = try await rig.gateway.waitForLine(containing: "not republishing", timeout: .seconds(10))
+        #expect(ha.count(topic) == answered)
 
         // Availability as the config lists it: the device's own status goes offline when it
         // stops answering, the gateway's (its will) when the gateway is killed.
