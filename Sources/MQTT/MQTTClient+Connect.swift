@@ -61,7 +61,7 @@ extension MQTTClient {
             ch = try await bootstrap.connect(host: node.host, port: node.port).get()
         } catch {
             lifecycle.attemptFailed()
-            throw MQTTError.connectFailed("\(node): \(error)")
+            throw MQTTError.connectFailed("\(node): \(Self.plainWords(error))")
         }
         guard state == .connecting, lifecycle.isCurrent(id) else {
             try? await ch.close()
@@ -211,5 +211,20 @@ extension MQTTClient {
             break
         }
         return action
+    }
+
+    /// A connect failure as a user reads it (`connection refused`, `timed out after 10 s`,
+    /// `cannot resolve host`), not NIO's internal description.
+    static func plainWords(_ error: any Error) -> String {
+        if let e = error as? NIOConnectionError {
+            if let failure = e.connectionErrors.first { return plainWords(failure.error) }
+            if e.dnsAError != nil || e.dnsAAAAError != nil { return "cannot resolve host" }
+            return "no address to connect to"
+        }
+        if let e = error as? IOError {
+            return String(cString: strerror(e.errnoCode)).lowercased()
+        }
+        if case ChannelError.connectTimeout(let t) = error { return "timed out after \(Duration.nanoseconds(t.nanoseconds))" }
+        return "\(error)"
     }
 }

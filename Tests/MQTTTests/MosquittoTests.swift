@@ -30,6 +30,21 @@ struct MosquittoTests {
         }
     }
 
+    @Test("a refused connection reads as plain words: 'cannot connect: 127.0.0.1:<port>: connection refused'")
+    func refusedInPlainWords() async throws {
+        let port = try TestEnvironment.freePort()   // nothing listens there
+        var c = MQTTConfiguration(host: "127.0.0.1", port: port, clientIdentifier: uniqueID("refused"))
+        c.reconnect = nil
+        let client = MQTTClient(configuration: c)
+        do {
+            try await client.connect()
+            Issue.record("connected to a closed port")
+        } catch {
+            #expect("\(error)" == "cannot connect: 127.0.0.1:\(port): connection refused")
+        }
+        await client.closeAbruptly()
+    }
+
     @Test("retained message reaches a late subscriber; an empty retained publish clears it")
     func retained() async throws {
         try await withBroker { broker in
