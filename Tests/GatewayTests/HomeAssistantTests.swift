@@ -221,6 +221,8 @@ struct HomeAssistantPayloadTests {
         #expect(c("setpoint")?["min"] == .number("5") && c("setpoint")?["max"] == .number("30") && c("setpoint")?["step"] == .number("1"))
         #expect(c("mode")?["options"]?.array == [.string("normal"), .string("free"), .string("locked")])
         #expect(c("state")?["device_class"]?.string == "enum" && c("state")?["options"]?.array == [.string("idle"), .string("busy")])
+        // A raw value the map does not name (published as the number) becomes None: unknown in HA.
+        #expect(c("state")?["value_template"]?.string == "{% set v = value %}{{ v if v in ['busy','idle'] else 'None' }}")
         #expect(c("passages")?["state_class"]?.string == "total_increasing" && c("passages")?["icon"]?.string == "mdi:walk")
         #expect(c("passages")?["value_template"]?.string == "{{ value_json.value }}")
         #expect(c("temp")?["value_template"] == nil, "plain values need no template")
