@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds dist/gateway_<version>_<arch>.deb for the architecture it runs on (arm64 on a Pi or any
-# arm64 Debian 12, amd64 here) with dpkg-deb, from the release build (built first if missing):
+# arm64 Debian 12, amd64 here) with dpkg-deb, from the release build (scripts/build-release.sh,
+# run first if the binary is missing):
 #   /usr/bin/gateway                   stripped; its debug info in dist/gateway.debug (linked by
 #                                      .gnu_debuglink: copy it to /usr/lib/debug/usr/bin/ for gdb)
 #   /lib/systemd/system/gateway.service  deploy/gateway.service, pointed at /usr/bin
@@ -13,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${1:-.build/release/gateway}"
-if [ ! -x "$BIN" ]; then swift build -c release --product gateway; fi
+if [ ! -x "$BIN" ]; then ./scripts/build-release.sh; fi
 
 # The version comes from one place: GatewayCommand.release (what `gateway --version` prints first).
 VERSION="$("$BIN" --version | awk '{print $1}')"
