@@ -162,7 +162,7 @@ extension MQTTClient {
             o.completion?.resume()
         }
         drainQueue()
-        channel?.flush()
+        flushSoon()
         notifyIfDrained()
     }
 

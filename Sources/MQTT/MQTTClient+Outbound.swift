@@ -146,8 +146,23 @@ extension MQTTClient {
         }
         if state == .connected {
             drainQueue()
-            channel?.flush()
+            flushSoon()
             notifyIfDrained()
+        }
+    }
+
+    /// Flushes once the loop has run the tasks already queued on it: publishes (and
+    /// acknowledgements that free the window) that arrive together leave in one write, not one
+    /// system call each. The loop runs that flush right after them, before it waits again.
+    func flushSoon() {
+        guard !flushScheduled, channel != nil else { return }
+        flushScheduled = true
+        eventLoop.execute { [weak self] in
+            // Tasks on the loop run on this actor's executor.
+            self?.assumeIsolated { client in
+                client.flushScheduled = false
+                client.channel?.flush()
+            }
         }
     }
 

@@ -51,6 +51,8 @@ public actor MQTTClient {
     var channel: (any Channel)?
     var keepAliveTimer: Scheduled<Void>?
     var keepAlive: KeepAliveStateMachine?
+    /// A flush is queued on the loop (``flushSoon()``).
+    var flushScheduled = false
     var connAckWaiter: CheckedContinuation<ConnAckPacket, any Error>?
     /// Events of the connection being made that came before `connect` returned its channel.
     var earlyEvents: [ChannelEvent] = []
