@@ -81,7 +81,7 @@ final class Outbox: Sendable {
         var failing: String?
         var writeErrors = 0
         /// Delivered records whose delete failed: never read again (tried again later).
-        var undeleted: [Int64] = []
+        var undeleted: Set<Int64> = []
         var droppedTotal = 0
         var droppedThisOutage = 0
         /// What the file holds: read from it at start and after a trim, kept up to date by
@@ -390,7 +390,7 @@ final class Outbox: Sendable {
         defer { state.withLock { $0.draining = false } }
         while state.withLock({ $0.connected && !$0.closed }) {
             // What waits in memory is newer than the file: it goes to the file first.
-            let (waiting, rewind, undeleted) = state.withLock { s -> (Bool, Bool, [Int64]) in
+            let (waiting, rewind, undeleted) = state.withLock { s -> (Bool, Bool, Set<Int64>) in
                 defer { s.rewind = false }
                 return (!s.buffer.isEmpty || !s.returned.isEmpty, s.rewind, s.undeleted)
             }
@@ -399,8 +399,8 @@ final class Outbox: Sendable {
                 failures += 1
                 await backOff(failures)
             }
-            if !undeleted.isEmpty, await onQueue({ box in (try? box.file?.delete(undeleted)) != nil }) {
-                state.withLock { s in s.undeleted.removeAll { undeleted.contains($0) } }
+            if !undeleted.isEmpty, await onQueue({ box in (try? box.file?.delete(Array(undeleted))) != nil }) {
+                state.withLock { s in s.undeleted.subtract(undeleted) }
             }
             let batch = settings.batch
             let after = last
@@ -441,7 +441,7 @@ final class Outbox: Sendable {
             let deleted = await onQueue { box in (try? box.file?.delete(seqs)) != nil }
             state.withLock { s in
                 // Delivered either way; a row not deleted is skipped until its delete works.
-                if !deleted { s.undeleted.append(contentsOf: seqs) }
+                if !deleted { s.undeleted.formUnion(seqs) }
                 for r in rows { s.release(r.topic) }
                 s.stored.count = max(0, s.stored.count - rows.count)
                 s.stored.bytes = max(0, s.stored.bytes - rows.reduce(0) { $0 + Self.size($1) })
