@@ -164,7 +164,7 @@ public struct GatewayPlan: Sendable {
         }
         if !events.isEmpty { out.append("events: \(events.joined(separator: ", "))") }
         if c.gateway.outboxMaxMB > 0 {
-            out.append("outbox: \(c.gateway.stateDirectory)/outbox, at most \(Scaling.format(c.gateway.outboxMaxMB)) MiB, written every \(c.gateway.outboxSyncMs) ms while the broker is away (nothing on disk while it keeps up)")
+            out.append("outbox: \(c.gateway.stateDirectory)/outbox, at most \(Scaling.format(c.gateway.outboxMaxMB)) MiB, written and synced every \(c.gateway.outboxSyncMs) ms while the broker is away (nothing on disk while it keeps up)")
         } else {
             out.append("outbox: off (while the broker is away, at most 10000 messages wait in memory)")
         }
