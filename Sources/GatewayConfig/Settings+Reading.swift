@@ -165,7 +165,11 @@ extension DeviceSettings {
         d.manufacturer = r.string("manufacturer")
         d.model = r.string("model")
         if let v = r.int("failsafe_after_s", 1...86_400) { d.failsafeAfterSeconds = v }
-        for (i, p) in r.tables("point").enumerated() {
+        // Exactly as many as written: a point's settings are a few hundred bytes, and an array
+        // grown by appending keeps up to half of its room empty for as long as the gateway runs.
+        let pointTables = r.tables("point")
+        d.points.reserveCapacity(pointTables.count)
+        for (i, p) in pointTables.enumerated() {
             if let point = PointSettings(reader: p, index: i) {
                 if d.points.contains(where: { $0.name == point.name }) { p.issue("name", "duplicate point name '\(point.name)'") } else { d.points.append(point) }
             }
