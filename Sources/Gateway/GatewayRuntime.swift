@@ -408,10 +408,28 @@ public final class GatewayRuntime: Service, Sendable {
         topics.commandFilters.map { MQTTSubscription($0, qos: .exactlyOnce, retainAsPublished: true, retainHandling: .doNotSend) }
     }
 
-    /// Birth and statuses after every (re)connect; broker loss logged once per episode.
+    /// The capabilities that act when the broker comes and goes, in the order they act: the
+    /// statuses first (the birth), then the fail-safe, the outbox, readiness, Home Assistant and
+    /// the metrics.
+    func brokerListeners() -> [any BrokerListener] {
+        var listeners: [any BrokerListener] = [
+            // The context running at the time (a reload may replace it).
+            StatusRepublisher { [weak self] in await self?.context.publishStatuses() },
+            FailsafeListener(failsafe: failsafe) { [weak self] in self?.failsafeTargets() ?? [] },
+        ]
+        if let outbox { listeners.append(outbox) }
+        listeners.append(firstConnect)
+        if let homeAssistant { listeners.append(homeAssistant) }
+        if let telemetry { listeners.append(telemetry) }
+        return listeners
+    }
+
+    /// The command subscription after the first connect, then every listener; broker loss logged
+    /// once per episode.
     private func watchConnection() async {
         var subscribed = false
         var takeovers = 0
+        let listeners = brokerListeners()
         for await event in client.events {
             guard !Task.isCancelled else { return }
             switch event {
@@ -429,24 +447,12 @@ public final class GatewayRuntime: Service, Sendable {
                         logger.error("subscribing to commands failed: \(error); retrying after the next connect")
                     }
                 }
-                await context.publishStatuses()
+                for listener in listeners { await listener.brokerConnected() }
                 let node = await client.server
                 logger.info("broker connected (\(node)): birth and statuses published")
-                await failsafe.brokerBack()
-                outbox?.connected()
-                firstConnect.push()
-                homeAssistant?.connected()
-                telemetry?.mqttConnected(true)
             case .disconnected(let reason):
-                telemetry?.mqttConnected(false, reason: reason)
-                failsafe.brokerLost { self.failsafeTargets() }
-                outbox?.disconnected()
-                if let outbox {
-                    logger.warning("broker lost: \(reason); data kept in the outbox (\(outbox.settings.path)) until it is back")
-                } else {
-                    let limit = await client.configuration.queueLimit
-                    logger.warning("broker lost: \(reason); buffering up to \(limit) messages")
-                }
+                logger.warning("broker lost: \(reason)")
+                for listener in listeners { await listener.brokerLost(reason: reason) }
             case .sessionTakenOver:
                 // The broker said so (MQTT 5), or it keeps switching between us and a twin. Control
                 // is lost as surely as with the broker gone: the fail-safe counts on, by design.

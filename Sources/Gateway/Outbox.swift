@@ -106,7 +106,7 @@ final class Outbox: Sendable {
 
     let settings: Settings
     private let client: MQTTClient
-    private let logger: Logger
+    let logger: Logger
     private let queue = DispatchQueue(label: "gateway.outbox")
     private let box = FileBox()
     private let state = Mutex(State())
