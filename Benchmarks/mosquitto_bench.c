@@ -5,16 +5,30 @@
  * Build: cc -O2 -o mosquitto_bench mosquitto_bench.c -lmosquitto
  * Usage: mosquitto_bench PORT [COUNT] [SIZE] [WINDOW] */
 #include <mosquitto.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-static volatile int done;
+/* Completed publishes, counted by libmosquitto's thread; the publishing thread waits on `more`. */
+static int done;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t more = PTHREAD_COND_INITIALIZER;
 
 static void on_publish(struct mosquitto *m, void *obj, int mid) {
     (void)m; (void)obj; (void)mid;
-    __atomic_add_fetch(&done, 1, __ATOMIC_RELAXED);
+    pthread_mutex_lock(&lock);
+    done++;
+    pthread_cond_signal(&more);
+    pthread_mutex_unlock(&lock);
+}
+
+/* Waits until at least `n` publishes completed. */
+static void wait_done(int n) {
+    pthread_mutex_lock(&lock);
+    while (done < n) pthread_cond_wait(&more, &lock);
+    pthread_mutex_unlock(&lock);
 }
 
 static double now(void) {
@@ -41,23 +55,19 @@ int main(int argc, char **argv) {
         mosquitto_publish_callback_set(m, on_publish);
         if (mosquitto_connect(m, "127.0.0.1", port, 60) != MOSQ_ERR_SUCCESS) { fprintf(stderr, "connect failed\n"); return 1; }
         mosquitto_loop_start(m);
-        __atomic_store_n(&done, 0, __ATOMIC_RELAXED);
+        pthread_mutex_lock(&lock);
+        done = 0;
+        pthread_mutex_unlock(&lock);
         double start = now();
         for (int i = 0; i < count; i++) {
             /* At most WINDOW published and not yet completed, as `gateway-bench mqtt` awaits. */
-            while (i - __atomic_load_n(&done, __ATOMIC_RELAXED) >= window) {
-                struct timespec pause = {0, 20000};
-                nanosleep(&pause, NULL);
-            }
+            if (i >= window) wait_done(i - window + 1);
             char topic[16];
             snprintf(topic, sizeof topic, "bench/%d", qos);
             int rc = mosquitto_publish(m, NULL, topic, size, payload, qos, false);
             if (rc != MOSQ_ERR_SUCCESS) { fprintf(stderr, "publish: %s\n", mosquitto_strerror(rc)); return 1; }
         }
-        while (__atomic_load_n(&done, __ATOMIC_RELAXED) < count) {
-            struct timespec pause = {0, 100000};
-            nanosleep(&pause, NULL);
-        }
+        wait_done(count);
         double secs = now() - start;
         printf("libmosquitto QoS %d: %d messages of %d B, %d in flight at most: %d msg/s (%.2f s)\n", qos, count, size, window, (int)(count / secs), secs);
         mosquitto_disconnect(m);

@@ -23,9 +23,16 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "test-package: FAILED: $*" >&2; exit 1; }
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_for() {  # wait_for SECONDS FILE PATTERN
-    for _ in $(seq 1 $(($1 * 10))); do grep -q -- "$3" "$2" 2>/dev/null && return 0; sleep 0.1; done
-    fail "no '$3' in $2 within $1 s: $(tail -5 "$2" 2>/dev/null)"
+wait_for() {  # wait_for SECONDS FILE TEXT: reads the file as it is written until TEXT comes (bounded)
+    local end=$((SECONDS + $1)) line found=1 tp
+    exec 3< <(exec tail -n +1 -F "$2" 2>/dev/null)
+    tp=$!
+    while ((SECONDS < end)) && IFS= read -r -t $((end - SECONDS)) line <&3; do
+        if [[ "$line" == *"$3"* ]]; then found=0; break; fi
+    done
+    exec 3<&-
+    kill "$tp" 2>/dev/null || true
+    [ "$found" -eq 0 ] || fail "no '$3' in $2 within $1 s: $(tail -5 "$2" 2>/dev/null)"
 }
 
 echo "==> lintian $DEB"

@@ -360,6 +360,19 @@ struct HomeAssistantTests {
         try await ha.client.publish(to: "homeassistant/status", payload: Array("online".utf8), qos: .atLeastOnce)
         _ = try await rig.gateway.waitForLine(containing: "not republishing", timeout: .seconds(10))
         #expect(ha.count(topic) == answered)
+        // After a reconnect, the first birth is answered however soon it comes.
+        try await rig.broker.restart()
+        let connects = Mutex(0)
+        _ = try await rig.gateway.waitForLine(timeout: .seconds(20)) { line in
+            line.contains("birth and statuses published") && connects.withLock { $0 += 1; return $0 >= 2 }
+        }
+        let haAgain = try await MQTTObserver(port: rig.broker.port, filters: ["homeassistant/#"], name: "ha")
+        try await haAgain.client.publish(to: "homeassistant/status", payload: Array("online".utf8), qos: .atLeastOnce)
+        let answers = Mutex(0)
+        _ = try await rig.gateway.waitForLine(timeout: .seconds(10)) { line in
+            line.contains("Home Assistant is online: publishing discovery again") && answers.withLock { $0 += 1; return $0 >= 2 }
+        }
+        await haAgain.client.disconnect()
 
         // Availability as the config lists it: the device's own status goes offline when it
         // stops answering, the gateway's (its will) when the gateway is killed.
@@ -567,6 +580,25 @@ struct HomeAssistantTests {
         await late.client.disconnect()
         _ = await again.stop()
         _ = await east.stop()
+        await rig.shutdown()
+    }
+
+    @Test("more retained configs under the prefix than the start-up scan reads: it stops at 5,000 and says so, and discovery still goes out")
+    func scanBounded() async throws {
+        let rig = try await Rig.start(points: Self.points, simArgs: [], mqttPort: { port in
+            // Before the gateway starts: 5,001 retained configs of someone else.
+            let other = MQTTClient(configuration: MQTTConfiguration(host: "127.0.0.1", port: port, clientIdentifier: "other-configs"))
+            try await other.connect()
+            for i in 0...5_000 {
+                try await other.enqueue(to: "homeassistant/device/other\(i)/config", payload: Array("{}".utf8), qos: .atMostOnce, retain: true)
+            }
+            try await other.publish(to: "homeassistant/device/other-last/config", payload: Array("{}".utf8), qos: .atLeastOnce, retain: true)
+            await other.disconnect()
+            return port
+        })
+        _ = try await rig.gateway.waitForLine(containing: "cut at 5000 configs", timeout: .seconds(20))
+        _ = try await rig.gateway.waitForLine(containing: "discovery published", timeout: .seconds(20))
+        #expect(rig.gateway.lines.filter { $0.contains("cut at") }.count == 1, "logged once")
         await rig.shutdown()
     }
 }

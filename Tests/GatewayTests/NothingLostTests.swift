@@ -160,7 +160,8 @@ struct NothingLostTests {
     }
 
     /// A tmpfs of `kib` KiB at a directory only processes started through ``enter`` see (a mount
-    /// namespace held by a `sleep`): the host's mounts are untouched.
+    /// namespace held by a `cat` that lives until the holder's stdin closes, at ``stop()``): the
+    /// host's mounts are untouched.
     final class SmallDisk: Sendable {
         let holder: ChildProcess
         let path: String
@@ -177,7 +178,7 @@ struct NothingLostTests {
             self.path = path
             try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
             holder = try ChildProcess("/usr/bin/unshare", (Self.asRoot ? ["-m"] : ["-r", "-m"]) + ["--propagation", "private", "/bin/sh", "-c",
-                                                           "mount -t tmpfs -o size=\(kib)k gw-test \(path) && echo mounted && exec sleep 600"])
+                                                           "mount -t tmpfs -o size=\(kib)k gw-test \(path) && echo mounted && exec cat > /dev/null"])
             _ = try await holder.waitForLine(containing: "mounted")
         }
 

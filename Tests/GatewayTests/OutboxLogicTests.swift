@@ -55,4 +55,32 @@ struct OutboxInProcessTests {
         await broker.shutdown()
         try? FileManager.default.removeItem(atPath: dir)
     }
+
+    @Test("the file cannot be written (its directory is gone) during an outage: at most memoryLimit messages wait in memory, the newest, and they go out in order once the broker is back")
+    func memoryBoundWhileUnwritable() async throws {
+        let broker = try await Mosquitto.start()
+        let dir = try TestEnvironment.makeTemporaryDirectory("gw-outbox-mem")
+        let client = MQTTClient(configuration: MQTTConfiguration(host: "127.0.0.1", port: broker.port, clientIdentifier: "outbox-mem"))
+        var settings = Outbox.Settings(path: dir + "/missing/outbox", maxBytes: 1 << 20, sync: .milliseconds(20))
+        settings.memoryLimit = 5
+        let outbox = Outbox(settings: settings, client: client, telemetry: nil, logger: Logger(label: "test"))
+        await outbox.start()
+        for i in 1...8 {
+            await outbox.publish(to: "mem/t", payload: Array("\(i)".utf8), retain: false, compactable: false, ts: Int64(i))
+            #expect(await outbox.flush() == false, "the write cannot succeed")
+        }
+        let observer = try await MQTTObserver(port: broker.port, filters: ["mem/#"])
+        try await client.connect()
+        outbox.connected()
+        try await observer.waitUntil("the 5 kept messages") { observer.payloads("mem/t").count >= 5 }
+        // A live message after them arrives after them (nothing else came before it).
+        await outbox.publish(to: "mem/t", payload: Array("9".utf8), retain: false, compactable: false, ts: 9)
+        try await observer.waitUntil("the live one") { observer.payloads("mem/t").last == "9" }
+        #expect(observer.payloads("mem/t") == ["4", "5", "6", "7", "8", "9"])
+        await observer.client.disconnect()
+        await outbox.close()
+        await client.disconnect()
+        await broker.shutdown()
+        try? FileManager.default.removeItem(atPath: dir)
+    }
 }
