@@ -114,9 +114,13 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: swiftSettings),
 
-        // The `gateway` executable: run, check, read, write, simulate.
+        // Commissioning: `gateway scan` (which units answer on a line, at which setting, and what
+        // they are) over our own Modbus framing. Not part of `gateway run`.
+        .target(name: "Commissioning", dependencies: ["Modbus", "Serial", "LineSettings", "GatewayConfig"], swiftSettings: swiftSettings),
+
+        // The `gateway` executable: run, check, read, write, simulate, scan, profiles.
         .executableTarget(name: "GatewayCLI", dependencies: [
-            "Gateway", "GatewayConfig", "LineSettings", "Modbus", "ModbusSimulator", "MQTT", "Operations",
+            "Gateway", "GatewayConfig", "LineSettings", "Modbus", "ModbusSimulator", "MQTT", "Operations", "Commissioning",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
@@ -144,6 +148,7 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
         ], swiftSettings: swiftSettings),
+        .testTarget(name: "CommissioningTests", dependencies: ["Commissioning", "Modbus", "LineSettings", "GatewayConfig", "TestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "ModbusTests", dependencies: ["Modbus", "LineSettings", "TestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "SerialTests", dependencies: ["Serial", "LineSettings", "GatewayConfig", "TestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "GatewayConfigTests", dependencies: ["GatewayConfig", "TOMLReader", "TestSupport"], exclude: ["Fixtures"], swiftSettings: swiftSettings),

@@ -11,7 +11,7 @@ struct GatewayCommand: AsyncParsableCommand {
         commandName: "gateway",
         abstract: "MQTT gateway for doors, gates, turnstiles and sensors (Modbus RTU/TCP, serial).",
         version: GatewayCommand.version,
-        subcommands: [Run.self, Check.self, Simulate.self, Read.self, Write.self, Sign.self],
+        subcommands: [Run.self, Check.self, Simulate.self, Read.self, Write.self, Sign.self, Scan.self, Profiles.self],
         defaultSubcommand: Run.self
     )
 

@@ -4,6 +4,8 @@ public struct ConfigIssue: Sendable, Equatable, CustomStringConvertible {
     public var path: String
     public var line: Int?
     public var message: String
+    /// The file the problem is in when it is not the one being loaded (a device profile).
+    public var file: String?
 
     public init(path: String, line: Int? = nil, message: String) {
         self.path = path
@@ -27,6 +29,7 @@ public struct ConfigError: Error, Sendable, CustomStringConvertible {
     public var description: String {
         issues.map { issue in
             let at = issue.line.map { ":\($0)" } ?? ""
+            let file = issue.file ?? self.file
             return issue.path.isEmpty ? "\(file)\(at): \(issue.message)" : "\(file)\(at): \(issue.path): \(issue.message)"
         }.joined(separator: "\n")
     }

@@ -8,20 +8,21 @@ import Glibc
 /// Reads and validates `gateway.toml`. Collects every problem before failing.
 public enum ConfigLoader {
     /// Loads `path`; throws ``ConfigError`` listing every problem.
-    public static func load(path: String) throws(ConfigError) -> GatewayConfiguration {
+    /// Profiles come from `profiles` (default: ``ProfileLibrary/standard(configFile:)``).
+    public static func load(path: String, profiles: ProfileLibrary? = nil) throws(ConfigError) -> GatewayConfiguration {
         guard let bytes = readFile(path) else {
             throw ConfigError(file: path, issues: [ConfigIssue(path: "", message: "cannot read the file: \(String(cString: strerror(errno)))")])
         }
-        return try parse(bytes: bytes, file: path)
+        return try parse(bytes: bytes, file: path, profiles: profiles ?? .standard(configFile: path))
     }
 
     /// Parses TOML text (`file` names it in messages).
-    public static func parse(_ text: String, file: String = "gateway.toml") throws(ConfigError) -> GatewayConfiguration {
-        try parse(bytes: Array(text.utf8), file: file)
+    public static func parse(_ text: String, file: String = "gateway.toml", profiles: ProfileLibrary? = nil) throws(ConfigError) -> GatewayConfiguration {
+        try parse(bytes: Array(text.utf8), file: file, profiles: profiles)
     }
 
     /// Parses the bytes of a file (they must be UTF-8).
-    public static func parse(bytes: [UInt8], file: String = "gateway.toml") throws(ConfigError) -> GatewayConfiguration {
+    public static func parse(bytes: [UInt8], file: String = "gateway.toml", profiles: ProfileLibrary? = nil) throws(ConfigError) -> GatewayConfiguration {
         let root: TOMLTable
         do {
             root = try TOML.parse(bytes: bytes)
@@ -31,7 +32,7 @@ public enum ConfigLoader {
         }
         let sink = IssueSink()
         let top = Reader(root, path: "", sink: sink)
-        var config = readConfiguration(top)
+        var config = readConfiguration(top, profiles: ProfileCache(library: profiles ?? .standard(configFile: file)))
         top.finish()
         config?.retiredKeys = sink.retiredKeys
         if let config, sink.issues.isEmpty { return config }
@@ -63,7 +64,7 @@ public enum ConfigLoader {
 
     // MARK: sections
 
-    private static func readConfiguration(_ top: Reader) -> GatewayConfiguration? {
+    private static func readConfiguration(_ top: Reader, profiles: ProfileCache) -> GatewayConfiguration? {
         let gatewayReader = top.table("gateway", required: true)
         let gateway = gatewayReader.flatMap { GatewaySettings(reader: $0) }
         gatewayReader?.finish()
@@ -105,7 +106,7 @@ public enum ConfigLoader {
         for (i, r) in top.tables("device").enumerated() {
             switch r.string("driver") ?? "modbus" {
             case "modbus":
-                if let d = DeviceSettings(reader: r, index: i, buses: buses) {
+                if let d = DeviceSettings(reader: r, index: i, buses: buses, profiles: profiles) {
                     if !names.insert(d.name).inserted { r.issue("name", "duplicate device name '\(d.name)'") } else { devices.append(d) }
                 }
             case "serial":

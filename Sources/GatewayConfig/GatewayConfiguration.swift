@@ -315,6 +315,9 @@ public struct DeviceSettings: Sendable, Equatable {
     public var model: String?
     /// `failsafe_after_s` (default: the gateway's): see ``GatewaySettings/failsafeAfterSeconds``.
     public var failsafeAfterSeconds: Int?
+    /// `profile` (default none): the profile the points came from (see ``ProfileLibrary``);
+    /// `points` holds them expanded.
+    public var profile: String?
     public var points: [PointSettings] = []
 }
 

@@ -148,7 +148,7 @@ extension BusSettings {
 
 extension DeviceSettings {
     /// A Modbus `[[device]]` table, the `index`th, on one of `buses`.
-    init?(reader r: Reader, index: Int, buses: [BusSettings]) {
+    init?(reader r: Reader, index: Int, buses: [BusSettings], profiles: ProfileCache) {
         let name = r.name(table: "device")
         let busName = r.string("bus", required: true)
         let bus = busName.flatMap { b in buses.first { $0.name == b } }
@@ -175,7 +175,14 @@ extension DeviceSettings {
             }
             p.finish()
         }
-        if d.points.isEmpty && r.has("point") == false { r.issue("point", "the device has no [[device.point]]") }
+        let removed = r.strings("points_remove") ?? []
+        if let profile = r.string("profile") {
+            d.profile = profile
+            d.expand(profile: profile, remove: removed, reader: r, profiles: profiles)
+        } else {
+            if r.has("points_remove") { r.issue("points_remove", "only with profile = \"...\"") }
+            if d.points.isEmpty && r.has("point") == false { r.issue("point", "the device has no [[device.point]] (and no profile)") }
+        }
         guard !(name == nil || busName == nil) else { return nil }
         self = d
     }
