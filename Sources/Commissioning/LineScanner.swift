@@ -126,6 +126,9 @@ public struct LineScanner {
                 }
                 result.probes += 1
                 switch link.exchange(unit: unit, pdu: Self.readPDU(function: 3), timeout: plan.probeTimeout) {
+                case .pdu(let pdu) where Self.isGatewayAbsence(pdu):
+                    // A Modbus TCP gateway answering for a unit behind it that did not answer.
+                    break
                 case .pdu(let pdu):
                     found.append((unit, Self.tableAnswer(pdu)))
                 case .garbled:
@@ -195,6 +198,12 @@ public struct LineScanner {
     }
 
     static func readPDU(function: UInt8) -> [UInt8] { [function, 0, 0, 0, 1] }
+
+    /// Exceptions 0x0A (gateway path unavailable) and 0x0B (gateway target failed to respond):
+    /// the gateway is there, the unit is not.
+    static func isGatewayAbsence(_ pdu: [UInt8]) -> Bool {
+        pdu.count >= 2 && pdu[0] & 0x80 != 0 && (pdu[1] == 0x0A || pdu[1] == 0x0B)
+    }
 
     static func tableAnswer(_ pdu: [UInt8]) -> TableAnswer {
         if pdu[0] & 0x80 != 0 { return .exception(pdu.count > 1 ? pdu[1] : 0) }

@@ -122,8 +122,7 @@ public final class WireLink: ProbeLink {
             switch RTUFrame.responseLength(frame) {
             case .complete(let n) where frame.count >= n:
                 let whole = Array(frame.prefix(n))
-                guard RTUFrame.checks(whole), Int(whole[0]) == unit,
-                      whole[1] & 0x7F == pdu[0] else {
+                guard RTUFrame.checks(whole), Int(whole[0]) == unit, Self.answers(whole[1], pdu[0]) else {
                     settle()
                     return .garbled
                 }
@@ -182,7 +181,7 @@ public final class WireLink: ProbeLink {
                     let frame = Array(buffer[0..<(6 + len)])
                     buffer.removeFirst(6 + len)
                     if answerTID != tid { continue }  // a late answer to an earlier probe
-                    guard Int(frame[6]) == unit, frame[7] & 0x7F == pdu[0] else { return .garbled }
+                    guard Int(frame[6]) == unit, Self.answers(frame[7], pdu[0]) else { return .garbled }
                     return .pdu(Array(frame[7...]))
                 }
             }
@@ -195,6 +194,12 @@ public final class WireLink: ProbeLink {
             case .closed: return lost()
             }
         }
+    }
+
+    /// The answer's function code fits the request's: the same, or any exception (some devices
+    /// answer an internal failure with function 0x80 whatever was asked: still a device).
+    static func answers(_ function: UInt8, _ asked: UInt8) -> Bool {
+        function == asked || function & 0x80 != 0
     }
 
     // MARK: bytes

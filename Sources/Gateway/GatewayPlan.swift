@@ -120,7 +120,7 @@ public struct GatewayPlan: Sendable {
         for b in c.buses { out.append("  \(b.name): \(b.busConfiguration.transport), timeout \(b.timeoutMs) ms") }
         out.append("devices:")
         for d in devices {
-            out.append("  \(d.settings.name): bus \(d.bus.name), unit \(d.settings.unit), every \(d.settings.pollMs) ms, offline after \(d.settings.offlineAfter) failed polls, \(d.settings.points.count) points, \(d.readPlan.requests.count) requests per poll")
+            out.append("  \(d.settings.name): bus \(d.bus.name), unit \(d.settings.unit), every \(d.settings.pollMs) ms, offline after \(d.settings.offlineAfter) failed polls, \(d.settings.points.count) points\(d.settings.profile.map { " (profile \($0))" } ?? ""), \(d.readPlan.requests.count) requests per poll")
             for r in d.readPlan.requests {
                 let names = r.items.map { d.settings.points[$0.id].name }.joined(separator: ", ")
                 out.append("    \(r.description): \(names)")

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Dispatch
+import GatewayConfig
 import LineSettings
 import Modbus
 import ModbusSimulator
@@ -18,11 +19,17 @@ struct Simulate: ParsableCommand {
         Examples:
           gateway simulate --tcp 127.0.0.1:1502 --unit 1 --unit 3 --set holding:100=215 --set 3/coil:0=1
           gateway simulate --tcp 127.0.0.1:0 --counter input:10@1000 --drift holding:100:180:260:1@500
-          gateway simulate --rtu /dev/pts/5 --baud 19200 --unit 3
+          gateway simulate --rtu /dev/pts/5 --baud 19200 --unit 3 --unit 4
+          gateway simulate --tcp 127.0.0.1:1502 --unit 1 --unit 2 --profile 1/eastron-sdm120 --profile 2/xy-md02
+          gateway simulate --rtu-tcp 127.0.0.1:4001 --unit 5 --exceptions 5
         """)
 
     @Option(help: "Listen on HOST:PORT (port 0 picks a free one).") var tcp: String?
-    @Option(help: "Serve one unit on this serial port instead.") var rtu: String?
+    @Option(help: "Serve the units on this serial port (RTU) instead.") var rtu: String?
+    @Option(name: .customLong("rtu-tcp"), help: "Listen on HOST:PORT and speak RTU frames over TCP (a serial device server).") var rtuTCP: String?
+    @Option(help: "[UNIT/]NAME: serve the points of this device profile (its example values and its identification).") var profile: [String] = []
+    @Option(help: "UNIT: answer every request with an exception (a device whose map starts elsewhere).") var exceptions: [Int] = []
+    @Option(help: "UNIT:MS: this unit answers MS late.") var slow: [String] = []
     @Option(help: "RTU baud rate.") var baud: Int = 19200
     @Option(help: "RTU parity: N, E or O.") var parity: String = "N"
 
@@ -39,18 +46,83 @@ struct Simulate: ParsableCommand {
     @Option(help: "Drift [UNIT/]KIND:ADDR:MIN:MAX[:STEP][@MS]: moves STEP every MS between MIN and MAX.") var drift: [String] = []
 
     func validate() throws {
-        guard (tcp == nil) || (rtu == nil) else { throw ValidationError("give --tcp or --rtu, not both") }
+        guard [tcp, rtu, rtuTCP].compactMap({ $0 }).count <= 1 else { throw ValidationError("give one of --tcp, --rtu, --rtu-tcp") }
         if let tcp { _ = try parseHostPort(tcp) }
+        if let rtuTCP { _ = try parseHostPort(rtuTCP) }
+        for u in exceptions where !unitIDs.contains(u) { throw ValidationError("--exceptions \(u) is not one of --unit") }
+        _ = try slowUnits()
         guard Parity(letter: parity) != nil else { throw ValidationError("--parity must be N, E or O") }
         guard BaudRate.isSupported(baud) else { throw ValidationError("--baud \(baud) is not one of \(BaudRate.supportedList)") }
         guard (1...65536).contains(size) else { throw ValidationError("--size must be 1-65536") }
         for u in unit where !(0...255).contains(u) { throw ValidationError("--unit \(u) is outside 0-255") }
-        if rtu != nil && unitIDs.count != 1 { throw ValidationError("an RTU simulator serves exactly one --unit") }
+        if rtu != nil || rtuTCP != nil, let bad = unitIDs.first(where: { !(1...247).contains($0) }) {
+            throw ValidationError("--unit \(bad): RTU unit ids are 1-247")
+        }
         _ = try parsedSets()
         _ = try scripts()
     }
 
     var unitIDs: [Int] { unit.isEmpty ? [1] : unit }
+
+    func slowUnits() throws -> [Int: Int] {
+        var out: [Int: Int] = [:]
+        for s in slow {
+            let p = s.split(separator: ":")
+            guard p.count == 2, let u = Int(p[0]), let ms = Int(p[1]), unitIDs.contains(u), (0...60_000).contains(ms) else {
+                throw ValidationError("--slow '\(s)': expected UNIT:MS with UNIT one of --unit")
+            }
+            out[u] = ms
+        }
+        return out
+    }
+
+    /// Fills `unit` from a profile: each point's `example` (raw = (example - offset) / scale,
+    /// encoded by its type and order), and the profile's identification.
+    static func apply(_ profile: DeviceProfile, to unit: inout SimulatedUnit) throws {
+        if profile.identification.vendor != nil || profile.identification.product != nil {
+            unit.identification = SimulatedIdentity(vendor: profile.identification.vendor ?? profile.vendor,
+                                                    product: profile.identification.product ?? profile.model,
+                                                    revision: profile.identification.revision ?? "1.0")
+        }
+        for p in profile.points {
+            let example = profile.examples[p.name] ?? 0
+            let kind: RegisterKind = switch p.table { case .coil: .coil; case .discrete: .discrete; case .holding: .holding; case .input: .input }
+            if p.table.isBit {
+                let v = example != 0
+                if kind == .coil { unit.coils[p.address] = v } else { unit.discrete[p.address] = v }
+                continue
+            }
+            if let bit = p.bit {
+                let old = (kind == .holding ? unit.holding[p.address] : unit.input[p.address]) ?? 0
+                let v = example != 0 ? old | (1 << bit) : old & ~(1 << bit)
+                if kind == .holding { unit.holding[p.address] = v } else { unit.input[p.address] = v }
+                continue
+            }
+            guard let type = DataType(name: p.type.rawValue, stringRegisters: p.length) else { continue }
+            let raw = (example - p.offset) / p.scale
+            let value: ModbusValue = type == .float32 || type == .float64 ? .double(raw) : (raw < 0 ? .int(Int64(raw.rounded())) : .uint(UInt64(raw.rounded())))
+            let order = RegisterOrder(word: p.wordOrderLittle ? .little : .big, byte: p.byteOrderLittle ? .little : .big)
+            let regs: [UInt16]
+            do { regs = try RegisterCodec.encode(value, as: type, order: order) } catch {
+                throw ValidationError("profile \(profile.name): point \(p.name): example \(example) does not fit \(p.type.rawValue)")
+            }
+            for (i, r) in regs.enumerated() {
+                if kind == .holding { unit.holding[p.address + i] = r } else { unit.input[p.address + i] = r }
+            }
+        }
+    }
+
+    func profiles() throws -> [(unit: Int?, profile: DeviceProfile)] {
+        let library = ProfileLibrary.standard(configFile: nil)
+        return try profile.map { spec in
+            let (u, name) = try splitUnit(spec)
+            do {
+                return (u, try library.load(String(name)))
+            } catch {
+                throw ValidationError("--profile '\(spec)': \(error)")
+            }
+        }
+    }
 
     func parsedSets() throws -> [(unit: Int?, kind: RegisterKind, address: Int, value: UInt16)] {
         try sets.map { s in
@@ -124,6 +196,11 @@ struct Simulate: ParsableCommand {
             u.holdingCount = holdingSize ?? size
             units[id] = u
         }
+        for (u, p) in try profiles() {
+            for id in u.map({ [$0] }) ?? unitIDs { try Self.apply(p, to: &units[id, default: SimulatedUnit()]) }
+        }
+        for u in exceptions { units[u]?.exceptionsOnly = true }
+        for (u, ms) in try slowUnits() { units[u]?.latency = .milliseconds(ms) }
         for s in try parsedSets() {
             for id in s.unit.map({ [$0] }) ?? unitIDs {
                 switch s.kind {
@@ -137,6 +214,9 @@ struct Simulate: ParsableCommand {
         let endpoint: ModbusSimulator.Endpoint
         if let rtu {
             endpoint = .rtu(RTUSettings(path: rtu, baud: baud, parity: Parity(letter: parity) ?? .none))
+        } else if let rtuTCP {
+            let (h, p) = try parseHostPort(rtuTCP)
+            endpoint = .rtuOverTCP(host: h, port: p)
         } else {
             let (h, p) = try parseHostPort(tcp ?? "127.0.0.1:1502")
             endpoint = .tcp(host: h, port: p)
@@ -171,7 +251,8 @@ struct Simulate: ParsableCommand {
         }
         switch endpoint {
         case .tcp(let h, _): emit("listening tcp \(h.contains(":") ? "[\(h)]" : h):\(sim.boundPort ?? 0) units \(unitIDs.sorted().map(String.init).joined(separator: ","))")
-        case .rtu(let s): emit("listening rtu \(s.path) unit \(unitIDs[0])")
+        case .rtuOverTCP(let h, _): emit("listening rtu-tcp \(h.contains(":") ? "[\(h)]" : h):\(sim.boundPort ?? 0) units \(unitIDs.sorted().map(String.init).joined(separator: ","))")
+        case .rtu(let s): emit("listening rtu \(s.path) unit\(unitIDs.count > 1 ? "s" : "") \(unitIDs.sorted().map(String.init).joined(separator: ","))")
         }
 
         let box = SimBox(sim)

@@ -20,11 +20,31 @@ public struct SimulatedUnit: Sendable, Equatable {
     public var discrete: [Int: Bool] = [:]
     public var holding: [Int: UInt16] = [:]
     public var input: [Int: UInt16] = [:]
+    /// What Read Device Identification (FC 43/14) answers: vendor, product code, revision. Nil:
+    /// FC 43 is answered with ILLEGAL FUNCTION, as most simple devices do.
+    public var identification: SimulatedIdentity?
+    /// Every request gets an exception (ILLEGAL DATA ADDRESS): a device that is there but whose
+    /// map starts elsewhere.
+    public var exceptionsOnly = false
+    /// Delay before this unit's answers (overrides the simulator's latency).
+    public var latency: Duration?
 
     public init() {}
 
     func size(_ kind: RegisterKind) -> Int {
         switch kind { case .coil: coilCount; case .discrete: discreteCount; case .holding: holdingCount; case .input: inputCount }
+    }
+}
+
+/// FC 43 basic objects.
+public struct SimulatedIdentity: Sendable, Equatable {
+    public var vendor: String
+    public var product: String
+    public var revision: String
+    public init(vendor: String, product: String, revision: String) {
+        self.vendor = vendor
+        self.product = product
+        self.revision = revision
     }
 }
 
@@ -82,8 +102,11 @@ public final class ModbusSimulator: Sendable {
     public enum Endpoint: Sendable, Equatable {
         /// Listen on `host:port`; port 0 picks a free port (see ``boundPort``).
         case tcp(host: String, port: Int)
-        /// Serve one unit on a serial line.
+        /// Serve units on a serial line (RTU framing).
         case rtu(RTUSettings)
+        /// Listen on `host:port` and speak RTU frames over TCP, as a serial device server in
+        /// "TCP server / raw" mode does with the devices behind it.
+        case rtuOverTCP(host: String, port: Int)
     }
 
     public let endpoint: Endpoint
@@ -185,70 +208,94 @@ public final class ModbusSimulator: Sendable {
     }
 
     private final class Server {
+        enum Mode { case tcp, rtuLine, rtuOverTCP }
+        /// Answers through libmodbus (`modbus_reply`): a TCP context, or an RTU one whose socket is
+        /// set to the line or the client before each answer.
         let ctx: OpaquePointer
-        let isTCP: Bool
+        /// Accepts connections for `.rtuOverTCP` (a TCP context; `ctx` is an RTU one).
+        let acceptCtx: OpaquePointer?
+        let mode: Mode
+        var isTCP: Bool { mode == .tcp }
         let listenFD: Int32
         let boundPort: Int?
         var mappings: [Int: UnsafeMutablePointer<modbus_mapping_t>] = [:]
         var sizes: [Int: SimulatedUnit] = [:]
         var clients: [Int32] = []
+        /// RTU bytes received and not yet a whole frame, per connection (or the line), and when
+        /// the last came (a partial frame older than 100 ms is noise and dropped).
+        var pending: [Int32: (bytes: [UInt8], at: ContinuousClock.Instant)] = [:]
         var latencyMicroseconds: UInt32 = 0
         var onRequest: SimulatedRequestObserver?
 
-        init(ctx: OpaquePointer, isTCP: Bool, listenFD: Int32, boundPort: Int?) {
+        init(ctx: OpaquePointer, acceptCtx: OpaquePointer? = nil, mode: Mode, listenFD: Int32, boundPort: Int?) {
             self.ctx = ctx
-            self.isTCP = isTCP
+            self.acceptCtx = acceptCtx
+            self.mode = mode
             self.listenFD = listenFD
             self.boundPort = boundPort
         }
 
         deinit {
             for c in clients { close(c) }
-            if isTCP { close(listenFD) } else { modbus_close(ctx) }
+            switch mode {
+            case .tcp: close(listenFD)
+            case .rtuLine: modbus_close(ctx)
+            case .rtuOverTCP: close(listenFD)
+            }
             modbus_free(ctx)
+            if let acceptCtx { modbus_free(acceptCtx) }
             for m in mappings.values { modbus_mapping_free(m) }
+        }
+
+        static func listen(host: String, port: Int) throws(ModbusError) -> (OpaquePointer, Int32, Int?) {
+            guard let ctx = modbus_new_tcp_pi(host, String(port)) else {
+                throw .invalidArgument("cannot create a TCP context for \(host):\(port)")
+            }
+            let fd = modbus_tcp_pi_listen(ctx, 16)
+            if fd == -1 {
+                let e = cmodbus_errno()
+                modbus_free(ctx)
+                throw .connectFailed(target: "listen \(host):\(port)", errno: e, detail: String(cString: modbus_strerror(e)))
+            }
+            var addr = sockaddr_storage()
+            var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            let bound: Int? = withUnsafeMutablePointer(to: &addr) { p in
+                p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sp -> Int? in
+                    guard getsockname(fd, sp, &len) == 0 else { return nil }
+                    if Int32(sp.pointee.sa_family) == AF_INET6 {
+                        return sp.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin6_port)) }
+                    }
+                    return sp.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin_port)) }
+                }
+            }
+            return (ctx, fd, bound)
         }
 
         static func open(_ endpoint: Endpoint, units: [Int: SimulatedUnit]) throws(ModbusError) -> Server {
             let server: Server
             switch endpoint {
             case .tcp(let host, let port):
-                guard let ctx = modbus_new_tcp_pi(host, String(port)) else {
-                    throw .invalidArgument("cannot create a TCP context for \(host):\(port)")
+                let (ctx, fd, bound) = try listen(host: host, port: port)
+                server = Server(ctx: ctx, mode: .tcp, listenFD: fd, boundPort: bound)
+            case .rtuOverTCP(let host, let port):
+                let (tcp, fd, bound) = try listen(host: host, port: port)
+                // Never connected: it only frames answers, written to the client's socket.
+                guard let rtu = modbus_new_rtu("/dev/null", 9600, CChar(UInt8(ascii: "N")), 8, 1) else {
+                    close(fd); modbus_free(tcp)
+                    throw .invalidArgument("cannot create an RTU context")
                 }
-                let fd = modbus_tcp_pi_listen(ctx, 16)
-                if fd == -1 {
-                    let e = cmodbus_errno()
-                    modbus_free(ctx)
-                    throw .connectFailed(target: "listen \(host):\(port)", errno: e, detail: String(cString: modbus_strerror(e)))
-                }
-                var addr = sockaddr_storage()
-                var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-                let bound: Int? = withUnsafeMutablePointer(to: &addr) { p in
-                    p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sp -> Int? in
-                        guard getsockname(fd, sp, &len) == 0 else { return nil }
-                        if Int32(sp.pointee.sa_family) == AF_INET6 {
-                            return sp.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin6_port)) }
-                        }
-                        return sp.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin_port)) }
-                    }
-                }
-                server = Server(ctx: ctx, isTCP: true, listenFD: fd, boundPort: bound)
+                server = Server(ctx: rtu, acceptCtx: tcp, mode: .rtuOverTCP, listenFD: fd, boundPort: bound)
             case .rtu(let s):
-                guard units.count == 1, let unit = units.keys.first else {
-                    throw .invalidArgument("an RTU simulator serves exactly one unit (libmodbus filters requests by unit id)")
-                }
                 guard let ctx = modbus_new_rtu(s.path, Int32(s.baud), CChar(truncatingIfNeeded: UInt8(ascii: s.parity.rawValue.unicodeScalars.first!)),
                                                Int32(s.dataBits), Int32(s.stopBits)) else {
                     throw .invalidArgument("cannot create an RTU context for \(s.path)")
                 }
-                modbus_set_slave(ctx, Int32(unit))
                 if modbus_connect(ctx) == -1 {
                     let e = cmodbus_errno()
                     modbus_free(ctx)
                     throw .connectFailed(target: s.path, errno: e, detail: String(cString: modbus_strerror(e)))
                 }
-                server = Server(ctx: ctx, isTCP: false, listenFD: modbus_get_socket(ctx), boundPort: nil)
+                server = Server(ctx: ctx, mode: .rtuLine, listenFD: modbus_get_socket(ctx), boundPort: nil)
             }
             for (id, unit) in units {
                 guard let m = modbus_mapping_new(Int32(unit.coilCount), Int32(unit.discreteCount),
@@ -341,44 +388,148 @@ public final class ModbusSimulator: Sendable {
                 }
                 guard n > 0 else { continue }
 
-                if isTCP {
+                switch mode {
+                case .tcp, .rtuOverTCP:
                     if fds[1].revents & Int16(POLLIN) != 0 {
                         var lfd = listenFD
-                        let c = modbus_tcp_pi_accept(ctx, &lfd)
+                        let c = modbus_tcp_pi_accept(acceptCtx ?? ctx, &lfd)
                         if c >= 0 { clients.append(c) }
                     }
                     var closed: Set<Int32> = []
                     for pfd in fds.dropFirst(2) where pfd.revents != 0 {
-                        modbus_set_socket(ctx, pfd.fd)
-                        if !serveOne(query: query, onWrite: onWrite) { closed.insert(pfd.fd) }
+                        if mode == .tcp {
+                            modbus_set_socket(ctx, pfd.fd)
+                            if !serveOne(query: query, onWrite: onWrite) { closed.insert(pfd.fd) }
+                        } else if !serveRTU(fd: pfd.fd, onWrite: onWrite) {
+                            closed.insert(pfd.fd)
+                        }
                     }
-                    for c in closed { close(c) }
+                    for c in closed { close(c); pending[c] = nil }
                     clients.removeAll { closed.contains($0) }
-                } else if fds[1].revents != 0 {
+                case .rtuLine:
+                    guard fds[1].revents != 0 else { continue }
                     if fds[1].revents & Int16(POLLHUP | POLLERR | POLLNVAL) != 0 && fds[1].revents & Int16(POLLIN) == 0 {
                         // Other end of the line gone (pty closed): wait for it to come back without spinning.
                         _ = poll(&fds, 1, 50)
                         continue
                     }
-                    _ = serveOne(query: query, onWrite: onWrite)
+                    _ = serveRTU(fd: listenFD, onWrite: onWrite)
                 }
+            }
+        }
+
+        /// Reads what `fd` has and answers every whole RTU frame in it. A frame with a bad CRC
+        /// drops what was buffered (the line resynchronises on the next silence); a frame for a
+        /// unit not served is not answered, as on a real line. False when the connection closed.
+        private func serveRTU(fd: Int32, onWrite: @Sendable (SimulatedWrite) -> Void) -> Bool {
+            var chunk = [UInt8](repeating: 0, count: 512)
+            let n = read(fd, &chunk, chunk.count)
+            if n == 0 { return mode == .rtuLine }
+            if n < 0 { return errno == EAGAIN || errno == EINTR || mode == .rtuLine }
+            let now = ContinuousClock.now
+            var buffer = pending[fd].map { now - $0.at > .milliseconds(100) ? [] : $0.bytes } ?? []
+            buffer += chunk[0..<n]
+            defer { pending[fd] = buffer.isEmpty ? nil : (buffer, now) }
+            while !buffer.isEmpty {
+                let length: Int
+                switch RTUFrame.requestLength(buffer) {
+                case .needAtLeast(let need) where buffer.count < need: return true
+                case .complete(let whole) where buffer.count < whole: return true
+                case .complete(let whole): length = whole
+                default: buffer.removeAll(); return true
+                }
+                var frame = Array(buffer.prefix(length))
+                buffer.removeFirst(length)
+                guard RTUFrame.checks(frame) else { buffer.removeAll(); return true }
+                let unit = Int(frame[0])
+                guard let mapping = mappings[unit], let size = sizes[unit] else { continue }
+                onRequest?(unit, Int(frame[1]), monotonicMicroseconds())
+                let delay = size.latency.map { ModbusSimulator.microseconds($0) } ?? latencyMicroseconds
+                if delay > 0 { usleep(delay) }
+                if let pdu = specialAnswer(unit: unit, pdu: Array(frame[1..<(frame.count - 2)])) {
+                    writeAll(fd, RTUFrame.seal(unit: unit, pdu: pdu))
+                    continue
+                }
+                modbus_set_socket(ctx, fd)
+                frame.withUnsafeMutableBufferPointer { p in
+                    let write = describeWrite(query: p.baseAddress!, header: 1, unit: unit)
+                    modbus_reply(ctx, p.baseAddress!, Int32(p.count), mapping)
+                    if var w = write {
+                        w.values = (0..<w.values.count).map { get(unit: unit, kind: w.kind, address: w.address + $0) ?? 0 }
+                        onWrite(w)
+                    }
+                }
+            }
+            return true
+        }
+
+        /// Answers libmodbus does not give: FC 43/14 from the unit's identification, FC 17 with
+        /// the unit id and the product, and the exceptions of an exceptions-only unit.
+        private func specialAnswer(unit: Int, pdu: [UInt8]) -> [UInt8]? {
+            guard let fc = pdu.first, let size = sizes[unit] else { return nil }
+            if size.exceptionsOnly { return [fc | 0x80, 2] }
+            switch fc {
+            case 17:
+                let text = Array((size.identification?.product ?? "gateway-simulate").utf8.prefix(200))
+                return [17, UInt8(2 + text.count), UInt8(truncatingIfNeeded: unit), 0xFF] + text
+            case 43:
+                guard pdu.count >= 4, pdu[1] == 14 else { return [0xAB, 1] }
+                guard let id = size.identification else { return [0xAB, 1] }
+                guard (1...4).contains(pdu[2]) else { return [0xAB, 3] }
+                let objects = [id.vendor, id.product, id.revision].map { Array($0.utf8.prefix(80)) }
+                let first = Int(pdu[3]) < objects.count ? Int(pdu[3]) : 0
+                var out: [UInt8] = [43, 14, pdu[2], 0x01, 0, 0, UInt8(objects.count - first)]
+                for i in first..<objects.count { out += [UInt8(i), UInt8(objects[i].count)] + objects[i] }
+                return out
+            default:
+                return nil
+            }
+        }
+
+        private func writeAll(_ fd: Int32, _ bytes: [UInt8]) {
+            var off = 0
+            var tries = 0
+            while off < bytes.count && tries < 100 {
+                let n = bytes[off...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+                if n > 0 { off += n } else { tries += 1; usleep(1000) }
             }
         }
 
         /// Receives and answers one request. Returns false when the connection should be closed.
         private func serveOne(query: UnsafeMutablePointer<UInt8>, onWrite: @Sendable (SimulatedWrite) -> Void) -> Bool {
-            let rc = modbus_receive(ctx, query)
-            if rc == -1 {
-                if !isTCP { modbus_flush(ctx) }
-                return false
+            var rc = modbus_receive(ctx, query)
+            if rc == -1 { return false }
+            guard rc > 0 else { return true }
+            // libmodbus reads a request of a function code it does not know (FC 43) only up to the
+            // function code: read the rest that the MBAP length announces, so it is not taken for
+            // the start of the next request.
+            let announced = 6 + (Int(query[4]) << 8 | Int(query[5]))
+            if announced > Int(rc) && announced <= Int(MODBUS_TCP_MAX_ADU_LENGTH) {
+                let fd = modbus_get_socket(ctx)
+                var got = Int(rc)
+                var waits = 0
+                while got < announced && waits < 10 {
+                    var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                    guard poll(&p, 1, 100) > 0 else { waits += 1; continue }
+                    let n = read(fd, query + got, announced - got)
+                    if n <= 0 { return false }
+                    got += n
+                }
+                guard got == announced else { return false }
+                rc = Int32(got)
             }
-            guard rc > 0 else { return true }  // not for us (RTU, other unit)
             let header = Int(modbus_get_header_length(ctx))
             let unit = Int(query[header - 1])
             onRequest?(unit, Int(query[header]), monotonicMicroseconds())
-            if latencyMicroseconds > 0 { usleep(latencyMicroseconds) }
-            guard let mapping = mappings[unit] ?? (isTCP ? nil : mappings.values.first) else {
+            let delay = sizes[unit]?.latency.map { ModbusSimulator.microseconds($0) } ?? latencyMicroseconds
+            if delay > 0 { usleep(delay) }
+            guard let mapping = mappings[unit] else {
                 modbus_reply_exception(ctx, query, UInt32(MODBUS_EXCEPTION_GATEWAY_TARGET))
+                return true
+            }
+            if let pdu = specialAnswer(unit: unit, pdu: Array(UnsafeBufferPointer(start: query + header, count: Int(rc) - header))) {
+                let length = pdu.count + 1
+                writeAll(modbus_get_socket(ctx), [query[0], query[1], 0, 0, UInt8(length >> 8), UInt8(length & 0xFF), UInt8(unit)] + pdu)
                 return true
             }
             let write = describeWrite(query: query, header: header, unit: unit)

@@ -17,6 +17,8 @@ final class FakeLine: ProbeLink {
     var current = LineSetting(baud: 9600, parity: .none)
     var settingsTried: [LineSetting] = []
     var requests: [(unit: Int, function: UInt8)] = []
+    /// Absent units answered with exception 0x0B, as a Modbus TCP gateway does.
+    var behindGateway = false
 
     init(devices: [Int: Device]) { self.devices = devices }
 
@@ -27,6 +29,7 @@ final class FakeLine: ProbeLink {
 
     func exchange(unit: Int, pdu: [UInt8], timeout: Duration) -> ProbeAnswer {
         requests.append((unit, pdu[0]))
+        if behindGateway && devices[unit] == nil { return .pdu([pdu[0] | 0x80, 0x0B]) }
         guard let d = devices[unit] else {
             // Devices at another setting still see bytes and answer garbage now and then.
             return devices.values.contains { $0.setting != current } && unit % 7 == 0 ? .garbled : .silence
@@ -98,6 +101,13 @@ final class FakeLine: ProbeLink {
         #expect(Set(line.settingsTried.map(\.description)).count == 6)
         #expect(line.settingsTried.last?.parity == .odd)
         #expect(result.probes == 12)
+    }
+
+    @Test func unitsAGatewaySaysDidNotRespondAreAbsent() throws {
+        let line = FakeLine(devices: [4: .init(setting: LineSetting(baud: 9600, parity: .none), value: 1, identification: nil)])
+        line.behindGateway = true
+        let result = try LineScanner(plan: ScanPlan(units: Array(1...10), settings: [], probeTimeout: .milliseconds(10))).run(on: line)
+        #expect(result.units.map(\.unit) == [4])
     }
 
     @Test func searchOrderPutsCommonSettingsFirst() {

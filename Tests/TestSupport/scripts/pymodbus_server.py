@@ -8,6 +8,8 @@ Spec per unit: tables "co", "di", "hr", "ir" mapping address -> value. With "spa
 listed addresses exist (others answer ILLEGAL DATA ADDRESS); otherwise addresses 0..999 exist.
 With --log-requests every request received, for a served unit or not, prints one line
 {"request":{"unit":3,"fc":3,"mono_us":...}} (CLOCK_MONOTONIC, as `gateway simulate` does).
+With --framer rtu a TCP server speaks RTU frames over TCP (a serial device server). --identity
+VENDOR,PRODUCT,REVISION answers Read Device Identification (FC 43/14) with those basic objects.
 Prints "listening tcp HOST:PORT" / "listening rtu PATH" once serving; stops on SIGTERM.
 """
 import argparse
@@ -19,6 +21,8 @@ import time
 
 from pymodbus.datastore import (ModbusSequentialDataBlock, ModbusServerContext,
                                 ModbusSlaveContext, ModbusSparseDataBlock)
+from pymodbus import FramerType
+from pymodbus.device import ModbusDeviceIdentification
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 
 
@@ -41,6 +45,8 @@ async def main():
     p.add_argument("--baud", type=int, default=19200)
     p.add_argument("--spec", default='{"1": {}}')
     p.add_argument("--log-requests", action="store_true")
+    p.add_argument("--framer", choices=["socket", "rtu"], default="socket")
+    p.add_argument("--identity")
     a = p.parse_args()
 
     def trace_pdu(sending, pdu):
@@ -58,9 +64,14 @@ async def main():
             co=block(tables.get("co", {}), sparse), di=block(tables.get("di", {}), sparse),
             hr=block(tables.get("hr", {}), sparse), ir=block(tables.get("ir", {}), sparse))
     context = ModbusServerContext(slaves=slaves, single=False)
+    if a.identity:
+        vendor, product, revision = a.identity.split(",")
+        trace["identity"] = ModbusDeviceIdentification(info_name={
+            "VendorName": vendor, "ProductCode": product, "MajorMinorRevision": revision})
     if a.tcp:
         host, port = a.tcp.rsplit(":", 1)
-        server = ModbusTcpServer(context, address=(host, int(port)), **trace)
+        framer = FramerType.RTU if a.framer == "rtu" else FramerType.SOCKET
+        server = ModbusTcpServer(context, address=(host, int(port)), framer=framer, ignore_missing_slaves=True, **trace)
     else:
         server = ModbusSerialServer(context, port=a.rtu, baudrate=a.baud, ignore_missing_slaves=True, **trace)
     loop = asyncio.get_running_loop()
