@@ -148,7 +148,7 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
         ], swiftSettings: swiftSettings),
-        .testTarget(name: "CommissioningTests", dependencies: ["Commissioning", "Modbus", "LineSettings", "GatewayConfig", "TestSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "CommissioningTests", dependencies: ["Commissioning", "Modbus", "LineSettings", "GatewayConfig", "MQTT", "TestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "ModbusTests", dependencies: ["Modbus", "LineSettings", "TestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "SerialTests", dependencies: ["Serial", "LineSettings", "GatewayConfig", "TestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "GatewayConfigTests", dependencies: ["GatewayConfig", "TOMLReader", "TestSupport"], exclude: ["Fixtures"], swiftSettings: swiftSettings),

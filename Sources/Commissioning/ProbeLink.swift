@@ -79,12 +79,13 @@ public final class WireLink: ProbeLink {
         guard fd < 0 else { return }
         switch target {
         case .rtu(let path, let dataBits, let stopBits):
+            // Root passes the holder's exclusive flag (TIOCEXCL) and would garble its frames:
+            // ask the line whether someone holds it first.
+            if Self.heldExclusively(path) { throw Self.busy(path) }
             do {
                 fd = try SerialPort.open(SerialSettings(path: path, baud: line.baud, parity: line.parity, dataBits: dataBits, stopBits: stopBits))
             } catch let e {
-                if case .open(_, let code) = e, code == EBUSY {
-                    throw ScanError("\(path) is in use by another process (a running gateway holds its lines): stop it, or scan another line")
-                }
+                if case .open(_, let code) = e, code == EBUSY { throw Self.busy(path) }
                 throw ScanError("\(e)")
             }
         case .tcp(let host, let port), .rtuOverTCP(let host, let port):
@@ -92,7 +93,22 @@ public final class WireLink: ProbeLink {
         }
     }
 
+    static func busy(_ path: String) -> ScanError {
+        ScanError("\(path) is in use by another process (a running gateway holds its lines): stop it, or scan another line")
+    }
+
+    /// Whether another open file holds the tty exclusively (TIOCGEXCL).
+    static func heldExclusively(_ path: String) -> Bool {
+        let fd = Glibc.open(path, O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC)
+        if fd < 0 { return errno == EBUSY }
+        defer { Glibc.close(fd) }
+        var flag: Int32 = 0
+        return ioctl(fd, 0x8004_5440 /* TIOCGEXCL */, &flag) == 0 && flag != 0
+    }
+
     private func closeLink() {
+        // Give the exclusive flag back: a pty keeps it after the close while its master lives.
+        if fd >= 0 && target.isSerial { _ = ioctl(fd, UInt(TIOCNXCL)) }
         if fd >= 0 { Glibc.close(fd) }
         fd = -1
     }

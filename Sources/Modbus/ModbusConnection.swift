@@ -25,6 +25,8 @@ final class ModbusConnection {
 
     func close() {
         if let ctx {
+            // Give the exclusive flag back (a pty keeps it after the close while its master lives).
+            if connected, configuration.transport.isRTU { _ = ioctl(modbus_get_socket(ctx), UInt(TIOCNXCL)) }
             if connected { modbus_close(ctx) }
             modbus_free(ctx)
         }
