@@ -191,7 +191,7 @@ extension DeviceSettings {
 extension PointSettings {
     /// A Modbus device's `[[device.point]]`, the `index`th.
     init?(reader r: Reader, index: Int) {
-        let name = r.name(table: "\(r.parentPath).point", reserved: true)
+        let name = r.name(table: r.parentPath.isEmpty ? "point" : "\(r.parentPath).point", reserved: true)
         let table = r.enumeration("register", RegisterTable.self, required: true)
         let address = r.int("address", 0...65_535, required: true)
         let typeName = r.has("type") ? r.enumeration("type", PointType.self) : nil
@@ -369,7 +369,7 @@ extension SerialDeviceSettings {
 extension SerialPointSettings {
     /// A serial device's `[[device.point]]`.
     init?(reader r: Reader) {
-        let name = r.name(table: "\(r.parentPath).point", reserved: true)
+        let name = r.name(table: r.parentPath.isEmpty ? "point" : "\(r.parentPath).point", reserved: true)
         guard let match = r.string("match", required: true), let name else { return nil }
         var p = SerialPointSettings(name: name, match: match)
         if let g = r.string("group") { p.group = g }

@@ -62,6 +62,8 @@ struct CommissioningEndToEndTests {
         #expect(snippet.contains("name = \"unit-12\""))
         #expect(snippet.contains("name = \"holding_0\""))
         for absent in [2, 3, 5, 7, 8, 10, 11, 13, 14, 15, 16] { #expect(!snippet.contains("unit = \(absent)\n")) }
+        // It only read: the simulator logged requests but no write.
+        #expect(!sim.lines.contains { $0.hasPrefix("{\"write\"") })
 
         // Paste it into a config.
         let broker = try await Mosquitto.start()
@@ -141,6 +143,15 @@ struct CommissioningEndToEndTests {
         let library = ProfileLibrary(directories: [Self.shippedProfiles])
         let shipped = library.all().map(\.name)
         #expect(shipped.count >= 5)
+        // `gateway profiles` lists them; `profiles show` prints the points.
+        let gw = try TestEnvironment.gatewayBinary()
+        let list = try await Self.shell("GATEWAY_PROFILES=\(Self.shippedProfiles) \(gw) profiles --config /nonexistent/gateway.toml")
+        #expect(list.status == 0)
+        for name in shipped { #expect(list.out.contains("\(name)  "), "\(list.out)") }
+        let show = try await Self.shell("GATEWAY_PROFILES=\(Self.shippedProfiles) \(gw) profiles show eastron-sdm120 --config /nonexistent/gateway.toml")
+        #expect(show.out.contains("voltage: input 0, float32, V, ha voltage"), "\(show.out)")
+        let unknown = try await Self.shell("\(gw) profiles show no-such-meter")
+        #expect(unknown.status == 2 && unknown.err.contains("no profile 'no-such-meter'"), "\(unknown.err)")
         // A site's own profile, in a directory searched before the shipped ones.
         let site = try TestEnvironment.makeTemporaryDirectory("gw-site-profiles")
         defer { try? FileManager.default.removeItem(atPath: site) }

@@ -1,0 +1,166 @@
+import Foundation
+import GatewayConfig
+import Testing
+import TestSupport
+
+/// Device profiles: expansion into a device's points, the search order, and problems reported in
+/// the profile's own file and line.
+@Suite("device profiles")
+struct ProfileTests {
+    static let meter = """
+        [profile]
+        vendor = "Acme"
+        model = "M-1"
+        source = "Acme M-1 register map, rev. 3"
+        [profile.identification]
+        vendor = "Acme"
+        product = "M-1"
+
+        [[point]]
+        name = "voltage"
+        register = "input"
+        address = 0
+        type = "float32"
+        example = 230.0
+
+        [[point]]
+        name = "current"
+        register = "input"
+        address = 2
+        type = "float32"
+
+        [[point]]
+        name = "energy"
+        register = "input"
+        address = 10
+        type = "uint32"
+        """
+
+    /// A directory of profiles, removed afterwards.
+    final class Library {
+        let directory: String
+        init(_ files: [String: String]) throws {
+            directory = try TestEnvironment.makeTemporaryDirectory("gw-profiles")
+            for (name, text) in files { try text.write(toFile: "\(directory)/\(name).toml", atomically: true, encoding: .utf8) }
+        }
+        deinit { try? FileManager.default.removeItem(atPath: directory) }
+        var library: ProfileLibrary { ProfileLibrary(directories: [directory]) }
+    }
+
+    static func config(_ device: String) -> String {
+        """
+        [gateway]
+        id = "p"
+        [[bus]]
+        name = "line"
+        type = "tcp"
+        host = "127.0.0.1"
+        [[device]]
+        name = "m"
+        bus = "line"
+        \(device)
+        """
+    }
+
+    @Test("the profile's points come first; the device's own replace them by name or follow them; points_remove drops some; vendor and model fill in")
+    func expansion() throws {
+        let lib = try Library(["acme-m1": Self.meter])
+        let c = try ConfigLoader.parse(Self.config("""
+            profile = "acme-m1"
+            points_remove = ["energy"]
+              [[device.point]]
+              name = "current"
+              register = "input"
+              address = 4
+              type = "float32"
+              [[device.point]]
+              name = "extra"
+              register = "holding"
+              address = 100
+            """), profiles: lib.library)
+        let d = try #require(c.devices.first)
+        #expect(d.points.map(\.name) == ["voltage", "current", "extra"])
+        #expect(d.points[1].address == 4)
+        #expect(d.profile == "acme-m1")
+        #expect(d.manufacturer == "Acme")
+        #expect(d.model == "M-1")
+    }
+
+    @Test("a profile's problems are reported with its own file and line; the device's with gateway.toml's")
+    func problemsInTheProfileFile() throws {
+        let broken = Self.meter.replacingOccurrences(of: "address = 2\n", with: "address = 70000\n")
+        let lib = try Library(["acme-m1": broken])
+        do {
+            _ = try ConfigLoader.parse(Self.config("profile = \"acme-m1\""), file: "site.toml", profiles: lib.library)
+            Issue.record("a broken profile was accepted")
+        } catch {
+            let text = error.description
+            // [[point]] current's address is on line 19 of the profile.
+            #expect(text.contains("\(lib.directory)/acme-m1.toml:19: point[current].address: "), "\(text)")
+            #expect(text.contains("70000 is outside"), "\(text)")
+        }
+    }
+
+    @Test("an unknown profile, a points_remove naming nothing, points_remove without a profile, and a device with neither points nor profile are refused", arguments: [
+        ("profile = \"nope\"", "no profile 'nope'"),
+        ("profile = \"acme-m1\"\npoints_remove = [\"power\"]", "profile 'acme-m1' has no point 'power'"),
+        ("points_remove = [\"x\"]\n  [[device.point]]\n  name = \"a\"\n  register = \"coil\"\n  address = 0", "only with profile"),
+        ("unit = 2", "no [[device.point]] (and no profile)"),
+        ("profile = \"acme-m1\"\npoints_remove = [\"voltage\", \"current\", \"energy\"]", "removes every point"),
+    ])
+    func refused(_ device: String, _ expected: String) throws {
+        let lib = try Library(["acme-m1": Self.meter])
+        do {
+            _ = try ConfigLoader.parse(Self.config(device), profiles: lib.library)
+            Issue.record("accepted: \(device)")
+        } catch {
+            #expect(error.description.contains(expected), "\(error.description)")
+            #expect(error.description.contains("gateway.toml:"), "\(error.description)")
+        }
+    }
+
+    @Test("the site's directory comes before the shipped one; list shows each name once")
+    func searchOrder() throws {
+        let site = try Library(["acme-m1": Self.meter.replacingOccurrences(of: "model = \"M-1\"", with: "model = \"site's\"")])
+        let shipped = try Library(["acme-m1": Self.meter, "other": Self.meter])
+        let lib = ProfileLibrary(directories: [site.directory, shipped.directory])
+        #expect(try lib.load("acme-m1").model == "site's")
+        #expect(lib.all().map(\.name) == ["acme-m1", "other"])
+        #expect(lib.all().first?.file == "\(site.directory)/acme-m1.toml")
+        // Names are words: no path tricks.
+        #expect(lib.path(of: "../acme-m1") == nil)
+    }
+
+    @Test("the standard search: profiles/ beside the config file, then GATEWAY_PROFILES or the shipped directories")
+    func standardDirectories() {
+        let lib = ProfileLibrary.standard(configFile: "/etc/gateway/gateway.toml")
+        #expect(lib.directories.first == "/etc/gateway/profiles")
+        #expect(lib.directories.count >= 2)
+    }
+
+    @Test("identification matching ignores case and padding, and a profile without identification never matches")
+    func matching() throws {
+        let p = try ProfileLibrary.parse(bytes: Array(Self.meter.utf8), name: "acme-m1", file: "acme-m1.toml")
+        #expect(p.matches(vendor: "ACME", product: "m-1"))
+        #expect(p.matches(vendor: "Acme ", product: "M-1\0\0"))
+        #expect(!p.matches(vendor: "Acme", product: "M-2"))
+        #expect(!p.matches(vendor: nil, product: "M-1"))
+        let anonymous = try ProfileLibrary.parse(bytes: Array(Self.meter.replacingOccurrences(of: "[profile.identification]\nvendor = \"Acme\"\nproduct = \"M-1\"\n", with: "").utf8),
+                                                 name: "x", file: "x.toml")
+        #expect(!anonymous.matches(vendor: "Acme", product: "M-1"))
+        #expect(p.examples["voltage"] == 230.0)
+    }
+
+    @Test("every shipped profile loads, and passes gateway.toml's checks on a device (Home Assistant's included)")
+    func shippedProfilesPass() throws {
+        let lib = ProfileLibrary(directories: [TestEnvironment.packageRoot + "/profiles"])
+        let names = lib.all().map(\.name)
+        #expect(names.count >= 5)
+        for name in names {
+            let p = try lib.load(name)
+            #expect(!p.source.isEmpty, "\(name): the register map it was written from")
+            #expect(p.identification.vendor != nil, "\(name)")
+            _ = try ConfigLoader.parse(Self.config("profile = \"\(name)\""), profiles: lib)
+        }
+    }
+}
