@@ -7,6 +7,7 @@
 #   /lib/systemd/system/gateway.service  deploy/gateway.service, pointed at /usr/bin
 #   /etc/gateway/gateway.toml          the commented example (a conffile)
 #   /usr/share/man/man1/gateway.1.gz   from `gateway --help` and each subcommand's help
+#   /usr/share/gateway/profiles/       the shipped device profiles (profiles/*.toml)
 #   bash, zsh and fish completions     from swift-argument-parser
 #   /usr/share/doc/gateway/            README, copyright, changelog, the example config
 # Depends: computed from the binary by dpkg-shlibdeps (libc6, libmodbus5, libsqlite3-0).
@@ -39,6 +40,9 @@ sed -e 's|/usr/local/bin/gateway|/usr/bin/gateway|' -e 's|^Documentation=.*|Docu
     deploy/gateway.service > "$ROOT/lib/systemd/system/gateway.service"
 install -m 0644 gateway.toml "$ROOT/etc/gateway/gateway.toml"
 install -m 0644 gateway.toml "$DOC/examples/gateway.toml"
+# Device profiles, where the binary looks for them (<prefix>/share/gateway/profiles beside /usr/bin).
+mkdir -p "$ROOT/usr/share/gateway/profiles"
+install -m 0644 profiles/*.toml "$ROOT/usr/share/gateway/profiles/"
 
 # A man page from the built-in help (preformatted: the help is already laid out for a terminal).
 {
@@ -48,13 +52,13 @@ install -m 0644 gateway.toml "$DOC/examples/gateway.toml"
     echo ".SH DESCRIPTION"
     echo ".nf"
     "$GW" --help | sed -e 's/\\/\\e/g' -e 's/^\./\\\&./'
-    for sub in run check simulate read write sign; do
+    for sub in run check simulate read write sign scan profiles; do
         echo
         "$GW" help "$sub" | sed -e 's/\\/\\e/g' -e 's/^\./\\\&./'
     done
     echo ".fi"
     echo ".SH FILES"
-    echo "/etc/gateway/gateway.toml, /var/lib/gateway (state), /usr/share/doc/gateway/README.md.gz"
+    echo "/etc/gateway/gateway.toml, /etc/gateway/profiles (the site's device profiles), /usr/share/gateway/profiles (shipped), /var/lib/gateway (state), /usr/share/doc/gateway/README.md.gz"
 } > "$WORK/gateway.1"
 gzip -9n < "$WORK/gateway.1" > "$ROOT/usr/share/man/man1/gateway.1.gz"
 

@@ -46,6 +46,9 @@ systemd-analyze verify /lib/systemd/system/gateway.service || fail "systemd-anal
 gateway --version
 gateway check --config /etc/gateway/gateway.toml > "$WORK/check.log" || fail "gateway check: $(tail -5 "$WORK/check.log")"
 id gateway | grep -q dialout || fail "the gateway user is not in dialout"
+# The shipped profiles are found beside the installed binary.
+gateway profiles --config /etc/gateway/gateway.toml > "$WORK/profiles.log" 2>&1 || fail "gateway profiles: $(tail -5 "$WORK/profiles.log")"
+grep -q "^eastron-sdm120 .*(/usr/share/gateway/profiles/eastron-sdm120.toml)" "$WORK/profiles.log" || fail "shipped profiles not found: $(cat "$WORK/profiles.log")"
 
 echo "==> the installed gateway as the gateway user, against Mosquitto and the simulator"
 MQTT_PORT="$(free_port)"; SIM_PORT="$(free_port)"

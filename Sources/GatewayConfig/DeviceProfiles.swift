@@ -76,8 +76,8 @@ public struct ProfileLibrary: Sendable {
             dirs += String(cString: env).split(separator: ":").map(String.init)
             return ProfileLibrary(directories: dirs)
         }
-        if let exe = executableDirectory() {
-            dirs.append(exe + "/../share/gateway/profiles")
+        if let exe = executableDirectory(), let slash = exe.lastIndex(of: "/") {
+            dirs.append(String(exe[..<slash]) + "/share/gateway/profiles")  // /usr/bin -> /usr/share/...
         }
         dirs.append(sourceTreeProfiles)
         return ProfileLibrary(directories: dirs)
