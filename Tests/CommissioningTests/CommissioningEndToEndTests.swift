@@ -136,6 +136,20 @@ struct CommissioningEndToEndTests {
             #expect((five?["holding"] as? [String: Any])?["exception"] != nil, "\(framer): \(scan.out)")
             _ = await p.stop()
         }
+        // And as RTU on a pty pair (several units on one line).
+        let pty = try await PtyPair.start()
+        let serial = try ChildProcess(try TestEnvironment.venvPython(), [
+            TestEnvironment.packageRoot + "/Tests/TestSupport/scripts/pymodbus_server.py", "--rtu", pty.b,
+            "--identity", "Acme,DOOR-8,2.1", "--spec", spec])
+        try await serial.waitForLine(containing: "listening rtu", timeout: .seconds(30))
+        let scan = try await Self.shell("\(gw) scan --rtu \(pty.a) --units 1-8 --timeout-ms 300 --json")
+        #expect(scan.status == 0, "rtu: \(scan.err)")
+        let json = try JSONSerialization.jsonObject(with: Data(scan.out.utf8)) as? [String: Any]
+        let units = json?["units"] as? [[String: Any]] ?? []
+        #expect(units.compactMap { $0["unit"] as? Int } == [2, 5], "rtu: \(scan.out)")
+        #expect((units.first?["identification"] as? [String: Any])?["vendor"] as? String == "Acme", "rtu: \(scan.out)")
+        _ = await serial.stop()
+        await pty.stop()
     }
 
     @Test("Every shipped profile, served by simulate --profile and polled by gateway run, publishes each point's example value; a relay from the relay board's profile pulses; a changed site profile is picked up by SIGHUP")
@@ -224,6 +238,13 @@ struct CommissioningEndToEndTests {
         try await rig.waitUntil(timeout: .seconds(30), "every shipped profile's points at their example values") {
             expected.allSatisfy { e in rig.payloads(e.topic).contains { matches($0, e.value, e.isBool) } }
         }
+
+        // A scan over Modbus TCP names each unit's profile from its identification.
+        let scan = try await Self.shell("\(gw) scan --tcp 127.0.0.1:\(rig.sim.port) --units 1-\(siteUnit + 2) --json")
+        #expect(scan.status == 0, "\(scan.err)")
+        let found = (try JSONSerialization.jsonObject(with: Data(scan.out.utf8)) as? [String: Any])?["units"] as? [[String: Any]] ?? []
+        #expect(found.compactMap { $0["unit"] as? Int } == Array(1...siteUnit), "\(scan.out)")
+        #expect(found.compactMap { $0["profile"] as? String } == shipped + ["xy-md02"], "\(scan.out)")
 
         // The relay board's relay1, made a pulse on the device, closes and opens again.
         try await rig.observer.publish(to: "gateway/e2e/waveshare-relay-8ch/relay1/set", payload: Array("true".utf8), qos: .atLeastOnce)
