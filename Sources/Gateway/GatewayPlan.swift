@@ -44,13 +44,17 @@ extension BusSettings {
             transport = .tcp(host: host, port: port)
         case .rtu(let path, let baud, let parity, let dataBits, let stopBits):
             transport = .rtu(RTUSettings(path: path, baud: baud, parity: parity, dataBits: dataBits, stopBits: stopBits))
+        case .rtuOverTCP(let host, let port):
+            transport = .rtuOverTCP(host: host, port: port)
         }
         return BusConfiguration(name: name, transport: transport, responseTimeout: .milliseconds(timeoutMs))
     }
 
     public var gapPolicy: GapPolicy {
-        if case .rtu = kind { return .rtu }
-        return .tcp
+        switch kind {
+        case .rtu, .rtuOverTCP: return .rtu  // a serial line, whether behind a device server or not
+        case .tcp: return .tcp
+        }
     }
 }
 

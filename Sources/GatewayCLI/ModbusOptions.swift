@@ -10,6 +10,9 @@ struct ConnectionOptions: ParsableArguments {
     @Option(help: "Modbus RTU serial port, e.g. /dev/ttyUSB0.")
     var rtu: String?
 
+    @Option(name: .customLong("rtu-tcp"), help: "Serial device server carrying RTU frames over TCP, HOST:PORT.")
+    var rtuTCP: String?
+
     @Option(help: "RTU baud rate.")
     var baud: Int = 19200
 
@@ -26,8 +29,11 @@ struct ConnectionOptions: ParsableArguments {
     var timeoutMs: Int = 1000
 
     func validate() throws {
-        guard (tcp == nil) != (rtu == nil) else { throw ValidationError("give exactly one of --tcp HOST:PORT or --rtu PATH") }
+        guard [tcp, rtu, rtuTCP].compactMap({ $0 }).count == 1 else {
+            throw ValidationError("give exactly one of --tcp HOST:PORT, --rtu PATH or --rtu-tcp HOST:PORT")
+        }
         if let tcp { _ = try parseHostPort(tcp) }
+        if let rtuTCP { _ = try parseHostPort(rtuTCP) }
         guard Parity(letter: parity) != nil else { throw ValidationError("--parity must be N, E or O") }
         guard BaudRate.isSupported(baud) else { throw ValidationError("--baud \(baud) is not one of \(BaudRate.supportedList)") }
         guard (5...8).contains(dataBits) else { throw ValidationError("--data-bits must be 5 to 8") }
@@ -39,6 +45,10 @@ struct ConnectionOptions: ParsableArguments {
         if let tcp {
             let (h, p) = try parseHostPort(tcp)
             return .tcp(host: h, port: p)
+        }
+        if let rtuTCP {
+            let (h, p) = try parseHostPort(rtuTCP)
+            return .rtuOverTCP(host: h, port: p)
         }
         return .rtu(RTUSettings(path: rtu ?? "", baud: baud, parity: Parity(letter: parity) ?? .none,
                                 dataBits: dataBits, stopBits: stopBits))

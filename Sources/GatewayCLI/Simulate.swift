@@ -15,7 +15,8 @@ struct Simulate: ParsableCommand {
         discussion: """
         Prints "listening tcp HOST:PORT" (or "listening rtu PATH") once it serves, then one JSON line per
         accepted write: {"write":{"unit":1,"fc":5,"kind":"coil","address":0,"values":[1],"ts_ms":...,"mono_ms":...}}.
-        Lines on stdin change values live: "set [UNIT/]KIND:ADDR=VALUE", or the answer delay: "latency MS".
+        Lines on stdin change values live: "set [UNIT/]KIND:ADDR=VALUE", the answer delay: "latency MS", or
+        put a noise byte ahead of the next N answers (RTU): "noise N".
         Examples:
           gateway simulate --tcp 127.0.0.1:1502 --unit 1 --unit 3 --set holding:100=215 --set 3/coil:0=1
           gateway simulate --tcp 127.0.0.1:0 --counter input:10@1000 --drift holding:100:180:260:1@500
@@ -274,6 +275,15 @@ struct Simulate: ParsableCommand {
         pthread_create(&tid, nil, { raw in
             let c = Unmanaged<StdinContext>.fromOpaque(raw!).takeRetainedValue()
             while let line = readLine() {
+                if line.hasPrefix("noise ") {
+                    guard let n = Int(line.dropFirst("noise ".count)), (1...1000).contains(n) else {
+                        emitError("stdin: ignored '\(line)' (expected: noise N, 1...1000)")
+                        continue
+                    }
+                    c.box.sim.addNoise(answers: n)
+                    emit("noise \(n)")
+                    continue
+                }
                 if line.hasPrefix("latency ") {
                     guard let ms = Int(line.dropFirst("latency ".count)), ms >= 0, ms <= 60_000 else {
                         emitError("stdin: ignored '\(line)' (expected: latency MS, 0...60000)")

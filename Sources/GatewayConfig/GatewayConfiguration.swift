@@ -284,6 +284,8 @@ public struct BusSettings: Sendable, Equatable {
         case tcp(host: String, port: Int)
         /// `type = "rtu"`: `port` (serial path, required), `baud` (19200), `parity` (N|E|O), `data_bits` (8), `stop_bits` (1).
         case rtu(path: String, baud: Int, parity: Parity, dataBits: Int, stopBits: Int)
+        /// `type = "rtu-tcp"`: RTU frames over TCP to a serial device server (`host`, `port`).
+        case rtuOverTCP(host: String, port: Int)
     }
     /// `name` (required, topic-safe, unique).
     public var name: String

@@ -137,8 +137,12 @@ extension BusSettings {
             let dataBits = r.int("data_bits", 5...8) ?? 8
             let stopBits = r.int("stop_bits", 1...2) ?? 1
             if let path, let name { bus = BusSettings(name: name, kind: .rtu(path: path, baud: baud, parity: parity, dataBits: dataBits, stopBits: stopBits)) }
+        case "rtu-tcp":
+            let host = r.string("host", required: true)
+            let port = r.int("port", 1...65_535, required: true)
+            if let host, let port, let name { bus = BusSettings(name: name, kind: .rtuOverTCP(host: host, port: port)) }
         default:
-            r.issue("type", "'\(type)' is not a bus type: use \"tcp\" or \"rtu\"")
+            r.issue("type", "'\(type)' is not a bus type: use \"tcp\", \"rtu\" or \"rtu-tcp\"")
         }
         if let t = r.int("timeout_ms", 10...60_000) { bus?.timeoutMs = t }
         guard let bus else { return nil }
@@ -155,7 +159,10 @@ extension DeviceSettings {
         if let busName, bus == nil { r.issue("bus", "no [[bus]] named '\(busName)'") }
         var d = DeviceSettings(name: name ?? "", bus: busName ?? "")
         if let u = r.int("unit", 0...255) {
-            if case .rtu = bus?.kind, !(1...247).contains(u) { r.issue("unit", "must be 1...247 on an RTU line (0 is broadcast)") }
+            switch bus?.kind {
+            case .rtu, .rtuOverTCP: if !(1...247).contains(u) { r.issue("unit", "must be 1...247 on an RTU line (0 is broadcast)") }
+            default: break
+            }
             d.unit = u
         }
         if let v = r.int("poll_ms", 10...86_400_000) { d.pollMs = v }

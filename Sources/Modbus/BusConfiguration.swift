@@ -32,11 +32,14 @@ public enum ModbusTransport: Sendable, Equatable, CustomStringConvertible {
     case tcp(host: String, port: Int)
     /// Modbus RTU on a serial line.
     case rtu(RTUSettings)
+    /// RTU frames over TCP to a serial device server (`rtu-tcp`), framed by the gateway itself.
+    case rtuOverTCP(host: String, port: Int)
 
     public var description: String {
         switch self {
         case .tcp(let host, let port): host.contains(":") ? "tcp://[\(host)]:\(port)" : "tcp://\(host):\(port)"
         case .rtu(let s): "rtu://\(s.path)@\(s.baud)\(s.parity.rawValue)\(s.dataBits)\(s.stopBits)"
+        case .rtuOverTCP(let host, let port): host.contains(":") ? "rtu-tcp://[\(host)]:\(port)" : "rtu-tcp://\(host):\(port)"
         }
     }
 

@@ -194,32 +194,12 @@ public final class ModbusBus: Sendable {
     public func read(_ kind: RegisterKind, unit: Int, address: Int, count: Int,
                      priority: RequestPriority = .normal, deadline: ContinuousClock.Instant? = nil) async throws -> ReadResult {
         try Self.checkRange(address: address, count: count, max: kind.maxReadCount)
+        let op: ModbusOperation = kind.isBit ? .readBits(kind, address: address, count: count) : .readRegisters(kind, address: address, count: count)
         return try await submit(priority: priority, deadline: deadline) { (conn) throws(ModbusError) -> ReadResult in
-            switch kind {
-            case .coil, .discrete:
-                let bytes = try conn.transact(unit: unit, kind == .coil ? "read coils" : "read discrete inputs") { ctx in
-                    var rc: Int32 = 0
-                    let buf = [UInt8](unsafeUninitializedCapacity: count) { b, n in
-                        rc = kind == .coil
-                            ? modbus_read_bits(ctx, Int32(address), Int32(count), b.baseAddress)
-                            : modbus_read_input_bits(ctx, Int32(address), Int32(count), b.baseAddress)
-                        n = rc == -1 ? 0 : count
-                    }
-                    return (rc, buf)
-                }
-                return .bits(bytes.map { $0 != 0 })
-            case .holding, .input:
-                let regs = try conn.transact(unit: unit, kind == .holding ? "read holding registers" : "read input registers") { ctx in
-                    var rc: Int32 = 0
-                    let buf = [UInt16](unsafeUninitializedCapacity: count) { b, n in
-                        rc = kind == .holding
-                            ? modbus_read_registers(ctx, Int32(address), Int32(count), b.baseAddress)
-                            : modbus_read_input_registers(ctx, Int32(address), Int32(count), b.baseAddress)
-                        n = rc == -1 ? 0 : count
-                    }
-                    return (rc, buf)
-                }
-                return .registers(regs)
+            switch try conn.perform(unit: unit, op) {
+            case .bits(let b): .bits(b)
+            case .registers(let r): .registers(r)
+            case .done: .registers([])
             }
         }
     }
@@ -251,9 +231,7 @@ public final class ModbusBus: Sendable {
                           priority: RequestPriority = .high, deadline: ContinuousClock.Instant? = nil) async throws {
         try Self.checkRange(address: address, count: 1, max: 1)
         try await submit(priority: priority, deadline: deadline) { (conn) throws(ModbusError) in
-            try conn.transact(unit: unit, "write single coil") { ctx in
-                (modbus_write_bit(ctx, Int32(address), value ? 1 : 0), ())
-            }
+            _ = try conn.perform(unit: unit, .writeBit(address: address, value: value))
         }
     }
 
@@ -261,11 +239,8 @@ public final class ModbusBus: Sendable {
     public func writeCoils(unit: Int, address: Int, values: [Bool],
                            priority: RequestPriority = .high, deadline: ContinuousClock.Instant? = nil) async throws {
         try Self.checkRange(address: address, count: values.count, max: 1968)
-        let bytes = values.map { UInt8($0 ? 1 : 0) }
         try await submit(priority: priority, deadline: deadline) { (conn) throws(ModbusError) in
-            try conn.transact(unit: unit, "write multiple coils") { ctx in
-                (bytes.withUnsafeBufferPointer { modbus_write_bits(ctx, Int32(address), Int32(bytes.count), $0.baseAddress) }, ())
-            }
+            _ = try conn.perform(unit: unit, .writeBits(address: address, values: values))
         }
     }
 
@@ -274,9 +249,7 @@ public final class ModbusBus: Sendable {
                               priority: RequestPriority = .high, deadline: ContinuousClock.Instant? = nil) async throws {
         try Self.checkRange(address: address, count: 1, max: 1)
         try await submit(priority: priority, deadline: deadline) { (conn) throws(ModbusError) in
-            try conn.transact(unit: unit, "write single register") { ctx in
-                (modbus_write_register(ctx, Int32(address), value), ())
-            }
+            _ = try conn.perform(unit: unit, .writeRegister(address: address, value: value))
         }
     }
 
@@ -285,9 +258,7 @@ public final class ModbusBus: Sendable {
                                priority: RequestPriority = .high, deadline: ContinuousClock.Instant? = nil) async throws {
         try Self.checkRange(address: address, count: values.count, max: 123)
         try await submit(priority: priority, deadline: deadline) { (conn) throws(ModbusError) in
-            try conn.transact(unit: unit, "write multiple registers") { ctx in
-                (values.withUnsafeBufferPointer { modbus_write_registers(ctx, Int32(address), Int32(values.count), $0.baseAddress) }, ())
-            }
+            _ = try conn.perform(unit: unit, .writeRegisters(address: address, values: values))
         }
     }
 
@@ -297,17 +268,9 @@ public final class ModbusBus: Sendable {
         try Self.checkRange(address: writeAddress, count: values.count, max: 121)
         try Self.checkRange(address: readAddress, count: readCount, max: 125)
         return try await submit(priority: priority, deadline: deadline) { (conn) throws(ModbusError) -> [UInt16] in
-            try conn.transact(unit: unit, "write and read registers") { ctx in
-                var rc: Int32 = 0
-                let out = [UInt16](unsafeUninitializedCapacity: readCount) { b, n in
-                    rc = values.withUnsafeBufferPointer {
-                        modbus_write_and_read_registers(ctx, Int32(writeAddress), Int32(values.count), $0.baseAddress,
-                                                        Int32(readAddress), Int32(readCount), b.baseAddress)
-                    }
-                    n = rc == -1 ? 0 : readCount
-                }
-                return (rc, out)
-            }
+            guard case .registers(let r) = try conn.perform(unit: unit, .writeAndRead(writeAddress: writeAddress, values: values,
+                                                                                       readAddress: readAddress, readCount: readCount)) else { return [] }
+            return r
         }
     }
 

@@ -10,6 +10,8 @@ import Glibc
 final class ModbusConnection {
     private let configuration: BusConfiguration
     private var ctx: OpaquePointer?
+    /// `rtu-tcp`: our own framing instead of a libmodbus context.
+    private let stream: RTUOverTCPLink?
     private var connected = false
     private var logger: Logger
     /// Transactions started and failed (kept by the bus thread, copied to ``BusStatistics``).
@@ -19,11 +21,88 @@ final class ModbusConnection {
     init(configuration: BusConfiguration, logger: Logger) {
         self.configuration = configuration
         self.logger = logger
+        if case .rtuOverTCP(let host, let port) = configuration.transport {
+            stream = RTUOverTCPLink(host: host, port: port, responseTimeout: configuration.responseTimeout,
+                                    byteTimeout: min(configuration.byteTimeout, .milliseconds(100)))
+        } else {
+            stream = nil
+        }
+    }
+
+    /// Runs one operation on `unit`: through libmodbus, or our own RTU framing on `rtu-tcp`.
+    func perform(unit: Int, _ op: ModbusOperation) throws(ModbusError) -> ModbusAnswer {
+        if let stream {
+            guard (0...247).contains(unit) else { throw .invalidArgument("unit id \(unit) is not valid on \(configuration.transport)") }
+            transactions += 1
+            do {
+                return try op.decode(try stream.exchange(unit: unit, pdu: op.requestPDU, name: op.name))
+            } catch {
+                failures += 1
+                throw error
+            }
+        }
+        switch op {
+        case .readBits(let kind, let address, let count):
+            let bytes = try transact(unit: unit, op.name) { ctx in
+                var rc: Int32 = 0
+                let buf = [UInt8](unsafeUninitializedCapacity: count) { b, n in
+                    rc = kind == .coil
+                        ? modbus_read_bits(ctx, Int32(address), Int32(count), b.baseAddress)
+                        : modbus_read_input_bits(ctx, Int32(address), Int32(count), b.baseAddress)
+                    n = rc == -1 ? 0 : count
+                }
+                return (rc, buf)
+            }
+            return .bits(bytes.map { $0 != 0 })
+        case .readRegisters(let kind, let address, let count):
+            let regs = try transact(unit: unit, op.name) { ctx in
+                var rc: Int32 = 0
+                let buf = [UInt16](unsafeUninitializedCapacity: count) { b, n in
+                    rc = kind == .holding
+                        ? modbus_read_registers(ctx, Int32(address), Int32(count), b.baseAddress)
+                        : modbus_read_input_registers(ctx, Int32(address), Int32(count), b.baseAddress)
+                    n = rc == -1 ? 0 : count
+                }
+                return (rc, buf)
+            }
+            return .registers(regs)
+        case .writeBit(let address, let value):
+            try transact(unit: unit, op.name) { ctx in (modbus_write_bit(ctx, Int32(address), value ? 1 : 0), ()) }
+            return .done
+        case .writeBits(let address, let values):
+            let bytes = values.map { UInt8($0 ? 1 : 0) }
+            try transact(unit: unit, op.name) { ctx in
+                (bytes.withUnsafeBufferPointer { modbus_write_bits(ctx, Int32(address), Int32(bytes.count), $0.baseAddress) }, ())
+            }
+            return .done
+        case .writeRegister(let address, let value):
+            try transact(unit: unit, op.name) { ctx in (modbus_write_register(ctx, Int32(address), value), ()) }
+            return .done
+        case .writeRegisters(let address, let values):
+            try transact(unit: unit, op.name) { ctx in
+                (values.withUnsafeBufferPointer { modbus_write_registers(ctx, Int32(address), Int32(values.count), $0.baseAddress) }, ())
+            }
+            return .done
+        case .writeAndRead(let writeAddress, let values, let readAddress, let readCount):
+            let regs = try transact(unit: unit, op.name) { ctx in
+                var rc: Int32 = 0
+                let out = [UInt16](unsafeUninitializedCapacity: readCount) { b, n in
+                    rc = values.withUnsafeBufferPointer {
+                        modbus_write_and_read_registers(ctx, Int32(writeAddress), Int32(values.count), $0.baseAddress,
+                                                        Int32(readAddress), Int32(readCount), b.baseAddress)
+                    }
+                    n = rc == -1 ? 0 : readCount
+                }
+                return (rc, out)
+            }
+            return .registers(regs)
+        }
     }
 
     deinit { close() }
 
     func close() {
+        stream?.close()
         if let ctx {
             // Give the exclusive flag back (a pty keeps it after the close while its master lives).
             if connected, configuration.transport.isRTU { _ = ioctl(modbus_get_socket(ctx), UInt(TIOCNXCL)) }
@@ -109,6 +188,8 @@ final class ModbusConnection {
         switch configuration.transport {
         case .tcp(let host, let port):
             made = modbus_new_tcp_pi(host, String(port))
+        case .rtuOverTCP:
+            throw .invalidArgument("rtu-tcp is framed without libmodbus")
         case .rtu(let s):
             made = modbus_new_rtu(s.path, Int32(s.baud), CChar(truncatingIfNeeded: UInt8(ascii: s.parity.rawValue.unicodeScalars.first!)),
                                   Int32(s.dataBits), Int32(s.stopBits))

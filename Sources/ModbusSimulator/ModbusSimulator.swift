@@ -118,6 +118,7 @@ public final class ModbusSimulator: Sendable {
     private struct Shared {
         var pendingSets: [(unit: Int, kind: RegisterKind, address: Int, value: UInt16)] = []
         var pendingLatencyMicroseconds: UInt32?
+        var pendingNoise = 0
         var stopped = false
         var finished = false
         var units: [Int: SimulatedUnit]
@@ -179,6 +180,14 @@ public final class ModbusSimulator: Sendable {
         _ = write(wake.write, &b, 1)
     }
 
+    /// Puts a noise byte on the line ahead of each of the next `answers` RTU answers (a garbled
+    /// frame, as interference on RS-485 gives). RTU line and RTU over TCP only.
+    public func addNoise(answers: Int) {
+        shared.withLock { $0.pendingNoise += answers }
+        var b: UInt8 = 1
+        _ = write(wake.write, &b, 1)
+    }
+
     static func microseconds(_ d: Duration) -> UInt32 {
         UInt32(clamping: max(0, d.nanoseconds / 1000))
     }
@@ -225,6 +234,7 @@ public final class ModbusSimulator: Sendable {
         /// the last came (a partial frame older than 100 ms is noise and dropped).
         var pending: [Int32: (bytes: [UInt8], at: ContinuousClock.Instant)] = [:]
         var latencyMicroseconds: UInt32 = 0
+        var noisyAnswers = 0
         var onRequest: SimulatedRequestObserver?
 
         init(ctx: OpaquePointer, acceptCtx: OpaquePointer? = nil, mode: Mode, listenFD: Int32, boundPort: Int?) {
@@ -359,10 +369,11 @@ public final class ModbusSimulator: Sendable {
                 if fds[0].revents != 0 {
                     var buf = [UInt8](repeating: 0, count: 64)
                     while read(wakeFD, &buf, 64) > 0 {}
-                    let (stop, sets, latency) = shared.withLock { s -> (Bool, [(unit: Int, kind: RegisterKind, address: Int, value: UInt16)], UInt32?) in
-                        defer { s.pendingSets.removeAll(); s.pendingLatencyMicroseconds = nil }
-                        return (s.stopped, s.pendingSets, s.pendingLatencyMicroseconds)
+                    let (stop, sets, latency, noise) = shared.withLock { s -> (Bool, [(unit: Int, kind: RegisterKind, address: Int, value: UInt16)], UInt32?, Int) in
+                        defer { s.pendingSets.removeAll(); s.pendingLatencyMicroseconds = nil; s.pendingNoise = 0 }
+                        return (s.stopped, s.pendingSets, s.pendingLatencyMicroseconds, s.pendingNoise)
                     }
+                    noisyAnswers += noise
                     if stop { return }
                     if let latency { latencyMicroseconds = latency }
                     for s in sets { set(unit: s.unit, kind: s.kind, address: s.address, value: s.value) }
@@ -446,6 +457,10 @@ public final class ModbusSimulator: Sendable {
                 onRequest?(unit, Int(frame[1]), monotonicMicroseconds())
                 let delay = size.latency.map { ModbusSimulator.microseconds($0) } ?? latencyMicroseconds
                 if delay > 0 { usleep(delay) }
+                if noisyAnswers > 0 {
+                    noisyAnswers -= 1
+                    writeAll(fd, [0xFF])
+                }
                 if let pdu = specialAnswer(unit: unit, pdu: Array(frame[1..<(frame.count - 2)])) {
                     writeAll(fd, RTUFrame.seal(unit: unit, pdu: pdu))
                     continue

@@ -29,10 +29,11 @@ public final class GatewaySimulator: Sendable {
     }
 
     /// Starts `gateway simulate --tcp 127.0.0.1:0 <arguments>` and waits until it listens.
-    public static func start(_ arguments: [String] = [], host: String = "127.0.0.1", port: Int = 0) async throws -> GatewaySimulator {
+    /// `rtuOverTCP`: RTU frames over TCP (`--rtu-tcp`), as a serial device server speaks.
+    public static func start(_ arguments: [String] = [], host: String = "127.0.0.1", port: Int = 0, rtuOverTCP: Bool = false) async throws -> GatewaySimulator {
         let bin = try TestEnvironment.gatewayBinary()
-        let p = try ChildProcess(bin, ["simulate", "--tcp", "\(host):\(port)"] + arguments)
-        let line = try await p.waitForLine(containing: "listening tcp")
+        let p = try ChildProcess(bin, ["simulate", rtuOverTCP ? "--rtu-tcp" : "--tcp", "\(host):\(port)"] + arguments)
+        let line = try await p.waitForLine(containing: rtuOverTCP ? "listening rtu-tcp" : "listening tcp")
         guard let portText = line.split(separator: " ").dropFirst(2).first?.split(separator: ":").last, let port = Int(portText) else {
             await p.stop()
             throw FixtureError("cannot read the port from '\(line)'")
@@ -51,6 +52,12 @@ public final class GatewaySimulator: Sendable {
     public func set(_ spec: String) async throws {
         process.send("set \(spec)")
         try await process.waitForLine { $0 == "set \(spec)" }
+    }
+
+    /// Puts a noise byte ahead of each of the next `answers` RTU answers.
+    public func addNoise(answers: Int) async throws {
+        process.send("noise \(answers)")
+        try await process.waitForLine { $0 == "noise \(answers)" }
     }
 
     /// Delays every answer from now on by `ms` (0 restores prompt answers).
@@ -94,8 +101,10 @@ public final class PymodbusServer: Sendable {
     static var script: String { TestEnvironment.packageRoot + "/Tests/TestSupport/scripts/pymodbus_server.py" }
 
     /// Serves `spec` (see the script's doc) over TCP on a free loopback port.
-    public static func startTCP(spec: String) async throws -> PymodbusServer {
-        let p = try ChildProcess(try TestEnvironment.venvPython(), [script, "--tcp", "127.0.0.1:0", "--spec", spec])
+    /// `rtuFraming`: RTU frames over TCP (a serial device server) instead of Modbus TCP.
+    public static func startTCP(spec: String, rtuFraming: Bool = false) async throws -> PymodbusServer {
+        let p = try ChildProcess(try TestEnvironment.venvPython(), [script, "--tcp", "127.0.0.1:0", "--spec", spec]
+                                 + (rtuFraming ? ["--framer", "rtu"] : []))
         let line = try await p.waitForLine(containing: "listening tcp", timeout: .seconds(30))
         guard let port = line.split(separator: ":").last.flatMap({ Int($0) }) else {
             await p.stop()
