@@ -47,13 +47,14 @@ public final class Rig: Sendable {
                              devicePort: Int? = nil, body: String? = nil, extraMQTT: String = "", httpListen: String = "", extraHTTP: String = "",
                              extraSections: String = "", environment: [String: String] = [:], gatewayArguments: [String] = [],
                              bodyWithPort: (@Sendable (Int) -> String)? = nil,
+                             simRTUOverTCP: Bool = false,
                              mqttPort: (@Sendable (Int) async throws -> Int)? = nil) async throws -> Rig {
         let broker = try await Mosquitto.start()
         // The port the gateway connects to: the broker's, or a proxy's in front of it.
         let gatewayMQTTPort = try await mqttPort?(broker.port) ?? broker.port
         // Port 0: the simulator binds a free port itself (a port picked first could be taken by
         // another test before the simulator binds it).
-        let sim = try await GatewaySimulator.start(simArgs)
+        let sim = try await GatewaySimulator.start(simArgs, rtuOverTCP: simRTUOverTCP)
         // The gateway polls the simulator, or another device (pymodbus) at `devicePort`.
         let simPort = devicePort ?? sim.port
         let dir = try TestEnvironment.makeTemporaryDirectory("gw-e2e")
