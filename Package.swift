@@ -98,6 +98,8 @@ let package = Package(
         // The domain: devices, points, scheduling, uplink, downlink, availability.
         .target(name: "Gateway", dependencies: [
             "GatewayConfig", "LineSettings", "MQTT", "Modbus", "Serial", "CLinux", "CSQLite", "Operations",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

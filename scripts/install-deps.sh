@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(libmodbus-dev libsqlite3-dev pkg-config libstdc++-12-dev mosquitto mosquitto-clients socat openssl python3-venv curl prometheus chromium chromium-driver strace util-linux dpkg-dev lintian binutils libmosquitto-dev)
+PKGS=(libmodbus-dev libsqlite3-dev pkg-config libstdc++-12-dev mosquitto mosquitto-clients socat openssl python3-venv curl prometheus chromium chromium-driver strace util-linux dpkg-dev lintian binutils libmosquitto-dev mbpoll)
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 

@@ -40,6 +40,11 @@ public struct ConfigurationChange: Sendable, Equatable {
         if old.homeAssistant != new.homeAssistant {
             refusals.append("[homeassistant] changed: restart to change discovery")
         }
+        if old.modbusServers.map(\.written) != new.modbusServers.map(\.written) {
+            refusals.append("[[modbus_server]] changed: restart to change the Modbus TCP front")
+        } else if old.modbusServers.map(\.units) != new.modbusServers.map(\.units) {
+            notes.append("[[modbus_server]] units follow the devices at the next start (the front keeps its unit map until then)")
+        }
         if old.gateway.outboxMaxMB != new.gateway.outboxMaxMB || old.gateway.outboxSyncMs != new.gateway.outboxSyncMs {
             notes.append("[gateway] outbox_max_mb and outbox_sync_ms take effect at the next start")
         }

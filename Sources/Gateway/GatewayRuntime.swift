@@ -278,7 +278,7 @@ public final class GatewayRuntime: Service, Sendable {
     }
 
     /// The bus of that name running now (the ``PulseReaper`` asks at every attempt).
-    var busNamed: @Sendable (String) -> ModbusBus? {
+    public var busNamed: @Sendable (String) -> ModbusBus? {
         { [weak self] name in self?.units.withLock { $0.buses[name]?.bus } }
     }
 

@@ -78,6 +78,9 @@ struct Run: AsyncParsableCommand {
                                                              password: listenerPassword, logger: logger),
                                   successTerminationBehavior: .ignore))
         }
+        for front in loaded.modbusServers {
+            services.append(.init(service: ModbusFrontService(runtime: runtime, settings: front, logger: logger), successTerminationBehavior: .ignore))
+        }
         if let notifier {
             services.append(.init(service: SystemdService(runtime: runtime, notifier: notifier, logger: logger), successTerminationBehavior: .ignore))
         }

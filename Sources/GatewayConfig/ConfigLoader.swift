@@ -124,6 +124,7 @@ public enum ConfigLoader {
         c.serialDevices = serialDevices
         c.http = http
         c.homeAssistant = homeAssistant
+        c.modbusServers = readModbusServers(top, buses: buses, devices: devices, gateway: gateway)
         if homeAssistant.enabled {
             checkLockStates(c, top)
             checkHomeAssistant(c, top)

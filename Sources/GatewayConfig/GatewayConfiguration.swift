@@ -22,6 +22,8 @@ public struct GatewayConfiguration: Sendable, Equatable {
     public var http = HTTPSettings()
     /// `[homeassistant]`: MQTT discovery for Home Assistant.
     public var homeAssistant = HomeAssistantSettings()
+    /// `[[modbus_server]]` (default none): Modbus TCP fronts for the gateway's buses.
+    public var modbusServers: [ModbusServerSettings] = []
 
     /// Keys an earlier release read and this one accepts and ignores, each with its line and
     /// what to do (part of ``warnings``).
