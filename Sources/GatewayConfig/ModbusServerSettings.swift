@@ -24,6 +24,13 @@ public struct ModbusWritableRange: Sendable, Equatable {
     public var first: Int
     public var last: Int
 
+    public init(target: ModbusServerTarget, table: RegisterTable, first: Int, last: Int) {
+        self.target = target
+        self.table = table
+        self.first = first
+        self.last = last
+    }
+
     public func covers(_ target: ModbusServerTarget, _ table: RegisterTable, address: Int, count: Int) -> Bool {
         self.target == target && self.table == table && address >= first && address + count - 1 <= last
     }

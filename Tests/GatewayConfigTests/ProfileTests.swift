@@ -164,3 +164,94 @@ struct ProfileTests {
         }
     }
 }
+
+/// `[[modbus_server]]`: the unit map and the writable ranges, as `gateway check` sees them.
+@Suite("Modbus TCP front settings")
+struct ModbusServerSettingsTests {
+    static func config(_ server: String, key: Bool = false) -> String {
+        """
+        [gateway]
+        id = "f"
+        failsafe_after_s = 60
+        \(key ? "command_key_file = \"\(#filePath)\"" : "")
+        [[bus]]
+        name = "line1"
+        type = "tcp"
+        host = "127.0.0.1"
+        [[device]]
+        name = "door"
+        bus = "line1"
+        unit = 3
+          [[device.point]]
+          name = "strike"
+          register = "coil"
+          address = 0
+          writable = true
+          pulse_ms = 3000
+          [[device.point]]
+          name = "light"
+          register = "coil"
+          address = 1
+          writable = true
+          failsafe = false
+          [[device.point]]
+          name = "mode"
+          register = "holding"
+          address = 10
+          writable = true
+          [[device.point]]
+          name = "free"
+          register = "holding"
+          address = 20
+          writable = true
+          signed = false
+        [[device]]
+        name = "meter"
+        bus = "line1"
+        unit = 4
+          [[device.point]]
+          name = "power"
+          register = "input"
+          address = 0
+        [[modbus_server]]
+        listen = "127.0.0.1:1502"
+        \(server)
+        """
+    }
+
+    @Test("without units, each device under its own id; writable ranges parsed")
+    func defaults() throws {
+        let c = try ConfigLoader.parse(Self.config(#"writable = ["line1:3:holding:10-15", "line1:4:coil:5"]"#))
+        let s = try #require(c.modbusServers.first)
+        #expect(s.units == [3: ModbusServerTarget(bus: "line1", unit: 3), 4: ModbusServerTarget(bus: "line1", unit: 4)])
+        #expect(!s.unitsGiven)
+        #expect(s.writable.count == 2)
+        #expect(s.writable[1].first == 5 && s.writable[1].last == 5)
+        #expect(s.maxClients == 16 && s.idleTimeoutSeconds == 60)
+    }
+
+    @Test("refused: a unit map that points at nothing, a malformed range, and ranges over a pulse, a fail-safe or a signed point", arguments: [
+        (#"units = { "7" = "line9:3" }"#, false, "points at nothing: no [[bus]] named 'line9'"),
+        (#"writable = ["line9:3:holding:0-9"]"#, false, "points at nothing"),
+        (#"writable = ["line1:3:input:0-9"]"#, false, "is not bus:unit:coil|holding:first-last"),
+        (#"writable = ["line1:3:coil:0-7"]"#, false, "door.strike, which has a pulse"),
+        (#"writable = ["line1:3:coil:1"]"#, false, "door.light, which has a fail-safe value"),
+        (#"writable = ["line1:3:holding:5-12"]"#, true, "door.mode, which has signed commands"),
+        (#"units = { "300" = "line1:3" }"#, false, "keys are unit ids 1...247"),
+    ])
+    func refused(_ server: String, _ key: Bool, _ expected: String) {
+        do {
+            _ = try ConfigLoader.parse(Self.config(server, key: key))
+            Issue.record("accepted: \(server)")
+        } catch {
+            #expect(error.description.contains(expected), "\(error.description)")
+            #expect(error.description.contains("modbus_server[0]"), "\(error.description)")
+        }
+    }
+
+    @Test("a point exempt from signing may be opened; with a key file, an unsigned range elsewhere is fine")
+    func accepted() throws {
+        _ = try ConfigLoader.parse(Self.config(#"writable = ["line1:3:holding:20"]"#, key: true))
+        _ = try ConfigLoader.parse(Self.config(#"writable = ["line1:3:holding:30-39"]"#, key: true))
+    }
+}

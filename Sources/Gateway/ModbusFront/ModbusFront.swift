@@ -278,6 +278,9 @@ actor LineGates {
         return true
     }
 
+    /// Requests waiting for `bus` (tests).
+    func waiting(_ bus: String) -> Int { waiters[bus]?.count ?? 0 }
+
     func leave(_ bus: String) {
         if var w = waiters[bus], !w.isEmpty {
             let next = w.removeFirst()
