@@ -30,6 +30,12 @@ struct Check: ParsableCommand {
         } else {
             emit("operations listener: off")
         }
+        for front in loaded.modbusServers {
+            let host = front.listen.host.contains(":") ? "[\(front.listen.host)]" : front.listen.host
+            let units = front.units.keys.sorted().map { "\($0) -> \(front.units[$0]!)" }.joined(separator: ", ")
+            let writable = front.writable.map { "\($0.target):\($0.table.rawValue):\($0.first)-\($0.last)" }.joined(separator: ", ")
+            emit("modbus front: \(host):\(front.listen.port), units \(units.isEmpty ? "none" : units)\(front.unitsGiven ? "" : " (each device under its own id)"), \(writable.isEmpty ? "read-only" : "writable \(writable)"), at most \(front.maxClients) clients, idle close after \(front.idleTimeoutSeconds) s")
+        }
         if loaded.homeAssistant.enabled {
             let discovery = HomeAssistantDiscovery(configuration: loaded, topics: plan.topics, version: GatewayCommand.version)
             emit("Home Assistant discovery under \(discovery.prefix)/device/ (\(discovery.devices.count) devices):")
