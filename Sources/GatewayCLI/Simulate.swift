@@ -31,6 +31,8 @@ struct Simulate: ParsableCommand {
     @Option(help: "[UNIT/]NAME: serve the points of this device profile (its example values and its identification).") var profile: [String] = []
     @Option(help: "UNIT: answer every request with an exception (a device whose map starts elsewhere).") var exceptions: [Int] = []
     @Option(help: "UNIT:MS: this unit answers MS late.") var slow: [String] = []
+    @Flag(name: .customLong("wire-timing"), help: "RTU: take the wire's time at --baud (11 bits per character, 3.5 characters of silence between frames); a pty pair then behaves like the line.")
+    var wireTiming = false
     @Option(help: "RTU baud rate.") var baud: Int = 19200
     @Option(help: "RTU parity: N, E or O.") var parity: String = "N"
 
@@ -50,6 +52,7 @@ struct Simulate: ParsableCommand {
         guard [tcp, rtu, rtuTCP].compactMap({ $0 }).count <= 1 else { throw ValidationError("give one of --tcp, --rtu, --rtu-tcp") }
         if let tcp { _ = try parseHostPort(tcp) }
         if let rtuTCP { _ = try parseHostPort(rtuTCP) }
+        if wireTiming && rtu == nil { throw ValidationError("--wire-timing is for --rtu lines") }
         for u in exceptions where !unitIDs.contains(u) { throw ValidationError("--exceptions \(u) is not one of --unit") }
         _ = try slowUnits()
         guard Parity(letter: parity) != nil else { throw ValidationError("--parity must be N, E or O") }
@@ -243,7 +246,7 @@ struct Simulate: ParsableCommand {
                 }
             }
             sim = try ModbusSimulator(endpoint: endpoint, units: units, scripts: try scripts(), latency: .milliseconds(max(0, latencyMs)),
-                                      onRequest: onRequest) { w in
+                                      wireTiming: wireTiming, onRequest: onRequest) { w in
                 emit(#"{"write":{"unit":\#(w.unit),"fc":\#(w.function),"kind":"\#(w.kind)","address":\#(w.address),"values":[\#(w.values.map(String.init).joined(separator: ","))],"ts_ms":\#(w.unixMilliseconds),"mono_ms":\#(w.monotonicMilliseconds),"mono_us":\#(w.monotonicMicroseconds)}}"#)
             }
         } catch {

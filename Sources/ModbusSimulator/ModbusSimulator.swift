@@ -36,6 +36,34 @@ public struct SimulatedUnit: Sendable, Equatable {
     }
 }
 
+/// The time an RTU line takes: 11 bit times per character (start, 8 data, parity or a second
+/// stop bit, stop), and the 3.5-character silence between frames (1.75 ms above 19200 baud, as
+/// the Modbus serial line specification fixes it).
+struct WireTiming {
+    let character: Duration
+    let silence: Duration
+
+    init(baud: Int) {
+        character = .nanoseconds(11 * 1_000_000_000 / max(1, baud))
+        silence = baud > 19_200 ? .microseconds(1750) : character * 3.5
+    }
+
+    func time(characters n: Int) -> Duration { character * n }
+
+    /// Writes `bytes` as the wire delivers them, the first complete one character after `start`;
+    /// returns when the last one was complete.
+    func transmit(_ bytes: [UInt8], to fd: Int32, from start: ContinuousClock.Instant) -> ContinuousClock.Instant {
+        for (i, b) in bytes.enumerated() {
+            let due = start + character * (i + 1)
+            let wait = due - ContinuousClock.now
+            if wait > .zero { usleep(UInt32(clamping: wait.nanoseconds / 1000)) }
+            var byte = b
+            _ = write(fd, &byte, 1)
+        }
+        return start + character * bytes.count
+    }
+}
+
 /// FC 43 basic objects.
 public struct SimulatedIdentity: Sendable, Equatable {
     public var vendor: String
@@ -128,7 +156,12 @@ public final class ModbusSimulator: Sendable {
     /// `onWrite` runs on the simulator thread for every accepted write, `onRequest` for every
     /// request. `latency` delays every answer (a slow device; the simulator serves one request at
     /// a time, like a device on a shared line).
+    /// `wireTiming` (RTU line only): answers take the time the wire would, at the line's baud
+    /// rate: every character 11 bit times, 3.5 characters of silence between frames (1.75 ms
+    /// above 19200 baud), a request counted from its first byte (and not before the line was
+    /// free). A pty ignores the baud rate; with this, a pty pair behaves like the line.
     public init(endpoint: Endpoint, units: [Int: SimulatedUnit], scripts: [ScriptedChange] = [], latency: Duration = .zero,
+                wireTiming: Bool = false,
                 onRequest: SimulatedRequestObserver? = nil,
                 onWrite: @escaping @Sendable (SimulatedWrite) -> Void = { _ in }) throws(ModbusError) {
         guard !units.isEmpty else { throw .invalidArgument("the simulator needs at least one unit") }
@@ -155,6 +188,7 @@ public final class ModbusSimulator: Sendable {
         startThread(name: "modbus-sim") {
             let server = handoff.take()
             server.latencyMicroseconds = ModbusSimulator.microseconds(latency)
+            if wireTiming, case .rtu(let line) = endpoint { server.wire = WireTiming(baud: line.baud) }
             server.onRequest = onRequest
             server.run(wakeFD: wakeRead, shared: shared, scripts: scripts, onWrite: onWrite)
         }
@@ -236,6 +270,18 @@ public final class ModbusSimulator: Sendable {
         var latencyMicroseconds: UInt32 = 0
         var noisyAnswers = 0
         var onRequest: SimulatedRequestObserver?
+        /// Wire timing (RTU line), and when the line is free again.
+        var wire: WireTiming?
+        var lineFreeAt = ContinuousClock.now
+        /// When the first byte of the frame being received came.
+        var frameStartedAt: [Int32: ContinuousClock.Instant] = [:]
+        /// Answers are built by libmodbus into one end of this pair and read from the other, so
+        /// that they can be sent as the wire would (paced) or with a noise byte ahead.
+        lazy var replyPair: (Int32, Int32) = {
+            var sv: [Int32] = [-1, -1]
+            _ = socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &sv)
+            return (sv[0], sv[1])
+        }()
 
         init(ctx: OpaquePointer, acceptCtx: OpaquePointer? = nil, mode: Mode, listenFD: Int32, boundPort: Int?) {
             self.ctx = ctx
@@ -247,6 +293,7 @@ public final class ModbusSimulator: Sendable {
 
         deinit {
             for c in clients { close(c) }
+            if mode != .tcp, replyPair.0 >= 0 { close(replyPair.0); close(replyPair.1) }
             switch mode {
             case .tcp: close(listenFD)
             case .rtuLine: modbus_close(ctx)
@@ -439,6 +486,7 @@ public final class ModbusSimulator: Sendable {
             if n < 0 { return errno == EAGAIN || errno == EINTR || mode == .rtuLine }
             let now = ContinuousClock.now
             var buffer = pending[fd].map { now - $0.at > .milliseconds(100) ? [] : $0.bytes } ?? []
+            if buffer.isEmpty { frameStartedAt[fd] = now }
             buffer += chunk[0..<n]
             defer { pending[fd] = buffer.isEmpty ? nil : (buffer, now) }
             while !buffer.isEmpty {
@@ -451,31 +499,61 @@ public final class ModbusSimulator: Sendable {
                 }
                 var frame = Array(buffer.prefix(length))
                 buffer.removeFirst(length)
+                // On the wire, this request took its characters' time from its first byte (or from
+                // when the line was free), then the silence that ends a frame.
+                let requestEnd = wire.map { w in max(frameStartedAt[fd] ?? now, lineFreeAt) + w.time(characters: frame.count) }
+                frameStartedAt[fd] = now
                 guard RTUFrame.checks(frame) else { buffer.removeAll(); return true }
                 let unit = Int(frame[0])
-                guard let mapping = mappings[unit], let size = sizes[unit] else { continue }
+                guard let mapping = mappings[unit], let size = sizes[unit] else {
+                    if let w = wire, let requestEnd { lineFreeAt = requestEnd + w.silence }
+                    continue
+                }
                 onRequest?(unit, Int(frame[1]), monotonicMicroseconds())
                 let delay = size.latency.map { ModbusSimulator.microseconds($0) } ?? latencyMicroseconds
                 if delay > 0 { usleep(delay) }
+                var answer: [UInt8]
+                var write: SimulatedWrite?
+                if let pdu = specialAnswer(unit: unit, pdu: Array(frame[1..<(frame.count - 2)])) {
+                    answer = RTUFrame.seal(unit: unit, pdu: pdu)
+                } else {
+                    answer = frame.withUnsafeMutableBufferPointer { p in
+                        write = describeWrite(query: p.baseAddress!, header: 1, unit: unit)
+                        return reply(to: p, mapping: mapping)
+                    }
+                }
                 if noisyAnswers > 0 {
                     noisyAnswers -= 1
-                    writeAll(fd, [0xFF])
+                    answer.insert(0xFF, at: 0)
                 }
-                if let pdu = specialAnswer(unit: unit, pdu: Array(frame[1..<(frame.count - 2)])) {
-                    writeAll(fd, RTUFrame.seal(unit: unit, pdu: pdu))
-                    continue
+                if let w = wire, let requestEnd {
+                    let start = requestEnd + w.silence
+                    lineFreeAt = w.transmit(answer, to: fd, from: start) + w.silence
+                } else {
+                    writeAll(fd, answer)
                 }
-                modbus_set_socket(ctx, fd)
-                frame.withUnsafeMutableBufferPointer { p in
-                    let write = describeWrite(query: p.baseAddress!, header: 1, unit: unit)
-                    modbus_reply(ctx, p.baseAddress!, Int32(p.count), mapping)
-                    if var w = write {
-                        w.values = (0..<w.values.count).map { get(unit: unit, kind: w.kind, address: w.address + $0) ?? 0 }
-                        onWrite(w)
-                    }
+                if var w = write {
+                    w.values = (0..<w.values.count).map { get(unit: unit, kind: w.kind, address: w.address + $0) ?? 0 }
+                    onWrite(w)
                 }
             }
             return true
+        }
+
+        /// libmodbus's answer to an RTU request, read back from the reply pair.
+        private func reply(to frame: UnsafeMutableBufferPointer<UInt8>, mapping: UnsafeMutablePointer<modbus_mapping_t>) -> [UInt8] {
+            let (into, from) = replyPair
+            modbus_set_socket(ctx, into)
+            let n = modbus_reply(ctx, frame.baseAddress!, Int32(frame.count), mapping)
+            guard n > 0 else { return [] }
+            var out = [UInt8](repeating: 0, count: Int(n))
+            var got = 0
+            while got < Int(n) {
+                let r = out[got...].withUnsafeMutableBytes { read(from, $0.baseAddress, $0.count) }
+                if r <= 0 { break }
+                got += r
+            }
+            return Array(out.prefix(got))
         }
 
         /// Answers libmodbus does not give: FC 43/14 from the unit's identification, FC 17 with
