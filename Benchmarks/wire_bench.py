@@ -7,8 +7,9 @@ a paho client sends a command every COMMAND_EVERY_MS to one coil. Reports:
   - line utilisation: requests answered per second, against the wire's maximum for the same
     frames: 1 / ((request + answer characters) x character time + 2 x t3.5);
   - the poll period each device gets (from the simulator's request log);
-  - command latency (published -> the write reaches the device), p50/p95, against the floor:
-    the transaction in progress (at most one poll) plus the command's own frames.
+  - command latency (published -> the device's answer to the write complete on the wire: the
+    simulator stamps writes then), p50/p95, against the floor: the rest of the transaction in
+    progress (on average half a poll, at worst a whole one) plus the command's own frames.
 Usage: wire_bench.py GATEWAY_BIN [BAUD] [DEVICES] [SECONDS]   (env REGS=10, COMMAND_EVERY_MS=250)"""
 import json, os, statistics, subprocess, sys, threading, time
 from benchlib import BIN, TMP, SIM_BIN, STARTED, start_broker, Observer
@@ -99,8 +100,9 @@ for s in sent:
     if j < len(ws): lat.append(ws[j] - s); j += 1
 lat.sort()
 def pct(xs, p): return xs[min(len(xs) - 1, int(p * len(xs)))] if xs else float("nan")
-floor_p50 = poll_tx / 2 + cmd_tx      # on average half a poll in progress
-floor_max = poll_tx + cmd_tx          # a whole poll just started
+cmd_frames = (cmd_req + cmd_ans) * char_s + t35   # request, silence, answer
+floor_p50 = poll_tx / 2 + cmd_frames  # on average half a poll in progress
+floor_max = poll_tx + cmd_frames      # a whole poll just started
 print(f"wire: {BAUD} baud, {DEVICES} devices x {REGS} registers, {SECONDS:.0f} s; character {char_s*1e3:.3f} ms, t3.5 {t35*1e3:.2f} ms")
 print(f"  poll transaction on the wire {poll_tx*1e3:.1f} ms -> at most {wire_max:.1f} polls/s; with the commands' frames {mix_max:.1f} requests/s")
 print(f"  achieved {achieved:.1f} requests/s = {100*achieved/mix_max:.1f} % of the wire's maximum ({len(polls)} polls, {len(reqs)-len(polls)} commands)")

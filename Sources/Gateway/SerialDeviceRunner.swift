@@ -150,7 +150,14 @@ final class SerialDeviceRunner: Sendable {
             (try? Regex(p.match)).map { (p, $0) }
         }
         var reportedOversized = 0
+        var reportedOverflow = 0
         for await frame in line.frames {
+            let overflowed = line.overflowedFrames
+            if overflowed != reportedOverflow {
+                meter?.frames["overflow"]?.increment(by: Int64(overflowed - reportedOverflow))
+                logger.error("lost \(overflowed - reportedOverflow) frame(s): the device sent faster than they could be published for too long (\(overflowed) so far)")
+                reportedOverflow = overflowed
+            }
             lastFrame.withLock { $0 = .now }
             meter?.answered()
             replies.push()

@@ -389,7 +389,7 @@ final class DeviceMeter: Sendable {
     }
     private let status: Mutex<Status>
 
-    static let frameResults = ["matched", "unmatched", "oversized"]
+    static let frameResults = ["matched", "unmatched", "oversized", "overflow"]
 
     init(_ d: GatewayTelemetry.DeviceDescription, registry r: PrometheusCollectorRegistry) {
         name = d.name

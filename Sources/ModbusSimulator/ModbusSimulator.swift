@@ -534,6 +534,8 @@ public final class ModbusSimulator: Sendable {
                 }
                 if var w = write {
                     w.values = (0..<w.values.count).map { get(unit: unit, kind: w.kind, address: w.address + $0) ?? 0 }
+                    // With wire timing, stamped when the answer was complete on the wire.
+                    if wire != nil { w.monotonicMicroseconds = monotonicMicroseconds() }
                     onWrite(w)
                 }
             }

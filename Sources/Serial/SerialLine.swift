@@ -147,7 +147,10 @@ public final class SerialLine: Sendable {
     public static func open(_ settings: SerialSettings, framing: Framing, maxFrame: Int,
                             group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> SerialLine {
         let fd = try SerialPort.open(settings)
-        let (frames, continuation) = AsyncStream.makeStream(of: [UInt8].self, bufferingPolicy: .bufferingNewest(256))
+        // Frames wait here while the reader is busy (a burst of scans on a loaded machine): up
+        // to about 1 MiB of them (1024 at the default max_frame), never fewer than 256. Past
+        // that the oldest go, counted (``overflowedFrames``), never silently.
+        let (frames, continuation) = AsyncStream.makeStream(of: [UInt8].self, bufferingPolicy: .bufferingNewest(max(256, (1 << 20) / max(1, maxFrame))))
         let handler = FrameHandler(splitter: FrameSplitter(framing: framing, maxFrame: maxFrame), continuation: continuation)
         let channel: any Channel
         do {
@@ -207,6 +210,8 @@ public final class SerialLine: Sendable {
     /// Frames dropped because they grew past `maxFrame`, and bytes dropped outside frames.
     public var oversizedFrames: Int { handler.state.withLock { $0.splitter.oversized } }
     public var droppedBytes: Int { handler.state.withLock { $0.splitter.droppedBytes } }
+    /// Frames dropped (the oldest waiting) because the reader fell more than the buffer behind.
+    public var overflowedFrames: Int { handler.state.withLock { $0.overflowed } }
 
     public func close() async {
         try? await channel.close()
@@ -219,6 +224,8 @@ final class FrameHandler: ChannelInboundHandler, Sendable {
     struct State {
         var splitter: FrameSplitter
         var closeReason: String?
+        /// Frames dropped because the reader fell too far behind.
+        var overflowed = 0
     }
 
     let state: Mutex<State>
@@ -234,7 +241,9 @@ final class FrameHandler: ChannelInboundHandler, Sendable {
         let frames = state.withLock { s -> [[UInt8]] in
             s.splitter.feed(bytes)
         }
-        for f in frames { continuation.yield(f) }
+        for f in frames {
+            if case .dropped = continuation.yield(f) { state.withLock { $0.overflowed += 1 } }
+        }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

@@ -85,6 +85,22 @@ struct SerialLineTests {
         #expect(line.closeReason != nil)
     }
 
+    @Test("a reader that falls more than the buffer behind loses the oldest frames, counted: never silently")
+    func overflowCounted() async throws {
+        let pty = try await PtyPair.start()
+        // max_frame 65536: the buffer holds its floor of 256 frames.
+        let line = try await SerialLine.open(SerialSettings(path: pty.a), framing: .line, maxFrame: 65_536)
+        let far = try FarEnd(pty.b)
+        let text = (1...600).map { String(format: "F%04d\n", $0) }.joined()
+        #expect(await far.send(text))
+        // Nothing reads the frames: 600 - 256 of them overflow (no event to await: polled, bounded).
+        for _ in 0..<1000 where line.overflowedFrames < 344 { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(line.overflowedFrames == 344)
+        var frames = line.frames.makeAsyncIterator()
+        #expect(await frames.next() == Array("F0345".utf8))
+        await pty.stop()
+    }
+
     @Test("a missing port is a clear error")
     func missing() async throws {
         #expect(throws: SerialError.open(path: "/nonexistent/ttyUSB9", errno: ENOENT)) {
