@@ -153,9 +153,63 @@ struct SerialServerTests {
         #expect(all.filter { $0["op"] as? String == "read:7:hr:100:1" }.count == 20)
         #expect(all.allSatisfy { $0["ok"] as? Bool == true }, "\(all.filter { $0["ok"] as? Bool != true })")
         #expect(all.filter { $0["op"] as? String == "flood:7:hr:100:50" }.compactMap { ($0["value"] as? [Int])?.first } == Array(repeating: 50, count: 20))
+        // Bounded: with 24 connections open, a 25th is closed at once; an idle one is closed
+        // after idle_timeout_s (1 s here is too short for the clients above: checked on its own).
+        let held = try (0..<24).map { _ in try TCPProbe(port: front) }
+        for h in held { #expect(h.isOpen(within: .milliseconds(100)) == true) }
+        let extra = try TCPProbe(port: front)
+        #expect(extra.isOpen(within: .seconds(5)) == false, "the 25th connection was not closed")
+        _ = held
         // The gateway kept polling through the flood: the counter kept being published.
         let before = rig.payloads("gateway/e2e/hvac/passages").count
         try await rig.waitUntil("more polls after the flood") { rig.payloads("gateway/e2e/hvac/passages").count > before }
         await rig.shutdown()
+    }
+
+    @Test("an idle connection to the Modbus front is closed after idle_timeout_s")
+    func idleClosed() async throws {
+        let front = try TestEnvironment.freePort()
+        let rig = try await Rig.start(points: """
+              [[device.point]]
+              name = "v"
+              register = "holding"
+              address = 0
+            """, simArgs: [], extraSections: """
+            [[modbus_server]]
+            listen = "127.0.0.1:\(front)"
+            idle_timeout_s = 1
+            """)
+        _ = try await rig.gateway.waitForLine(containing: "modbus front: listening on 127.0.0.1:\(front)")
+        let probe = try TCPProbe(port: front)
+        // Open now; closed by the front within the bound (1 s of idleness, 10 s allowed).
+        #expect(probe.isOpen(within: .milliseconds(100)) == true)
+        #expect(probe.isOpen(within: .seconds(10)) == false)
+        await rig.shutdown()
+    }
+}
+
+/// A raw TCP connection to see whether the peer closes it.
+final class TCPProbe {
+    let fd: Int32
+    init(port: Int) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let rc = withUnsafePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard rc == 0 else { close(fd); throw FixtureError("cannot connect to 127.0.0.1:\(port)") }
+    }
+    deinit { close(fd) }
+
+    /// True when nothing closed the connection within `within` (EOF or reset: false).
+    func isOpen(within: Duration) -> Bool {
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let n = poll(&p, 1, Int32(within.components.seconds * 1000 + within.components.attoseconds / 1_000_000_000_000_000))
+        guard n > 0 else { return true }
+        var b: UInt8 = 0
+        return recv(fd, &b, 1, Int32(MSG_PEEK)) > 0
     }
 }
