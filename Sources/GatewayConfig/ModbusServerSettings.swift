@@ -8,6 +8,7 @@
 //   writable = ["line1:3:holding:10-19"]        # ranges outside clients may write
 //   max_clients = 16
 //   idle_timeout_s = 60
+//   line_share = 0.25                           # the most of the line outside requests may take
 
 /// Where an outside unit id leads.
 public struct ModbusServerTarget: Sendable, Equatable, Hashable, CustomStringConvertible {
@@ -69,6 +70,9 @@ public struct ModbusServerSettings: Sendable, Equatable {
     public var maxClients = 16
     /// `idle_timeout_s` (default 60, 1...86400): a connection that sends nothing this long is closed.
     public var idleTimeoutSeconds = 60
+    /// `line_share` (default 0.25, 0.05...1): the most of a bus's time outside requests may take;
+    /// the polls keep the rest however fast outside clients ask.
+    public var lineShare = 0.25
 
     public init(listen: ListenAddress, units: [Int: ModbusServerTarget]) {
         self.listen = listen
@@ -128,6 +132,10 @@ extension ConfigLoader {
             }
             if let v = r.int("max_clients", 1...256) { s.maxClients = v }
             if let v = r.int("idle_timeout_s", 1...86_400) { s.idleTimeoutSeconds = v }
+            if let v = r.double("line_share") {
+                if !(0.05...1).contains(v) { r.issue("line_share", "must be 0.05...1 (the share of the line outside requests may take)") }
+                s.lineShare = min(1, max(0.05, v))
+            }
             out.append(s)
         }
         return out

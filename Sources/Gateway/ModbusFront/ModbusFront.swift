@@ -230,7 +230,14 @@ struct FrontServer: Sendable {
             return refuse(FrontException.illegalFunction.rawValue, "refused")
         }
         guard await gates.enter(target.bus) else { return refuse(FrontException.busy.rawValue, "busy") }
-        defer { Task { await gates.leave(target.bus) } }
+        let started = ContinuousClock.now
+        let share = policy.settings.lineShare
+        defer {
+            // The gate opens again once the polls have had their share of the line: after a
+            // request that held it for T, (1 / share - 1) x T more (3 T at the default 25 %).
+            let rest = (ContinuousClock.now - started) * ((1 / share) - 1)
+            Task { await gates.leave(target.bus, after: rest) }
+        }
         // Beside the polls, never ahead of a command; a request that cannot start within two
         // response timeouts is answered busy rather than late.
         let deadline = ContinuousClock.now + bus.configuration.responseTimeout * 2
@@ -280,6 +287,12 @@ actor LineGates {
 
     /// Requests waiting for `bus` (tests).
     func waiting(_ bus: String) -> Int { waiters[bus]?.count ?? 0 }
+
+    /// Leaves after `rest` (the polls' share of the line), then hands the gate on.
+    func leave(_ bus: String, after rest: Duration) async {
+        if rest > .zero { try? await Task.sleep(for: rest) }
+        leave(bus)
+    }
 
     func leave(_ bus: String) {
         if var w = waiters[bus], !w.isEmpty {
