@@ -60,9 +60,14 @@ public final class WireLink: ProbeLink {
     private var fd: Int32 = -1
     private var transaction: UInt16 = 0
     private var line: (baud: Int, parity: Parity) = (9600, .none)
+    /// `.rtuOverTCP`: the bus's own RTU-over-TCP framing (connects at the first probe).
+    private var stream: RTUOverTCPLink?
+    private let probeTimeout: Duration
 
-    public init(target: ScanTarget) {
+    /// `probeTimeout`: how long an answer may take (the RTU-over-TCP link fixes it once).
+    public init(target: ScanTarget, probeTimeout: Duration = .milliseconds(200)) {
         self.target = target
+        self.probeTimeout = probeTimeout
     }
 
     deinit { closeLink() }
@@ -76,7 +81,7 @@ public final class WireLink: ProbeLink {
 
     /// Opens the line now (so a port another process holds is reported before the scan starts).
     public func open() throws(ScanError) {
-        guard fd < 0 else { return }
+        guard fd < 0, stream == nil else { return }
         switch target {
         case .rtu(let path, let dataBits, let stopBits):
             // Root passes the holder's exclusive flag (TIOCEXCL) and would garble its frames:
@@ -88,8 +93,12 @@ public final class WireLink: ProbeLink {
                 if case .open(_, let code) = e, code == EBUSY { throw Self.busy(path) }
                 throw ScanError("\(e)")
             }
-        case .tcp(let host, let port), .rtuOverTCP(let host, let port):
-            fd = try Self.connect(host: host, port: port)
+        case .tcp(let host, let port):
+            fd = try Self.connect(host: host, port: port, timeout: .seconds(3))
+        case .rtuOverTCP(let host, let port):
+            if stream == nil {
+                stream = RTUOverTCPLink(host: host, port: port, responseTimeout: probeTimeout, byteTimeout: .milliseconds(50))
+            }
         }
     }
 
@@ -107,6 +116,7 @@ public final class WireLink: ProbeLink {
     }
 
     private func closeLink() {
+        stream?.close()
         // Give the exclusive flag back: a pty keeps it after the close while its master lives.
         if fd >= 0 && target.isSerial { _ = ioctl(fd, UInt(TIOCNXCL)) }
         if fd >= 0 { Glibc.close(fd) }
@@ -123,8 +133,20 @@ public final class WireLink: ProbeLink {
         switch target {
         case .tcp:
             return exchangeMBAP(unit: unit, pdu: pdu, deadline: deadline)
-        case .rtu, .rtuOverTCP:
+        case .rtu:
             return exchangeRTU(unit: unit, pdu: pdu, deadline: deadline)
+        case .rtuOverTCP:
+            guard let stream else { return .failed("\(target): not open") }
+            do {
+                let answer = try stream.exchange(unit: unit, pdu: pdu, name: "probe")
+                return answer.first.map { Self.answers($0, pdu[0]) } == true ? .pdu(answer) : .garbled
+            } catch {
+                switch error {
+                case .timeout: return .silence
+                case .badCRC, .badResponse: return .garbled
+                default: return .failed("\(error)")
+                }
+            }
         }
     }
 
@@ -169,11 +191,7 @@ public final class WireLink: ProbeLink {
     }
 
     private func discardPending() {
-        if target.isSerial { _ = tcflush(fd, TCIFLUSH); return }
-        var scratch: [UInt8] = []
-        while case .ok = readSome(into: &scratch, deadline: .now) {
-            if scratch.count > 4096 { break }
-        }
+        _ = tcflush(fd, TCIFLUSH)
     }
 
     // MARK: Modbus TCP
@@ -264,29 +282,11 @@ public final class WireLink: ProbeLink {
         return .failed("\(target): connection lost")
     }
 
-    private static func connect(host: String, port: Int) throws(ScanError) -> Int32 {
-        var hints = addrinfo()
-        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
-        hints.ai_family = AF_UNSPEC
-        var res: UnsafeMutablePointer<addrinfo>?
-        let rc = getaddrinfo(host, String(port), &hints, &res)
-        guard rc == 0, let first = res else { throw ScanError("cannot resolve \(host): \(String(cString: gai_strerror(rc)))") }
-        defer { freeaddrinfo(res) }
-        var lastErrno: Int32 = 0
-        var ai: UnsafeMutablePointer<addrinfo>? = first
-        while let a = ai {
-            let s = socket(a.pointee.ai_family, a.pointee.ai_socktype | Int32(SOCK_CLOEXEC.rawValue), a.pointee.ai_protocol)
-            if s >= 0 {
-                if Glibc.connect(s, a.pointee.ai_addr, a.pointee.ai_addrlen) == 0 {
-                    var one: Int32 = 1
-                    setsockopt(s, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-                    return s
-                }
-                lastErrno = errno
-                Glibc.close(s)
-            }
-            ai = a.pointee.ai_next
+    private static func connect(host: String, port: Int, timeout: Duration) throws(ScanError) -> Int32 {
+        do {
+            return try TCPConnection.open(host: host, port: port, timeout: timeout, target: "\(host):\(port)")
+        } catch {
+            throw ScanError("\(error)")
         }
-        throw ScanError("cannot connect to \(host):\(port): \(String(cString: strerror(lastErrno)))")
     }
 }

@@ -84,7 +84,7 @@ struct Scan: ParsableCommand {
     func run() throws {
         let target = try target()
         let plan = ScanPlan(units: try unitIDs(), settings: try settings(), probeTimeout: .milliseconds(timeoutMs))
-        let link = WireLink(target: target)
+        let link = WireLink(target: target, probeTimeout: .milliseconds(timeoutMs))
         do {
             if let first = plan.settings.first { try link.setLine(baud: first.baud, parity: first.parity) } else { try link.open() }
         } catch {

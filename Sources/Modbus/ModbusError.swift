@@ -5,7 +5,7 @@ import Glibc
 #endif
 
 /// A Modbus exception code returned by a device (the peer understood the request and refused it).
-public enum ModbusException: UInt8, Sendable, CustomStringConvertible {
+public enum ModbusException: UInt8, Sendable, Error, CustomStringConvertible {
     case illegalFunction = 1
     case illegalDataAddress = 2
     case illegalDataValue = 3

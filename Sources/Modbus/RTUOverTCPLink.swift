@@ -13,14 +13,14 @@ import Glibc
 ///   comes late can never be read as the next request's (the next request reconnects).
 /// - A garbled answer (bad CRC, another unit, a wrong length): the stream is drained until the
 ///   line has been quiet for the byte timeout, and the connection kept.
-final class RTUOverTCPLink {
+public final class RTUOverTCPLink {
     let host: String
     let port: Int
     let responseTimeout: Duration
     let byteTimeout: Duration
     private var fd: Int32 = -1
 
-    init(host: String, port: Int, responseTimeout: Duration, byteTimeout: Duration) {
+    public init(host: String, port: Int, responseTimeout: Duration, byteTimeout: Duration) {
         self.host = host
         self.port = port
         self.responseTimeout = responseTimeout
@@ -31,13 +31,13 @@ final class RTUOverTCPLink {
 
     var isOpen: Bool { fd >= 0 }
 
-    func close() {
+    public func close() {
         if fd >= 0 { Glibc.close(fd) }
         fd = -1
     }
 
     /// One transaction: the request PDU to `unit`, the answer PDU back (exceptions included).
-    func exchange(unit: Int, pdu: [UInt8], name: String) throws(ModbusError) -> [UInt8] {
+    public func exchange(unit: Int, pdu: [UInt8], name: String) throws(ModbusError) -> [UInt8] {
         if fd < 0 { try connect() }
         drainQuietly(for: .zero)  // anything unasked-for left on the stream
         let frame = RTUFrame.seal(unit: unit, pdu: pdu)
@@ -77,40 +77,7 @@ final class RTUOverTCPLink {
     // MARK: socket
 
     private func connect() throws(ModbusError) {
-        let target = "rtu-tcp://\(host):\(port)"
-        var hints = addrinfo()
-        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
-        hints.ai_family = AF_UNSPEC
-        var res: UnsafeMutablePointer<addrinfo>?
-        let rc = getaddrinfo(host, String(port), &hints, &res)
-        guard rc == 0, let first = res else {
-            throw .connectFailed(target: target, errno: ENOENT, detail: String(cString: gai_strerror(rc)))
-        }
-        defer { freeaddrinfo(res) }
-        var lastErrno: Int32 = ECONNREFUSED
-        var ai: UnsafeMutablePointer<addrinfo>? = first
-        while let a = ai {
-            ai = a.pointee.ai_next
-            let s = socket(a.pointee.ai_family, a.pointee.ai_socktype | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), a.pointee.ai_protocol)
-            guard s >= 0 else { lastErrno = errno; continue }
-            if Glibc.connect(s, a.pointee.ai_addr, a.pointee.ai_addrlen) != 0 {
-                guard errno == EINPROGRESS else { lastErrno = errno; Glibc.close(s); continue }
-                var p = pollfd(fd: s, events: Int16(POLLOUT), revents: 0)
-                let ms = Int32(clamping: responseTimeout.nanoseconds / 1_000_000)
-                var err: Int32 = 0
-                var len = socklen_t(MemoryLayout<Int32>.size)
-                guard poll(&p, 1, max(1, ms)) == 1, getsockopt(s, SOL_SOCKET, SO_ERROR, &err, &len) == 0, err == 0 else {
-                    lastErrno = err != 0 ? err : ETIMEDOUT
-                    Glibc.close(s)
-                    continue
-                }
-            }
-            var one: Int32 = 1
-            setsockopt(s, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-            fd = s
-            return
-        }
-        throw .connectFailed(target: target, errno: lastErrno, detail: String(cString: strerror(lastErrno)))
+        fd = try TCPConnection.open(host: host, port: port, timeout: responseTimeout, target: "rtu-tcp://\(host):\(port)")
     }
 
     private func send(_ bytes: [UInt8], name: String) throws(ModbusError) {
@@ -168,5 +135,45 @@ final class RTUOverTCPLink {
             }
             dropped += r
         }
+    }
+}
+
+/// A TCP connection opened without libmodbus (non-blocking, `TCP_NODELAY`), for the framings we do
+/// ourselves: RTU over TCP, and the scan's Modbus TCP.
+public enum TCPConnection {
+    /// Connects to `host:port` (every address it resolves to, in turn) within `timeout` each.
+    public static func open(host: String, port: Int, timeout: Duration, target: String) throws(ModbusError) -> Int32 {
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        hints.ai_family = AF_UNSPEC
+        var res: UnsafeMutablePointer<addrinfo>?
+        let rc = getaddrinfo(host, String(port), &hints, &res)
+        guard rc == 0, let first = res else {
+            throw .connectFailed(target: target, errno: ENOENT, detail: String(cString: gai_strerror(rc)))
+        }
+        defer { freeaddrinfo(res) }
+        var lastErrno: Int32 = ECONNREFUSED
+        var ai: UnsafeMutablePointer<addrinfo>? = first
+        while let a = ai {
+            ai = a.pointee.ai_next
+            let s = socket(a.pointee.ai_family, a.pointee.ai_socktype | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), a.pointee.ai_protocol)
+            guard s >= 0 else { lastErrno = errno; continue }
+            if Glibc.connect(s, a.pointee.ai_addr, a.pointee.ai_addrlen) != 0 {
+                guard errno == EINPROGRESS else { lastErrno = errno; Glibc.close(s); continue }
+                var p = pollfd(fd: s, events: Int16(POLLOUT), revents: 0)
+                let ms = Int32(clamping: timeout.nanoseconds / 1_000_000)
+                var err: Int32 = 0
+                var len = socklen_t(MemoryLayout<Int32>.size)
+                guard poll(&p, 1, max(1, ms)) == 1, getsockopt(s, SOL_SOCKET, SO_ERROR, &err, &len) == 0, err == 0 else {
+                    lastErrno = err != 0 ? err : ETIMEDOUT
+                    Glibc.close(s)
+                    continue
+                }
+            }
+            var one: Int32 = 1
+            setsockopt(s, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+            return s
+        }
+        throw .connectFailed(target: target, errno: lastErrno, detail: String(cString: strerror(lastErrno)))
     }
 }

@@ -14,7 +14,7 @@ struct ModbusFrontTests {
         #expect(try FrontRequest.decode([15, 0, 0, 0, 10, 2, 0xCD, 0x01]).get()
                 == .writeCoils(address: 0, values: [true, false, true, true, false, false, true, true, true, false]))
         #expect(try FrontRequest.decode([16, 0, 10, 0, 2, 4, 0, 5, 0, 6]).get() == .writeRegisters(address: 10, values: [5, 6]))
-        func failure(_ pdu: [UInt8]) -> FrontException? { if case .failure(let e) = FrontRequest.decode(pdu) { e } else { nil } }
+        func failure(_ pdu: [UInt8]) -> ModbusException? { if case .failure(let e) = FrontRequest.decode(pdu) { e } else { nil } }
         #expect(failure([43, 14, 1, 0]) == .illegalFunction)
         #expect(failure([23, 0, 0, 0, 1, 0, 0, 0, 1, 2, 0, 0]) == .illegalFunction)
         #expect(failure([3, 0, 0, 0, 200]) == .illegalDataValue)
@@ -30,9 +30,9 @@ struct ModbusFrontTests {
                 == [1, 2, 0xCD, 0x01])
         #expect(FrontRequest.read(.input, address: 0, count: 2).answer(read: .registers([0x1234, 7])) == [4, 4, 0x12, 0x34, 0, 7])
         #expect(FrontRequest.writeRegisters(address: 10, values: [1, 2]).answer(read: nil) == [16, 0, 10, 0, 2])
-        #expect(FrontException.from(.timeout(function: "x")) == 0x0B)
-        #expect(FrontException.from(.exception(.illegalDataAddress, function: "x")) == 2)
-        #expect(FrontException.from(.busBusy) == 6)
+        #expect(ModbusException.answering(.timeout(function: "x")).rawValue == 0x0B)
+        #expect(ModbusException.answering(.exception(.illegalDataAddress, function: "x")).rawValue == 2)
+        #expect(ModbusException.answering(.busBusy).rawValue == 6)
     }
 
     @Test("routing and writes: only whole requests inside an opened range of that bus and unit")

@@ -218,7 +218,7 @@ struct FrontServer: Sendable {
             return [function | 0x80, e]
         }
         guard let target = policy.route(unit), let bus = buses(target.bus) else {
-            return refuse(FrontException.pathUnavailable.rawValue, "unmapped")
+            return refuse(ModbusException.gatewayPathUnavailable.rawValue, "unmapped")
         }
         let request: FrontRequest
         switch FrontRequest.decode(pdu) {
@@ -227,9 +227,9 @@ struct FrontServer: Sendable {
         }
         guard policy.mayWrite(request, at: target) else {
             logger.notice("modbus front: write refused from \(client) to \(target) (function \(function)): not in a writable range")
-            return refuse(FrontException.illegalFunction.rawValue, "refused")
+            return refuse(ModbusException.illegalFunction.rawValue, "refused")
         }
-        guard await gates.enter(target.bus) else { return refuse(FrontException.busy.rawValue, "busy") }
+        guard await gates.enter(target.bus) else { return refuse(ModbusException.slaveDeviceBusy.rawValue, "busy") }
         let started = ContinuousClock.now
         let share = policy.settings.lineShare
         defer {
@@ -263,9 +263,9 @@ struct FrontServer: Sendable {
             metrics.request(client: client, result: "ok")
             return request.answer(read: nil)
         } catch let e as ModbusError {
-            return refuse(FrontException.from(e), e.isNoAnswer ? "no_answer" : "exception")
+            return refuse(ModbusException.answering(e).rawValue, e.isNoAnswer ? "no_answer" : "exception")
         } catch {
-            return refuse(FrontException.deviceFailure.rawValue, "exception")
+            return refuse(ModbusException.slaveDeviceFailure.rawValue, "exception")
         }
     }
 }

@@ -34,7 +34,7 @@ enum FrontRequest: Equatable {
     }
 
     /// Decodes a request PDU; the exception code to answer when it cannot be served as asked.
-    static func decode(_ pdu: [UInt8]) -> Result<FrontRequest, FrontException> {
+    static func decode(_ pdu: [UInt8]) -> Result<FrontRequest, ModbusException> {
         guard let fc = pdu.first else { return .failure(.illegalFunction) }
         func u16(_ i: Int) -> Int { Int(pdu[i]) << 8 | Int(pdu[i + 1]) }
         switch fc {
@@ -81,7 +81,7 @@ enum FrontRequest: Equatable {
             case .registers(let regs):
                 return [function, UInt8(regs.count * 2)] + regs.flatMap { [UInt8($0 >> 8), UInt8($0 & 0xFF)] }
             case nil:
-                return [function | 0x80, FrontException.deviceFailure.rawValue]
+                return [function | 0x80, ModbusException.slaveDeviceFailure.rawValue]
             }
         case .writeCoil(let a, let v): return [5] + u16(a) + [v ? 0xFF : 0, 0]
         case .writeRegister(let a, let v): return [6] + u16(a) + u16(Int(v))
@@ -91,25 +91,16 @@ enum FrontRequest: Equatable {
     }
 }
 
-/// The exceptions the front answers with.
-enum FrontException: UInt8, Error {
-    case illegalFunction = 0x01
-    case illegalDataAddress = 0x02
-    case illegalDataValue = 0x03
-    case deviceFailure = 0x04
-    case busy = 0x06
-    case pathUnavailable = 0x0A
-    case targetFailedToRespond = 0x0B
-
-    /// What a bus error becomes for the outside client.
-    static func from(_ error: ModbusError) -> UInt8 {
+extension ModbusException {
+    /// What a bus error becomes for an outside client of the front.
+    static func answering(_ error: ModbusError) -> ModbusException {
         switch error {
-        case .exception(let e, _): e.rawValue
-        case .timeout, .connectFailed, .connectionLost, .badCRC, .badResponse: targetFailedToRespond.rawValue
-        case .busBusy: busy.rawValue
-        case .closed: pathUnavailable.rawValue
-        case .invalidArgument, .valueOutOfRange: illegalDataValue.rawValue
-        case .other: deviceFailure.rawValue
+        case .exception(let e, _): e
+        case .timeout, .connectFailed, .connectionLost, .badCRC, .badResponse: .gatewayTargetFailedToRespond
+        case .busBusy: .slaveDeviceBusy
+        case .closed: .gatewayPathUnavailable
+        case .invalidArgument, .valueOutOfRange: .illegalDataValue
+        case .other: .slaveDeviceFailure
         }
     }
 }
