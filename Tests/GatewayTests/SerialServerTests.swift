@@ -70,8 +70,9 @@ struct SerialServerTests {
     @Test("the Modbus TCP front: pymodbus and mbpoll read through it while the gateway polls and takes commands; writes only in the opened range; a dead unit 0x0B, an unmapped one 0x0A; 20 clients at once")
     func modbusFront() async throws {
         let front = try TestEnvironment.freePort()
+        let http = try TestEnvironment.freePort()
         let rig = try await Rig.start(points: "", simArgs: ["--unit", "1", "--unit", "3", "--set", "1/holding:100=215", "--counter", "1/input:0@20"],
-                                      extraSections: """
+                                      httpListen: "127.0.0.1:\(http)", extraSections: """
             [[modbus_server]]
             listen = "127.0.0.1:\(front)"
             units = { "7" = "plc:1", "8" = "plc:3", "9" = "plc:5" }
@@ -139,6 +140,13 @@ struct SerialServerTests {
         #expect(writes.map { [$0.unit, $0.fc, $0.address] + $0.values } == [[1, 6, 10, 42], [1, 16, 11, 5, 6]])
         // Each write is logged with the client's address.
         _ = try await rig.gateway.waitForLine(containing: "modbus front: 127.0.0.1 writes holding 10 = 42 on plc:1")
+
+        // Per-client counts in /metrics (counted before the answer is sent: all ten are in).
+        let (status, metrics) = try await OperationsTests.get("http://127.0.0.1:\(http)/metrics")
+        #expect(status == 200)
+        for (result, n) in [("ok", 5), ("refused", 3), ("exception", 1), ("unmapped", 1)] {
+            #expect(metrics.contains("gateway_modbus_front_requests_total{client=\"127.0.0.1\",result=\"\(result)\"} \(n)"), "\(result): \(metrics.split(separator: "\n").filter { $0.contains("modbus_front") })")
+        }
 
         // mbpoll, a second independent client (0-based references with -0).
         let mb = try await TestEnvironment.run("mbpoll", ["-m", "tcp", "-p", "\(front)", "-a", "7", "-t", "4", "-0", "-r", "100", "-c", "1", "-1", "127.0.0.1"])
