@@ -34,7 +34,7 @@ struct Check: ParsableCommand {
             let host = front.listen.host.contains(":") ? "[\(front.listen.host)]" : front.listen.host
             let units = front.units.keys.sorted().map { "\($0) -> \(front.units[$0]!)" }.joined(separator: ", ")
             let writable = front.writable.map { "\($0.target):\($0.table.rawValue):\($0.first)-\($0.last)" }.joined(separator: ", ")
-            emit("modbus front: \(host):\(front.listen.port), units \(units.isEmpty ? "none" : units)\(front.unitsGiven ? "" : " (each device under its own id)"), \(writable.isEmpty ? "read-only" : "writable \(writable)"), at most \(front.maxClients) clients, idle close after \(front.idleTimeoutSeconds) s")
+            emit("modbus front: \(host):\(front.listen.port), units \(units.isEmpty ? "none" : units)\(front.unitsGiven ? "" : " (each device under its own id)"), \(writable.isEmpty ? "read-only" : "writable \(writable)"), at most \(front.maxClients) clients, idle close after \(front.idleTimeoutSeconds) s, at most \(Int(front.lineShare * 100)) % of each line")
         }
         if loaded.homeAssistant.enabled {
             let discovery = HomeAssistantDiscovery(configuration: loaded, topics: plan.topics, version: GatewayCommand.version)

@@ -34,7 +34,8 @@ public struct GatewayConfiguration: Sendable, Equatable {
 
     /// Things that work but deserve a word (`gateway check` prints them, `gateway run` logs them
     /// at start): a password file readable by other users; an HTTP listener open to the network
-    /// without authentication; a command key file that `gateway run` would refuse.
+    /// without authentication; a command key file that `gateway run` would refuse; a Modbus front
+    /// open to the network with writable ranges.
     public var warnings: [String] {
         var out = retiredKeys
         for (key, file) in [("mqtt.password_file", mqtt.passwordFile), ("http.password_file", http.passwordFile)] {
@@ -53,6 +54,11 @@ public struct GatewayConfiguration: Sendable, Equatable {
         }
         if let address = http.address, !address.isLoopback, http.username == nil {
             out.append("http.listen: '\(http.listen)' is reachable from the network and has no username/password_file: anyone there can read the status page and metrics")
+        }
+        // Modbus TCP has no authentication: a front open to the network lends the lines to anyone
+        // who reaches it, and its writable ranges with them.
+        for (i, front) in modbusServers.enumerated() where !front.listen.isLoopback && !front.writable.isEmpty {
+            out.append("modbus_server[\(i)]: listens on \(front.listen.host):\(front.listen.port), reachable from the network, with \(front.writable.count) writable range(s): anyone there can write them (Modbus TCP has no authentication; restrict it with a firewall, or listen on 127.0.0.1)")
         }
         return out
     }

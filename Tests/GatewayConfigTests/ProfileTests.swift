@@ -249,6 +249,17 @@ struct ModbusServerSettingsTests {
         }
     }
 
+    @Test("a front open to the network with writable ranges is warned about; read-only or on loopback it is not")
+    func networkWarning() throws {
+        func warnings(_ listen: String, _ writable: String) throws -> [String] {
+            try ConfigLoader.parse(Self.config(writable).replacingOccurrences(of: "listen = \"127.0.0.1:1502\"", with: "listen = \"\(listen)\""))
+                .warnings.filter { $0.hasPrefix("modbus_server") }
+        }
+        #expect(try warnings("0.0.0.0:502", #"writable = ["line1:3:holding:20"]"#).first?.contains("anyone there can write them") == true)
+        #expect(try warnings("0.0.0.0:502", "").isEmpty)
+        #expect(try warnings("127.0.0.1:1502", #"writable = ["line1:3:holding:20"]"#).isEmpty)
+    }
+
     @Test("a point exempt from signing may be opened; with a key file, an unsigned range elsewhere is fine")
     func accepted() throws {
         _ = try ConfigLoader.parse(Self.config(#"writable = ["line1:3:holding:20"]"#, key: true))
