@@ -586,7 +586,10 @@ public final class ModbusSimulator: Sendable {
             var tries = 0
             while off < bytes.count && tries < 100 {
                 let n = bytes[off...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-                if n > 0 { off += n } else { tries += 1; usleep(1000) }
+                if n > 0 { off += n; continue }
+                tries += 1
+                var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                _ = poll(&p, 1, 10)  // until the socket takes more (bounded: 100 tries)
             }
         }
 

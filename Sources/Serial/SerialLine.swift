@@ -213,6 +213,23 @@ public final class SerialLine: Sendable {
     /// Frames dropped (the oldest waiting) because the reader fell more than the buffer behind.
     public var overflowedFrames: Int { handler.state.withLock { $0.overflowed } }
 
+    /// Waits until at least `count` frames have overflowed, or `timeout` passed (for a monitor, or
+    /// a test); returns the count then.
+    public func overflowed(atLeast count: Int, timeout: Duration) async -> Int {
+        let id = handler.nextWaiterID()
+        return await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                do { try await Task.sleep(for: timeout) } catch { return }  // cancelled: the count was reached
+                self.handler.expire(id)
+            }
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                if !handler.wait(id: id, atLeast: count, c) { c.resume() }
+            }
+            group.cancelAll()
+            return overflowedFrames
+        }
+    }
+
     public func close() async {
         try? await channel.close()
     }
@@ -226,6 +243,11 @@ final class FrameHandler: ChannelInboundHandler, Sendable {
         var closeReason: String?
         /// Frames dropped because the reader fell too far behind.
         var overflowed = 0
+        /// Waiting for `overflowed` to reach a count (``SerialLine/overflowed(atLeast:timeout:)``).
+        var waiters: [Int: (count: Int, continuation: CheckedContinuation<Void, Never>)] = [:]
+        var nextWaiter = 0
+        /// Waiters whose time ran out before they registered.
+        var expired: Set<Int> = []
     }
 
     let state: Mutex<State>
@@ -236,13 +258,41 @@ final class FrameHandler: ChannelInboundHandler, Sendable {
         self.continuation = continuation
     }
 
+    func nextWaiterID() -> Int { state.withLock { s in s.nextWaiter += 1; return s.nextWaiter } }
+
+    /// Registers a waiter; false (not registered) when the count is already reached or it expired.
+    func wait(id: Int, atLeast count: Int, _ c: CheckedContinuation<Void, Never>) -> Bool {
+        state.withLock { s in
+            guard s.overflowed < count, s.expired.remove(id) == nil else { return false }
+            s.waiters[id] = (count, c)
+            return true
+        }
+    }
+
+    /// The time ran out: the waiter is resumed, or, not registered yet, will not be.
+    func expire(_ id: Int) {
+        let c = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            guard let w = s.waiters.removeValue(forKey: id) else { s.expired.insert(id); return nil }
+            return w.continuation
+        }
+        c?.resume()
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let bytes = unwrapInboundIn(data).readableBytesView
         let frames = state.withLock { s -> [[UInt8]] in
             s.splitter.feed(bytes)
         }
         for f in frames {
-            if case .dropped = continuation.yield(f) { state.withLock { $0.overflowed += 1 } }
+            if case .dropped = continuation.yield(f) {
+                let ready = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+                    s.overflowed += 1
+                    let met = s.waiters.filter { $0.value.count <= s.overflowed }
+                    for k in met.keys { s.waiters[k] = nil }
+                    return met.values.map(\.continuation)
+                }
+                for c in ready { c.resume() }
+            }
         }
     }
 

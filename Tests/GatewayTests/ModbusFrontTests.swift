@@ -3,6 +3,7 @@ import Modbus
 import Testing
 @testable import Gateway
 
+
 /// The Modbus TCP front's decisions, in-process: request decoding, answers, routing, writes, the
 /// one-at-a-time gate per bus.
 @Suite("Modbus front logic")
@@ -66,5 +67,42 @@ struct ModbusFrontTests {
         #expect(await second.value)
         await gates.leave("a")
         #expect(await gates.enter("a"))
+    }
+
+    @Test("outside requests take at most line_share of the line: the rest after a request is (1/share - 1) x its time")
+    func share() {
+        var s = ModbusServerSettings(listen: ListenAddress(host: "127.0.0.1", port: 1502), units: [:])
+        #expect(ModbusFrontPolicy(settings: s).rest(afterHolding: .milliseconds(10)) == .milliseconds(30))
+        s.lineShare = 1
+        #expect(ModbusFrontPolicy(settings: s).rest(afterHolding: .milliseconds(10)) == .zero)
+        s.lineShare = 0.05
+        #expect(ModbusFrontPolicy(settings: s).rest(afterHolding: .milliseconds(10)) == .milliseconds(190))
+    }
+
+    @Test("the gate stays shut during the rest: a waiting request is let in only when the rest ends")
+    func gateHeldDuringRest() async {
+        let gates = LineGates()
+        #expect(await gates.enter("a"))
+        // A rest far longer than the test: only its end (cancelled here) opens the gate.
+        let resting = Task { await gates.leave("a", after: .seconds(3600)) }
+        let next = Task { await gates.enter("a") }
+        for _ in 0..<10_000 where await gates.waiting("a") == 0 { await Task.yield() }
+        #expect(await gates.waiting("a") == 1)
+        resting.cancel()
+        #expect(await next.value)
+        #expect(await gates.waiting("a") == 0)
+    }
+
+    @Test("at most 64 requests wait for one bus; the next is answered busy at once")
+    func gateBounded() async {
+        let gates = LineGates()
+        #expect(await gates.enter("a"))
+        let waiting = (0..<LineGates.maxWaiting).map { _ in Task { await gates.enter("a") } }
+        for _ in 0..<100_000 where await gates.waiting("a") < LineGates.maxWaiting { await Task.yield() }
+        #expect(await gates.waiting("a") == 64)
+        #expect(await gates.enter("a") == false)
+        // Each leaves in turn: every waiter gets through.
+        for _ in 0...LineGates.maxWaiting { await gates.leave("a") }
+        for w in waiting { #expect(await w.value) }
     }
 }

@@ -93,9 +93,8 @@ struct SerialLineTests {
         let far = try FarEnd(pty.b)
         let text = (1...600).map { String(format: "F%04d\n", $0) }.joined()
         #expect(await far.send(text))
-        // Nothing reads the frames: 600 - 256 of them overflow (no event to await: polled, bounded).
-        for _ in 0..<1000 where line.overflowedFrames < 344 { try await Task.sleep(for: .milliseconds(10)) }
-        #expect(line.overflowedFrames == 344)
+        // Nothing reads the frames: 600 - 256 of them overflow.
+        #expect(await line.overflowed(atLeast: 344, timeout: .seconds(10)) == 344)
         var frames = line.frames.makeAsyncIterator()
         #expect(await frames.next() == Array("F0345".utf8))
         await pty.stop()

@@ -231,11 +231,8 @@ struct FrontServer: Sendable {
         }
         guard await gates.enter(target.bus) else { return refuse(ModbusException.slaveDeviceBusy.rawValue, "busy") }
         let started = ContinuousClock.now
-        let share = policy.settings.lineShare
         defer {
-            // The gate opens again once the polls have had their share of the line: after a
-            // request that held it for T, (1 / share - 1) x T more (3 T at the default 25 %).
-            let rest = (ContinuousClock.now - started) * ((1 / share) - 1)
+            let rest = policy.rest(afterHolding: ContinuousClock.now - started)
             Task { await gates.leave(target.bus, after: rest) }
         }
         // Beside the polls, never ahead of a command; a request that cannot start within two
@@ -270,8 +267,9 @@ struct FrontServer: Sendable {
     }
 }
 
-/// At most one outside request per bus in flight; at most 64 waiting per bus (then: busy).
+/// At most one outside request per bus in flight; at most ``maxWaiting`` waiting per bus (then: busy).
 actor LineGates {
+    static let maxWaiting = 64
     private var held: Set<String> = []
     private var waiters: [String: [CheckedContinuation<Void, Never>]] = [:]
 
@@ -280,7 +278,7 @@ actor LineGates {
             held.insert(bus)
             return true
         }
-        guard waiters[bus, default: []].count < 64 else { return false }
+        guard waiters[bus, default: []].count < Self.maxWaiting else { return false }
         await withCheckedContinuation { waiters[bus, default: []].append($0) }
         return true
     }

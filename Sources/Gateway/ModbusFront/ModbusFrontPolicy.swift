@@ -111,6 +111,12 @@ struct ModbusFrontPolicy: Sendable {
 
     func route(_ unit: Int) -> ModbusServerTarget? { settings.units[unit] }
 
+    /// How long the gate stays shut after an outside request held the line for `held`, so that
+    /// outside requests take at most `line_share` of it: (1 / share - 1) x held (3 x at 25 %).
+    func rest(afterHolding held: Duration) -> Duration {
+        held * ((1 / settings.lineShare) - 1)
+    }
+
     /// Writes are refused unless the whole range written lies in one opened range. (Points with a
     /// pulse, a fail-safe or a signature cannot be opened: `gateway check` refuses that.)
     func mayWrite(_ request: FrontRequest, at target: ModbusServerTarget) -> Bool {
