@@ -38,13 +38,20 @@ def door_settings():
 # HA=off: `[homeassistant] enabled = false` (discovery is on by default).
 HA_OFF = os.environ.get("HA", "") == "off"
 
-def config(mqtt_port, sim_port, devices, points_per_device, poll_ms, state_dir=TMP):
+# A simulator serves at most 247 units on its port: above UNITS_PER_SIM devices the load part
+# starts several simulators, each behind a bus of its own (plc0, plc1, ...), as a site with
+# several Modbus TCP gateways is wired.
+UNITS_PER_SIM = 200
+
+def config(mqtt_port, sim_ports, devices, points_per_device, poll_ms, state_dir=TMP):
+    if isinstance(sim_ports, int): sim_ports = [sim_ports]
     out = [f'[gateway]\nid = "bench"\nstate_dir = "{state_dir}"\n{door_settings()}{os.environ.get("GATEWAY_EXTRA", "")}\n[mqtt]\nurl = "mqtt://127.0.0.1:{mqtt_port}"\n',
            {"on": f'[http]\nlisten = "127.0.0.1:{HTTP_PORT}"\n', "off": '[http]\nlisten = ""\n'}.get(HTTP, ""),
-           '[homeassistant]\nenabled = false\n' if HA_OFF else "",
-           f'[[bus]]\nname = "plc"\ntype = "tcp"\nhost = "127.0.0.1"\nport = {sim_port}\n']
+           '[homeassistant]\nenabled = false\n' if HA_OFF else ""]
+    for k, port in enumerate(sim_ports):
+        out.append(f'[[bus]]\nname = "plc{k}"\ntype = "tcp"\nhost = "127.0.0.1"\nport = {port}\n')
     for d in range(devices):
-        out.append(f'[[device]]\nname = "d{d}"\nbus = "plc"\nunit = {d + 1}\npoll_ms = {poll_ms}\n')
+        out.append(f'[[device]]\nname = "d{d}"\nbus = "plc{d // UNITS_PER_SIM}"\nunit = {d % UNITS_PER_SIM + 1}\npoll_ms = {poll_ms}\n')
         for p in range(points_per_device):
             out.append(f'  [[device.point]]\n  name = "p{p}"\n  register = "holding"\n  address = {p}\n')
             # DOOR=on: point 0 a counter (events), point 1 writable with a fail-safe value.
@@ -55,11 +62,14 @@ def config(mqtt_port, sim_port, devices, points_per_device, poll_ms, state_dir=T
 
 def scenario(devices, points, poll_ms, seconds, counters):
     broker, mport = start_broker()
-    units = sum([["--unit", str(u + 1)] for u in range(devices)], [])
-    counter_args = sum([["--counter", f"{u + 1}/holding:0@10"] for u in range(devices)], []) if counters else []
-    sim, sport = start_sim(units + counter_args + ["--size", "200"])
+    sims = []
+    for first in range(0, devices, UNITS_PER_SIM):
+        n = min(UNITS_PER_SIM, devices - first)
+        units = sum([["--unit", str(u + 1)] for u in range(n)], [])
+        counter_args = sum([["--counter", f"{u + 1}/holding:0@10"] for u in range(n)], []) if counters else []
+        sims.append(start_sim(units + counter_args + ["--size", "200"]))
     obs = Observer(mport)
-    cfg = config(mport, sport, devices, points, poll_ms)
+    cfg = config(mport, [port for _, port in sims], devices, points, poll_ms)
     t0 = time.monotonic()
     # WRAP: a command line the gateway runs under (a heap profile: WRAP="valgrind --tool=massif
     # --massif-out-file=/tmp/massif.out"); the memory figures are then the wrapper's.
@@ -80,17 +90,24 @@ def scenario(devices, points, poll_ms, seconds, counters):
     c1, _ = proc_cpu_rss(gw.pid); w1 = time.monotonic(); x1 = context_switches(gw.pid)
     periods = []
     if counters:
+        seen = {}
+        for t, topic, _ in obs.msgs:
+            if t >= w0 and topic.endswith("/p0"): seen.setdefault(topic, []).append(t)
         for d in range(devices):
-            ts = [t for t, topic, _ in obs.msgs if topic == f"gateway/bench/d{d}/p0" and t >= w0]
+            ts = seen.get(f"gateway/bench/d{d}/p0", [])
             periods += [b - a for a, b in zip(ts, ts[1:])]
+        periods.sort()
     stop.set()
     if os.environ.get("SMAPS"):  # where the resident set is, for comparing two builds
         with open(f"/proc/{gw.pid}/smaps") as src, open(f'{os.environ["SMAPS"]}-{devices}', "w") as dst: dst.write(src.read())
-    gw.terminate(); gw.wait(10); sim.terminate(); sim.wait(10); obs.stop(); broker.terminate(); broker.wait(10)
+    gw.terminate(); gw.wait(10)
+    for sim, _ in sims: sim.terminate(); sim.wait(10)
+    obs.stop(); broker.terminate(); broker.wait(10)
     return {"first_ms": (first - t0) * 1000 if first else None, "cpu_pct": 100 * (c1 - c0) / (w1 - w0), "switches": (x1 - x0) / (w1 - w0),
             "own": max(m["own"] for m in samples), "pss": max(m["pss"] for m in samples), "rss": max(m["rss"] for m in samples),
             "startup_own": startup["own"], "period_ms": statistics.mean(periods) * 1000 if periods else None,
-            "period_n": len(periods)}
+            "period_n": len(periods), "period_p95_ms": periods[int(len(periods) * 0.95)] * 1000 if periods else None,
+            "period_max_ms": periods[-1] * 1000 if periods else None}
 
 def latency(poll_ms=100, samples=100):
     broker, mport = start_broker()
@@ -154,7 +171,7 @@ def backlog(target_mib=64, payload_bytes=1000):
 def report(n, points, r):
     print(f"{n} device{'s' if n > 1 else ''} x {points} registers @1s: own memory {r['own']:.1f} MiB (1 s after start {r['startup_own']:.1f}), "
           f"PSS {r['pss']:.1f} MiB, RSS {r['rss']:.1f} MiB, CPU {r['cpu_pct']:.2f} %, {r['switches']:.0f} context switches/s, "
-          + (f"actual period {r['period_ms']:.1f} ms over {r['period_n']} intervals, " if r['period_ms'] else "")
+          + (f"actual period {r['period_ms']:.1f} ms (p95 {r['period_p95_ms']:.1f}, max {r['period_max_ms']:.1f}) over {r['period_n']} intervals, " if r['period_ms'] else "")
           + f"start -> first value {r['first_ms']:.0f} ms")
 
 def outage(devices=100, points=10, seconds=60):

@@ -59,6 +59,11 @@ final class BusUnit: Sendable {
 
     private struct Control: Sendable {
         var task: Task<[DevicePoller], Never>?
+        /// The poll states handed to the loop, until it takes them: passed through here, not
+        /// captured by the task's closure, so that the loop holds the only reference and its
+        /// first poll does not copy every poller (and every array in it) while the closure keeps
+        /// the originals (1.4 KiB per device, measured with heaptrack).
+        var handedOver: [DevicePoller] = []
         /// Stop after the poll under way.
         var stopRequested = false
         /// Between polls, in its sleep (a soft stop may cancel it there, never mid-poll: a
@@ -81,8 +86,8 @@ final class BusUnit: Sendable {
     /// publishes); the bus requests run on the bus's thread either way.
     func start(_ pollers: [DevicePoller], sink: GatewayPollSink, executor: (any TaskExecutor)?, liveness: Liveness?, logger: Logger) {
         guard !pollers.isEmpty else { return }
-        control.withLock { $0 = Control() }
-        let task = Task(executorPreference: executor) { await self.pollLoop(pollers, sink: sink, liveness: liveness, logger: logger) }
+        control.withLock { $0 = Control(handedOver: pollers) }
+        let task = Task(executorPreference: executor) { await self.pollLoop(sink: sink, liveness: liveness, logger: logger) }
         control.withLock { $0.task = task }
     }
 
@@ -119,8 +124,11 @@ final class BusUnit: Sendable {
 
     private var stopRequested: Bool { control.withLock { $0.stopRequested } }
 
-    private func pollLoop(_ initial: [DevicePoller], sink: GatewayPollSink, liveness: Liveness?, logger: Logger) async -> [DevicePoller] {
-        var pollers = initial
+    private func pollLoop(sink: GatewayPollSink, liveness: Liveness?, logger: Logger) async -> [DevicePoller] {
+        var pollers = control.withLock { c in
+            defer { c.handedOver = [] }
+            return c.handedOver
+        }
         // Liveness: one poll takes at most its start deadline (a period) plus a timeout per request.
         let loop = liveness?.register("poller of bus \(settings.name)")
         let timeout = bus.configuration.responseTimeout
@@ -191,7 +199,14 @@ extension GatewayRuntime {
 struct DevicePoller {
     let settings: DeviceSettings
     let gateway: GatewaySettings
-    var log: Logger
+    /// The gateway's logger, shared by every device (the device's name is added when something
+    /// is logged, not kept in a copy per device: 0.4 KiB each).
+    private let sharedLogger: Logger
+    var log: Logger {
+        var l = sharedLogger
+        l[metadataKey: "device"] = "\(settings.name)"
+        return l
+    }
     var schedule: PollSchedule
     var readPlan: ReadPlan
     var health: DeviceHealth
@@ -231,8 +246,7 @@ struct DevicePoller {
         valueTopics = device.settings.points.map { topics.value(device: device.settings.name, point: $0.name) }
         settings = device.settings
         self.gateway = gateway
-        log = logger
-        log[metadataKey: "device"] = "\(settings.name)"
+        sharedLogger = logger
         schedule = PollSchedule(period: .milliseconds(settings.pollMs), start: start)
         readPlan = device.readPlan
         health = DeviceHealth(offlineAfter: settings.offlineAfter)

@@ -351,55 +351,77 @@ public enum PointType: String, Sendable, Equatable, CaseIterable {
     }
 }
 
+/// An optional setting that few values carry, stored out of line: 8 bytes in its owner while
+/// absent (a pointer) instead of the value's whole size. For the settings every point of every
+/// device holds while the gateway runs (README "Footprint": the points were the largest part of a
+/// device's own memory). Changing it makes a new box: a copy of the owner never sees the change.
+@propertyWrapper
+public struct OutOfLine<Wrapped: Sendable & Equatable>: Sendable, Equatable {
+    private final class Box: Sendable {
+        let value: Wrapped
+        init(_ value: Wrapped) { self.value = value }
+    }
+    private var box: Box?
+
+    public init(wrappedValue: Wrapped?) {
+        box = wrappedValue.map(Box.init)
+    }
+
+    public var wrappedValue: Wrapped? {
+        get { box?.value }
+        set { box = newValue.map(Box.init) }
+    }
+
+    public static func == (a: Self, b: Self) -> Bool { a.box?.value == b.box?.value }
+}
+
 /// `[[device.point]]`
 public struct PointSettings: Sendable, Equatable {
+    // Stored in an order that leaves no padding between the one-byte fields (200 -> 160 bytes
+    // a point; a device keeps its points for as long as the gateway runs).
     /// `name` (required, topic-safe, unique in the device).
     public var name: String
-    /// `register` (required): coil | discrete | holding | input.
-    public var table: RegisterTable
     /// `address` (required, 0...65535).
     public var address: Int
-    /// `type` (default `bool` on coil/discrete, `uint16` on registers).
-    public var type: PointType
     /// `length` (strings: registers, default 1).
     public var length = 1
-    /// `bit` (registers, bool only): 0...15, one bit of the register.
-    public var bit: Int?
-    /// `word_order` / `byte_order` (default big): `big` | `little`.
-    public var wordOrderLittle = false
-    public var byteOrderLittle = false
     /// `scale` (default 1, not 0) and `offset` (default 0): value = raw * scale + offset.
     public var scale = 1.0
     public var offset = 0.0
-    /// `unit` (default none): shown in JSON payloads.
-    public var unit: String?
     /// `deadband` (default 0): publish only when the value moves at least this much.
     public var deadband = 0.0
+    /// `unit` (default none): shown in JSON payloads.
+    public var unit: String?
     /// `map` (default none): raw integer -> name, e.g. `{ "0" = "closed", "1" = "open" }`.
     public var map: [Int64: String] = [:]
+    /// `ha` (default none): Home Assistant overrides (see ``HomeAssistantPoint``). Kept out of
+    /// line: seven strings that most points leave out would be 112 bytes in every point.
+    @OutOfLine public var ha: HomeAssistantPoint? = nil
+    /// `failsafe` (default none; writable points): the value written once when the broker has been
+    /// away `failsafe_after_s` (and on a graceful stop with `failsafe_on_stop`).
+    @OutOfLine public var failsafe: ConfigScalar? = nil
+    /// `bit` (registers, bool only): 0...15, one bit of the register.
+    public var bit: Int?
+    /// `register` (required): coil | discrete | holding | input.
+    public var table: RegisterTable
+    /// `type` (default `bool` on coil/discrete, `uint16` on registers).
+    public var type: PointType
+    /// `word_order` / `byte_order` (default big): `big` | `little`.
+    public var wordOrderLittle = false
+    public var byteOrderLittle = false
     /// `writable` (default false; coil and holding only).
     public var writable = false
-    /// `min` / `max` (default none): numeric write limits.
-    public var min: Double?
-    public var max: Double?
-    /// `pulse_ms` (default none, writable only, 10...3600000): momentary: after a command that
-    /// switches it on, write it back off (coil off, register 0) after this long. A command during
-    /// the pulse extends it; a command to switch it off ends it at once.
-    public var pulseMs: Int?
     /// `format` / `retain` (default: the gateway's).
     public var format: ValueFormat?
     public var retain: Bool?
-    /// `ha` (default none): Home Assistant overrides (see ``HomeAssistantPoint``).
-    public var ha: HomeAssistantPoint?
+    /// `min` / `max` (default none): numeric write limits.
+    public var min: Double?
     /// `signed` (default: true when `[gateway] command_key_file` is set): commands to this point
     /// must be signed. `signed = true` needs the key file; `signed = false` exempts the point.
     public var signed: Bool?
     /// `secret` (default false; writable points): its commands' values (a keypad PIN) are never
     /// shown on the status page or in the log.
     public var secret = false
-    /// `failsafe` (default none; writable points): the value written once when the broker has been
-    /// away `failsafe_after_s` (and on a graceful stop with `failsafe_on_stop`).
-    public var failsafe: ConfigScalar?
     /// `counter` (default false; uint16 or uint32, no scale or offset): a passage counter. Each
     /// poll that sees it grow also publishes `<point>/event` with the increment (wrap-around
     /// counted, a decrease that is no wrap is a device reset).
@@ -410,6 +432,12 @@ public struct PointSettings: Sendable, Equatable {
     public var latch = false
     /// `latch_clear` (default true with `latch`; coil or holding): false leaves clearing to others.
     public var latchClear = true
+    /// `max`: see `min`.
+    public var max: Double?
+    /// `pulse_ms` (default none, writable only, 10...3600000): momentary: after a command that
+    /// switches it on, write it back off (coil off, register 0) after this long. A command during
+    /// the pulse extends it; a command to switch it off ends it at once.
+    public var pulseMs: Int?
 
     public init(name: String, table: RegisterTable, address: Int, type: PointType) {
         self.name = name
