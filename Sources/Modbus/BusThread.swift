@@ -34,12 +34,15 @@ package final class ConditionLock<Value>: @unchecked Sendable {
         return try body(&value)
     }
 
-    /// Changes the value under the lock and wakes every waiter.
+    /// Changes the value under the lock and wakes every waiter, after the unlock: a waiter woken
+    /// while the mutex is still held blocks on it at once and must be woken a second time (seen
+    /// with strace on the command path: two more futex calls and a thread switch per bus
+    /// request). Safe because a waiter checks its condition under the lock after it wakes.
     package func withLockSignalling<R>(_ body: (inout Value) throws -> R) rethrows -> R {
         pthread_mutex_lock(mutex)
         defer {
-            pthread_cond_broadcast(cond)
             pthread_mutex_unlock(mutex)
+            pthread_cond_broadcast(cond)
         }
         return try body(&value)
     }
