@@ -270,8 +270,64 @@ public final class GatewayTelemetry: Sendable {
         var out: [UInt8] = []
         out.reserveCapacity(lastRenderSize.withLock { $0 } + 4096)
         registry.emit(into: &out)
+        emitDeviceSeries(into: &out)
         lastRenderSize.withLock { $0 = out.count }
         return out
+    }
+
+    /// The devices' poll series (``DeviceMeter/PollSeries``), one family after another as the
+    /// text format asks, after the registry's families.
+    func emitDeviceSeries(into out: inout [UInt8]) {
+        let devices = deviceOrder.map { meter in
+            let s = meter.snapshot
+            return (label: Self.labelValue(meter.name), series: s.series, online: s.state == .online)
+        }
+        guard !devices.isEmpty else { return }
+        var text = ""
+        func family(_ name: String, _ type: String, _ help: String, _ sample: ((label: String, series: DeviceMeter.PollSeries, online: Bool)) -> Void) {
+            text += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
+            for d in devices { sample(d) }
+        }
+        family("gateway_device_online", "gauge", "1 while the device answers (0: offline or not yet seen)") { d in
+            text += "gateway_device_online{device=\(d.label)} \(d.online ? 1 : 0)\n"
+        }
+        family("gateway_device_last_success_timestamp_seconds", "gauge", "When the device last answered (Unix time; 0 = never)") { d in
+            text += "gateway_device_last_success_timestamp_seconds{device=\(d.label)} \(d.series.lastSuccess)\n"
+        }
+        family("gateway_device_poll_period_seconds", "gauge", "Time between the starts of its last two polls") { d in
+            text += "gateway_device_poll_period_seconds{device=\(d.label)} \(d.series.period)\n"
+        }
+        family("gateway_device_polls_total", "counter", "Polls by result") { d in
+            for (i, result) in DeviceMeter.pollResults.enumerated() where d.series.polls[i] > 0 {
+                text += "gateway_device_polls_total{device=\(d.label),result=\"\(result)\"} \(d.series.polls[i])\n"
+            }
+        }
+        family("gateway_device_poll_duration_seconds", "histogram", "How long one poll of the device took") { d in
+            var cumulative: UInt64 = 0
+            for (i, bound) in Self.pollBuckets.enumerated() {
+                cumulative += d.series.durations[i]
+                text += "gateway_device_poll_duration_seconds_bucket{device=\(d.label),le=\"\(Double(bound.nanoseconds) / 1e9)\"} \(cumulative)\n"
+            }
+            cumulative += d.series.durations[Self.pollBuckets.count]
+            text += "gateway_device_poll_duration_seconds_bucket{device=\(d.label),le=\"+Inf\"} \(cumulative)\n"
+            text += "gateway_device_poll_duration_seconds_sum{device=\(d.label)} \(Double(d.series.durationSumNanoseconds) / 1e9)\n"
+            text += "gateway_device_poll_duration_seconds_count{device=\(d.label)} \(cumulative)\n"
+        }
+        out.append(contentsOf: text.utf8)
+    }
+
+    /// A label value in the text format: quoted, with backslash, quote and newline escaped.
+    static func labelValue(_ v: String) -> String {
+        var s = "\""
+        for c in v.unicodeScalars {
+            switch c {
+            case "\\": s += "\\\\"
+            case "\"": s += "\\\""
+            case "\n": s += "\\n"
+            default: s.unicodeScalars.append(c)
+            }
+        }
+        return s + "\""
     }
 
     private func refreshProcess() {
@@ -366,15 +422,8 @@ final class DeviceMeter: Sendable {
     let units: [String?]
     /// Points whose value the status page shows as "(secret)".
     let secret: Set<Int>
-    let online: Gauge
-    /// Poll counters by result, made when a result first happens (most devices only ever see
-    /// `ok`: 100 devices would otherwise hold 500 counters that stay at zero).
-    private let polls = Mutex<[String: Counter]>([:])
-    /// Command counters by point and outcome, made likewise.
+    /// Command counters by point and outcome, made when an outcome first happens.
     private let commandCounters = Mutex<[String: Counter]>([:])
-    let lastSuccess: Gauge
-    let pollDuration: DurationHistogram
-    let pollPeriod: Gauge
     private let registry: PrometheusCollectorRegistry
     let frames: [String: Counter]
     let reopens: Counter?
@@ -386,7 +435,28 @@ final class DeviceMeter: Sendable {
         var lastError: String?
         var values: [String?]
         var valueWall: [Double?]
+        /// The poll series of `/metrics` (``PollSeries``).
+        var series = PollSeries()
     }
+
+    /// A device's poll series: numbers kept with its status and written out by
+    /// ``GatewayTelemetry/render(mqtt:)``, not objects in the Prometheus registry (two gauges for
+    /// online and the last success, one for the period, a histogram and the poll counters cost
+    /// about 2 KiB a device there, and a labels array per poll; heaptrack at 240 devices).
+    struct PollSeries: Sendable {
+        /// When the device last answered (Unix seconds; 0 = never).
+        var lastSuccess = 0.0
+        /// Seconds between the starts of its last two polls.
+        var period = 0.0
+        /// Polls by result, in the order of ``DeviceMeter/pollResults``.
+        var polls = InlineArray<6, UInt64>(repeating: 0)
+        /// Poll durations: counts at or under each of ``GatewayTelemetry/pollBuckets`` (not
+        /// cumulative), then above the last; and their sum in nanoseconds.
+        var durations = InlineArray<7, UInt64>(repeating: 0)
+        var durationSumNanoseconds: Int64 = 0
+    }
+    /// The results `gateway_device_polls_total` counts (``DeviceMeter/pollResult(_:_:)``).
+    static let pollResults = ["ok", "timeout", "exception", "crc", "busy", "error"]
     private let status: Mutex<Status>
 
     static let frameResults = ["matched", "unmatched", "oversized", "overflow"]
@@ -399,12 +469,6 @@ final class DeviceMeter: Sendable {
         secret = d.secret
         registry = r
         let l = [("device", d.name)]
-        online = r.gauge(name: "gateway_device_online", labels: l, help: "1 while the device answers (0: offline or not yet seen)")
-        lastSuccess = r.gauge(name: "gateway_device_last_success_timestamp_seconds", labels: l,
-                                  help: "When the device last answered (Unix time; 0 = never)")
-        pollDuration = r.durations(name: "gateway_device_poll_duration_seconds", labels: l, buckets: GatewayTelemetry.pollBuckets,
-                                               help: "How long one poll of the device took")
-        pollPeriod = r.gauge(name: "gateway_device_poll_period_seconds", labels: l, help: "Time between the starts of its last two polls")
         if d.bus == nil {
             var frames: [String: Counter] = [:]
             for result in Self.frameResults {
@@ -428,32 +492,34 @@ final class DeviceMeter: Sendable {
 
     /// The device is gone (a reload): its series leave the exposition.
     func unregister() {
-        registry.unregisterGauge(online)
-        registry.unregisterGauge(lastSuccess)
-        registry.unregisterGauge(pollPeriod)
-        registry.unregisterDurationHistogram(pollDuration)
-        for c in polls.withLock({ Array($0.values) }) + commandCounters.withLock({ Array($0.values) }) + Array(frames.values) {
+        for c in commandCounters.withLock({ Array($0.values) }) + Array(frames.values) {
             registry.unregisterCounter(c)
         }
         if let reopens { registry.unregisterCounter(reopens) }
     }
 
     func state(_ state: DeviceHealth.State) {
-        online.set(state == .online ? 1.0 : 0.0)
         status.withLock { $0.state = state }
     }
 
-    /// One Modbus poll: its result class, duration and (on an answer) the time of success.
+    /// One Modbus poll: its result class (one of ``pollResults``), duration and (on an answer)
+    /// the time of success.
     func poll(result: String, error: String?, started: ContinuousClock.Instant, duration: Duration, previousStart: ContinuousClock.Instant?) {
-        counter(in: polls, key: result, name: "gateway_device_polls_total", labels: [("device", name), ("result", result)],
-                help: "Polls by result").increment()
-        pollDuration.recordNanoseconds(duration.nanoseconds)
-        if let previousStart { pollPeriod.set(Double((started - previousStart).nanoseconds) / 1e9) }
+        let kind = Self.pollResults.firstIndex(of: result) ?? Self.pollResults.count - 1
+        let ns = duration.nanoseconds
+        let bucket = GatewayTelemetry.pollBuckets.firstIndex { ns <= $0.nanoseconds } ?? GatewayTelemetry.pollBuckets.count
         let now = GatewayTelemetry.wallClock()
-        if result == "ok" || result == "exception" { lastSuccess.set(now) }
+        let answered = result == "ok" || result == "exception"
         status.withLock { s in
+            s.series.polls[kind] += 1
+            s.series.durations[bucket] += 1
+            s.series.durationSumNanoseconds &+= ns
+            if let previousStart { s.series.period = Double((started - previousStart).nanoseconds) / 1e9 }
             s.lastPollWall = now
-            if result == "ok" || result == "exception" { s.lastSuccessWall = now }
+            if answered {
+                s.lastSuccessWall = now
+                s.series.lastSuccess = now
+            }
             if result != "busy" { s.lastError = error }
         }
     }
@@ -463,10 +529,10 @@ final class DeviceMeter: Sendable {
 
     func answered() {
         let now = GatewayTelemetry.wallClock()
-        lastSuccess.set(now)
         status.withLock { s in
             s.lastPollWall = now
             s.lastSuccessWall = now
+            s.series.lastSuccess = now
             s.lastError = nil
         }
     }
