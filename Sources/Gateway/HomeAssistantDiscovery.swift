@@ -114,13 +114,13 @@ public struct HomeAssistantDiscovery: Sendable {
                     // Home Assistant's default press payload (`PRESS`): any payload sends the
                     // fixed command, and an empty one would be refused.
                     var o = Self.common(id: id, platform: "button", name: cmd.name, icon: nil)
-                    o.append("\"command_topic\":\(JSONValue.quoted("\(topics.value(device: d.name, point: cmd.name))/set"))")
+                    o.append("\"command_topic\":\(JSONValue.quoted(topics.set(device: d.name, point: cmd.name)))")
                     return Entity(id: id, platform: "button", name: cmd.name, options: o)
                 }
                 // What the gateway takes: 1...max_length bytes (Home Assistant's text holds at most
                 // 255) matching the whole pattern (the gateway matches the whole value).
                 var o = Self.common(id: id, platform: "text", name: cmd.name, icon: nil)
-                o.append("\"command_topic\":\(JSONValue.quoted("\(topics.value(device: d.name, point: cmd.name))/set"))")
+                o.append("\"command_topic\":\(JSONValue.quoted(topics.set(device: d.name, point: cmd.name)))")
                 o.append("\"min\":1")
                 o.append("\"max\":\(min(cmd.maxLength, HomeAssistantRules.maxTextLength))")
                 if let pattern = cmd.pattern { o.append("\"pattern\":\(JSONValue.quoted("^(?:\(pattern))$"))") }
@@ -162,7 +162,7 @@ public struct HomeAssistantDiscovery: Sendable {
         let id = Self.id(gateway.id, d.name, p.name)
         var o = common(id: id, platform: platform, name: p.name, icon: ha.icon)
         let state = topics.value(device: d.name, point: p.name)
-        let command = state + "/set"
+        let command = topics.set(device: d.name, point: p.name)
         let json = (p.format ?? gateway.format) == .json
         // Values as the gateway publishes them: plain `true`/`false`, numbers, map names; JSON
         // `{"value":...}` (a bool is rendered in lower case to match the plain words).

@@ -22,6 +22,8 @@ public struct TopicLayout: Sendable, Equatable {
     public func status(_ device: String) -> String { "\(base)/\(device)/status" }
     public func value(device: String, point: String) -> String { "\(base)/\(device)/\(point)" }
     public func raw(device: String) -> String { "\(base)/\(device)/raw" }
+    /// Where a point's (or serial command's) commands come in.
+    public func set(device: String, point: String) -> String { "\(base)/\(device)/\(point)/set" }
     public func setResult(device: String, point: String) -> String { "\(base)/\(device)/\(point)/set/result" }
     public func event(device: String, point: String) -> String { "\(base)/\(device)/\(point)/event" }
     /// The report of fail-safe writes, published when the broker is back.
