@@ -98,12 +98,11 @@ cpu1, rss = proc_cpu_rss(gw.pid); x1 = context_switches(gw.pid); f1 = faults(gw.
 # (slower to receive than the gateway), so this floor is if anything too high.
 floor = []
 for i in range(N):
-    before = len([1 for _, topic, _ in obs.msgs if topic == "gateway/bench/floor"])
     t0 = time.monotonic()
     obs.c.publish("gateway/bench/floor", str(i), qos=1)
     ta = obs.wait(lambda t, p, i=i: t == "gateway/bench/floor" and p == str(i), timeout=5)
     if ta: floor.append((ta - t0) * 1000)
-    time.sleep(random.uniform(0.005, 0.03))
+    time.sleep(random.uniform(0.005, 0.03))   # paced as the commands are (the receipt was awaited above)
 gw.terminate(); gw.wait(10); sim.terminate(); sim.wait(10); obs.stop(); broker.terminate(); broker.wait(10)
 
 def pct(xs, q): xs = sorted(xs); return xs[min(len(xs) - 1, int(len(xs) * q))]

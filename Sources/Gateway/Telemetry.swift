@@ -505,7 +505,7 @@ final class DeviceMeter: Sendable {
     /// One Modbus poll: its result class (one of ``pollResults``), duration and (on an answer)
     /// the time of success.
     func poll(result: String, error: String?, started: ContinuousClock.Instant, duration: Duration, previousStart: ContinuousClock.Instant?) {
-        let kind = Self.pollResults.firstIndex(of: result) ?? Self.pollResults.count - 1
+        let kind = Self.pollResults.firstIndex(of: result) ?? Self.pollResults.count - 1   // anything else counts as "error"
         let ns = duration.nanoseconds
         let bucket = GatewayTelemetry.pollBuckets.firstIndex { ns <= $0.nanoseconds } ?? GatewayTelemetry.pollBuckets.count
         let now = GatewayTelemetry.wallClock()
