@@ -136,6 +136,8 @@ let package = Package(
         .executableTarget(name: "GatewayBench", dependencies: [
             "Modbus", "ModbusSimulator", "MQTT",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
         ], swiftSettings: swiftSettings),
 
         // Shared by all test targets: private Mosquitto, simulators, socat pty pairs, the MQTT observer

@@ -13,6 +13,8 @@ mosquitto -c "$DIR/m.conf" > "$DIR/m.log" 2>&1 & MPID=$!
 trap 'kill $MPID 2>/dev/null; rm -rf "$DIR"' EXIT
 for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
 cc -O2 -o "$DIR/mosquitto_bench" Benchmarks/mosquitto_bench.c -lmosquitto
-"$BIN" mqtt --port "$PORT" --count "${1:-100000}"
+# Ours three ways (gateway-bench mqtt --help, --mode): awaited from the pool, awaited on the
+# client's loop, and with completion callbacks, the shape of the C peer's job.
+for mode in pool loop callbacks; do "$BIN" mqtt --port "$PORT" --count "${1:-100000}" --mode "$mode"; done
 "$DIR/mosquitto_bench" "$PORT" "${1:-100000}"
 .venv/bin/python Benchmarks/paho_bench.py "$PORT" "${1:-100000}"

@@ -2,6 +2,9 @@ import ArgumentParser
 import Modbus
 import ModbusSimulator
 import MQTT
+import NIOCore
+import NIOPosix
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -82,39 +85,116 @@ struct MQTTBench: AsyncParsableCommand {
     @Option(help: "Publishes awaited at once (in flight).") var window = 100
     @Option(help: "QoS levels to run.") var qos: [Int] = [0, 1, 2]
     @Option(help: "MQTT protocol: 5 or 3.") var protocolVersion = 5
+    @Option(help: """
+        How messages are published. 'pool': each publish awaited by a task on the cooperative \
+        pool (the first figures in README). 'loop': the same tasks on the client's event loop, as \
+        the gateway's pollers and commanders publish. 'callbacks': no task per message; \
+        `enqueue(_:qos:completed:)`, the next message published from the completion callback, \
+        as the outbox publishes and as the libmosquitto peer (Benchmarks/mosquitto_bench.c) does.
+        """)
+    var mode = "pool"
 
     func run() async throws {
         let payload = [UInt8](repeating: 0x41, count: size)
+        // One loop, known here: the callbacks mode queues its jobs on it.
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        guard ["pool", "loop", "callbacks"].contains(mode) else { throw ValidationError("--mode is 'pool', 'loop' or 'callbacks'") }
         for q in qos {
             guard let level = MQTTQoS(rawValue: UInt8(q)) else { continue }
             var cfg = MQTTConfiguration(host: "127.0.0.1", port: port, version: protocolVersion == 3 ? .v3_1_1 : .v5,
                                         clientIdentifier: "bench-\(q)")
             cfg.maximumInFlight = window
             cfg.queueLimit = count + window
-            let client = MQTTClient(configuration: cfg)
+            let client = MQTTClient(configuration: cfg, eventLoopGroup: loop)
             try await client.connect()
             let clock = ContinuousClock()
             let start = clock.now
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                var sent = 0
-                while sent < min(window, count) {
-                    let i = sent
-                    group.addTask { try await client.publish(to: "bench/\(q)", payload: payload, qos: level) }
-                    _ = i
-                    sent += 1
-                }
-                while try await group.next() != nil {
-                    if sent < count {
-                        group.addTask { try await client.publish(to: "bench/\(q)", payload: payload, qos: level) }
-                        sent += 1
+            if mode == "callbacks" {
+                try await publishByCallbacks(client, loop: loop, topic: "bench/\(q)", payload: payload, qos: level)
+            } else {
+                try await withTaskExecutorPreference(mode == "loop" ? client.taskExecutor : nil) {
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        var sent = 0
+                        while sent < min(window, count) {
+                            group.addTask { try await client.publish(to: "bench/\(q)", payload: payload, qos: level) }
+                            sent += 1
+                        }
+                        while try await group.next() != nil {
+                            if sent < count {
+                                group.addTask { try await client.publish(to: "bench/\(q)", payload: payload, qos: level) }
+                                sent += 1
+                            }
+                        }
                     }
                 }
             }
             let elapsed = clock.now - start
             let secs = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
             let m = memory()
-            print("mqtt QoS \(q): \(count) messages of \(size) B, \(window) awaited at once: \(Int(Double(count) / secs)) msg/s (\(Double(Int(secs * 100)) / 100) s), RSS \(m.rss / 1024) MiB, peak \(m.peak / 1024) MiB")
+            print("mqtt QoS \(q) (\(mode)): \(count) messages of \(size) B, \(window) in flight at most: \(Int(Double(count) / secs)) msg/s (\(Double(Int(secs * 100)) / 100) s), RSS \(m.rss / 1024) MiB, peak \(m.peak / 1024) MiB")
             await client.disconnect()
         }
+    }
+
+    /// `count` messages with at most `window` unacknowledged, without a task per message: the
+    /// first `window` are enqueued at once; each completion counts one more owed, and a job on
+    /// the client's loop enqueues what is owed (a QoS 0 completion comes inside the client's own
+    /// write loop, so the next message is not published from within it). Returns when the last
+    /// one completed.
+    func publishByCallbacks(_ client: MQTTClient, loop: any EventLoop, topic: String, payload: [UInt8], qos: MQTTQoS) async throws {
+        let total = count
+        let message = (topic: topic, payload: payload, retain: false, properties: MQTTProperties())
+        let progress = CallbackProgress()
+        @Sendable func refill() {
+            let n = progress.state.withLock { s in
+                let n = s.failure == nil ? min(s.owed, total - s.sent) : 0
+                s.sent += n
+                s.owed = 0
+                s.refillQueued = false
+                return n
+            }
+            // This job runs on the client's loop, its executor.
+            if n > 0 { client.assumeIsolated { $0.enqueue(Array(repeating: message, count: n), qos: qos, completed: completed) } }
+        }
+        @Sendable func completed(_: Int, _ result: Result<Void, any Error>) {
+            let (queueRefill, finished) = progress.state.withLock { s -> (Bool, (CheckedContinuation<Void, any Error>, (any Error)?)?) in
+                s.done += 1
+                if case .failure(let e) = result, s.failure == nil { s.failure = e }
+                if s.done == total || (s.failure != nil && s.done == s.sent), let w = s.waiter {
+                    s.waiter = nil
+                    return (false, (w, s.failure))
+                }
+                s.owed += 1
+                let queue = !s.refillQueued
+                s.refillQueued = true
+                return (queue, nil)
+            }
+            if queueRefill { loop.execute { refill() } }
+            if let (w, failure) = finished {
+                if let failure { w.resume(throwing: failure) } else { w.resume() }
+            }
+        }
+        try await withCheckedThrowingContinuation { (cont: CheckedContinuation<Void, any Error>) in
+            let first = progress.state.withLock { s in
+                s.waiter = cont
+                s.sent = min(window, total)
+                return s.sent
+            }
+            loop.execute { client.assumeIsolated { $0.enqueue(Array(repeating: message, count: first), qos: qos, completed: completed) } }
+        }
+    }
+}
+
+/// What `publishByCallbacks` shares between its completion callbacks and its caller.
+final class CallbackProgress: Sendable {
+    let state = Mutex<State>(State())
+
+    struct State {
+        var sent = 0
+        var done = 0
+        var owed = 0
+        var refillQueued = false
+        var failure: (any Error)?
+        var waiter: CheckedContinuation<Void, any Error>?
     }
 }
