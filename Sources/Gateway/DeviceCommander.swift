@@ -101,7 +101,7 @@ final class DeviceCommander: Sendable {
         /// after Home Assistant's birth.
         func publishStatuses() async {
             try? await client.enqueue(to: topics.status, payload: Array("online".utf8), qos: .atLeastOnce, retain: true)
-            for (device, state) in await board.all() where state != .unknown {
+            for (device, state) in board.all() where state != .unknown {
                 try? await client.enqueue(to: topics.status(device), payload: Array(state.rawValue.utf8), qos: .atLeastOnce, retain: true)
             }
         }
@@ -109,7 +109,7 @@ final class DeviceCommander: Sendable {
         /// Records a device's state; publishes it when connected (else the connect handler
         /// republishes the board after the birth).
         func publishStatus(_ device: String, _ state: DeviceHealth.State) async {
-            await board.set(device, state)
+            board.set(device, state)
             telemetry?.device(device)?.state(state)
             guard await client.isConnected else { return }
             try? await client.enqueue(to: topics.status(device), payload: Array(state.rawValue.utf8), qos: .atLeastOnce, retain: true)
@@ -371,7 +371,7 @@ final class DeviceCommander: Sendable {
                          endPulse: (Int) async -> Void) async throws(CommandRefused) -> CommandAnswer {
         let point = device.points[index]
         let plan = try point.writePlan(for: req.value)
-        switch await context.board.state(device.name) {
+        switch context.board.state(device.name) {
         case .online: break
         case .offline: throw CommandRefused("device '\(device.name)' is offline")
         case .unknown: throw CommandRefused("device '\(device.name)' has not answered a poll yet")
@@ -450,7 +450,7 @@ final class DeviceCommander: Sendable {
 
     private func writeFailsafe(_ points: [Int], whileBrokerAway: Bool) async -> [FailsafeWrite] {
         if whileBrokerAway, await context.client.isConnected { return [] }
-        let online = await context.board.state(device.name) == .online
+        let online = context.board.state(device.name) == .online
         var out: [FailsafeWrite] = []
         for index in points {
             let point = device.points[index]

@@ -29,21 +29,23 @@ import Glibc
 //   the MQTT client's loop as their executor (`MQTTClient.taskExecutor`): what they publish,
 //   and the commands they take, cross no thread but to the bus.
 // - A `Mutex` with parked continuations where a waiter must be woken without a task per item
-//   (``DeviceJobQueue``, ``WakeSignal``).
-// - Actors for state several tasks read and write (``StatusBoard``; `MQTTClient`, on its
+//   (``DeviceJobQueue``, ``WakeSignal``); a plain `Mutex` for state read on the command path
+//   (``StatusBoard``).
+// - Actors for state several tasks read and write (`MQTTClient`, on its
 //   connection's event loop; `ModbusBus`, on a custom executor: one thread per bus, because
 //   libmodbus blocks).
 // - A serial `DispatchQueue` for blocking file work off the cooperative pool and the client's
 //   loop (``Outbox``'s SQLite, ``PulseJournal``'s fdatasync), awaited with `DispatchQueue.run`.
 // - `AsyncStream` only where a library hands out a stream (`MQTTClient.messages`).
 
-/// Device statuses as last published (republished after every reconnect).
-actor StatusBoard {
-    private var states: [String: DeviceHealth.State] = [:]
-    func set(_ device: String, _ state: DeviceHealth.State) { states[device] = state }
-    func remove(_ device: String) { states[device] = nil }
-    func all() -> [String: DeviceHealth.State] { states }
-    func state(_ device: String) -> DeviceHealth.State { states[device] ?? .unknown }
+/// Device statuses as last published (republished after every reconnect). A lock, not an
+/// actor: every command reads it on its way to the device, and an actor there cost a hop.
+final class StatusBoard: Sendable {
+    private let states = Mutex<[String: DeviceHealth.State]>([:])
+    func set(_ device: String, _ state: DeviceHealth.State) { states.withLock { $0[device] = state } }
+    func remove(_ device: String) { _ = states.withLock { $0.removeValue(forKey: device) } }
+    func all() -> [String: DeviceHealth.State] { states.withLock { $0 } }
+    func state(_ device: String) -> DeviceHealth.State { states.withLock { $0[device] } ?? .unknown }
 }
 
 /// The running gateway. It wires the parts together and does little itself:
@@ -240,9 +242,10 @@ public final class GatewayRuntime: Service, Sendable {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.watchConnection() }
             if let homeAssistant { group.addTask { await homeAssistant.run() } }
-            group.addTask(executorPreference: client.taskExecutor) { await self.dispatchCommands() }
+            await dispatchCommands()
             // Until SIGTERM/SIGINT (or cancellation).
             try? await gracefulShutdown()
+            await client.onMessage(nil)
             homeAssistant?.finish()
             group.cancelAll()
         }
@@ -350,47 +353,51 @@ public final class GatewayRuntime: Service, Sendable {
     }
 
     /// Routes `<base>/<device>/<point>/set|get` to the device's commander; answers unknown devices.
+    /// Each incoming message is taken on the MQTT client's loop as it is read
+    /// (``MQTTClient/onMessage(_:)``): a command goes to its device's queue at once, before the
+    /// broker's acknowledgement is flushed, with no task in between.
     private func dispatchCommands() async {
         let loop = liveness?.register("command dispatcher")
-        defer { loop?.idle() }
-        for await message in client.messages {
-            // Handing a command on never waits for a device; only an answer to the broker may.
+        await client.onMessage { [weak self] message in
+            // Never waits (a refusal is answered by a task of its own): a dispatch stuck on a
+            // lock shows in the liveness check.
             loop?.expect(within: .seconds(5))
             defer { loop?.idle() }
-            let receivedAt = ContinuousClock.now
-            if let homeAssistant, homeAssistant.handles(message.topic) {
-                homeAssistant.receive(message)
-                continue
-            }
-            guard let command = topics.parse(message.topic) else {
-                logger.debug("ignoring a message on \(message.topic.logSafe)")
-                continue
-            }
-            let deviceName = command.device, pointName = command.point
-            let isSet = command.kind == .set
-            let taken: Bool
-            switch target(deviceName) {
-            case .serial(let runner):
-                taken = runner.submit(isSet ? .set(message, command: pointName, receivedAt: receivedAt) : .get(message, point: pointName))
-            case .modbus(let commander):
-                taken = commander.submit(isSet ? .set(message, point: pointName, receivedAt: receivedAt)
-                                               : .get(message, point: pointName, receivedAt: receivedAt))
-            case .restarting:
-                await refuse(message, isSet: isSet, receivedAt: receivedAt, why: "device '\(deviceName)' is restarting for a configuration reload (not queued; try again)")
-                continue
-            case .unknown:
-                await refuse(message, isSet: isSet, receivedAt: receivedAt, why: "unknown device '\(deviceName)'")
-                continue
-            }
-            if !taken {
-                await refuse(message, isSet: isSet, receivedAt: receivedAt, why: "busy: device '\(deviceName)' already has \(CommandRequest.pendingPerDevice) commands waiting (not queued)")
-            }
+            self?.dispatch(message)
+        }
+    }
+
+    private func dispatch(_ message: MQTTMessage) {
+        let receivedAt = ContinuousClock.now
+        if let homeAssistant, homeAssistant.handles(message.topic) {
+            homeAssistant.receive(message)
+            return
+        }
+        guard let command = topics.parse(message.topic) else {
+            logger.debug("ignoring a message on \(message.topic.logSafe)")
+            return
+        }
+        let deviceName = command.device, pointName = command.point
+        let isSet = command.kind == .set
+        switch target(deviceName) {
+        case .serial(let runner):
+            if runner.submit(isSet ? .set(message, command: pointName, receivedAt: receivedAt) : .get(message, point: pointName)) { return }
+            refuse(message, isSet: isSet, receivedAt: receivedAt, why: "busy: device '\(deviceName)' already has \(CommandRequest.pendingPerDevice) commands waiting (not queued)")
+        case .modbus(let commander):
+            if commander.submit(isSet ? .set(message, point: pointName, receivedAt: receivedAt)
+                                      : .get(message, point: pointName, receivedAt: receivedAt)) { return }
+            refuse(message, isSet: isSet, receivedAt: receivedAt, why: "busy: device '\(deviceName)' already has \(CommandRequest.pendingPerDevice) commands waiting (not queued)")
+        case .restarting:
+            refuse(message, isSet: isSet, receivedAt: receivedAt, why: "device '\(deviceName)' is restarting for a configuration reload (not queued; try again)")
+        case .unknown:
+            refuse(message, isSet: isSet, receivedAt: receivedAt, why: "unknown device '\(deviceName)'")
         }
     }
 
     /// Answers a command that goes no further than the dispatcher (`/get`: only to an MQTT 5
-    /// response topic, as its other answers).
-    private func refuse(_ message: MQTTMessage, isSet: Bool, receivedAt: ContinuousClock.Instant, why: String) async {
+    /// response topic, as its other answers). A signed command's id is spent here, before the
+    /// next message is read; the answer is published by a task of its own.
+    private func refuse(_ message: MQTTMessage, isSet: Bool, receivedAt: ContinuousClock.Instant, why: String) {
         // A signed command refused here (unknown device, restarting, busy) spends its id: else a
         // copy of it would be accepted once the device is back.
         if isSet { context.signing?.spend(message.payload, topic: message.topic) }
@@ -399,7 +406,10 @@ public final class GatewayRuntime: Service, Sendable {
                                       answer: .refused(why), receivedAt: receivedAt, wroteAt: nil)
         }
         logger.notice("command \(message.topic.logSafe) -> refused: \(why.logSafe)", metadata: ["topic": "\(message.topic.logSafe)"])
-        await context.answer(.refused(why), to: message, fallback: isSet ? "\(message.topic)/result" : nil, logger: logger)
+        let context = context, logger = logger
+        Task(executorPreference: client.taskExecutor) {
+            await context.answer(.refused(why), to: message, fallback: isSet ? "\(message.topic)/result" : nil, logger: logger)
+        }
     }
 
     /// Command subscriptions at QoS 2; with MQTT 5 no retained commands at subscribe (retain

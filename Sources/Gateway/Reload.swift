@@ -138,7 +138,7 @@ extension GatewayRuntime {
             for name in leaving { if let c = before.commanders[name] { group.addTask { await c.stop() } } }
         }
         for name in change.removed {
-            await board.remove(name)
+            board.remove(name)
             try? await client.enqueue(to: topics.status(name), payload: Array("offline".utf8), qos: .atLeastOnce, retain: true)
             logger.notice("device removed by reload: offline", metadata: ["device": "\(name)"])
         }

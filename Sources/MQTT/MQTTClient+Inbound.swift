@@ -85,15 +85,20 @@ extension MQTTClient {
             case .atMostOnce:
                 deliver(message)
             case .atLeastOnce:
+                // The acknowledgement is flushed at the loop's next turn: what the delivery set
+                // going (a command's device write) goes first, and acknowledgements of packets
+                // read together leave in one write.
                 deliver(message)
-                write(.puback(AckPacket(packetIdentifier: p.packetIdentifier ?? 0)), flush: true)
+                write(.puback(AckPacket(packetIdentifier: p.packetIdentifier ?? 0)))
+                flushSoon()
             case .exactlyOnce:
                 let pid = p.packetIdentifier ?? 0
                 if !incomingQoS2.contains(pid) {
                     incomingQoS2.insert(pid)
                     deliver(message)
                 }
-                write(.pubrec(AckPacket(packetIdentifier: pid)), flush: true)
+                write(.pubrec(AckPacket(packetIdentifier: pid)))
+                flushSoon()
             }
         case .pubrel(let a):
             incomingQoS2.remove(a.packetIdentifier)
@@ -142,9 +147,20 @@ extension MQTTClient {
         }
     }
 
-    /// Hands a message to the reader of ``messages``; when it is ``MQTTConfiguration/incomingLimit``
-    /// messages behind, the message is dropped and counted (logged at the first and every 1000th).
+    /// Where incoming messages go instead of ``messages``: `handler` is called on the client's
+    /// loop with each one as it is read, in arrival order, with no task or queue in between, and
+    /// before its acknowledgement is flushed (that flush waits for the loop's next turn, so work
+    /// the handler hands to another thread starts first). It must not block: the client waits
+    /// for it. nil: back to ``messages``.
+    public func onMessage(_ handler: (@Sendable (MQTTMessage) -> Void)?) {
+        messageHandler = handler
+    }
+
+    /// Hands a message to the handler given to ``onMessage(_:)`` or else to the reader of
+    /// ``messages``; when that reader is ``MQTTConfiguration/incomingLimit`` messages behind, the
+    /// message is dropped and counted (logged at the first and every 1000th).
     func deliver(_ message: MQTTMessage) {
+        if let messageHandler { return messageHandler(message) }
         if case .dropped = messageSink.yield(message) {
             droppedIncomingCount += 1
             if droppedIncomingCount == 1 || droppedIncomingCount % 1000 == 0 {

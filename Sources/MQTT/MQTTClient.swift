@@ -98,6 +98,8 @@ public actor MQTTClient {
     public var server: MQTTServer { let all = servers; return all[serverIndex % all.count] }
     /// Where returnable messages go when a connection closes (``onConnectionLost(handBack:)``).
     var handBack: (@Sendable ([MQTTMessage]) -> Void)?
+    /// Takes incoming messages instead of ``messages`` (``onMessage(_:)``).
+    var messageHandler: (@Sendable (MQTTMessage) -> Void)?
 
     public init(configuration: MQTTConfiguration, eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                 logger: Logger = Logger(label: "gateway.mqtt")) {

@@ -1,4 +1,5 @@
 import NIOCore
+import Synchronization
 import Testing
 @testable import MQTT
 
@@ -245,6 +246,30 @@ struct FakeBrokerTests {
         #expect(conn2.version.withLock { $0 } == .v3_1_1)
         _ = try await connect.value
         #expect(await c.version == .v3_1_1)
+        await c.closeAbruptly()
+        await broker.close()
+    }
+
+    @Test("onMessage: each message reaches the handler in arrival order, before its PUBACK/PUBREC leaves; nil hands them back to the stream")
+    func messageHandler() async throws {
+        let broker = try await FakeBroker.start()
+        let c = client(broker)
+        let (_, conn) = try await connected(c, broker)
+        let seen = Mutex<[String]>([])
+        await c.onMessage { m in seen.withLock { $0.append(m.topic) } }
+        conn.send(.publish(PublishPacket(topic: "in/0", payload: [0], qos: .atMostOnce)))
+        conn.send(.publish(PublishPacket(topic: "in/1", payload: [1], qos: .atLeastOnce, packetIdentifier: 1)))
+        #expect(try await conn.expect() == .puback(AckPacket(packetIdentifier: 1)))
+        #expect(seen.withLock { $0 } == ["in/0", "in/1"], "the handler had both when the PUBACK arrived")
+        conn.send(.publish(PublishPacket(topic: "in/2", payload: [2], qos: .exactlyOnce, packetIdentifier: 2)))
+        #expect(try await conn.expect() == .pubrec(AckPacket(packetIdentifier: 2)))
+        #expect(seen.withLock { $0 } == ["in/0", "in/1", "in/2"])
+        await c.onMessage(nil)
+        conn.send(.publish(PublishPacket(topic: "in/3", payload: [3], qos: .atMostOnce)))
+        var first: String?
+        for await m in c.messages { first = m.topic; break }
+        #expect(first == "in/3", "nothing the handler took went to the stream")
+        #expect(seen.withLock { $0 }.count == 3)
         await c.closeAbruptly()
         await broker.close()
     }
