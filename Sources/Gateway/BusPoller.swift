@@ -212,14 +212,17 @@ struct DevicePoller {
     var health: DeviceHealth
     var backoff: OfflineBackoff
     var filters: [ChangeFilter]
+    /// `[gateway] refresh_s`: an unchanged value is published again this often.
+    let refresh: Duration?
     var failingPoints: Set<Int> = []
     var requestsPerPoll: Int
     /// When its latest poll started (the tie-break between devices due at the same time).
     var lastStart: ContinuousClock.Instant
     /// Values its commander published after writes: the change filters learn them.
     let readBacks: ReadBacks?
-    /// Each point's value topic, built once.
-    let valueTopics: [String]
+    /// Where its values go: each value topic is built when a value is published (kept built,
+    /// ten topics a device cost about 600 bytes).
+    let topics: TopicLayout
     /// Its metrics and live status (operations listener on).
     let meter: DeviceMeter?
     /// Counter and latch points (``PointEvents``): their trackers and event topics.
@@ -243,7 +246,7 @@ struct DevicePoller {
         self.counters = counters
         self.readBacks = readBacks
         self.meter = meter
-        valueTopics = device.settings.points.map { topics.value(device: device.settings.name, point: $0.name) }
+        self.topics = topics
         settings = device.settings
         self.gateway = gateway
         sharedLogger = logger
@@ -251,8 +254,8 @@ struct DevicePoller {
         readPlan = device.readPlan
         health = DeviceHealth(offlineAfter: settings.offlineAfter)
         backoff = OfflineBackoff(period: .milliseconds(settings.pollMs), cap: .milliseconds(settings.offlinePollMs))
-        let refresh: Duration? = gateway.refreshSeconds > 0 ? .seconds(gateway.refreshSeconds) : nil
-        filters = settings.points.map { ChangeFilter(deadband: $0.deadband, refresh: refresh) }
+        self.refresh = gateway.refreshSeconds > 0 ? .seconds(gateway.refreshSeconds) : nil
+        filters = Array(repeating: ChangeFilter(), count: settings.points.count)
         requestsPerPoll = device.readPlan.requests.count
         lastStart = start
         var topicsByPoint: [Int: String] = [:]
@@ -345,9 +348,9 @@ struct DevicePoller {
                     // (device busy, a timeout). Asked again, without a second event.
                     clearLatch?(i)
                 }
-                guard !readBackDuringPoll.contains(i), filters[i].shouldPublish(value, now: now) else { continue }
+                guard !readBackDuringPoll.contains(i), filters[i].shouldPublish(value, now: now, deadband: point.deadband, refresh: refresh) else { continue }
                 meter?.value(point: i, value)
-                await sink.publishData(to: valueTopics[i], payload: valuePayload(value, point: point, gateway: gw),
+                await sink.publishData(to: topics.value(device: settings.name, point: point.name), payload: valuePayload(value, point: point, gateway: gw),
                                        retain: point.retain ?? gw.retain, compactable: true, ts: unixMilliseconds())
             case .failure(let error):
                 if outcome == .answered, error != .busBusy, failingPoints.insert(i).inserted {

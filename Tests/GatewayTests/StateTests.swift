@@ -90,16 +90,16 @@ struct StateTests {
     @Test("change filter: unchanged values are not republished until the refresh; deadband compares with the last published value")
     func changeFilter() {
         let t0 = ContinuousClock.now
-        var f = ChangeFilter(deadband: 0.2, refresh: .seconds(300))
+        var f = ChangeFilter()
         var published: [Bool] = []
         for (value, at) in [(21.5, 0), (21.6, 1), (21.69, 2), (21.7, 3), (21.7, 200), (21.7, 303)] {
-            published.append(f.shouldPublish(.number(value, integer: false), now: t0 + .seconds(at)))
+            published.append(f.shouldPublish(.number(value, integer: false), now: t0 + .seconds(at), deadband: 0.2, refresh: .seconds(300)))
         }
         #expect(published == [true, false, false, true, false, true], "first, below deadband twice, moved 0.2, unchanged, refresh")
-        var g = ChangeFilter(deadband: 0, refresh: nil)
+        var g = ChangeFilter()
         var texts: [Bool] = []
         for (value, at) in [("open", 0), ("open", 1000), ("closed", 1001)] {
-            texts.append(g.shouldPublish(.text(value), now: t0 + .seconds(at)))
+            texts.append(g.shouldPublish(.text(value), now: t0 + .seconds(at), deadband: 0, refresh: nil))
         }
         #expect(texts == [true, false, true])
     }
