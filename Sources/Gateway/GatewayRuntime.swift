@@ -379,18 +379,20 @@ public final class GatewayRuntime: Service, Sendable {
         }
         let deviceName = command.device, pointName = command.point
         let isSet = command.kind == .set
+        let taken: Bool
         switch target(deviceName) {
         case .serial(let runner):
-            if runner.submit(isSet ? .set(message, command: pointName, receivedAt: receivedAt) : .get(message, point: pointName)) { return }
-            refuse(message, isSet: isSet, receivedAt: receivedAt, why: "busy: device '\(deviceName)' already has \(CommandRequest.pendingPerDevice) commands waiting (not queued)")
+            taken = runner.submit(isSet ? .set(message, command: pointName, receivedAt: receivedAt) : .get(message, point: pointName))
         case .modbus(let commander):
-            if commander.submit(isSet ? .set(message, point: pointName, receivedAt: receivedAt)
-                                      : .get(message, point: pointName, receivedAt: receivedAt)) { return }
-            refuse(message, isSet: isSet, receivedAt: receivedAt, why: "busy: device '\(deviceName)' already has \(CommandRequest.pendingPerDevice) commands waiting (not queued)")
+            taken = commander.submit(isSet ? .set(message, point: pointName, receivedAt: receivedAt)
+                                           : .get(message, point: pointName, receivedAt: receivedAt))
         case .restarting:
-            refuse(message, isSet: isSet, receivedAt: receivedAt, why: "device '\(deviceName)' is restarting for a configuration reload (not queued; try again)")
+            return refuse(message, isSet: isSet, receivedAt: receivedAt, why: "device '\(deviceName)' is restarting for a configuration reload (not queued; try again)")
         case .unknown:
-            refuse(message, isSet: isSet, receivedAt: receivedAt, why: "unknown device '\(deviceName)'")
+            return refuse(message, isSet: isSet, receivedAt: receivedAt, why: "unknown device '\(deviceName)'")
+        }
+        if !taken {
+            refuse(message, isSet: isSet, receivedAt: receivedAt, why: "busy: device '\(deviceName)' already has \(CommandRequest.pendingPerDevice) commands waiting (not queued)")
         }
     }
 

@@ -92,13 +92,16 @@ struct MQTTBench: AsyncParsableCommand {
         `enqueue(_:qos:completed:)`, the next message published from the completion callback, \
         as the outbox publishes and as the libmosquitto peer (Benchmarks/mosquitto_bench.c) does.
         """)
-    var mode = "pool"
+    var mode: PublishMode = .pool
+
+    enum PublishMode: String, ExpressibleByArgument, CaseIterable {
+        case pool, loop, callbacks
+    }
 
     func run() async throws {
         let payload = [UInt8](repeating: 0x41, count: size)
         // One loop, known here: the callbacks mode queues its jobs on it.
         let loop = MultiThreadedEventLoopGroup.singleton.next()
-        guard ["pool", "loop", "callbacks"].contains(mode) else { throw ValidationError("--mode is 'pool', 'loop' or 'callbacks'") }
         for q in qos {
             guard let level = MQTTQoS(rawValue: UInt8(q)) else { continue }
             var cfg = MQTTConfiguration(host: "127.0.0.1", port: port, version: protocolVersion == 3 ? .v3_1_1 : .v5,
@@ -109,10 +112,10 @@ struct MQTTBench: AsyncParsableCommand {
             try await client.connect()
             let clock = ContinuousClock()
             let start = clock.now
-            if mode == "callbacks" {
+            if mode == .callbacks {
                 try await publishByCallbacks(client, loop: loop, topic: "bench/\(q)", payload: payload, qos: level)
             } else {
-                try await withTaskExecutorPreference(mode == "loop" ? client.taskExecutor : nil) {
+                try await withTaskExecutorPreference(mode == .loop ? client.taskExecutor : nil) {
                     try await withThrowingTaskGroup(of: Void.self) { group in
                         var sent = 0
                         while sent < min(window, count) {

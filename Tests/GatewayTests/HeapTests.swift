@@ -5,13 +5,6 @@ import TestSupport
 /// The malloc arenas of a running gateway (`Heap.limitArenas`), read from its `/proc/PID/smaps`.
 @Suite("Heap: at most two malloc arenas in a running gateway", .timeLimit(.minutes(2)))
 struct HeapTests {
-    static let points = """
-        [[device.point]]
-        name = "v"
-        register = "holding"
-        address = 0
-        """
-
     /// glibc's arenas other than the main one (which grows with brk, as `[heap]`): each is a
     /// 64 MiB reservation aligned to 64 MiB, its used part `rw-p` and the rest `---p`, both
     /// anonymous and adjacent.
@@ -38,12 +31,33 @@ struct HeapTests {
         return count
     }
 
-    @Test("polling and publishing, the gateway has the main arena and at most one more")
+    @Test("with four buses polling (a thread each), publishing and taking a command, the gateway has the main arena and at most one more")
     func twoArenas() async throws {
-        let rig = try await Rig.start(points: Self.points, simArgs: ["--set", "holding:0=5"])
-        try await rig.waitFor("gateway/e2e/dev/v", "5")
-        try await rig.sim.set("holding:0=6")
-        try await rig.waitFor("gateway/e2e/dev/v", "6")
+        // Every thread that allocates would get an arena of its own without the limit: four bus
+        // threads, the event loop, the pool, a command's job.
+        let rig = try await Rig.start(points: "", simArgs: ["--set", "holding:0=5"], bodyWithPort: { port in
+            (1...4).map { i in """
+                [[bus]]
+                name = "plc\(i)"
+                type = "tcp"
+                host = "127.0.0.1"
+                port = \(port)
+                timeout_ms = 300
+                [[device]]
+                name = "dev\(i)"
+                bus = "plc\(i)"
+                unit = 1
+                poll_ms = 50
+                [[device.point]]
+                name = "v"
+                register = "holding"
+                address = 0
+                writable = true
+                """ }.joined(separator: "\n")
+        })
+        for i in 1...4 { try await rig.waitFor("gateway/e2e/dev\(i)/v", "5") }
+        try await rig.observer.publish(to: "gateway/e2e/dev1/v/set", string: "6", qos: .atLeastOnce)
+        for i in 1...4 { try await rig.waitFor("gateway/e2e/dev\(i)/v", "6") }
         #expect(try Self.mappedArenas(pid: rig.gateway.pid) <= 1)
         await rig.shutdown()
     }
