@@ -16,19 +16,20 @@ protocol PollSink: Sendable {
     func publishData(to topic: String, payload: [UInt8], retain: Bool, compactable: Bool, ts: Int64) async
 }
 
-/// The running gateway's sink: the status board and the broker (through the outbox).
+/// The running gateway's sink: its ``DataPublisher`` (the status board and the broker, through
+/// the outbox), and the generation Home Assistant's birth moves on.
 struct GatewayPollSink: PollSink {
-    let context: DeviceCommander.Context
+    let publisher: any DataPublisher
     let generation: ValuesGeneration
 
     var valuesGeneration: Int { generation.current }
 
     func publishStatus(_ device: String, _ state: DeviceHealth.State) async {
-        await context.publishStatus(device, state)
+        await publisher.publishStatus(device, state)
     }
 
     func publishData(to topic: String, payload: [UInt8], retain: Bool, compactable: Bool, ts: Int64) async {
-        await context.publishData(to: topic, payload: payload, retain: retain, compactable: compactable, ts: ts)
+        await publisher.publishData(to: topic, payload: payload, retain: retain, compactable: compactable, ts: ts)
     }
 }
 

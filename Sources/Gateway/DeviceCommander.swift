@@ -72,157 +72,11 @@ final class DeviceCommander: Sendable {
         }
     }
 
-    struct Context: Sendable {
-        var topics: TopicLayout
-        var gateway: GatewaySettings
-        var client: MQTTClient
-        var board: StatusBoard
-        var journal: PulseJournal
-        var telemetry: GatewayTelemetry?
-        /// Signed commands (`[gateway] command_key_file`); nil when commands are not signed.
-        var signing: SignedCommands?
-        /// Where data messages go when the broker is away (nil: `outbox_max_mb = 0`).
-        var outbox: Outbox?
-        /// Whether the system clock is set (`[gateway] require_synced_clock`).
-        var clock: ClockSync
-
-        /// A data message (a value, a frame, an event): through the outbox, which sends it at
-        /// once while the broker keeps up. `compactable`: a retained value an newer one of its
-        /// topic may replace when the outbox is full.
-        func publishData(to topic: String, payload: [UInt8], retain: Bool, compactable: Bool, ts: Int64 = unixMilliseconds()) async {
-            if let outbox {
-                await outbox.publish(to: topic, payload: payload, retain: retain, compactable: compactable, ts: ts)
-            } else {
-                try? await client.enqueue(to: topic, payload: payload, qos: .atLeastOnce, retain: retain, properties: Outbox.properties(ts: ts))
-            }
-        }
-
-        /// The gateway's birth and every known device status (retained): after every connect, and
-        /// after Home Assistant's birth.
-        func publishStatuses() async {
-            try? await client.enqueue(to: topics.status, payload: Array("online".utf8), qos: .atLeastOnce, retain: true)
-            for (device, state) in board.all() where state != .unknown {
-                try? await client.enqueue(to: topics.status(device), payload: Array(state.rawValue.utf8), qos: .atLeastOnce, retain: true)
-            }
-        }
-
-        /// Records a device's state; publishes it when connected (else the connect handler
-        /// republishes the board after the birth).
-        func publishStatus(_ device: String, _ state: DeviceHealth.State) async {
-            board.set(device, state)
-            telemetry?.device(device)?.state(state)
-            guard await client.isConnected else { return }
-            try? await client.enqueue(to: topics.status(device), payload: Array(state.rawValue.utf8), qos: .atLeastOnce, retain: true)
-        }
-
-        /// A `/set` on Modbus and serial devices alike: the ``CommandPipeline`` checks, then
-        /// `execute` (which checks the value and the device and returns the `ok` answer or throws
-        /// the refusal), then its audit line and its answer. `secret`: the value is never logged
-        /// or shown (`secret = true`); a refused command's value is never shown either.
-        func runCommand<Target>(_ message: MQTTMessage, name: String, receivedAt: ContinuousClock.Instant,
-                                pipeline: inout CommandPipeline, resultTopic: String, secret: Bool = false, logger: Logger,
-                                target: () throws(CommandRefused) -> Target,
-                                mustBeSigned: (Target) -> Bool = { _ in false },
-                                execute: (Target, CommandRequest) async throws(CommandRefused) -> CommandAnswer) async {
-            var request: CommandRequest?
-            var repeated = false
-            var executedAt: ContinuousClock.Instant?
-            let answer: CommandAnswer
-            let requireSync = gateway.requireSyncedClock
-            switch pipeline.admit(message, name: name, receivedAt: receivedAt, now: .now, unixNow: unixMilliseconds(),
-                                  clockTrusted: { !requireSync || clock.isSynchronised },
-                                  target: target, mustBeSigned: mustBeSigned) {
-            case .refuse(let refusal, let req, let why):
-                request = req
-                if let why { logger.warning("signed command refused: \(why.logSafe)", metadata: ["topic": "\(message.topic.logSafe)"]) }
-                answer = .refused(refusal.reason)
-            case .repeated(let first, let req):
-                request = req
-                repeated = true
-                answer = first
-            case .execute(let t, let req):
-                request = req
-                // A signed command's id is on storage before its write reaches the device.
-                if req.sig != nil, let signing { await signing.flushed() }
-                do throws(CommandRefused) {
-                    answer = try await execute(t, req)
-                    executedAt = .now
-                } catch {
-                    answer = .refused(error.reason)
-                }
-                pipeline.finish(name, request: req, answer: answer, now: .now)
-            }
-            // Everything from the message is escaped: a command cannot forge a log line.
-            let value = secret ? "(secret)" : request.map { "\($0.value)" } ?? String(decoding: message.payload.prefix(64), as: UTF8.self)
-            var meta: Logger.Metadata = [
-                "point": "\(name.logSafe)",
-                "topic": "\(message.topic.logSafe)",
-                "value": "\(value.logSafe)",
-                "latency_ms": "\(DeviceCommander.milliseconds(since: receivedAt))",
-            ]
-            if let id = request?.id { meta["id"] = "\(id.logSafe)" }
-            if repeated { meta["note"] = "repeated id: not executed again" }
-            let shown = secret
-                ? answer.secretMasked(sent: [String(decoding: message.payload, as: UTF8.self)] + (request.map { ["\($0.value)"] } ?? []))
-                : answer
-            logger.notice("command \(message.topic.logSafe) -> \(shown.json().logSafe)", metadata: meta)
-            if let telemetry, let command = topics.parse(message.topic) {
-                telemetry.commandAnswered(device: command.device, point: command.point, value: value,
-                                          answer: shown, receivedAt: receivedAt, wroteAt: executedAt)
-            }
-            await self.answer(answer, to: message, fallback: resultTopic, logger: logger)
-        }
-
-        /// Why an MQTT 5 response topic is not used (nil: it is fine). An answer published there
-        /// could be taken for something else: a topic filter with wildcards, any command topic
-        /// (`.../set`, `.../get`), or anything under the gateway's own base but a `/set/result`.
-        static func refusedResponseTopic(_ topic: String, base: String) -> String? {
-            if topic.contains("+") || topic.contains("#") { return "it has wildcards" }
-            if topic.hasSuffix("/set") || topic.hasSuffix("/get") || topic == "set" || topic == "get" { return "it is a command topic" }
-            if (topic == base || topic.hasPrefix(base + "/")) && !topic.hasSuffix("/set/result") {
-                return "it is under the gateway's base topic \(base)"
-            }
-            return nil
-        }
-
-        /// Publishes a command's answer: to the MQTT 5 response topic (with the correlation data)
-        /// when the request has one, else to `fallback`.
-        func answer(_ answer: CommandAnswer, to message: MQTTMessage, fallback: String?, logger: Logger) async {
-            var props = MQTTProperties()
-            var note: String?
-            let topic: String
-            if let rt = message.properties.responseTopic, let why = Self.refusedResponseTopic(rt, base: topics.base) {
-                // Never publish an answer where it could be taken for a command or a value.
-                logger.warning("response topic \(rt.logSafe) of \(message.topic.logSafe) refused: \(why)")
-                guard let fallback else { return }
-                topic = fallback
-                note = "response topic refused: \(why); answered here instead"
-            } else if let rt = message.properties.responseTopic {
-                topic = rt
-                props.correlationData = message.properties.correlationData
-            } else if let fallback {
-                topic = fallback
-            } else {
-                return
-            }
-            // Not kept for later: nobody waits for an answer after the broker is back, and it must
-            // not push telemetry out of the offline queue.
-            guard await client.isConnected else {
-                logger.info("answer to \(topic.logSafe) not sent: the broker is away")
-                return
-            }
-            do {
-                try await client.enqueue(to: topic, payload: Array(answer.json(note: note).utf8), qos: .atLeastOnce, retain: false, properties: props)
-            } catch {
-                logger.warning("answer to \(topic.logSafe) not published: \(error)")
-            }
-        }
-    }
-
     let device: DeviceSettings
-    let bus: ModbusBus
+    let bus: any DeviceBus
     let timeout: Duration
-    let context: Context
+    let services: UnitServices
+    private var clock: any GatewayClock { services.clock }
     /// The gateway's logger, shared by every device (a copy with the device's name in its
     /// metadata is made when something is logged, not kept: 0.4 KiB per device).
     private let sharedLogger: Logger
@@ -246,12 +100,12 @@ final class DeviceCommander: Sendable {
     /// Its jobs, run one at a time by a task the first job starts.
     private let jobs: DeviceJobQueue<Job, Work>
 
-    init(device: DeviceSettings, bus: ModbusBus, timeoutMs: Int, context: Context, logger: Logger) {
+    init(device: DeviceSettings, bus: any DeviceBus, timeoutMs: Int, services: UnitServices, logger: Logger) {
         self.device = device
         self.bus = bus
         self.timeout = .milliseconds(timeoutMs)
-        self.context = context
-        jobs = DeviceJobQueue(Work(pipeline: CommandPipeline(maxAgeMs: context.gateway.commandMaxAgeMs, signing: context.signing)), executor: context.client.taskExecutor)
+        self.services = services
+        jobs = DeviceJobQueue(Work(pipeline: services.commands.pipeline()), executor: services.executor)
         sharedLogger = logger
     }
 
@@ -268,7 +122,7 @@ final class DeviceCommander: Sendable {
     /// A journal line of an earlier release (the name only) is taken as this point's; a line
     /// whose target differs (the point was moved) is the ``PulseReaper``'s.
     func start() {
-        let leftOn = context.journal.current
+        let leftOn = services.journal.current
         let points = device.points.indices.filter { device.points[$0].pulseMs != nil
             && (leftOn.contains(pulseLine(of: $0)) || leftOn.contains(PulseJournal.key(device: device.name, point: device.points[$0].name))) }
         let actions = jobs.withIdleState { $0.pulses.leftOn(points) } ?? []
@@ -290,12 +144,7 @@ final class DeviceCommander: Sendable {
     private func run(_ job: Job, work: inout Work) async {
         switch job {
         case .set(let message, let pointName, let receivedAt):
-            await handleSet(message, pointName: pointName, receivedAt: receivedAt, pipeline: &work.pipeline) { index, period in
-                perform(work.pulses.switchedOn(index, pulse: period, now: .now), timers: &work.timers)
-            } endPulse: { index in
-                perform(work.pulses.switchedOff(index), timers: &work.timers)
-                await markOff(index)
-            }
+            await handleSet(message, pointName: pointName, receivedAt: receivedAt, work: &work)
         case .get(let message, let pointName, let receivedAt):
             await handleGet(message, pointName: pointName, receivedAt: receivedAt)
         case .pulseEnd(let index, let g, let why):
@@ -309,11 +158,11 @@ final class DeviceCommander: Sendable {
             if await endPulse(index, attempts: attempts, why: text, quiet: why == .retry) {
                 return
             }
-            perform(work.pulses.offFailed(index, now: .now), timers: &work.timers)
+            perform(work.pulses.offFailed(index, now: clock.now), timers: &work.timers)
         case .latchClear(let index):
             let point = device.points[index]
             do {
-                try await write(point.offWrite, point: point, deadline: .now + timeout)
+                try await write(point.offWrite, point: point, deadline: clock.now + timeout)
                 // The poller takes its next reading as the device's state after the clear.
                 readBacks.recordLatchCleared(point: index)
                 logger.info("latch cleared", metadata: ["point": "\(point.name)"])
@@ -333,8 +182,9 @@ final class DeviceCommander: Sendable {
         case .scheduleOff(let point, let g, let at, let why):
             timers[point]?.cancel()
             // A timer per pulsing point, outliving the job that set it: it submits the end job.
+            let clock = clock
             timers[point] = Task {
-                try? await Task.sleep(until: at, clock: .continuous)
+                try? await clock.sleep(until: at)
                 if !Task.isCancelled { self.submit(.pulseEnd(point: point, generation: g, why: why)) }
             }
         case .offNow(let point, let g, let why):
@@ -349,43 +199,43 @@ final class DeviceCommander: Sendable {
     // MARK: /set
 
     /// Handles one `/set` and publishes its answer.
-    private func handleSet(_ message: MQTTMessage, pointName: String, receivedAt: ContinuousClock.Instant,
-                           pipeline: inout CommandPipeline,
-                           startPulse: (Int, Duration) -> Void, endPulse: (Int) async -> Void) async {
-        await context.runCommand(message, name: pointName, receivedAt: receivedAt, pipeline: &pipeline,
-                                 resultTopic: context.topics.setResult(device: device.name, point: pointName),
-                                 secret: device.points.first { $0.name == pointName }?.secret ?? false, logger: logger) { () throws(CommandRefused) -> Int in
-            guard let index = device.points.firstIndex(where: { $0.name == pointName }) else {
-                throw CommandRefused("unknown point '\(pointName)' on device '\(device.name)'")
+    private func handleSet(_ message: MQTTMessage, pointName: String, receivedAt: ContinuousClock.Instant, work: inout Work) async {
+        let commands = services.commands
+        var (run, index) = await commands.admit(message, name: pointName, receivedAt: receivedAt, pipeline: &work.pipeline,
+                                                target: self, logger: logger)
+        if let index, let req = run.request {
+            let answer: CommandAnswer
+            do throws(CommandRefused) {
+                answer = try await execute(req, index: index, receivedAt: receivedAt, work: &work)
+            } catch {
+                answer = .refused(error.reason)
             }
-            guard device.points[index].writable else { throw CommandRefused("point '\(pointName)' is not writable") }
-            return index
-        } mustBeSigned: { index in
-            device.points[index].signed ?? true
-        } execute: { (index, req) throws(CommandRefused) in
-            try await execute(req, index: index, receivedAt: receivedAt, startPulse: startPulse, endPulse: endPulse)
+            commands.executed(&run, answer: answer, pipeline: &work.pipeline)
         }
+        await commands.conclude(run, resultTopic: services.topics.setResult(device: device.name, point: pointName), logger: logger)
     }
 
-    private func execute(_ req: CommandRequest, index: Int, receivedAt: ContinuousClock.Instant, startPulse: (Int, Duration) -> Void,
-                         endPulse: (Int) async -> Void) async throws(CommandRefused) -> CommandAnswer {
+    /// Checks the value and the device, writes (once), starts or ends the point's pulse, reads back.
+    private func execute(_ req: CommandRequest, index: Int, receivedAt: ContinuousClock.Instant, work: inout Work) async throws(CommandRefused) -> CommandAnswer {
         let point = device.points[index]
         let plan = try point.writePlan(for: req.value)
-        switch context.board.state(device.name) {
+        switch services.board.state(device.name) {
         case .online: break
         case .offline: throw CommandRefused("device '\(device.name)' is offline")
         case .unknown: throw CommandRefused("device '\(device.name)' has not answered a poll yet")
         }
         // Not queued for later: if the bus cannot start it within one response timeout, refuse.
         let deadline = receivedAt + timeout
-        guard ContinuousClock.now < deadline else { throw CommandRefused("bus busy: the command could not start within \(timeout)") }
+        guard clock.now < deadline else { throw CommandRefused("bus busy: the command could not start within \(timeout)") }
         // Journal first: if the gateway dies after this write, the next start switches it off.
-        let journalled = (point.pulseMs != nil && !plan.isOff) ? await context.journal.markOn(pulseLine(of: index)) : false
+        let journalled = (point.pulseMs != nil && !plan.isOff) ? await services.journal.markOn(pulseLine(of: index)) : false
         do {
             try await write(plan, point: point, deadline: deadline)
         } catch let e as ModbusError where e.isOutcomeUnknown {
             // The device may have switched: make sure a pulse still ends.
-            if let ms = point.pulseMs, !plan.isOff { startPulse(index, .milliseconds(ms)) }
+            if let ms = point.pulseMs, !plan.isOff {
+                perform(work.pulses.switchedOn(index, pulse: .milliseconds(ms), now: clock.now), timers: &work.timers)
+            }
             throw CommandRefused("outcome unknown: \(e) (not retried)")
         } catch {
             // Refused by the device, not sent, or not started in time: nothing changed, and a
@@ -394,7 +244,12 @@ final class DeviceCommander: Sendable {
             throw CommandRefused("\(error)")
         }
         if let ms = point.pulseMs {
-            if plan.isOff { await endPulse(index) } else { startPulse(index, .milliseconds(ms)) }
+            if plan.isOff {
+                perform(work.pulses.switchedOff(index), timers: &work.timers)
+                await markOff(index)
+            } else {
+                perform(work.pulses.switchedOn(index, pulse: .milliseconds(ms), now: clock.now), timers: &work.timers)
+            }
         }
         let back = await readBack(index)
         switch back {
@@ -410,7 +265,7 @@ final class DeviceCommander: Sendable {
 
     /// Its pulse is off: its journal line goes (and an earlier release's line for it).
     private func markOff(_ index: Int) async {
-        await context.journal.markOff(pulseLine(of: index), legacy: PulseJournal.key(device: device.name, point: device.points[index].name))
+        await services.journal.markOff(pulseLine(of: index), legacy: PulseJournal.key(device: device.name, point: device.points[index].name))
     }
 
     private func write(_ plan: WritePlan, point: PointSettings, deadline: ContinuousClock.Instant) async throws {
@@ -423,13 +278,13 @@ final class DeviceCommander: Sendable {
         let point = device.points[index]
         do {
             let read = try await bus.read(point.registerKind, unit: device.unit, address: point.address, count: point.width,
-                                          priority: .high, deadline: .now + timeout)
+                                          priority: .high, deadline: clock.now + timeout)
             let value = try point.value(from: read)
             readBacks.record(value, point: index)
-            context.telemetry?.device(device.name)?.value(point: index, value)
-            await context.publishData(to: context.topics.value(device: device.name, point: point.name),
-                                      payload: valuePayload(value, point: point, gateway: context.gateway),
-                                      retain: point.retain ?? context.gateway.retain, compactable: true)
+            services.telemetry?.device(device.name)?.value(point: index, value)
+            await services.publisher.publishData(to: services.topics.value(device: device.name, point: point.name),
+                                                 payload: valuePayload(value, point: point, gateway: services.gateway),
+                                                 retain: point.retain ?? services.gateway.retain, compactable: true)
             return .success(value)
         } catch {
             return .failure(error)
@@ -449,8 +304,8 @@ final class DeviceCommander: Sendable {
     }
 
     private func writeFailsafe(_ points: [Int], whileBrokerAway: Bool) async -> [FailsafeWrite] {
-        if whileBrokerAway, await context.client.isConnected { return [] }
-        let online = context.board.state(device.name) == .online
+        if whileBrokerAway, await services.publisher.brokerConnected { return [] }
+        let online = services.board.state(device.name) == .online
         var out: [FailsafeWrite] = []
         for index in points {
             let point = device.points[index]
@@ -460,7 +315,7 @@ final class DeviceCommander: Sendable {
                 do throws(CommandRefused) {
                     let plan = try point.writePlan(for: value)
                     do {
-                        try await write(plan, point: point, deadline: .now + timeout)
+                        try await write(plan, point: point, deadline: clock.now + timeout)
                         w.outcome = .written(at: unixMilliseconds())
                         _ = await readBack(index)
                     } catch {
@@ -487,7 +342,7 @@ final class DeviceCommander: Sendable {
         log[metadataKey: "point"] = "\(point.name)"
         for attempt in 1...attempts {
             do {
-                try await write(point.offWrite, point: point, deadline: .now + timeout)
+                try await write(point.offWrite, point: point, deadline: clock.now + timeout)
                 await markOff(index)
                 log.info("pulse ended: switched off (\(why))")
                 _ = await readBack(index)
@@ -504,7 +359,8 @@ final class DeviceCommander: Sendable {
                 log.log(level: quiet ? .debug : .warning, "pulse end: write off failed (attempt \(attempt) of \(attempts)), retrying: \(error)")
                 // Not a cancellable sleep: this write must be tried again even while stopping.
                 let pause = Duration.milliseconds(min(2000, 250 << (attempt - 1)))
-                await Task.detached { try? await Task.sleep(for: pause) }.value
+                let clock = clock
+                await Task.detached { try? await clock.sleep(until: clock.now + pause) }.value
             }
         }
         return false
@@ -524,14 +380,24 @@ final class DeviceCommander: Sendable {
         } else {
             answer = .refused("unknown point '\(pointName)' on device '\(device.name)'")
         }
-        log.info("get \(message.topic.logSafe): \(answer.json().logSafe) in \(Self.milliseconds(since: receivedAt)) ms")
+        log.info("get \(message.topic.logSafe): \(answer.json().logSafe) in \(CommandRunner.milliseconds(since: receivedAt, now: clock.now)) ms")
         // /get answers go to an MQTT 5 response topic when one is given; the value topic has the value.
-        await context.answer(answer, to: message, fallback: nil, logger: logger)
+        await services.commands.answerer.answer(answer, to: message, fallback: nil, logger: logger)
     }
 
-    // MARK: answers and audit
+}
 
-    static func milliseconds(since start: ContinuousClock.Instant) -> String {
-        Scaling.format(Double((ContinuousClock.now - start).nanoseconds / 1000) / 1000)
+extension DeviceCommander: CommandTarget {
+    /// A `/set` addresses a point by name; it must be writable.
+    func commandPoint(_ name: String) throws(CommandRefused) -> Int {
+        guard let index = device.points.firstIndex(where: { $0.name == name }) else {
+            throw CommandRefused("unknown point '\(name)' on device '\(device.name)'")
+        }
+        guard device.points[index].writable else { throw CommandRefused("point '\(name)' is not writable") }
+        return index
     }
+
+    func mustBeSigned(_ index: Int) -> Bool { device.points[index].signed ?? true }
+
+    func isSecret(_ name: String) -> Bool { device.points.first { $0.name == name }?.secret ?? false }
 }

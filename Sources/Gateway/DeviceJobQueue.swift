@@ -49,9 +49,9 @@ final class DeviceJobQueue<Job: DeviceJob, State: Sendable>: Sendable {
     private let queue: Mutex<Queue>
     /// Where the job task runs its own code: the MQTT client's loop (``MQTTClient/taskExecutor``),
     /// so a command arrives, is checked and is answered without a hop through the cooperative pool.
-    private let executor: any TaskExecutor
+    private let executor: (any TaskExecutor)?
 
-    init(_ state: State, executor: any TaskExecutor) {
+    init(_ state: State, executor: (any TaskExecutor)?) {
         queue = Mutex(Queue(state: state))
         self.executor = executor
     }

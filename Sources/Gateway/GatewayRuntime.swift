@@ -94,7 +94,8 @@ public final class GatewayRuntime: Service, Sendable {
         var plan: GatewayPlan
         var password: [UInt8]?
         var commandKey: [UInt8]?
-        var context: DeviceCommander.Context
+        /// What every unit is handed (a reload replaces the settings and the command runner).
+        var services: UnitServices
         var buses: [String: BusUnit] = [:]
         var commanders: [String: DeviceCommander] = [:]
         var serial: [String: SerialDeviceRunner] = [:]
@@ -107,7 +108,11 @@ public final class GatewayRuntime: Service, Sendable {
 
     /// The configuration running now, with its read plans and topics.
     public var plan: GatewayPlan { units.withLock { $0.plan } }
-    var context: DeviceCommander.Context { units.withLock { $0.context } }
+    var services: UnitServices { units.withLock { $0.services } }
+    /// Makes the units, at start and at a reload.
+    let factory: UnitFactory
+    /// Values, events and statuses, through the outbox and the client.
+    let publisher: BrokerPublisher
 
     /// `password`: read by the caller (the CLI reads `mqtt.password_file` or env `GATEWAY_MQTT_PASSWORD`).
     /// `commandKey`: the key of signed commands (the CLI reads `[gateway] command_key_file`).
@@ -140,20 +145,24 @@ public final class GatewayRuntime: Service, Sendable {
         self.reaper = PulseReaper(journal: journal, logger: logger)
         self.counters = CounterStore(directory: g.stateDirectory, logger: logger)
         telemetry?.journalWritable.set(journal.path != nil ? 1.0 : 0.0)
-        let context = DeviceCommander.Context(topics: plan.topics, gateway: configuration.gateway, client: client, board: board, journal: journal,
-                                              telemetry: telemetry,
-                                              signing: commandKey.map { SignedCommands(key: $0, maxAgeMs: Self.signedMaxAgeMs(configuration.gateway), stateDirectory: g.stateDirectory, logger: logger) },
-                                              outbox: outbox, clock: ClockSync(logger: logger))
-        var units = Units(plan: plan, password: password, commandKey: commandKey, context: context)
+        let publisher = BrokerPublisher(client: client, topics: plan.topics, board: board, outbox: outbox, telemetry: telemetry)
+        self.publisher = publisher
+        let factory = UnitFactory(liveness: liveness, telemetry: telemetry, logger: logger)
+        self.factory = factory
+        let services = UnitServices(topics: plan.topics, gateway: g, publisher: publisher,
+                                    commands: Self.commandRunner(configuration.gateway, commandKey: commandKey, signing: nil, clockSync: ClockSync(logger: logger), client: client,
+                                                                 topics: plan.topics, telemetry: telemetry, logger: logger),
+                                    board: board, journal: journal, clock: SystemClock(), telemetry: telemetry, executor: client.taskExecutor)
+        var units = Units(plan: plan, password: password, commandKey: commandKey, services: services)
         for b in configuration.buses {
-            units.buses[b.name] = Self.makeBus(b, telemetry: telemetry, logger: logger)
+            units.buses[b.name] = factory.bus(b)
         }
         for d in plan.devices {
             guard let bus = units.buses[d.bus.name] else { continue }
-            units.commanders[d.settings.name] = DeviceCommander(device: d.settings, bus: bus.bus, timeoutMs: d.bus.timeoutMs, context: context, logger: logger)
+            units.commanders[d.settings.name] = factory.commander(d, bus: bus, services: services)
         }
         for d in configuration.serialDevices {
-            units.serial[d.name] = SerialDeviceRunner(settings: d, context: context, liveness: liveness, logger: logger)
+            units.serial[d.name] = factory.serial(d, services: services)
         }
         self.units = Mutex(units)
         if configuration.homeAssistant.enabled {
@@ -163,7 +172,7 @@ public final class GatewayRuntime: Service, Sendable {
             self.homeAssistant = HomeAssistantPublisher(configuration: configuration, topics: plan.topics, version: version,
                                                         client: client, logger: logger,
                                                         republish: {
-                                                            await context.publishStatuses()
+                                                            await publisher.publishStatuses()
                                                             values.advance()
                                                         })
         } else {
@@ -173,6 +182,16 @@ public final class GatewayRuntime: Service, Sendable {
 
     /// How far a signed command's `ts` may be from now: `command_max_age_ms`, 30 s by default.
     static func signedMaxAgeMs(_ g: GatewaySettings) -> Int { g.commandMaxAgeMs ?? 30_000 }
+
+    /// The `/set` checks for these settings: `signing` kept when given (a reload keeps the ids
+    /// seen), else made from `commandKey` (nil: commands are not signed).
+    static func commandRunner(_ g: GatewaySettings, commandKey: [UInt8]?, signing: SignedCommands?, clockSync: ClockSync, client: MQTTClient,
+                              topics: TopicLayout, telemetry: GatewayTelemetry?, logger: Logger) -> CommandRunner {
+        let signing = commandKey == nil ? nil
+            : signing ?? commandKey.map { SignedCommands(key: $0, maxAgeMs: signedMaxAgeMs(g), stateDirectory: g.stateDirectory, logger: logger) }
+        return CommandRunner(topics: topics, gateway: g, signing: signing, clockSync: clockSync, clock: SystemClock(),
+                             answerer: BrokerAnswerer(client: client, base: topics.base), telemetry: telemetry)
+    }
 
     /// The MQTT client's settings from `[mqtt]`: will `offline` on the gateway's status topic.
     static func mqttConfiguration(_ configuration: GatewayConfiguration, password: [UInt8]?, telemetry: GatewayTelemetry?) -> MQTTConfiguration {
@@ -196,13 +215,6 @@ public final class GatewayRuntime: Service, Sendable {
         return mqtt
     }
 
-    /// A bus unit, its metrics attached.
-    static func makeBus(_ settings: BusSettings, telemetry: GatewayTelemetry?, logger: Logger) -> BusUnit {
-        let unit = BusUnit(settings: settings, logger: logger)
-        telemetry?.bus(settings.name)?.attach(unit.bus)
-        return unit
-    }
-
     /// A device's poll state, new: polled first at `start`.
     func makePoller(_ device: GatewayPlan.Device, gateway: GatewaySettings, commander: DeviceCommander?, start: ContinuousClock.Instant) -> DevicePoller {
         var clear: (@Sendable (Int) -> Void)?
@@ -221,7 +233,7 @@ public final class GatewayRuntime: Service, Sendable {
         let pollers = u.plan.devices.filter { $0.bus.name == bus.settings.name }.map { d in
             kept[d.settings.name] ?? makePoller(d, gateway: u.plan.configuration.gateway, commander: u.commanders[d.settings.name], start: start)
         }
-        bus.start(pollers, sink: GatewayPollSink(context: u.context, generation: valuesGeneration), executor: u.context.client.taskExecutor,
+        bus.start(pollers, sink: GatewayPollSink(publisher: u.services.publisher, generation: valuesGeneration), executor: u.services.executor,
                   liveness: liveness, logger: logger)
     }
 
@@ -402,15 +414,15 @@ public final class GatewayRuntime: Service, Sendable {
     private func refuse(_ message: MQTTMessage, isSet: Bool, receivedAt: ContinuousClock.Instant, why: String) {
         // A signed command refused here (unknown device, restarting, busy) spends its id: else a
         // copy of it would be accepted once the device is back.
-        if isSet { context.signing?.spend(message.payload, topic: message.topic) }
+        if isSet { services.commands.signing?.spend(message.payload, topic: message.topic) }
         if let telemetry, let command = topics.parse(message.topic) {
             telemetry.commandAnswered(device: command.device, point: command.point, value: "",
                                       answer: .refused(why), receivedAt: receivedAt, wroteAt: nil)
         }
         logger.notice("command \(message.topic.logSafe) -> refused: \(why.logSafe)", metadata: ["topic": "\(message.topic.logSafe)"])
-        let context = context, logger = logger
+        let answerer = services.commands.answerer, logger = logger
         Task(executorPreference: client.taskExecutor) {
-            await context.answer(.refused(why), to: message, fallback: isSet ? "\(message.topic)/result" : nil, logger: logger)
+            await answerer.answer(.refused(why), to: message, fallback: isSet ? "\(message.topic)/result" : nil, logger: logger)
         }
     }
 
@@ -426,7 +438,7 @@ public final class GatewayRuntime: Service, Sendable {
     func brokerListeners() -> [any BrokerListener] {
         var listeners: [any BrokerListener] = [
             // The context running at the time (a reload may replace it).
-            StatusRepublisher { [weak self] in await self?.context.publishStatuses() },
+            StatusRepublisher { [publisher] in await publisher.publishStatuses() },
             FailsafeListener(failsafe: failsafe) { [weak self] in self?.failsafeTargets() ?? [] },
         ]
         if let outbox { listeners.append(outbox) }

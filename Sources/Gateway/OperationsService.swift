@@ -117,12 +117,12 @@ extension GatewayRuntime {
 
     /// The MQTT client's counters now.
     public func mqttSnapshot() async -> ScrapeSnapshot {
-        let c = client
-        return ScrapeSnapshot(connected: await c.isConnected, published: await c.publishedCount, pulsesActive: context.journal.current.count,
+        let c = client, services = services
+        return ScrapeSnapshot(connected: await c.isConnected, published: await c.publishedCount, pulsesActive: services.journal.current.count,
                             queued: await c.queuedCount, inFlight: await c.inFlightCount,
                             dropped: await c.droppedCount, droppedIncoming: await c.droppedIncomingCount,
-                            clockSynchronised: context.clock.synchronised(logging: context.gateway.requireSyncedClock),
-                            clockRequired: context.gateway.requireSyncedClock)
+                            clockSynchronised: services.commands.clockSync.synchronised(logging: services.gateway.requireSyncedClock),
+                            clockRequired: services.gateway.requireSyncedClock)
     }
 
     /// Why the gateway is not healthy (empty: healthy): the broker away, or a loop that stopped.

@@ -111,7 +111,7 @@ extension GatewayRuntime {
         let passwordChanged = password != before.password
         // The key and window of signed commands change in place, for every device at once, and
         // the ids already seen stay (a reload never opens a replay).
-        if let commandKey, let signing = before.context.signing {
+        if let commandKey, let signing = before.services.commands.signing {
             if commandKey != before.commandKey { logger.notice("reload: the command key changed") }
             signing.update(key: commandKey, maxAgeMs: Self.signedMaxAgeMs(new.gateway), now: unixMilliseconds())
             units.withLock { $0.commandKey = commandKey }
@@ -148,20 +148,18 @@ extension GatewayRuntime {
         var next = before
         next.plan = plan
         next.password = password
-        next.context.gateway = new.gateway
+        next.services.gateway = new.gateway
         next.commandKey = commandKey
         // Signing switched on or off: every device is "changed" (its [gateway] settings differ)
-        // and restarts with this context. (A key that stays was updated above.)
-        if commandKey == nil {
-            next.context.signing = nil
-        } else if next.context.signing == nil {
-            next.context.signing = commandKey.map { SignedCommands(key: $0, maxAgeMs: Self.signedMaxAgeMs(new.gateway), stateDirectory: new.gateway.stateDirectory, logger: logger) }
-        }
+        // and restarts with these services. (A key that stays was updated above, and its ids stay.)
+        next.services.commands = Self.commandRunner(new.gateway, commandKey: commandKey, signing: before.services.commands.signing,
+                                                    clockSync: before.services.commands.clockSync, client: client,
+                                                    topics: topics, telemetry: telemetry, logger: logger)
         for name in change.removedBuses + change.changedBuses {
             next.buses.removeValue(forKey: name)?.bus.close()
         }
         for b in new.buses where next.buses[b.name] == nil {
-            next.buses[b.name] = Self.makeBus(b, telemetry: telemetry, logger: logger)
+            next.buses[b.name] = factory.bus(b)
         }
         for name in leaving {
             next.commanders[name] = nil
@@ -169,7 +167,7 @@ extension GatewayRuntime {
         }
         for d in plan.devices where arriving.contains(d.settings.name) {
             guard let bus = next.buses[d.bus.name] else { continue }
-            let commander = DeviceCommander(device: d.settings, bus: bus.bus, timeoutMs: d.bus.timeoutMs, context: next.context, logger: logger)
+            let commander = factory.commander(d, bus: bus, services: next.services)
             next.commanders[d.settings.name] = commander
             commander.start()
         }
@@ -178,7 +176,7 @@ extension GatewayRuntime {
             startPoller(bus, units: next, kept: kept[name] ?? [])
         }
         for d in new.serialDevices where arriving.contains(d.name) {
-            let runner = SerialDeviceRunner(settings: d, context: next.context, liveness: liveness, logger: logger)
+            let runner = factory.serial(d, services: next.services)
             next.serial[d.name] = runner
             runner.start()
         }

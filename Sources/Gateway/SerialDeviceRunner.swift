@@ -40,7 +40,7 @@ final class SerialDeviceRunner: Sendable {
     }
 
     let settings: SerialDeviceSettings
-    let context: DeviceCommander.Context
+    let services: UnitServices
     let logger: Logger
     private let line = Mutex<SerialLine?>(nil)
     private let health: Mutex<DeviceHealth>
@@ -56,16 +56,16 @@ final class SerialDeviceRunner: Sendable {
 
     private let liveness: Liveness?
 
-    init(settings: SerialDeviceSettings, context: DeviceCommander.Context, liveness: Liveness?, logger: Logger) {
+    init(settings: SerialDeviceSettings, services: UnitServices, liveness: Liveness?, logger: Logger) {
         self.settings = settings
         self.liveness = liveness
-        self.meter = context.telemetry?.device(settings.name)
-        self.context = context
+        self.meter = services.telemetry?.device(settings.name)
+        self.services = services
         var l = logger
         l[metadataKey: "device"] = "\(settings.name)"
         self.logger = l
         self.health = Mutex(DeviceHealth(offlineAfter: settings.offlineAfter))
-        jobs = DeviceJobQueue(Work(pipeline: CommandPipeline(maxAgeMs: context.gateway.commandMaxAgeMs, signing: context.signing)), executor: context.client.taskExecutor)
+        jobs = DeviceJobQueue(Work(pipeline: services.commands.pipeline()), executor: services.executor)
     }
 
     /// Queues a job; false (nothing queued) when the device already has
@@ -84,7 +84,7 @@ final class SerialDeviceRunner: Sendable {
             // Unstructured, as a bus poller's: units start and stop one by one at a reload;
             // ``stop()`` cancels this task and awaits it. On the MQTT client's loop, as a bus
             // poller's: what it publishes reaches the client without a thread switch.
-            t = Task(executorPreference: context.client.taskExecutor) { await self.run() }
+            t = Task(executorPreference: services.executor) { await self.run() }
         }
     }
 
@@ -187,7 +187,7 @@ final class SerialDeviceRunner: Sendable {
             meter?.frame(matched ? "matched" : "unmatched")
             if !matched {
                 if settings.raw {
-                    await context.publishData(to: context.topics.raw(device: settings.name), payload: frame, retain: false, compactable: false)
+                    await services.publisher.publishData(to: services.topics.raw(device: settings.name), payload: frame, retain: false, compactable: false)
                 } else {
                     logger.debug("frame matched no point: \(text.debugDescription)")
                 }
@@ -201,7 +201,7 @@ final class SerialDeviceRunner: Sendable {
     private func publish(_ point: SerialPointSettings, _ text: String) async {
         let value = PointValue.text(text)
         if let meter, let i = meter.pointNames.firstIndex(of: point.name) { meter.value(point: i, value) }
-        let format = point.format ?? context.gateway.format
+        let format = point.format ?? services.gateway.format
         let ts = unixMilliseconds()
         let payload: [UInt8]
         if format == .plain {
@@ -210,8 +210,8 @@ final class SerialDeviceRunner: Sendable {
             payload = Array("{\"value\":\(value.json),\"ts\":\(ts)}".utf8)
         }
         // A scan is an event: never compacted away, however full the outbox.
-        await context.publishData(to: context.topics.value(device: settings.name, point: point.name), payload: payload,
-                                  retain: point.retain ?? context.gateway.retain, compactable: false, ts: ts)
+        await services.publisher.publishData(to: services.topics.value(device: settings.name, point: point.name), payload: payload,
+                                             retain: point.retain ?? services.gateway.retain, compactable: false, ts: ts)
     }
 
     /// Request/response devices: send `poll` every `poll_ms`, await a frame within the timeout.
@@ -241,7 +241,7 @@ final class SerialDeviceRunner: Sendable {
                 let changed = health.withLock { $0.pollFailed() }
                 if changed != nil {
                     logger.warning("device offline after \(settings.offlineAfter) polls without a reply within \(settings.responseTimeoutMs) ms")
-                    await context.publishStatus(settings.name, .offline)
+                    await services.publisher.publishStatus(settings.name, .offline)
                 }
             }
             _ = schedule.advance(now: .now)
@@ -275,7 +275,7 @@ final class SerialDeviceRunner: Sendable {
         }
         guard let changed else { return }
         logger.info("device \(changed.rawValue)")
-        await context.publishStatus(settings.name, changed)
+        await services.publisher.publishStatus(settings.name, changed)
     }
 
     // MARK: commands
@@ -287,46 +287,50 @@ final class SerialDeviceRunner: Sendable {
         case .get(let message, let name):
             let answer = CommandAnswer.refused("'\(name)' of a serial device cannot be read on demand: its values come as the device sends them")
             logger.notice("get \(message.topic.logSafe) -> \(answer.json().logSafe)")
-            await context.answer(answer, to: message, fallback: nil, logger: logger)
+            await services.commands.answerer.answer(answer, to: message, fallback: nil, logger: logger)
         }
     }
 
     private func handleSet(_ message: MQTTMessage, name: String, receivedAt: ContinuousClock.Instant, pipeline: inout CommandPipeline,
                            stalled: inout ContinuousClock.Instant?) async {
-        await context.runCommand(message, name: name, receivedAt: receivedAt, pipeline: &pipeline,
-                                 resultTopic: context.topics.setResult(device: settings.name, point: name),
-                                 secret: settings.commands.first { $0.name == name }?.secret ?? false, logger: logger) { () throws(CommandRefused) in
-            guard let command = settings.commands.first(where: { $0.name == name }) else {
-                let names = settings.commands.map(\.name).joined(separator: ", ")
-                throw CommandRefused("unknown command '\(name)' on device '\(settings.name)'\(names.isEmpty ? "" : " (commands: \(names))")")
-            }
-            return command
-        } mustBeSigned: { command in
-            command.signed ?? true
-        } execute: { (command, req) throws(CommandRefused) in
-            let value = "\(req.value)"
-            let bytes = try Self.render(command, value: value)
-            // Not queued for later: a command that waited behind a write the line did not take,
-            // or behind others past its time, is refused.
-            if let stalled, receivedAt < stalled {
-                throw CommandRefused("busy: it waited behind a write the line did not take (not sent)")
-            }
-            guard ContinuousClock.now < receivedAt + commandTimeout else {
-                throw CommandRefused("busy: the command could not start within \(settings.responseTimeoutMs) ms (not sent)")
-            }
-            guard health.withLock({ $0.state }) == .online, let port = line.withLock({ $0 }) else {
-                throw CommandRefused("device '\(settings.name)' is offline")
-            }
-            do {
-                try await port.write(bytes, within: commandTimeout)
-            } catch SerialError.writeTimedOut {
-                stalled = .now
-                throw CommandRefused("outcome unknown: the line did not take the command within \(settings.responseTimeoutMs) ms (flow control, or nobody reading); the rest was discarded and the port is reopened")
+        let commands = services.commands
+        var (run, command) = await commands.admit(message, name: name, receivedAt: receivedAt, pipeline: &pipeline, target: self, logger: logger)
+        if let command, let req = run.request {
+            let answer: CommandAnswer
+            do throws(CommandRefused) {
+                answer = try await execute(command, value: "\(req.value)", receivedAt: receivedAt, stalled: &stalled)
             } catch {
-                throw CommandRefused("not sent: \(error)")
+                answer = .refused(error.reason)
             }
-            return .ok(.text(value))
+            commands.executed(&run, answer: answer, pipeline: &pipeline)
         }
+        await commands.conclude(run, resultTopic: services.topics.setResult(device: settings.name, point: name), logger: logger)
+    }
+
+    /// Checks the value, the queue's age and the line, then sends (once).
+    private func execute(_ command: SerialCommandSettings, value: String, receivedAt: ContinuousClock.Instant,
+                         stalled: inout ContinuousClock.Instant?) async throws(CommandRefused) -> CommandAnswer {
+        let bytes = try Self.render(command, value: value)
+        // Not queued for later: a command that waited behind a write the line did not take,
+        // or behind others past its time, is refused.
+        if let stalled, receivedAt < stalled {
+            throw CommandRefused("busy: it waited behind a write the line did not take (not sent)")
+        }
+        guard services.clock.now < receivedAt + commandTimeout else {
+            throw CommandRefused("busy: the command could not start within \(settings.responseTimeoutMs) ms (not sent)")
+        }
+        guard health.withLock({ $0.state }) == .online, let port = line.withLock({ $0 }) else {
+            throw CommandRefused("device '\(settings.name)' is offline")
+        }
+        do {
+            try await port.write(bytes, within: commandTimeout)
+        } catch SerialError.writeTimedOut {
+            stalled = services.clock.now
+            throw CommandRefused("outcome unknown: the line did not take the command within \(settings.responseTimeoutMs) ms (flow control, or nobody reading); the rest was discarded and the port is reopened")
+        } catch {
+            throw CommandRefused("not sent: \(error)")
+        }
+        return .ok(.text(value))
     }
 
     /// The bytes to send: the template with `{value}` replaced, after checking the value.
@@ -352,4 +356,19 @@ final class SerialDeviceRunner: Sendable {
         }
         return out + rest
     }
+}
+
+extension SerialDeviceRunner: CommandTarget {
+    /// A `/set` addresses one of its `[[device.command]]`s by name.
+    func commandPoint(_ name: String) throws(CommandRefused) -> SerialCommandSettings {
+        guard let command = settings.commands.first(where: { $0.name == name }) else {
+            let names = settings.commands.map(\.name).joined(separator: ", ")
+            throw CommandRefused("unknown command '\(name)' on device '\(settings.name)'\(names.isEmpty ? "" : " (commands: \(names))")")
+        }
+        return command
+    }
+
+    func mustBeSigned(_ command: SerialCommandSettings) -> Bool { command.signed ?? true }
+
+    func isSecret(_ name: String) -> Bool { settings.commands.first { $0.name == name }?.secret ?? false }
 }

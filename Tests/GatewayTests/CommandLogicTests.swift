@@ -108,7 +108,7 @@ struct CommandSafetyTests {
     @Test("response topics: wildcards, command topics and the gateway's own topics (but /set/result) are refused")
     func responseTopicRules() {
         let base = "gateway/lobby"
-        let refused = { (t: String) in DeviceCommander.Context.refusedResponseTopic(t, base: base) != nil }
+        let refused = { (t: String) in BrokerAnswerer.refusedResponseTopic(t, base: base) != nil }
         #expect(!refused("app/replies/42"))
         #expect(!refused("gateway/lobby/front-door/unlock/set/result"))
         #expect(refused("app/+/x") && refused("app/#"))
