@@ -2,14 +2,6 @@ import GatewayConfig
 import Modbus
 
 /// Why a command was refused: the text of the `{"ok": false, "error": ...}` answer.
-public struct CommandRefused: Error, Sendable, Equatable, CustomStringConvertible {
-    public let reason: String
-    public init(_ reason: String) { self.reason = reason }
-    public var description: String { reason }
-
-    /// A signed or timed command while the system clock is not yet set (``ClockSync``).
-    static let clockNotSynchronised = CommandRefused("gateway clock not synchronised")
-}
 
 /// What a `/set` payload asks for: plain (`true`, `ON`, `21.5`, `locked`) or JSON
 /// `{"value": ..., "ts": <unix ms>, "id": "..."}`. Parsing checks the form only; whether the value
@@ -42,62 +34,62 @@ public struct CommandRequest: Sendable, Equatable {
     /// behind many others would run late anyway).
     public static let pendingPerDevice = 8
 
-    public static func parse(_ payload: [UInt8]) throws(CommandRefused) -> CommandRequest {
-        guard payload.count <= maxPayload else { throw CommandRefused("payload of \(payload.count) bytes is too long (at most \(maxPayload))") }
-        guard let text = String(validating: payload, as: UTF8.self) else { throw CommandRefused("payload is not valid UTF-8") }
+    public static func parse(_ payload: [UInt8]) throws(CommandRefusal) -> CommandRequest {
+        guard payload.count <= maxPayload else { throw .badPayload("payload of \(payload.count) bytes is too long (at most \(maxPayload))") }
+        guard let text = String(validating: payload, as: UTF8.self) else { throw .badPayload("payload is not valid UTF-8") }
         let trimmed = text.trimmingASCIIWhitespace()
-        guard let first = trimmed.utf8.first else { throw CommandRefused("empty payload") }
+        guard let first = trimmed.utf8.first else { throw .badPayload("empty payload") }
         if first == UInt8(ascii: "{") { return try parseJSON(payload) }
         if first == UInt8(ascii: "\"") {   // a bare JSON string, e.g. "locked"
-            guard case .string(let s) = try? JSONValue.parse(payload) else { throw CommandRefused("payload is not a valid JSON string") }
+            guard case .string(let s) = try? JSONValue.parse(payload) else { throw .badPayload("payload is not a valid JSON string") }
             return CommandRequest(value: .text(s))
         }
         guard !trimmed.hasControlCharacters else {
-            throw CommandRefused("payload contains control characters")
+            throw .badPayload("payload contains control characters")
         }
         return CommandRequest(value: .text(trimmed))
     }
 
-    private static func parseJSON(_ payload: [UInt8]) throws(CommandRefused) -> CommandRequest {
+    private static func parseJSON(_ payload: [UInt8]) throws(CommandRefusal) -> CommandRequest {
         let json: JSONValue
-        do { json = try JSONValue.parse(payload) } catch { throw CommandRefused("\(error)") }
-        guard case .object(let members) = json else { throw CommandRefused("JSON payload must be an object") }
+        do { json = try JSONValue.parse(payload) } catch { throw .badPayload("\(error)") }
+        guard case .object(let members) = json else { throw .badPayload("JSON payload must be an object") }
         var value: Value?
         var ts: Int64?
         var id: String?
         var sig: String?
         var seen: Set<String> = []
         for (key, v) in members {
-            guard seen.insert(key).inserted else { throw CommandRefused("JSON key '\(key)' appears twice") }
+            guard seen.insert(key).inserted else { throw .badPayload("JSON key '\(key)' appears twice") }
             switch key {
             case "value":
                 switch v {
                 case .bool(let b): value = .bool(b)
                 case .number(let n): value = .number(n)
                 case .string(let s):
-                    guard !s.hasControlCharacters else { throw CommandRefused("\"value\" contains control characters") }
+                    guard !s.hasControlCharacters else { throw .badPayload("\"value\" contains control characters") }
                     value = .text(s)
-                default: throw CommandRefused("\"value\" must be a bool, a number or a string")
+                default: throw .badPayload("\"value\" must be a bool, a number or a string")
                 }
             case "ts":
                 guard case .number(let n) = v, let t = Int64(n), t >= 0 else {
-                    throw CommandRefused("\"ts\" must be a whole number of unix milliseconds")
+                    throw .badPayload("\"ts\" must be a whole number of unix milliseconds")
                 }
                 ts = t
             case "id":
                 switch v {
                 case .string(let s) where !s.isEmpty && s.utf8.count <= 128 && !s.hasControlCharacters: id = s
                 case .number(let n): id = n
-                default: throw CommandRefused("\"id\" must be a string of 1 to 128 bytes (no control characters) or a number")
+                default: throw .badPayload("\"id\" must be a string of 1 to 128 bytes (no control characters) or a number")
                 }
             case "sig":
-                guard case .string(let s) = v, !s.isEmpty, s.utf8.count <= 128 else { throw CommandRefused("\"sig\" must be a string (hex or base64)") }
+                guard case .string(let s) = v, !s.isEmpty, s.utf8.count <= 128 else { throw .badPayload("\"sig\" must be a string (hex or base64)") }
                 sig = s
             default:
-                throw CommandRefused("unknown JSON key '\(key)' (a command has \"value\", and optionally \"ts\", \"id\" and \"sig\")")
+                throw .badPayload("unknown JSON key '\(key)' (a command has \"value\", and optionally \"ts\", \"id\" and \"sig\")")
             }
         }
-        guard let value else { throw CommandRefused("JSON command has no \"value\"") }
+        guard let value else { throw .badPayload("JSON command has no \"value\"") }
         return CommandRequest(value: value, ts: ts, id: id, sig: sig)
     }
 }
@@ -128,8 +120,8 @@ extension PointSettings {
 
     /// Checks `value` against the point (writable, type, `map`, `min`/`max`, scaling) and returns
     /// what to write. Throws with the reason otherwise; nothing is written then.
-    public func writePlan(for value: CommandRequest.Value) throws(CommandRefused) -> WritePlan {
-        guard writable else { throw CommandRefused("point '\(name)' is not writable") }
+    public func writePlan(for value: CommandRequest.Value) throws(CommandRefusal) -> WritePlan {
+        guard writable else { throw .notWritable(point: name) }
         // Names from `map` (case-insensitive) stand for their raw value.
         if !map.isEmpty {
             let raw: Int64
@@ -141,37 +133,37 @@ extension PointSettings {
                 raw = b ? 1 : 0
             } else {
                 let names = map.sorted { $0.key < $1.key }.map { "\($0.value) (\($0.key))" }.joined(separator: ", ")
-                throw CommandRefused("'\(value)' is not a value of '\(name)': use one of \(names)")
+                throw .badValue("'\(value)' is not a value of '\(name)': use one of \(names)")
             }
             return try encode(raw: type == .bool ? .bool(raw != 0) : .int(raw), asked: "\(value)")
         }
         if type == .bool {
-            guard let b = Self.boolean(value) else { throw CommandRefused("'\(value)' is not a bool: use true/false, on/off or 1/0") }
+            guard let b = Self.boolean(value) else { throw .badValue("'\(value)' is not a bool: use true/false, on/off or 1/0") }
             return try encode(raw: .bool(b), asked: "\(value)")
         }
         if type == .string {
-            guard case .text(let s) = value else { throw CommandRefused("'\(value)' is not text") }
+            guard case .text(let s) = value else { throw .badValue("'\(value)' is not text") }
             return try encode(raw: .string(s), asked: s)
         }
         guard let number = Self.number(value), let d = number.doubleValue else {
-            throw CommandRefused("'\(value)' is not a number")
+            throw .badValue("'\(value)' is not a number")
         }
-        if let min, d < min { throw CommandRefused("\(value) is below the minimum \(Scaling.format(min))") }
-        if let max, d > max { throw CommandRefused("\(value) is above the maximum \(Scaling.format(max))") }
+        if let min, d < min { throw .badValue("\(value) is below the minimum \(Scaling.format(min))") }
+        if let max, d > max { throw .badValue("\(value) is above the maximum \(Scaling.format(max))") }
         let raw: ModbusValue
-        do { raw = try scaling.invert(number, for: dataType) } catch { throw CommandRefused("\(error)") }
+        do { raw = try scaling.invert(number, for: dataType) } catch { throw .badValue("\(error)") }
         return try encode(raw: raw, asked: "\(value)")
     }
 
-    private func encode(raw: ModbusValue, asked: String) throws(CommandRefused) -> WritePlan {
+    private func encode(raw: ModbusValue, asked: String) throws(CommandRefusal) -> WritePlan {
         if table == .coil {
-            guard case .bool(let b) = raw else { throw CommandRefused("'\(asked)' is not a bool") }
+            guard case .bool(let b) = raw else { throw .badValue("'\(asked)' is not a bool") }
             return WritePlan(data: .coil(b))
         }
         do {
             return WritePlan(data: .registers(try RegisterCodec.encode(raw, as: dataType, order: registerOrder)))
         } catch {
-            throw CommandRefused("'\(asked)' does not fit \(type.rawValue): \(error)")
+            throw .badValue("'\(asked)' does not fit \(type.rawValue): \(error)")
         }
     }
 
@@ -246,18 +238,15 @@ extension String {
 public enum CommandAnswer: Sendable, Equatable {
     case ok(PointValue)
     case readBackFailed(String)
-    case refused(String)
+    case refused(CommandRefusal)
 
     /// The answer as logged and shown for a `secret = true` point: the value read back masked,
     /// and `sent` (what the command asked, as the refusal may quote it) wherever a reason holds it.
     func secretMasked(sent: [String]) -> CommandAnswer {
-        func mask(_ why: String) -> String {
-            sent.filter { !$0.isEmpty }.reduce(why) { $0.replacing($1, with: "(secret)") }
-        }
-        return switch self {
+        switch self {
         case .ok: .ok(.text("(secret)"))
-        case .readBackFailed(let why): .readBackFailed(mask(why))
-        case .refused(let why): .refused(mask(why))
+        case .readBackFailed(let why): .readBackFailed(sent.filter { !$0.isEmpty }.reduce(why) { $0.replacing($1, with: "(secret)") })
+        case .refused(let refusal): .refused(.masked(refusal, sent: sent))
         }
     }
 
@@ -265,7 +254,7 @@ public enum CommandAnswer: Sendable, Equatable {
         var s = switch self {
         case .ok(let value): "{\"ok\":true,\"value\":\(value.json)"
         case .readBackFailed(let why): "{\"ok\":true,\"value\":null,\"readback_error\":\(JSONValue.quoted(why))"
-        case .refused(let why): "{\"ok\":false,\"error\":\(JSONValue.quoted(why))"
+        case .refused(let refusal): "{\"ok\":false,\"error\":\(JSONValue.quoted(refusal.reason))"
         }
         if let note { s += ",\"note\":\(JSONValue.quoted(note))" }
         return s + "}"

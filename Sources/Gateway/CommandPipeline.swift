@@ -13,7 +13,7 @@ struct CommandPipeline: Sendable {
     enum Admission<Target> {
         /// Answer this refusal; nothing is executed. `why`: what failed, for the log only (a
         /// refused signature gets one answer whatever failed).
-        case refuse(CommandRefused, request: CommandRequest?, why: String? = nil)
+        case refuse(CommandRefusal, request: CommandRequest?, why: String? = nil)
         /// The id was seen before: answer the first answer again; nothing is executed.
         case repeated(CommandAnswer, request: CommandRequest)
         /// Execute it, then call ``finish(_:request:answer:now:)``.
@@ -38,21 +38,21 @@ struct CommandPipeline: Sendable {
     /// (anyone could otherwise block the id a genuine command will use).
     mutating func admit<Target>(_ message: MQTTMessage, name: String, receivedAt: ContinuousClock.Instant,
                                 now: ContinuousClock.Instant, unixNow: Int64, clockTrusted: () -> Bool = { true },
-                                target: () throws(CommandRefused) -> Target,
+                                target: () throws(CommandRefusal) -> Target,
                                 mustBeSigned: (Target) -> Bool) -> Admission<Target> {
         var request: CommandRequest?
-        do throws(CommandRefused) {
+        do throws(CommandRefusal) {
             // A retained command would fire again on every reconnect.
-            guard !message.retain else { throw CommandRefused("retained command refused (publish commands without the retain flag)") }
+            guard !message.retain else { throw .retained }
             let t = try target()
             let req = try CommandRequest.parse(message.payload)
             request = req
             // Signed commands and `command_max_age_ms` judge `ts` by the system clock: not
             // before it has been set (a Pi boots with the time of its last shutdown).
             let signed = signing != nil && mustBeSigned(t)
-            if (signed || maxAgeMs != nil) && !clockTrusted() { throw CommandRefused.clockNotSynchronised }
+            if (signed || maxAgeMs != nil) && !clockTrusted() { throw CommandRefusal.clockNotSynchronised }
             if let signing, signed, let why = signing.check(req, topic: message.topic, now: unixNow, monotonic: now) {
-                return .refuse(SignedCommands.refusal, request: req, why: why)
+                return .refuse(.signatureRequired, request: req, why: why)
             }
             if let id = req.id, let first = ids.answer(for: Self.key(name, id), now: now) {
                 return .repeated(first, request: req)
@@ -60,7 +60,7 @@ struct CommandPipeline: Sendable {
             try Self.checkFresh(req, message: message, receivedAt: receivedAt, maxAgeMs: maxAgeMs, now: now, unixNow: unixNow)
             return .execute(t, req)
         } catch {
-            if let id = request?.id { ids.record(.refused(error.reason), for: Self.key(name, id), now: now) }
+            if let id = request?.id { ids.record(.refused(error), for: Self.key(name, id), now: now) }
             // A signed command refused for another reason spends its id all the same.
             signing?.spend(message.payload, topic: message.topic, now: now)
             return .refuse(error, request: request)
@@ -77,18 +77,18 @@ struct CommandPipeline: Sendable {
     /// Stale: never open a door for a command that waited somewhere. `command_max_age_ms` against
     /// the JSON `ts` (required when it is set), and an MQTT 5 message expiry that has passed.
     static func checkFresh(_ req: CommandRequest, message: MQTTMessage, receivedAt: ContinuousClock.Instant, maxAgeMs: Int?,
-                           now: ContinuousClock.Instant, unixNow: Int64) throws(CommandRefused) {
+                           now: ContinuousClock.Instant, unixNow: Int64) throws(CommandRefusal) {
         if let maxAge = maxAgeMs {
             guard let ts = req.ts else {
-                throw CommandRefused("command_max_age_ms is set: send JSON {\"value\": ..., \"ts\": <unix ms>}")
+                throw .timestampRequired
             }
             let age = unixNow - ts
-            if age > Int64(maxAge) { throw CommandRefused("stale command: sent \(age) ms ago (command_max_age_ms = \(maxAge))") }
-            if age < -Int64(maxAge) { throw CommandRefused("command ts is \(-age) ms ahead of the gateway's clock") }
+            if age > Int64(maxAge) { throw .tooOld(ageMs: age, maxAgeMs: maxAge) }
+            if age < -Int64(maxAge) { throw .aheadOfClock(aheadMs: -age) }
         }
         if let expiry = message.properties.messageExpiryInterval {
             if expiry == 0 || now >= receivedAt + .seconds(Int(expiry)) {
-                throw CommandRefused("stale command: its MQTT message expiry has passed")
+                throw .expired
             }
         }
     }

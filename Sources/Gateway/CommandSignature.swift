@@ -175,7 +175,6 @@ final class SignedCommands: Sendable {
     /// a whole window of 5 minutes) new commands are refused rather than an id forgotten early.
     static let capacity = 10_000
     /// The one answer to every refused signed command.
-    static let refusal = CommandRefused("not accepted: a valid signed command is required (value, ts, id, sig)")
 
     /// `stateDirectory`: where the ids are kept (nil: in memory only, for tests).
     init(key: [UInt8], maxAgeMs: Int, stateDirectory: String?, logger: Logger = Logger(label: "gateway"),

@@ -205,10 +205,10 @@ final class DeviceCommander: Sendable {
                                                 target: self, logger: logger)
         if let index, let req = run.request {
             let answer: CommandAnswer
-            do throws(CommandRefused) {
+            do throws(CommandRefusal) {
                 answer = try await execute(req, index: index, receivedAt: receivedAt, work: &work)
             } catch {
-                answer = .refused(error.reason)
+                answer = .refused(error)
             }
             commands.executed(&run, answer: answer, pipeline: &work.pipeline)
         }
@@ -216,17 +216,17 @@ final class DeviceCommander: Sendable {
     }
 
     /// Checks the value and the device, writes (once), starts or ends the point's pulse, reads back.
-    private func execute(_ req: CommandRequest, index: Int, receivedAt: ContinuousClock.Instant, work: inout Work) async throws(CommandRefused) -> CommandAnswer {
+    private func execute(_ req: CommandRequest, index: Int, receivedAt: ContinuousClock.Instant, work: inout Work) async throws(CommandRefusal) -> CommandAnswer {
         let point = device.points[index]
         let plan = try point.writePlan(for: req.value)
         switch services.board.state(device.name) {
         case .online: break
-        case .offline: throw CommandRefused("device '\(device.name)' is offline")
-        case .unknown: throw CommandRefused("device '\(device.name)' has not answered a poll yet")
+        case .offline: throw .deviceOffline(device.name)
+        case .unknown: throw .notPolledYet(device.name)
         }
         // Not queued for later: if the bus cannot start it within one response timeout, refuse.
         let deadline = receivedAt + timeout
-        guard clock.now < deadline else { throw CommandRefused("bus busy: the command could not start within \(timeout)") }
+        guard clock.now < deadline else { throw .busBusy(timeout: timeout) }
         // Journal first: if the gateway dies after this write, the next start switches it off.
         let journalled = (point.pulseMs != nil && !plan.isOff) ? await services.journal.markOn(pulseLine(of: index)) : false
         do {
@@ -236,12 +236,12 @@ final class DeviceCommander: Sendable {
             if let ms = point.pulseMs, !plan.isOff {
                 perform(work.pulses.switchedOn(index, pulse: .milliseconds(ms), now: clock.now), timers: &work.timers)
             }
-            throw CommandRefused("outcome unknown: \(e) (not retried)")
+            throw .outcomeUnknown("\(e) (not retried)")
         } catch {
             // Refused by the device, not sent, or not started in time: nothing changed, and a
             // pulse already running keeps its end (and its journal entry).
             if journalled { await markOff(index) }
-            throw CommandRefused("\(error)")
+            throw .failed("\(error)")
         }
         if let ms = point.pulseMs {
             if plan.isOff {
@@ -312,7 +312,7 @@ final class DeviceCommander: Sendable {
             guard let value = point.failsafe else { continue }
             var w = FailsafeWrite(device: device.name, point: point.name, index: index, value: value.description, outcome: .deviceOffline)
             if online {
-                do throws(CommandRefused) {
+                do throws(CommandRefusal) {
                     let plan = try point.writePlan(for: value)
                     do {
                         try await write(plan, point: point, deadline: clock.now + timeout)
@@ -375,10 +375,10 @@ final class DeviceCommander: Sendable {
         if let index = device.points.firstIndex(where: { $0.name == pointName }) {
             switch await readBack(index) {
             case .success(let v): answer = .ok(v)
-            case .failure(let e): answer = .refused("\(e)")
+            case .failure(let e): answer = .refused(.failed("\(e)"))
             }
         } else {
-            answer = .refused("unknown point '\(pointName)' on device '\(device.name)'")
+            answer = .refused(.unknownPoint(pointName, device: device.name))
         }
         log.info("get \(message.topic.logSafe): \(answer.json().logSafe) in \(CommandRunner.milliseconds(since: receivedAt, now: clock.now)) ms")
         // /get answers go to an MQTT 5 response topic when one is given; the value topic has the value.
@@ -389,11 +389,11 @@ final class DeviceCommander: Sendable {
 
 extension DeviceCommander: CommandTarget {
     /// A `/set` addresses a point by name; it must be writable.
-    func commandPoint(_ name: String) throws(CommandRefused) -> Int {
+    func commandPoint(_ name: String) throws(CommandRefusal) -> Int {
         guard let index = device.points.firstIndex(where: { $0.name == name }) else {
-            throw CommandRefused("unknown point '\(name)' on device '\(device.name)'")
+            throw .unknownPoint(name, device: device.name)
         }
-        guard device.points[index].writable else { throw CommandRefused("point '\(name)' is not writable") }
+        guard device.points[index].writable else { throw .notWritable(point: name) }
         return index
     }
 

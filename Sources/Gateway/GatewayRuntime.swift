@@ -399,19 +399,19 @@ public final class GatewayRuntime: Service, Sendable {
             taken = commander.submit(isSet ? .set(message, point: pointName, receivedAt: receivedAt)
                                            : .get(message, point: pointName, receivedAt: receivedAt))
         case .restarting:
-            return refuse(message, isSet: isSet, receivedAt: receivedAt, why: "device '\(deviceName)' is restarting for a configuration reload (not queued; try again)")
+            return refuse(message, isSet: isSet, receivedAt: receivedAt, why: .restarting(device: deviceName))
         case .unknown:
-            return refuse(message, isSet: isSet, receivedAt: receivedAt, why: "unknown device '\(deviceName)'")
+            return refuse(message, isSet: isSet, receivedAt: receivedAt, why: .unknownDevice(deviceName))
         }
         if !taken {
-            refuse(message, isSet: isSet, receivedAt: receivedAt, why: "busy: device '\(deviceName)' already has \(CommandRequest.pendingPerDevice) commands waiting (not queued)")
+            refuse(message, isSet: isSet, receivedAt: receivedAt, why: .queueFull(device: deviceName))
         }
     }
 
     /// Answers a command that goes no further than the dispatcher (`/get`: only to an MQTT 5
     /// response topic, as its other answers). A signed command's id is spent here, before the
     /// next message is read; the answer is published by a task of its own.
-    private func refuse(_ message: MQTTMessage, isSet: Bool, receivedAt: ContinuousClock.Instant, why: String) {
+    private func refuse(_ message: MQTTMessage, isSet: Bool, receivedAt: ContinuousClock.Instant, why: CommandRefusal) {
         // A signed command refused here (unknown device, restarting, busy) spends its id: else a
         // copy of it would be accepted once the device is back.
         if isSet { services.commands.signing?.spend(message.payload, topic: message.topic) }
@@ -419,7 +419,7 @@ public final class GatewayRuntime: Service, Sendable {
             telemetry.commandAnswered(device: command.device, point: command.point, value: "",
                                       answer: .refused(why), receivedAt: receivedAt, wroteAt: nil)
         }
-        logger.notice("command \(message.topic.logSafe) -> refused: \(why.logSafe)", metadata: ["topic": "\(message.topic.logSafe)"])
+        logger.notice("command \(message.topic.logSafe) -> refused: \(why.reason.logSafe)", metadata: ["topic": "\(message.topic.logSafe)"])
         let answerer = services.commands.answerer, logger = logger
         Task(executorPreference: client.taskExecutor) {
             await answerer.answer(.refused(why), to: message, fallback: isSet ? "\(message.topic)/result" : nil, logger: logger)

@@ -285,7 +285,7 @@ final class SerialDeviceRunner: Sendable {
         case .set(let message, let name, let receivedAt):
             await handleSet(message, name: name, receivedAt: receivedAt, pipeline: &work.pipeline, stalled: &work.stalled)
         case .get(let message, let name):
-            let answer = CommandAnswer.refused("'\(name)' of a serial device cannot be read on demand: its values come as the device sends them")
+            let answer = CommandAnswer.refused(.notReadable(name))
             logger.notice("get \(message.topic.logSafe) -> \(answer.json().logSafe)")
             await services.commands.answerer.answer(answer, to: message, fallback: nil, logger: logger)
         }
@@ -297,10 +297,10 @@ final class SerialDeviceRunner: Sendable {
         var (run, command) = await commands.admit(message, name: name, receivedAt: receivedAt, pipeline: &pipeline, target: self, logger: logger)
         if let command, let req = run.request {
             let answer: CommandAnswer
-            do throws(CommandRefused) {
+            do throws(CommandRefusal) {
                 answer = try await execute(command, value: "\(req.value)", receivedAt: receivedAt, stalled: &stalled)
             } catch {
-                answer = .refused(error.reason)
+                answer = .refused(error)
             }
             commands.executed(&run, answer: answer, pipeline: &pipeline)
         }
@@ -309,41 +309,41 @@ final class SerialDeviceRunner: Sendable {
 
     /// Checks the value, the queue's age and the line, then sends (once).
     private func execute(_ command: SerialCommandSettings, value: String, receivedAt: ContinuousClock.Instant,
-                         stalled: inout ContinuousClock.Instant?) async throws(CommandRefused) -> CommandAnswer {
+                         stalled: inout ContinuousClock.Instant?) async throws(CommandRefusal) -> CommandAnswer {
         let bytes = try Self.render(command, value: value)
         // Not queued for later: a command that waited behind a write the line did not take,
         // or behind others past its time, is refused.
         if let stalled, receivedAt < stalled {
-            throw CommandRefused("busy: it waited behind a write the line did not take (not sent)")
+            throw .lineStalled
         }
         guard services.clock.now < receivedAt + commandTimeout else {
-            throw CommandRefused("busy: the command could not start within \(settings.responseTimeoutMs) ms (not sent)")
+            throw .lineBusy(timeoutMs: settings.responseTimeoutMs)
         }
         guard health.withLock({ $0.state }) == .online, let port = line.withLock({ $0 }) else {
-            throw CommandRefused("device '\(settings.name)' is offline")
+            throw .deviceOffline(settings.name)
         }
         do {
             try await port.write(bytes, within: commandTimeout)
         } catch SerialError.writeTimedOut {
             stalled = services.clock.now
-            throw CommandRefused("outcome unknown: the line did not take the command within \(settings.responseTimeoutMs) ms (flow control, or nobody reading); the rest was discarded and the port is reopened")
+            throw .outcomeUnknown("the line did not take the command within \(settings.responseTimeoutMs) ms (flow control, or nobody reading); the rest was discarded and the port is reopened")
         } catch {
-            throw CommandRefused("not sent: \(error)")
+            throw .notSent("\(error)")
         }
         return .ok(.text(value))
     }
 
     /// The bytes to send: the template with `{value}` replaced, after checking the value.
-    static func render(_ command: SerialCommandSettings, value: String) throws(CommandRefused) -> [UInt8] {
+    static func render(_ command: SerialCommandSettings, value: String) throws(CommandRefusal) -> [UInt8] {
         guard command.takesValue else { return command.send }
-        guard !value.isEmpty else { throw CommandRefused("empty value") }
-        guard value.utf8.count <= command.maxLength else { throw CommandRefused("value longer than \(command.maxLength) bytes") }
+        guard !value.isEmpty else { throw .badValue("empty value") }
+        guard value.utf8.count <= command.maxLength else { throw .badValue("value longer than \(command.maxLength) bytes") }
         guard !value.hasControlCharacters else {
-            throw CommandRefused("value contains control characters")
+            throw .badValue("value contains control characters")
         }
         if let pattern = command.pattern {
             guard let regex = try? Regex(pattern), (try? regex.wholeMatch(in: value)) != nil else {
-                throw CommandRefused("'\(value)' does not match the pattern \(pattern)")
+                throw .badValue("'\(value)' does not match the pattern \(pattern)")
             }
         }
         var out: [UInt8] = []
@@ -360,10 +360,9 @@ final class SerialDeviceRunner: Sendable {
 
 extension SerialDeviceRunner: CommandTarget {
     /// A `/set` addresses one of its `[[device.command]]`s by name.
-    func commandPoint(_ name: String) throws(CommandRefused) -> SerialCommandSettings {
+    func commandPoint(_ name: String) throws(CommandRefusal) -> SerialCommandSettings {
         guard let command = settings.commands.first(where: { $0.name == name }) else {
-            let names = settings.commands.map(\.name).joined(separator: ", ")
-            throw CommandRefused("unknown command '\(name)' on device '\(settings.name)'\(names.isEmpty ? "" : " (commands: \(names))")")
+            throw .unknownCommand(name, device: settings.name, known: settings.commands.map(\.name))
         }
         return command
     }

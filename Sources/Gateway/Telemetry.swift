@@ -237,7 +237,7 @@ public final class GatewayTelemetry: Sendable {
         switch answer {
         case .ok: outcome = "ok"
         case .readBackFailed: outcome = "ok_readback_failed"
-        case .refused(let why): outcome = why.hasPrefix("outcome unknown") ? "outcome_unknown" : why.hasPrefix("busy") ? "busy" : "refused"
+        case .refused(let refusal): outcome = refusal.outcome
         }
         if let meter = self.device(device) {
             meter.command(point: point, outcome: outcome)

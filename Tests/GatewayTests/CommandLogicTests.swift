@@ -5,7 +5,7 @@ import Testing
 /// Pure command logic: payload parsing, value checks, the id cache, the JSON reader.
 @Suite("Command logic")
 struct CommandLogicTests {
-    func parse(_ s: String) throws(CommandRefused) -> CommandRequest { try CommandRequest.parse(Array(s.utf8)) }
+    func parse(_ s: String) throws(CommandRefusal) -> CommandRequest { try CommandRequest.parse(Array(s.utf8)) }
 
     func refusal(_ s: String) -> String? {
         do { _ = try parse(s); return nil } catch { return error.reason }
@@ -25,7 +25,7 @@ struct CommandLogicTests {
         #expect(refusal(#"{"value": [1]}"#)?.contains("must be a bool") == true)
         #expect(refusal("{\"value\": tru}")?.hasPrefix("invalid JSON at byte") == true)
         #expect(refusal("on\u{7}") == "payload contains control characters")
-        #expect(throws: CommandRefused("payload is not valid UTF-8")) { try CommandRequest.parse([0xFF, 0x31]) }
+        #expect(throws: CommandRefusal.badPayload("payload is not valid UTF-8")) { try CommandRequest.parse([0xFF, 0x31]) }
         #expect(refusal(String(repeating: "1", count: 5000))?.contains("too long") == true)
     }
 
@@ -36,7 +36,7 @@ struct CommandLogicTests {
         return p
     }
 
-    func plan(_ p: PointSettings, _ v: CommandRequest.Value) -> Result<WritePlan, CommandRefused> {
+    func plan(_ p: PointSettings, _ v: CommandRequest.Value) -> Result<WritePlan, CommandRefusal> {
         do { return .success(try p.writePlan(for: v)) } catch { return .failure(error) }
     }
 
@@ -68,7 +68,7 @@ struct CommandLogicTests {
         let u64 = point(.holding, .uint64)
         #expect(plan(u64, .number("18446744073709551615")) == .success(WritePlan(data: .registers([65535, 65535, 65535, 65535]))))
         #expect(plan(point(.holding, .int16), .number("40000")).isFailure)
-        #expect(plan(point(.holding, .uint16) { $0.writable = false }, .number("1")) == .failure(CommandRefused("point 'p' is not writable")))
+        #expect(plan(point(.holding, .uint16) { $0.writable = false }, .number("1")) == .failure(CommandRefusal.notWritable(point: "p")))
         let text = point(.holding, .string) { $0.length = 2 }
         #expect(plan(text, .text("OBM")) == .success(WritePlan(data: .registers([0x4F42, 0x4D00]))))
         #expect(plan(text, .text("TOOLONG")).isFailure)
@@ -119,9 +119,9 @@ struct CommandSafetyTests {
 
     @Test("control characters: refused in JSON values and ids as in plain ones; escaped in logs")
     func controlCharacters() throws {
-        #expect(throws: CommandRefused.self) { try CommandRequest.parse(Array(#"{"value":"a\nb"}"#.utf8)) }
-        #expect(throws: CommandRefused.self) { try CommandRequest.parse(Array(#"{"value":"\u001b[2J"}"#.utf8)) }
-        #expect(throws: CommandRefused.self) { try CommandRequest.parse(Array(#"{"value":1,"id":"x\ry"}"#.utf8)) }
+        #expect(throws: CommandRefusal.self) { try CommandRequest.parse(Array(#"{"value":"a\nb"}"#.utf8)) }
+        #expect(throws: CommandRefusal.self) { try CommandRequest.parse(Array(#"{"value":"\u001b[2J"}"#.utf8)) }
+        #expect(throws: CommandRefusal.self) { try CommandRequest.parse(Array(#"{"value":1,"id":"x\ry"}"#.utf8)) }
         #expect(try CommandRequest.parse(Array(#"{"value":"ünïcode ok"}"#.utf8)).value == .text("ünïcode ok"))
         #expect("a\nINFO forged\u{1B}[0m\\".logSafe == #"a\nINFO forged\u{1B}[0m\\"#)
         #expect("plain".logSafe == "plain")
@@ -140,5 +140,23 @@ struct CommandSafetyTests {
                       "site/lobby//unlock/set", "site/lobby/door/unlock/put", "other/door/unlock/set", "site/lobby"] {
             #expect(t.parse(other) == nil, "\(other)")
         }
+    }
+
+    @Test("refusals: each its answer text; the metrics' outcome from the case, not the text; a masked refusal keeps its outcome")
+    func refusalOutcomes() {
+        #expect(CommandRefusal.queueFull(device: "d").reason == "busy: device 'd' already has 8 commands waiting (not queued)")
+        #expect(CommandRefusal.outcomeUnknown("write: timeout (not retried)").reason == "outcome unknown: write: timeout (not retried)")
+        #expect(CommandRefusal.unknownCommand("x", device: "s", known: ["a", "b"]).reason == "unknown command 'x' on device 's' (commands: a, b)")
+        #expect(CommandRefusal.tooOld(ageMs: 31000, maxAgeMs: 30000).reason == "stale command: sent 31000 ms ago (command_max_age_ms = 30000)")
+        for busy in [CommandRefusal.queueFull(device: "d"), .busBusy(timeout: .seconds(1)), .lineBusy(timeoutMs: 500), .lineStalled] {
+            #expect(busy.outcome == "busy", "\(busy)")
+        }
+        #expect(CommandRefusal.outcomeUnknown("x").outcome == "outcome_unknown")
+        // A device error whose text happens to start like another outcome is counted as refused.
+        #expect(CommandRefusal.failed("busy: the device says so").outcome == "refused")
+        let masked = CommandRefusal.masked(.outcomeUnknown("wrote 4711"), sent: ["4711"])
+        #expect(masked.reason == "outcome unknown: wrote (secret)" && masked.outcome == "outcome_unknown")
+        #expect(CommandAnswer.refused(.badValue("'4711' is not a number")).secretMasked(sent: ["4711"]).json()
+            == #"{"ok":false,"error":"'(secret)' is not a number"}"#)
     }
 }

@@ -8,7 +8,7 @@ import MQTT
 protocol CommandTarget {
     associatedtype Point
     /// What `name` addresses, or why it cannot be commanded (unknown, not writable).
-    func commandPoint(_ name: String) throws(CommandRefused) -> Point
+    func commandPoint(_ name: String) throws(CommandRefusal) -> Point
     /// True unless the point is `signed = false` (asked only when commands are signed).
     func mustBeSigned(_ point: Point) -> Bool
     /// True for a `secret = true` point: its value is never logged or shown.
@@ -27,7 +27,7 @@ struct CommandRun: Sendable {
     var request: CommandRequest?
     /// Its id was seen before: the first answer again, nothing executed.
     var repeated = false
-    var answer: CommandAnswer = .refused("not executed")
+    var answer: CommandAnswer = .refused(.notSent("not executed"))
     /// When the device took it (nil: not executed, or refused on the way).
     var executedAt: ContinuousClock.Instant?
 }
@@ -73,12 +73,12 @@ struct CommandRunner: Sendable {
         let requireSync = requireSyncedClock, clockSync = clockSync
         switch pipeline.admit(message, name: name, receivedAt: receivedAt, now: clock.now, unixNow: unixMilliseconds(),
                               clockTrusted: { !requireSync || clockSync.isSynchronised },
-                              target: { () throws(CommandRefused) in try target.commandPoint(name) },
+                              target: { () throws(CommandRefusal) in try target.commandPoint(name) },
                               mustBeSigned: target.mustBeSigned) {
         case .refuse(let refusal, let req, let why):
             run.request = req
             if let why { logger.warning("signed command refused: \(why.logSafe)", metadata: ["topic": "\(message.topic.logSafe)"]) }
-            run.answer = .refused(refusal.reason)
+            run.answer = .refused(refusal)
             return (run, nil)
         case .repeated(let first, let req):
             run.request = req
