@@ -1,7 +1,7 @@
-/// A capability that acts when the broker connection comes and goes: the outbox drains, the
-/// fail-safe stops or starts counting, Home Assistant's configs go out again, the metrics say so.
-/// The runtime keeps a list of them (``GatewayRuntime/brokerListeners()``) and, at every connect
-/// and every loss, calls each in turn, naming none.
+/// Something that acts when the broker connection comes and goes: the statuses are published
+/// again, readiness is told, and every ``GatewayFeature`` (the outbox drains, the fail-safe stops
+/// or starts counting, Home Assistant's configs go out again, the metrics say so). The
+/// ``ConnectionWatcher`` calls each in turn at every connect and every loss, naming none.
 protocol BrokerListener: Sendable {
     /// The broker is reached (every connect; the command subscription is made by then).
     func brokerConnected() async
@@ -14,35 +14,9 @@ extension BrokerListener {
     func brokerLost(reason: String) async {}
 }
 
-extension Outbox: BrokerListener {
-    func brokerConnected() async { connected() }
-    func brokerLost(reason: String) async {
-        disconnected()
-        logger.info("data kept in the outbox (\(settings.path)) until the broker is back")
-    }
-}
-
-extension HomeAssistantPublisher: BrokerListener {
-    func brokerConnected() async { connected() }
-}
-
-extension GatewayTelemetry: BrokerListener {
-    func brokerConnected() async { mqttConnected(true) }
-    func brokerLost(reason: String) async { mqttConnected(false, reason: reason) }
-}
-
 extension WakeSignal: BrokerListener {
     /// The first connect wakes whoever waits for it (systemd's READY=1).
     func brokerConnected() async { push() }
-}
-
-/// The fail-safe counts while the broker is away, over the devices running at the time.
-struct FailsafeListener: BrokerListener {
-    let failsafe: Failsafe
-    let targets: @Sendable () -> [Failsafe.Target]
-
-    func brokerConnected() async { await failsafe.brokerBack() }
-    func brokerLost(reason: String) async { failsafe.brokerLost(targets: targets) }
 }
 
 /// Every device's current status, again at each connect (statuses are not kept while away).

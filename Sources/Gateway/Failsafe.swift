@@ -205,3 +205,20 @@ final class Failsafe: Sendable {
         return Array((s + "\"written\":[" + items.joined(separator: ",") + "]}").utf8)
     }
 }
+
+/// The fail-safe as a feature: it counts while the broker is away (from the start, until the
+/// first connect), over the devices running at the time; a graceful stop ends the countdown and,
+/// with `failsafe_on_stop`, writes every fail-safe value once polling has stopped.
+struct FailsafeFeature: GatewayFeature {
+    let failsafe: Failsafe
+    let units: RunningUnits
+
+    func unitsStarted() { failsafe.brokerLost { [units] in units.failsafeTargets() } }
+    func brokerConnected() async { await failsafe.brokerBack() }
+    func brokerLost(reason: String) async { failsafe.brokerLost { [units] in units.failsafeTargets() } }
+    func stopping() async { await failsafe.cancel() }
+    func pollingStopped() async {
+        guard units.current.plan.configuration.gateway.failsafeOnStop else { return }
+        await failsafe.writeOnStop(units.failsafeTargets())
+    }
+}

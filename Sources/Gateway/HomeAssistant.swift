@@ -260,3 +260,12 @@ final class HomeAssistantPublisher: Sendable {
         return out
     }
 }
+
+/// Discovery as a feature: its own task, its own subscriptions' messages, a publish at every
+/// connect and after a reload.
+extension HomeAssistantPublisher: GatewayFeature {
+    func takes(_ topic: String) -> Bool { handles(topic) }
+    func brokerConnected() async { connected() }
+    func reloaded(from old: GatewayConfiguration, to new: GatewayConfiguration) { reload(from: old, to: new) }
+    func stopping() async { finish() }
+}

@@ -122,7 +122,7 @@ extension GatewayRuntime {
                             queued: await c.queuedCount, inFlight: await c.inFlightCount,
                             dropped: await c.droppedCount, droppedIncoming: await c.droppedIncomingCount,
                             clockSynchronised: services.commands.clockSync.synchronised(logging: services.gateway.requireSyncedClock),
-                            clockRequired: services.gateway.requireSyncedClock)
+                            clockRequired: services.gateway.requireSyncedClock, journalWritable: services.journal.path != nil)
     }
 
     /// Why the gateway is not healthy (empty: healthy): the broker away, or a loop that stopped.

@@ -568,3 +568,15 @@ final class Outbox: Sendable {
         telemetry.outbox(count: stored.count, bytes: stored.bytes, dropped: dropped, oldestTs: stored.oldestTs, writeErrors: errors)
     }
 }
+
+/// The outbox as a feature: opened before the client connects, told when the broker comes and
+/// goes, written to disk once every unit has stopped.
+extension Outbox: GatewayFeature {
+    func starting() async { await start() }
+    func brokerConnected() async { connected() }
+    func brokerLost(reason: String) async {
+        disconnected()
+        logger.info("data kept in the outbox (\(settings.path)) until the broker is back")
+    }
+    func stopped() async { await close() }
+}

@@ -143,8 +143,8 @@ extension GatewayRuntime {
             logger.notice("device removed by reload: offline", metadata: ["device": "\(name)"])
         }
 
-        // Start what arrives.
-        telemetry?.reconfigure(new)
+        // Start what arrives (the metrics know the new devices first).
+        for feature in features { feature.reloaded(from: old, to: new) }
         var next = before
         next.plan = plan
         next.password = password
@@ -188,9 +188,8 @@ extension GatewayRuntime {
 
         if change.mqttChanged || passwordChanged {
             logger.notice("reload: MQTT settings changed: reconnecting to \(new.mqtt.url)")
-            await client.reconfigure(Self.mqttConfiguration(new, password: password, telemetry: telemetry))
+            await client.reconfigure(MQTTConfiguration(gateway: new, password: password, telemetry: telemetry))
         }
-        homeAssistant?.reload(from: old, to: new)
         return .applied(change)
     }
 }

@@ -265,6 +265,7 @@ public final class GatewayTelemetry: Sendable {
         mqttDroppedIncoming.update(Double(mqtt.droppedIncoming))
         for (qos, count) in zip(mqttPublished, mqtt.published) { qos.update(Double(count)) }
         pulsesActive.set(Double(mqtt.pulsesActive))
+        journalWritable.set(mqtt.journalWritable ? 1.0 : 0.0)
         for meter in meters.withLock({ Array($0.buses.values) }) { meter.refresh() }
         // Sized by the last rendering: one allocation, not a doubling series of them.
         var out: [UInt8] = []
@@ -387,6 +388,8 @@ public struct ScrapeSnapshot: Sendable {
     /// Whether the system clock is synchronised (``ClockSync``), and whether timed commands wait for it.
     public var clockSynchronised = true
     public var clockRequired = true
+    /// Whether the pulse journal in `state_dir` can be written.
+    public var journalWritable = true
 }
 
 /// The last 50 commands, newest last.
@@ -710,4 +713,12 @@ extension GatewayTelemetry {
         out += "]}"
         return Array(out.utf8)
     }
+}
+
+/// The metrics as a feature: the connection's state, and the series of the devices a reload
+/// brings (before they start).
+extension GatewayTelemetry: GatewayFeature {
+    func brokerConnected() async { mqttConnected(true) }
+    func brokerLost(reason: String) async { mqttConnected(false, reason: reason) }
+    func reloaded(from old: GatewayConfiguration, to new: GatewayConfiguration) { reconfigure(new) }
 }

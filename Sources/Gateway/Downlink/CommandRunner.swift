@@ -125,6 +125,24 @@ struct CommandRunner: Sendable {
         await answerer.answer(run.answer, to: message, fallback: resultTopic, logger: logger)
     }
 
+    /// Answers a command that goes no further than the dispatcher (unknown device, restarting,
+    /// queue full; `/get`: only to an MQTT 5 response topic, as its other answers). A signed
+    /// command's id is spent at once, before the next message is read (else a copy of it would be
+    /// accepted once the device is back); the answer is published by a task of its own.
+    func refuseUnqueued(_ message: MQTTMessage, isSet: Bool, receivedAt: ContinuousClock.Instant, why: CommandRefusal,
+                        executor: (any TaskExecutor)?, logger: Logger) {
+        if isSet { signing?.spend(message.payload, topic: message.topic) }
+        if let telemetry, let command = topics.parse(message.topic) {
+            telemetry.commandAnswered(device: command.device, point: command.point, value: "",
+                                      answer: .refused(why), receivedAt: receivedAt, wroteAt: nil)
+        }
+        logger.notice("command \(message.topic.logSafe) -> refused: \(why.reason.logSafe)", metadata: ["topic": "\(message.topic.logSafe)"])
+        let answerer = answerer
+        Task(executorPreference: executor) {
+            await answerer.answer(.refused(why), to: message, fallback: isSet ? "\(message.topic)/result" : nil, logger: logger)
+        }
+    }
+
     static func milliseconds(since start: ContinuousClock.Instant, now: ContinuousClock.Instant = .now) -> String {
         Scaling.format(Double((now - start).nanoseconds / 1000) / 1000)
     }
