@@ -90,8 +90,15 @@ public final class GatewayRuntime: Service, Sendable {
     /// `commandKey`: the key of signed commands (the CLI reads `[gateway] command_key_file`).
     /// `telemetry`: given when the operations listener is on.
     /// `watchLoops`: keep ``liveness`` (for `/healthz` or systemd's watchdog).
-    public init(configuration: GatewayConfiguration, password: [UInt8]?, commandKey: [UInt8]? = nil, telemetry: GatewayTelemetry? = nil,
-                watchLoops: Bool = true, version: String = "dev", logger: Logger = Logger(label: "gateway")) {
+    public convenience init(configuration: GatewayConfiguration, password: [UInt8]?, commandKey: [UInt8]? = nil, telemetry: GatewayTelemetry? = nil,
+                            watchLoops: Bool = true, version: String = "dev", logger: Logger = Logger(label: "gateway")) {
+        self.init(configuration: configuration, password: password, commandKey: commandKey, telemetry: telemetry, watchLoops: watchLoops,
+                  version: version, logger: logger, makeBus: nil)
+    }
+
+    /// `makeBus`: how a bus is made (nil: a ``ModbusBus``); in-process tests give a scripted one.
+    init(configuration: GatewayConfiguration, password: [UInt8]?, commandKey: [UInt8]?, telemetry: GatewayTelemetry?,
+         watchLoops: Bool, version: String, logger: Logger, makeBus: UnitFactory.MakeBus?) {
         let plan = GatewayPlan(configuration)
         let g = configuration.gateway
         self.topics = plan.topics
@@ -111,7 +118,8 @@ public final class GatewayRuntime: Service, Sendable {
         let wiring = GatewayFeatures(configuration: configuration, client: client, topics: plan.topics, board: board,
                                      telemetry: telemetry, version: version, logger: logger)
         self.publisher = wiring.publisher
-        let factory = UnitFactory(liveness: liveness, telemetry: telemetry, logger: logger)
+        var factory = UnitFactory(liveness: liveness, telemetry: telemetry, logger: logger)
+        if let makeBus { factory.makeBus = makeBus }
         self.factory = factory
         let services = UnitServices(topics: plan.topics, gateway: g, publisher: wiring.publisher,
                                     commands: Self.commandRunner(g, commandKey: commandKey, signing: nil, clockSync: ClockSync(logger: logger),
@@ -192,7 +200,7 @@ public final class GatewayRuntime: Service, Sendable {
         for feature in features { await feature.starting() }
         await client.start()
         for c in starting.commanders.values { c.start() }
-        await reaper.adoptOrphans(of: starting.plan, bus: busNamed)
+        await reaper.adoptOrphans(of: starting.plan, bus: deviceBusNamed)
         for bus in starting.buses.values { startPoller(bus, units: starting) }
         for runner in starting.serial.values { runner.start() }
         units.withLock { $0.phase = .running }
@@ -228,8 +236,13 @@ public final class GatewayRuntime: Service, Sendable {
         logger.info("gateway stopped")
     }
 
-    /// The bus of that name running now (the ``PulseReaper`` asks at every attempt).
+    /// The Modbus bus of that name running now (the Modbus TCP front asks at every request).
     public var busNamed: @Sendable (String) -> ModbusBus? {
+        { [units] name in units.bus(named: name) as? ModbusBus }
+    }
+
+    /// The bus of that name running now (the ``PulseReaper`` asks at every attempt).
+    var deviceBusNamed: @Sendable (String) -> (any DeviceBus)? {
         { [units] name in units.bus(named: name) }
     }
 }

@@ -77,6 +77,9 @@ final class FakeBus: DeviceBus {
         var registers: [Int: UInt16] = [:]
         /// The errors the next writes throw, in order (then they succeed again).
         var failures: [ModbusError] = []
+        /// False: every request times out (a device gone).
+        var reachable = true
+        var polls = 0
     }
     private let state = Mutex(State())
     let timeline: Timeline
@@ -96,6 +99,16 @@ final class FakeBus: DeviceBus {
 
     func coil(_ address: Int) -> Bool? { state.withLock { $0.coils[address] } }
 
+    /// Sets a holding register (as the device itself would).
+    func setHolding(_ address: Int, _ value: UInt16) { state.withLock { $0.registers[address] = value } }
+
+    func setReachable(_ reachable: Bool) { state.withLock { $0.reachable = reachable } }
+
+    var polls: Int { state.withLock { $0.polls } }
+
+    var responseTimeout: Duration { .milliseconds(100) }
+    func close() {}
+
     private var at: String { "@\((clock.now - start).nanoseconds / 1_000_000)" }
 
     func write(_ data: WritePlan.Data, unit: Int, address: Int, multiple: Bool, deadline: ContinuousClock.Instant) async throws {
@@ -106,6 +119,7 @@ final class FakeBus: DeviceBus {
         }
         let failure = state.withLock { s -> ModbusError? in
             if !s.failures.isEmpty { return s.failures.removeFirst() }
+            if !s.reachable { return .timeout(function: "write") }
             switch data {
             case .coil(let on): s.coils[address] = on
             case .registers(let r): for (i, v) in r.enumerated() { s.registers[address + i] = v }
@@ -122,13 +136,31 @@ final class FakeBus: DeviceBus {
     func read(_ kind: RegisterKind, unit: Int, address: Int, count: Int,
               priority: RequestPriority, deadline: ContinuousClock.Instant?) async throws -> ReadResult {
         timeline.append("read \(address)")
+        guard state.withLock({ $0.reachable }) else { throw ModbusError.timeout(function: "read") }
         return state.withLock { s in
             kind.isBit ? .bits((0..<count).map { s.coils[address + $0] ?? false })
                        : .registers((0..<count).map { s.registers[address + $0] ?? 0 })
         }
     }
 
-    func pollDevice(_ plan: inout ReadPlan, unit: Int, deadline: ContinuousClock.Instant) async -> [Int: ModbusBus.ItemResult] { [:] }
+    /// Each item of the plan from the registers (all timing out when unreachable); entries `poll`.
+    func pollDevice(_ plan: inout ReadPlan, unit: Int, deadline: ContinuousClock.Instant) async -> [Int: ModbusBus.ItemResult] {
+        let results = state.withLock { s -> [Int: ModbusBus.ItemResult] in
+            s.polls += 1
+            var out: [Int: ModbusBus.ItemResult] = [:]
+            for item in plan.requests.flatMap(\.items) {
+                guard s.reachable else {
+                    out[item.id] = .failure(.timeout(function: "read"))
+                    continue
+                }
+                out[item.id] = .success(item.kind.isBit ? .bits((0..<item.count).map { s.coils[item.address + $0] ?? false })
+                                                        : .registers((0..<item.count).map { s.registers[item.address + $0] ?? 0 }))
+            }
+            return out
+        }
+        timeline.append("poll")
+        return results
+    }
 }
 
 /// Records data and statuses: entries `data <topic> <payload>`, `status <device> <state>`.

@@ -47,5 +47,5 @@ final class RunningUnits: Sendable {
         state.withLock { Failsafe.targets($0.plan, commanders: $0.commanders) }
     }
 
-    func bus(named name: String) -> ModbusBus? { state.withLock { $0.buses[name]?.bus } }
+    func bus(named name: String) -> (any DeviceBus)? { state.withLock { $0.buses[name]?.bus } }
 }

@@ -1,5 +1,6 @@
 import GatewayConfig
 import Logging
+import Modbus
 
 /// What the runtime hands every unit: the shared services, each a type of its own. No methods of
 /// its own: a unit calls the service it needs.
@@ -23,14 +24,22 @@ struct UnitServices: Sendable {
 
 /// Makes the units, for start and reload alike.
 struct UnitFactory: Sendable {
+    /// Makes a bus: a ``ModbusBus`` (one thread, libmodbus) unless a test gives another.
+    typealias MakeBus = @Sendable (BusSettings, Logger) -> any DeviceBus
+
     let liveness: Liveness?
     let telemetry: GatewayTelemetry?
     let logger: Logger
+    var makeBus: MakeBus = { settings, logger in
+        var l = logger
+        l[metadataKey: "bus"] = "\(settings.name)"
+        return ModbusBus(configuration: settings.busConfiguration, logger: l)
+    }
 
     /// A bus unit, its metrics attached.
     func bus(_ settings: BusSettings) -> BusUnit {
-        let unit = BusUnit(settings: settings, logger: logger)
-        telemetry?.bus(settings.name)?.attach(unit.bus)
+        let unit = BusUnit(settings: settings, bus: makeBus(settings, logger))
+        if let modbus = unit.bus as? ModbusBus { telemetry?.bus(settings.name)?.attach(modbus) }
         return unit
     }
 

@@ -184,7 +184,7 @@ extension GatewayRuntime {
         units.withLock { $0 = next }
         // A pulse whose off the stopped commander could not write and whose point moved or went
         // is switched off where it was switched on.
-        await reaper.adoptOrphans(of: plan, bus: busNamed)
+        await reaper.adoptOrphans(of: plan, bus: deviceBusNamed)
 
         if change.mqttChanged || passwordChanged {
             logger.notice("reload: MQTT settings changed: reconnecting to \(new.mqtt.url)")

@@ -54,7 +54,7 @@ struct PulseTarget: Hashable, Sendable {
     }
 
     /// Writes the off (coil false, registers zero) through `bus`.
-    func writeOff(on bus: ModbusBus, deadline: ContinuousClock.Instant) async throws {
+    func writeOff(on bus: any DeviceBus, deadline: ContinuousClock.Instant) async throws {
         try await bus.write(coil ? .coil(false) : .registers(Array(repeating: 0, count: width)), unit: unit, address: address,
                             multiple: multiple, deadline: deadline)
     }
@@ -123,7 +123,7 @@ final class PulseReaper: Sendable {
     /// already has). `bus`: the bus of a name running now (nil: no such bus), asked at every
     /// attempt, so a bus a later reload replaces is used. An earlier release's line for a point
     /// that is gone cannot be placed: it is logged and dropped.
-    func adoptOrphans(of plan: GatewayPlan, bus: @escaping @Sendable (String) -> ModbusBus?) async {
+    func adoptOrphans(of plan: GatewayPlan, bus: @escaping @Sendable (String) -> (any DeviceBus)?) async {
         let (adopt, unknown) = Self.orphans(journal.current, plan: plan)
         for line in unknown {
             logger.error("pulse journal: \(line) was left on by an earlier run but is no longer a pulse point of this configuration, and the line does not say where it was: not switched off")
@@ -140,7 +140,7 @@ final class PulseReaper: Sendable {
         }
     }
 
-    private func switchOff(_ line: String, target: PulseTarget, timeout: Duration, bus: @Sendable (String) -> ModbusBus?) async {
+    private func switchOff(_ line: String, target: PulseTarget, timeout: Duration, bus: @Sendable (String) -> (any DeviceBus)?) async {
         var log = logger
         log[metadataKey: "pulse"] = "\(line)"
         var failures = 0

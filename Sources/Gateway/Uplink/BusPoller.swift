@@ -56,7 +56,8 @@ extension ModbusBus: PollingBus {
 /// health and change filters, and the poller starts again with the devices added or changed.
 final class BusUnit: Sendable {
     let settings: BusSettings
-    let bus: ModbusBus
+    /// A ``ModbusBus`` when running; a scripted one in in-process tests.
+    let bus: any DeviceBus
 
     private struct Control: Sendable {
         var task: Task<[DevicePoller], Never>?
@@ -73,11 +74,9 @@ final class BusUnit: Sendable {
     }
     private let control = Mutex(Control())
 
-    init(settings: BusSettings, logger: Logger) {
+    init(settings: BusSettings, bus: any DeviceBus) {
         self.settings = settings
-        var l = logger
-        l[metadataKey: "bus"] = "\(settings.name)"
-        self.bus = ModbusBus(configuration: settings.busConfiguration, logger: l)
+        self.bus = bus
     }
 
     /// Polls `pollers` until stopped. An unstructured task, because units start and stop one by
@@ -132,7 +131,7 @@ final class BusUnit: Sendable {
         }
         // Liveness: one poll takes at most its start deadline (a period) plus a timeout per request.
         let loop = liveness?.register("poller of bus \(settings.name)")
-        let timeout = bus.configuration.responseTimeout
+        let timeout = bus.responseTimeout
         let longestPoll = pollers.map { $0.schedule.period + timeout * ($0.requestsPerPoll + 1) }.max() ?? .seconds(1)
         defer { loop?.idle() }
         #if DEBUG

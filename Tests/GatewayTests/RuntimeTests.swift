@@ -1,0 +1,220 @@
+import Foundation
+@testable import Gateway
+import GatewayConfig
+import Logging
+@testable import MQTT
+import ServiceLifecycle
+import ServiceLifecycleTestKit
+import Testing
+import TestSupport
+
+/// The whole runtime in this process, under service-lifecycle's `testGracefulShutdown`: its real
+/// MQTT client against a real Mosquitto (started here on a loopback port), its buses scripted
+/// (``FakeBus``). The two flows end to end through the runtime's wiring (dispatcher, units,
+/// publisher, features, stop), without a `gateway run` child process.
+@Suite("Runtime, in-process")
+struct RuntimeTests {
+    static let base = "gateway/rt"
+
+    /// A running site: broker, observer, the one fake bus every `[[bus]]` gets, the runtime.
+    struct Site {
+        let broker: Mosquitto
+        let observer: MQTTObserver
+        let bus: FakeBus
+        let timeline: Timeline
+        let runtime: GatewayRuntime
+        let directory: String
+
+        func payloads(_ topic: String) -> [String] { observer.payloads("\(RuntimeTests.base)/\(topic)") }
+
+        /// Waits (bounded) until `topic` (under the base) has had `payload`.
+        func waitFor(_ topic: String, _ payload: String) async throws {
+            try await observer.waitUntil("\(topic) = \(payload), seen: \(observer.summary)", timeout: .seconds(10)) {
+                payloads(topic).contains(payload)
+            }
+        }
+
+        /// Publishes a `/set` and returns its answer (the next one on `/set/result`).
+        func command(_ device: String, _ point: String, _ payload: String) async throws -> String {
+            let result = "\(device)/\(point)/set/result"
+            let before = payloads(result).count
+            try await observer.client.publish(to: "\(RuntimeTests.base)/\(device)/\(point)/set", payload: Array(payload.utf8), qos: .atLeastOnce, retain: false)
+            try await observer.waitUntil("an answer on \(result)", timeout: .seconds(10)) { payloads(result).count > before }
+            return payloads(result)[before]
+        }
+
+        func shutdown() async {
+            await observer.client.disconnect()
+            await broker.shutdown()
+            try? FileManager.default.removeItem(atPath: directory)
+        }
+    }
+
+    static func configuration(_ body: String, port: Int, directory: String, gateway: String = "") throws -> GatewayConfiguration {
+        try ConfigLoader.parse("""
+            [gateway]
+            id = "rt"
+            state_dir = "\(directory)"
+            require_synced_clock = false
+            \(gateway)
+            [mqtt]
+            url = "mqtt://127.0.0.1:\(port)"
+            keepalive = 5
+            [[bus]]
+            name = "plc"
+            type = "tcp"
+            host = "127.0.0.1"
+            [[device]]
+            name = "d"
+            bus = "plc"
+            poll_ms = 50
+            offline_after = 2
+            \(body)
+            """)
+    }
+
+    static func site(_ body: String, gateway: String = "") async throws -> Site {
+        let broker = try await Mosquitto.start()
+        let observer = try await MQTTObserver(port: broker.port, filters: ["\(base)/#"], reconnect: true)
+        let directory = try TestEnvironment.makeTemporaryDirectory("runtime")
+        let timeline = Timeline()
+        let bus = FakeBus(timeline: timeline, clock: TestClock())
+        let runtime = GatewayRuntime(configuration: try configuration(body, port: broker.port, directory: directory, gateway: gateway),
+                                     password: nil, commandKey: nil, telemetry: nil, watchLoops: false, version: "test",
+                                     logger: Logger(label: "runtime"), makeBus: { _, _ in bus })
+        return Site(broker: broker, observer: observer, bus: bus, timeline: timeline, runtime: runtime, directory: directory)
+    }
+
+    /// Runs the runtime while `body` does its part, then shuts it down gracefully and waits for
+    /// `run()` to return (bounded).
+    static func running(_ site: Site, _ body: @Sendable (Site) async throws -> Void) async throws {
+        try await testGracefulShutdown { trigger in
+            // Inherits the graceful-shutdown context of this task (a task-local).
+            let run = Task { try await site.runtime.run() }
+            var failure: (any Error)?
+            do { try await body(site) } catch { failure = error }
+            trigger.triggerGracefulShutdown()
+            try await withTimeout(.seconds(15), "run() to return after the graceful shutdown") { try await run.value }
+            if let failure { throw failure }
+        }
+    }
+
+    static let points = """
+        [[device.point]]
+        name = "temp"
+        register = "holding"
+        address = 0
+        scale = 0.1
+        [[device.point]]
+        name = "unlock"
+        register = "coil"
+        address = 3
+        writable = true
+        pulse_ms = 60000
+        """
+
+    @Test("value flow: a polled value and the device's status reach the broker; a graceful stop publishes offline for the device, then the gateway")
+    func valueFlow() async throws {
+        let site = try await Self.site(Self.points)
+        site.bus.setHolding(0, 215)
+        try await Self.running(site) { site in
+            try await site.waitFor("status", "online")
+            try await site.waitFor("d/status", "online")
+            try await site.waitFor("d/temp", "21.5")
+            site.bus.setHolding(0, 220)
+            try await site.waitFor("d/temp", "22")
+        }
+        try await site.waitFor("d/status", "offline")
+        try await site.waitFor("status", "offline")
+        #expect(site.payloads("d/temp") == ["21.5", "22"], "each value once")
+        let order = site.observer.seen.withLock { $0.map { "\($0.topic)=\($0.payloadString)" } }
+        let device = order.firstIndex(of: "\(Self.base)/d/status=offline"), gateway = order.firstIndex(of: "\(Self.base)/status=offline")
+        #expect(device != nil && gateway != nil && device! < gateway!, "\(order)")
+        await site.shutdown()
+    }
+
+    @Test("command flow: a /set through the broker is written once, read back, its value published, then answered; an unknown device is refused by the dispatcher")
+    func commandFlow() async throws {
+        let site = try await Self.site(Self.points)
+        try await Self.running(site) { site in
+            try await site.waitFor("d/status", "online")
+            let answer = try await site.command("d", "unlock", "true")
+            #expect(answer == #"{"ok":true,"value":true}"#)
+            #expect(site.timeline.entries.filter { !$0.hasPrefix("poll") }.prefix(2) == ["write 3=true @0", "read 3"])
+            try await site.waitFor("d/unlock", "true")
+            #expect(try await site.command("nope", "x", "1") == #"{"ok":false,"error":"unknown device 'nope'"}"#)
+            #expect(try await site.command("d", "temp", "1") == #"{"ok":false,"error":"point 'temp' is not writable"}"#)
+        }
+        await site.shutdown()
+    }
+
+    @Test("a graceful stop during a pulse writes the off before it leaves, and the journal is empty after")
+    func stopMidPulse() async throws {
+        let site = try await Self.site(Self.points)
+        try await Self.running(site) { site in
+            try await site.waitFor("d/status", "online")
+            #expect(try await site.command("d", "unlock", "true") == #"{"ok":true,"value":true}"#)
+            #expect(site.bus.coil(3) == true)
+            #expect(site.runtime.services.journal.current.count == 1)
+        }
+        #expect(site.bus.coil(3) == false, "the pulse of 60 s was switched off by the stop")
+        #expect(site.runtime.services.journal.current.isEmpty)
+        let writes = site.timeline.entries.filter { $0.hasPrefix("write") }
+        #expect(writes == ["write 3=true @0", "write 3=false @0"])
+        try await site.waitFor("d/status", "offline")
+        await site.shutdown()
+    }
+
+    @Test("a device that stops answering goes offline after offline_after polls; a command to it is refused without a write; it comes back online")
+    func deviceAway() async throws {
+        let site = try await Self.site(Self.points)
+        try await Self.running(site) { site in
+            try await site.waitFor("d/status", "online")
+            site.bus.setReachable(false)
+            try await site.waitFor("d/status", "offline")
+            #expect(try await site.command("d", "unlock", "true") == #"{"ok":false,"error":"device 'd' is offline"}"#)
+            #expect(site.timeline.count(startingWith: "write") == 0)
+            site.bus.setReachable(true)
+            try await site.observer.waitUntil("online again", timeout: .seconds(10)) { site.payloads("d/status").last == "online" }
+        }
+        #expect(site.payloads("d/status").prefix(3) == ["online", "offline", "online"])
+        await site.shutdown()
+    }
+
+    @Test("reload mid-pulse: the pulse point a reload removes is switched off before the reload returns; an added device starts; the removed point is refused")
+    func reloadMidPulse() async throws {
+        let site = try await Self.site(Self.points)
+        let directory = site.directory, port = site.broker.port
+        try await Self.running(site) { site in
+            try await site.waitFor("d/status", "online")
+            #expect(try await site.command("d", "unlock", "true") == #"{"ok":true,"value":true}"#)
+            // The same device without its pulse point, and a second device on the bus.
+            let next = try Self.configuration("""
+                [[device.point]]
+                name = "temp"
+                register = "holding"
+                address = 0
+                scale = 0.1
+                [[device]]
+                name = "e"
+                bus = "plc"
+                unit = 2
+                poll_ms = 50
+                [[device.point]]
+                name = "level"
+                register = "holding"
+                address = 1
+                """, port: port, directory: directory)
+            guard case .applied(let change) = await site.runtime.reload(to: next, password: nil) else {
+                Issue.record("reload not applied")
+                return
+            }
+            #expect(change.added == ["e"] && change.changed == ["d"])
+            #expect(site.bus.coil(3) == false, "the removed pulse point was switched off by the reload")
+            #expect(site.runtime.services.journal.current.isEmpty)
+            try await site.waitFor("e/status", "online")
+            #expect(try await site.command("d", "unlock", "true") == #"{"ok":false,"error":"unknown point 'unlock' on device 'd'"}"#)
+        }
+        await site.shutdown()
+    }
+}
