@@ -16,10 +16,11 @@ import ServiceLifecycle
 //   ``DeviceCommander`` (Modbus, through a ``DeviceBus``) or ``SerialDeviceRunner``; the
 //   ``CommandRunner`` admits each `/set` (``CommandPipeline``), logs and answers it
 //   (``CommandAnswerer``); a refusal is a ``CommandRefusal``.
-// - `Features/`: the optional capabilities (fail-safe, outbox, Home Assistant, metrics) as
-//   ``GatewayFeature``s, made in one place (``GatewayFeatures``). The runtime names none of them.
-// Beside them, each in its own file: reload (`Reload.swift`, `ConfigurationChange.swift`), topics
-// (``TopicLayout``), signed commands, pulses (``PulseStateMachine``, ``PulseJournal``), point events.
+// - `Features/`: the optional capabilities as ``GatewayFeature``s, made in one place
+//   (``GatewayFeatures``), each in its folder: `Failsafe/`, `Outbox/`, `HomeAssistant/`,
+//   `Telemetry/` (metrics, liveness, the operations listener). The runtime names none of them.
+// - `Reload/`, `ModbusFront/`, `Support/` (state files, the instance lock, signals, the heap);
+//   topics are named in one place (``TopicLayout``).
 //
 // Concurrency, and why each idiom is where it is:
 // - Structured tasks where lifetimes nest: the runtime's service `run` (the connection watcher
