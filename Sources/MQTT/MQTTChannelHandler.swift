@@ -10,7 +10,7 @@ enum ChannelEvent: Sendable {
     /// maximum): its body is read past and dropped; the connection stays up.
     case oversized(PublishHead)
     /// The channel closed; `reason` when an error caused it.
-    case closed(reason: String?, tls: Bool)
+    case closed(reason: MQTTDisconnectReason?)
 }
 
 /// Frames bytes into packets (single-step decoder on a cumulation buffer) and encodes outgoing
@@ -27,7 +27,7 @@ final class MQTTChannelHandler: ChannelDuplexHandler {
     private var failed = false
     /// Bytes of an oversized PUBLISH still to be read past.
     private var skipping = 0
-    private var closeReason: (String, Bool)?
+    private var closeReason: MQTTDisconnectReason?
 
     init(version: MQTTVersion, maximumPacketSize: Int, events: @escaping @Sendable (ChannelEvent) -> Void) {
         self.version = version
@@ -70,7 +70,7 @@ final class MQTTChannelHandler: ChannelDuplexHandler {
         } catch {
             failed = true
             events(.malformed(error))
-            closeReason = ("malformed packet from the broker: \(error)", false)
+            closeReason = .malformedPacket("\(error)")
             if version == .v5 {
                 let code: MQTTReasonCode = if case .packetTooLarge = error { .packetTooLarge } else { .malformedPacket }
                 var out = context.channel.allocator.buffer(capacity: 4)
@@ -90,13 +90,13 @@ final class MQTTChannelHandler: ChannelDuplexHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if closeReason == nil {
-            closeReason = ("\(error)", error is NIOSSLError || error is BoringSSLError || error is NIOSSLExtraError)
+            closeReason = .transport("\(error)", tls: error is NIOSSLError || error is BoringSSLError || error is NIOSSLExtraError)
         }
         context.close(promise: nil)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        events(.closed(reason: closeReason?.0, tls: closeReason?.1 ?? false))
+        events(.closed(reason: closeReason))
         context.fireChannelInactive()
     }
 }

@@ -204,7 +204,7 @@ extension MQTTClient {
             channel?.writeAndFlush(MQTTPacket.pingreq, promise: nil)
         case .closeDead:
             logger.warning("MQTT broker did not answer PINGREQ in time: connection considered dead")
-            lifecycle.closingOurselves("keepalive timeout (no PINGRESP)")
+            lifecycle.closingOurselves(.keepaliveTimeout)
             channel?.close(promise: nil)
             return nil
         case .wait:

@@ -22,30 +22,30 @@ extension MQTTClient {
             }
         case .malformed(let error):
             logger.error("MQTT: malformed packet from the broker, closing: \(error)")
-            lifecycle.closingOurselves("malformed packet: \(error)")
+            lifecycle.closingOurselves(.malformedPacket("\(error)"))
             if let w = connAckWaiter {
                 connAckWaiter = nil
                 w.resume(throwing: MQTTError.protocolError("\(error)"))
             }
-        case .closed(let reason, let tls):
+        case .closed(let reason):
             if let w = connAckWaiter {
                 connAckWaiter = nil
-                let r = reason ?? "connection closed by the broker before CONNACK"
-                w.resume(throwing: tls ? MQTTError.tls(r) : MQTTError.connectFailed(r))
+                let r = reason?.description ?? "connection closed by the broker before CONNACK"
+                if case .transport(_, tls: true) = reason { w.resume(throwing: MQTTError.tls(r)) } else { w.resume(throwing: MQTTError.connectFailed(r)) }
             }
             connectionClosed(id: id, reason: reason)
         }
     }
 
     /// Connection `id` closed; `reason` nil: the reason given when it was closed, or a plain close by the broker.
-    func connectionClosed(id: Int, reason: String?) {
+    func connectionClosed(id: Int, reason: MQTTDisconnectReason?) {
         guard channel != nil || state == .connected || state == .shutdown,
               let closed = lifecycle.closed(id, reason: reason, now: .now) else { return }
         channel = nil
         keepAliveTimer?.cancel()
         keepAliveTimer = nil
         keepAlive = nil
-        for (_, r) in requests { r.resume(throwing: MQTTError.connectionLost(closed.reason)) }
+        for (_, r) in requests { r.resume(throwing: MQTTError.connectionLost(closed.reason.description)) }
         requests.removeAll()
         restoreIDs.removeAll()
         pendingConnectedEvent = nil
@@ -137,8 +137,8 @@ extension MQTTClient {
         case .pingresp:
             break
         case .disconnect(let d):
-            let reason = "broker sent DISCONNECT: \(d.reasonCode)\(d.properties.reasonString.map { " - \($0)" } ?? "")"
-            lifecycle.brokerDisconnected(reason, sessionTakenOver: d.reasonCode == .sessionTakenOver)
+            let reason = MQTTDisconnectReason.brokerDisconnected(d.reasonCode, d.properties.reasonString)
+            lifecycle.brokerDisconnected(reason)
             logger.warning("MQTT: \(reason)")
         case .auth:
             protocolError("AUTH is not supported by this client")
@@ -184,7 +184,7 @@ extension MQTTClient {
 
     func protocolError(_ text: String, code: MQTTReasonCode = .protocolError) {
         logger.error("MQTT protocol error from the broker: \(text)")
-        lifecycle.closingOurselves("protocol error: \(text)")
+        lifecycle.closingOurselves(.protocolError(text))
         if version == .v5 { write(.disconnect(ReasonPacket(reasonCode: code)), flush: true) }
         channel?.close(promise: nil)
     }

@@ -190,7 +190,7 @@ public actor MQTTClient {
     /// Ends the session cleanly and connects again at once (with the current settings).
     func replaceConnection() {
         guard state == .connected, let channel else { return }
-        lifecycle.closingOurselves("reconnecting with a new configuration", reconnectAtOnce: true)
+        lifecycle.closingOurselves(.reconfigured, reconnectAtOnce: true)
         write(.disconnect(ReasonPacket()), flush: true)
         channel.close(promise: nil)
     }
@@ -214,7 +214,7 @@ public actor MQTTClient {
             }
             try? await ch.close()
         }
-        connectionClosed(id: lifecycle.connectionID, reason: "client shut down")
+        connectionClosed(id: lifecycle.connectionID, reason: .shutdown)
         for c in session.removeAll() { c.resume(throwing: MQTTError.shutdown) }
         messageSink.finish()
         eventSink.finish()

@@ -18,7 +18,7 @@ struct MQTTConnectionLifecycle {
     private(set) var quickDrops = 0
     private var backoff: Backoff
     private var connectedAt: ContinuousClock.Instant?
-    private var closeReason: String?
+    private var closeReason: MQTTDisconnectReason?
     /// We are closing the connection (malformed packet, protocol error, dead keepalive, new
     /// settings): not a drop by the broker, so not a sign of a twin.
     private var closingOurselves = false
@@ -71,33 +71,33 @@ struct MQTTConnectionLifecycle {
     }
 
     /// We close the connection; `reconnectAtOnce` skips the backoff (new settings).
-    mutating func closingOurselves(_ reason: String, reconnectAtOnce: Bool = false) {
+    mutating func closingOurselves(_ reason: MQTTDisconnectReason, reconnectAtOnce: Bool = false) {
         closeReason = reason
         closingOurselves = true
         if reconnectAtOnce { self.reconnectAtOnce = true }
     }
 
     /// The broker sent DISCONNECT; the close that follows carries `reason`.
-    mutating func brokerDisconnected(_ reason: String, sessionTakenOver: Bool) {
+    mutating func brokerDisconnected(_ reason: MQTTDisconnectReason) {
         closeReason = reason
-        if sessionTakenOver { takenOver = true }
+        if reason.isSessionTakenOver { takenOver = true }
     }
 
     struct Closed: Equatable {
         var wasConnected: Bool
-        var reason: String
+        var reason: MQTTDisconnectReason
     }
 
     /// Connection `id` closed; `reason` from the channel (nil: the reason given before, or a plain
     /// close by the broker). Nil for an older connection.
-    mutating func closed(_ id: Int, reason: String?, now: ContinuousClock.Instant) -> Closed? {
+    mutating func closed(_ id: Int, reason: MQTTDisconnectReason?, now: ContinuousClock.Instant) -> Closed? {
         guard id == connectionID else { return nil }
         let wasConnected = phase == .connected
         if phase != .shutdown { phase = .idle }
         if wasConnected {
             if !closingOurselves, let at = connectedAt, now - at < Self.quickDropWindow { quickDrops += 1 } else { quickDrops = 0 }
         }
-        let closed = Closed(wasConnected: wasConnected, reason: reason ?? closeReason ?? "closed by the broker")
+        let closed = Closed(wasConnected: wasConnected, reason: reason ?? closeReason ?? .closedByBroker)
         closeReason = nil
         closingOurselves = false
         return closed

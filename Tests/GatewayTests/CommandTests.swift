@@ -58,16 +58,6 @@ struct CommandTests {
 
     static func nowMs() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
 
-    /// Sends a command and waits for its answer on `/set/result` (the `n`-th answer there).
-    @discardableResult
-    static func command(_ rig: Rig, _ point: String, _ payload: String, device: String = "dev", retain: Bool = false) async throws -> String {
-        let resultTopic = "\(b)/\(device)/\(point)/set/result"
-        let before = rig.payloads(resultTopic).count
-        try await rig.observer.publish(to: "\(b)/\(device)/\(point)/set", payload: Array(payload.utf8), qos: .atLeastOnce, retain: retain)
-        try await rig.waitUntil("an answer on \(resultTopic)") { rig.payloads(resultTopic).count > before }
-        return rig.payloads(resultTopic)[before]
-    }
-
     static func startRig(pulseMs: Int = 400, extraGateway: String = "", simArgs: [String] = []) async throws -> Rig {
         let rig = try await Rig.start(points: points(pulseMs: pulseMs), simArgs: simArgs, pollMs: 100, extraGateway: extraGateway)
         try await rig.waitFor("\(b)/dev/status", "online")
@@ -79,7 +69,7 @@ struct CommandTests {
     @Test("unlock pulse: on, then off after pulse_ms (seen in the device's write log), answered with the read-back value")
     func pulse() async throws {
         let rig = try await Self.startRig()
-        let answer = try await Self.command(rig, "unlock", #"{"value": true, "id": "p1"}"#)
+        let answer = try await rig.command("unlock", #"{"value": true, "id": "p1"}"#)
         #expect(answer == #"{"ok":true,"value":true}"#)
         let writes = try await rig.sim.waitForWrites(2)
         #expect(writes.map(\.fc) == [5, 5])
@@ -91,46 +81,22 @@ struct CommandTests {
         try await rig.waitFor("\(Self.b)/dev/unlock", "true")
         try await rig.waitFor("\(Self.b)/dev/unlock", "false")
         // The same id again (a QoS 1 duplicate): the first answer, nothing executed.
-        let again = try await Self.command(rig, "unlock", #"{"value": true, "id": "p1"}"#)
+        let again = try await rig.command("unlock", #"{"value": true, "id": "p1"}"#)
         #expect(again == answer)
-        try await Self.command(rig, "light", "ON")
+        try await rig.command("light", "ON")
         let after = try await rig.sim.waitForWrites(3)
         #expect(after.count == 3 && after[2].address == 1, "the repeated id wrote something: \(after)")
-        await rig.shutdown()
-    }
-
-    @Test("a second command during a pulse extends it: one off, pulse_ms after the second on")
-    func pulseExtends() async throws {
-        // 2 s: the second command must come within the first pulse, also on a loaded machine.
-        let rig = try await Self.startRig(pulseMs: 2000)
-        try await Self.command(rig, "unlock", "true")
-        try await Self.command(rig, "unlock", "1")
-        let writes = try await rig.sim.waitForWrites(3)
-        #expect(writes.map(\.values) == [[1], [1], [0]])
-        let spacing = writes[2].mono_ms - writes[1].mono_ms
-        #expect(spacing >= 2000, "off came \(spacing) ms after the second on")
-        // Any stacked off would have come before this write (the first pulse ends earlier).
-        try await Self.command(rig, "light", "true")
-        let all = try await rig.sim.waitForWrites(4)
-        #expect(all.map(\.address) == [0, 0, 0, 1])
-        // A command to switch off ends the pulse at once.
-        try await Self.command(rig, "unlock", "true")
-        try await Self.command(rig, "unlock", "off")
-        try await Self.command(rig, "light", "false")
-        let end = try await rig.sim.waitForWrites(7)
-        #expect(end.suffix(3).map(\.values) == [[1], [0], [0]])
-        #expect(end.suffix(3).map(\.address) == [0, 0, 1])
         await rig.shutdown()
     }
 
     @Test("plain and JSON values: bools, map names (any case), scaled numbers, 32-bit integers; read back published")
     func values() async throws {
         let rig = try await Self.startRig()
-        #expect(try await Self.command(rig, "mode", "LOCKED") == #"{"ok":true,"value":"locked"}"#)
-        #expect(try await Self.command(rig, "mode", #"{"value": 1}"#) == #"{"ok":true,"value":"free"}"#)
-        #expect(try await Self.command(rig, "setpoint", "21.5") == #"{"ok":true,"value":21.5}"#)
-        #expect(try await Self.command(rig, "big", #"{"value": 70000}"#) == #"{"ok":true,"value":70000}"#)
-        #expect(try await Self.command(rig, "light", #"{"value": true}"#) == #"{"ok":true,"value":true}"#)
+        #expect(try await rig.command("mode", "LOCKED") == #"{"ok":true,"value":"locked"}"#)
+        #expect(try await rig.command("mode", #"{"value": 1}"#) == #"{"ok":true,"value":"free"}"#)
+        #expect(try await rig.command("setpoint", "21.5") == #"{"ok":true,"value":21.5}"#)
+        #expect(try await rig.command("big", #"{"value": 70000}"#) == #"{"ok":true,"value":70000}"#)
+        #expect(try await rig.command("light", #"{"value": true}"#) == #"{"ok":true,"value":true}"#)
         let writes = try await rig.sim.waitForWrites(5)
         #expect(writes.map(\.fc) == [6, 6, 6, 16, 5])
         #expect(writes.map(\.values) == [[2], [1], [215], [1, 4464], [1]])
@@ -200,15 +166,15 @@ struct CommandTests {
             ("dev", "unlock", json("null"), "\\\"value\\\" must be a bool"),
         ]
         for (device, point, payload, expected) in cases {
-            let answer = try await Self.command(rig, point, payload, device: device)
+            let answer = try await rig.command(point, payload, device: device)
             #expect(answer.hasPrefix(#"{"ok":false,"error":"#) && answer.contains(expected), "\(point) \(payload): \(answer)")
         }
         // Retained: refused (a retained unlock would fire on every reconnect).
-        let retained = try await Self.command(rig, "unlock", json("true"), retain: true)
+        let retained = try await rig.command("unlock", json("true"), retain: true)
         #expect(retained.contains("retained command refused"))
         try await rig.observer.publish(to: "\(Self.b)/dev/unlock/set", payload: [], qos: .atLeastOnce, retain: true)   // clear it
         // Nothing was written; a valid command still works and is the only write.
-        #expect(try await Self.command(rig, "light", json("true")) == #"{"ok":true,"value":true}"#)
+        #expect(try await rig.command("light", json("true")) == #"{"ok":true,"value":true}"#)
         let writes = try await rig.sim.waitForWrites(1)
         #expect(writes.count == 1 && writes[0].address == 1, "\(writes)")
         // The audit log has a line per command.
@@ -224,13 +190,13 @@ struct CommandTests {
         try await rig.waitFor("\(Self.b)/dev/status", "online")
         _ = try await rig.gateway.waitForLine(containing: "subscribed to commands")
         try await rig.sim.setLatency(ms: 1000)   // the bus's timeout_ms is 300
-        let answer = try await Self.command(rig, "light", "true")
+        let answer = try await rig.command("light", "true")
         #expect(answer.hasPrefix(#"{"ok":false,"error":"outcome unknown: "#), "\(answer)")
         // The device did get it (it answers late); the gateway did not send it again.
         let first = try await rig.sim.waitForWrites(1)
         #expect(first.map(\.address) == [1])
         try await rig.sim.setLatency(ms: 0)
-        let second = try await Self.command(rig, "mode", "free")
+        let second = try await rig.command("mode", "free")
         #expect(second == #"{"ok":true,"value":"free"}"#)
         let writes = try await rig.sim.waitForWrites(2)
         #expect(writes.map(\.address) == [1, 20], "a retry reached the device: \(writes)")
@@ -242,75 +208,17 @@ struct CommandTests {
         let rig = try await Rig.start(points: "write_multiple = true\n" + Self.points(), simArgs: [], pollMs: 100)
         try await rig.waitFor("\(Self.b)/dev/status", "online")
         _ = try await rig.gateway.waitForLine(containing: "subscribed to commands")
-        #expect(try await Self.command(rig, "light", "true") == #"{"ok":true,"value":true}"#)
-        #expect(try await Self.command(rig, "mode", "locked") == #"{"ok":true,"value":"locked"}"#)
+        #expect(try await rig.command("light", "true") == #"{"ok":true,"value":true}"#)
+        #expect(try await rig.command("mode", "locked") == #"{"ok":true,"value":"locked"}"#)
         let writes = try await rig.sim.waitForWrites(2)
         #expect(writes.map(\.fc) == [15, 16] && writes.map(\.values) == [[1], [2]], "\(writes)")
-        await rig.shutdown()
-    }
-
-    @Test("a device that is offline refuses commands at once (nothing queued for later)")
-    func offlineDevice() async throws {
-        let rig = try await Self.startRig()
-        _ = await rig.sim.stop()
-        try await rig.waitFor("\(Self.b)/dev/status", "offline")
-        let answer = try await Self.command(rig, "light", "true")
-        #expect(answer == #"{"ok":false,"error":"device 'dev' is offline"}"#)
-        // Back online: the refused command is not replayed.
-        let again = try await GatewaySimulator.start([], port: rig.simPort)
-        try await rig.waitUntil("status online again") { rig.payloads("\(Self.b)/dev/status").last == "online" }
-        try await Self.command(rig, "mode", "free")
-        let writes = try await again.waitForWrites(1)
-        #expect(writes.count == 1 && writes[0].address == 20)
-        _ = await again.stop()
-        await rig.shutdown()
-    }
-
-    @Test("1,000 garbage payloads: every one refused, zero writes, and a valid command still works")
-    func garbage() async throws {
-        let rig = try await Self.startRig()
-        var rng = SystemRandomNumberGenerator()
-        let fixed: [String] = [
-            "", " ", "tru", "yes", "3.5", "-1", "-0.5", "0x1", "1e999", "nan", "inf", "+", "{", "}", "[]", "[true]", "null",
-            #"{"value":}"#, #"{"value": [1]}"#, #"{"value": {"a": 1}}"#, #"{"value": true, "value": false}"#,
-            #"{"ts": 1}"#, #"{"value": true, "ts": "now"}"#, #"{"value": true, "ts": -5}"#, #"{"value": true, "id": ""}"#,
-            #"{"value": "\ud800"}"#, #""unterminated"#, String(repeating: "[", count: 100) + String(repeating: "]", count: 100),
-            String(repeating: "x", count: 5000), "true\u{0}", "on\u{7}", #"{"value": tru}"#, "{\"value\": true}garbage",
-        ]
-        let targets = ["unlock", "light", "mode", "setpoint", "big"]
-        var sent = 0
-        for i in 0..<1000 {
-            let payload: [UInt8]
-            switch i % 3 {
-            case 0:
-                payload = Array(fixed[(i / 3) % fixed.count].utf8)
-            case 1:   // random bytes, never valid UTF-8 (leading 0xFF)
-                payload = [0xFF] + (0..<Int.random(in: 0...40, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
-            default:  // random words that are no value of any point
-                payload = Array(("x" + String((0..<Int.random(in: 1...20, using: &rng)).map { _ in "abcdefghijklmnopqrstuvwxyz0123456789{}\":, ".randomElement(using: &rng)! })).utf8)
-            }
-            let point = targets[i % targets.count]
-            try await rig.observer.publish(to: "\(Self.b)/dev/\(point)/set", payload: payload, qos: .atLeastOnce)
-            sent += 1
-        }
-        let answersTopic = targets.map { "\(Self.b)/dev/\($0)/set/result" }
-        try await rig.waitUntil(timeout: .seconds(60), "1,000 answers") {
-            rig.watcher.seen.withLock { $0.filter { answersTopic.contains($0.topic) }.count } >= sent
-        }
-        let answers = rig.watcher.seen.withLock { $0.filter { answersTopic.contains($0.topic) }.map(\.payloadString) }
-        #expect(answers.count == 1000)
-        #expect(answers.allSatisfy { $0.hasPrefix(#"{"ok":false,"error":"#) }, "\(answers.filter { !$0.hasPrefix(#"{"ok":false"#) })")
-        #expect(try await Self.command(rig, "light", "true") == #"{"ok":true,"value":true}"#)
-        let writes = try await rig.sim.waitForWrites(1)
-        #expect(writes.count == 1 && writes[0].address == 1, "garbage reached the device: \(writes)")
-        #expect(rig.gateway.exitStatus == nil)
         await rig.shutdown()
     }
 
     @Test("broker stopped during a pulse: the off is still written")
     func brokerLostDuringPulse() async throws {
         let rig = try await Self.startRig(pulseMs: 1500)
-        try await Self.command(rig, "unlock", "true")
+        try await rig.command("unlock", "true")
         await rig.broker.stop()
         let writes = try await rig.sim.waitForWrites(2)
         #expect(writes.map(\.values) == [[1], [0]])
@@ -321,14 +229,14 @@ struct CommandTests {
     @Test("SIGHUP during a pulse: the gateway keeps running, the pulse ends on time, commands still work")
     func hangupDuringPulse() async throws {
         let rig = try await Self.startRig(pulseMs: 1500)
-        try await Self.command(rig, "unlock", "true")
+        try await rig.command("unlock", "true")
         rig.gateway.signal(SIGHUP)
         _ = try await rig.gateway.waitForLine(containing: "SIGHUP received")
         rig.gateway.signal(SIGHUP)   // twice: still not the default action
         let writes = try await rig.sim.waitForWrites(2)
         #expect(writes.map(\.values) == [[1], [0]])
         #expect(writes[1].mono_ms - writes[0].mono_ms >= 1500, "the off came early: \(writes)")
-        #expect(try await Self.command(rig, "light", "true") == #"{"ok":true,"value":true}"#)
+        #expect(try await rig.command("light", "true") == #"{"ok":true,"value":true}"#)
         #expect(rig.gateway.exitStatus == nil, "the gateway ended:\n\(rig.gateway.tail)")
         #expect(!rig.payloads("\(Self.b)/status").contains("offline"))
         await rig.shutdown()
@@ -343,7 +251,7 @@ struct CommandTests {
         try await rig.observer.publish(to: "\(Self.b)/dev/light/set", payload: big, qos: .atLeastOnce, retain: true)
         _ = try await rig.gateway.waitForLine(containing: "dropped an incoming message of")
         // Still connected: a command works and a changed value is published.
-        #expect(try await Self.command(rig, "mode", "free") == #"{"ok":true,"value":"free"}"#)
+        #expect(try await rig.command("mode", "free") == #"{"ok":true,"value":"free"}"#)
         try await rig.sim.set("holding:40=77")
         try await rig.waitFor("\(Self.b)/dev/count", "77")
         let lines = rig.gateway.lines
@@ -354,13 +262,14 @@ struct CommandTests {
         await rig.shutdown()
     }
 
-    @Test("10,000 commands as fast as they can be published: each is answered (done or 'busy'), only 'ok' ones write")
+    @Test("1,000 commands as fast as they can be published: each is answered (done or 'busy'), only 'ok' ones write")
     func commandFlood() async throws {
         // What bounds memory here is structural: at most 8 commands wait per device (the 'busy'
         // answers below), and the client's incoming queue is bounded. Memory is measured by the
         // benchmarks, not asserted here.
         let rig = try await Self.startRig()
-        let count = 10_000
+        // 10,000 go through the dispatcher in-process (CommanderTests.flood); here, the wire.
+        let count = 1_000
         for i in 0..<count {
             try await rig.observer.enqueue(to: "\(Self.b)/dev/light/set", payload: Array((i % 2 == 0 ? "true" : "false").utf8), qos: .atLeastOnce)
         }
@@ -380,27 +289,10 @@ struct CommandTests {
         await rig.shutdown()
     }
 
-    @Test("after a command the read-back value is published once: the next polls do not publish it again")
-    func readBackOnce() async throws {
-        let rig = try await Self.startRig(simArgs: ["--log-requests"])
-        try await rig.waitFor("\(Self.b)/dev/light", "false")
-        #expect(try await Self.command(rig, "light", "true") == #"{"ok":true,"value":true}"#)
-        try await rig.waitFor("\(Self.b)/dev/light", "true")
-        // Five more polls (each reads the coils) after the answer.
-        let isCoilRead: @Sendable (String) -> Bool = { $0.hasPrefix(#"{"request":{"unit":1,"fc":1,"#) }
-        let target = rig.sim.process.lines.filter(isCoilRead).count + 5
-        let reads = Mutex(0)
-        _ = try await rig.sim.process.waitForLine(timeout: .seconds(20)) { line in
-            isCoilRead(line) && reads.withLock { $0 += 1; return $0 >= target }
-        }
-        #expect(rig.payloads("\(Self.b)/dev/light") == ["false", "true"], "gateway log:\n\(rig.gateway.tail)")
-        await rig.shutdown()
-    }
-
     @Test("SIGTERM during a pulse: the off is written before the gateway exits")
     func stopDuringPulse() async throws {
         let rig = try await Self.startRig(pulseMs: 600_000)
-        try await Self.command(rig, "unlock", "true")
+        try await rig.command("unlock", "true")
         rig.gateway.signal(SIGTERM)
         #expect(try await rig.gateway.waitForExit(timeout: .seconds(15)) == 0)
         let writes = try await rig.sim.waitForWrites(2)
@@ -414,7 +306,7 @@ struct CommandTests {
         let rig = try await Self.startRig(pulseMs: 600_000)
         let journal = (rig.configPath as NSString).deletingLastPathComponent + "/pulses"
         #expect(!FileManager.default.fileExists(atPath: journal), "no pulse yet, no journal file")
-        try await Self.command(rig, "unlock", "true")
+        try await rig.command("unlock", "true")
         #expect(try String(contentsOfFile: journal, encoding: .utf8) == "dev/unlock bus=plc unit=1 coil=0 width=1 multiple=0\n")
         rig.gateway.signal(SIGKILL)
         _ = try await rig.gateway.waitForExit(timeout: .seconds(10))
@@ -436,7 +328,7 @@ struct CommandTests {
     /// A rig whose gateway was killed (SIGKILL) with the unlock pulse on (the device took the on).
     static func killedDuringPulse() async throws -> Rig {
         let rig = try await Self.startRig(pulseMs: 600_000)
-        try await Self.command(rig, "unlock", "true")
+        try await rig.command("unlock", "true")
         rig.gateway.signal(SIGKILL)
         _ = try await rig.gateway.waitForExit(timeout: .seconds(10))
         return rig
@@ -454,7 +346,7 @@ struct CommandTests {
     @Test("a reload moves a pulse point while its device is silent: the off is written where the on went, retried until taken, never to the new address")
     func reloadMovesPulseDeviceSilent() async throws {
         let rig = try await Self.startRig(pulseMs: 600_000)
-        try await Self.command(rig, "unlock", "true")
+        try await rig.command("unlock", "true")
         #expect(try await rig.sim.waitForWrites(1).map { [$0.address] + $0.values } == [[0, 1]])
         _ = await rig.sim.stop()   // the device goes silent
         try Self.moveUnlock(rig, to: 7)

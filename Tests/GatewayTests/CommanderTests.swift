@@ -39,6 +39,24 @@ struct CommanderTests {
         await rig.commander.stop()
     }
 
+    @Test("an off by command ends the pulse at once: its timer is cancelled, and no second off comes later")
+    func offByCommand() async throws {
+        let rig = try CommanderRig(points: Self.door)
+        rig.set("unlock", "true")
+        _ = try await rig.answer(1)
+        try await withTimeout { await rig.clock.sleepers(1) }
+        rig.set("unlock", "off")
+        #expect(try await rig.answer(2).hasSuffix(#"{"ok":true,"value":false}"#))
+        #expect(rig.clock.pendingSleepers == 0, "the pulse's timer was cancelled")
+        #expect(rig.journal.current.isEmpty)
+        rig.clock.advance(by: .seconds(2))
+        // A /get goes through the same queue: anything the timer had queued would run first.
+        rig.commander.submit(.get(rig.message("unlock", []), point: "unlock", receivedAt: rig.clock.now))
+        try await rig.timeline.await(3, startingWith: "read 3")
+        #expect(rig.timeline.entries.filter { $0.hasPrefix("write") } == ["write 3=true @0", "write 3=false @0"])
+        await rig.commander.stop()
+    }
+
     @Test("an off the device does not take is tried 5 times (pauses of 250 ms doubling), then every 5 s until it is taken; the journal keeps it meanwhile")
     func offRetried() async throws {
         let rig = try CommanderRig(points: Self.door)
@@ -161,5 +179,93 @@ struct CommanderTests {
         #expect(rig.bus.coil(3) == false)
         #expect(rig.journal.current.isEmpty)
         #expect(!rig.set("unlock", "true"), "stopped: not queued")
+    }
+
+    static let panel = """
+        [[device.point]]
+        name = "unlock"
+        register = "coil"
+        address = 0
+        writable = true
+        pulse_ms = 400
+        [[device.point]]
+        name = "light"
+        register = "coil"
+        address = 1
+        writable = true
+        [[device.point]]
+        name = "mode"
+        register = "holding"
+        address = 20
+        writable = true
+        map = { "0" = "normal", "1" = "free", "2" = "locked" }
+        [[device.point]]
+        name = "setpoint"
+        register = "holding"
+        address = 30
+        type = "int16"
+        scale = 0.1
+        writable = true
+        min = 5
+        max = 30
+        [[device.point]]
+        name = "big"
+        register = "holding"
+        address = 50
+        type = "uint32"
+        writable = true
+        """
+
+    @Test("1,000 garbage payloads: every one refused with a reason, zero writes, and a valid command still works")
+    func garbage() async throws {
+        let rig = try CommanderRig(points: Self.panel)
+        var rng = SplitMix(seed: 38)
+        let fixed: [String] = [
+            "", " ", "tru", "yes", "3.5", "-1", "-0.5", "0x1", "1e999", "nan", "inf", "+", "{", "}", "[]", "[true]", "null",
+            #"{"value":}"#, #"{"value": [1]}"#, #"{"value": {"a": 1}}"#, #"{"value": true, "value": false}"#,
+            #"{"ts": 1}"#, #"{"value": true, "ts": "now"}"#, #"{"value": true, "ts": -5}"#, #"{"value": true, "id": ""}"#,
+            #"{"value": "\ud800"}"#, #""unterminated"#, String(repeating: "[", count: 100) + String(repeating: "]", count: 100),
+            String(repeating: "x", count: 5000), "true\u{0}", "on\u{7}", #"{"value": tru}"#, "{\"value\": true}garbage",
+        ]
+        let targets = ["unlock", "light", "mode", "setpoint", "big"]
+        for i in 0..<1000 {
+            let payload: [UInt8]
+            switch i % 3 {
+            case 0:
+                payload = Array(fixed[(i / 3) % fixed.count].utf8)
+            case 1:   // random bytes, never valid UTF-8 (leading 0xFF)
+                payload = [0xFF] + (0..<Int.random(in: 0...40, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            default:  // random words that are no value of any point
+                payload = Array(("x" + String((0..<Int.random(in: 1...20, using: &rng)).map { _ in "abcdefghijklmnopqrstuvwxyz0123456789{}\":, ".randomElement(using: &rng)! })).utf8)
+            }
+            // One at a time: the queue holds 8, and this is about the checks, not the queue.
+            #expect(rig.set(targets[i % targets.count], payload))
+            try await rig.timeline.await(i + 1, of: "answer")
+        }
+        let answers = rig.timeline.entries.filter { $0.hasPrefix("answer ") }
+        #expect(answers.count == 1000)
+        #expect(answers.allSatisfy { $0.contains(#" {"ok":false,"error":"#) }, "\(answers.filter { !$0.contains(#"{"ok":false"#) }.prefix(3))")
+        #expect(rig.timeline.count("write") == 0, "garbage reached the device")
+        rig.set("light", "true")
+        #expect(try await rig.answer(1001).hasSuffix(#"{"ok":true,"value":true}"#))
+        #expect(rig.timeline.count("write") == 1)
+        await rig.commander.stop()
+    }
+
+    @Test("10,000 commands dispatched as fast as the client reads them: each answered, done or 'busy' (at most 8 wait), and only the done ones write")
+    func flood() async throws {
+        let rig = try CommanderRig(points: Self.panel)
+        let count = 10_000
+        for i in 0..<count {
+            rig.dispatcher.dispatch(rig.message("light", Array((i % 2 == 0 ? "true" : "false").utf8)))
+        }
+        try await rig.timeline.await(count, of: "answer")
+        let answers = rig.timeline.entries.filter { $0.hasPrefix("answer ") }
+        let ok = answers.filter { $0.contains(#"{"ok":true"#) }.count
+        let busy = answers.filter { $0.contains("busy: device 'd' already has 8 commands waiting") }.count
+        #expect(ok + busy == count, "\(answers.filter { !$0.contains(#"{"ok":true"#) && !$0.contains("busy") }.prefix(3))")
+        #expect(ok >= 8 && busy > 0, "ok \(ok), busy \(busy)")
+        #expect(rig.timeline.count("write") == ok, "one write per done command, none for the busy ones")
+        await rig.commander.stop()
     }
 }

@@ -1,4 +1,5 @@
 @testable import Gateway
+import MQTT
 import Testing
 
 /// The devices' poll series, kept as numbers with each device's status and written out at the
@@ -56,5 +57,22 @@ struct DeviceSeriesTests {
             let name = line.prefix { $0 != "{" && $0 != " " }
             #expect(name == family || name.hasPrefix(family + "_"), "\(name) is not under its TYPE line (under \(family))")
         }
+    }
+
+    @Test("disconnects are counted by the reason's case: taken over, keepalive, protocol error, closed by the broker, network, other")
+    func disconnectReasons() {
+        let classes: [(MQTTDisconnectReason, String)] = [
+            (.brokerDisconnected(.sessionTakenOver, nil), "taken_over"),
+            (.keepaliveTimeout, "keepalive"),
+            (.malformedPacket("x"), "protocol_error"),
+            (.protocolError("y"), "protocol_error"),
+            (.closedByBroker, "closed_by_broker"),
+            (.brokerDisconnected(.serverShuttingDown, "bye"), "closed_by_broker"),
+            (.transport("read(descriptor:pointer:size:): Connection reset by peer (errno: 104)", tls: false), "network"),
+            (.transport("handshake failed", tls: true), "other"),
+            (.reconfigured, "other"),
+        ]
+        for (reason, label) in classes { #expect(GatewayTelemetry.reasonClass(reason) == label, "\(reason)") }
+        #expect(MQTTDisconnectReason.brokerDisconnected(.sessionTakenOver, "bye").description == "broker sent DISCONNECT: session taken over (0x8E) - bye")
     }
 }

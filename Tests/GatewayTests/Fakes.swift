@@ -12,31 +12,41 @@ import TestSupport
 
 extension TestClock: GatewayClock {}
 
-/// What happened, in order, with a way to await an entry.
+/// What happened, in order, with a way to await an entry. Entries are counted by their first
+/// word (`write`, `answer`...), so a wait for the 10,000th answer costs nothing per entry.
 final class Timeline: Sendable {
-    private struct State {
+    /// What a wait looks at: the entries, and their count by first word.
+    struct View {
         var entries: [String] = []
+        var counts: [Substring: Int] = [:]
+    }
+    private struct State {
+        var view = View()
         var nextID = 0
-        var waiters: [(id: Int, predicate: @Sendable ([String]) -> Bool, continuation: CheckedContinuation<Void, Never>)] = []
+        var waiters: [(id: Int, predicate: @Sendable (View) -> Bool, continuation: CheckedContinuation<Void, Never>)] = []
     }
     private let state = Mutex(State())
 
     func append(_ entry: String) {
         let ready = state.withLock { s -> [CheckedContinuation<Void, Never>] in
-            s.entries.append(entry)
-            let entries = s.entries
-            let ready = s.waiters.filter { $0.predicate(entries) }.map(\.continuation)
-            s.waiters.removeAll { $0.predicate(entries) }
+            s.view.entries.append(entry)
+            s.view.counts[entry.split(separator: " ", maxSplits: 1).first ?? "", default: 0] += 1
+            guard !s.waiters.isEmpty else { return [] }
+            let view = s.view
+            let ready = s.waiters.filter { $0.predicate(view) }.map(\.continuation)
+            s.waiters.removeAll { $0.predicate(view) }
             return ready
         }
         for c in ready { c.resume() }
     }
 
-    var entries: [String] { state.withLock { $0.entries } }
+    var entries: [String] { state.withLock { $0.view.entries } }
 
-    /// Returns once `predicate` holds for the entries, or when the task is cancelled (bound it
-    /// with `withTimeout`).
-    func until(_ predicate: @escaping @Sendable ([String]) -> Bool) async {
+    /// How many entries have this first word.
+    func count(_ kind: String) -> Int { state.withLock { $0.view.counts[Substring(kind)] ?? 0 } }
+
+    /// Returns once `predicate` holds, or when the task is cancelled (bound it with `withTimeout`).
+    func until(_ predicate: @escaping @Sendable (View) -> Bool) async {
         let id = state.withLock { s -> Int in
             s.nextID += 1
             return s.nextID
@@ -44,7 +54,7 @@ final class Timeline: Sendable {
         await withTaskCancellationHandler {
             await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
                 let now = state.withLock { s -> Bool in
-                    if predicate(s.entries) || Task.isCancelled { return true }
+                    if predicate(s.view) || Task.isCancelled { return true }
                     s.waiters.append((id, predicate, c))
                     return false
                 }
@@ -61,8 +71,15 @@ final class Timeline: Sendable {
 
     /// Returns once `count` entries start with `prefix`, bounded by 10 s of real time.
     func await(_ count: Int = 1, startingWith prefix: String) async throws {
-        try await withTimeout(.seconds(10), "\(count) x \(prefix) in \(entries)") {
-            await self.until { $0.filter { $0.hasPrefix(prefix) }.count >= count }
+        try await withTimeout(.seconds(10), "\(count) x \(prefix) in \(entries.suffix(20))") {
+            await self.until { $0.entries.filter { $0.hasPrefix(prefix) }.count >= count }
+        }
+    }
+
+    /// Returns once `count` entries have the first word `kind`, bounded by `limit` of real time.
+    func await(_ count: Int, of kind: String, within limit: Duration = .seconds(30)) async throws {
+        try await withTimeout(limit, "\(count) x \(kind), seen \(self.count(kind))") {
+            await self.until { ($0.counts[Substring(kind)] ?? 0) >= count }
         }
     }
 
@@ -197,6 +214,10 @@ struct CommanderRig {
     let journal: PulseJournal
     let commander: DeviceCommander
     let plan: GatewayPlan
+    /// The runtime's dispatcher over this one device (no features).
+    let dispatcher: CommandDispatcher
+    /// This one device as the runtime would run it (for the features).
+    let units: RunningUnits
 
     /// `points`: the `[[device.point]]` tables of device `d` (unit 1), on a TCP bus.
     init(points: String, gateway: String = "") throws {
@@ -225,15 +246,23 @@ struct CommanderRig {
                                     board: board, journal: journal, clock: clock, telemetry: nil, executor: nil)
         commander = DeviceCommander(device: plan.devices[0].settings, bus: bus, timeoutMs: plan.devices[0].bus.timeoutMs,
                                     services: services, logger: logger)
+        units = RunningUnits(.init(plan: plan, services: services, commanders: ["d": commander]))
+        dispatcher = CommandDispatcher(topics: plan.topics, units: units, features: [], logger: logger)
         board.set("d", .online)
     }
 
     /// Submits a `/set` of `point` with `payload`, received now.
     @discardableResult
-    func set(_ point: String, _ payload: String) -> Bool {
-        let message = MQTTMessage(topic: plan.topics.base + "/d/\(point)/set", payload: Array(payload.utf8), qos: .atLeastOnce,
-                                  retain: false, properties: MQTTProperties())
-        return commander.submit(.set(message, point: point, receivedAt: clock.now))
+    func set(_ point: String, _ payload: String) -> Bool { set(point, Array(payload.utf8)) }
+
+    @discardableResult
+    func set(_ point: String, _ payload: [UInt8]) -> Bool {
+        commander.submit(.set(message(point, payload), point: point, receivedAt: clock.now))
+    }
+
+    func message(_ point: String, _ payload: [UInt8], device: String = "d") -> MQTTMessage {
+        MQTTMessage(topic: plan.topics.base + "/\(device)/\(point)/set", payload: payload, qos: .atLeastOnce,
+                    retain: false, properties: MQTTProperties())
     }
 
     /// Waits for the `n`th answer and returns it.

@@ -180,14 +180,6 @@ struct ReloadTests {
         try text.write(toFile: rig.configPath, atomically: true, encoding: .utf8)
     }
 
-    static func command(_ rig: Rig, _ device: String, _ point: String, _ payload: String) async throws -> String {
-        let resultTopic = "\(b)/\(device)/\(point)/set/result"
-        let before = rig.payloads(resultTopic).count
-        try await rig.observer.publish(to: "\(b)/\(device)/\(point)/set", payload: Array(payload.utf8), qos: .atLeastOnce)
-        try await rig.waitUntil("an answer on \(resultTopic)") { rig.payloads(resultTopic).count > before }
-        return rig.payloads(resultTopic)[before]
-    }
-
     @Test("SIGHUP with one device added, one changed, one removed: the unchanged one neither blinks nor republishes, the added one comes online, the removed one goes offline (its pulse ended with its off) and answers 'unknown device', the changed one polls its new register, discovery follows")
     func addChangeRemove() async throws {
         let sim = ["--unit", "1", "--unit", "2", "--unit", "3", "--unit", "4", "--log-requests",
@@ -204,7 +196,7 @@ struct ReloadTests {
         try await rig.observer.subscribe([MQTTSubscription("homeassistant/device/+/config", qos: .atLeastOnce)])
         try await rig.waitUntil("the discovery config of 'gone'") { rig.payloads("homeassistant/device/e2e_gone/config").contains { !$0.isEmpty } }
         // A long pulse on the device the reload removes.
-        #expect(try await Self.command(rig, "gone", "unlock", "true") == #"{"ok":true,"value":true}"#)
+        #expect(try await rig.command("unlock", "true", device: "gone") == #"{"ok":true,"value":true}"#)
         #expect(rig.sim.writes.map(\.values) == [[1]])
 
         // (At start a status may be published twice: by the first poll and by the connect.)
@@ -221,7 +213,7 @@ struct ReloadTests {
         try await rig.waitFor("\(Self.b)/added/v", "41")
         try await rig.waitFor("\(Self.b)/added/status", "online")
         try await rig.waitFor("\(Self.b)/change/v", "25")
-        #expect(try await Self.command(rig, "gone", "unlock", "true") == #"{"ok":false,"error":"unknown device 'gone'"}"#)
+        #expect(try await rig.command("unlock", "true", device: "gone") == #"{"ok":false,"error":"unknown device 'gone'"}"#)
         #expect(rig.sim.writes.count == 2, "the refused command wrote")
         // Discovery: the removed device's config cleared, the added one's published.
         try await rig.waitUntil("discovery cleared for 'gone'") { rig.payloads("homeassistant/device/e2e_gone/config").last == "" }
@@ -280,7 +272,7 @@ struct ReloadTests {
         _ = try await rig.gateway.waitForLine(containing: "subscribed to commands")
         _ = try await rig.gateway.waitForLine(containing: "birth and statuses published")
         // A command's answer comes after the statuses of the connect (one connection, in order).
-        #expect(try await Self.command(rig, "dev", "light", "false") == #"{"ok":true,"value":false}"#)
+        #expect(try await rig.command("light", "false", device: "dev") == #"{"ok":true,"value":false}"#)
         let statuses = rig.payloads("\(Self.b)/dev/status").count
         let original = try String(contentsOfFile: rig.configPath, encoding: .utf8)
         // The poll period's line gets a nonsense value.
@@ -300,7 +292,7 @@ struct ReloadTests {
         // Still the running configuration: values, commands.
         try await rig.sim.set("holding:40=6")
         try await rig.waitFor("\(Self.b)/dev/count", "6")
-        #expect(try await Self.command(rig, "dev", "light", "true") == #"{"ok":true,"value":true}"#)
+        #expect(try await rig.command("light", "true", device: "dev") == #"{"ok":true,"value":true}"#)
         #expect(rig.payloads("\(Self.b)/dev/status").count == statuses)
         #expect(!rig.payloads("\(Self.b)/dev/status").contains("offline"))
         #expect(rig.gateway.exitStatus == nil)
@@ -336,7 +328,7 @@ struct ReloadTests {
         // The log line comes through a pipe, the birth through the broker: either may be seen first.
         let connects = Mutex(0)
         _ = try await rig.gateway.waitForLine { $0.contains("MQTT connected to") && connects.withLock { $0 += 1; return $0 == 2 } }
-        #expect(try await Self.command(rig, "dev", "light", "true") == #"{"ok":true,"value":true}"#)
+        #expect(try await rig.command("light", "true", device: "dev") == #"{"ok":true,"value":true}"#)
         #expect(rig.gateway.lines.filter { $0.contains("MQTT connected to") }.count == 2, "one reconnect")
         await rig.shutdown()
     }

@@ -142,9 +142,14 @@ struct RuntimeTests {
             #expect(answer == #"{"ok":true,"value":true}"#)
             #expect(site.timeline.entries.filter { !$0.hasPrefix("poll") }.prefix(2) == ["write 3=true @0", "read 3"])
             try await site.waitFor("d/unlock", "true")
+            // The read-back is published once: five more polls publish nothing new.
+            let polls = site.timeline.count("poll")
+            try await site.timeline.await(polls + 5, of: "poll")
+            #expect(site.payloads("d/unlock") == ["false", "true"], "the read-back value once, not again by the polls")
             #expect(try await site.command("nope", "x", "1") == #"{"ok":false,"error":"unknown device 'nope'"}"#)
             #expect(try await site.command("d", "temp", "1") == #"{"ok":false,"error":"point 'temp' is not writable"}"#)
         }
+        #expect(site.payloads("d/unlock").last == "false", "the stop ended the pulse")
         await site.shutdown()
     }
 
@@ -176,6 +181,10 @@ struct RuntimeTests {
             #expect(site.timeline.count(startingWith: "write") == 0)
             site.bus.setReachable(true)
             try await site.observer.waitUntil("online again", timeout: .seconds(10)) { site.payloads("d/status").last == "online" }
+            // Back online: the refused command is not replayed.
+            let polls = site.timeline.count("poll")
+            try await site.timeline.await(polls + 3, of: "poll")
+            #expect(site.timeline.count("write") == 0)
         }
         #expect(site.payloads("d/status").prefix(3) == ["online", "offline", "online"])
         await site.shutdown()
@@ -215,6 +224,31 @@ struct RuntimeTests {
             try await site.waitFor("e/status", "online")
             #expect(try await site.command("d", "unlock", "true") == #"{"ok":false,"error":"unknown point 'unlock' on device 'd'"}"#)
         }
+        await site.shutdown()
+    }
+
+    @Test("failsafe_on_stop: a graceful stop writes every fail-safe value once polling has stopped, and reports it before it leaves")
+    func failsafeOnStop() async throws {
+        let site = try await Self.site(Self.points + """
+
+            [[device.point]]
+            name = "barrier"
+            register = "coil"
+            address = 1
+            writable = true
+            failsafe = true
+            """, gateway: "failsafe_on_stop = true")
+        try await Self.running(site) { site in
+            try await site.waitFor("d/status", "online")
+            #expect(site.bus.coil(1) == nil, "nothing written while running")
+        }
+        #expect(site.bus.coil(1) == true)
+        #expect(site.timeline.entries.filter { $0.hasPrefix("write") } == ["write 1=true @0"])
+        try await site.observer.waitUntil("the fail-safe report", timeout: .seconds(10)) { !site.payloads("failsafe").isEmpty }
+        #expect(site.payloads("failsafe").last?.contains(#""point":"barrier","value":"true""#) == true, "\(site.payloads("failsafe"))")
+        let order = site.observer.seen.withLock { $0.map(\.topic) }
+        let reportAt = order.firstIndex(of: "\(Self.base)/failsafe"), offlineAt = order.lastIndex(of: "\(Self.base)/status")
+        #expect(reportAt != nil && offlineAt != nil && reportAt! < offlineAt!, "the report before the gateway's offline: \(order)")
         await site.shutdown()
     }
 }

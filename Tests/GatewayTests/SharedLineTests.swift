@@ -53,7 +53,7 @@ struct SharedLineTests {
         try await rig.waitFor("\(b)/dead/status", "offline", timeout: .seconds(20))
         // A command to a healthy device on the line: it waits at most for the transaction in
         // progress (a probe of the dead unit costs one timeout), then runs.
-        #expect(try await CommandTests.command(rig, "c", "true", device: "d1") == #"{"ok":true,"value":true}"#)
+        #expect(try await rig.command("c", "true", device: "d1") == #"{"ok":true,"value":true}"#)
         // Six requests to unit 3 take about 14 s with backoff (0, 2, 4, then probes 1, 2, 4 s
         // after each failed one); without it they would take 10 s and keep coming every 2 s.
         let asked = Mutex(0)

@@ -193,7 +193,7 @@ struct FakeBrokerTests {
         #expect(try await conn.expect() == .pingreq)
         // No PINGRESP: the client must give up on the link by itself.
         try await conn.waitClosed()
-        let disconnected = Task { try await waitForEvent(c) { if case .disconnected(let r) = $0 { r.contains("keepalive") } else { false } } }
+        let disconnected = Task { try await waitForEvent(c) { if case .disconnected(.keepaliveTimeout) = $0 { true } else { false } } }
         try await disconnected.value
         #expect(await c.isConnected == false)
         await broker.close()

@@ -172,14 +172,14 @@ struct ConnectionLifecycleTests {
     @Test("three quick drops by the broker in a row mean a twin: the longest delay; a drop we caused or a later one does not count")
     func twin() {
         var l = MQTTConnectionLifecycle(policy: policy)
-        #expect(connectAndDrop(&l, at: t0, after: .seconds(1)) == .init(wasConnected: true, reason: "closed by the broker"))
+        #expect(connectAndDrop(&l, at: t0, after: .seconds(1)) == .init(wasConnected: true, reason: .closedByBroker))
         #expect(l.nextAttempt(random: 0) == .after(.milliseconds(500), attempt: 1, twin: false))
         _ = connectAndDrop(&l, at: t0, after: .seconds(1))
         // A close of our own right after connecting is no sign of a twin and resets the count.
         let id = l.beginAttempt()!
         _ = l.connected(now: t0)
-        l.closingOurselves("protocol error: x")
-        #expect(l.closed(id, reason: nil, now: t0 + .milliseconds(10))?.reason == "protocol error: x")
+        l.closingOurselves(.protocolError("x"))
+        #expect(l.closed(id, reason: nil, now: t0 + .milliseconds(10))?.reason == .protocolError("x"))
         #expect(l.quickDrops == 0)
         for _ in 0..<2 { _ = connectAndDrop(&l, at: t0, after: .seconds(1)) }
         #expect(l.nextAttempt(random: 0) == .after(.milliseconds(500), attempt: 1, twin: false), "two quick drops are not yet a twin")
@@ -195,8 +195,8 @@ struct ConnectionLifecycleTests {
         var l = MQTTConnectionLifecycle(policy: policy)
         let id = l.beginAttempt()!
         _ = l.connected(now: t0)
-        l.brokerDisconnected("broker sent DISCONNECT: sessionTakenOver", sessionTakenOver: true)
-        #expect(l.closed(id, reason: nil, now: t0 + .seconds(60)) == .init(wasConnected: true, reason: "broker sent DISCONNECT: sessionTakenOver"))
+        l.brokerDisconnected(.brokerDisconnected(.sessionTakenOver, nil))
+        #expect(l.closed(id, reason: nil, now: t0 + .seconds(60)) == .init(wasConnected: true, reason: .brokerDisconnected(.sessionTakenOver, nil)))
         #expect(l.nextAttempt(random: 0) == .after(.seconds(30), attempt: 1, twin: true))
         _ = connectAndDrop(&l, at: t0, after: .seconds(60))
         #expect(l.nextAttempt(random: 0) == .after(.milliseconds(500), attempt: 1, twin: false))
@@ -210,12 +210,12 @@ struct ConnectionLifecycleTests {
         #expect(l.settingsChanged(policy: policy) == false, "not connected yet")
         #expect(l.connected(now: t0) == .replace, "made with the old settings")
         #expect(l.settingsChanged(policy: policy) == true)
-        l.closingOurselves("reconnecting with a new configuration", reconnectAtOnce: true)
-        #expect(l.closed(first, reason: nil, now: t0)?.reason == "reconnecting with a new configuration")
+        l.closingOurselves(.reconfigured, reconnectAtOnce: true)
+        #expect(l.closed(first, reason: nil, now: t0)?.reason == .reconfigured)
         #expect(l.nextAttempt(random: 0) == .now)
         let second = l.beginAttempt()!
         #expect(l.connected(now: t0) == .keep)
-        #expect(l.closed(first, reason: "late", now: t0) == nil, "an older connection's close is ignored")
+        #expect(l.closed(first, reason: .closedByBroker, now: t0) == nil, "an older connection's close is ignored")
         #expect(l.isConnected && l.isCurrent(second))
     }
 
@@ -233,7 +233,7 @@ struct ConnectionLifecycleTests {
         _ = l.connected(now: t0)
         #expect(l.shutdown() == true)
         #expect(l.shutdown() == nil, "only once")
-        #expect(l.closed(id, reason: "client shut down", now: t0) == .init(wasConnected: false, reason: "client shut down"))
+        #expect(l.closed(id, reason: .shutdown, now: t0) == .init(wasConnected: false, reason: .shutdown))
         #expect(l.isShutDown && l.beginAttempt() == nil && l.nextAttempt(random: 0) == .stop)
     }
 }

@@ -110,6 +110,20 @@ public final class Rig: Sendable {
 
     public func payloads(_ topic: String) -> [String] { watcher.payloads(topic) }
 
+    /// The rig's base topic (`[gateway] id = "e2e"`).
+    public static let base = "gateway/e2e"
+
+    /// Sends a `/set` of `point` (with the observer's MQTT 5 client) and waits for its answer on
+    /// `/set/result`: the answer after those already there.
+    @discardableResult
+    public func command(_ point: String, _ payload: String, device: String = "dev", retain: Bool = false) async throws -> String {
+        let resultTopic = "\(Self.base)/\(device)/\(point)/set/result"
+        let before = payloads(resultTopic).count
+        try await observer.publish(to: "\(Self.base)/\(device)/\(point)/set", payload: Array(payload.utf8), qos: .atLeastOnce, retain: retain)
+        try await waitUntil("an answer on \(resultTopic)") { payloads(resultTopic).count > before }
+        return payloads(resultTopic)[before]
+    }
+
     public func shutdown() async {
         await gateway.stop()
         await watcher.client.disconnect()

@@ -283,7 +283,7 @@ final class DeviceCommander: Sendable {
             readBacks.record(value, point: index)
             services.telemetry?.device(device.name)?.value(point: index, value)
             await services.publisher.publishData(to: services.topics.value(device: device.name, point: point.name),
-                                                 payload: valuePayload(value, point: point, gateway: services.gateway),
+                                                 payload: ValuePayload(value, point: point, gateway: services.gateway).bytes,
                                                  retain: point.retain ?? services.gateway.retain, compactable: true)
             return .success(value)
         } catch {

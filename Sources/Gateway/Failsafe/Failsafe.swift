@@ -63,12 +63,15 @@ final class Failsafe: Sendable {
     private let client: MQTTClient
     private let topics: TopicLayout
     private let logger: Logger
+    /// Where the countdown takes its time (``SystemClock`` when running).
+    private let clock: any GatewayClock
     /// How often an offline device (or a failed write) is tried again during an outage.
     static let retry = Duration.seconds(1)
 
-    init(client: MQTTClient, topics: TopicLayout, logger: Logger) {
+    init(client: MQTTClient, topics: TopicLayout, logger: Logger, clock: any GatewayClock = SystemClock()) {
         self.client = client
         self.topics = topics
+        self.clock = clock
         var l = logger
         l[metadataKey: "component"] = "failsafe"
         self.logger = l
@@ -87,7 +90,7 @@ final class Failsafe: Sendable {
     /// The broker is gone: from now, count down. `targets` is asked again each round (a reload
     /// during the outage counts).
     func brokerLost(targets: @escaping @Sendable () -> [Target]) {
-        let start = ContinuousClock.now
+        let start = clock.now
         guard targets().contains(where: { $0.after != nil }) else { return }
         state.withLock { s in
             guard s.timer == nil else { return }
@@ -114,7 +117,7 @@ final class Failsafe: Sendable {
             return s.written
         }
         guard !written.isEmpty else { return }
-        let away = ContinuousClock.now - since
+        let away = clock.now - since
         logger.notice("broker back after \(away): the fail-safe had written \(written.map { "\($0.device)/\($0.point)=\($0.value)" }.joined(separator: ", "))")
         try? await client.enqueue(to: topics.failsafe, payload: Self.report(written, away: away), qos: .atLeastOnce, retain: true)
     }
@@ -154,7 +157,7 @@ final class Failsafe: Sendable {
                 let due = start + after
                 let remaining = t.points.filter { !(done[t.device]?.contains($0) ?? false) }
                 guard !remaining.isEmpty else { continue }
-                guard ContinuousClock.now >= due else {
+                guard clock.now >= due else {
                     next = min(next ?? due, due)
                     continue
                 }
@@ -166,14 +169,14 @@ final class Failsafe: Sendable {
                     case .refused:
                         done[t.device, default: []].insert(w.index)
                     case .deviceOffline, .failed:
-                        next = min(next ?? .now + Self.retry, .now + Self.retry)
+                        next = min(next ?? clock.now + Self.retry, clock.now + Self.retry)
                     }
                     let key = "\(w.device)/\(w.point)/\(w.outcome.kind)"
-                    if said.insert(key).inserted { log(w, why: "broker unreachable for \(ContinuousClock.now - start)") }
+                    if said.insert(key).inserted { log(w, why: "broker unreachable for \(clock.now - start)") }
                 }
             }
             guard let next else { return }   // everything written
-            do { try await Task.sleep(until: next, clock: .continuous) } catch { return }
+            do { try await clock.sleep(until: next) } catch { return }
         }
     }
 
@@ -215,7 +218,7 @@ struct FailsafeFeature: GatewayFeature {
 
     func unitsStarted() { failsafe.brokerLost { [units] in units.failsafeTargets() } }
     func brokerConnected() async { await failsafe.brokerBack() }
-    func brokerLost(reason: String) async { failsafe.brokerLost { [units] in units.failsafeTargets() } }
+    func brokerLost(reason: MQTTDisconnectReason) async { failsafe.brokerLost { [units] in units.failsafeTargets() } }
     func stopping() async { await failsafe.cancel() }
     func pollingStopped() async {
         guard units.current.plan.configuration.gateway.failsafeOnStop else { return }

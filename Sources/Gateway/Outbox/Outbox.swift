@@ -574,7 +574,7 @@ final class Outbox: Sendable {
 extension Outbox: GatewayFeature {
     func starting() async { await start() }
     func brokerConnected() async { connected() }
-    func brokerLost(reason: String) async {
+    func brokerLost(reason: MQTTDisconnectReason) async {
         disconnected()
         logger.info("data kept in the outbox (\(settings.path)) until the broker is back")
     }

@@ -139,7 +139,7 @@ extension GatewayRuntime {
         }
         for name in change.removed {
             board.remove(name)
-            try? await client.enqueue(to: topics.status(name), payload: Array("offline".utf8), qos: .atLeastOnce, retain: true)
+            try? await client.enqueue(to: topics.status(name), payload: StatusPayload.offline.bytes, qos: .atLeastOnce, retain: true)
             logger.notice("device removed by reload: offline", metadata: ["device": "\(name)"])
         }
 

@@ -1,6 +1,7 @@
 import GatewayConfig
 import Logging
 import Modbus
+import MQTT
 import Prometheus
 import Synchronization
 
@@ -204,27 +205,33 @@ public final class GatewayTelemetry: Sendable {
 
     static let disconnectReasons = ["closed_by_broker", "keepalive", "protocol_error", "network", "taken_over", "other"]
 
-    func mqttConnected(_ up: Bool, reason: String? = nil) {
+    func mqttConnected(_ up: Bool, reason: MQTTDisconnectReason? = nil) {
         mqttConnectedGauge.set(up ? 1.0 : 0.0)
         if up { mqttConnects.increment() } else if let reason { mqttDisconnects[Self.reasonClass(reason)]?.increment() }
         mqttBroker.withLock { b in
             b.connected = up
             b.since = Self.wallClock()
-            if let reason { b.lastError = reason }
+            if let reason { b.lastError = reason.description }
         }
     }
 
     var mqttState: (connected: Bool, since: Double?, lastError: String?) { mqttBroker.withLock { $0 } }
 
     /// A fixed set of classes for the free-text reasons the client reports.
-    static func reasonClass(_ reason: String) -> String {
-        let r = reason.lowercased()
-        if r.contains("taken over") || r.contains("another client") || r.contains("session taken") { return "taken_over" }
-        if r.contains("keepalive") || r.contains("keep alive") { return "keepalive" }
-        if r.contains("malformed") || r.contains("protocol") { return "protocol_error" }
-        if r.contains("closed by the broker") || r.contains("disconnect") { return "closed_by_broker" }
-        if r.contains("reset") || r.contains("refused") || r.contains("unreachable") || r.contains("timed out") || r.contains("network") || r.contains("errno") { return "network" }
-        return "other"
+    /// The `reason` label of `gateway_mqtt_disconnects_total`, from the case (the transport's
+    /// own words only tell a network failure from another).
+    static func reasonClass(_ reason: MQTTDisconnectReason) -> String {
+        switch reason {
+        case .brokerDisconnected(.sessionTakenOver, _): return "taken_over"
+        case .keepaliveTimeout: return "keepalive"
+        case .malformedPacket, .protocolError: return "protocol_error"
+        case .closedByBroker, .brokerDisconnected: return "closed_by_broker"
+        case .transport(let error, _):
+            let r = error.lowercased()
+            let network = ["reset", "refused", "unreachable", "timed out", "network", "errno", "broken pipe"].contains { r.contains($0) }
+            return network ? "network" : "other"
+        case .reconfigured, .shutdown: return "other"
+        }
     }
 
     // MARK: commands
@@ -719,6 +726,6 @@ extension GatewayTelemetry {
 /// brings (before they start).
 extension GatewayTelemetry: GatewayFeature {
     func brokerConnected() async { mqttConnected(true) }
-    func brokerLost(reason: String) async { mqttConnected(false, reason: reason) }
+    func brokerLost(reason: MQTTDisconnectReason) async { mqttConnected(false, reason: reason) }
     func reloaded(from old: GatewayConfiguration, to new: GatewayConfiguration) { reconfigure(new) }
 }

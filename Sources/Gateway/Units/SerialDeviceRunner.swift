@@ -201,17 +201,10 @@ final class SerialDeviceRunner: Sendable {
     private func publish(_ point: SerialPointSettings, _ text: String) async {
         let value = PointValue.text(text)
         if let meter, let i = meter.pointNames.firstIndex(of: point.name) { meter.value(point: i, value) }
-        let format = point.format ?? services.gateway.format
-        let ts = unixMilliseconds()
-        let payload: [UInt8]
-        if format == .plain {
-            payload = Array(text.utf8)
-        } else {
-            payload = Array("{\"value\":\(value.json),\"ts\":\(ts)}".utf8)
-        }
+        let payload = ValuePayload(value, format: point.format ?? services.gateway.format)
         // A scan is an event: never compacted away, however full the outbox.
-        await services.publisher.publishData(to: services.topics.value(device: settings.name, point: point.name), payload: payload,
-                                             retain: point.retain ?? services.gateway.retain, compactable: false, ts: ts)
+        await services.publisher.publishData(to: services.topics.value(device: settings.name, point: point.name), payload: payload.bytes,
+                                             retain: point.retain ?? services.gateway.retain, compactable: false, ts: payload.ts)
     }
 
     /// Request/response devices: send `poll` every `poll_ms`, await a frame within the timeout.

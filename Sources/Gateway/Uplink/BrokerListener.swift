@@ -1,3 +1,5 @@
+import MQTT
+
 /// Something that acts when the broker connection comes and goes: the statuses are published
 /// again, readiness is told, and every ``GatewayFeature`` (the outbox drains, the fail-safe stops
 /// or starts counting, Home Assistant's configs go out again, the metrics say so). The
@@ -5,13 +7,13 @@
 protocol BrokerListener: Sendable {
     /// The broker is reached (every connect; the command subscription is made by then).
     func brokerConnected() async
-    /// The broker is lost; `reason` as the client says it.
-    func brokerLost(reason: String) async
+    /// The broker is lost, for this reason.
+    func brokerLost(reason: MQTTDisconnectReason) async
 }
 
 extension BrokerListener {
     func brokerConnected() async {}
-    func brokerLost(reason: String) async {}
+    func brokerLost(reason: MQTTDisconnectReason) async {}
 }
 
 extension WakeSignal: BrokerListener {

@@ -350,7 +350,7 @@ struct DevicePoller {
                 }
                 guard !readBackDuringPoll.contains(i), filters[i].shouldPublish(value, now: now, deadband: point.deadband, refresh: refresh) else { continue }
                 meter?.value(point: i, value)
-                await sink.publishData(to: topics.value(device: settings.name, point: point.name), payload: valuePayload(value, point: point, gateway: gw),
+                await sink.publishData(to: topics.value(device: settings.name, point: point.name), payload: ValuePayload(value, point: point, gateway: gw).bytes,
                                        retain: point.retain ?? gw.retain, compactable: true, ts: unixMilliseconds())
             case .failure(let error):
                 if outcome == .answered, error != .busBusy, failingPoints.insert(i).inserted {

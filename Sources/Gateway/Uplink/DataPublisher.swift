@@ -41,16 +41,17 @@ struct BrokerPublisher: DataPublisher {
     func publishStatus(_ device: String, _ state: DeviceHealth.State) async {
         board.set(device, state)
         telemetry?.device(device)?.state(state)
-        guard await client.isConnected else { return }
-        try? await client.enqueue(to: topics.status(device), payload: Array(state.rawValue.utf8), qos: .atLeastOnce, retain: true)
+        guard let status = StatusPayload(state), await client.isConnected else { return }
+        try? await client.enqueue(to: topics.status(device), payload: status.bytes, qos: .atLeastOnce, retain: true)
     }
 
     /// The gateway's birth and every known device status (retained): after every connect, and
     /// after Home Assistant's birth.
     func publishStatuses() async {
-        try? await client.enqueue(to: topics.status, payload: Array("online".utf8), qos: .atLeastOnce, retain: true)
-        for (device, state) in board.all() where state != .unknown {
-            try? await client.enqueue(to: topics.status(device), payload: Array(state.rawValue.utf8), qos: .atLeastOnce, retain: true)
+        try? await client.enqueue(to: topics.status, payload: StatusPayload.online.bytes, qos: .atLeastOnce, retain: true)
+        for (device, state) in board.all() {
+            guard let status = StatusPayload(state) else { continue }
+            try? await client.enqueue(to: topics.status(device), payload: status.bytes, qos: .atLeastOnce, retain: true)
         }
     }
 

@@ -14,7 +14,7 @@ enum Farewell {
             for topic in topics {
                 group.addTask {
                     do {
-                        try await client.publish(to: topic, payload: Array("offline".utf8), qos: .atLeastOnce, retain: true, ahead: true)
+                        try await client.publish(to: topic, payload: StatusPayload.offline.bytes, qos: .atLeastOnce, retain: true, ahead: true)
                         return true
                     } catch {
                         return false

@@ -14,7 +14,7 @@ extension MQTTConfiguration {
         cleanStart = configuration.mqtt.cleanSession
         username = configuration.mqtt.username
         self.password = password
-        will = MQTTWill(topic: TopicLayout(base: configuration.baseTopic).status, payload: Array("offline".utf8), qos: .atLeastOnce, retain: true)
+        will = MQTTWill(topic: TopicLayout(base: configuration.baseTopic).status, payload: StatusPayload.offline.bytes, qos: .atLeastOnce, retain: true)
         if tls != nil {   // mqtts:// (the config checker refuses TLS files with mqtt://)
             tls = MQTTTLSOptions(caFile: configuration.mqtt.caFile, certificateFile: configuration.mqtt.certFile, keyFile: configuration.mqtt.keyFile)
         }

@@ -120,11 +120,32 @@ func unixMilliseconds() -> Int64 {
     return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
 }
 
-/// The payload of a value topic: plain, or JSON with unit and time.
-func valuePayload(_ value: PointValue, point: PointSettings, gateway: GatewaySettings) -> [UInt8] {
-    let format = point.format ?? gateway.format
-    if format == .plain { return Array(value.plain.utf8) }
-    var s = "{\"value\":\(value.json)"
-    if let unit = point.unit { s += ",\"unit\":\(JSONValue.quoted(unit))" }
-    return Array((s + ",\"ts\":\(unixMilliseconds())}").utf8)
+/// The payload of a value topic, the same for every device kind (polled, read back after a
+/// command, sent by a serial device): the value alone (`format = "plain"`), or JSON with the
+/// value, its unit when the point has one, and the time it was read.
+struct ValuePayload: Sendable, Equatable {
+    var value: PointValue
+    var format: ValueFormat
+    var unit: String?
+    /// Unix milliseconds (JSON only).
+    var ts: Int64
+
+    init(_ value: PointValue, format: ValueFormat, unit: String? = nil, ts: Int64 = unixMilliseconds()) {
+        self.value = value
+        self.format = format
+        self.unit = unit
+        self.ts = ts
+    }
+
+    /// A Modbus point's value, in the point's format (else the gateway's).
+    init(_ value: PointValue, point: PointSettings, gateway: GatewaySettings) {
+        self.init(value, format: point.format ?? gateway.format, unit: point.unit)
+    }
+
+    var bytes: [UInt8] {
+        if format == .plain { return Array(value.plain.utf8) }
+        var s = "{\"value\":\(value.json)"
+        if let unit { s += ",\"unit\":\(JSONValue.quoted(unit))" }
+        return Array((s + ",\"ts\":\(ts)}").utf8)
+    }
 }

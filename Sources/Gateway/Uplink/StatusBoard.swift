@@ -1,5 +1,22 @@
 import Synchronization
 
+/// The payload of a status topic, the gateway's and each device's (retained): `online` or
+/// `offline`. The gateway's will is `offline` too.
+enum StatusPayload: String, Sendable {
+    case online, offline
+
+    var bytes: [UInt8] { Array(rawValue.utf8) }
+
+    /// A device's state as published; nil while it is not known (nothing is published then).
+    init?(_ state: DeviceHealth.State) {
+        switch state {
+        case .online: self = .online
+        case .offline: self = .offline
+        case .unknown: return nil
+        }
+    }
+}
+
 /// Device statuses as last published (republished after every reconnect). A lock, not an
 /// actor: every command reads it on its way to the device, and an actor there cost a hop.
 final class StatusBoard: Sendable {
