@@ -35,10 +35,11 @@ struct RuntimeTests {
         }
 
         /// Publishes a `/set` and returns its answer (the next one on `/set/result`).
-        func command(_ device: String, _ point: String, _ payload: String) async throws -> String {
+        func command(_ device: String, _ point: String, _ payload: String, retain: Bool = false, properties: MQTTProperties = MQTTProperties()) async throws -> String {
             let result = "\(device)/\(point)/set/result"
             let before = payloads(result).count
-            try await observer.client.publish(to: "\(RuntimeTests.base)/\(device)/\(point)/set", payload: Array(payload.utf8), qos: .atLeastOnce, retain: false)
+            try await observer.client.publish(to: "\(RuntimeTests.base)/\(device)/\(point)/set", payload: Array(payload.utf8), qos: .atLeastOnce,
+                                              retain: retain, properties: properties)
             try await observer.waitUntil("an answer on \(result)", timeout: .seconds(10)) { payloads(result).count > before }
             return payloads(result)[before]
         }
@@ -75,7 +76,7 @@ struct RuntimeTests {
 
     static func site(_ body: String, gateway: String = "") async throws -> Site {
         let broker = try await Mosquitto.start()
-        let observer = try await MQTTObserver(port: broker.port, filters: ["\(base)/#"], reconnect: true)
+        let observer = try await MQTTObserver(port: broker.port, filters: ["\(base)/#", "gateway/replies/#"], reconnect: true)
         let directory = try TestEnvironment.makeTemporaryDirectory("runtime")
         let timeline = Timeline()
         let bus = FakeBus(timeline: timeline, clock: TestClock())
@@ -249,6 +250,145 @@ struct RuntimeTests {
         let order = site.observer.seen.withLock { $0.map(\.topic) }
         let reportAt = order.firstIndex(of: "\(Self.base)/failsafe"), offlineAt = order.lastIndex(of: "\(Self.base)/status")
         #expect(reportAt != nil && offlineAt != nil && reportAt! < offlineAt!, "the report before the gateway's offline: \(order)")
+        await site.shutdown()
+    }
+
+    // MARK: the broker side of commands and values (the runtime's real client, a real Mosquitto)
+
+    static let panel = CommanderTests.panel + """
+
+        [[device.point]]
+        name = "count"
+        register = "holding"
+        address = 40
+        """
+
+    static func nowMs() -> Int64 { unixMilliseconds() }
+
+    @Test("MQTT 5: the answer goes to the response topic with the correlation data; /get answers too")
+    func responseTopic() async throws {
+        let site = try await Self.site(Self.panel)
+        try await Self.running(site) { site in
+            try await site.waitFor("d/status", "online")
+            var props = MQTTProperties()
+            props.responseTopic = "gateway/replies/r1"
+            props.correlationData = [9, 8, 7]
+            try await site.observer.client.publish(to: "\(Self.base)/d/light/set", payload: Array("true".utf8), qos: .exactlyOnce, properties: props)
+            try await site.observer.waitUntil("the reply", timeout: .seconds(10)) { site.observer.payloads("gateway/replies/r1") == [#"{"ok":true,"value":true}"#] }
+            let reply = site.observer.seen.withLock { $0.first { $0.topic == "gateway/replies/r1" } }
+            #expect(reply?.properties.correlationData == [9, 8, 7])
+            #expect(reply?.retain == false)
+            #expect(site.payloads("d/light/set/result").isEmpty)
+            site.bus.setHolding(40, 77)
+            props.responseTopic = "gateway/replies/r2"
+            props.correlationData = [1]
+            try await site.observer.client.publish(to: "\(Self.base)/d/count/get", payload: [], qos: .atLeastOnce, properties: props)
+            try await site.observer.waitUntil("the /get reply", timeout: .seconds(10)) { site.observer.payloads("gateway/replies/r2") == [#"{"ok":true,"value":77}"#] }
+            try await site.waitFor("d/count", "77")
+        }
+        await site.shutdown()
+    }
+
+    @Test("MQTT 5: a response topic that is a command topic, has wildcards or is under the base is not used; the answer goes to /set/result with a note")
+    func refusedResponseTopics() async throws {
+        let site = try await Self.site(Self.panel)
+        try await Self.running(site) { site in
+            try await site.waitFor("d/status", "online")
+            for (n, rt) in ["\(Self.base)/d/light/set", "\(Self.base)/status", "\(Self.base)/d/light", "other/x/get"].enumerated() {
+                var props = MQTTProperties()
+                props.responseTopic = rt
+                let answer = try await site.command("d", "light", n % 2 == 0 ? "true" : "false", properties: props)
+                #expect(answer.hasPrefix(#"{"ok":true"#) && answer.contains(#""note":"response topic refused: "#), "\(rt): \(answer)")
+            }
+            // The value topic carries only values, and exactly one write per command.
+            #expect(!site.payloads("d/light").contains { $0.contains("ok") })
+            #expect(site.timeline.count("write") == 4)
+        }
+        await site.shutdown()
+    }
+
+    @Test("every refusal is answered with the reason and writes nothing; a retained command is refused")
+    func refusals() async throws {
+        let site = try await Self.site(Self.panel, gateway: "command_max_age_ms = 5000")
+        try await Self.running(site) { site in
+            try await site.waitFor("d/status", "online")
+            func json(_ value: String, ts: Int64 = Self.nowMs()) -> String { #"{"value": \#(value), "ts": \#(ts)}"# }
+            let cases: [(String, String, String, String)] = [   // device, point, payload, expected error text
+                ("nodev", "x", json("true"), "unknown device 'nodev'"),
+                ("d", "nopoint", json("true"), "unknown point 'nopoint'"),
+                ("d", "count", json("5"), "point 'count' is not writable"),
+                ("d", "light", json(#""banana""#), "is not a bool"),
+                ("d", "mode", json("7"), "is not a value of 'mode'"),
+                ("d", "setpoint", json("31"), "above the maximum 30"),
+                ("d", "setpoint", json("2"), "below the minimum 5"),
+                ("d", "setpoint", json("21.55"), "not a multiple of the scale"),
+                ("d", "big", json("-1"), "does not fit uint32"),
+                ("d", "light", #"{"value": true, "by": "me"}"#, "unknown JSON key 'by'"),
+                ("d", "light", "true", "command_max_age_ms is set"),
+                ("d", "light", json("true", ts: Self.nowMs() - 60_000), "stale command"),
+                ("d", "unlock", json("null"), "\\\"value\\\" must be a bool"),
+            ]
+            for (device, point, payload, expected) in cases {
+                let answer = try await site.command(device, point, payload)
+                #expect(answer.hasPrefix(#"{"ok":false,"error":"#) && answer.contains(expected), "\(point) \(payload): \(answer)")
+            }
+            // Retained: refused (a retained unlock would fire on every reconnect).
+            #expect(try await site.command("d", "unlock", json("true"), retain: true).contains("retained command refused"))
+            try await site.observer.client.publish(to: "\(Self.base)/d/unlock/set", payload: [], qos: .atLeastOnce, retain: true)   // clear it
+            #expect(site.timeline.count("write") == 0)
+            // A valid command still works and is the only write.
+            #expect(try await site.command("d", "light", json("true")) == #"{"ok":true,"value":true}"#)
+            #expect(site.timeline.count("write") == 1)
+        }
+        await site.shutdown()
+    }
+
+    @Test("publish on change only, with deadband: a move smaller than the deadband is not published")
+    func deadband() async throws {
+        let site = try await Self.site("""
+            [[device.point]]
+            name = "temp"
+            register = "holding"
+            address = 100
+            type = "int16"
+            scale = 0.1
+            deadband = 0.2
+            [[device.point]]
+            name = "marker"
+            register = "holding"
+            address = 101
+            """)
+        site.bus.setHolding(100, 215)
+        try await Self.running(site) { site in
+            try await site.waitFor("d/temp", "21.5")
+            site.bus.setHolding(100, 216)   // +0.1: below the deadband
+            site.bus.setHolding(101, 1)     // read in the same poll as 216 (or a later one)
+            try await site.waitFor("d/marker", "1")
+            site.bus.setHolding(100, 218)   // +0.3 from the last published 21.5
+            try await site.waitFor("d/temp", "21.8")
+            #expect(site.payloads("d/temp") == ["21.5", "21.8"])
+            #expect(site.payloads("d/marker") == ["0", "1"])
+        }
+        await site.shutdown()
+    }
+
+    @Test("broker restart: the client reconnects, publishes the birth and republishes every status")
+    func brokerRestart() async throws {
+        let site = try await Self.site(Self.points)
+        try await Self.running(site) { site in
+            try await site.waitFor("d/status", "online")
+            let before = site.payloads("status").count
+            try await site.broker.restart()   // persistence off: retained statuses are gone
+            // (The old broker may deliver the will while it shuts down: wait for the new birth.)
+            try await site.observer.waitUntil("a new birth", timeout: .seconds(20)) {
+                let s = site.payloads("status")
+                return s.count > before && s.last == "online"
+            }
+            try await site.observer.waitUntil("the device status republished", timeout: .seconds(20)) {
+                let s = site.payloads("d/status")
+                return s.count >= 2 && s.last == "online"
+            }
+        }
         await site.shutdown()
     }
 }
