@@ -128,45 +128,6 @@ struct SerialDeviceTests {
         await qr.stop()
     }
 
-    @Test("an endless frame is dropped, said once, and the next line still works")
-    func oversized() async throws {
-        let qr = try await PtyPair.start()
-        let rig = try await Self.start(Self.reader(qr.a))
-        try await rig.waitFor("\(Self.b)/qr/status", "online")
-        let far = try FarEnd(qr.b)
-        await far.send("QR:first\n")
-        try await rig.waitFor("\(Self.b)/qr/scan", "first")
-        // The frame buffer's bound is tested in-process (SerialTests: "never grows the buffer");
-        // memory is measured by the benchmarks, not asserted here.
-        let junk = [UInt8](repeating: UInt8(ascii: "Z"), count: 64 * 1024)
-        for i in 0..<4 {   // 256 KiB without a line end, 4096 times max_frame
-            guard await far.send(junk) else { Issue.record("the gateway stopped reading after \(i * 64) KiB"); break }
-        }
-        await far.send("\nQR:after\n")
-        try await rig.waitFor("\(Self.b)/qr/scan", "after", timeout: .seconds(60))
-        _ = try await rig.gateway.waitForLine(containing: "longer than max_frame = 64 bytes")
-        #expect(!rig.payloads("\(Self.b)/qr/raw").contains { $0.count > 64 })
-        await rig.shutdown()
-        await qr.stop()
-    }
-
-    @Test("the port vanishes: offline; it comes back at the same path: online, and frames flow again")
-    func unplugged() async throws {
-        let qr = try await PtyPair.start()
-        let rig = try await Self.start(Self.reader(qr.a))
-        try await rig.waitFor("\(Self.b)/qr/status", "online")
-        await qr.stop(removeDirectory: false)
-        try await rig.waitFor("\(Self.b)/qr/status", "offline")
-        let again = try await PtyPair.start(directory: qr.directory)
-        try await rig.waitUntil("online again") { rig.payloads("\(Self.b)/qr/status").last == "online" }
-        let far = try FarEnd(again.b)
-        await far.send("QR:back\n")
-        try await rig.waitFor("\(Self.b)/qr/scan", "back")
-        _ = try await rig.gateway.waitForLine(containing: "serial port closed")
-        await rig.shutdown()
-        await again.stop()
-    }
-
     @Test("request/response: the poll string is sent, replies keep it online, silence makes it offline")
     func polled() async throws {
         let pty = try await PtyPair.start()
@@ -205,29 +166,6 @@ struct SerialDeviceTests {
         try await rig.waitUntil("offline after the replies stopped") { rig.payloads("\(Self.b)/asker/status").last == "offline" }
         await rig.shutdown()
         await pty.stop()
-    }
-
-    @Test("idle_timeout_ms: offline when frames stop, online again with the next frame")
-    func idle() async throws {
-        let qr = try await PtyPair.start()
-        let rig = try await Self.start(Self.reader(qr.a, extra: "idle_timeout_ms = 300"))
-        let far = try FarEnd(qr.b)
-        await far.send("QR:1\n")
-        try await rig.waitFor("\(Self.b)/qr/scan", "1")
-        try await rig.waitFor("\(Self.b)/qr/status", "offline")
-        await far.send("QR:2\n")
-        try await rig.waitFor("\(Self.b)/qr/scan", "2")
-        // (Online after the first offline, not the last status: 300 ms later it is idle, and
-        // offline, again.)
-        try await rig.waitUntil("online again") {
-            let statuses = rig.payloads("\(Self.b)/qr/status")
-            return statuses.firstIndex(of: "offline").map { statuses[$0...].contains("online") } ?? false
-        }
-        // (Idle again 300 ms later, it goes offline again: only the first three count here.)
-        let transitions = rig.payloads("\(Self.b)/qr/status").reduce(into: [String]()) { if $0.last != $1 { $0.append($1) } }
-        #expect(Array(transitions.prefix(3)) == ["online", "offline", "online"])
-        await rig.shutdown()
-        await qr.stop()
     }
 
     @Test("a line nobody reads: commands are answered at once (outcome unknown, then refused or sent), and nothing refused is sent later")

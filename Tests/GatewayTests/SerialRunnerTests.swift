@@ -16,10 +16,10 @@ struct SerialRunnerTests {
         let runner: SerialDeviceRunner
         let plan: GatewayPlan
 
-        init() async throws {
+        init(extra: String = "") async throws {
             pty = try await PtyPair.start()
             // A generous start deadline: a loaded machine must not turn the command into "busy".
-            plan = GatewayPlan(try ConfigLoader.parse("[gateway]\nid = \"x\"\n" + SerialDeviceTests.reader(pty.a, extra: "response_timeout_ms = 5000")))
+            plan = GatewayPlan(try ConfigLoader.parse("[gateway]\nid = \"x\"\n" + SerialDeviceTests.reader(pty.a, extra: "response_timeout_ms = 5000\n" + extra)))
             let logger = Logger(label: "test")
             let runner = CommandRunner(topics: plan.topics, gateway: plan.configuration.gateway, signing: nil,
                                        clockSync: ClockSync(logger: logger, probe: { true }), clock: SystemClock(),
@@ -86,6 +86,56 @@ struct SerialRunnerTests {
         try await rig.timeline.await(startingWith: "status qr offline")
         #expect(rig.set("open", "1"))
         #expect(try await rig.answer(1).contains("device 'qr' is offline"))
+        await rig.stop()
+    }
+
+    @Test("an endless frame is dropped and counted, never published, and the next line still works")
+    func oversized() async throws {
+        let rig = try await Rig()
+        rig.runner.start()
+        try await rig.timeline.await(startingWith: "status qr online")
+        await rig.far.send("QR:first\n")
+        try await rig.timeline.await(startingWith: "data gateway/x/qr/scan first")
+        let junk = [UInt8](repeating: UInt8(ascii: "Z"), count: 64 * 1024)
+        for i in 0..<4 {   // 256 KiB without a line end, 4096 times max_frame
+            guard await rig.far.send(junk) else { Issue.record("the runner stopped reading after \(i * 64) KiB"); break }
+        }
+        await rig.far.send("\nQR:after\n")
+        try await rig.timeline.await(startingWith: "data gateway/x/qr/scan after")
+        #expect(!rig.timeline.entries.contains { $0.hasPrefix("data gateway/x/qr/raw") && $0.count > "data gateway/x/qr/raw ".count + 64 })
+        await rig.stop()
+    }
+
+    @Test("the port vanishes: offline; it comes back at the same path: online, and frames flow again")
+    func unplugged() async throws {
+        let rig = try await Rig()
+        rig.runner.start()
+        try await rig.timeline.await(startingWith: "status qr online")
+        await rig.pty.stop(removeDirectory: false)
+        try await rig.timeline.await(startingWith: "status qr offline")
+        let again = try await PtyPair.start(directory: rig.pty.directory)
+        try await rig.timeline.await(2, startingWith: "status qr online")
+        let far = try FarEnd(again.b)
+        await far.send("QR:back\n")
+        try await rig.timeline.await(startingWith: "data gateway/x/qr/scan back")
+        await rig.runner.stop()
+        await again.stop()
+    }
+
+    @Test("idle_timeout_ms: offline when frames stop, online again with the next frame")
+    func idle() async throws {
+        let rig = try await Rig(extra: "idle_timeout_ms = 300")
+        rig.runner.start()
+        try await rig.timeline.await(startingWith: "status qr online")   // the port is open
+        await rig.far.send("QR:1\n")
+        try await rig.timeline.await(startingWith: "data gateway/x/qr/scan 1")
+        try await rig.timeline.await(startingWith: "status qr offline")
+        await rig.far.send("QR:2\n")
+        try await rig.timeline.await(startingWith: "data gateway/x/qr/scan 2")
+        try await rig.timeline.await(2, startingWith: "status qr online")
+        // (300 ms later it is idle, and offline, again: only the first three count here.)
+        let statuses = rig.timeline.entries.filter { $0.hasPrefix("status qr") }
+        #expect(Array(statuses.prefix(3)) == ["status qr online", "status qr offline", "status qr online"])
         await rig.stop()
     }
 }
