@@ -438,21 +438,6 @@ struct HomeAssistantTests {
         await rig.shutdown()
     }
 
-    @Test("enabled = false: nothing under the prefix, and HA's birth is not listened to")
-    func disabled() async throws {
-        let rig = try await Rig.start(points: Self.points, simArgs: ["--set", "holding:0=7"], extraSections: "[homeassistant]\nenabled = false")
-        let ha = try await MQTTObserver(port: rig.broker.port, filters: ["homeassistant/#"], name: "ha")
-        try await rig.waitFor("gateway/e2e/dev/temp", "7")
-        try await rig.waitFor("gateway/e2e/dev/status", "online")
-        try await ha.client.publish(to: "homeassistant/status", payload: Array("online".utf8), qos: .atLeastOnce)
-        // The birth is seen by the recorder itself; anything else would be the gateway's.
-        try await ha.waitUntil("the recorder's own birth") { ha.count("homeassistant/status") == 1 }
-        #expect(ha.seen.withLock { $0.filter { $0.topic != "homeassistant/status" }.isEmpty })
-        #expect(!rig.gateway.lines.contains { $0.contains("discovery published") })
-        await ha.client.disconnect()
-        await rig.shutdown()
-    }
-
     @Test("every command entity pressed exactly as Home Assistant would publish it (button, switch, lock, number, select, text, serial button): the device acts and answers ok")
     func pressEverything() async throws {
         let pty = try await PtyPair.start()

@@ -391,4 +391,22 @@ struct RuntimeTests {
         }
         await site.shutdown()
     }
+
+    @Test("Home Assistant enabled = false: not among the features, nothing under the prefix, and HA's birth is not listened to")
+    func homeAssistantDisabled() async throws {
+        let site = try await Self.site(Self.points + "\n[homeassistant]\nenabled = false\n")
+        #expect(!site.runtime.features.contains { $0 is HomeAssistantPublisher })
+        let ha = try await MQTTObserver(port: site.broker.port, filters: ["homeassistant/#"], name: "ha")
+        try await Self.running(site) { site in
+            try await site.waitFor("d/status", "online")
+            try await ha.client.publish(to: "homeassistant/status", payload: Array("online".utf8), qos: .atLeastOnce)
+            // The birth is seen by the recorder itself; anything else would be the gateway's.
+            try await ha.waitUntil("the recorder's own birth") { ha.count("homeassistant/status") == 1 }
+            // A command after the birth: had the birth reached the gateway, it would have come first.
+            _ = try await site.command("d", "unlock", "true")
+        }
+        #expect(ha.seen.withLock { $0.filter { $0.topic != "homeassistant/status" }.isEmpty })
+        await ha.client.disconnect()
+        await site.shutdown()
+    }
 }
