@@ -119,6 +119,9 @@ final class FakeBus: DeviceBus {
     /// Sets a holding register (as the device itself would).
     func setHolding(_ address: Int, _ value: UInt16) { state.withLock { $0.registers[address] = value } }
 
+    /// Sets a coil (as the device itself would).
+    func setCoil(_ address: Int, _ value: Bool) { state.withLock { $0.coils[address] = value } }
+
     func setReachable(_ reachable: Bool) { state.withLock { $0.reachable = reachable } }
 
     var polls: Int { state.withLock { $0.polls } }

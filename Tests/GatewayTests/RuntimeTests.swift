@@ -74,14 +74,14 @@ struct RuntimeTests {
             """)
     }
 
-    static func site(_ body: String, gateway: String = "") async throws -> Site {
+    static func site(_ body: String, gateway: String = "", commandKey: [UInt8]? = nil) async throws -> Site {
         let broker = try await Mosquitto.start()
         let observer = try await MQTTObserver(port: broker.port, filters: ["\(base)/#", "gateway/replies/#"], reconnect: true)
         let directory = try TestEnvironment.makeTemporaryDirectory("runtime")
         let timeline = Timeline()
         let bus = FakeBus(timeline: timeline, clock: TestClock())
         let runtime = GatewayRuntime(configuration: try configuration(body, port: broker.port, directory: directory, gateway: gateway),
-                                     password: nil, commandKey: nil, telemetry: nil, watchLoops: false, version: "test",
+                                     password: nil, commandKey: commandKey, telemetry: nil, watchLoops: false, version: "test",
                                      logger: Logger(label: "runtime"), makeBus: { _, _ in bus })
         return Site(broker: broker, observer: observer, bus: bus, timeline: timeline, runtime: runtime, directory: directory)
     }
@@ -407,6 +407,96 @@ struct RuntimeTests {
         }
         #expect(ha.seen.withLock { $0.filter { $0.topic != "homeassistant/status" }.isEmpty })
         await ha.client.disconnect()
+        await site.shutdown()
+    }
+
+    @Test("events: a counter's increments (3 at once, a wrap 65535 -> 2, a reset), a latch seen set twice (two events, each cleared on the device)")
+    func events() async throws {
+        let site = try await Self.site("""
+            [[device.point]]
+            name = "passages"
+            register = "holding"
+            address = 10
+            counter = true
+            [[device.point]]
+            name = "forced"
+            register = "coil"
+            address = 5
+            latch = true
+            """)
+        site.bus.setHolding(10, 7)
+        try await Self.running(site) { site in
+            let event = "d/passages/event", latch = "d/forced/event"
+            try await site.waitFor("d/passages", "7")
+            for (n, value) in [UInt16(10), 65535, 2, 0].enumerated() {
+                site.bus.setHolding(10, value)
+                try await site.observer.waitUntil("counter event \(n + 1)", timeout: .seconds(10)) { site.payloads(event).count == n + 1 }
+            }
+            let kinds = site.payloads(event).map { p -> String in
+                let count = p.range(of: #""count":"#).map { String(p[$0.upperBound...].prefix { $0.isNumber }) } ?? "?"
+                return (p.contains(#""event_type":"reset""#) ? "reset " : "") + count
+            }
+            #expect(kinds == ["3", "65525", "3", "reset 0"])
+            #expect(site.payloads(event).allSatisfy { $0.contains(#""ts":"#) && !$0.contains("-") })
+
+            // The latch: set by the device, seen, cleared by the gateway (a write of 0), set again.
+            site.bus.setCoil(5, true)
+            try await site.observer.waitUntil("the first latch event", timeout: .seconds(10)) { site.payloads(latch).count == 1 }
+            try await site.timeline.await(1, of: "write")
+            #expect(site.bus.coil(5) == false)
+            // The poll after the clear sees it clear again (false, true, false on the value topic).
+            try await site.observer.waitUntil("the latch seen clear again", timeout: .seconds(10)) { site.payloads("d/forced") == ["false", "true", "false"] }
+            site.bus.setCoil(5, true)
+            try await site.observer.waitUntil("the second latch event", timeout: .seconds(10)) { site.payloads(latch).count == 2 }
+            try await site.timeline.await(2, of: "write")
+            #expect(site.timeline.entries.filter { $0.hasPrefix("write") } == ["write 5=false @0", "write 5=false @0"])
+            #expect(site.payloads(latch).allSatisfy { $0.hasPrefix(#"{"event_type":"set","ts":"#) })
+        }
+        await site.shutdown()
+    }
+
+    @Test("a signed command refused before the pipeline (unknown device) or by it (unknown point) spends its id: after a reload adds them, its copy is refused, and nothing is written")
+    func refusedSpendsID() async throws {
+        let key = Array("k3y-for-the-doors-of-this-site".utf8)
+        let site = try await Self.site(Self.points, commandKey: key)
+        let signer = CommandSigner(key: key)
+        // Signed for a device and a point this configuration does not have yet.
+        let forDevice = signer.payload(topic: "\(Self.base)/door2/unlock/set", value: .bool(true), ts: unixMilliseconds(), id: "door2-unlock")
+        let forPoint = signer.payload(topic: "\(Self.base)/d/unlock2/set", value: .bool(true), ts: unixMilliseconds(), id: "d-unlock2")
+        let refusal = #"{"ok":false,"error":"not accepted: a valid signed command is required (value, ts, id, sig)"}"#
+        let directory = site.directory, port = site.broker.port
+        try await Self.running(site) { site in
+            try await site.waitFor("d/status", "online")
+            #expect(try await site.command("door2", "unlock", forDevice) == #"{"ok":false,"error":"unknown device 'door2'"}"#)
+            #expect(try await site.command("d", "unlock2", forPoint).contains("unknown point"))
+            // The reload adds both.
+            let next = try Self.configuration(Self.points + """
+
+                [[device.point]]
+                name = "unlock2"
+                register = "coil"
+                address = 9
+                writable = true
+                [[device]]
+                name = "door2"
+                bus = "plc"
+                unit = 2
+                poll_ms = 50
+                [[device.point]]
+                name = "unlock"
+                register = "coil"
+                address = 0
+                writable = true
+                """, port: port, directory: directory)
+            guard case .applied = await site.runtime.reload(to: next, password: nil, commandKey: key) else {
+                Issue.record("reload not applied")
+                return
+            }
+            try await site.waitFor("door2/status", "online")
+            #expect(try await site.command("door2", "unlock", forDevice) == refusal, "the copy for the new device")
+            #expect(try await site.command("d", "unlock2", forPoint) == refusal, "the copy for the new point")
+            #expect(site.timeline.count("write") == 0, "a spent command wrote")
+        }
         await site.shutdown()
     }
 }
