@@ -86,6 +86,37 @@ final class Timeline: Sendable {
     func count(startingWith prefix: String) -> Int { entries.filter { $0.hasPrefix(prefix) }.count }
 }
 
+/// Keeps every log line of an in-process runtime (`<level> <message>`) in a ``Timeline``, so a
+/// test can await and count what operators would read, as the child-process tests read stderr.
+struct RecordingLogHandler: LogHandler {
+    let lines: Timeline
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .info
+
+    init(_ lines: Timeline) { self.lines = lines }
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
+        lines.append("\(level) \(message)")
+    }
+}
+
+extension Timeline {
+    /// Entries that contain `text`.
+    func count(containing text: String) -> Int { entries.filter { $0.contains(text) }.count }
+
+    /// Returns once an entry contains `text`, bounded by 10 s of real time.
+    func await(containing text: String) async throws {
+        try await withTimeout(.seconds(10), "a line with \(text)") {
+            await self.until { $0.entries.contains { $0.contains(text) } }
+        }
+    }
+}
+
 /// A Modbus device in memory: a write sets registers (or fails as scripted), a read returns them.
 /// Entries: `write <address>=<value> @<ms since start>` (or `write-failed ...`), `read <address>`.
 final class FakeBus: DeviceBus {

@@ -24,6 +24,8 @@ struct RuntimeTests {
         let timeline: Timeline
         let runtime: GatewayRuntime
         let directory: String
+        /// The runtime's log lines (`<level> <message>`).
+        let logs: Timeline
 
         func payloads(_ topic: String) -> [String] { observer.payloads("\(RuntimeTests.base)/\(topic)") }
 
@@ -51,7 +53,7 @@ struct RuntimeTests {
         }
     }
 
-    static func configuration(_ body: String, port: Int, directory: String, gateway: String = "") throws -> GatewayConfiguration {
+    static func configuration(_ body: String, port: Int, directory: String, gateway: String = "", mqtt: String = "") throws -> GatewayConfiguration {
         try ConfigLoader.parse("""
             [gateway]
             id = "rt"
@@ -61,6 +63,7 @@ struct RuntimeTests {
             [mqtt]
             url = "mqtt://127.0.0.1:\(port)"
             keepalive = 5
+            \(mqtt)
             [[bus]]
             name = "plc"
             type = "tcp"
@@ -74,16 +77,19 @@ struct RuntimeTests {
             """)
     }
 
-    static func site(_ body: String, gateway: String = "", commandKey: [UInt8]? = nil) async throws -> Site {
+    static func site(_ body: String, gateway: String = "", mqtt: String = "", commandKey: [UInt8]? = nil,
+                     preparing: (@Sendable (Mosquitto) async throws -> Void)? = nil) async throws -> Site {
         let broker = try await Mosquitto.start()
+        try await preparing?(broker)
         let observer = try await MQTTObserver(port: broker.port, filters: ["\(base)/#", "gateway/replies/#"], reconnect: true)
         let directory = try TestEnvironment.makeTemporaryDirectory("runtime")
         let timeline = Timeline()
         let bus = FakeBus(timeline: timeline, clock: TestClock())
-        let runtime = GatewayRuntime(configuration: try configuration(body, port: broker.port, directory: directory, gateway: gateway),
+        let logs = Timeline()
+        let runtime = GatewayRuntime(configuration: try configuration(body, port: broker.port, directory: directory, gateway: gateway, mqtt: mqtt),
                                      password: nil, commandKey: commandKey, telemetry: nil, watchLoops: false, version: "test",
-                                     logger: Logger(label: "runtime"), makeBus: { _, _ in bus })
-        return Site(broker: broker, observer: observer, bus: bus, timeline: timeline, runtime: runtime, directory: directory)
+                                     logger: Logger(label: "runtime") { _ in RecordingLogHandler(logs) }, makeBus: { _, _ in bus })
+        return Site(broker: broker, observer: observer, bus: bus, timeline: timeline, runtime: runtime, directory: directory, logs: logs)
     }
 
     /// Runs the runtime while `body` does its part, then shuts it down gracefully and waits for
@@ -497,6 +503,82 @@ struct RuntimeTests {
             #expect(try await site.command("d", "unlock2", forPoint) == refusal, "the copy for the new point")
             #expect(site.timeline.count("write") == 0, "a spent command wrote")
         }
+        await site.shutdown()
+    }
+
+    @Test("broker stopped during a pulse: the off is still written, a pulse length after the on")
+    func brokerLostDuringPulse() async throws {
+        let site = try await Self.site(Self.points.replacingOccurrences(of: "pulse_ms = 60000", with: "pulse_ms = 1500"))
+        try await Self.running(site) { site in
+            try await site.waitFor("d/status", "online")
+            let on = ContinuousClock.now
+            #expect(try await site.command("d", "unlock", "true") == #"{"ok":true,"value":true}"#)
+            await site.broker.stop()
+            try await site.timeline.await(startingWith: "write 3=false")
+            #expect(ContinuousClock.now - on >= .milliseconds(1500), "never early")
+            #expect(site.bus.coil(3) == false)
+        }
+        await site.shutdown()
+    }
+
+    @Test("MQTT 3.1.1: a 2 MiB retained /set is read past and dropped with one log line; the client stays connected and commands work")
+    func oversizedCommand() async throws {
+        let site = try await Self.site(Self.panel, mqtt: "protocol = 3")
+        try await Self.running(site) { site in
+            try await site.waitFor("d/status", "online")
+            let big = [UInt8](repeating: UInt8(ascii: "1"), count: 2 << 20)
+            try await site.observer.client.publish(to: "\(Self.base)/d/light/set", payload: big, qos: .atLeastOnce, retain: true)
+            try await site.logs.await(containing: "dropped an incoming message of")
+            // Still connected: a command works and a changed value is published.
+            #expect(try await site.command("d", "mode", "free") == #"{"ok":true,"value":"free"}"#)
+            site.bus.setHolding(40, 77)
+            try await site.waitFor("d/count", "77")
+            #expect(site.logs.count(containing: "dropped an incoming message of") == 1)
+            #expect(site.logs.count(containing: "connection lost") == 0 && site.logs.count(containing: "another client") == 0, "\(site.logs.entries.suffix(10))")
+            #expect(site.timeline.entries.filter { $0.hasPrefix("write") } == ["write 20=[1] @0"], "only the mode command was written")
+            try await site.observer.client.publish(to: "\(Self.base)/d/light/set", payload: [], qos: .atLeastOnce, retain: true)   // clear it
+        }
+        await site.shutdown()
+    }
+
+    @Test("[mqtt] changed by a reload: one reconnect with the new settings, no will (no 'offline'), the birth again, commands work after it")
+    func mqttChange() async throws {
+        let site = try await Self.site(Self.panel)
+        let directory = site.directory, port = site.broker.port
+        try await Self.running(site) { site in
+            try await site.waitFor("d/status", "online")
+            let before = site.payloads("status").count
+            let next = try Self.configuration(Self.panel, port: port, directory: directory, mqtt: "client_id = \"gw-reloaded\"")
+            guard case .applied = await site.runtime.reload(to: next, password: nil) else {
+                Issue.record("reload not applied")
+                return
+            }
+            try await site.observer.waitUntil("the birth after the reconnect", timeout: .seconds(10)) { site.payloads("status").count > before }
+            #expect(!site.payloads("status").contains("offline"), "the will was published")
+            #expect(try await site.command("d", "light", "true") == #"{"ok":true,"value":true}"#)
+            #expect(site.logs.count(containing: "MQTT connected to") == 2, "one reconnect: \(site.logs.entries.filter { $0.contains("MQTT") })")
+        }
+        await site.shutdown()
+    }
+
+    @Test("more retained configs under the prefix than the start-up scan reads: it stops at 5,000 and says so once, and discovery still goes out")
+    func scanBounded() async throws {
+        let site = try await Self.site(Self.points) { broker in
+            // Before the gateway starts: 5,001 retained configs of someone else.
+            let other = MQTTClient(configuration: MQTTConfiguration(host: "127.0.0.1", port: broker.port, clientIdentifier: "other-configs"))
+            try await other.connect()
+            for i in 0...5_000 {
+                try await other.enqueue(to: "homeassistant/device/other\(i)/config", payload: Array("{}".utf8), qos: .atMostOnce, retain: true)
+            }
+            try await other.publish(to: "homeassistant/device/other-last/config", payload: Array("{}".utf8), qos: .atLeastOnce, retain: true)
+            await other.disconnect()
+        }
+        let ha = try await MQTTObserver(port: site.broker.port, filters: ["homeassistant/device/rt_d/config"], name: "ha")
+        try await Self.running(site) { site in
+            try await ha.waitUntil("the device's config", timeout: .seconds(20)) { ha.count("homeassistant/device/rt_d/config") >= 1 }
+        }
+        #expect(site.logs.count(containing: "cut at 5000 configs") == 1, "said once")
+        await ha.client.disconnect()
         await site.shutdown()
     }
 }
