@@ -26,6 +26,8 @@ struct RuntimeTests {
         let directory: String
         /// The runtime's log lines (`<level> <message>`).
         let logs: Timeline
+        /// The operations listener, when the site has one (`[http] listen`).
+        var operations: OperationsService? = nil
 
         func payloads(_ topic: String) -> [String] { observer.payloads("\(RuntimeTests.base)/\(topic)") }
 
@@ -53,7 +55,7 @@ struct RuntimeTests {
         }
     }
 
-    static func configuration(_ body: String, port: Int, directory: String, gateway: String = "", mqtt: String = "") throws -> GatewayConfiguration {
+    static func configuration(_ body: String, port: Int, directory: String, gateway: String = "", mqtt: String = "", http: String = "listen = \"\"") throws -> GatewayConfiguration {
         try ConfigLoader.parse("""
             [gateway]
             id = "rt"
@@ -64,6 +66,8 @@ struct RuntimeTests {
             url = "mqtt://127.0.0.1:\(port)"
             keepalive = 5
             \(mqtt)
+            [http]
+            \(http)
             [[bus]]
             name = "plc"
             type = "tcp"
@@ -77,8 +81,11 @@ struct RuntimeTests {
             """)
     }
 
-    static func site(_ body: String, gateway: String = "", mqtt: String = "", commandKey: [UInt8]? = nil,
-                     preparing: (@Sendable (Mosquitto) async throws -> Void)? = nil) async throws -> Site {
+    /// `http`: the `[http]` table; with a `listen` address the site runs the operations listener
+    /// (metrics, status, health) beside the runtime, as `gateway run` does. `httpPassword`: its
+    /// basic-auth password.
+    static func site(_ body: String, gateway: String = "", mqtt: String = "", http: String = "listen = \"\"", httpPassword: [UInt8]? = nil,
+                     commandKey: [UInt8]? = nil, preparing: (@Sendable (Mosquitto) async throws -> Void)? = nil) async throws -> Site {
         let broker = try await Mosquitto.start()
         try await preparing?(broker)
         let observer = try await MQTTObserver(port: broker.port, filters: ["\(base)/#", "gateway/replies/#"], reconnect: true)
@@ -86,22 +93,33 @@ struct RuntimeTests {
         let timeline = Timeline()
         let bus = FakeBus(timeline: timeline, clock: TestClock())
         let logs = Timeline()
-        let runtime = GatewayRuntime(configuration: try configuration(body, port: broker.port, directory: directory, gateway: gateway, mqtt: mqtt),
-                                     password: nil, commandKey: commandKey, telemetry: nil, watchLoops: false, version: "test",
-                                     logger: Logger(label: "runtime") { _ in RecordingLogHandler(logs) }, makeBus: { _, _ in bus })
-        return Site(broker: broker, observer: observer, bus: bus, timeline: timeline, runtime: runtime, directory: directory, logs: logs)
+        let logger = Logger(label: "runtime") { _ in RecordingLogHandler(logs) }
+        let config = try configuration(body, port: broker.port, directory: directory, gateway: gateway, mqtt: mqtt, http: http)
+        let telemetry = config.http.address.map { _ in GatewayTelemetry(configuration: config, version: "test") }
+        let runtime = GatewayRuntime(configuration: config, password: nil, commandKey: commandKey, telemetry: telemetry, watchLoops: telemetry != nil,
+                                     version: "test", logger: logger, makeBus: { _, _ in bus })
+        var site = Site(broker: broker, observer: observer, bus: bus, timeline: timeline, runtime: runtime, directory: directory, logs: logs)
+        if let telemetry, let address = config.http.address {
+            site.operations = OperationsService(runtime: runtime, telemetry: telemetry, address: address, username: config.http.username,
+                                                password: httpPassword, logger: logger)
+        }
+        return site
     }
 
     /// Runs the runtime while `body` does its part, then shuts it down gracefully and waits for
     /// `run()` to return (bounded).
     static func running(_ site: Site, _ body: @Sendable (Site) async throws -> Void) async throws {
         try await testGracefulShutdown { trigger in
-            // Inherits the graceful-shutdown context of this task (a task-local).
+            // Inherit the graceful-shutdown context of this task (a task-local).
             let run = Task { try await site.runtime.run() }
+            let operations = site.operations.map { service in Task { try await service.run() } }
             var failure: (any Error)?
             do { try await body(site) } catch { failure = error }
             trigger.triggerGracefulShutdown()
-            try await withTimeout(.seconds(15), "run() to return after the graceful shutdown") { try await run.value }
+            try await withTimeout(.seconds(15), "run() to return after the graceful shutdown") {
+                try await run.value
+                try await operations?.value
+            }
             if let failure { throw failure }
         }
     }
@@ -156,7 +174,7 @@ struct RuntimeTests {
             #expect(try await site.command("nope", "x", "1") == #"{"ok":false,"error":"unknown device 'nope'"}"#)
             #expect(try await site.command("d", "temp", "1") == #"{"ok":false,"error":"point 'temp' is not writable"}"#)
         }
-        #expect(site.payloads("d/unlock").last == "false", "the stop ended the pulse")
+        #expect(site.bus.coil(3) == false, "the stop ended the pulse")
         await site.shutdown()
     }
 
