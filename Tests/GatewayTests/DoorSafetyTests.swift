@@ -375,43 +375,6 @@ struct DoorSafetyTests {
         #expect(check.lines.contains { $0.contains("warning: gateway.command_key_file") && $0.contains("will refuse to start") }, "\(check.tail)")
     }
 
-    @Test("fail-safe: broker stopped; after failsafe_after_s exactly one write of the fail-safe value; broker back: <base>/failsafe says so; nothing more written")
-    func failsafe() async throws {
-        let points = """
-            [[device.point]]
-            name = "barrier"
-            register = "holding"
-            address = 5
-            writable = true
-            map = { "0" = "closed", "1" = "free" }
-            failsafe = "free"
-            [[device.point]]
-            name = "count"
-            register = "holding"
-            address = 40
-            """
-        let rig = try await Rig.start(points: points, simArgs: [], pollMs: 100, extraGateway: "failsafe_after_s = 1")
-        try await rig.waitFor("\(Self.b)/dev/status", "online")
-        try await rig.waitFor("\(Self.b)/dev/barrier", "closed")
-        _ = try await rig.gateway.waitForLine(containing: "birth and statuses published")
-        #expect(rig.sim.writes.isEmpty, "written while connected")
-        await rig.broker.stop()
-        let writes = try await rig.sim.waitForWrites(1, timeout: .seconds(15))
-        #expect(writes.map(\.address) == [5])
-        #expect(writes.map(\.values) == [[1]])
-        _ = try await rig.gateway.waitForLine(containing: "FAIL-SAFE: wrote barrier = free")
-        try await rig.broker.restart()
-        try await rig.waitUntil(timeout: .seconds(30), "the fail-safe report") {
-            rig.payloads("\(Self.b)/failsafe").contains { $0.contains(#""device":"dev","point":"barrier","value":"free""#) }
-        }
-        // After it, a value change still comes through, and nothing more was written.
-        try await rig.sim.set("holding:40=9")
-        try await rig.waitFor("\(Self.b)/dev/count", "9")
-        #expect(rig.sim.writes.count == 1, "\(rig.sim.writes)")
-        #expect(rig.payloads("\(Self.b)/dev/barrier").last == "free")
-        await rig.shutdown()
-    }
-
     @Test("fail-safe on a session taken over by a client with the gateway's id that keeps reconnecting: logged as an error with the count, and the fail-safe value written once")
     func failsafeOnTakeover() async throws {
         let points = "[[device.point]]\nname = \"barrier\"\nregister = \"holding\"\naddress = 5\nwritable = true\nfailsafe = 1\n"

@@ -55,10 +55,11 @@ struct RuntimeTests {
         }
     }
 
-    static func configuration(_ body: String, port: Int, directory: String, gateway: String = "", mqtt: String = "", http: String = "listen = \"\"") throws -> GatewayConfiguration {
+    static func configuration(_ body: String, port: Int, directory: String, gateway: String = "", mqtt: String = "", http: String = "listen = \"\"",
+                              id: String = "rt") throws -> GatewayConfiguration {
         try ConfigLoader.parse("""
             [gateway]
-            id = "rt"
+            id = "\(id)"
             state_dir = "\(directory)"
             require_synced_clock = false
             \(gateway)
@@ -104,6 +105,18 @@ struct RuntimeTests {
                                                 password: httpPassword, logger: logger)
         }
         return site
+    }
+
+    /// Another runtime on the site's broker and bus, with `body` and gateway `id` (its own state
+    /// directory unless `directory` is given): the same gateway restarted, or a neighbour.
+    static func another(_ site: Site, _ body: String, id: String = "rt", directory: String? = nil) throws -> Site {
+        let directory = try directory ?? TestEnvironment.makeTemporaryDirectory("runtime")
+        let logs = Timeline()
+        let bus = site.bus
+        let runtime = GatewayRuntime(configuration: try configuration(body, port: site.broker.port, directory: directory, id: id),
+                                     password: nil, commandKey: nil, telemetry: nil, watchLoops: false, version: "test",
+                                     logger: Logger(label: "runtime") { _ in RecordingLogHandler(logs) }, makeBus: { _, _ in bus })
+        return Site(broker: site.broker, observer: site.observer, bus: site.bus, timeline: site.timeline, runtime: runtime, directory: directory, logs: logs)
     }
 
     /// Runs the runtime while `body` does its part, then shuts it down gracefully and waits for
@@ -598,5 +611,150 @@ struct RuntimeTests {
         #expect(site.logs.count(containing: "cut at 5000 configs") == 1, "said once")
         await ha.client.disconnect()
         await site.shutdown()
+    }
+
+    @Test("fail-safe: broker stopped; after failsafe_after_s exactly one write of the fail-safe value; broker back: <base>/failsafe says so; nothing more written")
+    func failsafeBrokerStopped() async throws {
+        let site = try await Self.site("""
+            [[device.point]]
+            name = "barrier"
+            register = "holding"
+            address = 5
+            writable = true
+            map = { "0" = "closed", "1" = "free" }
+            failsafe = "free"
+            [[device.point]]
+            name = "count"
+            register = "holding"
+            address = 40
+            """, gateway: "failsafe_after_s = 1")
+        try await Self.running(site) { site in
+            try await site.waitFor("d/barrier", "closed")
+            try await site.logs.await(containing: "birth and statuses published")
+            #expect(site.timeline.count("write") == 0, "written while connected")
+            await site.broker.stop()
+            try await site.timeline.await(1, of: "write", within: .seconds(15))
+            #expect(site.timeline.entries.filter { $0.hasPrefix("write") } == ["write 5=[1] @0"])
+            try await site.logs.await(containing: "FAIL-SAFE: wrote barrier = free")
+            try await site.broker.restart()
+            try await site.observer.waitUntil("the fail-safe report", timeout: .seconds(30)) {
+                site.payloads("failsafe").contains { $0.contains(#""device":"d","point":"barrier","value":"free""#) }
+            }
+            // After it, a value change still comes through, and nothing more was written.
+            site.bus.setHolding(40, 9)
+            try await site.waitFor("d/count", "9")
+            #expect(site.timeline.count("write") == 1)
+            #expect(site.payloads("d/barrier").last == "free")
+        }
+        await site.shutdown()
+    }
+
+    @Test("a reload moves a pulse point while its device is silent: the off is written where the on went, retried until taken, never to the new address")
+    func reloadMovesPulseDeviceSilent() async throws {
+        let site = try await Self.site(Self.points)
+        let directory = site.directory, port = site.broker.port
+        try await Self.running(site) { site in
+            try await site.waitFor("d/status", "online")
+            #expect(try await site.command("d", "unlock", "true") == #"{"ok":true,"value":true}"#)
+            site.bus.setReachable(false)   // the device goes silent
+            let moved = try Self.configuration(Self.points.replacingOccurrences(of: "address = 3", with: "address = 7"), port: port, directory: directory)
+            guard case .applied = await site.runtime.reload(to: moved, password: nil) else {
+                Issue.record("reload not applied")
+                return
+            }
+            try await site.logs.await(containing: "pulse end FAILED where it was switched on")
+            // The device answers again: the off goes to coil 3, where the on went.
+            site.bus.setReachable(true)
+            try await withTimeout(.seconds(20), "the off where the on went") { await site.timeline.until { $0.entries.contains("write 3=false @0") } }
+            try await site.logs.await(containing: "pulse ended: switched off where it was switched on")
+            #expect(site.runtime.services.journal.current.isEmpty)
+            #expect(!site.timeline.entries.contains { $0.hasPrefix("write 7=") }, "written at the new address unasked")
+        }
+        await site.shutdown()
+    }
+
+    // MARK: Home Assistant across restarts and neighbours
+
+    static let haPoints = """
+        [[device.point]]
+        name = "unlock"
+        register = "coil"
+        address = 0
+        writable = true
+        pulse_ms = 300
+        [[device.point]]
+        name = "temp"
+        register = "holding"
+        address = 0
+        """
+
+    @Test("a device or point removed from the config: its retained config is cleared, the point marked removed, at the next start")
+    func staleConfigsCleared() async throws {
+        let site = try await Self.site(Self.haPoints + """
+
+            [[device]]
+            name = "old"
+            bus = "plc"
+            poll_ms = 50
+            [[device.point]]
+            name = "v"
+            register = "coil"
+            address = 5
+            """)
+        let ha = try await MQTTObserver(port: site.broker.port, filters: ["homeassistant/#"], name: "ha")
+        try await Self.running(site) { _ in
+            try await ha.waitUntil("both configs") {
+                ha.count("homeassistant/device/rt_old/config") >= 1 && ha.count("homeassistant/device/rt_d/config") >= 1
+            }
+        }
+        // The site removes device "old" and point "temp" of "d", and starts the gateway again.
+        let again = try Self.another(site, Self.haPoints.replacingOccurrences(of: "[[device.point]]\nname = \"temp\"\nregister = \"holding\"\naddress = 0", with: ""),
+                                     directory: site.directory)
+        try await Self.running(again) { _ in
+            try await ha.waitUntil("the old config cleared") { ha.last("homeassistant/device/rt_old/config") == [] }
+            try await ha.waitUntil("d's config again") { ha.count("homeassistant/device/rt_d/config") >= 2 }
+        }
+        let d = try JSONValue.parse(try #require(ha.last("homeassistant/device/rt_d/config")))
+        #expect(d["components"]?["rt_d_temp"]?.keys == ["platform"], "removed point announced with its platform only")
+        #expect(d["components"]?["rt_d_unlock"]?["platform"]?.string == "button")
+        // A new subscriber sees no retained config for the removed device.
+        let late = try await MQTTObserver(port: site.broker.port, filters: ["homeassistant/device/+/config"], name: "ha")
+        try await late.waitUntil("d's retained config") { late.count("homeassistant/device/rt_d/config") == 1 }
+        #expect(late.count("homeassistant/device/rt_old/config") == 0)
+        await late.client.disconnect()
+        await ha.client.disconnect()
+        await site.shutdown()
+    }
+
+    @Test("two gateways, lobby and lobby_east, on one broker: restarting lobby leaves lobby_east's configs retained")
+    func neighbours() async throws {
+        let lobby = try await Self.site(Self.haPoints)
+        let east = try Self.another(lobby, Self.haPoints, id: "rt_east")
+        let ha = try await MQTTObserver(port: lobby.broker.port, filters: ["homeassistant/device/+/config"], name: "ha")
+        let lobbyTopics: Set<String> = ["homeassistant/device/rt_d/config", "homeassistant/device/rt_gateway/config"]
+        try await Self.running(east) { _ in
+            try await Self.running(lobby) { _ in
+                try await ha.waitUntil("four configs") { Set(ha.seen.withLock { $0.map(\.topic) }).count >= 4 }
+            }
+            let eastTopics = Set(ha.seen.withLock { $0.map(\.topic) }).subtracting(lobbyTopics)
+            #expect(eastTopics.count == 2, "\(eastTopics)")
+            // lobby restarts: its start-up scan reads every retained config, east's among them.
+            let again = try Self.another(lobby, Self.haPoints, directory: lobby.directory)
+            try await Self.running(again) { again in
+                try await again.logs.await(containing: "discovery published")
+                let late = try await MQTTObserver(port: lobby.broker.port, filters: ["homeassistant/device/+/config"], name: "ha")
+                try await late.waitUntil("lobby's retained config") { late.count("homeassistant/device/rt_d/config") >= 1 }
+                // Retained messages of other topics may come a moment later; a cleared one never
+                // comes (an empty retained payload deletes it), hence a bounded wait that may run out.
+                try? await late.waitUntil("east's retained configs", timeout: .seconds(5)) { eastTopics.allSatisfy { late.count($0) >= 1 } }
+                for topic in eastTopics {
+                    #expect(late.last(topic).map { !$0.isEmpty } == true, "lobby cleared lobby_east's \(topic)")
+                }
+                #expect(again.logs.count(containing: "clearing") == 0)
+                await late.client.disconnect()
+            }
+        }
+        await ha.client.disconnect()
+        await lobby.shutdown()
     }
 }
