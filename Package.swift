@@ -156,7 +156,7 @@ let package = Package(
         .testTarget(name: "ModbusTests", dependencies: ["Modbus", "LineSettings", "TestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "SerialTests", dependencies: ["Serial", "LineSettings", "GatewayConfig", "TestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "GatewayConfigTests", dependencies: ["GatewayConfig", "TOMLReader", "TestSupport"], exclude: ["Fixtures"], swiftSettings: swiftSettings),
-        .testTarget(name: "GatewayTests", dependencies: ["Gateway", "GatewayConfig", "MQTT", "Modbus", "Operations", "TestSupport",
+        .testTarget(name: "GatewayTests", dependencies: ["Gateway", "GatewayConfig", "MQTT", "Modbus", "ModbusSimulator", "Operations", "TestSupport",
                                                         .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle")],
                     swiftSettings: swiftSettings),
     ]

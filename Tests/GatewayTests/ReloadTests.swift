@@ -238,32 +238,6 @@ struct ReloadTests {
         await rig.shutdown()
     }
 
-    @Test("serial devices: a reload removes one (offline, 'unknown device'), adds one (its frames published) and leaves the Modbus device alone")
-    func serialDevices() async throws {
-        let bar = try await PtyPair.start(), qr = try await PtyPair.start()
-        let rig = try await Rig.start(points: UplinkTests.oneCoil + SerialDeviceTests.barrier(bar.a), simArgs: [], pollMs: 100)
-        try await rig.waitFor("\(Self.b)/bar/status", "online")
-        try await rig.waitFor("\(Self.b)/dev/status", "online")
-        _ = try await rig.gateway.waitForLine(containing: "birth and statuses published")
-        let original = try String(contentsOfFile: rig.configPath, encoding: .utf8)
-        let barrier = SerialDeviceTests.barrier(bar.a)
-        #expect(original.contains(barrier))
-        try original.replacingOccurrences(of: barrier, with: SerialDeviceTests.reader(qr.a)).write(toFile: rig.configPath, atomically: true, encoding: .utf8)
-        let devStatuses = rig.payloads("\(Self.b)/dev/status").count
-        rig.gateway.signal(SIGHUP)
-        _ = try await rig.gateway.waitForLine(containing: "reload: +1 device, -1, ~0 changed, 1 unchanged (+qr -bar)")
-        try await rig.waitFor("\(Self.b)/bar/status", "offline")
-        try await rig.waitFor("\(Self.b)/qr/status", "online")
-        let far = try FarEnd(qr.b)
-        #expect(await far.send("QR:AFTER-RELOAD\n"))
-        try await rig.waitFor("\(Self.b)/qr/scan", "AFTER-RELOAD")
-        try await rig.observer.publish(to: "\(Self.b)/bar/open/set", payload: Array("1".utf8), qos: .atLeastOnce)
-        try await rig.waitFor("\(Self.b)/bar/open/set/result", #"{"ok":false,"error":"unknown device 'bar'"}"#)
-        #expect(rig.payloads("\(Self.b)/dev/status").count == devStatuses)
-        await rig.shutdown()
-        await bar.stop(); await qr.stop()
-    }
-
     @Test("a broken file or a base-topic change: refused with the line or the reason, nothing changes, commands and polls go on")
     func refused() async throws {
         let port = try TestEnvironment.freePort()

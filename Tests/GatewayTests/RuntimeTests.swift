@@ -2,6 +2,8 @@ import Foundation
 @testable import Gateway
 import GatewayConfig
 import Logging
+import Modbus
+import ModbusSimulator
 @testable import MQTT
 import ServiceLifecycle
 import ServiceLifecycleTestKit
@@ -28,6 +30,10 @@ struct RuntimeTests {
         let logs: Timeline
         /// The operations listener, when the site has one (`[http] listen`).
         var operations: OperationsService? = nil
+        /// The site's device on the wire, when it has one: `gateway simulate`'s simulator in this
+        /// process, behind a real ``ModbusBus`` (``bus`` is then unused). Its writes go to the
+        /// timeline as `modbus fc=<function> <address>=<values>`.
+        var simulator: ModbusSimulator? = nil
 
         func payloads(_ topic: String) -> [String] { observer.payloads("\(RuntimeTests.base)/\(topic)") }
 
@@ -49,6 +55,7 @@ struct RuntimeTests {
         }
 
         func shutdown() async {
+            simulator?.stop()
             await observer.client.disconnect()
             await broker.shutdown()
             try? FileManager.default.removeItem(atPath: directory)
@@ -56,7 +63,7 @@ struct RuntimeTests {
     }
 
     static func configuration(_ body: String, port: Int, directory: String, gateway: String = "", mqtt: String = "", http: String = "listen = \"\"",
-                              id: String = "rt") throws -> GatewayConfiguration {
+                              id: String = "rt", devicePort: Int = 502) throws -> GatewayConfiguration {
         try ConfigLoader.parse("""
             [gateway]
             id = "\(id)"
@@ -73,6 +80,7 @@ struct RuntimeTests {
             name = "plc"
             type = "tcp"
             host = "127.0.0.1"
+            port = \(devicePort)
             [[device]]
             name = "d"
             bus = "plc"
@@ -85,8 +93,11 @@ struct RuntimeTests {
     /// `http`: the `[http]` table; with a `listen` address the site runs the operations listener
     /// (metrics, status, health) beside the runtime, as `gateway run` does. `httpPassword`: its
     /// basic-auth password.
+    /// `simulated`: the device is a Modbus TCP simulator in this process, reached through a real
+    /// ``ModbusBus`` (the wire), instead of a ``FakeBus``.
     static func site(_ body: String, gateway: String = "", mqtt: String = "", http: String = "listen = \"\"", httpPassword: [UInt8]? = nil,
-                     commandKey: [UInt8]? = nil, preparing: (@Sendable (Mosquitto) async throws -> Void)? = nil) async throws -> Site {
+                     commandKey: [UInt8]? = nil, simulated: Bool = false,
+                     preparing: (@Sendable (Mosquitto) async throws -> Void)? = nil) async throws -> Site {
         let broker = try await Mosquitto.start()
         try await preparing?(broker)
         let observer = try await MQTTObserver(port: broker.port, filters: ["\(base)/#", "gateway/replies/#"], reconnect: true)
@@ -95,11 +106,17 @@ struct RuntimeTests {
         let bus = FakeBus(timeline: timeline, clock: TestClock())
         let logs = Timeline()
         let logger = Logger(label: "runtime") { _ in RecordingLogHandler(logs) }
-        let config = try configuration(body, port: broker.port, directory: directory, gateway: gateway, mqtt: mqtt, http: http)
+        let simulator = simulated ? try ModbusSimulator(endpoint: .tcp(host: "127.0.0.1", port: 0), units: [1: SimulatedUnit()], onWrite: { w in
+            timeline.append("modbus fc=\(w.function) \(w.address)=\(w.values)")
+        }) : nil
+        let config = try configuration(body, port: broker.port, directory: directory, gateway: gateway, mqtt: mqtt, http: http,
+                                       devicePort: simulator?.boundPort ?? 502)
         let telemetry = config.http.address.map { _ in GatewayTelemetry(configuration: config, version: "test") }
+        let fake: UnitFactory.MakeBus = { _, _ in bus }
         let runtime = GatewayRuntime(configuration: config, password: nil, commandKey: commandKey, telemetry: telemetry, watchLoops: telemetry != nil,
-                                     version: "test", logger: logger, makeBus: { _, _ in bus })
+                                     version: "test", logger: logger, makeBus: simulated ? nil : fake)
         var site = Site(broker: broker, observer: observer, bus: bus, timeline: timeline, runtime: runtime, directory: directory, logs: logs)
+        site.simulator = simulator
         if let telemetry, let address = config.http.address {
             site.operations = OperationsService(runtime: runtime, telemetry: telemetry, address: address, username: config.http.username,
                                                 password: httpPassword, logger: logger)
@@ -756,5 +773,65 @@ struct RuntimeTests {
         }
         await ha.client.disconnect()
         await lobby.shutdown()
+    }
+
+    // MARK: values written
+
+    @Test("plain and JSON values: bools, map names (any case), scaled numbers, 32-bit integers, each with its function; read back published")
+    func values() async throws {
+        let site = try await Self.site(Self.panel, simulated: true)
+        try await Self.running(site) { site in
+            try await site.waitFor("d/status", "online")
+            #expect(try await site.command("d", "mode", "LOCKED") == #"{"ok":true,"value":"locked"}"#)
+            #expect(try await site.command("d", "mode", #"{"value": 1}"#) == #"{"ok":true,"value":"free"}"#)
+            #expect(try await site.command("d", "setpoint", "21.5") == #"{"ok":true,"value":21.5}"#)
+            #expect(try await site.command("d", "big", #"{"value": 70000}"#) == #"{"ok":true,"value":70000}"#)
+            #expect(try await site.command("d", "light", #"{"value": true}"#) == #"{"ok":true,"value":true}"#)
+            #expect(site.timeline.entries.filter { $0.hasPrefix("modbus") }
+                    == ["modbus fc=6 20=[2]", "modbus fc=6 20=[1]", "modbus fc=6 30=[215]", "modbus fc=16 50=[1, 4464]", "modbus fc=5 1=[1]"])
+            try await site.waitFor("d/setpoint", "21.5")
+            try await site.waitFor("d/mode", "free")
+        }
+        await site.shutdown()
+    }
+
+    @Test("write_multiple: a device without FC 5/6 gets FC 15 for a coil and 16 for one register")
+    func writeMultiple() async throws {
+        let site = try await Self.site("write_multiple = true\n" + Self.panel, simulated: true)
+        try await Self.running(site) { site in
+            try await site.waitFor("d/status", "online")
+            #expect(try await site.command("d", "light", "true") == #"{"ok":true,"value":true}"#)
+            #expect(try await site.command("d", "mode", "locked") == #"{"ok":true,"value":"locked"}"#)
+            #expect(site.timeline.entries.filter { $0.hasPrefix("modbus") } == ["modbus fc=15 1=[1]", "modbus fc=16 20=[2]"])
+        }
+        await site.shutdown()
+    }
+
+    @Test("serial devices: a reload removes one (offline, 'unknown device'), adds one (its frames published) and leaves the Modbus device alone")
+    func reloadSerialDevices() async throws {
+        let bar = try await PtyPair.start(), qr = try await PtyPair.start()
+        let site = try await Self.site(Self.points + SerialDeviceTests.barrier(bar.a))
+        let directory = site.directory, port = site.broker.port
+        try await Self.running(site) { site in
+            try await site.waitFor("bar/status", "online")
+            try await site.waitFor("d/status", "online")
+            let statuses = site.payloads("d/status").count
+            let next = try Self.configuration(Self.points + SerialDeviceTests.reader(qr.a), port: port, directory: directory)
+            guard case .applied(let change) = await site.runtime.reload(to: next, password: nil) else {
+                Issue.record("reload not applied")
+                return
+            }
+            #expect(change.added == ["qr"] && change.removed == ["bar"] && change.changed.isEmpty)
+            try await site.waitFor("bar/status", "offline")
+            try await site.waitFor("qr/status", "online")
+            let far = try FarEnd(qr.b)
+            #expect(await far.send("QR:AFTER-RELOAD\n"))
+            try await site.waitFor("qr/scan", "AFTER-RELOAD")
+            #expect(try await site.command("bar", "open", "1") == #"{"ok":false,"error":"unknown device 'bar'"}"#)
+            #expect(site.payloads("d/status").count == statuses)
+        }
+        await site.shutdown()
+        await bar.stop()
+        await qr.stop()
     }
 }
