@@ -158,11 +158,13 @@ final class ModbusConnection {
         if let ctx, connected { return ctx }
         if ctx == nil { ctx = try makeContext() }
         guard let ctx else { throw .closed }
+        try checkDescriptorsBelowSelectLimit()
         if modbus_connect(ctx) == -1 {
             let e = cmodbus_errno()
             let detail = String(cString: modbus_strerror(e))
             throw .connectFailed(target: configuration.transport.description, errno: e, detail: detail)
         }
+        try keepBelowSelectLimit(ctx)
         connected = true
         if case .rtu(let rtu) = configuration.transport {
             // Exclusive access: a second gateway (or a stray mbpoll) opening the same RS-485 line
@@ -181,6 +183,40 @@ final class ModbusConnection {
         }
         logger.debug("connected", metadata: ["target": "\(configuration.transport)"])
         return ctx
+    }
+
+    /// libmodbus waits with `select()` (for the connect and every answer), which takes
+    /// descriptors below `FD_SETSIZE` (1024) only: glibc aborts the whole process on a higher one.
+    /// Before connecting: if the lowest free descriptor is already that high (a process with
+    /// that many open), the connection is refused with the reason instead. (Another thread may
+    /// still take the last low one in between: ``keepBelowSelectLimit(_:)`` then moves the
+    /// connection's descriptor down if it can.)
+    private func checkDescriptorsBelowSelectLimit() throws(ModbusError) {
+        let limit = Int32(FD_SETSIZE)
+        let lowest = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        guard lowest >= 0 else { return }   // cannot tell; libmodbus says what fails
+        _ = Glibc.close(lowest)
+        guard lowest >= limit else { return }
+        throw .connectFailed(target: configuration.transport.description, errno: EMFILE,
+                             detail: "no descriptor below FD_SETSIZE (\(limit)) is free: libmodbus cannot wait on a higher one (too many files open in this process)")
+    }
+
+    /// After connecting: a descriptor that came out at or above `FD_SETSIZE` is moved to the
+    /// lowest free one below, or the connection is closed and refused with the reason.
+    private func keepBelowSelectLimit(_ ctx: OpaquePointer) throws(ModbusError) {
+        let limit = Int32(FD_SETSIZE)
+        let fd = modbus_get_socket(ctx)
+        guard fd >= limit else { return }
+        let low = fcntl(fd, F_DUPFD_CLOEXEC, 3)
+        if low >= 0, low < limit {
+            _ = Glibc.close(fd)
+            modbus_set_socket(ctx, low)
+            return
+        }
+        if low >= 0 { _ = Glibc.close(low) }
+        modbus_close(ctx)
+        throw .connectFailed(target: configuration.transport.description, errno: EMFILE,
+                             detail: "its descriptor \(fd) is at or above FD_SETSIZE (\(limit)) and none below is free: libmodbus cannot wait on it (too many files open in this process)")
     }
 
     private func makeContext() throws(ModbusError) -> OpaquePointer {
