@@ -181,40 +181,8 @@ struct CommanderTests {
         #expect(!rig.set("unlock", "true"), "stopped: not queued")
     }
 
-    static let panel = """
-        [[device.point]]
-        name = "unlock"
-        register = "coil"
-        address = 0
-        writable = true
-        pulse_ms = 400
-        [[device.point]]
-        name = "light"
-        register = "coil"
-        address = 1
-        writable = true
-        [[device.point]]
-        name = "mode"
-        register = "holding"
-        address = 20
-        writable = true
-        map = { "0" = "normal", "1" = "free", "2" = "locked" }
-        [[device.point]]
-        name = "setpoint"
-        register = "holding"
-        address = 30
-        type = "int16"
-        scale = 0.1
-        writable = true
-        min = 5
-        max = 30
-        [[device.point]]
-        name = "big"
-        register = "holding"
-        address = 50
-        type = "uint32"
-        writable = true
-        """
+    /// A door's pulse, a light, a mode by name, a scaled setpoint, a read-only count and a 32-bit value.
+    static var panel: String { CommandTests.points() }
 
     @Test("1,000 garbage payloads: every one refused with a reason, zero writes, and a valid command still works")
     func garbage() async throws {

@@ -308,13 +308,7 @@ struct RuntimeTests {
 
     // MARK: the broker side of commands and values (the runtime's real client, a real Mosquitto)
 
-    static let panel = CommanderTests.panel + """
-
-        [[device.point]]
-        name = "count"
-        register = "holding"
-        address = 40
-        """
+    static var panel: String { CommandTests.points() }
 
     static func nowMs() -> Int64 { unixMilliseconds() }
 
@@ -691,18 +685,7 @@ struct RuntimeTests {
 
     // MARK: Home Assistant across restarts and neighbours
 
-    static let haPoints = """
-        [[device.point]]
-        name = "unlock"
-        register = "coil"
-        address = 0
-        writable = true
-        pulse_ms = 300
-        [[device.point]]
-        name = "temp"
-        register = "holding"
-        address = 0
-        """
+    static var haPoints: String { HomeAssistantTests.points }
 
     @Test("a device or point removed from the config: its retained config is cleared, the point marked removed, at the next start")
     func staleConfigsCleared() async throws {
