@@ -145,7 +145,7 @@ public struct GatewayPlan: Sendable {
         if let key = c.gateway.commandKeyFile {
             let open = devices.flatMap { d in d.settings.points.filter { $0.writable && $0.signed == false }.map { "\(d.settings.name)/\($0.name)" } }
                 + c.serialDevices.flatMap { d in d.commands.filter { $0.signed == false }.map { "\(d.name)/\($0.name)" } }
-            out.append("signed commands: key \(key), ts within \(GatewayRuntime.signedMaxAgeMs(c.gateway)) ms"
+            out.append("signed commands: key \(key), ts within \(SignedCommands.maxAgeMs(c.gateway)) ms"
                        + (c.gateway.requireSyncedClock ? ", refused until the system clock is synchronised" : ", judged by the system clock even when it is not synchronised")
                        + "; ids kept in \(c.gateway.stateDirectory)/command-ids; unsigned accepted on: \(open.isEmpty ? "none" : open.joined(separator: ", "))")
         }

@@ -123,7 +123,7 @@ public final class GatewayRuntime: Service, Sendable {
         if let makeBus { factory.makeBus = makeBus }
         self.factory = factory
         let services = UnitServices(topics: plan.topics, gateway: g, publisher: wiring.publisher,
-                                    commands: Self.commandRunner(g, commandKey: commandKey, signing: nil, clockSync: ClockSync(logger: logger),
+                                    commands: CommandRunner.make(g, commandKey: commandKey, keeping: nil, clockSync: ClockSync(logger: logger),
                                                                  client: client, topics: plan.topics, telemetry: telemetry, logger: logger),
                                     board: board, journal: journal, clock: SystemClock(), telemetry: telemetry, executor: client.taskExecutor)
         var units = Units(plan: plan, password: password, commandKey: commandKey, services: services)
@@ -135,19 +135,6 @@ public final class GatewayRuntime: Service, Sendable {
         for d in configuration.serialDevices { units.serial[d.name] = factory.serial(d, services: services) }
         self.units = RunningUnits(units)
         self.features = wiring.list(units: self.units, values: valuesGeneration)
-    }
-
-    /// How far a signed command's `ts` may be from now: `command_max_age_ms`, 30 s by default.
-    static func signedMaxAgeMs(_ g: GatewaySettings) -> Int { g.commandMaxAgeMs ?? 30_000 }
-
-    /// The `/set` checks for these settings: `signing` kept when given (a reload keeps the ids
-    /// seen), else made from `commandKey` (nil: commands are not signed).
-    static func commandRunner(_ g: GatewaySettings, commandKey: [UInt8]?, signing: SignedCommands?, clockSync: ClockSync, client: MQTTClient,
-                              topics: TopicLayout, telemetry: GatewayTelemetry?, logger: Logger) -> CommandRunner {
-        let signing = commandKey == nil ? nil
-            : signing ?? commandKey.map { SignedCommands(key: $0, maxAgeMs: signedMaxAgeMs(g), stateDirectory: g.stateDirectory, logger: logger) }
-        return CommandRunner(topics: topics, gateway: g, signing: signing, clockSync: clockSync, clock: SystemClock(),
-                             answerer: BrokerAnswerer(client: client, base: topics.base), telemetry: telemetry)
     }
 
     /// A device's poll state, new: polled first at `start`.

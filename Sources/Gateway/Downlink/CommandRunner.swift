@@ -61,6 +61,17 @@ struct CommandRunner: Sendable {
         self.telemetry = telemetry
     }
 
+    /// The runner for these settings, answering through `client`: `keeping` a running runner's
+    /// signed-command state when given (a reload keeps the ids already seen), else a new one from
+    /// `commandKey` (nil: commands are not signed).
+    static func make(_ g: GatewaySettings, commandKey: [UInt8]?, keeping signing: SignedCommands?, clockSync: ClockSync, client: MQTTClient,
+                     topics: TopicLayout, telemetry: GatewayTelemetry?, logger: Logger) -> CommandRunner {
+        let signing = commandKey == nil ? nil
+            : signing ?? commandKey.map { SignedCommands(key: $0, maxAgeMs: SignedCommands.maxAgeMs(g), stateDirectory: g.stateDirectory, logger: logger) }
+        return CommandRunner(topics: topics, gateway: g, signing: signing, clockSync: clockSync, clock: SystemClock(),
+                             answerer: BrokerAnswerer(client: client, base: topics.base), telemetry: telemetry)
+    }
+
     /// A device's own command checks' memory, with this runner's settings.
     func pipeline() -> CommandPipeline { CommandPipeline(maxAgeMs: maxAgeMs, signing: signing) }
 

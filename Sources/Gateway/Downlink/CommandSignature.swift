@@ -1,4 +1,5 @@
 import Crypto
+import GatewayConfig
 import Logging
 import Synchronization
 
@@ -269,4 +270,9 @@ final class SignedCommands: Sendable {
         file.append("\(ts) \(id)")
         if file.wantsRewrite(live: s.seen.count) { file.rewrite(.init(ids: s.seen.mapValues(\.ts), floor: s.floor)) }
     }
+}
+
+extension SignedCommands {
+    /// How far a signed command's `ts` may be from now: `command_max_age_ms`, 30 s by default.
+    static func maxAgeMs(_ g: GatewaySettings) -> Int { g.commandMaxAgeMs ?? 30_000 }
 }

@@ -113,7 +113,7 @@ extension GatewayRuntime {
         // the ids already seen stay (a reload never opens a replay).
         if let commandKey, let signing = before.services.commands.signing {
             if commandKey != before.commandKey { logger.notice("reload: the command key changed") }
-            signing.update(key: commandKey, maxAgeMs: Self.signedMaxAgeMs(new.gateway), now: unixMilliseconds())
+            signing.update(key: commandKey, maxAgeMs: SignedCommands.maxAgeMs(new.gateway), now: unixMilliseconds())
             units.withLock { $0.commandKey = commandKey }
         }
         if change.isEmpty && !passwordChanged { return .unchanged }
@@ -152,7 +152,7 @@ extension GatewayRuntime {
         next.commandKey = commandKey
         // Signing switched on or off: every device is "changed" (its [gateway] settings differ)
         // and restarts with these services. (A key that stays was updated above, and its ids stay.)
-        next.services.commands = Self.commandRunner(new.gateway, commandKey: commandKey, signing: before.services.commands.signing,
+        next.services.commands = CommandRunner.make(new.gateway, commandKey: commandKey, keeping: before.services.commands.signing,
                                                     clockSync: before.services.commands.clockSync, client: client,
                                                     topics: topics, telemetry: telemetry, logger: logger)
         for name in change.removedBuses + change.changedBuses {
