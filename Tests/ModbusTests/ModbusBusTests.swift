@@ -60,6 +60,8 @@ struct ModbusBusTests {
         // The next request goes through, and it is the only one the device saw.
         #expect(try await bus.readHoldingRegisters(unit: 1, address: 0, count: 1) == [5])
         #expect(sim.writes.isEmpty)
+        // The simulator's log reaches us through a pipe, after the answer: wait for the read's line.
+        _ = try await sim.process.waitForLine(timeout: .seconds(10)) { $0.hasPrefix("{\"request\":") && $0.contains("\"fc\":3") }
         #expect(sim.process.lines.filter { $0.hasPrefix("{\"request\":") }.count == 1, "\(sim.process.lines)")
         bus.close()
         _ = await sim.stop()
