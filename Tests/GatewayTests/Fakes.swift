@@ -127,7 +127,6 @@ final class FakeBus: DeviceBus {
         var failures: [ModbusError] = []
         /// False: every request times out (a device gone).
         var reachable = true
-        var polls = 0
     }
     private let state = Mutex(State())
     let timeline: Timeline
@@ -154,8 +153,6 @@ final class FakeBus: DeviceBus {
     func setCoil(_ address: Int, _ value: Bool) { state.withLock { $0.coils[address] = value } }
 
     func setReachable(_ reachable: Bool) { state.withLock { $0.reachable = reachable } }
-
-    var polls: Int { state.withLock { $0.polls } }
 
     var responseTimeout: Duration { .milliseconds(100) }
     func close() {}
@@ -197,7 +194,6 @@ final class FakeBus: DeviceBus {
     /// Each item of the plan from the registers (all timing out when unreachable); entries `poll`.
     func pollDevice(_ plan: inout ReadPlan, unit: Int, deadline: ContinuousClock.Instant) async -> [Int: ModbusBus.ItemResult] {
         let results = state.withLock { s -> [Int: ModbusBus.ItemResult] in
-            s.polls += 1
             var out: [Int: ModbusBus.ItemResult] = [:]
             for item in plan.requests.flatMap(\.items) {
                 guard s.reachable else {
