@@ -50,6 +50,7 @@ open(cfg, "w").write(f'[gateway]\nid = "bench"\nstate_dir = "{TMP}"\n{signing}{o
                      f'  [[device.point]]\n  name = "light"\n  register = "coil"\n  address = 1\n  writable = true\n' + pulse + points)
 log = open(os.path.join(TMP, "gateway.log"), "w")
 gw = subprocess.Popen([BIN, "run", "--config", cfg], stderr=subprocess.PIPE, text=True)
+print(f"gateway pid {gw.pid}", flush=True)   # for command_trace.py
 subscribed, gave_back = threading.Event(), threading.Event()
 def pump_log():   # keep the gateway's log, and notice when it has subscribed to commands
     for l in gw.stderr:

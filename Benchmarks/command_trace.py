@@ -6,7 +6,7 @@ socket (kernel-side times, so the broker, Python and the simulator are out of it
 a few tens of microseconds to each call, so compare builds with each other, not with
 command_bench's figures). Needs `perf` (Debian: linux-perf) and the right to trace.
 Usage: command_trace.py GATEWAY_BIN [COMMANDS]"""
-import os, re, subprocess, sys, tempfile, time
+import os, re, subprocess, sys, tempfile
 
 BIN = os.path.abspath(sys.argv[1])
 N = sys.argv[2] if len(sys.argv) > 2 else "300"
@@ -14,20 +14,21 @@ here = os.path.dirname(os.path.abspath(__file__))
 out = tempfile.mktemp(prefix="command-trace-")
 bench = subprocess.Popen([sys.executable, os.path.join(here, "command_bench.py"), BIN, N], cwd=here,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-# The gateway the benchmark started (its command line begins with the executable it was given).
-pid = None
-for _ in range(200):
-    r = subprocess.run(["pgrep", "-f", f"^{re.escape(BIN)} run"], capture_output=True, text=True)
-    if r.stdout.split():
-        pid = r.stdout.split()[0]
+# The gateway the benchmark started: it says which (reading waits for the line; it ends if
+# the benchmark ends without it).
+first, pid = "", None
+for l in bench.stdout:
+    first += l
+    m = re.match(r"gateway pid (\d+)", l)
+    if m:
+        pid = m[1]
         break
-    time.sleep(0.05)
 if pid is None:
     bench.kill()
-    sys.exit("the benchmark's gateway did not start")
+    sys.exit(f"the benchmark did not start its gateway:\n{first.strip()}")
 tracer = subprocess.Popen(["perf", "trace", "-p", pid, "-o", out, "-e", "read,write,sendto,recvfrom"],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-report = bench.communicate(timeout=600)[0]
+report = first + bench.communicate(timeout=600)[0]
 tracer.terminate()
 tracer.wait(10)
 print(report.strip())

@@ -25,6 +25,20 @@ struct FailsafeTests {
                                units: rig.units)
     }
 
+    /// The broker lost and the device offline when the fail-safe is due (30 s): tried then (not
+    /// written), and its retry a second later is waiting.
+    static func offlineWhenDue() async throws -> (CommanderRig, FailsafeFeature) {
+        let rig = try CommanderRig(points: Self.barrier, gateway: "failsafe_after_s = 30")
+        let feature = Self.feature(rig)
+        rig.publisher.connected.withLock { $0 = false }
+        rig.board.set("d", .offline)
+        await feature.brokerLost(reason: .closedByBroker)
+        try await withTimeout { await rig.clock.sleepers(1) }
+        rig.clock.advance(by: .seconds(30))
+        try await withTimeout { await rig.clock.sleepers(1) }
+        return (rig, feature)
+    }
+
     @Test("broker lost: nothing before failsafe_after_s, then exactly one write of the fail-safe value; nothing more")
     func countdown() async throws {
         let rig = try CommanderRig(points: Self.barrier, gateway: "failsafe_after_s = 30")
@@ -48,15 +62,7 @@ struct FailsafeTests {
 
     @Test("a device offline when it is due gets the write once it is back, while the broker is still away")
     func deviceBack() async throws {
-        let rig = try CommanderRig(points: Self.barrier, gateway: "failsafe_after_s = 30")
-        let feature = Self.feature(rig)
-        rig.publisher.connected.withLock { $0 = false }
-        rig.board.set("d", .offline)
-        await feature.brokerLost(reason: .closedByBroker)
-        try await withTimeout { await rig.clock.sleepers(1) }
-        rig.clock.advance(by: .seconds(30))
-        // Tried at 30 s (offline: not written), then every second.
-        try await withTimeout { await rig.clock.sleepers(1) }
+        let (rig, feature) = try await Self.offlineWhenDue()
         #expect(rig.timeline.count("write") == 0)
         rig.board.set("d", .online)
         rig.clock.advance(by: Failsafe.retry)
@@ -69,14 +75,7 @@ struct FailsafeTests {
 
     @Test("a device still offline when the broker is back never gets the write")
     func notAfterBrokerBack() async throws {
-        let rig = try CommanderRig(points: Self.barrier, gateway: "failsafe_after_s = 30")
-        let feature = Self.feature(rig)
-        rig.publisher.connected.withLock { $0 = false }
-        rig.board.set("d", .offline)
-        await feature.brokerLost(reason: .closedByBroker)
-        try await withTimeout { await rig.clock.sleepers(1) }
-        rig.clock.advance(by: .seconds(30))
-        try await withTimeout { await rig.clock.sleepers(1) }
+        let (rig, feature) = try await Self.offlineWhenDue()
         rig.publisher.connected.withLock { $0 = true }
         await feature.brokerConnected()
         #expect(rig.clock.pendingSleepers == 0, "the countdown ended with the broker's return")

@@ -54,6 +54,15 @@ struct RuntimeTests {
             return payloads(result)[before]
         }
 
+        /// Reloads the runtime to `body` (the same broker, state directory and gateway id) and
+        /// returns the change; throws if it was not applied.
+        func reload(_ body: String, mqtt: String = "", commandKey: [UInt8]? = nil) async throws -> ConfigurationChange {
+            let next = try RuntimeTests.configuration(body, port: broker.port, directory: directory, mqtt: mqtt)
+            let outcome = await runtime.reload(to: next, password: nil, commandKey: commandKey)
+            guard case .applied(let change) = outcome else { throw FixtureError("reload not applied: \(outcome)") }
+            return change
+        }
+
         func shutdown() async {
             simulator?.stop()
             await observer.client.disconnect()
@@ -248,12 +257,11 @@ struct RuntimeTests {
     @Test("reload mid-pulse: the pulse point a reload removes is switched off before the reload returns; an added device starts; the removed point is refused")
     func reloadMidPulse() async throws {
         let site = try await Self.site(Self.points)
-        let directory = site.directory, port = site.broker.port
         try await Self.running(site) { site in
             try await site.waitFor("d/status", "online")
             #expect(try await site.command("d", "unlock", "true") == #"{"ok":true,"value":true}"#)
             // The same device without its pulse point, and a second device on the bus.
-            let next = try Self.configuration("""
+            let change = try await site.reload("""
                 [[device.point]]
                 name = "temp"
                 register = "holding"
@@ -268,11 +276,7 @@ struct RuntimeTests {
                 name = "level"
                 register = "holding"
                 address = 1
-                """, port: port, directory: directory)
-            guard case .applied(let change) = await site.runtime.reload(to: next, password: nil) else {
-                Issue.record("reload not applied")
-                return
-            }
+                """)
             #expect(change.added == ["e"] && change.changed == ["d"])
             #expect(site.bus.coil(3) == false, "the removed pulse point was switched off by the reload")
             #expect(site.runtime.services.journal.current.isEmpty)
@@ -511,13 +515,12 @@ struct RuntimeTests {
         let forDevice = signer.payload(topic: "\(Self.base)/door2/unlock/set", value: .bool(true), ts: unixMilliseconds(), id: "door2-unlock")
         let forPoint = signer.payload(topic: "\(Self.base)/d/unlock2/set", value: .bool(true), ts: unixMilliseconds(), id: "d-unlock2")
         let refusal = #"{"ok":false,"error":"not accepted: a valid signed command is required (value, ts, id, sig)"}"#
-        let directory = site.directory, port = site.broker.port
         try await Self.running(site) { site in
             try await site.waitFor("d/status", "online")
             #expect(try await site.command("door2", "unlock", forDevice) == #"{"ok":false,"error":"unknown device 'door2'"}"#)
             #expect(try await site.command("d", "unlock2", forPoint).contains("unknown point"))
             // The reload adds both.
-            let next = try Self.configuration(Self.points + """
+            _ = try await site.reload(Self.points + """
 
                 [[device.point]]
                 name = "unlock2"
@@ -534,11 +537,7 @@ struct RuntimeTests {
                 register = "coil"
                 address = 0
                 writable = true
-                """, port: port, directory: directory)
-            guard case .applied = await site.runtime.reload(to: next, password: nil, commandKey: key) else {
-                Issue.record("reload not applied")
-                return
-            }
+                """, commandKey: key)
             try await site.waitFor("door2/status", "online")
             #expect(try await site.command("door2", "unlock", forDevice) == refusal, "the copy for the new device")
             #expect(try await site.command("d", "unlock2", forPoint) == refusal, "the copy for the new point")
@@ -585,15 +584,10 @@ struct RuntimeTests {
     @Test("[mqtt] changed by a reload: one reconnect with the new settings, no will (no 'offline'), the birth again, commands work after it")
     func mqttChange() async throws {
         let site = try await Self.site(Self.panel)
-        let directory = site.directory, port = site.broker.port
         try await Self.running(site) { site in
             try await site.waitFor("d/status", "online")
             let before = site.payloads("status").count
-            let next = try Self.configuration(Self.panel, port: port, directory: directory, mqtt: "client_id = \"gw-reloaded\"")
-            guard case .applied = await site.runtime.reload(to: next, password: nil) else {
-                Issue.record("reload not applied")
-                return
-            }
+            _ = try await site.reload(Self.panel, mqtt: "client_id = \"gw-reloaded\"")
             try await site.observer.waitUntil("the birth after the reconnect", timeout: .seconds(10)) { site.payloads("status").count > before }
             #expect(!site.payloads("status").contains("offline"), "the will was published")
             #expect(try await site.command("d", "light", "true") == #"{"ok":true,"value":true}"#)
@@ -662,16 +656,11 @@ struct RuntimeTests {
     @Test("a reload moves a pulse point while its device is silent: the off is written where the on went, retried until taken, never to the new address")
     func reloadMovesPulseDeviceSilent() async throws {
         let site = try await Self.site(Self.points)
-        let directory = site.directory, port = site.broker.port
         try await Self.running(site) { site in
             try await site.waitFor("d/status", "online")
             #expect(try await site.command("d", "unlock", "true") == #"{"ok":true,"value":true}"#)
             site.bus.setReachable(false)   // the device goes silent
-            let moved = try Self.configuration(Self.points.replacingOccurrences(of: "address = 3", with: "address = 7"), port: port, directory: directory)
-            guard case .applied = await site.runtime.reload(to: moved, password: nil) else {
-                Issue.record("reload not applied")
-                return
-            }
+            _ = try await site.reload(Self.points.replacingOccurrences(of: "address = 3", with: "address = 7"))
             try await site.logs.await(containing: "pulse end FAILED where it was switched on")
             // The device answers again: the off goes to coil 3, where the on went.
             site.bus.setReachable(true)
@@ -793,16 +782,11 @@ struct RuntimeTests {
     func reloadSerialDevices() async throws {
         let bar = try await PtyPair.start(), qr = try await PtyPair.start()
         let site = try await Self.site(Self.points + SerialDeviceTests.barrier(bar.a))
-        let directory = site.directory, port = site.broker.port
         try await Self.running(site) { site in
             try await site.waitFor("bar/status", "online")
             try await site.waitFor("d/status", "online")
             let statuses = site.payloads("d/status").count
-            let next = try Self.configuration(Self.points + SerialDeviceTests.reader(qr.a), port: port, directory: directory)
-            guard case .applied(let change) = await site.runtime.reload(to: next, password: nil) else {
-                Issue.record("reload not applied")
-                return
-            }
+            let change = try await site.reload(Self.points + SerialDeviceTests.reader(qr.a))
             #expect(change.added == ["qr"] && change.removed == ["bar"] && change.changed.isEmpty)
             try await site.waitFor("bar/status", "offline")
             try await site.waitFor("qr/status", "online")

@@ -43,7 +43,8 @@ struct UnitFactory: Sendable {
         return unit
     }
 
-    /// A Modbus device's commander (started: pulses an earlier run left on are switched off first).
+    /// A Modbus device's commander, not started (``DeviceCommander/start()`` switches off the
+    /// pulses an earlier run left on, before any command).
     func commander(_ device: GatewayPlan.Device, bus: BusUnit, services: UnitServices) -> DeviceCommander {
         DeviceCommander(device: device.settings, bus: bus.bus, timeoutMs: device.bus.timeoutMs, services: services, logger: logger)
     }
