@@ -9,7 +9,7 @@ journalled before its write: the pulse journal's cost is in the figures). STEADY
 first command once the gateway has logged its start-up give-back (`start-up heap given back`,
 10 s after start; binaries before 2026-12-06: `start-up pages given back`, after 5 s)."""
 import hashlib, hmac, json, os, random, subprocess, sys, threading, time
-from benchlib import BIN, TMP, STARTED, start_broker, start_sim, Observer, proc_cpu_rss, context_switches
+from benchlib import BIN, TMP, STARTED, start_broker, start_sim, Observer, RawPublisher, proc_cpu_rss, context_switches
 
 N = int(sys.argv[2]) if len(sys.argv) > 2 else 300
 POLL_MS = int(sys.argv[3]) if len(sys.argv) > 3 else 1000
@@ -50,7 +50,7 @@ open(cfg, "w").write(f'[gateway]\nid = "bench"\nstate_dir = "{TMP}"\n{signing}{o
                      f'  [[device.point]]\n  name = "light"\n  register = "coil"\n  address = 1\n  writable = true\n' + pulse + points)
 log = open(os.path.join(TMP, "gateway.log"), "w")
 gw = subprocess.Popen([BIN, "run", "--config", cfg], stderr=subprocess.PIPE, text=True)
-print(f"gateway pid {gw.pid}", flush=True)   # for command_trace.py
+print(f"gateway pid {gw.pid} broker port {mport} simulator port {sport}", flush=True)   # for command_trace.py and command_wire.py
 subscribed, gave_back = threading.Event(), threading.Event()
 def pump_log():   # keep the gateway's log, and notice when it has subscribed to commands
     for l in gw.stderr:
@@ -60,11 +60,20 @@ def pump_log():   # keep the gateway's log, and notice when it has subscribed to
 threading.Thread(target=pump_log, daemon=True).start()
 STARTED.append(gw)
 obs = Observer(mport)
+# PUBLISHER=raw: the commands (and the floor's messages) go out on a second connection, written
+# from this thread as the clock is read (the default, paho, hands each to its network thread
+# first: about 0.3 ms on this machine before the command leaves, in every figure).
+RAW = os.environ.get("PUBLISHER", "paho") == "raw"
+raw = RawPublisher(mport) if RAW else None
+def publish(topic, payload):
+    if raw: raw.publish(topic, payload)
+    else: obs.c.publish(topic, payload, qos=1)
 obs.wait(lambda t, p: t == "gateway/bench/d0/status" and p == "online")
 if not subscribed.wait(10): sys.exit("the gateway did not subscribe to commands within 10 s")
 if os.environ.get("STEADY") and not gave_back.wait(20): sys.exit("the gateway did not log its start-up give-back within 20 s")
 
 to_write, to_answer = [], []
+stamps = []   # (published, written) of each command, on the monotonic clock: for command_wire.py
 def faults(pid):   # minor and major page faults so far (/proc/PID/stat fields 10 and 12)
     f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return int(f[7]), int(f[9])
@@ -85,28 +94,33 @@ for i in range(N):
     with cond: nw = len(writes)
     value = "true" if i % 2 == 0 else "false"
     t0 = time.monotonic()
-    obs.c.publish("gateway/bench/d0/light/set", payload("gateway/bench/d0/light/set", value, i), qos=1)
+    publish("gateway/bench/d0/light/set", payload("gateway/bench/d0/light/set", value, i))
     ta = wait_answer(before)
     with cond:
         cond.wait_for(lambda: len(writes) > nw, timeout=5)
         tw = writes[nw] / 1e6 if len(writes) > nw else None
     if ta and tw:
         to_write.append((tw - t0) * 1000); to_answer.append((ta - t0) * 1000)
+        stamps.append((t0, tw))
     time.sleep(random.uniform(0.005, 0.03))   # random phase against the poll grid
 cpu1, rss = proc_cpu_rss(gw.pid); x1 = context_switches(gw.pid); f1 = faults(gw.pid)
-# The floor of the MQTT part: the same client publishes (QoS 1) to a topic no one but itself
-# takes, through the same broker; published -> received by the observer, which is Python
+# The floor of the MQTT part: the same publisher publishes (QoS 1) to a topic no one but the
+# observer takes, through the same broker; published -> received by the observer, which is Python
 # (slower to receive than the gateway), so this floor is if anything too high.
 floor = []
 for i in range(N):
     t0 = time.monotonic()
-    obs.c.publish("gateway/bench/floor", str(i), qos=1)
+    publish("gateway/bench/floor", str(i))
     ta = obs.wait(lambda t, p, i=i: t == "gateway/bench/floor" and p == str(i), timeout=5)
     if ta: floor.append((ta - t0) * 1000)
     time.sleep(random.uniform(0.005, 0.03))   # paced as the commands are (the receipt was awaited above)
-gw.terminate(); gw.wait(10); sim.terminate(); sim.wait(10); obs.stop(); broker.terminate(); broker.wait(10)
+gw.terminate(); gw.wait(10); sim.terminate(); sim.wait(10); obs.stop(); raw and raw.stop(); broker.terminate(); broker.wait(10)
 
+if os.environ.get("STAMPS"):   # command_wire.py: each command's stamps, and the wall clock's offset
+    with open(os.environ["STAMPS"], "w") as f:
+        f.write(f"{time.time() - time.monotonic()}\n" + "".join(f"{a} {b}\n" for a, b in stamps))
 def pct(xs, q): xs = sorted(xs); return xs[min(len(xs) - 1, int(len(xs) * q))]
+print(f"publisher: {'raw (PUBLISHER=raw)' if RAW else 'paho (PUBLISHER=raw: a second connection written from the calling thread)'}")
 for name, xs in (("command -> device write", to_write), ("command -> answer received", to_answer), ("floor: publish -> received by the observer", floor)):
     print(f"{name}: p50 {pct(xs, .5):.2f} ms, p95 {pct(xs, .95):.2f} ms, p99 {pct(xs, .99):.2f} ms, max {max(xs):.2f} ms ({len(xs)} of {N} commands, poll_ms {POLL_MS})")
 print(f"gateway RSS after the run: {rss:.1f} MiB")

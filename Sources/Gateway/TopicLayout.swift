@@ -34,11 +34,21 @@ public struct TopicLayout: Sendable, Equatable {
 
     /// The command a topic carries, or nil when it is not one of ours.
     public func parse(_ topic: String) -> CommandTopic? {
-        guard topic.hasPrefix(base), topic.utf8.dropFirst(base.utf8.count).first == UInt8(ascii: "/") else { return nil }
-        let parts = topic.utf8.dropFirst(base.utf8.count + 1).split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
-        guard parts.count == 3, !parts[0].isEmpty, !parts[1].isEmpty,
-              let kind = CommandTopic.Kind(rawValue: String(decoding: parts[2], as: UTF8.self)) else { return nil }
-        return CommandTopic(device: String(decoding: parts[0], as: UTF8.self), point: String(decoding: parts[1], as: UTF8.self), kind: kind)
+        // Bytes, as the broker matched them (String's prefix test compares by Unicode
+        // equivalence and costs many times as much; every command is parsed on its way in).
+        let t = topic.utf8, b = base.utf8
+        guard t.count > b.count, t.starts(with: b) else { return nil }
+        var i = t.index(t.startIndex, offsetBy: b.count)
+        guard t[i] == UInt8(ascii: "/") else { return nil }
+        i = t.index(after: i)
+        // Exactly three non-empty levels after the base: device, point, kind.
+        guard let s1 = t[i...].firstIndex(of: UInt8(ascii: "/")), s1 != i else { return nil }
+        let p = t.index(after: s1)
+        guard let s2 = t[p...].firstIndex(of: UInt8(ascii: "/")), s2 != p else { return nil }
+        let k = t[t.index(after: s2)...]
+        let kind: CommandTopic.Kind
+        if k.elementsEqual("set".utf8) { kind = .set } else if k.elementsEqual("get".utf8) { kind = .get } else { return nil }
+        return CommandTopic(device: String(decoding: t[i..<s1], as: UTF8.self), point: String(decoding: t[p..<s2], as: UTF8.self), kind: kind)
     }
 }
 

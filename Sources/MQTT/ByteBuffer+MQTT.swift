@@ -86,10 +86,17 @@ public enum MQTTLimits {
 /// UTF-8 string rules of MQTT (1.5.4): well-formed UTF-8, no U+0000, at most 65,535 bytes.
 public enum MQTTString {
     static func validate(_ bytes: [UInt8], _ what: String) throws(MQTTPacketError) -> String {
-        guard !bytes.contains(0) else { throw .invalidUTF8(what) }
-        // String(validating:) rejects ill-formed UTF-8, including encoded surrogates (ED A0..BF xx).
-        guard let s = String(validating: bytes, as: UTF8.self) else { throw .invalidUTF8(what) }
+        guard !bytes.contains(0), let s = decodeUTF8(bytes) else { throw .invalidUTF8(what) }
         return s
+    }
+
+    /// `bytes` as a String, or nil when they are not well-formed UTF-8 (encoded surrogates
+    /// included). ASCII, the rule for topics and command payloads, takes one pass over the bytes
+    /// and a copy; the general check costs several times as much, and every incoming command
+    /// pays it on its way to the device.
+    public static func decodeUTF8(_ bytes: [UInt8]) -> String? {
+        if bytes.allSatisfy({ $0 < 0x80 }) { return String(decoding: bytes, as: UTF8.self) }
+        return String(validating: bytes, as: UTF8.self)
     }
 
     /// True when `s` can be sent as an MQTT string.

@@ -42,6 +42,7 @@ extension MQTTClient {
         guard channel != nil || state == .connected || state == .shutdown,
               let closed = lifecycle.closed(id, reason: reason, now: .now) else { return }
         channel = nil
+        acksDue.removeAll()   // they belong to the connection that closed
         keepAliveTimer?.cancel()
         keepAliveTimer = nil
         keepAlive = nil
@@ -85,11 +86,11 @@ extension MQTTClient {
             case .atMostOnce:
                 deliver(message)
             case .atLeastOnce:
-                // The acknowledgement is flushed at the loop's next turn: what the delivery set
-                // going (a command's device write) goes first, and acknowledgements of packets
-                // read together leave in one write.
+                // The acknowledgement is encoded and written at the loop's next turn
+                // (``flushSoon()``): what the delivery set going (a command's device write)
+                // goes first, and acknowledgements of packets read together leave in one write.
                 deliver(message)
-                write(.puback(AckPacket(packetIdentifier: p.packetIdentifier ?? 0)))
+                acksDue.append(.puback(AckPacket(packetIdentifier: p.packetIdentifier ?? 0)))
                 flushSoon()
             case .exactlyOnce:
                 let pid = p.packetIdentifier ?? 0
@@ -97,7 +98,7 @@ extension MQTTClient {
                     incomingQoS2.insert(pid)
                     deliver(message)
                 }
-                write(.pubrec(AckPacket(packetIdentifier: pid)))
+                acksDue.append(.pubrec(AckPacket(packetIdentifier: pid)))
                 flushSoon()
             }
         case .pubrel(let a):

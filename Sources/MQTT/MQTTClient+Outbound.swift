@@ -151,9 +151,10 @@ extension MQTTClient {
         }
     }
 
-    /// Flushes once the loop has run the tasks already queued on it: publishes (and
-    /// acknowledgements that free the window) that arrive together leave in one write, not one
-    /// system call each. The loop runs that flush right after them, before it waits again.
+    /// Writes the acknowledgements due (``acksDue``) and flushes, once the loop has run the
+    /// tasks already queued on it: publishes (and acknowledgements that free the window) that
+    /// arrive together leave in one write, not one system call each. The loop runs that flush
+    /// right after them, before it waits again.
     func flushSoon() {
         guard !flushScheduled, channel != nil else { return }
         flushScheduled = true
@@ -161,6 +162,10 @@ extension MQTTClient {
             // Tasks on the loop run on this actor's executor.
             self?.assumeIsolated { client in
                 client.flushScheduled = false
+                if !client.acksDue.isEmpty {
+                    for ack in client.acksDue { client.write(ack) }
+                    client.acksDue.removeAll(keepingCapacity: true)
+                }
                 client.channel?.flush()
             }
         }

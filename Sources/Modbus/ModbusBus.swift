@@ -1,5 +1,6 @@
 import CModbus
 import Logging
+import Synchronization
 
 // The Modbus module: the Swift face of libmodbus. A ``ModbusBus`` is one TCP connection or RTU
 // line with its own thread (libmodbus blocks and a context is not thread-safe), taking requests
@@ -142,19 +143,25 @@ public final class ModbusBus: Sendable {
         queue.withLockSignalling { $0.stopped = true }
     }
 
+    /// A request's queue id once queued, and whether its task was cancelled (a lock word, not a
+    /// pthread mutex and condition: one is made per request).
+    private final class Ticket: Sendable {
+        let state = Mutex<(id: UInt64?, cancelled: Bool)>((nil, false))
+    }
+
     /// Runs `body` on the bus thread with exclusive use of the connection.
     func submit<T: Sendable>(priority: RequestPriority, deadline: ContinuousClock.Instant?,
                              _ body: @escaping @Sendable (ModbusConnection) throws(ModbusError) -> T) async throws -> T {
         // The request's queue id once queued, and whether its task was cancelled: a task
         // cancelled before its request is queued must not have it run (the handler below runs
         // at once then, before there is anything to remove).
-        let ticket = ConditionLock<(id: UInt64?, cancelled: Bool)>((nil, false))
+        let ticket = Ticket()
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (cont: CheckedContinuation<T, any Error>) in
                 let accepted = queue.withLockSignalling { q -> Bool? in
                     guard !q.stopped else { return false }
                     // Under the queue's lock: the cancel handler takes it too before removing.
-                    let cancelled = ticket.withLock { t -> Bool in
+                    let cancelled = ticket.state.withLock { t -> Bool in
                         if t.cancelled { return true }
                         t.id = q.nextID
                         return false
@@ -180,7 +187,7 @@ public final class ModbusBus: Sendable {
         } onCancel: {
             // Remove the request if it has not started; a running transaction finishes.
             let removed = queue.withLock { q -> Job? in
-                guard let id = ticket.withLock({ t -> UInt64? in t.cancelled = true; return t.id }),
+                guard let id = ticket.state.withLock({ t -> UInt64? in t.cancelled = true; return t.id }),
                       let i = q.jobs.firstIndex(where: { $0.id == id }) else { return nil }
                 return q.jobs.remove(at: i)
             }

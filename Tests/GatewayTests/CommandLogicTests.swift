@@ -137,7 +137,8 @@ struct CommandSafetyTests {
         #expect(t.parse(t.set(device: "door", point: "unlock")) == CommandTopic(device: "door", point: "unlock", kind: .set))
         #expect(t.parse("site/lobby/door/unlock/get") == CommandTopic(device: "door", point: "unlock", kind: .get))
         for other in ["site/lobby/door/unlock", "site/lobby/door/unlock/set/result", "site/lobby2/door/unlock/set",
-                      "site/lobby//unlock/set", "site/lobby/door/unlock/put", "other/door/unlock/set", "site/lobby"] {
+                      "site/lobby//unlock/set", "site/lobby/door//set", "site/lobby/door/unlock/", "site/lobby/door/unlock/sets",
+                      "site/lobby/", "site/lobby/door/unlock/put", "other/door/unlock/set", "site/lobby"] {
             #expect(t.parse(other) == nil, "\(other)")
         }
     }

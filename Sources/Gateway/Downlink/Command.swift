@@ -1,5 +1,6 @@
 import GatewayConfig
 import Modbus
+import MQTT
 
 /// Why a command was refused: the text of the `{"ok": false, "error": ...}` answer.
 
@@ -36,7 +37,7 @@ public struct CommandRequest: Sendable, Equatable {
 
     public static func parse(_ payload: [UInt8]) throws(CommandRefusal) -> CommandRequest {
         guard payload.count <= maxPayload else { throw .badPayload("payload of \(payload.count) bytes is too long (at most \(maxPayload))") }
-        guard let text = String(validating: payload, as: UTF8.self) else { throw .badPayload("payload is not valid UTF-8") }
+        guard let text = MQTTString.decodeUTF8(payload) else { throw .badPayload("payload is not valid UTF-8") }
         let trimmed = text.trimmingASCIIWhitespace()
         guard let first = trimmed.utf8.first else { throw .badPayload("empty payload") }
         if first == UInt8(ascii: "{") { return try parseJSON(payload) }

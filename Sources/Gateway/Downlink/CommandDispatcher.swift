@@ -31,7 +31,7 @@ struct CommandDispatcher: Sendable {
 
     func dispatch(_ message: MQTTMessage) {
         let receivedAt = ContinuousClock.now
-        if let feature = features.first(where: { $0.takes(message.topic) }) {
+        for feature in features where feature.takes(message.topic) {
             feature.receive(message)
             return
         }

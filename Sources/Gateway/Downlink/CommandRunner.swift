@@ -16,7 +16,7 @@ protocol CommandTarget {
 }
 
 /// One `/set` on its way through a device: ``CommandRunner/admit(_:name:receivedAt:pipeline:target:)``
-/// makes it, the device executes it when told to, ``CommandRunner/conclude(_:resultTopic:logger:)``
+/// makes it, the device executes it when told to, ``CommandRunner/conclude(_:resultTopic:device:logger:)``
 /// logs and answers it.
 struct CommandRun: Sendable {
     let message: MQTTMessage
@@ -76,10 +76,10 @@ struct CommandRunner: Sendable {
     func pipeline() -> CommandPipeline { CommandPipeline(maxAgeMs: maxAgeMs, signing: signing) }
 
     /// The ``CommandPipeline`` checks. Returns the run, and the point to execute it on (nil: it is
-    /// answered already, refused or repeated; call ``conclude(_:resultTopic:logger:)``). A signed
+    /// answered already, refused or repeated; call ``conclude(_:resultTopic:device:logger:)``). A signed
     /// command's id is on storage before this returns the point: before its write can reach the device.
     func admit<Target: CommandTarget>(_ message: MQTTMessage, name: String, receivedAt: ContinuousClock.Instant,
-                                      pipeline: inout CommandPipeline, target: Target, logger: Logger) async -> (CommandRun, Target.Point?) {
+                                      pipeline: inout CommandPipeline, target: Target, logger: @autoclosure () -> Logger) async -> (CommandRun, Target.Point?) {
         var run = CommandRun(message: message, name: name, receivedAt: receivedAt, secret: target.isSecret(name))
         let requireSync = requireSyncedClock, clockSync = clockSync
         switch pipeline.admit(message, name: name, receivedAt: receivedAt, now: clock.now, unixNow: unixMilliseconds(),
@@ -88,7 +88,7 @@ struct CommandRunner: Sendable {
                               mustBeSigned: target.mustBeSigned) {
         case .refuse(let refusal, let req, let why):
             run.request = req
-            if let why { logger.warning("signed command refused: \(why.logSafe)", metadata: ["topic": "\(message.topic.logSafe)"]) }
+            if let why { logger().warning("signed command refused: \(why.logSafe)", metadata: ["topic": "\(message.topic.logSafe)"]) }
             run.answer = .refused(refusal)
             return (run, nil)
         case .repeated(let first, let req):
@@ -110,14 +110,15 @@ struct CommandRunner: Sendable {
         if let req = run.request { pipeline.finish(run.name, request: req, answer: answer, now: clock.now) }
     }
 
-    /// Its audit line, its metrics and its answer (to the MQTT 5 response topic, else
-    /// `resultTopic`). A `secret` value is never logged or shown; a refused command's value is
-    /// never shown either.
-    func conclude(_ run: CommandRun, resultTopic: String, logger: Logger) async {
+    /// Its audit line (with `device` in its metadata), its metrics and its answer (to the MQTT 5
+    /// response topic, else `resultTopic`). A `secret` value is never logged or shown; a refused
+    /// command's value is never shown either.
+    func conclude(_ run: CommandRun, resultTopic: String, device: String, logger: Logger) async {
         let message = run.message
         // Everything from the message is escaped: a command cannot forge a log line.
         let value = run.secret ? "(secret)" : run.request.map { "\($0.value)" } ?? String(decoding: message.payload.prefix(64), as: UTF8.self)
         var meta: Logger.Metadata = [
+            "device": "\(device)",
             "point": "\(run.name.logSafe)",
             "topic": "\(message.topic.logSafe)",
             "value": "\(value.logSafe)",

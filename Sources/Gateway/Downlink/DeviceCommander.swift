@@ -201,8 +201,10 @@ final class DeviceCommander: Sendable {
     /// Handles one `/set` and publishes its answer.
     private func handleSet(_ message: MQTTMessage, pointName: String, receivedAt: ContinuousClock.Instant, work: inout Work) async {
         let commands = services.commands
+        // The device's logger is made only when a line is logged (it costs a formatting of its
+        // metadata): the audit line takes the device as metadata of its own.
         var (run, index) = await commands.admit(message, name: pointName, receivedAt: receivedAt, pipeline: &work.pipeline,
-                                                target: self, logger: logger)
+                                                target: self, logger: self.logger)
         if let index, let req = run.request {
             let answer: CommandAnswer
             do throws(CommandRefusal) {
@@ -212,7 +214,8 @@ final class DeviceCommander: Sendable {
             }
             commands.executed(&run, answer: answer, pipeline: &work.pipeline)
         }
-        await commands.conclude(run, resultTopic: services.topics.setResult(device: device.name, point: pointName), logger: logger)
+        await commands.conclude(run, resultTopic: services.topics.setResult(device: device.name, point: pointName), device: device.name,
+                                logger: sharedLogger)
     }
 
     /// Checks the value and the device, writes (once), starts or ends the point's pulse, reads back.

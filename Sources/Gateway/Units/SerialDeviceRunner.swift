@@ -297,7 +297,7 @@ final class SerialDeviceRunner: Sendable {
             }
             commands.executed(&run, answer: answer, pipeline: &pipeline)
         }
-        await commands.conclude(run, resultTopic: services.topics.setResult(device: settings.name, point: name), logger: logger)
+        await commands.conclude(run, resultTopic: services.topics.setResult(device: settings.name, point: name), device: settings.name, logger: logger)
     }
 
     /// Checks the value, the queue's age and the line, then sends (once).
