@@ -1,5 +1,6 @@
 import DequeModule
 import NIOCore
+import Synchronization
 
 /// What leaves: the bounded queue, the in-flight window, PUBLISH, and subscriptions.
 extension MQTTClient {
@@ -44,6 +45,36 @@ extension MQTTClient {
         let packet = try makePublish(topic: topic, payload: payload, qos: qos, retain: retain, properties: properties)
         try await withCheckedThrowingContinuation { (cont: CheckedContinuation<Void, any Error>) in
             enqueue(MQTTPublishSession.Waiting(packet: packet, completion: .waiter(cont)), ahead: ahead)
+        }
+    }
+
+    /// Publishes `messages` in this order, all queued in one step (``publish(to:payload:qos:retain:properties:ahead:)``'s
+    /// `ahead` applies to each), and returns when every one is acknowledged or has failed: one
+    /// result per message, in the same order. Separate `publish` calls from concurrent tasks
+    /// leave in whatever order the tasks run.
+    public func publishInOrder(_ messages: [(topic: String, payload: [UInt8])], qos: MQTTQoS, retain: Bool = false,
+                               ahead: Bool = false) async -> [Result<Void, any Error>] {
+        guard !messages.isEmpty else { return [] }
+        return await withCheckedContinuation { (cont: CheckedContinuation<[Result<Void, any Error>], Never>) in
+            // Completions come on this actor's loop, one at a time; the lock only makes the
+            // shared tally Sendable.
+            let tally = Mutex<(left: Int, results: [Result<Void, any Error>])>((messages.count, Array(repeating: .success(()), count: messages.count)))
+            @Sendable func done(_ i: Int, _ r: Result<Void, any Error>) {
+                let all = tally.withLock { t -> [Result<Void, any Error>]? in
+                    t.results[i] = r
+                    t.left -= 1
+                    return t.left == 0 ? t.results : nil
+                }
+                if let all { cont.resume(returning: all) }
+            }
+            for (i, m) in messages.enumerated() {
+                do {
+                    let packet = try makePublish(topic: m.topic, payload: m.payload, qos: qos, retain: retain, properties: MQTTProperties())
+                    enqueue(MQTTPublishSession.Waiting(packet: packet, completion: .callback { done(i, $0) }), ahead: ahead)
+                } catch {
+                    done(i, .failure(error))
+                }
+            }
         }
     }
 

@@ -134,6 +134,47 @@ struct FakeBrokerTests {
         await broker.close()
     }
 
+    @Test("publishInOrder: the messages go ahead of the backlog in the order given, and each gets its own result in that order")
+    func publishInOrder() async throws {
+        let broker = try await FakeBroker.start()
+        let config = MQTTConfiguration(host: "127.0.0.1", port: broker.port, clientIdentifier: "fake-client")
+        let c = MQTTClient(configuration: config)
+        let connect = Task { try await c.connect() }
+        let conn = try await broker.nextConnection()
+        var props = MQTTProperties()
+        props.receiveMaximum = 1   // one in flight: the rest wait in the queue, where order is decided
+        try await conn.accept(properties: props)
+        _ = try await connect.value
+        for i in 0..<3 { try await c.enqueue(to: "backlog/\(i)", payload: [UInt8(i)], qos: .atLeastOnce) }
+        guard case .publish(let first) = try await conn.expect() else { Issue.record("expected PUBLISH"); return }
+        let topics = (0..<12).map { "d\($0)/status" } + ["status"]
+        let results = Task { await c.publishInOrder(topics.map { ($0, Array("offline".utf8)) }, qos: .atLeastOnce, retain: true, ahead: true) }
+        // Queued in one step: wait until all of them are (the queue then holds the two backlog
+        // messages left and the thirteen), then let them out one by one.
+        let deadline = ContinuousClock.now + .seconds(10)
+        while await c.session.queue.count < 15 && ContinuousClock.now < deadline { await Task.yield() }
+        conn.send(.puback(AckPacket(packetIdentifier: first.packetIdentifier!)))
+        var seen: [String] = []
+        for _ in 0..<(topics.count + 2) {
+            guard case .publish(let p) = try await conn.expect() else { break }
+            seen.append(p.topic)
+            // The broker refuses one of them: only its own result says so.
+            let code: MQTTReasonCode = p.topic == "d3/status" ? .notAuthorized : .success
+            conn.send(.puback(AckPacket(packetIdentifier: p.packetIdentifier!, reasonCode: code)))
+        }
+        #expect(seen == topics + ["backlog/1", "backlog/2"])
+        let outcome = await results.value
+        #expect(outcome.count == topics.count)
+        for (topic, r) in zip(topics, outcome) {
+            switch r {
+            case .success: #expect(topic != "d3/status", "\(topic)")
+            case .failure: #expect(topic == "d3/status", "\(topic)")
+            }
+        }
+        await c.closeAbruptly()
+        await broker.close()
+    }
+
     @Test("3.1.1: a PUBLISH over the maximum packet size, in pieces, is acknowledged and dropped; the next one is delivered")
     func oversizedOn311() async throws {
         let broker = try await FakeBroker.start()

@@ -10,36 +10,31 @@ enum Farewell {
     /// broker publishes the will: a stop never leaves `online` retained.
     static func leave(_ client: MQTTClient, offline topics: [String], within timeout: Duration, logger: Logger) async {
         let deadline = ContinuousClock.now + timeout
-        let acknowledged = await withTaskGroup(of: Bool?.self) { group -> Bool in
-            for topic in topics {
-                group.addTask {
-                    do {
-                        try await client.publish(to: topic, payload: StatusPayload.offline.bytes, qos: .atLeastOnce, retain: true, ahead: true)
-                        return true
-                    } catch {
-                        return false
-                    }
-                }
+        let acknowledged = await withTaskGroup(of: Outcome.self) { group -> Bool in
+            // In the order given (the devices', then the gateway's own): queued in one step, so
+            // that whoever sees the gateway offline has seen its devices offline before.
+            group.addTask {
+                let results = await client.publishInOrder(topics.map { ($0, StatusPayload.offline.bytes) }, qos: .atLeastOnce,
+                                                          retain: true, ahead: true)
+                return .published(all: results.allSatisfy { if case .success = $0 { true } else { false } })
             }
-            group.addTask {   // the timer; nil when it fires
-                do { try await Task.sleep(until: deadline, clock: .continuous) } catch { return true }
-                return nil
+            group.addTask {
+                do { try await Task.sleep(until: deadline, clock: .continuous) } catch { return .timerCancelled }
+                return .deadline
             }
-            var acked = 0
-            while let result = await group.next() {
-                switch result {
-                case .some(true):
-                    acked += 1
-                    if acked == topics.count {
-                        group.cancelAll()
-                        return true
-                    }
-                case .some(false), .none:
+            while let outcome = await group.next() {
+                switch outcome {
+                case .published(all: true):
+                    group.cancelAll()
+                    return true
+                case .published(all: false), .deadline:
                     // Not acknowledged: no clean DISCONNECT (it would cancel the will). Closing
                     // also ends the publishes still waiting.
                     await client.closeAbruptly()
                     group.cancelAll()
                     return false
+                case .timerCancelled:
+                    continue   // a cancelled stop: the publishes' own outcome decides
                 }
             }
             return false
@@ -49,5 +44,11 @@ enum Farewell {
         } else {
             logger.warning("offline statuses not acknowledged within \(timeout): closed the connection without DISCONNECT, so the broker publishes the will (offline)")
         }
+    }
+
+    private enum Outcome: Sendable {
+        case published(all: Bool)
+        case deadline
+        case timerCancelled
     }
 }
