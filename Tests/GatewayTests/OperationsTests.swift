@@ -209,6 +209,7 @@ struct OperationsTests {
         try await browser.waitForLine(timeout: .seconds(20)) { $0.contains("\"state\": \"offline\"") }
         #expect(!browser.lines.contains { $0.contains("\"reloaded\": true") }, "the page was reloaded: \(browser.lines)")
         browser.send("")
+        _ = try? await browser.waitForExit(timeout: .seconds(20))   // it quits chromedriver first
         await browser.stop()
         await rig.shutdown()
     }

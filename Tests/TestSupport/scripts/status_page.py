@@ -6,7 +6,7 @@ Prints one JSON line whenever what the page shows changes:
 "reloaded" turns true if the page was ever loaded again (the test wants live updates, not reloads).
 Ends after --seconds, or at a line on stdin (or its end). Optional --screenshot PATH once devices show.
 """
-import argparse, json, select, sys, time
+import argparse, json, select, signal, sys, time
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -25,6 +25,9 @@ opts = webdriver.ChromeOptions()
 opts.binary_location = a.chromium
 for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--window-size={a.width},{a.height}"):
     opts.add_argument(arg)
+# SIGTERM ends it through `finally` below, so that chromedriver and Chromium go with it (killed
+# outright, the script left chromedriver running after every test run).
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 driver = webdriver.Chrome(service=Service(a.chromedriver), options=opts)
 try:
     driver.get(a.url)
