@@ -31,38 +31,41 @@ extension ByteBuffer {
         throw .malformedVariableByteInteger
     }
 
+    // `what` names the field in an error; it is built only when one is thrown (an interpolated
+    // name cost an allocation on every packet read).
+
     /// Reads a variable-byte integer inside a packet (missing bytes are a truncation).
-    mutating func readMQTTVariableInt(_ what: String) throws(MQTTPacketError) -> Int {
-        guard let v = try readMQTTVariableIntIfComplete() else { throw .truncated(what) }
+    mutating func readMQTTVariableInt(_ what: @autoclosure () -> String) throws(MQTTPacketError) -> Int {
+        guard let v = try readMQTTVariableIntIfComplete() else { throw .truncated(what()) }
         return v
     }
 
-    mutating func readMQTTByte(_ what: String) throws(MQTTPacketError) -> UInt8 {
-        guard let v: UInt8 = readInteger() else { throw .truncated(what) }
+    mutating func readMQTTByte(_ what: @autoclosure () -> String) throws(MQTTPacketError) -> UInt8 {
+        guard let v: UInt8 = readInteger() else { throw .truncated(what()) }
         return v
     }
 
-    mutating func readMQTTUInt16(_ what: String) throws(MQTTPacketError) -> UInt16 {
-        guard let v: UInt16 = readInteger() else { throw .truncated(what) }
+    mutating func readMQTTUInt16(_ what: @autoclosure () -> String) throws(MQTTPacketError) -> UInt16 {
+        guard let v: UInt16 = readInteger() else { throw .truncated(what()) }
         return v
     }
 
-    mutating func readMQTTUInt32(_ what: String) throws(MQTTPacketError) -> UInt32 {
-        guard let v: UInt32 = readInteger() else { throw .truncated(what) }
+    mutating func readMQTTUInt32(_ what: @autoclosure () -> String) throws(MQTTPacketError) -> UInt32 {
+        guard let v: UInt32 = readInteger() else { throw .truncated(what()) }
         return v
     }
 
     /// A UTF-8 string with a 2-byte length. Rejects invalid UTF-8 (incl. surrogates) and U+0000.
-    mutating func readMQTTString(_ what: String) throws(MQTTPacketError) -> String {
-        let len = Int(try readMQTTUInt16(what))
-        guard let bytes = readBytes(length: len) else { throw .truncated(what) }
-        return try MQTTString.validate(bytes, what)
+    mutating func readMQTTString(_ what: @autoclosure () -> String) throws(MQTTPacketError) -> String {
+        let len = Int(try readMQTTUInt16(what()))
+        guard let bytes = readBytes(length: len) else { throw .truncated(what()) }
+        return try MQTTString.validate(bytes, what())
     }
 
     /// Binary data with a 2-byte length.
-    mutating func readMQTTBinary(_ what: String) throws(MQTTPacketError) -> [UInt8] {
-        let len = Int(try readMQTTUInt16(what))
-        guard let bytes = readBytes(length: len) else { throw .truncated(what) }
+    mutating func readMQTTBinary(_ what: @autoclosure () -> String) throws(MQTTPacketError) -> [UInt8] {
+        let len = Int(try readMQTTUInt16(what()))
+        guard let bytes = readBytes(length: len) else { throw .truncated(what()) }
         return bytes
     }
 
@@ -85,8 +88,8 @@ public enum MQTTLimits {
 
 /// UTF-8 string rules of MQTT (1.5.4): well-formed UTF-8, no U+0000, at most 65,535 bytes.
 public enum MQTTString {
-    static func validate(_ bytes: [UInt8], _ what: String) throws(MQTTPacketError) -> String {
-        guard !bytes.contains(0), let s = decodeUTF8(bytes) else { throw .invalidUTF8(what) }
+    static func validate(_ bytes: [UInt8], _ what: @autoclosure () -> String) throws(MQTTPacketError) -> String {
+        guard !bytes.contains(0), let s = decodeUTF8(bytes) else { throw .invalidUTF8(what()) }
         return s
     }
 

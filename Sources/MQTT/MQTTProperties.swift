@@ -186,6 +186,7 @@ extension MQTTProperties.Fields {
 
     static func read(from buffer: inout ByteBuffer, context: PropertyContext) throws(MQTTPacketError) -> Self {
         let length = try buffer.readMQTTVariableInt("\(context.rawValue) property length")
+        guard length > 0 else { return Self() }   // most packets carry none
         guard var slice = buffer.readSlice(length: length) else { throw .truncated("\(context.rawValue) properties") }
         var p = Self()
         var seen: Set<UInt8> = []
