@@ -10,33 +10,27 @@ enum Farewell {
     /// broker publishes the will: a stop never leaves `online` retained.
     static func leave(_ client: MQTTClient, offline topics: [String], within timeout: Duration, logger: Logger) async {
         let deadline = ContinuousClock.now + timeout
-        let acknowledged = await withTaskGroup(of: Outcome.self) { group -> Bool in
+        // The deadline holds even when the stop itself is cancelled: the sleep is not the
+        // caller's to cancel (only ours, once the outcome is known).
+        let timer = Task.detached { try? await Task.sleep(until: deadline, clock: .continuous) }
+        let acknowledged = await withTaskGroup(of: Bool?.self) { group -> Bool in
             // In the order given (the devices', then the gateway's own): queued in one step, so
             // that whoever sees the gateway offline has seen its devices offline before.
             group.addTask {
                 let results = await client.publishInOrder(topics.map { ($0, StatusPayload.offline.bytes) }, qos: .atLeastOnce,
                                                           retain: true, ahead: true)
-                return .published(all: results.allSatisfy { if case .success = $0 { true } else { false } })
+                return results.allSatisfy { if case .success = $0 { true } else { false } }
             }
-            group.addTask {
-                do { try await Task.sleep(until: deadline, clock: .continuous) } catch { return .timerCancelled }
-                return .deadline
+            group.addTask {   // nil: the deadline came first
+                await timer.value
+                return nil
             }
-            while let outcome = await group.next() {
-                switch outcome {
-                case .published(all: true):
-                    group.cancelAll()
-                    return true
-                case .published(all: false), .deadline:
-                    // Not acknowledged: no clean DISCONNECT (it would cancel the will). Closing
-                    // also ends the publishes still waiting.
-                    await client.closeAbruptly()
-                    group.cancelAll()
-                    return false
-                case .timerCancelled:
-                    continue   // a cancelled stop: the publishes' own outcome decides
-                }
-            }
+            let first = await group.next() ?? nil
+            timer.cancel()
+            if first == true { return true }
+            // Not acknowledged: no clean DISCONNECT (it would cancel the will). Closing also ends
+            // the publishes still waiting.
+            await client.closeAbruptly()
             return false
         }
         if acknowledged {
@@ -44,11 +38,5 @@ enum Farewell {
         } else {
             logger.warning("offline statuses not acknowledged within \(timeout): closed the connection without DISCONNECT, so the broker publishes the will (offline)")
         }
-    }
-
-    private enum Outcome: Sendable {
-        case published(all: Bool)
-        case deadline
-        case timerCancelled
     }
 }
