@@ -56,6 +56,35 @@ struct OutboxInProcessTests {
         try? FileManager.default.removeItem(atPath: dir)
     }
 
+    @Test("flushes that overlap while the file cannot be written: the newest memoryLimit messages are kept, in order")
+    func overlappingFailedFlushes() async throws {
+        let broker = try await Mosquitto.start()
+        let dir = try TestEnvironment.makeTemporaryDirectory("gw-outbox-overlap")
+        let client = MQTTClient(configuration: MQTTConfiguration(host: "127.0.0.1", port: broker.port, clientIdentifier: "outbox-overlap"))
+        var settings = Outbox.Settings(path: dir + "/missing/outbox", maxBytes: 1 << 20, sync: .milliseconds(1))
+        settings.memoryLimit = 20
+        let outbox = Outbox(settings: settings, client: client, telemetry: nil, logger: Logger(label: "test"))
+        await outbox.start()
+        // A flush after every message, none awaited: they overlap as the timer's, the drain's and
+        // the stop's can.
+        var flushes: [Task<Bool, Never>] = []
+        for i in 1...200 {
+            await outbox.publish(to: "ov/t", payload: Array("\(i)".utf8), retain: false, compactable: false, ts: Int64(i))
+            flushes.append(Task { await outbox.flush() })
+        }
+        for f in flushes { _ = await f.value }
+        let observer = try await MQTTObserver(port: broker.port, filters: ["ov/#"])
+        try await client.connect()
+        outbox.connected()
+        try await observer.waitUntil("the 20 kept messages") { observer.payloads("ov/t").count >= 20 }
+        #expect(observer.payloads("ov/t") == (181...200).map { "\($0)" })
+        await observer.client.disconnect()
+        await outbox.close()
+        await client.disconnect()
+        await broker.shutdown()
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
     @Test("the file cannot be written (its directory is gone) during an outage: at most memoryLimit messages wait in memory, the newest, and they go out in order once the broker is back")
     func memoryBoundWhileUnwritable() async throws {
         let broker = try await Mosquitto.start()

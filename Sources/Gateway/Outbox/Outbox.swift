@@ -67,6 +67,9 @@ final class Outbox: Sendable {
         /// Per topic, messages in memory or the file not yet acknowledged by the broker.
         var pending: [String: Int] = [:]
         var flushScheduled = false
+        /// A flush runs; the others wait here, in order (``flush(toDisk:)``).
+        var flushing = false
+        var flushWaiters: [CheckedContinuation<Void, Never>] = []
         var draining = false
         /// The drain starts again from the first record (some were written ahead of it).
         var rewind = false
@@ -213,9 +216,37 @@ final class Outbox: Sendable {
     }
 
     /// Writes what waits in memory (one transaction), makes room if over the bound. False when
-    /// the write failed (the messages still wait, in memory).
+    /// the write failed (the messages still wait, in memory). One flush at a time (the timer's,
+    /// the drain's, the stop's): a failed one puts its messages back ahead of what waits, which
+    /// is right only if no other flush took newer ones meanwhile (two that overlapped put the
+    /// newer ones first, and thinning then dropped them as the oldest).
     @discardableResult
     func flush(toDisk: Bool = false) async -> Bool {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { s -> Bool in
+                guard s.flushing else {
+                    s.flushing = true
+                    return true
+                }
+                s.flushWaiters.append(c)
+                return false
+            }
+            if now { c.resume() }
+        }
+        defer {
+            let next = state.withLock { s -> CheckedContinuation<Void, Never>? in
+                guard !s.flushWaiters.isEmpty else {
+                    s.flushing = false
+                    return nil
+                }
+                return s.flushWaiters.removeFirst()
+            }
+            next?.resume()
+        }
+        return await flushAlone(toDisk: toDisk)
+    }
+
+    private func flushAlone(toDisk: Bool) async -> Bool {
         let (returned, records, direct) = state.withLock { s -> ([OutboxRecord], [OutboxRecord], Bool) in
             s.flushScheduled = false
             defer { s.returned = []; s.buffer = [] }
