@@ -1,3 +1,5 @@
+import MQTT
+
 /// A small, strict JSON reader for command payloads (RFC 8259; no Foundation on the run path).
 ///
 /// Bounded: at most `maxDepth` nested containers; the caller bounds the input size. Numbers keep
@@ -170,7 +172,7 @@ private struct Parser {
             }
         }
         // Invalid UTF-8 is refused, not repaired.
-        guard let s = String(validating: out, as: UTF8.self) else { throw fail("string is not valid UTF-8") }
+        guard let s = MQTTString.decodeUTF8(out) else { throw fail("string is not valid UTF-8") }
         return s
     }
 
