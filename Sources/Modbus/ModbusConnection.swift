@@ -99,6 +99,40 @@ final class ModbusConnection {
         }
     }
 
+    // MARK: A request sent by the caller's thread
+
+    /// The socket of a `tcp` connection that is open, else -1. The bus publishes it while its
+    /// thread waits for work, so that a command's request can be sent at once from the thread
+    /// that has it (``ModbusBus``); this connection then only reads the answer (``confirm``).
+    var idleSocket: Int32 {
+        guard stream == nil, connected, let ctx, case .tcp = configuration.transport else { return -1 }
+        return modbus_get_socket(ctx)
+    }
+
+    /// Reads and checks the answer to `op`, whose request (`transaction`) another thread sent on
+    /// ``idleSocket`` while this connection was idle; `sentWhole` false: only part of it went out.
+    /// Errors close the connection as after any transaction (``recover(after:)``): a late or
+    /// unread answer must never be taken for the next request's.
+    func confirm(unit: Int, _ op: ModbusOperation, transaction: UInt16, sentWhole: Bool) throws(ModbusError) -> ModbusAnswer {
+        transactions += 1
+        do throws(ModbusError) {
+            guard let ctx, connected else {
+                throw .connectionLost(function: op.name, errno: ENOTCONN, detail: "the connection closed before the answer was read")
+            }
+            guard sentWhole else {
+                throw .connectionLost(function: op.name, errno: EPIPE, detail: "the request went out only in part")
+            }
+            var answer = [UInt8](repeating: 0, count: 260)   // MODBUS_TCP_MAX_ADU_LENGTH
+            let n = modbus_receive_confirmation(ctx, &answer)
+            if n == -1 { throw ModbusError.fromErrno(cmodbus_errno(), function: op.name) }
+            return try op.decode(try MBAP.open(answer[..<Int(n)], transaction: transaction, function: op.name))
+        } catch {
+            failures += 1
+            recover(after: error)
+            throw error
+        }
+    }
+
     deinit { close() }
 
     func close() {

@@ -1,0 +1,47 @@
+/// Modbus TCP framing (MBAP): a 7-byte header (transaction id, protocol id 0, the length of what
+/// follows, unit id), then the PDU. Used where the bus frames a request itself: a request sent at
+/// once from the caller's thread (``ModbusBus``), whose answer libmodbus receives.
+enum MBAP {
+    static let headerLength = 7
+
+    /// The whole request frame.
+    static func seal(transaction: UInt16, unit: Int, pdu: [UInt8]) -> [UInt8] {
+        var frame = [UInt8](repeating: 0, count: headerLength + pdu.count)
+        frame[0] = UInt8(transaction >> 8)
+        frame[1] = UInt8(transaction & 0xFF)
+        frame[4] = UInt8((pdu.count + 1) >> 8)
+        frame[5] = UInt8((pdu.count + 1) & 0xFF)
+        frame[6] = UInt8(truncatingIfNeeded: unit)
+        for (i, b) in pdu.enumerated() { frame[headerLength + i] = b }
+        return frame
+    }
+
+    /// Puts `transaction` into a sealed frame.
+    static func stamp(_ frame: inout [UInt8], transaction: UInt16) {
+        frame[0] = UInt8(transaction >> 8)
+        frame[1] = UInt8(transaction & 0xFF)
+    }
+
+    /// The PDU of `answer`, once its header answers `transaction`: the same transaction id,
+    /// protocol id 0, and a length that covers exactly the bytes received. The unit id is not
+    /// checked, as libmodbus does not on TCP (some gateways answer with their own); the
+    /// transaction id is what ties an answer to its request.
+    static func open(_ answer: ArraySlice<UInt8>, transaction: UInt16, function: String) throws(ModbusError) -> [UInt8] {
+        let a = Array(answer)
+        guard a.count > headerLength else {
+            throw .badResponse(function: function, detail: "an answer of \(a.count) bytes")
+        }
+        let tid = UInt16(a[0]) << 8 | UInt16(a[1])
+        guard tid == transaction else {
+            throw .badResponse(function: function, detail: "answer to transaction \(tid), not \(transaction)")
+        }
+        guard a[2] == 0, a[3] == 0 else {
+            throw .badResponse(function: function, detail: "protocol id \(UInt16(a[2]) << 8 | UInt16(a[3])), not 0")
+        }
+        let length = Int(a[4]) << 8 | Int(a[5])
+        guard length == a.count - 6 else {
+            throw .badResponse(function: function, detail: "its header announces \(length - 1) bytes, \(a.count - headerLength) came")
+        }
+        return Array(a[headerLength...])
+    }
+}
