@@ -194,8 +194,9 @@ public final class ModbusBus: Sendable {
     /// the deadline has not passed, the calling thread sends the request itself, at once, and the
     /// bus thread only reads the answer (`early.confirm`), first of its jobs. A command then
     /// reaches the device without waiting for the bus thread to wake (about 0.1 ms on the machine
-    /// of README "Footprint"). The send never blocks (`MSG_DONTWAIT`); when nothing went out, the
-    /// request is queued as usual and the bus thread sends it (and meets any error itself).
+    /// of README "Footprint"). The send never blocks (`MSG_DONTWAIT`); when nothing went out, or
+    /// the device has closed the idle connection, the request is queued as usual and the bus
+    /// thread sends it (reconnecting first, or meeting any error itself).
     func submit<T: Sendable>(priority: RequestPriority, deadline: ContinuousClock.Instant?, early: EarlySend<T>? = nil,
                              _ body: @escaping @Sendable (ModbusConnection) throws(ModbusError) -> T) async throws -> T {
         // The request's queue id once queued, and whether its task was cancelled: a task
@@ -211,7 +212,8 @@ public final class ModbusBus: Sendable {
                     if ticket.state.withLock({ $0.cancelled }) { return nil }
                     let id = q.nextID
                     q.nextID += 1
-                    if var early, q.idleSocket >= 0, q.jobs.isEmpty, deadline.map({ ContinuousClock.now <= $0 }) ?? true {
+                    if var early, q.idleSocket >= 0, q.jobs.isEmpty, deadline.map({ ContinuousClock.now <= $0 }) ?? true,
+                       !ModbusConnection.isSpent(q.idleSocket) {
                         let transaction = q.nextTransaction
                         MBAP.stamp(&early.frame, transaction: transaction)
                         let sent = early.frame.withUnsafeBytes {

@@ -109,6 +109,16 @@ final class ModbusConnection {
         return modbus_get_socket(ctx)
     }
 
+    /// True when an idle TCP connection cannot carry the next request: the device closed it
+    /// (many close a connection left idle for a while), reset it, or sent bytes nobody asked for
+    /// (they would be read as the next answer). One non-blocking peek, nothing consumed.
+    static func isSpent(_ socket: Int32) -> Bool {
+        var byte: UInt8 = 0
+        let n = recv(socket, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
+        if n >= 0 { return true }
+        return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR
+    }
+
     /// Reads and checks the answer to `op`, whose request (`transaction`) another thread sent on
     /// ``idleSocket`` while this connection was idle; `sentWhole` false: only part of it went out.
     /// Errors close the connection as after any transaction (``recover(after:)``): a late or
@@ -189,7 +199,13 @@ final class ModbusConnection {
     }
 
     private func ensureConnected() throws(ModbusError) -> OpaquePointer {
-        if let ctx, connected { return ctx }
+        if let ctx, connected {
+            // A request sent on a connection the device has closed fails although the device is
+            // there (a write then reads as "outcome unknown"): open a new one first.
+            guard case .tcp = configuration.transport, Self.isSpent(modbus_get_socket(ctx)) else { return ctx }
+            logger.debug("the device closed the idle connection (or sent what was not asked): reconnecting")
+            close()
+        }
         if ctx == nil { ctx = try makeContext() }
         guard let ctx else { throw .closed }
         try checkDescriptorsBelowSelectLimit()

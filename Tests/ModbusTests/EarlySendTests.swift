@@ -117,6 +117,26 @@ struct EarlySendTests {
         #expect(peer.requests.count == 10)
     }
 
+    @Test("a device that closes an idle connection: the next write and the next poll go on a new connection and succeed")
+    func deviceClosesIdleConnection() async throws {
+        let peer = try ScriptedModbusPeer(closeAfter: [1, 3]) { request, _ in ScriptedModbusPeer.answer(to: request) }
+        defer { peer.close() }
+        let bus = tcpBus(peer.port)
+        defer { bus.close() }
+        #expect(try await bus.readHoldingRegisters(unit: 1, address: 0, count: 1) == [0])
+        try await peer.waitForCloses(1)
+        // Sent on the closed connection, this write would fail as "outcome unknown".
+        try await bus.writeRegister(unit: 1, address: 9, value: 1)
+        #expect(peer.connections == 2)
+        try await bus.writeRegister(unit: 1, address: 9, value: 2)
+        #expect(bus.statistics.sentAtOnce == 1, "the write on the open connection goes out at once")
+        try await peer.waitForCloses(2)
+        #expect(try await bus.readHoldingRegisters(unit: 1, address: 0, count: 1) == [0])
+        #expect(peer.connections == 3)
+        #expect(bus.statistics.errors == 0)
+        #expect(peer.requests.count == 4)
+    }
+
     @Test("a request on the wire is answered even when its task is cancelled or the bus closes: its answer is read, never left for the next")
     func inFlightSurvivesCancelAndClose() async throws {
         let gate = ConditionLock(0)
@@ -153,13 +173,17 @@ struct EarlySendTests {
 /// a thread of its own; blocking I/O never runs on Swift's cooperative pool.
 final class ScriptedModbusPeer: Sendable {
     let port: Int
-    private let state = Locked<(connections: Int, requests: [[UInt8]], stopped: Bool)>((0, [], false))
+    private let state = Locked<(connections: Int, closes: Int, requests: [[UInt8]], stopped: Bool)>((0, 0, [], false))
     private let done = ConditionLock(false)
 
     var connections: Int { state.withLock { $0.connections } }
+    /// Connections this device closed by itself (`closeAfter`).
+    var closes: Int { state.withLock { $0.closes } }
     var requests: [[UInt8]] { state.withLock { $0.requests } }
 
-    init(answer: @escaping @Sendable (_ request: [UInt8], _ index: Int) -> [UInt8]?) throws {
+    /// `closeAfter`: the requests after whose answer the device closes the connection (as a PLC
+    /// does with a connection left idle).
+    init(closeAfter: Set<Int> = [], answer: @escaping @Sendable (_ request: [UInt8], _ index: Int) -> [UInt8]?) throws {
         let listening = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
@@ -200,6 +224,13 @@ final class ScriptedModbusPeer: Sendable {
                     if let reply = answer(request, index) {
                         _ = reply.withUnsafeBytes { send(conn, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
                     }
+                    if closeAfter.contains(index) {
+                        Glibc.close(conn)
+                        conn = -1
+                        buffer = []
+                        state.withLock { $0.closes += 1 }
+                        break
+                    }
                 }
             }
             if conn >= 0 { Glibc.close(conn) }
@@ -218,6 +249,15 @@ final class ScriptedModbusPeer: Sendable {
         let end = ContinuousClock.now + timeout
         while requests.count < count {
             guard ContinuousClock.now < end else { throw FixtureError("\(requests.count) of \(count) requests came") }
+            await Task.yield()
+        }
+    }
+
+    /// Waits (bounded) until the device has closed `count` connections by itself.
+    func waitForCloses(_ count: Int, timeout: Duration = .seconds(10)) async throws {
+        let end = ContinuousClock.now + timeout
+        while closes < count {
+            guard ContinuousClock.now < end else { throw FixtureError("\(closes) of \(count) closes") }
             await Task.yield()
         }
     }
