@@ -13,11 +13,6 @@ import Glibc
 /// `gateway simulate` and pymodbus, and a scripted device for the answers no real one gives.
 @Suite("Modbus TCP: a request sent at once, its answer read by the bus thread", .timeLimit(.minutes(2)))
 struct EarlySendTests {
-    func tcpBus(_ port: Int, timeoutMs: Int = 1000) -> ModbusBus {
-        ModbusBus(configuration: BusConfiguration(name: "test", transport: .tcp(host: "127.0.0.1", port: port),
-                                                  responseTimeout: .milliseconds(timeoutMs)))
-    }
-
     @Test("writes and read-backs at high priority on an open idle bus go out at once; polls and the first connect do not")
     func sentAtOnce() async throws {
         let sim = try await GatewaySimulator.start(["--set", "holding:7=70"])

@@ -8,12 +8,14 @@ import TestSupport
 import Glibc
 #endif
 
+/// A Modbus TCP bus to a loopback peer (the tests of this module).
+func tcpBus(_ port: Int, timeoutMs: Int = 1000) -> ModbusBus {
+    ModbusBus(configuration: BusConfiguration(name: "test", transport: .tcp(host: "127.0.0.1", port: port),
+                                              responseTimeout: .milliseconds(timeoutMs)))
+}
+
 @Suite("Modbus bus against real peers", .timeLimit(.minutes(2)))
 struct ModbusBusTests {
-    func tcpBus(_ port: Int, timeoutMs: Int = 1000) -> ModbusBus {
-        ModbusBus(configuration: BusConfiguration(name: "test", transport: .tcp(host: "127.0.0.1", port: port),
-                                                  responseTimeout: .milliseconds(timeoutMs)))
-    }
 
     @Test("every type and order written with FC16 and read back from gateway simulate")
     func typesAgainstSimulator() async throws {
