@@ -13,6 +13,7 @@ import Glibc
 ///   comes late can never be read as the next request's (the next request reconnects).
 /// - A garbled answer (bad CRC, another unit, a wrong length): the stream is drained until the
 ///   line has been quiet for the byte timeout, and the connection kept.
+/// - A connection the server closed while idle is replaced before the next request.
 public final class RTUOverTCPLink {
     let host: String
     let port: Int
@@ -40,6 +41,9 @@ public final class RTUOverTCPLink {
     public func exchange(unit: Int, pdu: [UInt8], name: String) throws(ModbusError) -> [UInt8] {
         if fd < 0 { try connect() }
         drainQuietly(for: .zero)  // anything unasked-for left on the stream
+        // The device server closed the idle connection (many do after a while): a new one, so
+        // that the request is not sent on a closed descriptor and failed as "outcome unknown".
+        if fd < 0 { try connect() }
         let frame = RTUFrame.seal(unit: unit, pdu: pdu)
         try send(frame, name: name)
         var answer: [UInt8] = []

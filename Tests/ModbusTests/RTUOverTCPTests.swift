@@ -96,6 +96,21 @@ struct RTUOverTCPTests {
         _ = await server.stop()
     }
 
+    @Test("a device server that closes the idle connection: the next request goes on a new connection and succeeds")
+    func serverClosesIdleConnection() async throws {
+        let peer = try ScriptedModbusPeer(rtu: true, closeAfter: [1]) { request, _ in ScriptedModbusPeer.rtuAnswer(to: request) }
+        defer { peer.close() }
+        let b = bus(peer.port)
+        defer { b.close() }
+        #expect(try await b.readHoldingRegisters(unit: 1, address: 0, count: 2) == [0, 0])
+        try await peer.waitForCloses(1)
+        // Sent on the closed connection, this write would fail as "outcome unknown".
+        try await b.writeRegister(unit: 1, address: 9, value: 1)
+        #expect(peer.connections == 2)
+        #expect(peer.requests.count == 2)
+        #expect(b.statistics.errors == 0)
+    }
+
     @Test("request PDUs and answer checks, in-process")
     func pduCodec() throws {
         let write = ModbusOperation.writeBits(address: 0x13, values: [true, false, true, true, false, false, true, true, true, false])
