@@ -55,10 +55,10 @@ struct EarlySendTests {
 
     @Test("answers that do not fit (another transaction, a wrong echo, a short header) fail as outcome unknown; the next request gets its own answer")
     func answersThatDoNotFit() async throws {
-        // Requests 1, 3, 5, 7 and 10 are polls (the bus thread sends them, and reconnects first
+        // Requests 1, 3, 5, 7, 10 and 12 are polls (the bus thread sends them, and reconnects first
         // after a bad answer closed the connection); the others are writes sent at once.
         // 2: the answer of another transaction. 4: a wrong echo. 6: a header announcing more
-        // bytes than came. 8: an exception. 9: nothing (a timeout).
+        // bytes than came. 8: an exception. 9: nothing (a timeout). 11: protocol id 1.
         let peer = try ScriptedModbusPeer { request, index in
             switch index {
             case 2: return ScriptedModbusPeer.answer(to: request, transaction: 0x7777)
@@ -69,6 +69,10 @@ struct EarlySendTests {
                 return a
             case 8: return ScriptedModbusPeer.answer(to: request, pdu: [0x86, 2])
             case 9: return nil
+            case 11:
+                var a = ScriptedModbusPeer.answer(to: request)
+                a[3] = 1
+                return a
             default: return ScriptedModbusPeer.answer(to: request)
             }
         }
@@ -105,11 +109,13 @@ struct EarlySendTests {
             try await bus.writeRegister(unit: 1, address: 9, value: 5)
         }
         try await poll()
-        #expect(bus.statistics.sentAtOnce == 5)
-        #expect(bus.statistics.errors == 5)
+        await expectUnknown(6, detail: "protocol id 1, not 0")
+        try await poll()
+        #expect(bus.statistics.sentAtOnce == 6)
+        #expect(bus.statistics.errors == 6)
         // Each bad answer and the timeout closed the connection; the exception kept it.
-        #expect(peer.connections == 5)
-        #expect(peer.requests.count == 10)
+        #expect(peer.connections == 6)
+        #expect(peer.requests.count == 12)
     }
 
     @Test("a device that closes an idle connection: the next write and the next poll go on a new connection and succeed")
@@ -130,6 +136,23 @@ struct EarlySendTests {
         #expect(peer.connections == 3)
         #expect(bus.statistics.errors == 0)
         #expect(peer.requests.count == 4)
+    }
+
+    @Test("bytes nobody asked for on an idle connection (an answer sent twice): the next request goes on a new connection, never reads them as its answer")
+    func unaskedBytesOnIdleConnection() async throws {
+        let peer = try ScriptedModbusPeer { request, index in
+            let a = ScriptedModbusPeer.answer(to: request, registers: [UInt16(index)])
+            return index == 1 ? a + a : a
+        }
+        defer { peer.close() }
+        let bus = tcpBus(peer.port)
+        defer { bus.close() }
+        #expect(try await bus.readHoldingRegisters(unit: 1, address: 0, count: 1) == [1])
+        // Read as this request's answer, the copy would fail the write (another transaction).
+        try await bus.writeRegister(unit: 1, address: 9, value: 1)
+        #expect(try await bus.readHoldingRegisters(unit: 1, address: 0, count: 1) == [3])
+        #expect(peer.connections == 2)
+        #expect(bus.statistics.errors == 0)
     }
 
     @Test("a request on the wire is answered even when its task is cancelled or the bus closes: its answer is read, never left for the next")

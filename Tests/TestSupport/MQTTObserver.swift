@@ -15,9 +15,12 @@ public final class MQTTObserver: Sendable {
     private let arrivals = Signal()
 
     /// Connects to the broker on `port` (loopback) and subscribes to `filters` at QoS 1.
-    /// `reconnect`: the client comes back by itself when the broker restarts.
-    public init(port: Int, filters: [String], reconnect: Bool = false, name: String = "observer") async throws {
+    /// `reconnect`: the client comes back by itself when the broker restarts. `receiveMaximum`:
+    /// how many QoS 1 messages the broker may have in flight to it (beyond that it queues them).
+    public init(port: Int, filters: [String], reconnect: Bool = false, name: String = "observer",
+                receiveMaximum: UInt16? = nil) async throws {
         var c = MQTTConfiguration(host: "127.0.0.1", port: port, clientIdentifier: "\(name)-\(UUID().uuidString.prefix(6))")
+        if let receiveMaximum { c.receiveMaximum = receiveMaximum }
         c.reconnect = reconnect ? MQTTReconnectPolicy(initialDelay: .milliseconds(50), maximumDelay: .milliseconds(300)) : nil
         client = MQTTClient(configuration: c)
         try await client.connect()
