@@ -262,7 +262,7 @@ public final class ModbusBus: Sendable {
         // libmodbus takes units 0...247 and 255 on TCP; others are refused by the bus thread.
         if priority == .high, case .tcp = configuration.transport, (0...247).contains(unit) || unit == 255 {
             early = EarlySend(frame: MBAP.seal(transaction: 0, unit: unit, pdu: op.requestPDU)) { (conn, transaction, whole) throws(ModbusError) in
-                try conn.confirm(unit: unit, op, transaction: transaction, sentWhole: whole)
+                try conn.confirm(op, transaction: transaction, sentWhole: whole)
             }
         }
         return try await submit(priority: priority, deadline: deadline, early: early) { (conn) throws(ModbusError) in

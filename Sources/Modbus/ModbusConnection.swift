@@ -123,7 +123,7 @@ final class ModbusConnection {
     /// ``idleSocket`` while this connection was idle; `sentWhole` false: only part of it went out.
     /// Errors close the connection as after any transaction (``recover(after:)``): a late or
     /// unread answer must never be taken for the next request's.
-    func confirm(unit: Int, _ op: ModbusOperation, transaction: UInt16, sentWhole: Bool) throws(ModbusError) -> ModbusAnswer {
+    func confirm(_ op: ModbusOperation, transaction: UInt16, sentWhole: Bool) throws(ModbusError) -> ModbusAnswer {
         transactions += 1
         do throws(ModbusError) {
             guard let ctx, connected else {
