@@ -19,7 +19,6 @@ struct Run: AsyncParsableCommand {
         // has threads of its own). NIO's default, one per core, costs a thread and about 200 KiB
         // of task storage per extra loop (measured with heaptrack): 4 loops on a Pi 4.
         NIOSingletons.groupLoopCountSuggestion = 1
-        Heap.limitArenas()
         HangupSignal.ignoreAtStart()
         var loaded: GatewayConfiguration
         do {

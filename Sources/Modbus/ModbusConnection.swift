@@ -29,8 +29,10 @@ final class ModbusConnection {
         }
     }
 
-    /// Runs one operation on `unit`: through libmodbus, or our own RTU framing on `rtu-tcp`.
+    /// Runs one operation on `unit`: our own frame on libmodbus's connection on `tcp`
+    /// (``exchangeTCP(unit:_:)``), libmodbus on RTU, our own RTU framing on `rtu-tcp`.
     func perform(unit: Int, _ op: ModbusOperation) throws(ModbusError) -> ModbusAnswer {
+        if case .tcp = configuration.transport { return try exchangeTCP(unit: unit, op) }
         if let stream {
             guard (0...247).contains(unit) else { throw .invalidArgument("unit id \(unit) is not valid on \(configuration.transport)") }
             transactions += 1
@@ -141,6 +143,36 @@ final class ModbusConnection {
             recover(after: error)
             throw error
         }
+    }
+
+    /// The transaction id of the next request this thread sends on `tcp`.
+    private var nextTransaction: UInt16 = 0x8000
+
+    /// Modbus TCP: the request framed here (`MBAP`) and sent on libmodbus's connection, the answer
+    /// read by libmodbus and checked by ``confirm`` - the same path and checks as a request sent at
+    /// once by another thread, so an answer is judged alike whichever thread sent its request
+    /// (libmodbus 3.1.6 itself does not check the echo of a single write).
+    private func exchangeTCP(unit: Int, _ op: ModbusOperation) throws(ModbusError) -> ModbusAnswer {
+        guard (0...247).contains(unit) || unit == 255 else {
+            throw .invalidArgument("unit id \(unit) is not valid on \(configuration.transport)")
+        }
+        let socket = modbus_get_socket(try ensureConnected())
+        let transaction = nextTransaction
+        nextTransaction &+= 1
+        let frame = MBAP.seal(transaction: transaction, unit: unit, pdu: op.requestPDU)
+        var sent = 0
+        while sent < frame.count {
+            let n = frame[sent...].withUnsafeBytes { Glibc.send(socket, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n > 0 { sent += n; continue }
+            if n < 0 && errno == EINTR { continue }
+            let e = n < 0 ? errno : EPIPE
+            transactions += 1
+            failures += 1
+            let error = ModbusError.connectionLost(function: op.name, errno: e, detail: String(cString: strerror(e)))
+            recover(after: error)
+            throw error
+        }
+        return try confirm(op, transaction: transaction, sentWhole: true)
     }
 
     deinit { close() }

@@ -77,7 +77,7 @@ struct EarlySendTests {
             }
         }
         defer { peer.close() }
-        let bus = tcpBus(peer.port, timeoutMs: 300)
+        let bus = tcpBus(peer.port, timeoutMs: 1000)
         defer { bus.close() }
         func poll() async throws {
             #expect(try await bus.readHoldingRegisters(unit: 1, address: 0, count: 1) == [0])
@@ -116,6 +116,28 @@ struct EarlySendTests {
         // Each bad answer and the timeout closed the connection; the exception kept it.
         #expect(peer.connections == 6)
         #expect(peer.requests.count == 12)
+    }
+
+    @Test("requests the bus thread sends on TCP are checked alike: a wrong echo to its write is a bad response, as on the early path")
+    func busThreadChecksAlike() async throws {
+        let peer = try ScriptedModbusPeer { request, index in
+            index == 2 ? ScriptedModbusPeer.answer(to: request, pdu: [6, 0, 9, 0, 99]) : ScriptedModbusPeer.answer(to: request)
+        }
+        defer { peer.close() }
+        let bus = tcpBus(peer.port)
+        defer { bus.close() }
+        #expect(try await bus.readHoldingRegisters(unit: 1, address: 0, count: 1) == [0])
+        do {
+            // Normal priority: queued for the bus thread, which sends it.
+            try await bus.writeRegister(unit: 1, address: 9, value: 1, priority: .normal)
+            Issue.record("a wrong echo was taken for a done write")
+        } catch let e as ModbusError {
+            #expect(e.isOutcomeUnknown, "\(e)")
+            #expect("\(e)".contains("the echo differs"), "\(e)")
+        }
+        #expect(bus.statistics.sentAtOnce == 0)
+        #expect(try await bus.readHoldingRegisters(unit: 1, address: 0, count: 1) == [0])
+        #expect(peer.connections == 2, "a bad answer closes the connection")
     }
 
     @Test("a device that closes an idle connection: the next write and the next poll go on a new connection and succeed")
@@ -165,7 +187,9 @@ struct EarlySendTests {
             return ScriptedModbusPeer.answer(to: request, registers: [UInt16(index)])
         }
         defer { peer.close() }
-        let bus = tcpBus(peer.port)
+        // Held answers must not time out however slowly this test runs (a full run on a loaded
+        // machine took seconds between the send and the release).
+        let bus = tcpBus(peer.port, timeoutMs: 30_000)
         #expect(try await bus.readHoldingRegisters(unit: 1, address: 0, count: 1) == [1])
         let write = Task { try await bus.writeRegister(unit: 1, address: 9, value: 1) }
         try await peer.waitForRequests(2)

@@ -14,6 +14,8 @@ final class ScriptedModbusPeer: Sendable {
     let port: Int
     private let state = Locked<(connections: Int, closes: Int, requests: [[UInt8]], stopped: Bool)>((0, 0, [], false))
     private let done = ConditionLock(false)
+    /// Pushed at every request and every close, for the waits below.
+    private let changed = Signal()
 
     var connections: Int { state.withLock { $0.connections } }
     /// Connections this device closed by itself (`closeAfter`).
@@ -32,7 +34,7 @@ final class ScriptedModbusPeer: Sendable {
         var len = socklen_t(MemoryLayout<sockaddr_in>.size)
         _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listening, $0, &len) } }
         port = Int(UInt16(bigEndian: addr.sin_port))
-        let state = self.state, done = self.done
+        let state = self.state, done = self.done, changed = self.changed
         startThread(name: "scripted-peer") {
             var conn: Int32 = -1
             var buffer: [UInt8] = []
@@ -59,6 +61,7 @@ final class ScriptedModbusPeer: Sendable {
                     let request = Array(buffer[0..<whole])
                     buffer.removeFirst(whole)
                     let index = state.withLock { s -> Int in s.requests.append(request); return s.requests.count }
+                    changed.push()
                     if let reply = answer(request, index) {
                         _ = reply.withUnsafeBytes { send(conn, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
                     }
@@ -67,6 +70,7 @@ final class ScriptedModbusPeer: Sendable {
                         conn = -1
                         buffer = []
                         state.withLock { $0.closes += 1 }
+                        changed.push()
                         break
                     }
                 }
@@ -84,19 +88,22 @@ final class ScriptedModbusPeer: Sendable {
 
     /// Waits (bounded) until `count` requests have come.
     func waitForRequests(_ count: Int, timeout: Duration = .seconds(10)) async throws {
-        let end = ContinuousClock.now + timeout
-        while requests.count < count {
-            guard ContinuousClock.now < end else { throw FixtureError("\(requests.count) of \(count) requests came") }
-            await Task.yield()
-        }
+        try await waitUntil(timeout, "\(count) requests") { $0.requests.count >= count }
     }
 
     /// Waits (bounded) until the device has closed `count` connections by itself.
     func waitForCloses(_ count: Int, timeout: Duration = .seconds(10)) async throws {
+        try await waitUntil(timeout, "\(count) closes") { $0.closes >= count }
+    }
+
+    private func waitUntil(_ timeout: Duration, _ what: String,
+                           _ condition: ((connections: Int, closes: Int, requests: [[UInt8]], stopped: Bool)) -> Bool) async throws {
         let end = ContinuousClock.now + timeout
-        while closes < count {
-            guard ContinuousClock.now < end else { throw FixtureError("\(closes) of \(count) closes") }
-            await Task.yield()
+        while true {
+            let generation = changed.generation
+            if state.withLock({ condition($0) }) { return }
+            guard ContinuousClock.now < end else { throw FixtureError("no \(what) within \(timeout)") }
+            await changed.wait(after: generation, until: end)
         }
     }
 
