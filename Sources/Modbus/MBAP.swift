@@ -6,13 +6,16 @@ enum MBAP {
 
     /// The whole request frame.
     static func seal(transaction: UInt16, unit: Int, pdu: [UInt8]) -> [UInt8] {
-        var frame = [UInt8](repeating: 0, count: headerLength + pdu.count)
-        frame[0] = UInt8(transaction >> 8)
-        frame[1] = UInt8(transaction & 0xFF)
-        frame[4] = UInt8((pdu.count + 1) >> 8)
-        frame[5] = UInt8((pdu.count + 1) & 0xFF)
-        frame[6] = UInt8(truncatingIfNeeded: unit)
-        for (i, b) in pdu.enumerated() { frame[headerLength + i] = b }
+        var frame: [UInt8] = []
+        frame.reserveCapacity(headerLength + pdu.count)
+        frame.append(UInt8(transaction >> 8))
+        frame.append(UInt8(transaction & 0xFF))
+        frame.append(0)
+        frame.append(0)
+        frame.append(UInt8((pdu.count + 1) >> 8))
+        frame.append(UInt8((pdu.count + 1) & 0xFF))
+        frame.append(UInt8(truncatingIfNeeded: unit))
+        frame.append(contentsOf: pdu)
         return frame
     }
 
@@ -26,22 +29,22 @@ enum MBAP {
     /// protocol id 0, and a length that covers exactly the bytes received. The unit id is not
     /// checked, as libmodbus does not on TCP (some gateways answer with their own); the
     /// transaction id is what ties an answer to its request.
-    static func open(_ answer: ArraySlice<UInt8>, transaction: UInt16, function: String) throws(ModbusError) -> [UInt8] {
-        let a = Array(answer)
+    static func open(_ a: ArraySlice<UInt8>, transaction: UInt16, function: String) throws(ModbusError) -> [UInt8] {
         guard a.count > headerLength else {
             throw .badResponse(function: function, detail: "an answer of \(a.count) bytes")
         }
-        let tid = UInt16(a[0]) << 8 | UInt16(a[1])
+        let s = a.startIndex
+        let tid = UInt16(a[s]) << 8 | UInt16(a[s + 1])
         guard tid == transaction else {
             throw .badResponse(function: function, detail: "answer to transaction \(tid), not \(transaction)")
         }
-        guard a[2] == 0, a[3] == 0 else {
-            throw .badResponse(function: function, detail: "protocol id \(UInt16(a[2]) << 8 | UInt16(a[3])), not 0")
+        guard a[s + 2] == 0, a[s + 3] == 0 else {
+            throw .badResponse(function: function, detail: "protocol id \(UInt16(a[s + 2]) << 8 | UInt16(a[s + 3])), not 0")
         }
-        let length = Int(a[4]) << 8 | Int(a[5])
+        let length = Int(a[s + 4]) << 8 | Int(a[s + 5])
         guard length == a.count - 6 else {
             throw .badResponse(function: function, detail: "its header announces \(length - 1) bytes, \(a.count - headerLength) came")
         }
-        return Array(a[headerLength...])
+        return Array(a[(s + headerLength)...])
     }
 }

@@ -134,7 +134,6 @@ final class ModbusConnection {
             guard sentWhole else {
                 throw .connectionLost(function: op.name, errno: EPIPE, detail: "the request went out only in part")
             }
-            var answer = [UInt8](repeating: 0, count: 260)   // MODBUS_TCP_MAX_ADU_LENGTH
             let n = modbus_receive_confirmation(ctx, &answer)
             if n == -1 { throw ModbusError.fromErrno(cmodbus_errno(), function: op.name) }
             return try op.decode(try MBAP.open(answer[..<Int(n)], transaction: transaction, function: op.name))
@@ -144,6 +143,9 @@ final class ModbusConnection {
             throw error
         }
     }
+
+    /// Where ``confirm`` has libmodbus put an answer (MODBUS_TCP_MAX_ADU_LENGTH), kept: one a request.
+    private var answer = [UInt8](repeating: 0, count: 260)
 
     /// The transaction id of the next request this thread sends on `tcp`.
     private var nextTransaction: UInt16 = 0x8000

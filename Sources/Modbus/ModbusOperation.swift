@@ -42,25 +42,39 @@ enum ModbusOperation {
         }
     }
 
-    /// The request PDU, function code first.
+    /// The request PDU, function code first (built in one buffer: it is made for every request).
     var requestPDU: [UInt8] {
-        func u16(_ v: Int) -> [UInt8] { [UInt8((v >> 8) & 0xFF), UInt8(v & 0xFF)] }
-        func regs(_ values: [UInt16]) -> [UInt8] { values.flatMap { [UInt8($0 >> 8), UInt8($0 & 0xFF)] } }
+        var pdu: [UInt8] = []
+        pdu.reserveCapacity(6 + byteCount)
+        func u16(_ v: Int) { pdu.append(UInt8((v >> 8) & 0xFF)); pdu.append(UInt8(v & 0xFF)) }
+        func regs(_ values: [UInt16]) { for v in values { pdu.append(UInt8(v >> 8)); pdu.append(UInt8(v & 0xFF)) } }
+        pdu.append(function)
         switch self {
         case .readBits(_, let a, let c), .readRegisters(_, let a, let c):
-            return [function] + u16(a) + u16(c)
+            u16(a); u16(c)
         case .writeBit(let a, let v):
-            return [5] + u16(a) + [v ? 0xFF : 0x00, 0x00]
+            u16(a); pdu.append(v ? 0xFF : 0x00); pdu.append(0x00)
         case .writeRegister(let a, let v):
-            return [6] + u16(a) + u16(Int(v))
+            u16(a); u16(Int(v))
         case .writeBits(let a, let values):
-            var packed = [UInt8](repeating: 0, count: (values.count + 7) / 8)
+            u16(a); u16(values.count); pdu.append(UInt8(byteCount))
+            var packed = [UInt8](repeating: 0, count: byteCount)
             for (i, v) in values.enumerated() where v { packed[i / 8] |= 1 << (i % 8) }
-            return [15] + u16(a) + u16(values.count) + [UInt8(packed.count)] + packed
+            pdu.append(contentsOf: packed)
         case .writeRegisters(let a, let values):
-            return [16] + u16(a) + u16(values.count) + [UInt8(values.count * 2)] + regs(values)
+            u16(a); u16(values.count); pdu.append(UInt8(byteCount)); regs(values)
         case .writeAndRead(let wa, let values, let ra, let rc):
-            return [23] + u16(ra) + u16(rc) + u16(wa) + u16(values.count) + [UInt8(values.count * 2)] + regs(values)
+            u16(ra); u16(rc); u16(wa); u16(values.count); pdu.append(UInt8(byteCount)); regs(values)
+        }
+        return pdu
+    }
+
+    /// The data bytes a write carries after its byte count (0 for the others).
+    private var byteCount: Int {
+        switch self {
+        case .writeBits(_, let values): (values.count + 7) / 8
+        case .writeRegisters(_, let values), .writeAndRead(_, let values, _, _): values.count * 2
+        default: 0
         }
     }
 
