@@ -1,3 +1,14 @@
+import Synchronization
+
+/// The transaction ids of one bus's TCP requests, whichever thread sends them: a request sent at
+/// once by its caller (``ModbusBus``) and one the bus thread sends (``ModbusConnection``) draw
+/// from the same sequence.
+final class MBAPTransactions: Sendable {
+    private let last = Atomic<UInt16>(0)
+
+    func next() -> UInt16 { last.wrappingAdd(1, ordering: .relaxed).newValue }
+}
+
 /// Modbus TCP framing (MBAP): a 7-byte header (transaction id, protocol id 0, the length of what
 /// follows, unit id), then the PDU. Used where the bus frames a request itself: a request sent at
 /// once from the caller's thread (``ModbusBus``), whose answer libmodbus receives.

@@ -67,6 +67,7 @@ public final class ModbusBus: Sendable {
     public let configuration: BusConfiguration
     private let logger: Logger
     private let queue: ConditionLock<Queue>
+    private let transactions = MBAPTransactions()
 
     private struct Job: Sendable {
         let id: UInt64
@@ -90,8 +91,6 @@ public final class ModbusBus: Sendable {
         /// The connection's socket while the bus thread waits for work with a `tcp` connection
         /// open (``ModbusConnection/idleSocket``), else -1: a request may then be sent at once.
         var idleSocket: Int32 = -1
-        /// The transaction id of the next request sent at once.
-        var nextTransaction: UInt16 = 1
     }
 
     /// A request the thread that makes it may send itself, when the bus thread is idle: its
@@ -109,10 +108,10 @@ public final class ModbusBus: Sendable {
         self.logger = named
         let logger = named
         self.queue = ConditionLock(Queue())
-        let queue = self.queue
+        let queue = self.queue, transactions = self.transactions
         let config = configuration
         startThread(name: "bus-\(configuration.name)") {
-            Self.threadMain(queue: queue, configuration: config, logger: logger)
+            Self.threadMain(queue: queue, configuration: config, transactions: transactions, logger: logger)
         }
     }
 
@@ -120,8 +119,9 @@ public final class ModbusBus: Sendable {
         queue.withLockSignalling { $0.stopped = true }
     }
 
-    private static func threadMain(queue: ConditionLock<Queue>, configuration: BusConfiguration, logger: Logger) {
-        let connection = ModbusConnection(configuration: configuration, logger: logger)
+    private static func threadMain(queue: ConditionLock<Queue>, configuration: BusConfiguration,
+                                   transactions: MBAPTransactions, logger: Logger) {
+        let connection = ModbusConnection(configuration: configuration, transactionIDs: transactions, logger: logger)
         while true {
             let next: Job? = queue.wait { q -> Job?? in
                 if let i = q.jobs.firstIndex(where: \.inFlight) {
@@ -214,13 +214,12 @@ public final class ModbusBus: Sendable {
                     q.nextID += 1
                     if var early, q.idleSocket >= 0, q.jobs.isEmpty, deadline.map({ ContinuousClock.now <= $0 }) ?? true,
                        !ModbusConnection.isSpent(q.idleSocket) {
-                        let transaction = q.nextTransaction
+                        let transaction = transactions.next()
                         MBAP.stamp(&early.frame, transaction: transaction)
                         let sent = early.frame.withUnsafeBytes {
                             Glibc.send(q.idleSocket, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
                         }
                         if sent > 0 {
-                            q.nextTransaction &+= 1
                             q.idleSocket = -1
                             q.statistics.sentAtOnce += 1
                             let whole = sent == early.frame.count, confirm = early.confirm

@@ -18,8 +18,9 @@ final class ModbusConnection {
     private(set) var transactions = 0
     private(set) var failures = 0
 
-    init(configuration: BusConfiguration, logger: Logger) {
+    init(configuration: BusConfiguration, transactionIDs: MBAPTransactions, logger: Logger) {
         self.configuration = configuration
+        self.transactionIDs = transactionIDs
         self.logger = logger
         if case .rtuOverTCP(let host, let port) = configuration.transport {
             stream = RTUOverTCPLink(host: host, port: port, responseTimeout: configuration.responseTimeout,
@@ -147,8 +148,8 @@ final class ModbusConnection {
     /// Where ``confirm`` has libmodbus put an answer (MODBUS_TCP_MAX_ADU_LENGTH), kept: one a request.
     private var answer = [UInt8](repeating: 0, count: 260)
 
-    /// The transaction id of the next request this thread sends on `tcp`.
-    private var nextTransaction: UInt16 = 0x8000
+    /// Where the transaction ids of `tcp` requests come from (shared with the bus's early sends).
+    private let transactionIDs: MBAPTransactions
 
     /// Modbus TCP: the request framed here (`MBAP`) and sent on libmodbus's connection, the answer
     /// read by libmodbus and checked by ``confirm`` - the same path and checks as a request sent at
@@ -159,8 +160,7 @@ final class ModbusConnection {
             throw .invalidArgument("unit id \(unit) is not valid on \(configuration.transport)")
         }
         let socket = modbus_get_socket(try ensureConnected())
-        let transaction = nextTransaction
-        nextTransaction &+= 1
+        let transaction = transactionIDs.next()
         let frame = MBAP.seal(transaction: transaction, unit: unit, pdu: op.requestPDU)
         var sent = 0
         while sent < frame.count {
