@@ -40,11 +40,33 @@ extension MQTTClient {
     /// While disconnected the message waits in the bounded queue. `ahead`: it goes before every
     /// message already queued (after earlier `ahead` ones), and is never the one dropped from a
     /// full queue: a last word (`offline` at stop) does not wait behind a telemetry backlog.
-    public func publish(to topic: String, payload: [UInt8], qos: MQTTQoS = .atMostOnce, retain: Bool = false,
-                        properties: MQTTProperties = .init(), ahead: Bool = false) async throws {
-        let packet = try makePublish(topic: topic, payload: payload, qos: qos, retain: retain, properties: properties)
+    ///
+    /// Nonisolated: the caller does not hop onto the client's executor and back. The message is
+    /// handed to the client's loop (at once when called there, as the gateway's own tasks are),
+    /// and the acknowledgement resumes the caller on its own executor: one job on the loop per
+    /// message instead of two, and none at all for a caller already on the loop.
+    public nonisolated func publish(to topic: String, payload: [UInt8], qos: MQTTQoS = .atMostOnce, retain: Bool = false,
+                                    properties: MQTTProperties = .init(), ahead: Bool = false) async throws {
         try await withCheckedThrowingContinuation { (cont: CheckedContinuation<Void, any Error>) in
-            enqueue(MQTTPublishSession.Waiting(packet: packet, completion: .waiter(cont)), ahead: ahead)
+            onLoop { client in
+                do {
+                    let packet = try client.makePublish(topic: topic, payload: payload, qos: qos, retain: retain, properties: properties)
+                    client.enqueue(MQTTPublishSession.Waiting(packet: packet, completion: .waiter(cont)), ahead: ahead)
+                } catch {
+                    cont.resume(throwing: error)
+                }
+            }
+        }
+    }
+
+    /// Runs `body` on the actor: at once when called on its loop (nothing else of the actor can
+    /// run there meanwhile: the loop is its serial executor), else as a task queued on the loop,
+    /// in the order of the calls.
+    nonisolated func onLoop(_ body: @escaping @Sendable (isolated MQTTClient) -> Void) {
+        if eventLoop.inEventLoop {
+            assumeIsolated { body($0) }
+        } else {
+            eventLoop.execute { self.assumeIsolated { body($0) } }
         }
     }
 
@@ -142,7 +164,7 @@ extension MQTTClient {
         timer.cancel()
     }
 
-    public func publish(to topic: String, string: String, qos: MQTTQoS = .atMostOnce, retain: Bool = false,
+    public nonisolated func publish(to topic: String, string: String, qos: MQTTQoS = .atMostOnce, retain: Bool = false,
                         properties: MQTTProperties = .init()) async throws {
         try await publish(to: topic, payload: Array(string.utf8), qos: qos, retain: retain, properties: properties)
     }
