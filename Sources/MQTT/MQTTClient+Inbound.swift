@@ -14,11 +14,11 @@ extension MQTTClient {
             keepAlive?.packetReceived(at: .now)
             switch head.qos {
             case .atMostOnce: break
-            case .atLeastOnce: write(.puback(AckPacket(packetIdentifier: head.packetIdentifier ?? 0)), flush: true)
+            case .atLeastOnce: acknowledge(.puback(AckPacket(packetIdentifier: head.packetIdentifier ?? 0)))
             case .exactlyOnce:
                 // Acknowledged as received; its PUBREL is answered as for any QoS 2 message.
                 incomingQoS2.insert(head.packetIdentifier ?? 0)
-                write(.pubrec(AckPacket(packetIdentifier: head.packetIdentifier ?? 0)), flush: true)
+                acknowledge(.pubrec(AckPacket(packetIdentifier: head.packetIdentifier ?? 0)))
             }
         case .malformed(let error):
             logger.error("MQTT: malformed packet from the broker, closing: \(error)")
@@ -86,24 +86,19 @@ extension MQTTClient {
             case .atMostOnce:
                 deliver(message)
             case .atLeastOnce:
-                // The acknowledgement is encoded and written at the loop's next turn
-                // (``flushSoon()``): what the delivery set going (a command's device write)
-                // goes first, and acknowledgements of packets read together leave in one write.
                 deliver(message)
-                acksDue.append(.puback(AckPacket(packetIdentifier: p.packetIdentifier ?? 0)))
-                flushSoon()
+                acknowledge(.puback(AckPacket(packetIdentifier: p.packetIdentifier ?? 0)))
             case .exactlyOnce:
                 let pid = p.packetIdentifier ?? 0
                 if !incomingQoS2.contains(pid) {
                     incomingQoS2.insert(pid)
                     deliver(message)
                 }
-                acksDue.append(.pubrec(AckPacket(packetIdentifier: pid)))
-                flushSoon()
+                acknowledge(.pubrec(AckPacket(packetIdentifier: pid)))
             }
         case .pubrel(let a):
             incomingQoS2.remove(a.packetIdentifier)
-            write(.pubcomp(AckPacket(packetIdentifier: a.packetIdentifier)), flush: true)
+            acknowledge(.pubcomp(AckPacket(packetIdentifier: a.packetIdentifier)))
         case .puback(let a):
             guard let o = session.pubAck(a.packetIdentifier) else {
                 logger.debug("MQTT: ignoring PUBACK for unknown packet id \(a.packetIdentifier)")
@@ -117,7 +112,7 @@ extension MQTTClient {
             case .refused(let o):
                 complete(o, a)
             case .release:
-                write(.pubrel(AckPacket(packetIdentifier: a.packetIdentifier)), flush: true)
+                acknowledge(.pubrel(AckPacket(packetIdentifier: a.packetIdentifier)))
             }
         case .pubcomp(let a):
             guard let o = session.pubComp(a.packetIdentifier) else {
@@ -168,6 +163,16 @@ extension MQTTClient {
                 logger.warning("MQTT: the reader is \(configuration.incomingLimit) messages behind: dropped an incoming message on \(message.topic.debugDescription) (\(droppedIncomingCount) dropped so far)")
             }
         }
+    }
+
+    /// Answers a packet read (PUBACK, PUBREC, PUBREL, PUBCOMP): encoded and written at the loop's
+    /// next turn (``flushSoon()``), in the order the packets were read (MQTT 4.6), so that what a
+    /// delivery set going (a command's device write) goes first, and the answers to packets read
+    /// together leave in one write. A connection that closes first drops them: the broker sends
+    /// its PUBLISH again, and the session its PUBREL.
+    func acknowledge(_ ack: MQTTPacket) {
+        acksDue.append(ack)
+        flushSoon()
     }
 
     /// A message the broker acknowledged (or refused): its sender is told, and the window has room.

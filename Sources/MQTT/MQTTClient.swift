@@ -53,8 +53,8 @@ public actor MQTTClient {
     var keepAlive: KeepAliveStateMachine?
     /// A flush is queued on the loop (``flushSoon()``).
     var flushScheduled = false
-    /// PUBACKs and PUBRECs of messages read, in the order read, written by the flush that
-    /// ``flushSoon()`` queued (emptied when the connection closes).
+    /// Answers to packets read (PUBACK, PUBREC, PUBREL, PUBCOMP), in the order read, written by
+    /// the flush that ``flushSoon()`` queued (``acknowledge(_:)``; emptied when the connection closes).
     var acksDue: [MQTTPacket] = []
     var connAckWaiter: CheckedContinuation<ConnAckPacket, any Error>?
     /// Events of the connection being made that came before `connect` returned its channel.

@@ -199,6 +199,39 @@ struct FakeBrokerTests {
         await broker.close()
     }
 
+    @Test("acknowledgements leave in the order their packets were read, whatever they answer: PUBACK, PUBREC (also of a dropped oversized message), PUBREL, PUBCOMP")
+    func acknowledgementOrder() async throws {
+        let broker = try await FakeBroker.start()
+        var config = MQTTConfiguration(host: "127.0.0.1", port: broker.port, version: .v3_1_1, clientIdentifier: "fake-client")
+        config.maximumPacketSize = 1000
+        let c = MQTTClient(configuration: config)
+        let (_, conn) = try await connected(c, broker)
+        let pub = Task { try await c.publish(to: "out/q2", string: "x", qos: .exactlyOnce) }
+        guard case .publish(let out) = try await conn.expect(), let outID = out.packetIdentifier else { Issue.record("expected PUBLISH"); return }
+        // One write from the broker: what the client must answer, in this order.
+        var b = ByteBuffer()
+        let big = [UInt8](repeating: 7, count: 3000)
+        for packet: MQTTPacket in [
+            .publish(PublishPacket(topic: "in/a", payload: [1], qos: .atLeastOnce, packetIdentifier: 1)),
+            .publish(PublishPacket(topic: "in/big", payload: big, qos: .atLeastOnce, packetIdentifier: 2)),
+            .publish(PublishPacket(topic: "in/b", payload: [3], qos: .exactlyOnce, packetIdentifier: 3)),
+            .pubrec(AckPacket(packetIdentifier: outID)),
+            .publish(PublishPacket(topic: "in/big", payload: big, qos: .exactlyOnce, packetIdentifier: 4)),
+            .pubrel(AckPacket(packetIdentifier: 3)),
+        ] { MQTTPacketCodec.encode(packet, version: .v3_1_1, into: &b) }
+        conn.sendRaw(Array(b.readableBytesView))
+        var answers: [MQTTPacket] = []
+        for _ in 0..<6 { answers.append(try await conn.expect()) }
+        #expect(answers == [.puback(AckPacket(packetIdentifier: 1)), .puback(AckPacket(packetIdentifier: 2)),
+                            .pubrec(AckPacket(packetIdentifier: 3)), .pubrel(AckPacket(packetIdentifier: outID)),
+                            .pubrec(AckPacket(packetIdentifier: 4)), .pubcomp(AckPacket(packetIdentifier: 3))])
+        conn.send(.pubcomp(AckPacket(packetIdentifier: outID)))
+        try await pub.value
+        #expect(await c.droppedIncomingCount == 2)
+        await c.closeAbruptly()
+        await broker.close()
+    }
+
     @Test("the incoming stream is bounded: past incomingLimit unread messages, newer ones are dropped and counted")
     func incomingLimit() async throws {
         let broker = try await FakeBroker.start()
