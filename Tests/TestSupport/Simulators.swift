@@ -28,12 +28,17 @@ public final class GatewaySimulator: Sendable {
         self.port = port
     }
 
+    /// How long a simulator may take to say it listens (pymodbus below is given as long).
+    public static let startupLimit: Duration = .seconds(30)
+
     /// Starts `gateway simulate --tcp 127.0.0.1:0 <arguments>` and waits until it listens.
     /// `rtuOverTCP`: RTU frames over TCP (`--rtu-tcp`), as a serial device server speaks.
+    /// Start-up is bounded by `startupLimit`, not 10 s: the first full run after a fresh debug
+    /// build once timed out four simulators at 10 s while dozens of test processes started cold.
     public static func start(_ arguments: [String] = [], host: String = "127.0.0.1", port: Int = 0, rtuOverTCP: Bool = false) async throws -> GatewaySimulator {
         let bin = try TestEnvironment.gatewayBinary()
         let p = try ChildProcess(bin, ["simulate", rtuOverTCP ? "--rtu-tcp" : "--tcp", "\(host):\(port)"] + arguments)
-        let line = try await p.waitForLine(containing: rtuOverTCP ? "listening rtu-tcp" : "listening tcp")
+        let line = try await p.waitForLine(containing: rtuOverTCP ? "listening rtu-tcp" : "listening tcp", timeout: startupLimit)
         guard let portText = line.split(separator: " ").dropFirst(2).first?.split(separator: ":").last, let port = Int(portText) else {
             await p.stop()
             throw FixtureError("cannot read the port from '\(line)'")
@@ -44,7 +49,7 @@ public final class GatewaySimulator: Sendable {
     /// Starts `gateway simulate` on a serial line (one unit).
     public static func startRTU(path: String, _ arguments: [String] = []) async throws -> ChildProcess {
         let p = try ChildProcess(try TestEnvironment.gatewayBinary(), ["simulate", "--rtu", path] + arguments)
-        try await p.waitForLine(containing: "listening rtu")
+        try await p.waitForLine(containing: "listening rtu", timeout: startupLimit)
         return p
     }
 
