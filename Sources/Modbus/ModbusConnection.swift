@@ -31,7 +31,8 @@ final class ModbusConnection {
     }
 
     /// Runs one operation on `unit`: our own frame on libmodbus's connection on `tcp`
-    /// (``exchangeTCP(unit:_:)``), libmodbus on RTU, our own RTU framing on `rtu-tcp`.
+    /// (``exchangeTCP(unit:_:)``), our own request on libmodbus's RTU line (``exchangeRTU(unit:_:)``),
+    /// our own RTU framing on `rtu-tcp`.
     func perform(unit: Int, _ op: ModbusOperation) throws(ModbusError) -> ModbusAnswer {
         if case .tcp = configuration.transport { return try exchangeTCP(unit: unit, op) }
         if let stream {
@@ -44,61 +45,31 @@ final class ModbusConnection {
                 throw error
             }
         }
-        switch op {
-        case .readBits(let kind, let address, let count):
-            let bytes = try transact(unit: unit, op.name) { ctx in
-                var rc: Int32 = 0
-                let buf = [UInt8](unsafeUninitializedCapacity: count) { b, n in
-                    rc = kind == .coil
-                        ? modbus_read_bits(ctx, Int32(address), Int32(count), b.baseAddress)
-                        : modbus_read_input_bits(ctx, Int32(address), Int32(count), b.baseAddress)
-                    n = rc == -1 ? 0 : count
-                }
-                return (rc, buf)
+        return try exchangeRTU(unit: unit, op)
+    }
+
+    /// RTU through libmodbus: the request is ours (unit id and PDU; libmodbus adds the CRC and
+    /// keeps the line's timing), the answer is read by libmodbus (which checks the CRC) and
+    /// checked here: the unit, then ``ModbusOperation/decode`` (the echo of FC 5/6, the range of
+    /// FC 15/16, the byte count of a read), as on TCP and `rtu-tcp`. libmodbus 3.1.6 took a
+    /// single write echoed with another value or address for done.
+    private func exchangeRTU(unit: Int, _ op: ModbusOperation) throws(ModbusError) -> ModbusAnswer {
+        let request = [UInt8(truncatingIfNeeded: unit)] + op.requestPDU
+        let n = try transact(unit: unit, op.name) { ctx -> (Int32, Int32) in
+            guard request.withUnsafeBufferPointer({ modbus_send_raw_request(ctx, $0.baseAddress, Int32($0.count)) }) != -1 else { return (-1, 0) }
+            let n = modbus_receive_confirmation(ctx, &answer)
+            return (n, n)
+        }
+        do throws(ModbusError) {
+            // libmodbus reads past an answer from another unit without a CRC check and returns 0.
+            guard n >= 4, Int(answer[0]) == unit else {
+                throw .badResponse(function: op.name, detail: n > 0 ? "answer from unit \(answer[0]), not \(unit)" : "an answer for another unit")
             }
-            return .bits(bytes.map { $0 != 0 })
-        case .readRegisters(let kind, let address, let count):
-            let regs = try transact(unit: unit, op.name) { ctx in
-                var rc: Int32 = 0
-                let buf = [UInt16](unsafeUninitializedCapacity: count) { b, n in
-                    rc = kind == .holding
-                        ? modbus_read_registers(ctx, Int32(address), Int32(count), b.baseAddress)
-                        : modbus_read_input_registers(ctx, Int32(address), Int32(count), b.baseAddress)
-                    n = rc == -1 ? 0 : count
-                }
-                return (rc, buf)
-            }
-            return .registers(regs)
-        case .writeBit(let address, let value):
-            try transact(unit: unit, op.name) { ctx in (modbus_write_bit(ctx, Int32(address), value ? 1 : 0), ()) }
-            return .done
-        case .writeBits(let address, let values):
-            let bytes = values.map { UInt8($0 ? 1 : 0) }
-            try transact(unit: unit, op.name) { ctx in
-                (bytes.withUnsafeBufferPointer { modbus_write_bits(ctx, Int32(address), Int32(bytes.count), $0.baseAddress) }, ())
-            }
-            return .done
-        case .writeRegister(let address, let value):
-            try transact(unit: unit, op.name) { ctx in (modbus_write_register(ctx, Int32(address), value), ()) }
-            return .done
-        case .writeRegisters(let address, let values):
-            try transact(unit: unit, op.name) { ctx in
-                (values.withUnsafeBufferPointer { modbus_write_registers(ctx, Int32(address), Int32(values.count), $0.baseAddress) }, ())
-            }
-            return .done
-        case .writeAndRead(let writeAddress, let values, let readAddress, let readCount):
-            let regs = try transact(unit: unit, op.name) { ctx in
-                var rc: Int32 = 0
-                let out = [UInt16](unsafeUninitializedCapacity: readCount) { b, n in
-                    rc = values.withUnsafeBufferPointer {
-                        modbus_write_and_read_registers(ctx, Int32(writeAddress), Int32(values.count), $0.baseAddress,
-                                                        Int32(readAddress), Int32(readCount), b.baseAddress)
-                    }
-                    n = rc == -1 ? 0 : readCount
-                }
-                return (rc, out)
-            }
-            return .registers(regs)
+            return try op.decode(Array(answer[1..<Int(n - 2)]))
+        } catch {
+            failures += 1
+            recover(after: error)
+            throw error
         }
     }
 
@@ -145,7 +116,8 @@ final class ModbusConnection {
         }
     }
 
-    /// Where ``confirm`` has libmodbus put an answer (MODBUS_TCP_MAX_ADU_LENGTH), kept: one a request.
+    /// Where ``confirm`` and ``exchangeRTU`` have libmodbus put an answer (MODBUS_TCP_MAX_ADU_LENGTH,
+    /// above MODBUS_RTU_MAX_ADU_LENGTH), kept: one a request.
     private var answer = [UInt8](repeating: 0, count: 260)
 
     /// Where the transaction ids of `tcp` requests come from (shared with the bus's early sends).
