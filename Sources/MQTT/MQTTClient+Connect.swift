@@ -18,11 +18,21 @@ extension MQTTClient {
         guard let id = lifecycle.beginAttempt() else { throw MQTTError.shutdown }
         self.version = version
         let loop = eventLoop
-        // The channel lives on this actor's loop: each event is a task on the loop that runs on
-        // the actor, in order, and never inside the handler's own call (no re-entry).
+        // The channel lives on this actor's loop. A packet is handled at once, in the handler's
+        // `channelRead`: NIO reads only when its selector says the socket is readable (TLS
+        // included: NIOSSLHandler hands on plaintext from its own read callbacks), never inside
+        // one of the actor's calls, so the actor is not re-entered, and one task on the loop per
+        // packet is saved (a command reaches its device that much sooner). A close can come from
+        // within the actor's own call (it closes the channel, NIO says inactive at once): that
+        // event, and a malformed packet's, are tasks on the loop that run after it, in order.
         let sink: @Sendable (ChannelEvent) -> Void = { [weak self] event in
-            let client = self
-            loop.execute { client?.assumeIsolated { $0.handle(event, connection: id) } }
+            switch event {
+            case .packet, .oversized:
+                self?.assumeIsolated { $0.handle(event, connection: id) }
+            case .malformed, .closed:
+                let client = self
+                loop.execute { client?.assumeIsolated { $0.handle(event, connection: id) } }
+            }
         }
         earlyEvents = []
         let config = configuration
