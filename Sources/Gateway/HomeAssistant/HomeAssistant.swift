@@ -34,6 +34,8 @@ final class HomeAssistantPublisher: Sendable {
     private let topics: TopicLayout
     private let version: String
     private let prefix: String
+    /// `<prefix>/device/`, kept: ``handles(_:)`` runs for every message the gateway receives.
+    private let deviceTopicPrefix: String
     let gatewayID: String
     private let client: MQTTClient
     private let logger: Logger
@@ -76,13 +78,17 @@ final class HomeAssistantPublisher: Sendable {
         self.logger = l
         self.statusTopic = configuration.homeAssistant.birthTopic
         self.configFilter = "\(prefix)/device/+/config"
+        self.deviceTopicPrefix = "\(prefix)/device/"
         self.republish = republish
         (triggers, continuation) = AsyncStream.makeStream(of: Trigger.self, bufferingPolicy: .bufferingNewest(4))
     }
 
     /// True for the topics this publisher listens to (the dispatcher hands them here).
     func handles(_ topic: String) -> Bool {
-        topic == statusTopic || (topic.hasPrefix("\(prefix)/device/") && topic.hasSuffix("/config"))
+        // Byte comparisons: topics are compared as UTF-8 bytes (MQTT 4.7.3), and a command on its
+        // way to a device does not pay for a string built or compared by Unicode rules.
+        topic.utf8.elementsEqual(statusTopic.utf8)
+            || (topic.utf8.starts(with: deviceTopicPrefix.utf8) && topic.utf8.reversed().starts(with: "/config".utf8.reversed()))
     }
 
     /// A message on one of ``handles(_:)``'s topics. Never waits.
