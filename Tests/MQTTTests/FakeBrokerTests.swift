@@ -175,13 +175,17 @@ struct FakeBrokerTests {
         await broker.close()
     }
 
+    /// A 3.1.1 client (which cannot tell the broker its maximum) taking packets of 1000 bytes at most.
+    func smallPacketClient311(_ broker: FakeBroker) -> MQTTClient {
+        var config = MQTTConfiguration(host: "127.0.0.1", port: broker.port, version: .v3_1_1, clientIdentifier: "fake-client")
+        config.maximumPacketSize = 1000
+        return MQTTClient(configuration: config)
+    }
+
     @Test("3.1.1: a PUBLISH over the maximum packet size, in pieces, is acknowledged and dropped; the next one is delivered")
     func oversizedOn311() async throws {
         let broker = try await FakeBroker.start()
-        var config = MQTTConfiguration(host: "127.0.0.1", port: broker.port, version: .v3_1_1, clientIdentifier: "fake-client")
-        config.maximumPacketSize = 1000
-        let c = MQTTClient(configuration: config)
-        let (_, conn) = try await connected(c, broker)
+        let (c, conn) = try await connected(smallPacketClient311(broker), broker)
         var big = ByteBuffer()
         MQTTPacketCodec.encode(.publish(PublishPacket(topic: "cmd/big", payload: [UInt8](repeating: 7, count: 5000), qos: .atLeastOnce,
                                                       retain: true, packetIdentifier: 42)), version: .v3_1_1, into: &big)
@@ -202,10 +206,7 @@ struct FakeBrokerTests {
     @Test("acknowledgements leave in the order their packets were read, whatever they answer: PUBACK, PUBREC (also of a dropped oversized message), PUBREL, PUBCOMP")
     func acknowledgementOrder() async throws {
         let broker = try await FakeBroker.start()
-        var config = MQTTConfiguration(host: "127.0.0.1", port: broker.port, version: .v3_1_1, clientIdentifier: "fake-client")
-        config.maximumPacketSize = 1000
-        let c = MQTTClient(configuration: config)
-        let (_, conn) = try await connected(c, broker)
+        let (c, conn) = try await connected(smallPacketClient311(broker), broker)
         let pub = Task { try await c.publish(to: "out/q2", string: "x", qos: .exactlyOnce) }
         guard case .publish(let out) = try await conn.expect(), let outID = out.packetIdentifier else { Issue.record("expected PUBLISH"); return }
         // One write from the broker: what the client must answer, in this order.
