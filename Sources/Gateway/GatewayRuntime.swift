@@ -33,8 +33,9 @@ import ServiceLifecycle
 //   the MQTT client's loop as their executor (`MQTTClient.taskExecutor`): what they publish,
 //   and the commands they take, cross no thread but to the bus.
 // - A `Mutex` with parked continuations where a waiter must be woken without a task per item
-//   (``DeviceJobQueue``, ``WakeSignal``); a plain `Mutex` for state read on the command path
-//   (``StatusBoard``, ``RunningUnits``).
+//   (``WakeSignal``); a `Mutex` with a `running` flag where a task runs a device's jobs only
+//   while there are some, started at once on the submitter's thread (``DeviceJobQueue``); a
+//   plain `Mutex` for state read on the command path (``StatusBoard``, ``RunningUnits``).
 // - Actors for state several tasks read and write (`MQTTClient`, on its
 //   connection's event loop; `ModbusBus`, on a custom executor: one thread per bus, because
 //   libmodbus blocks).

@@ -220,6 +220,19 @@ struct CommanderTests {
         await rig.commander.stop()
     }
 
+    @Test("a command on an idle device is checked and its write begun within the dispatcher's call (no hop through a queue); one behind it waits its turn")
+    func startsAtOnce() async throws {
+        let rig = try CommanderRig(points: Self.panel)
+        rig.dispatcher.dispatch(rig.message("light", Array("true".utf8)))
+        #expect(rig.bus.writesBegun == 1, "the write had not begun when dispatch returned")
+        rig.dispatcher.dispatch(rig.message("light", Array("false".utf8)))
+        #expect(rig.bus.writesBegun == 1, "the second command overtook the first")
+        try await rig.timeline.await(2, of: "answer")
+        #expect(rig.bus.writesBegun == 2)
+        #expect(rig.timeline.entries.filter { $0.hasPrefix("write ") }.map { $0.split(separator: " ")[1] } == ["1=true", "1=false"])
+        await rig.commander.stop()
+    }
+
     @Test("10,000 commands dispatched as fast as the client reads them: each answered, done or 'busy' (at most 8 wait), and only the done ones write")
     func flood() async throws {
         let rig = try CommanderRig(points: Self.panel)

@@ -127,6 +127,8 @@ final class FakeBus: DeviceBus {
         var failures: [ModbusError] = []
         /// False: every request times out (a device gone).
         var reachable = true
+        /// Writes asked for so far (counted as the call begins, before it waits).
+        var writesBegun = 0
     }
     private let state = Mutex(State())
     let timeline: Timeline
@@ -146,6 +148,8 @@ final class FakeBus: DeviceBus {
 
     func coil(_ address: Int) -> Bool? { state.withLock { $0.coils[address] } }
 
+    var writesBegun: Int { state.withLock { $0.writesBegun } }
+
     /// Sets a holding register (as the device itself would).
     func setHolding(_ address: Int, _ value: UInt16) { state.withLock { $0.registers[address] = value } }
 
@@ -159,7 +163,11 @@ final class FakeBus: DeviceBus {
 
     private var at: String { "@\((clock.now - start).nanoseconds / 1_000_000)" }
 
+    /// Reads and writes wait once before they answer, as a real bus's do (its answer comes from
+    /// the bus thread): a command's job never finishes inside the call that submitted it.
     func write(_ data: WritePlan.Data, unit: Int, address: Int, multiple: Bool, deadline: ContinuousClock.Instant) async throws {
+        state.withLock { $0.writesBegun += 1 }
+        await Task.yield()
         let shown: String
         switch data {
         case .coil(let on): shown = "\(address)=\(on)"
@@ -183,6 +191,7 @@ final class FakeBus: DeviceBus {
 
     func read(_ kind: RegisterKind, unit: Int, address: Int, count: Int,
               priority: RequestPriority, deadline: ContinuousClock.Instant?) async throws -> ReadResult {
+        await Task.yield()
         timeline.append("read \(address)")
         guard state.withLock({ $0.reachable }) else { throw ModbusError.timeout(function: "read") }
         return state.withLock { s in

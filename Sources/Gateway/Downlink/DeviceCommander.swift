@@ -97,7 +97,7 @@ final class DeviceCommander: Sendable {
         var pipeline: CommandPipeline
     }
 
-    /// Its jobs, run one at a time by a task the first job starts.
+    /// Its jobs, run one at a time by a task that a job finding the device idle starts.
     private let jobs: DeviceJobQueue<Job, Work>
 
     init(device: DeviceSettings, bus: any DeviceBus, timeoutMs: Int, services: UnitServices, logger: Logger) {

@@ -14,19 +14,21 @@ protocol DeviceJob: Sendable {
 /// change (the command pipeline, the pulses): handed to each job in turn, parked here while no
 /// job runs.
 ///
-/// The task that runs them is started by the first job (``submit(_:run:)``) and then waits
-/// for more: a device that never gets a command (a sensor) holds no task (a parked task cost
-/// about 6 KiB, 0.6 MiB at 100 devices), and only its first command pays for starting one (a
-/// task per command cost about 0.1 ms on every command). Idiom: a Mutex with one parked
-/// continuation rather than an AsyncStream, because the consumer is started lazily and hands
-/// its state back when the device stops.
+/// A job that finds the device idle starts the task that runs it and whatever queues behind it
+/// (``submit(_:run:)``), and that task ends once the queue is empty: a device holds no task
+/// between its commands (a parked task cost about 6 KiB). The task starts at once on the
+/// submitter's thread (`Task.immediate`) and runs there up to its first wait: a command read on
+/// the MQTT client's loop is checked and its request sent before the loop does anything else,
+/// without a hop through the loop's queue; after a wait it goes on on `executor`. Idiom: a Mutex
+/// with the waiting jobs and a `running` flag rather than an AsyncStream, because the consumer
+/// comes and goes and hands its state back each time.
 final class DeviceJobQueue<Job: DeviceJob, State: Sendable>: Sendable {
     enum Submitted {
         /// Not taken: stopping, or ``CommandRequest/pendingPerDevice`` commands already waiting
         /// (the caller answers "busy").
         case refused
         case queued
-        /// Queued, and no task runs the jobs yet: start one with ``serve(_:)``.
+        /// Queued, and no task runs the jobs: start one with ``serve(_:)``.
         case start
     }
 
@@ -35,9 +37,7 @@ final class DeviceJobQueue<Job: DeviceJob, State: Sendable>: Sendable {
         var head = 0
         /// A task runs ``serve(_:)`` (it holds ``state``).
         var running = false
-        /// That task, waiting for a job.
-        var parked: CheckedContinuation<Void, Never>?
-        /// ``stop()`` was called: no more jobs are taken; the task ends once the queue is empty.
+        /// ``stop()`` was called: no more jobs are taken.
         var stopping = false
         var state: State?
         /// ``stop()`` calls waiting for the task to end.
@@ -47,8 +47,8 @@ final class DeviceJobQueue<Job: DeviceJob, State: Sendable>: Sendable {
     }
 
     private let queue: Mutex<Queue>
-    /// Where the job task runs its own code: the MQTT client's loop (``MQTTClient/taskExecutor``),
-    /// so a command arrives, is checked and is answered without a hop through the cooperative pool.
+    /// Where the job task goes on after a wait: the MQTT client's loop (``MQTTClient/taskExecutor``),
+    /// so a command is answered without a hop through the cooperative pool.
     private let executor: (any TaskExecutor)?
 
     init(_ state: State, executor: (any TaskExecutor)?) {
@@ -64,7 +64,7 @@ final class DeviceJobQueue<Job: DeviceJob, State: Sendable>: Sendable {
         case .refused: return false
         case .queued: return true
         case .start:
-            Task(executorPreference: executor) { await self.serve(run) }
+            Task.immediate(executorPreference: executor) { await self.serve(run) }
             return true
         }
     }
@@ -72,32 +72,29 @@ final class DeviceJobQueue<Job: DeviceJob, State: Sendable>: Sendable {
     /// Queues `job` unless stopping, full of commands, or covered by a job already waiting (then
     /// `.queued`: its work will be done).
     func enqueue(_ job: Job) -> Submitted {
-        let (submitted, wake) = queue.withLock { q -> (Submitted, CheckedContinuation<Void, Never>?) in
-            guard !q.stopping else { return (.refused, nil) }
-            if q.jobs[q.head...].contains(where: { job.isCovered(by: $0) }) { return (.queued, nil) }
+        queue.withLock { q -> Submitted in
+            guard !q.stopping else { return .refused }
+            if q.jobs[q.head...].contains(where: { job.isCovered(by: $0) }) { return .queued }
             if job.isCommand {
-                guard q.commands < CommandRequest.pendingPerDevice else { return (.refused, nil) }
+                guard q.commands < CommandRequest.pendingPerDevice else { return .refused }
                 q.commands += 1
             }
             q.jobs.append(job)
             guard q.running else {
                 q.running = true
-                return (.start, nil)
+                return .start
             }
-            return (.queued, q.parked.take())
+            return .queued
         }
-        wake?.resume()
-        return submitted
     }
 
     private enum Next {
         case job(Job)
-        case wait
         case end([CheckedContinuation<Void, Never>])
     }
 
-    /// Runs queued jobs in arrival order with the state, waits when there is none, and returns
-    /// once stopping and the queue is empty. Called once per `.start`.
+    /// Runs queued jobs in arrival order with the state, and returns once the queue is empty,
+    /// the state handed back (and any ``stop()`` waiting told). Called once per `.start`.
     func serve(_ run: (Job, inout State) async -> Void) async {
         guard var state = queue.withLock({ $0.state.take() }) else { return }
         while true {
@@ -109,7 +106,6 @@ final class DeviceJobQueue<Job: DeviceJob, State: Sendable>: Sendable {
                 }
                 q.jobs.removeAll()
                 q.head = 0
-                guard q.stopping else { return .wait }
                 q.state = state
                 q.running = false
                 defer { q.ended = [] }
@@ -119,15 +115,6 @@ final class DeviceJobQueue<Job: DeviceJob, State: Sendable>: Sendable {
             case .job(let job):
                 await run(job, &state)
                 if job.isCommand { queue.withLock { $0.commands -= 1 } }
-            case .wait:
-                await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                    let ready = queue.withLock { q -> Bool in
-                        if q.head < q.jobs.count || q.stopping { return true }
-                        q.parked = c
-                        return false
-                    }
-                    if ready { c.resume() }
-                }
             case .end(let waiters):
                 for w in waiters { w.resume() }
                 return
@@ -149,17 +136,12 @@ final class DeviceJobQueue<Job: DeviceJob, State: Sendable>: Sendable {
     /// when an earlier stop took it).
     func stop() async -> State? {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            var idle = false
-            let wake = queue.withLock { q -> CheckedContinuation<Void, Never>? in
+            let idle = queue.withLock { q -> Bool in
                 q.stopping = true
-                guard q.running else {
-                    idle = true
-                    return nil
-                }
+                guard q.running else { return true }
                 q.ended.append(c)
-                return q.parked.take()
+                return false
             }
-            wake?.resume()
             if idle { c.resume() }
         }
         return queue.withLock { $0.state.take() }
