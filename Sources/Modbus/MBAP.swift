@@ -15,6 +15,9 @@ final class MBAPTransactions: Sendable {
 enum MBAP {
     static let headerLength = 7
 
+    /// The unit ids a TCP request may carry: 0...247 and 255, as libmodbus takes them.
+    static func carries(unit: Int) -> Bool { (0...247).contains(unit) || unit == 255 }
+
     /// The whole request frame.
     static func seal(transaction: UInt16, unit: Int, pdu: [UInt8]) -> [UInt8] {
         var frame: [UInt8] = []

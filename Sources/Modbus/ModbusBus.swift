@@ -258,8 +258,8 @@ public final class ModbusBus: Sendable {
     private func perform(_ op: ModbusOperation, unit: Int, priority: RequestPriority,
                          deadline: ContinuousClock.Instant?) async throws -> ModbusAnswer {
         var early: EarlySend<ModbusAnswer>?
-        // libmodbus takes units 0...247 and 255 on TCP; others are refused by the bus thread.
-        if priority == .high, case .tcp = configuration.transport, (0...247).contains(unit) || unit == 255 {
+        // Other units are refused by the bus thread.
+        if priority == .high, case .tcp = configuration.transport, MBAP.carries(unit: unit) {
             early = EarlySend(frame: MBAP.seal(transaction: 0, unit: unit, pdu: op.requestPDU)) { (conn, transaction, whole) throws(ModbusError) in
                 try conn.confirm(op, transaction: transaction, sentWhole: whole)
             }

@@ -62,10 +62,8 @@ final class ModbusConnection {
         }
         do throws(ModbusError) {
             // libmodbus reads past an answer from another unit without a CRC check and returns 0.
-            guard n >= 4, Int(answer[0]) == unit else {
-                throw .badResponse(function: op.name, detail: n > 0 ? "answer from unit \(answer[0]), not \(unit)" : "an answer for another unit")
-            }
-            return try op.decode(Array(answer[1..<Int(n - 2)]))
+            guard n > 0 else { throw .badResponse(function: op.name, detail: "answer from unit \(answer[0]), not \(unit)") }
+            return try op.decode(try RTUFrame.open(answer[..<Int(n)], unit: unit, function: op.name))
         } catch {
             failures += 1
             recover(after: error)
@@ -128,7 +126,7 @@ final class ModbusConnection {
     /// once by another thread, so an answer is judged alike whichever thread sent its request
     /// (libmodbus 3.1.6 itself does not check the echo of a single write).
     private func exchangeTCP(unit: Int, _ op: ModbusOperation) throws(ModbusError) -> ModbusAnswer {
-        guard (0...247).contains(unit) || unit == 255 else {
+        guard MBAP.carries(unit: unit) else {
             throw .invalidArgument("unit id \(unit) is not valid on \(configuration.transport)")
         }
         let socket = modbus_get_socket(try ensureConnected())

@@ -35,6 +35,19 @@ public enum RTUFrame {
         return tail[0] == UInt8(crc & 0xFF) && tail[1] == UInt8(crc >> 8)
     }
 
+    /// The PDU of an answer `frame` (unit ... crc) to a request to `unit`, once its CRC and unit
+    /// check: the RTU side of ``MBAP/open(_:transaction:function:)``, for libmodbus's RTU lines and
+    /// for `rtu-tcp` alike.
+    static func open(_ frame: ArraySlice<UInt8>, unit: Int, function: String) throws(ModbusError) -> [UInt8] {
+        guard frame.count >= 4 else { throw .badResponse(function: function, detail: "an answer of \(frame.count) bytes") }
+        guard checks(frame) else { throw .badCRC(function: function) }
+        let s = frame.startIndex
+        guard Int(frame[s]) == unit else {
+            throw .badResponse(function: function, detail: "answer from unit \(frame[s]), not \(unit)")
+        }
+        return Array(frame[(s + 1)..<(frame.endIndex - 2)])
+    }
+
     /// What the first bytes of a frame say about its length.
     public enum Length: Equatable, Sendable {
         /// At least this many bytes are needed before the length is known.

@@ -51,17 +51,14 @@ public final class RTUOverTCPLink {
         while true {
             switch RTUFrame.responseLength(answer) {
             case .complete(let n) where answer.count >= n:
-                let whole = Array(answer.prefix(n))
-                guard RTUFrame.checks(whole) else {
+                do throws(ModbusError) {
+                    let pdu = try RTUFrame.open(answer[..<n], unit: unit, function: name)
+                    if answer.count > n { drainQuietly(for: byteTimeout) }
+                    return pdu
+                } catch {
                     drainQuietly(for: byteTimeout)
-                    throw .badCRC(function: name)
+                    throw error
                 }
-                guard Int(whole[0]) == unit else {
-                    drainQuietly(for: byteTimeout)
-                    throw .badResponse(function: name, detail: "answer from unit \(whole[0]), not \(unit)")
-                }
-                if answer.count > n { drainQuietly(for: byteTimeout) }
-                return Array(whole[1..<(n - 2)])
             case .unknown:
                 drainQuietly(for: byteTimeout)
                 throw .badResponse(function: name, detail: "answer with function code \(answer.count > 1 ? answer[1] : 0)")

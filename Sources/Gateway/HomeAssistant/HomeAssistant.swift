@@ -88,7 +88,7 @@ final class HomeAssistantPublisher: Sendable {
         // Byte comparisons: topics are compared as UTF-8 bytes (MQTT 4.7.3), and a command on its
         // way to a device does not pay for a string built or compared by Unicode rules.
         topic.utf8.elementsEqual(statusTopic.utf8)
-            || (topic.utf8.starts(with: deviceTopicPrefix.utf8) && topic.utf8.reversed().starts(with: "/config".utf8.reversed()))
+            || (topic.utf8.starts(with: deviceTopicPrefix.utf8) && topic.utf8.suffix(7).elementsEqual("/config".utf8))
     }
 
     /// A message on one of ``handles(_:)``'s topics. Never waits.
