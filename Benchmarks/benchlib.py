@@ -52,6 +52,23 @@ def start_sim(args, on_line=None):
     threading.Thread(target=pump, daemon=True).start()
     return p, port
 
+def start_pymodbus(on_line=None):
+    """pymodbus (the tests' independent Modbus peer) serving unit 1 over TCP on a free port, every
+    request it decodes logged with its CLOCK_MONOTONIC stamp: the device of the peers' harness."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    script = os.path.join(here, "..", "Tests", "TestSupport", "scripts", "pymodbus_server.py")
+    p = subprocess.Popen([sys.executable, script, "--tcp", "127.0.0.1:0", "--log-requests", "--spec", '{"1": {}}'],
+                         stdout=subprocess.PIPE, text=True)
+    STARTED.append(p)
+    line = p.stdout.readline()   # "listening tcp HOST:PORT", or "" if it ended
+    if not line.startswith("listening tcp "): sys.exit(f"pymodbus did not start: {line.strip()!r}")
+    port = int(line.split()[2].rsplit(":", 1)[1])
+    def pump():
+        for l in p.stdout:
+            if on_line: on_line(l)
+    threading.Thread(target=pump, daemon=True).start()
+    return p, port
+
 class Observer:
     def __init__(self, port):
         self.msgs = []; self.cond = threading.Condition()

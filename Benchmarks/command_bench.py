@@ -7,9 +7,12 @@ answer received. Usage: command_bench.py GATEWAY_BIN [COMMANDS] [POLL_MS]
 PULSE_MS=N in the environment makes the commanded coil a pulse point (every `true` is then
 journalled before its write: the pulse journal's cost is in the figures). STEADY=1 sends the
 first command once the gateway has logged its start-up give-back (`start-up heap given back`,
-10 s after start; binaries before 2026-12-06: `start-up pages given back`, after 5 s)."""
+10 s after start; binaries before 2026-12-06: `start-up pages given back`, after 5 s).
+DEVICE=pymodbus: the device is pymodbus (Tests/TestSupport/scripts/pymodbus_server.py) instead of
+`gateway simulate`, as in the peers' harness; the write's stamp is pymodbus's, taken when its
+asyncio server has decoded the request (Python: later after the wire than our simulator's)."""
 import hashlib, hmac, json, os, random, subprocess, sys, threading, time
-from benchlib import BIN, TMP, STARTED, start_broker, start_sim, Observer, RawPublisher, proc_cpu_rss, context_switches
+from benchlib import BIN, TMP, STARTED, start_broker, start_sim, start_pymodbus, Observer, RawPublisher, proc_cpu_rss, context_switches
 
 N = int(sys.argv[2]) if len(sys.argv) > 2 else 300
 POLL_MS = int(sys.argv[3]) if len(sys.argv) > 3 else 1000
@@ -24,14 +27,19 @@ def payload(topic, value, i):
     sig = hmac.new(KEY, f"{topic}\n{value}\n{ts}\n{cid}".encode(), hashlib.sha256).hexdigest()
     return f'{{"value":{value},"ts":{ts},"id":"{cid}","sig":"{sig}"}}'
 
+PYMODBUS = os.environ.get("DEVICE", "simulate") == "pymodbus"
 writes, cond = [], threading.Condition()
 def on_line(line):
     if line.startswith('{"write":'):
         w = json.loads(line)["write"]
         with cond: writes.append(w["mono_us"]); cond.notify_all()
+    elif PYMODBUS and line.startswith('{"request":'):   # pymodbus logs every request: the coil's write is FC 5
+        r = json.loads(line)["request"]
+        if r["fc"] == 5:
+            with cond: writes.append(r["mono_us"]); cond.notify_all()
 
 broker, mport = start_broker()
-sim, sport = start_sim(["--unit", "1"], on_line)
+sim, sport = start_pymodbus(on_line) if PYMODBUS else start_sim(["--unit", "1"], on_line)
 cfg = os.path.join(TMP, "cmd.toml")
 signing = ""
 if SIGNED:
@@ -120,6 +128,7 @@ if os.environ.get("STAMPS"):   # command_wire.py: each command's stamps, and the
     with open(os.environ["STAMPS"], "w") as f:
         f.write(f"{time.time() - time.monotonic()}\n" + "".join(f"{a} {b}\n" for a, b in stamps))
 def pct(xs, q): xs = sorted(xs); return xs[min(len(xs) - 1, int(len(xs) * q))]
+print(f"device: {'pymodbus (DEVICE=pymodbus)' if PYMODBUS else 'gateway simulate (DEVICE=pymodbus: pymodbus)'}")
 print(f"publisher: {'raw (PUBLISHER=raw)' if RAW else 'paho (PUBLISHER=raw: a second connection written from the calling thread)'}")
 for name, xs in (("command -> device write", to_write), ("command -> answer received", to_answer), ("floor: publish -> received by the observer", floor)):
     print(f"{name}: p50 {pct(xs, .5):.2f} ms, p95 {pct(xs, .95):.2f} ms, p99 {pct(xs, .99):.2f} ms, max {max(xs):.2f} ms ({len(xs)} of {N} commands, poll_ms {POLL_MS})")
