@@ -41,10 +41,13 @@ def start_broker():
         except OSError: time.sleep(0.05)
     return p, port
 
-def start_sim(args, on_line=None):
-    p = subprocess.Popen([SIM_BIN, "simulate", "--tcp", "127.0.0.1:0"] + args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+def _start_device(cmd, what, on_line):
+    """Starts a Modbus device that prints "listening tcp HOST:PORT" first, then hands every later
+    line of its output to `on_line` (from a thread of its own). Returns (process, port)."""
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     STARTED.append(p)
-    line = p.stdout.readline()
+    line = p.stdout.readline()   # "listening tcp HOST:PORT ...", or "" if it ended
+    if not line.startswith("listening tcp "): sys.exit(f"{what} did not start: {line.strip()!r}")
     port = int(line.split()[2].rsplit(":", 1)[1])
     def pump():
         for l in p.stdout:
@@ -52,22 +55,14 @@ def start_sim(args, on_line=None):
     threading.Thread(target=pump, daemon=True).start()
     return p, port
 
+def start_sim(args, on_line=None):
+    return _start_device([SIM_BIN, "simulate", "--tcp", "127.0.0.1:0"] + args, "gateway simulate", on_line)
+
 def start_pymodbus(on_line=None):
     """pymodbus (the tests' independent Modbus peer) serving unit 1 over TCP on a free port, every
     request it decodes logged with its CLOCK_MONOTONIC stamp: the device of the peers' harness."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    script = os.path.join(here, "..", "Tests", "TestSupport", "scripts", "pymodbus_server.py")
-    p = subprocess.Popen([sys.executable, script, "--tcp", "127.0.0.1:0", "--log-requests", "--spec", '{"1": {}}'],
-                         stdout=subprocess.PIPE, text=True)
-    STARTED.append(p)
-    line = p.stdout.readline()   # "listening tcp HOST:PORT", or "" if it ended
-    if not line.startswith("listening tcp "): sys.exit(f"pymodbus did not start: {line.strip()!r}")
-    port = int(line.split()[2].rsplit(":", 1)[1])
-    def pump():
-        for l in p.stdout:
-            if on_line: on_line(l)
-    threading.Thread(target=pump, daemon=True).start()
-    return p, port
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Tests", "TestSupport", "scripts", "pymodbus_server.py")
+    return _start_device([sys.executable, script, "--tcp", "127.0.0.1:0", "--log-requests", "--spec", '{"1": {}}'], "pymodbus", on_line)
 
 class Observer:
     def __init__(self, port):
