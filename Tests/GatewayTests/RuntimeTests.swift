@@ -72,7 +72,7 @@ struct RuntimeTests {
     }
 
     static func configuration(_ body: String, port: Int, directory: String, gateway: String = "", mqtt: String = "", http: String = "listen = \"\"",
-                              id: String = "rt", devicePort: Int = 502) throws -> GatewayConfiguration {
+                              id: String = "rt", devicePort: Int = 502, pollMs: Int = 50) throws -> GatewayConfiguration {
         try ConfigLoader.parse("""
             [gateway]
             id = "\(id)"
@@ -93,7 +93,7 @@ struct RuntimeTests {
             [[device]]
             name = "d"
             bus = "plc"
-            poll_ms = 50
+            poll_ms = \(pollMs)
             offline_after = 2
             \(body)
             """)

@@ -61,34 +61,17 @@ struct WithinTheReadTests {
             let dir = try TestEnvironment.makeTemporaryDirectory("within-read")
             directory = dir
             // The device is polled once an hour: after the first poll its bus is idle, as a door
-            // controller's is between two polls, and a command finds it so.
-            let config = try ConfigLoader.parse("""
-                [gateway]
-                id = "wr"
-                state_dir = "\(dir)"
-                require_synced_clock = false
-                [mqtt]
-                url = "mqtt://127.0.0.1:\(try port("mqtt"))"
-                [http]
-                listen = ""
-                [homeassistant]
-                enabled = false
-                [[bus]]
-                name = "plc"
-                type = "tcp"
-                host = "127.0.0.1"
-                port = \(try port("modbus"))
-                [[device]]
-                name = "d"
-                bus = "plc"
-                unit = 1
-                poll_ms = 3600000
+            // controller's is between two polls, and a command finds it so. Home Assistant off:
+            // its retained configs would come back to the gateway at QoS 1, with PUBACKs of their own.
+            let config = try RuntimeTests.configuration("""
                   [[device.point]]
                   name = "light"
                   register = "coil"
                   address = 1
                   writable = true
-                """)
+                [homeassistant]
+                enabled = false
+                """, port: try port("mqtt"), directory: dir, id: "wr", devicePort: try port("modbus"), pollMs: 3_600_000)
             let logs = Timeline()
             let runtime = GatewayRuntime(configuration: config, password: nil, commandKey: nil, telemetry: nil, watchLoops: false, version: "test",
                                          logger: Logger(label: "within-read") { _ in RecordingLogHandler(logs) }, makeBus: nil)
